@@ -1,0 +1,17 @@
+"""The ``pyxia`` command line."""
+
+from __future__ import annotations
+
+import click
+
+from pyxia import __version__
+from pyxia.cli.wal_cmd import wal
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pyxia")
+def main() -> None:
+    """pyxia: a sharded, replicated metadata store speaking Oxia's protocol."""
+
+
+main.add_command(wal)

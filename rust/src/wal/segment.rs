@@ -1,0 +1,437 @@
+//! Segment files: `<base offset, 20 digits>.txnx` holds records,
+//! `<base offset>.idxx` holds the index (`u32 masked crc | u32 position…`,
+//! big-endian), written when the segment is closed and rebuilt by a scan when
+//! it is missing, stale or corrupt.
+//!
+//! The writable segment is memory-mapped. Its mapping lives in an
+//! `Arc<RwSegment>`: the sync thread clones the `Arc` before it flushes, so
+//! the mapping can only be unmapped (on the last drop) after every flush that
+//! uses it has finished. The Flush-vs-Close race of Oxia #893 cannot happen.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use memmap2::MmapRaw;
+
+use super::codec::{self, Scan, HEADER_LEN};
+use super::crc;
+use super::error::{IoContext, Result, WalError};
+
+pub const DATA_EXT: &str = "txnx";
+pub const INDEX_EXT: &str = "idxx";
+
+pub fn data_path(dir: &Path, base: i64) -> PathBuf {
+    dir.join(format!("{base:020}.{DATA_EXT}"))
+}
+
+pub fn index_path(dir: &Path, base: i64) -> PathBuf {
+    dir.join(format!("{base:020}.{INDEX_EXT}"))
+}
+
+/// Lists the base offsets of the segments in `dir`, sorted.
+pub fn list_segments(dir: &Path) -> Result<Vec<i64>> {
+    let mut bases = Vec::new();
+    let rd = std::fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))?;
+    for ent in rd {
+        let ent = ent.ctx(|| format!("listing {}", dir.display()))?;
+        let name = ent.file_name();
+        let name = name.to_string_lossy();
+        if let Some(stem) = name.strip_suffix(&format!(".{DATA_EXT}")) {
+            if let Ok(base) = stem.parse::<i64>() {
+                bases.push(base);
+            }
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx(|| format!("fsync of directory {}", dir.display()))
+}
+
+/// Encodes an index: masked CRC of the positions, then the positions.
+pub fn encode_index(positions: &[u32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + positions.len() * 4);
+    out.extend_from_slice(&[0u8; 4]);
+    for p in positions {
+        out.extend_from_slice(&p.to_be_bytes());
+    }
+    let c = crc::of(&out[4..]);
+    out[0..4].copy_from_slice(&c.to_be_bytes());
+    out
+}
+
+/// Decodes an index file; `None` when it is empty, short or its CRC is bad.
+pub fn decode_index(bytes: &[u8]) -> Option<Vec<u32>> {
+    if bytes.len() < 8 || bytes.len() % 4 != 0 {
+        return None;
+    }
+    let stored = u32::from_be_bytes(bytes[0..4].try_into().ok()?);
+    if crc::of(&bytes[4..]) != stored {
+        return None;
+    }
+    Some(
+        bytes[4..]
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
+
+/// Result of scanning a segment's bytes from the start.
+#[derive(Debug)]
+pub struct ScanResult {
+    pub positions: Vec<u32>,
+    /// Byte position just after the last valid record.
+    pub end: usize,
+    /// CRC of the last valid record (or the seed when none).
+    pub last_crc: u32,
+    /// Previous-CRC of the first record, when there is one.
+    pub first_previous_crc: Option<u32>,
+    /// `(position, reason)` of the first thing that is not a valid record.
+    pub error: Option<(usize, String)>,
+}
+
+/// Scans records from the start of `buf`. `seed` is the CRC the first record
+/// must chain from (`None`: accept whatever the first record says).
+pub fn scan(buf: &[u8], base: i64, seed: Option<u32>) -> ScanResult {
+    let mut positions = Vec::new();
+    let mut pos = 0usize;
+    let mut expected = seed;
+    let mut first_previous_crc = None;
+    let mut last_crc = seed.unwrap_or(0);
+    loop {
+        match codec::scan_record(buf, pos, expected, base + positions.len() as i64) {
+            Scan::Record(r) => {
+                if first_previous_crc.is_none() {
+                    first_previous_crc = Some(r.previous_crc);
+                }
+                positions.push(pos as u32);
+                last_crc = r.crc;
+                expected = Some(r.crc);
+                pos = r.end();
+            }
+            Scan::End => {
+                return ScanResult {
+                    positions,
+                    end: pos,
+                    last_crc,
+                    first_previous_crc,
+                    error: None,
+                }
+            }
+            Scan::Invalid(reason) => {
+                return ScanResult {
+                    positions,
+                    end: pos,
+                    last_crc,
+                    first_previous_crc,
+                    error: Some((pos, reason)),
+                }
+            }
+        }
+    }
+}
+
+/// Position of the last non-zero byte at or after `from`, if any.
+pub fn last_nonzero(buf: &[u8], from: usize) -> Option<usize> {
+    const CHUNK: usize = 64 * 1024;
+    let mut end = buf.len();
+    while end > from {
+        let start = end.saturating_sub(CHUNK).max(from);
+        if let Some(i) = buf[start..end].iter().rposition(|&b| b != 0) {
+            return Some(start + i);
+        }
+        end = start;
+    }
+    None
+}
+
+/// The segment being written: a preallocated, memory-mapped file.
+pub struct RwSegment {
+    pub base: i64,
+    pub path: PathBuf,
+    pub file: File,
+    map: MmapRaw,
+    pub capacity: usize,
+    /// Whether the file (size, directory entry) has been fsynced since it
+    /// was created. Until then every sync also fsyncs the file and the dir.
+    pub durable_file: AtomicBool,
+}
+
+impl RwSegment {
+    /// Creates a new, zeroed segment of `capacity` bytes (sparse file).
+    pub fn create(dir: &Path, base: i64, capacity: usize) -> Result<Self> {
+        let path = data_path(dir, base);
+        // A stale index of an earlier segment with the same base must go.
+        remove_if_exists(&index_path(dir, base))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .ctx(|| format!("creating {}", path.display()))?;
+        file.set_len(capacity as u64)
+            .ctx(|| format!("preallocating {}", path.display()))?;
+        let map = MmapRaw::map_raw(&file).ctx(|| format!("mapping {}", path.display()))?;
+        Ok(RwSegment {
+            base,
+            path,
+            file,
+            map,
+            capacity,
+            durable_file: AtomicBool::new(false),
+        })
+    }
+
+    /// Opens an existing segment for writing. Its index file is removed first:
+    /// from now on it would be stale (Oxia #1228).
+    pub fn open(dir: &Path, base: i64) -> Result<Self> {
+        let path = data_path(dir, base);
+        remove_if_exists(&index_path(dir, base))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .ctx(|| format!("opening {}", path.display()))?;
+        let capacity = file
+            .metadata()
+            .ctx(|| format!("stat {}", path.display()))?
+            .len() as usize;
+        if capacity == 0 {
+            return Err(WalError::Corrupted {
+                path,
+                position: 0,
+                reason: "empty segment file".into(),
+            });
+        }
+        let map = MmapRaw::map_raw(&file).ctx(|| format!("mapping {}", path.display()))?;
+        Ok(RwSegment {
+            base,
+            path,
+            file,
+            map,
+            capacity,
+            durable_file: AtomicBool::new(true),
+        })
+    }
+
+    /// The whole mapping as a byte slice.
+    ///
+    /// # Safety
+    /// The caller must hold the WAL state lock (read or write), so that no
+    /// writer changes the bytes being read.
+    pub unsafe fn bytes(&self) -> &[u8] {
+        std::slice::from_raw_parts(self.map.as_ptr(), self.capacity)
+    }
+
+    /// Mutable view of `[pos, pos+len)`.
+    ///
+    /// # Safety
+    /// The caller must hold the WAL state write lock, and the range must not
+    /// be read through another live reference meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn bytes_mut(&self, pos: usize, len: usize) -> &mut [u8] {
+        assert!(pos + len <= self.capacity);
+        std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(pos), len)
+    }
+
+    /// Makes `[from, to)` durable (msync), plus the file itself the first time.
+    pub fn flush(&self, from: usize, to: usize, dir: &Path) -> Result<()> {
+        if to > from {
+            self.map
+                .flush_range(from, to - from)
+                .ctx(|| format!("msync of {}", self.path.display()))?;
+        }
+        if !self.durable_file.load(Ordering::Acquire) {
+            self.file
+                .sync_all()
+                .ctx(|| format!("fsync of {}", self.path.display()))?;
+            fsync_dir(dir)?;
+            self.durable_file.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Writes the index file (no fsync: it is rebuilt when bad).
+    pub fn write_index(&self, dir: &Path, positions: &[u32]) -> Result<()> {
+        let p = index_path(dir, self.base);
+        std::fs::write(&p, encode_index(positions)).ctx(|| format!("writing {}", p.display()))
+    }
+}
+
+/// A closed segment, read with `pread` through its own file handle.
+pub struct RoSegment {
+    pub base: i64,
+    pub path: PathBuf,
+    pub file: File,
+    pub positions: Vec<u32>,
+    /// Byte position after the last record.
+    pub end: usize,
+    pub first_previous_crc: u32,
+    pub last_crc: u32,
+}
+
+impl RoSegment {
+    pub fn last_offset(&self) -> i64 {
+        self.base + self.positions.len() as i64 - 1
+    }
+
+    /// Opens a closed segment. Uses its index when valid, else scans the file
+    /// (and rewrites the index). Any invalid record is reported to the caller
+    /// with its position; the caller decides whether it may be discarded.
+    pub fn open(dir: &Path, base: i64, seed: Option<u32>) -> Result<(Self, Option<(usize, String)>)> {
+        let path = data_path(dir, base);
+        let file = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
+        let len = file.metadata().ctx(|| format!("stat {}", path.display()))?.len() as usize;
+        let idx_path = index_path(dir, base);
+        if let Ok(bytes) = std::fs::read(&idx_path) {
+            if let Some(positions) = decode_index(&bytes) {
+                if let Some(seg) = Self::validate_index(&path, &file, base, len, positions, seed) {
+                    return Ok((seg, None));
+                }
+            }
+        }
+        // Missing, corrupt or stale index: rebuild by scanning.
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, 0)
+            .ctx(|| format!("reading {}", path.display()))?;
+        let s = scan(&buf, base, seed);
+        if s.error.is_none() && !s.positions.is_empty() {
+            // Best effort: a failed index write only costs a rescan later.
+            let _ = std::fs::write(&idx_path, encode_index(&s.positions));
+        }
+        let seg = RoSegment {
+            base,
+            path,
+            file,
+            first_previous_crc: s.first_previous_crc.unwrap_or(s.last_crc),
+            positions: s.positions,
+            end: s.end,
+            last_crc: s.last_crc,
+        };
+        Ok((seg, s.error))
+    }
+
+    /// Accepts an index only if it is consistent with the data file: sorted
+    /// in-bounds positions, a valid last record carrying the right offset,
+    /// the end of data right after it, and the right chain start.
+    fn validate_index(
+        path: &Path,
+        file: &File,
+        base: i64,
+        file_len: usize,
+        positions: Vec<u32>,
+        seed: Option<u32>,
+    ) -> Option<RoSegment> {
+        if positions.is_empty() || positions[0] != 0 {
+            return None;
+        }
+        if positions.windows(2).any(|w| w[1] <= w[0]) {
+            return None;
+        }
+        let read_header = |pos: usize| -> Option<[u8; HEADER_LEN]> {
+            let mut h = [0u8; HEADER_LEN];
+            if pos + HEADER_LEN > file_len {
+                return None;
+            }
+            file.read_exact_at(&mut h, pos as u64).ok()?;
+            Some(h)
+        };
+        let first = read_header(0)?;
+        let first_prev = u32::from_be_bytes(first[4..8].try_into().ok()?);
+        if let Some(s) = seed {
+            if s != first_prev {
+                return None;
+            }
+        }
+        let last_pos = *positions.last()? as usize;
+        let h = read_header(last_pos)?;
+        let plen = u32::from_be_bytes(h[0..4].try_into().ok()?) as usize;
+        let end = last_pos.checked_add(HEADER_LEN)?.checked_add(plen)?;
+        if end > file_len {
+            return None;
+        }
+        let mut rec = vec![0u8; end - last_pos];
+        file.read_exact_at(&mut rec, last_pos as u64).ok()?;
+        let expected_offset = base + positions.len() as i64 - 1;
+        let info = match codec::scan_record(&rec, 0, None, expected_offset) {
+            Scan::Record(r) => r,
+            _ => return None,
+        };
+        // Nothing may follow the last indexed record (a stale index).
+        if end + HEADER_LEN <= file_len {
+            let next = read_header(end)?;
+            if next[0..4] != [0, 0, 0, 0] {
+                return None;
+            }
+        }
+        Some(RoSegment {
+            base,
+            path: path.to_path_buf(),
+            file: file.try_clone().ok()?,
+            positions,
+            end,
+            first_previous_crc: first_prev,
+            last_crc: info.crc,
+        })
+    }
+
+    /// Reads the raw record bytes of entry `i` (header included).
+    pub fn read_record(&self, i: usize) -> Result<Vec<u8>> {
+        let pos = self.positions[i] as usize;
+        let end = self
+            .positions
+            .get(i + 1)
+            .map(|p| *p as usize)
+            .unwrap_or(self.end);
+        let mut buf = vec![0u8; end - pos];
+        self.file
+            .read_exact_at(&mut buf, pos as u64)
+            .ctx(|| format!("reading {}", self.path.display()))?;
+        Ok(buf)
+    }
+}
+
+pub fn remove_if_exists(p: &Path) -> Result<()> {
+    match std::fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(WalError::Io {
+            context: format!("removing {}", p.display()),
+            source: e,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_roundtrip_and_corruption() {
+        let pos = vec![0u32, 30, 77];
+        let enc = encode_index(&pos);
+        assert_eq!(decode_index(&enc), Some(pos));
+        let mut bad = enc.clone();
+        bad[6] ^= 1;
+        assert_eq!(decode_index(&bad), None);
+        assert_eq!(decode_index(&enc[..6]), None);
+        assert_eq!(decode_index(&[]), None);
+    }
+
+    #[test]
+    fn last_nonzero_finds_trailing_garbage() {
+        let mut b = vec![0u8; 200_000];
+        assert_eq!(last_nonzero(&b, 0), None);
+        b[150_000] = 1;
+        assert_eq!(last_nonzero(&b, 0), Some(150_000));
+        assert_eq!(last_nonzero(&b, 150_001), None);
+    }
+}

@@ -1,0 +1,605 @@
+use super::*;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+fn opts(segment_size: usize, commit: i64) -> Options {
+    Options {
+        segment_size,
+        commit_offset: commit,
+        ..Options::default()
+    }
+}
+
+fn val(o: i64) -> Vec<u8> {
+    format!("value-{o}-{}", "x".repeat(40 + (o % 7) as usize)).into_bytes()
+}
+
+fn append_range(w: &Wal, from: i64, to: i64, term: i64) {
+    for o in from..to {
+        let v = val(o);
+        w.append(
+            NewEntry {
+                term,
+                offset: o,
+                value: &v,
+                timestamp: 1000 + o as u64,
+            },
+            None,
+        )
+        .unwrap();
+    }
+}
+
+fn check_range(w: &Wal, from: i64, to: i64) {
+    for o in from..to {
+        let e = w.read(o).unwrap();
+        assert_eq!(e.offset, o);
+        assert_eq!(e.value, val(o));
+        assert_eq!(e.timestamp, 1000 + o as u64);
+    }
+}
+
+#[test]
+fn append_read_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let w = Wal::open(d.path(), opts(4096, -1)).unwrap();
+        assert_eq!(w.last_offset(), -1);
+        assert_eq!(w.first_offset(), -1);
+        append_range(&w, 0, 100, 1);
+        assert_eq!(w.last_offset(), 99);
+        w.sync().unwrap();
+        assert_eq!(w.last_synced_offset(), 99);
+        check_range(&w, 0, 100);
+        assert!(matches!(w.read(100), Err(WalError::EntryNotFound(100))));
+        w.close().unwrap();
+        w.close().unwrap(); // idempotent
+        assert!(matches!(w.read(0), Err(WalError::Closed)));
+    }
+    let w = Wal::open(d.path(), opts(4096, 99)).unwrap();
+    assert_eq!(w.first_offset(), 0);
+    assert_eq!(w.last_offset(), 99);
+    assert_eq!(w.last_synced_offset(), 99);
+    check_range(&w, 0, 100);
+    append_range(&w, 100, 150, 2);
+    check_range(&w, 0, 150);
+}
+
+#[test]
+fn crc_chain_is_continuous_across_segments_and_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    let w = Wal::open(d.path(), opts(4096, -1)).unwrap();
+    append_range(&w, 0, 300, 1);
+    w.sync().unwrap();
+    let mut prev = 0;
+    for o in 0..300 {
+        let e = w.read(o).unwrap();
+        assert_eq!(e.previous_crc, prev, "chain broken at {o}");
+        assert_eq!(e.crc, crc::chained(prev, &{
+            let mut b = vec![0u8; codec::payload_len(e.term, e.offset, e.value.len())];
+            codec::encode_payload(&mut b, e.term, e.offset, &e.value, e.timestamp);
+            b
+        }));
+        prev = e.crc;
+    }
+    assert_eq!(w.last_crc(), prev);
+    assert!(segment::list_segments(d.path()).unwrap().len() > 3);
+    drop(w);
+    let w = Wal::open(d.path(), opts(4096, 299)).unwrap();
+    assert_eq!(w.last_crc(), prev);
+}
+
+#[test]
+fn non_contiguous_append_is_rejected() {
+    let d = tempfile::tempdir().unwrap();
+    let w = Wal::open(d.path(), opts(4096, -1)).unwrap();
+    append_range(&w, 5, 10, 1); // an empty log may start anywhere
+    assert_eq!(w.first_offset(), 5);
+    let r = w.append(NewEntry { term: 1, offset: 11, value: b"x", timestamp: 0 }, None);
+    assert!(matches!(r, Err(WalError::InvalidNextOffset { expected: 10, got: 11 })));
+    let r = w.append(NewEntry { term: 1, offset: 9, value: b"x", timestamp: 0 }, None);
+    assert!(matches!(r, Err(WalError::InvalidNextOffset { .. })));
+    // a batch with a hole is rejected as a whole
+    let v = b"v".to_vec();
+    let batch = [
+        NewEntry { term: 1, offset: 10, value: &v, timestamp: 0 },
+        NewEntry { term: 1, offset: 12, value: &v, timestamp: 0 },
+    ];
+    assert!(w.append_batch(&batch, None).is_err());
+    assert_eq!(w.last_offset(), 9);
+}
+
+#[test]
+fn previous_crc_seeds_empty_log_and_is_checked_otherwise() {
+    let d = tempfile::tempdir().unwrap();
+    let w = Wal::open(d.path(), opts(4096, -1)).unwrap();
+    let c = w
+        .append(NewEntry { term: 3, offset: 1000, value: b"a", timestamp: 1 }, Some(0xabcd))
+        .unwrap();
+    assert_eq!(w.read(1000).unwrap().previous_crc, 0xabcd);
+    let r = w.append(NewEntry { term: 3, offset: 1001, value: b"b", timestamp: 1 }, Some(1));
+    assert!(matches!(r, Err(WalError::CrcMismatch { .. })));
+    w.append(NewEntry { term: 3, offset: 1001, value: b"b", timestamp: 1 }, Some(c))
+        .unwrap();
+    drop(w);
+    let w = Wal::open(d.path(), opts(4096, 1001)).unwrap();
+    assert_eq!(w.first_offset(), 1000);
+    assert_eq!(w.read(1000).unwrap().previous_crc, 0xabcd);
+}
+
+#[test]
+fn large_entry_gets_its_own_segment() {
+    let d = tempfile::tempdir().unwrap();
+    let w = Wal::open(d.path(), opts(4096, -1)).unwrap();
+    let big = vec![7u8; 100_000];
+    w.append(NewEntry { term: 1, offset: 0, value: b"small", timestamp: 0 }, None).unwrap();
+    w.append(NewEntry { term: 1, offset: 1, value: &big, timestamp: 0 }, None).unwrap();
+    w.append(NewEntry { term: 1, offset: 2, value: b"small", timestamp: 0 }, None).unwrap();
+    w.sync().unwrap();
+    assert_eq!(w.read(1).unwrap().value, big);
+    drop(w);
+    let w = Wal::open(d.path(), opts(4096, 2)).unwrap();
+    assert_eq!(w.read(1).unwrap().value, big);
+    assert_eq!(w.read(2).unwrap().value, b"small");
+}
+
+#[test]
+fn rolled_segments_get_index_files_and_missing_or_bad_indexes_are_rebuilt() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let w = Wal::open(d.path(), opts(4096, -1)).unwrap();
+        append_range(&w, 0, 200, 1);
+        w.sync().unwrap();
+    }
+    let bases = segment::list_segments(d.path()).unwrap();
+    assert!(bases.len() >= 3);
+    for b in &bases {
+        assert!(segment::index_path(d.path(), *b).exists(), "index of {b} missing");
+    }
+    // delete one index, corrupt another, make a third stale (shorter)
+    std::fs::remove_file(segment::index_path(d.path(), bases[0])).unwrap();
+    let p1 = segment::index_path(d.path(), bases[1]);
+    let mut b1 = std::fs::read(&p1).unwrap();
+    b1[5] ^= 0xff;
+    std::fs::write(&p1, b1).unwrap();
+    let p2 = segment::index_path(d.path(), bases[2]);
+    let b2 = std::fs::read(&p2).unwrap();
+    let positions = segment::decode_index(&b2).unwrap();
+    std::fs::write(&p2, segment::encode_index(&positions[..positions.len() - 1])).unwrap();
+    let w = Wal::open(d.path(), opts(4096, 199)).unwrap();
+    check_range(&w, 0, 200);
+    assert!(segment::index_path(d.path(), bases[0]).exists());
+}
+
+#[test]
+fn truncate_in_current_pending_and_closed_segments() {
+    for cut in [199i64, 150, 77, 3, 0] {
+        let d = tempfile::tempdir().unwrap();
+        let w = Wal::open(d.path(), opts(4096, -1)).unwrap();
+        append_range(&w, 0, 200, 1);
+        if cut % 2 == 1 {
+            w.sync().unwrap(); // some cuts happen with rolled segments closed
+        }
+        assert_eq!(w.truncate(cut).unwrap(), cut);
+        assert_eq!(w.last_offset(), cut);
+        check_range(&w, 0, cut + 1);
+        assert!(matches!(w.read(cut + 1), Err(WalError::EntryNotFound(_))));
+        // append with another term after the cut, then reopen
+        append_range(&w, cut + 1, cut + 30, 2);
+        w.sync().unwrap();
+        let crc_before = w.last_crc();
+        drop(w);
+        let w = Wal::open(d.path(), opts(4096, cut + 29)).unwrap();
+        assert_eq!(w.last_offset(), cut + 29);
+        assert_eq!(w.last_crc(), crc_before);
+        for o in 0..=cut + 29 {
+            let e = w.read(o).unwrap();
+            assert_eq!(e.term, if o <= cut { 1 } else { 2 });
+            assert_eq!(e.value, val(o));
+        }
+    }
+}
+
+#[test]
+fn truncate_then_append_equals_fresh_log() {
+    let d1 = tempfile::tempdir().unwrap();
+    let d2 = tempfile::tempdir().unwrap();
+    let a = Wal::open(d1.path(), opts(4096, -1)).unwrap();
+    append_range(&a, 0, 120, 1);
+    a.truncate(60).unwrap();
+    append_range(&a, 61, 120, 1);
+    let b = Wal::open(d2.path(), opts(4096, -1)).unwrap();
+    append_range(&b, 0, 120, 1);
+    assert_eq!(a.last_crc(), b.last_crc());
+    for o in 0..120 {
+        assert_eq!(a.read(o).unwrap(), b.read(o).unwrap());
+    }
+}
+
+#[test]
+fn truncate_minus_one_and_clear() {
+    let d = tempfile::tempdir().unwrap();
+    let w = Wal::open(d.path(), opts(4096, -1)).unwrap();
+    append_range(&w, 0, 100, 1);
+    assert_eq!(w.truncate(-1).unwrap(), -1);
+    assert_eq!(w.last_offset(), -1);
+    assert_eq!(w.first_offset(), -1);
+    append_range(&w, 500, 510, 1);
+    w.clear().unwrap();
+    assert_eq!(w.last_offset(), -1);
+    assert!(segment::list_segments(d.path()).unwrap().is_empty());
+    append_range(&w, 7, 9, 1);
+    check_range(&w, 7, 9);
+}
+
+#[test]
+fn trim_never_passes_commit_offset() {
+    let d = tempfile::tempdir().unwrap();
+    let w = Wal::open(d.path(), opts(4096, -1)).unwrap();
+    append_range(&w, 0, 300, 1);
+    w.sync().unwrap();
+    assert_eq!(w.trim(250, 20).unwrap(), 0, "a segment holding committed entries stays");
+    let first = w.trim(250, 150).unwrap();
+    assert!(first <= 151 && first > 0, "first offset {first}");
+    assert!(matches!(w.read(0), Err(WalError::EntryNotFound(0))));
+    check_range(&w, first, 300);
+    let first2 = w.trim(250, 299).unwrap();
+    assert!(first2 <= 250 && first2 >= first);
+    check_range(&w, first2, 300);
+    drop(w);
+    let w = Wal::open(d.path(), opts(4096, 299)).unwrap();
+    assert_eq!(w.first_offset(), first2);
+}
+
+#[test]
+fn trim_expired_uses_entry_timestamps() {
+    let d = tempfile::tempdir().unwrap();
+    let mut o = opts(4096, -1);
+    o.retention_ms = 1000;
+    let w = Wal::open(d.path(), o).unwrap();
+    for i in 0..200i64 {
+        let ts = if i < 100 { 10_000 } else { 50_000 };
+        w.append(NewEntry { term: 1, offset: i, value: &[1u8; 60], timestamp: ts }, None)
+            .unwrap();
+    }
+    w.sync().unwrap();
+    // Nothing is older than 1 s at t=10_500.
+    assert_eq!(w.trim_expired(199, Some(10_500)).unwrap(), 0);
+    // At t=20_000 the first 100 entries are expired, but only whole segments go.
+    let f = w.trim_expired(199, Some(20_000)).unwrap();
+    assert!(f > 0 && f <= 100, "{f}");
+    // The commit offset bounds it.
+    let d2 = tempfile::tempdir().unwrap();
+    let mut o2 = opts(4096, -1);
+    o2.retention_ms = 1000;
+    let w2 = Wal::open(d2.path(), o2).unwrap();
+    for i in 0..200i64 {
+        w2.append(NewEntry { term: 1, offset: i, value: &[1u8; 60], timestamp: 0 }, None)
+            .unwrap();
+    }
+    w2.sync().unwrap();
+    assert_eq!(w2.trim_expired(-1, Some(1_000_000)).unwrap(), 0);
+}
+
+#[test]
+fn readers_forward_and_reverse() {
+    let d = tempfile::tempdir().unwrap();
+    let w = Wal::open(d.path(), opts(4096, -1)).unwrap();
+    append_range(&w, 10, 60, 1);
+    let mut r = w.reader(20);
+    let mut seen = vec![];
+    while let Some(e) = r.next_entry().unwrap() {
+        seen.push(e.offset);
+    }
+    assert_eq!(seen, (20..60).collect::<Vec<_>>());
+    append_range(&w, 60, 62, 1);
+    assert_eq!(r.next_entry().unwrap().unwrap().offset, 60);
+    let mut rr = w.reverse_reader();
+    let mut back = vec![];
+    while let Some(e) = rr.next_entry().unwrap() {
+        back.push(e.offset);
+    }
+    assert_eq!(back, (10..62).rev().collect::<Vec<_>>());
+    let b = w.read_batch(15, 10, usize::MAX).unwrap();
+    assert_eq!(b.iter().map(|e| e.offset).collect::<Vec<_>>(), (15..25).collect::<Vec<_>>());
+    let b = w.read_batch(15, 100, 1).unwrap();
+    assert_eq!(b.len(), 1);
+    w.close().unwrap();
+    assert!(matches!(r.next_entry(), Err(WalError::Closed)));
+}
+
+/// Writes 40 entries, remembers where each record ends, and returns the
+/// data of the single segment plus those positions.
+fn make_single_segment(dir: &Path) -> Vec<usize> {
+    let w = Wal::open(dir, opts(1 << 20, -1)).unwrap();
+    append_range(&w, 0, 40, 1);
+    w.sync().unwrap();
+    drop(w);
+    let bytes = std::fs::read(segment::data_path(dir, 0)).unwrap();
+    let s = segment::scan(&bytes, 0, None);
+    assert_eq!(s.positions.len(), 40);
+    let mut ends: Vec<usize> = s.positions[1..].iter().map(|p| *p as usize).collect();
+    ends.push(s.end);
+    ends
+}
+
+#[test]
+fn torn_tail_at_every_byte_of_the_last_records() {
+    let d = tempfile::tempdir().unwrap();
+    let ends = make_single_segment(d.path());
+    let path = segment::data_path(d.path(), 0);
+    let pristine = std::fs::read(&path).unwrap();
+    let start = ends[36]; // the last three records
+    let stop = ends[39];
+    for cut in start..stop {
+        let mut b = pristine.clone();
+        b[cut..].fill(0); // torn write: everything after `cut` never landed
+        std::fs::write(&path, &b).unwrap();
+        let _ = std::fs::remove_file(segment::index_path(d.path(), 0));
+        // Entries 0..valid are intact: their bytes from `cut` on were zero anyway.
+        let valid = ends
+            .iter()
+            .take_while(|&&e| e <= cut || pristine[cut..e].iter().all(|&x| x == 0))
+            .count() as i64;
+        // Commit offset below the damage: recover exactly the valid prefix.
+        let w = Wal::open(d.path(), opts(1 << 20, valid - 1)).unwrap();
+        assert_eq!(w.last_offset(), valid - 1, "cut at byte {cut}");
+        check_range(&w, 0, valid);
+        // and the log takes new appends after the prefix
+        append_range(&w, valid, 40, 1);
+        w.sync().unwrap();
+        drop(w);
+        let w = Wal::open(d.path(), opts(1 << 20, 39)).unwrap();
+        check_range(&w, 0, 40);
+        drop(w);
+        if valid == 40 {
+            continue; // the cut only hit bytes that were zero already
+        }
+        // Commit offset covering the damage: a clear error, nothing changed.
+        let mut b = pristine.clone();
+        b[cut..].fill(0);
+        std::fs::write(&path, &b).unwrap();
+        match Wal::open(d.path(), opts(1 << 20, 39)) {
+            Err(WalError::Corrupted { .. }) => {}
+            Err(e) => panic!("cut at {cut}: unexpected error {e}"),
+            Ok(_) => panic!("cut at {cut}: committed data loss went undetected"),
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), b, "failed open must not modify the file");
+    }
+    std::fs::write(&path, &pristine).unwrap();
+}
+
+#[test]
+fn flipped_header_and_payload_bytes() {
+    let d = tempfile::tempdir().unwrap();
+    let ends = make_single_segment(d.path());
+    let path = segment::data_path(d.path(), 0);
+    let pristine = std::fs::read(&path).unwrap();
+    let rec = 38usize; // second-to-last record
+    let pos = ends[rec - 1];
+    let fields = [("len", pos), ("previous_crc", pos + 5), ("crc", pos + 10), ("payload", pos + 15)];
+    for (name, at) in fields {
+        let mut b = pristine.clone();
+        b[at] ^= 0x5a;
+        std::fs::write(&path, &b).unwrap();
+        let _ = std::fs::remove_file(segment::index_path(d.path(), 0));
+        match Wal::open(d.path(), opts(1 << 20, 39)) {
+            Err(WalError::Corrupted { position, path: p, .. }) => {
+                assert_eq!(position as usize, pos, "{name}");
+                assert_eq!(p, path);
+            }
+            Err(e) => panic!("{name}: {e}"),
+            Ok(_) => panic!("{name}: corruption at or below commit offset not reported"),
+        }
+        let w = Wal::open(d.path(), opts(1 << 20, 37)).unwrap();
+        assert_eq!(w.last_offset(), 37, "{name}");
+        check_range(&w, 0, 38);
+        drop(w);
+        std::fs::write(&path, &pristine).unwrap();
+    }
+}
+
+#[test]
+fn garbage_after_the_end_is_zeroed() {
+    let d = tempfile::tempdir().unwrap();
+    let ends = make_single_segment(d.path());
+    let path = segment::data_path(d.path(), 0);
+    let mut b = std::fs::read(&path).unwrap();
+    // a zero header at the end of data, then stray bytes of a torn write
+    b[ends[39] + 100] = 0x42;
+    std::fs::write(&path, &b).unwrap();
+    let w = Wal::open(d.path(), opts(1 << 20, 39)).unwrap();
+    assert_eq!(w.last_offset(), 39);
+    drop(w);
+    let b = std::fs::read(&path).unwrap();
+    assert!(b[ends[39]..].iter().all(|&x| x == 0));
+}
+
+#[test]
+fn empty_trailing_segment_is_dropped() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let w = Wal::open(d.path(), opts(4096, -1)).unwrap();
+        append_range(&w, 0, 100, 1);
+        w.sync().unwrap();
+    }
+    let bases = segment::list_segments(d.path()).unwrap();
+    let last = *bases.last().unwrap();
+    // Simulate the power loss of the newest segment's content.
+    let p = segment::data_path(d.path(), last);
+    let len = std::fs::metadata(&p).unwrap().len();
+    std::fs::write(&p, vec![0u8; len as usize]).unwrap();
+    let _ = std::fs::remove_file(segment::index_path(d.path(), last));
+    assert!(matches!(Wal::open(d.path(), opts(4096, 99)), Err(WalError::Corrupted { .. })));
+    let w = Wal::open(d.path(), opts(4096, last - 1)).unwrap();
+    assert_eq!(w.last_offset(), last - 1);
+    check_range(&w, 0, last);
+    append_range(&w, last, 120, 1);
+    check_range(&w, 0, 120);
+}
+
+#[test]
+fn missing_committed_tail_is_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let w = Wal::open(d.path(), opts(4096, -1)).unwrap();
+        append_range(&w, 0, 10, 1);
+    }
+    assert!(matches!(Wal::open(d.path(), opts(4096, 15)), Err(WalError::Corrupted { .. })));
+}
+
+#[test]
+fn close_racing_sync_and_appends() {
+    for round in 0..30 {
+        let d = tempfile::tempdir().unwrap();
+        let w = Arc::new(Wal::open(d.path(), opts(8192, -1)).unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut hs = vec![];
+        {
+            let w = w.clone();
+            let stop = stop.clone();
+            hs.push(std::thread::spawn(move || {
+                let mut o = 0i64;
+                while !stop.load(Ordering::Relaxed) {
+                    let v = [o as u8; 100];
+                    match w.append(NewEntry { term: 1, offset: o, value: &v, timestamp: 0 }, None) {
+                        Ok(_) => o += 1,
+                        Err(WalError::Closed) => break,
+                        Err(e) => panic!("{e}"),
+                    }
+                    w.request_sync();
+                }
+            }));
+        }
+        for _ in 0..2 {
+            let w = w.clone();
+            let stop = stop.clone();
+            hs.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match w.sync() {
+                        Ok(()) | Err(WalError::Closed) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                    let last = w.last_offset();
+                    if last >= 0 {
+                        match w.read(last) {
+                            Ok(_) | Err(WalError::Closed) | Err(WalError::EntryNotFound(_)) => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(1 + round % 5));
+        w.close().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        for h in hs {
+            h.join().unwrap();
+        }
+        let last = w.last_offset();
+        drop(w);
+        let w = Wal::open(d.path(), opts(8192, last)).unwrap();
+        assert_eq!(w.last_offset(), last);
+    }
+}
+
+#[test]
+fn scan_segment_file_reports_records_and_damage() {
+    let d = tempfile::tempdir().unwrap();
+    let ends = make_single_segment(d.path());
+    let path = segment::data_path(d.path(), 0);
+    let (recs, err) = scan_segment_file(&path).unwrap();
+    assert_eq!(recs.len(), 40);
+    assert!(err.is_none());
+    let mut b = std::fs::read(&path).unwrap();
+    b[ends[20] + 13] ^= 1;
+    std::fs::write(&path, &b).unwrap();
+    let (recs, err) = scan_segment_file(&path).unwrap();
+    assert_eq!(recs.len(), 21);
+    assert!(err.unwrap().contains(&format!("byte {}", ends[20])));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(u8, u16),
+    Sync,
+    Truncate(u16),
+    Trim(u16),
+    Reopen,
+    Clear,
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (1u8..20, 0u16..600).prop_map(|(n, size)| Op::Append(n, size)),
+        2 => Just(Op::Sync),
+        2 => any::<u16>().prop_map(Op::Truncate),
+        1 => any::<u16>().prop_map(Op::Trim),
+        2 => Just(Op::Reopen),
+        1 => Just(Op::Clear),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The WAL behaves like a map offset → entry under any sequence of
+    /// operations, including reopen (with every entry treated as committed).
+    #[test]
+    fn model_check(ops in proptest::collection::vec(op_strategy(), 1..40)) {
+        let d = tempfile::tempdir().unwrap();
+        let mut model: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
+        let mut w = Wal::open(d.path(), opts(4096, -1)).unwrap();
+        let mut next = 0i64;
+        for op in ops {
+            match op {
+                Op::Append(n, size) => {
+                    let vals: Vec<Vec<u8>> = (0..n as i64)
+                        .map(|i| vec![((next + i) % 251) as u8; size as usize])
+                        .collect();
+                    let batch: Vec<NewEntry> = vals.iter().enumerate().map(|(i, v)| NewEntry {
+                        term: 1, offset: next + i as i64, value: v, timestamp: 0,
+                    }).collect();
+                    w.append_batch(&batch, None).unwrap();
+                    for (i, v) in vals.into_iter().enumerate() {
+                        model.insert(next + i as i64, v);
+                    }
+                    next += n as i64;
+                }
+                Op::Sync => { w.sync().unwrap(); }
+                Op::Truncate(k) => {
+                    if let (Some((&lo, _)), Some((&hi, _))) = (model.first_key_value(), model.last_key_value()) {
+                        let cut = lo - 1 + (k as i64 % (hi - lo + 2));
+                        w.truncate(cut).unwrap();
+                        if cut < lo { model.clear(); } else { model.retain(|&o, _| o <= cut); }
+                        next = if model.is_empty() { next } else { cut + 1 };
+                    }
+                }
+                Op::Trim(k) => {
+                    if let Some((&hi, _)) = model.last_key_value() {
+                        let before = k as i64 % (hi + 2);
+                        let first = w.trim(before, hi).unwrap();
+                        prop_assert!(first <= before.max(*model.keys().next().unwrap()));
+                        model.retain(|&o, _| o >= first);
+                    }
+                }
+                Op::Reopen => {
+                    w.sync().unwrap();
+                    let commit = model.keys().last().copied().unwrap_or(-1);
+                    drop(w);
+                    w = Wal::open(d.path(), opts(4096, commit)).unwrap();
+                }
+                Op::Clear => {
+                    w.clear().unwrap();
+                    model.clear();
+                    next += 3; // the next append may start anywhere
+                }
+            }
+            prop_assert_eq!(w.last_offset(), model.keys().last().copied().unwrap_or(-1));
+            prop_assert_eq!(w.first_offset(), model.keys().next().copied().unwrap_or(-1));
+            for (o, v) in &model {
+                prop_assert_eq!(&w.read(*o).unwrap().value, v);
+            }
+        }
+    }
+}
