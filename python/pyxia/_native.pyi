@@ -4,7 +4,26 @@ from collections.abc import Iterator, Sequence
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Final, Literal, final
+
+__all__ = [
+    "DEFAULT_RETENTION_MS",
+    "DEFAULT_SEGMENT_SIZE",
+    "CorruptedLog",
+    "CrcMismatch",
+    "EntryNotFound",
+    "InvalidNextOffset",
+    "Wal",
+    "WalClosed",
+    "WalEntry",
+    "WalError",
+    "WalFailed",
+    "WalReader",
+    "WalReverseReader",
+    "__version__",
+    "chained_crc",
+    "scan_segment",
+]
 
 __version__: Final[str]
 DEFAULT_SEGMENT_SIZE: Final[int]
@@ -31,6 +50,7 @@ class WalClosed(WalError):
 class WalFailed(WalError):
     """A sync failed earlier; the WAL must be reopened."""
 
+@final
 class WalEntry:
     """One entry read from the log, with its place in the CRC chain."""
 
@@ -47,6 +67,7 @@ class WalEntry:
     @property
     def previous_crc(self) -> int: ...
 
+@final
 class WalReader(Iterator[WalEntry]):
     """Forward iterator; stops at the current end of the log."""
 
@@ -55,12 +76,14 @@ class WalReader(Iterator[WalEntry]):
     @property
     def next_offset(self) -> int: ...
 
+@final
 class WalReverseReader(Iterator[WalEntry]):
     """Iterates from the last entry down to the first."""
 
     def __iter__(self) -> WalReverseReader: ...
     def __next__(self) -> WalEntry: ...
 
+@final
 class Wal:
     """A write-ahead log in one directory.
 
@@ -70,15 +93,15 @@ class Wal:
     or below it raises :class:`CorruptedLog`.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         dir: str | PathLike[str],
         *,
         segment_size: int = ...,
         sync_data: bool = True,
         retention_ms: int = ...,
-        commit_offset: int = -1,
-    ) -> None: ...
+        commit_offset: int = ...,
+    ) -> Wal: ...
     def append(
         self,
         term: int,
@@ -134,7 +157,7 @@ class Wal:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool: ...
+    ) -> Literal[False]: ...
 
 def scan_segment(
     path: str | PathLike[str],

@@ -47,15 +47,13 @@ def measure_append(path: Path, seconds: float) -> float:
     ts = int(time.time() * 1000)
     with Wal(path, sync_data=False) as wal:
         offset = 0
-        start = time.perf_counter()
+        start = now = time.perf_counter()
         deadline = start + seconds
-        while True:
+        while now < deadline:
             batch = [(1, o, value, ts) for o in range(offset, offset + BATCH)]
             wal.append_batch(batch)
             offset += BATCH
             now = time.perf_counter()
-            if now >= deadline:
-                break
         return offset / (now - start)
 
 
@@ -183,7 +181,7 @@ def run_repeated(
         return runs[0]
     out: dict[str, Any] = {}
     for k, v in runs[0].items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "median_of":
+        if isinstance(v, int | float) and not isinstance(v, bool) and k != "median_of":
             out[k] = statistics.median(r[k] for r in runs)
         else:
             out[k] = v

@@ -25,10 +25,20 @@ def wal() -> None:
     default=None,
     help="Directory to run in (default: the system temp dir). Use the disk you care about.",
 )
-@click.option("--seconds", type=float, default=8.0, show_default=True,
-              help="Total time; split evenly over the four phases.")
-@click.option("--repeat", type=click.IntRange(1, 99), default=1, show_default=True,
-              help="Run several times and report medians.")
+@click.option(
+    "--seconds",
+    type=float,
+    default=8.0,
+    show_default=True,
+    help="Total time; split evenly over the four phases.",
+)
+@click.option(
+    "--repeat",
+    type=click.IntRange(1, 99),
+    default=1,
+    show_default=True,
+    help="Run several times and report medians.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def perf(directory: Path | None, seconds: float, repeat: int, as_json: bool) -> None:
     """Measure WAL append/durable throughput and sync latency against a
@@ -48,11 +58,16 @@ def perf(directory: Path | None, seconds: float, repeat: int, as_json: bool) -> 
     rows = [
         ("append (unsynced, batch API)", f"{result['append_entries_per_s']:,.0f} entries/s"),
         ("durable (64 async appenders)", f"{result['durable_entries_per_s']:,.0f} entries/s"),
-        ("baseline write+fdatasync", f"{result['baseline_fdatasync_entries_per_s']:,.0f} entries/s"),
+        (
+            "baseline write+fdatasync",
+            f"{result['baseline_fdatasync_entries_per_s']:,.0f} entries/s",
+        ),
         ("durable / baseline", f"{result['durable_vs_baseline']}x"),
         ("sync round p50 / p99", f"{result['sync_p50_us']} / {result['sync_p99_us']} us"),
-        ("baseline fdatasync p50 / p99",
-         f"{result['baseline_fdatasync_p50_us']} / {result['baseline_fdatasync_p99_us']} us"),
+        (
+            "baseline fdatasync p50 / p99",
+            f"{result['baseline_fdatasync_p50_us']} / {result['baseline_fdatasync_p99_us']} us",
+        ),
         ("sync p50 / baseline p50", f"{result['sync_p50_vs_baseline_p50']}x"),
     ]
     width = max(len(r[0]) for r in rows)
@@ -62,8 +77,12 @@ def perf(directory: Path | None, seconds: float, repeat: int, as_json: bool) -> 
 
 @wal.command()
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--entries/--no-entries", default=True, show_default=True,
-              help="List every entry, not just the segments.")
+@click.option(
+    "--entries/--no-entries",
+    default=True,
+    show_default=True,
+    help="List every entry, not just the segments.",
+)
 def scan(directory: Path, entries: bool) -> None:
     """List the segments of a WAL directory and their entries
     (offset, term, size, crc). Read-only: nothing is changed."""
@@ -83,11 +102,17 @@ def scan(directory: Path, entries: bool) -> None:
             + (", index present" if idx.exists() else ", no index")
         )
         if entries:
-            click.echo(f"  {'offset':>12} {'term':>8} {'size':>8} {'crc':>10} "
-                       f"{'position':>10}  timestamp")
+            click.echo(
+                f"  {'offset':>12} {'term':>8} {'size':>8} {'crc':>10} {'position':>10}  timestamp"
+            )
             for pos, offset, term, size, crc, _prev, ts in records:
-                when = datetime.datetime.fromtimestamp(ts / 1000, datetime.UTC).isoformat(
-                    timespec="milliseconds") if ts else "-"
+                when = (
+                    datetime.datetime.fromtimestamp(ts / 1000, datetime.UTC).isoformat(
+                        timespec="milliseconds"
+                    )
+                    if ts
+                    else "-"
+                )
                 click.echo(f"  {offset:>12} {term:>8} {size:>8} {crc:#010x} {pos:>10}  {when}")
         if error:
             damaged = True

@@ -591,6 +591,9 @@ impl Wal {
 
     /// Makes everything appended so far durable.
     pub fn sync(&self) -> Result<()> {
+        if self.is_closed() {
+            return Err(WalError::Closed);
+        }
         let target = self.inner.last_appended.load(Ordering::Acquire);
         self.inner.request_sync();
         self.inner.wait_synced(target, None).map(|_| ())

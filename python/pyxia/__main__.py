@@ -1,0 +1,5 @@
+"""``python -m pyxia`` runs the command line."""
+
+from pyxia.cli import main
+
+main()
