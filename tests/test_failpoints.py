@@ -22,7 +22,7 @@ def test_disarmed_is_a_noop() -> None:
 def test_raise_and_counts() -> None:
     failpoints.arm("a.b", "2*raise")
     for _ in range(2):
-        with pytest.raises(FailpointError, match="a.b"):
+        with pytest.raises(FailpointError, match=r"a\.b"):
             failpoints.failpoint("a.b")
     failpoints.failpoint("a.b")  # exhausted
     assert failpoints.hits("a.b") == 2
