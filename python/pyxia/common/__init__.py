@@ -1,0 +1,1 @@
+"""Pieces shared by clients, data servers and the coordinator (hashing, shard ranges)."""
