@@ -1,0 +1,414 @@
+"""Applying committed log entries to the shard DB.
+
+One log entry (one client ``WriteRequest``) becomes one RocksDB batch that
+also carries the commit offset, the shard-wide version counter and the
+entry's notification batch. Every replica applies the same entries in the
+same order to the same state, so this code is deterministic: no clock (the
+timestamp comes from the entry), no randomness.
+
+Semantics follow Oxia: puts, then deletes, then delete-ranges; per-op
+statuses; the version id is a shard-wide counter; the session record and
+secondary index bookkeeping happen in the same batch as the record. A write
+that cannot be applied at all (a sequential put whose deltas do not fit the
+sequence) is *rejected*: it has no effect but its offset is recorded as
+applied, and the leader answers the client with the error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from rocksdict import WriteBatch
+
+from pyxia.errors import InvalidArgument, PyxiaError
+from pyxia.proto import client_pb2, storage_pb2
+from pyxia.storage import keys
+from pyxia.storage.db import ShardDB
+from pyxia.storage.keys import ScanBounds
+from pyxia.storage.notifications import Notifications
+
+OK = client_pb2.OK
+KEY_NOT_FOUND = client_pb2.KEY_NOT_FOUND
+UNEXPECTED_VERSION_ID = client_pb2.UNEXPECTED_VERSION_ID
+SESSION_DOES_NOT_EXIST = client_pb2.SESSION_DOES_NOT_EXIST
+
+StorageEntry = storage_pb2.StorageEntry
+PutResponse = client_pb2.PutResponse
+DeleteResponse = client_pb2.DeleteResponse
+DeleteRangeResponse = client_pb2.DeleteRangeResponse
+Version = client_pb2.Version
+
+
+class RejectedWrite(InvalidArgument):
+    """The entry was recorded as applied but had no effect."""
+
+
+@dataclass
+class ApplyResult:
+    """What applying one entry produced."""
+
+    response: client_pb2.WriteResponse | None
+    error: PyxiaError | None = None
+    # (prefix, new last key) of every sequential put, for GetSequenceUpdates.
+    sequence_updates: list[tuple[str, str]] = field(default_factory=list)
+    notified: bool = False
+
+
+class _Stage:
+    """The mutations of one entry: a RocksDB batch plus an overlay, so later
+    operations of the same entry read what earlier ones wrote."""
+
+    __slots__ = ("batch", "db", "overlay")
+
+    def __init__(self, db: ShardDB) -> None:
+        self.db = db
+        self.batch: WriteBatch = db.new_batch()
+        self.overlay: dict[bytes, bytes | None] = {}
+
+    def get(self, ekey: bytes) -> bytes | None:
+        ov = self.overlay
+        if ekey in ov:
+            return ov[ekey]
+        return self.db.get(ekey)
+
+    def put(self, ekey: bytes, value: bytes) -> None:
+        self.overlay[ekey] = value
+        self.batch.put(ekey, value)
+
+    def delete(self, ekey: bytes) -> None:
+        self.overlay[ekey] = None
+        self.batch.delete(ekey)
+
+    def scan(self, bounds: ScanBounds, *, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        """Merged DB + overlay scan (overlay wins). The overlay keys are
+        captured when the scan starts, so mutations made while iterating only
+        affect keys not yet visited through the DB."""
+        if bounds.empty:
+            return
+        ov_keys = sorted((k for k in self.overlay if bounds.contains(k)), reverse=reverse)
+        db_it = (
+            kv
+            for kv in self.db.scan(bounds.lower, bounds.upper, reverse=reverse)
+            if bounds.contains(kv[0])
+        )
+        i = 0
+        nxt = next(db_it, None)
+        while nxt is not None or i < len(ov_keys):
+            if i < len(ov_keys) and (
+                nxt is None or (ov_keys[i] <= nxt[0] if not reverse else ov_keys[i] >= nxt[0])
+            ):
+                k = ov_keys[i]
+                i += 1
+                if nxt is not None and nxt[0] == k:
+                    nxt = next(db_it, None)
+                v = self.overlay.get(k)
+                if v is not None:
+                    yield k, v
+            else:
+                assert nxt is not None
+                k, v = nxt
+                nxt = next(db_it, None)
+                if k in self.overlay:
+                    # Changed after the scan started: respect the overlay.
+                    ov = self.overlay[k]
+                    if ov is None:
+                        continue
+                    v = ov
+                yield k, v
+
+
+class StateApplier:
+    """Applies entries of one shard to its DB."""
+
+    def __init__(self, db: ShardDB, shard: int, *, notifications_enabled: bool = True) -> None:
+        self.db = db
+        self.shard = shard
+        self.notifications_enabled = notifications_enabled
+        self.encoding = db.encoding
+        self.last_version_id = db.last_version_id()
+        self.commit_offset = db.commit_offset()
+
+    # -- entry level ------------------------------------------------------------------------------
+
+    def apply_log_entry_value(self, offset: int, timestamp: int, value: bytes) -> list[ApplyResult]:
+        """Decodes a ``LogEntryValue`` and applies it (followers, WAL replay)."""
+        lev = storage_pb2.LogEntryValue.FromString(value)
+        which = lev.WhichOneof("value")
+        if which == "requests":
+            writes = lev.requests.writes
+            if len(writes) == 1:
+                return [self.apply_write(writes[0], offset, timestamp)]
+            return [self.apply_write(w, offset, timestamp) for w in writes]
+        # Control requests carry no user data: only the offset moves.
+        self.apply_noop(offset)
+        return []
+
+    def apply_noop(self, offset: int) -> None:
+        b = self.db.new_batch()
+        self.db.put_commit_offset(b, offset)
+        self.db.write(b)
+        self.commit_offset = offset
+
+    def apply_write(self, req: client_pb2.WriteRequest, offset: int, timestamp: int) -> ApplyResult:
+        """Applies one write request as the entry at ``offset``."""
+        stage = _Stage(self.db)
+        notifications = (
+            Notifications(self.shard, offset, timestamp) if self.notifications_enabled else None
+        )
+        base_version = self.last_version_id
+        seq_updates: list[tuple[str, str]] = []
+        try:
+            res = client_pb2.WriteResponse()
+            puts = res.puts
+            for p in req.puts:
+                pr = self._put(stage, p, timestamp, notifications)
+                if pr.HasField("key"):
+                    seq_updates.append((p.key, pr.key))
+                puts.append(pr)
+            deletes = res.deletes
+            for d in req.deletes:
+                deletes.append(self._delete(stage, d, notifications))
+            ranges = res.delete_ranges
+            for r in req.delete_ranges:
+                ranges.append(self._delete_range(stage, r, notifications))
+        except keys.SequenceKeyError as e:
+            # Rejected as a whole, identically on every replica.
+            self.last_version_id = base_version
+            self.apply_noop(offset)
+            return ApplyResult(None, RejectedWrite(str(e)))
+        batch = stage.batch
+        self.db.put_commit_offset(batch, offset)
+        self.db.put_last_version_id(batch, self.last_version_id)
+        notified = False
+        if notifications is not None and len(notifications):
+            batch.put(
+                self.encoding.encode(keys.notification_key(offset)),
+                notifications.seal().SerializeToString(),
+            )
+            notified = True
+        try:
+            self.db.write(batch)
+        except BaseException:
+            self.last_version_id = base_version
+            raise
+        self.commit_offset = offset
+        return ApplyResult(res, None, seq_updates, notified)
+
+    # -- operations -------------------------------------------------------------------------------
+
+    def _put(
+        self,
+        st: _Stage,
+        req: client_pb2.PutRequest,
+        timestamp: int,
+        notifications: Notifications | None,
+    ) -> client_pb2.PutResponse:
+        enc = self.encoding.encode
+        generated: str | None = None
+        existing: storage_pb2.StorageEntry | None = None
+        if req.sequence_key_delta:
+            try:
+                keys.validate_sequence_put(
+                    has_partition_key=req.HasField("partition_key"),
+                    has_expected_version=req.HasField("expected_version_id"),
+                )
+            except keys.SequenceWithExpectedVersion:
+                return PutResponse(status=UNEXPECTED_VERSION_ID)
+            last = self._last_key_below(st, keys.sequence_search_key(req.key))
+            generated = keys.next_sequence_key(req.key, last, list(req.sequence_key_delta))
+            key = generated
+            ekey = enc(key)
+            raw = st.get(ekey)
+            if raw is not None:
+                existing = StorageEntry.FromString(raw)
+        else:
+            key = req.key
+            ekey = enc(key)
+            raw = st.get(ekey)
+            if raw is not None:
+                existing = StorageEntry.FromString(raw)
+            if req.HasField("expected_version_id"):
+                ev = req.expected_version_id
+                if existing is None:
+                    if ev != -1:
+                        return PutResponse(status=UNEXPECTED_VERSION_ID)
+                elif existing.version_id != ev:
+                    return PutResponse(status=UNEXPECTED_VERSION_ID)
+
+        has_session = req.HasField("session_id")
+        if has_session and st.get(enc(keys.session_key(req.session_id))) is None:
+            return PutResponse(status=SESSION_DOES_NOT_EXIST)
+        if existing is not None:
+            if existing.HasField("session_id"):
+                st.delete(enc(keys.session_shadow_key(existing.session_id, key)))
+            for si in existing.secondary_indexes:
+                st.delete(enc(keys.index_entry_key(si.index_name, si.secondary_key, key)))
+        if has_session:
+            st.put(enc(keys.session_shadow_key(req.session_id, key)), b"")
+        for si in req.secondary_indexes:
+            st.put(enc(keys.index_entry_key(si.index_name, si.secondary_key, key)), b"")
+
+        if req.HasField("override_version_id"):
+            version_id = req.override_version_id
+        else:
+            self.last_version_id += 1
+            version_id = self.last_version_id
+        if existing is None:
+            mod_count = 0
+            created = timestamp
+        else:
+            mod_count = existing.modifications_count + 1
+            created = existing.creation_timestamp
+        if req.HasField("override_modifications_count"):
+            mod_count = req.override_modifications_count
+        se = StorageEntry(
+            value=req.value,
+            version_id=version_id,
+            modifications_count=mod_count,
+            creation_timestamp=created,
+            modification_timestamp=timestamp,
+            secondary_indexes=req.secondary_indexes,
+        )
+        if has_session:
+            se.session_id = req.session_id
+        if req.HasField("client_identity"):
+            se.client_identity = req.client_identity
+        if req.HasField("partition_key"):
+            se.partition_key = req.partition_key
+        st.put(ekey, se.SerializeToString())
+        if notifications is not None:
+            notifications.modified(key, version_id, mod_count)
+        version = Version(
+            version_id=version_id,
+            modifications_count=mod_count,
+            created_timestamp=created,
+            modified_timestamp=timestamp,
+        )
+        if has_session:
+            version.session_id = req.session_id
+        if req.HasField("client_identity"):
+            version.client_identity = req.client_identity
+        if generated is not None:
+            return PutResponse(status=OK, version=version, key=generated)
+        return PutResponse(status=OK, version=version)
+
+    def _last_key_below(self, st: _Stage, key: str) -> str | None:
+        """The greatest user key strictly below ``key``."""
+        upper = self.encoding.encode(key)
+        start, _ = self.encoding.internal_region
+        bounds = ScanBounds(None, min(upper, start))
+        for ekey, _ in st.scan(bounds, reverse=True):
+            return self.encoding.decode(ekey)
+        return None
+
+    def _delete(
+        self,
+        st: _Stage,
+        req: client_pb2.DeleteRequest,
+        notifications: Notifications | None,
+    ) -> client_pb2.DeleteResponse:
+        key = req.key
+        ekey = self.encoding.encode(key)
+        raw = st.get(ekey)
+        if raw is None:
+            if req.HasField("expected_version_id") and req.expected_version_id != -1:
+                return DeleteResponse(status=UNEXPECTED_VERSION_ID)
+            return DeleteResponse(status=KEY_NOT_FOUND)
+        existing = StorageEntry.FromString(raw)
+        if req.HasField("expected_version_id") and existing.version_id != req.expected_version_id:
+            return DeleteResponse(status=UNEXPECTED_VERSION_ID)
+        self._delete_entry(st, key, ekey, existing, notifications)
+        return DeleteResponse(status=OK)
+
+    def _delete_entry(
+        self,
+        st: _Stage,
+        key: str,
+        ekey: bytes,
+        entry: storage_pb2.StorageEntry,
+        notifications: Notifications | None,
+    ) -> None:
+        """Deletes a record with its shadow key, index entries and (for a
+        session record) the session's ephemeral records."""
+        enc = self.encoding.encode
+        if entry.HasField("session_id"):
+            st.delete(enc(keys.session_shadow_key(entry.session_id, key)))
+        for si in entry.secondary_indexes:
+            st.delete(enc(keys.index_entry_key(si.index_name, si.secondary_key, key)))
+        if keys.is_session_key(key):
+            self._close_session(st, keys.parse_session_key(key), notifications)
+        st.delete(ekey)
+        if notifications is not None:
+            notifications.deleted(key)
+
+    def _close_session(
+        self, st: _Stage, session_id: int, notifications: Notifications | None
+    ) -> None:
+        lower, upper = keys.session_shadow_range(session_id, self.encoding)
+        shadows = [k for k, _ in st.scan(ScanBounds(lower, upper))]
+        for shadow in shadows:
+            st.delete(shadow)
+            _, user_key = keys.parse_session_shadow_key(self.encoding.decode(shadow))
+            if not user_key:
+                continue
+            ekey = self.encoding.encode(user_key)
+            raw = st.get(ekey)
+            if raw is None:
+                continue
+            entry = StorageEntry.FromString(raw)
+            if entry.HasField("session_id") and entry.session_id == session_id:
+                self._delete_entry(st, user_key, ekey, entry, notifications)
+
+    def _delete_range(
+        self,
+        st: _Stage,
+        req: client_pb2.DeleteRangeRequest,
+        notifications: Notifications | None,
+    ) -> client_pb2.DeleteRangeResponse:
+        bounds = keys.delete_range_bounds(req.start_inclusive, req.end_exclusive, self.encoding)
+        if notifications is not None:
+            notifications.deleted_range(req.start_inclusive, req.end_exclusive)
+        decode = self.encoding.decode
+        victims = list(st.scan(bounds))
+        for ekey, raw in victims:
+            if st.get(ekey) is None:
+                continue  # already removed by an earlier cascade
+            key = decode(ekey)
+            entry = StorageEntry.FromString(raw)
+            enc = self.encoding.encode
+            if entry.HasField("session_id"):
+                st.delete(enc(keys.session_shadow_key(entry.session_id, key)))
+            for si in entry.secondary_indexes:
+                st.delete(enc(keys.index_entry_key(si.index_name, si.secondary_key, key)))
+            st.delete(ekey)
+        return DeleteRangeResponse(status=OK)
+
+
+def validate_write_request(req: client_pb2.WriteRequest) -> None:
+    """Request-level checks done before an entry is logged. Raises
+    InvalidArgument with a clear message; the request is then not applied."""
+    for p in req.puts:
+        if p.sequence_key_delta:
+            if not p.key:
+                raise InvalidArgument("a sequential put needs a key prefix")
+            if not p.HasField("partition_key"):
+                raise InvalidArgument("oxia: sequential key operation requires partition key")
+            if p.sequence_key_delta[0] == 0:
+                raise InvalidArgument(
+                    "oxia: sequential key operation requires first delta do be > 0"
+                )
+        elif not p.key:
+            raise InvalidArgument("put: the key must not be empty")
+        if keys.is_internal_key(p.key):
+            raise InvalidArgument(f"put: keys under {keys.INTERNAL_KEY_PREFIX} are reserved")
+        for si in p.secondary_indexes:
+            if not si.index_name or "/" in si.index_name:
+                raise InvalidArgument(
+                    f"put: invalid secondary index name {si.index_name!r} (empty or with '/')"
+                )
+    for d in req.deletes:
+        if not d.key:
+            raise InvalidArgument("delete: the key must not be empty")
+        if keys.is_internal_key(d.key):
+            raise InvalidArgument(f"delete: keys under {keys.INTERNAL_KEY_PREFIX} are reserved")
