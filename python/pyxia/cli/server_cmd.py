@@ -1,0 +1,220 @@
+"""``pyxia standalone`` (and, later, ``pyxia server``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pyxia import logs
+from pyxia.config import ConfigError, NamespaceConfig, load_cluster_config
+from pyxia.server.data_server import ServerOptions
+
+log = logging.getLogger("pyxia.cli")
+
+
+def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The flags shared by ``standalone`` and ``server`` (Oxia's names)."""
+    opts = [
+        click.option(
+            "-p",
+            "--public-addr",
+            default="0.0.0.0:6648",
+            show_default=True,
+            help="Public (client) gRPC address.",
+        ),
+        click.option(
+            "-i",
+            "--internal-addr",
+            default="0.0.0.0:6649",
+            show_default=True,
+            help="Internal (coordination/replication) gRPC address.",
+        ),
+        click.option(
+            "-m",
+            "--metrics-addr",
+            default="0.0.0.0:8080",
+            show_default=True,
+            help="Prometheus /metrics address; empty to disable.",
+        ),
+        click.option(
+            "--advertised-public-addr",
+            default=None,
+            help="Address clients are told to use (default: derived from "
+            "--public-addr, 0.0.0.0 becoming localhost).",
+        ),
+        click.option(
+            "--advertised-internal-addr",
+            default=None,
+            help="Address peers use for the internal port.",
+        ),
+        click.option(
+            "--data-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=Path("data/db"),
+            show_default=True,
+            help="Shard databases.",
+        ),
+        click.option(
+            "--wal-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=Path("data/wal"),
+            show_default=True,
+            help="Write-ahead logs.",
+        ),
+        click.option(
+            "--wal-sync-data/--no-wal-sync-data",
+            default=True,
+            show_default=True,
+            help="fsync the WAL before acknowledging writes.",
+        ),
+        click.option(
+            "--wal-retention-time",
+            type=float,
+            default=3600.0,
+            show_default=True,
+            help="Seconds of WAL kept (never past the commit offset).",
+        ),
+        click.option(
+            "--notifications-retention-time",
+            type=float,
+            default=3600.0,
+            show_default=True,
+            help="Seconds of notifications kept.",
+        ),
+        click.option(
+            "--log-level",
+            default="info",
+            show_default=True,
+            type=click.Choice(["debug", "info", "warning", "error"]),
+        ),
+        click.option(
+            "--log-format",
+            default="logfmt",
+            show_default=True,
+            type=click.Choice(["logfmt", "json"]),
+        ),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def build_options(kw: dict[str, Any]) -> ServerOptions:
+    return ServerOptions(
+        public_addr=kw["public_addr"],
+        internal_addr=kw["internal_addr"],
+        metrics_addr=kw["metrics_addr"] or None,
+        advertised_public_addr=kw["advertised_public_addr"],
+        advertised_internal_addr=kw["advertised_internal_addr"],
+        data_dir=kw["data_dir"],
+        wal_dir=kw["wal_dir"],
+        wal_sync_data=kw["wal_sync_data"],
+        wal_retention_s=kw["wal_retention_time"],
+        notifications_retention_s=kw["notifications_retention_time"],
+    )
+
+
+async def run_until_signalled(
+    start: Callable[[], Awaitable[None]],
+    close: Callable[[], Awaitable[None]],
+    ready_line: Callable[[], str],
+) -> None:
+    """Starts, logs one ready line, waits for SIGINT/SIGTERM, closes."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await start()
+    log.info(ready_line())
+    await stop.wait()
+    log.info("shutting down")
+    await close()
+    log.info("stopped")
+
+
+@click.command()
+@server_options
+@click.option(
+    "-s",
+    "--shards",
+    type=click.IntRange(1, 65536),
+    default=1,
+    show_default=True,
+    help="Shards of the namespace.",
+)
+@click.option(
+    "-n",
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    default=("default",),
+    show_default=True,
+    help="Namespace(s) to create (repeatable).",
+)
+@click.option(
+    "--notifications/--no-notifications",
+    default=True,
+    show_default=True,
+    help="Enable notifications on the namespaces.",
+)
+@click.option(
+    "--key-sorting",
+    type=click.Choice(["hierarchical", "natural"]),
+    default="hierarchical",
+    show_default=True,
+)
+@click.option(
+    "-f",
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Cluster config YAML whose namespaces to create (replaces the flags above).",
+)
+def standalone(**kw: Any) -> None:
+    """Run a single-node pyxia (RF=1, in-process coordinator)."""
+    from pyxia.server.standalone import Standalone
+
+    logs.setup(kw["log_level"], kw["log_format"])
+    if kw["config_file"] is not None:
+        try:
+            cfg = load_cluster_config(kw["config_file"], require_servers=False)
+        except ConfigError as e:
+            raise click.UsageError(str(e)) from e
+        namespaces = [
+            NamespaceConfig(
+                n.name, n.initial_shard_count, 1, n.notifications_enabled, n.key_sorting, n.tso
+            )
+            for n in cfg.namespaces
+        ]
+    else:
+        namespaces = [
+            NamespaceConfig(name, kw["shards"], 1, kw["notifications"], kw["key_sorting"])
+            for name in dict.fromkeys(kw["namespaces"])
+        ]
+    options = build_options(kw)
+    node = Standalone(options, namespaces)
+
+    def ready() -> str:
+        s = node.server
+        total = sum(n.initial_shard_count for n in namespaces)
+        return (
+            f"pyxia standalone ready: public={s.public_address} "
+            f"internal={s.internal_address} "
+            + (f"metrics=:{s.metrics_port} " if s.metrics_port else "")
+            + f"namespaces={','.join(n.name for n in namespaces)} shards={total} "
+            f"data-dir={options.data_dir} wal-dir={options.wal_dir}"
+        )
+
+    try:
+        asyncio.run(run_until_signalled(node.start, node.close, ready))
+    except OSError as e:
+        log.error("cannot start: %s", e)
+        sys.exit(1)

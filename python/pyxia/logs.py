@@ -1,0 +1,57 @@
+"""Structured logging: one line per event, ``key=value`` pairs (logfmt) or
+JSON. Quiet by default on the hot path: nothing is logged per request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _RESERVED}
+
+
+class LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        parts = [
+            f"time={ts}.{int(record.msecs):03d}Z",
+            f"level={record.levelname.lower()}",
+            f"logger={record.name}",
+            f"msg={json.dumps(record.getMessage())}",
+        ]
+        for k, v in _fields(record).items():
+            parts.append(f"{k}={json.dumps(v, default=str)}")
+        if record.exc_info:
+            parts.append(f"error={json.dumps(self.formatException(record.exc_info))}")
+        return " ".join(parts)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        d: dict[str, Any] = {
+            "time": record.created,
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            **_fields(record),
+        }
+        if record.exc_info:
+            d["error"] = self.formatException(record.exc_info)
+        return json.dumps(d, default=str)
+
+
+def setup(level: str = "info", fmt: str = "logfmt") -> None:
+    """Configures the root logger to write structured lines to stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # grpc and asyncio are chatty at debug level.
+    logging.getLogger("asyncio").setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,24 @@
+"""Prometheus metrics (served on ``--metrics-addr`` at ``/metrics``).
+
+Counted per request or per batch, never per operation inside a loop that a
+batch already covers, so the hot path pays a few increments per batch."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+WRITE_REQUESTS = Counter(
+    "pyxia_server_write_requests", "Write requests (one WAL entry each)", ["shard"]
+)
+WRITE_OPS = Counter("pyxia_server_write_ops", "Put/delete/delete-range operations", ["shard"])
+READ_OPS = Counter("pyxia_server_read_ops", "Get operations", ["shard"])
+WRITE_LATENCY = Histogram(
+    "pyxia_server_write_latency_seconds",
+    "From proposal to applied, per write request",
+    ["shard"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+)
+COMMIT_OFFSET = Gauge("pyxia_server_leader_commit_offset", "Leader commit offset", ["shard"])
+HEAD_OFFSET = Gauge("pyxia_server_leader_head_offset", "Leader head offset", ["shard"])
+SESSIONS_ACTIVE = Gauge("pyxia_server_sessions_active", "Live sessions", ["shard"])
+SESSIONS_EXPIRED = Counter("pyxia_server_sessions_expired", "Expired sessions", ["shard"])

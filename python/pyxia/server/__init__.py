@@ -1,0 +1,1 @@
+"""The data server: shard controllers, replication, and the gRPC services."""

@@ -1,0 +1,77 @@
+"""Shard assignments: who leads which shard, which hash range it owns.
+
+The coordinator (or, in standalone mode, the local one) pushes the full map;
+every data server re-serves it to clients on GetShardAssignments, as a
+stream that sends the whole map again on every change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from pyxia.errors import NamespaceNotFound
+from pyxia.proto import client_pb2
+from pyxia.server.signals import Signal
+
+
+class AssignmentsDispatcher:
+    """Holds the latest assignments and streams them to clients."""
+
+    def __init__(self) -> None:
+        self._current: client_pb2.ShardAssignments | None = None
+        self.changed = Signal()
+
+    @property
+    def current(self) -> client_pb2.ShardAssignments | None:
+        return self._current
+
+    @property
+    def initialized(self) -> bool:
+        return self._current is not None
+
+    def update(self, assignments: client_pb2.ShardAssignments) -> None:
+        self._current = assignments
+        self.changed.notify()
+
+    def leader_of(self, shard: int) -> str | None:
+        """The advertised leader of ``shard``, if known."""
+        if self._current is None:
+            return None
+        for ns in self._current.namespaces.values():
+            for a in ns.assignments:
+                if a.shard == shard:
+                    return a.leader or None
+        return None
+
+    def namespace_of(self, shard: int) -> str | None:
+        if self._current is None:
+            return None
+        for name, ns in self._current.namespaces.items():
+            for a in ns.assignments:
+                if a.shard == shard:
+                    return name
+        return None
+
+    def _view(self, namespace: str) -> client_pb2.ShardAssignments:
+        assert self._current is not None
+        if not namespace:
+            return self._current
+        if namespace not in self._current.namespaces:
+            raise NamespaceNotFound(f"oxia: namespace not found: {namespace!r}")
+        out = client_pb2.ShardAssignments()
+        out.namespaces[namespace].CopyFrom(self._current.namespaces[namespace])
+        out.allowed_authorities.extend(self._current.allowed_authorities)
+        return out
+
+    async def stream(self, namespace: str) -> AsyncIterator[client_pb2.ShardAssignments]:
+        """Yields the assignments now (once known) and after every change."""
+        sent = -1
+        while not self.changed.closed:
+            seen = self.changed.generation
+            if self._current is not None and seen != sent:
+                sent = seen
+                yield self._view(namespace)
+            await self.changed.wait(seen)
+
+    def close(self) -> None:
+        self.changed.close()

@@ -1,0 +1,201 @@
+"""A data server process: public gRPC port (client API + health), internal
+port (coordination and replication), Prometheus metrics, maintenance."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from pyxia.server.assignments import AssignmentsDispatcher
+from pyxia.server.leader_controller import LEADER
+from pyxia.server.public_rpc import OxiaClientService
+from pyxia.server.shard_storage import StorageOptions
+from pyxia.server.shards_director import ShardsDirector
+from pyxia.storage import reads
+
+log = logging.getLogger("pyxia.server")
+
+READINESS_SERVICE = "oxia-readiness"
+
+
+@dataclass
+class ServerOptions:
+    public_addr: str = "0.0.0.0:6648"
+    internal_addr: str = "0.0.0.0:6649"
+    metrics_addr: str | None = "0.0.0.0:8080"
+    advertised_public_addr: str | None = None
+    advertised_internal_addr: str | None = None
+    data_dir: Path = field(default_factory=lambda: Path("data/db"))
+    wal_dir: Path = field(default_factory=lambda: Path("data/wal"))
+    wal_sync_data: bool = True
+    wal_segment_size: int = 64 * 1024 * 1024
+    wal_retention_s: float = 3600.0
+    notifications_retention_s: float = 3600.0
+    maintenance_interval_s: float = 600.0
+    max_message_bytes: int = 64 * 1024 * 1024
+    session_check_interval_s: float = 0.1
+
+    def storage_options(self) -> StorageOptions:
+        return StorageOptions(
+            data_dir=self.data_dir,
+            wal_dir=self.wal_dir,
+            wal_sync_data=self.wal_sync_data,
+            wal_segment_size=self.wal_segment_size,
+            wal_retention_ms=int(self.wal_retention_s * 1000),
+            notifications_retention_ms=int(self.notifications_retention_s * 1000),
+        )
+
+
+def _advertise(bind: str, port: int) -> str:
+    host = bind.rsplit(":", 1)[0]
+    if host in ("0.0.0.0", "::", "[::]", ""):
+        host = "localhost"
+    return f"{host}:{port}"
+
+
+def grpc_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class DataServer:
+    """Owns the gRPC servers, the shards director and background tasks."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        self.assignments = AssignmentsDispatcher()
+        self.director = ShardsDirector(
+            options.storage_options(),
+            self.assignments,
+            session_check_interval=options.session_check_interval_s,
+        )
+        self.public_port = 0
+        self.internal_port = 0
+        self.metrics_port = 0
+        self._public: grpc.aio.Server | None = None
+        self._internal: grpc.aio.Server | None = None
+        self._metrics_server: Any = None
+        self._health = health_aio.HealthServicer()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self.extra_internal_handlers: list[grpc.GenericRpcHandler] = []
+        self.extra_public_handlers: list[grpc.GenericRpcHandler] = []
+
+    @property
+    def public_address(self) -> str:
+        return self.options.advertised_public_addr or _advertise(
+            self.options.public_addr, self.public_port
+        )
+
+    @property
+    def internal_address(self) -> str:
+        return self.options.advertised_internal_addr or _advertise(
+            self.options.internal_addr, self.internal_port
+        )
+
+    async def start(self) -> None:
+        opts = grpc_options(self.options.max_message_bytes)
+        self._public = grpc.aio.server(options=opts)
+        self._public.add_generic_rpc_handlers(
+            OxiaClientService(self.director, self.assignments).generic_handlers()
+        )
+        for h in self.extra_public_handlers:
+            self._public.add_generic_rpc_handlers([h])
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._public)
+        self.public_port = self._bind(self._public, self.options.public_addr, "public")
+
+        self._internal = grpc.aio.server(options=opts)
+        for h in self.extra_internal_handlers:
+            self._internal.add_generic_rpc_handlers([h])
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._internal)
+        self.internal_port = self._bind(self._internal, self.options.internal_addr, "internal")
+
+        await self._public.start()
+        await self._internal.start()
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set(READINESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.options.metrics_addr:
+            self._start_metrics(self.options.metrics_addr)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._maintenance()))
+
+    def _bind(self, server: grpc.aio.Server, addr: str, what: str) -> int:
+        try:
+            port = server.add_insecure_port(addr)
+        except RuntimeError as e:
+            raise OSError(f"cannot listen on {what} address {addr}: {e}") from e
+        if port == 0:
+            raise OSError(f"cannot listen on {what} address {addr} (in use?)")
+        return port
+
+    def _start_metrics(self, addr: str) -> None:
+        from prometheus_client import start_http_server
+
+        host, _, port = addr.rpartition(":")
+        try:
+            result = start_http_server(int(port), addr=host or "0.0.0.0")
+        except OSError as e:
+            raise OSError(f"cannot listen on metrics address {addr}: {e}") from e
+        if isinstance(result, tuple):
+            self._metrics_server = result[0]
+            self.metrics_port = int(self._metrics_server.server_port)
+        else:  # pragma: no cover - older prometheus_client
+            self.metrics_port = int(port)
+
+    async def set_ready(self) -> None:
+        await self._health.set(READINESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _maintenance(self) -> None:
+        """Time-based retention of WAL segments and notification batches."""
+        interval = self.options.maintenance_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            self.run_maintenance()
+
+    def run_maintenance(self, now_ms: int | None = None) -> None:
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        for lc in list(self.director.leaders.values()):
+            if lc.closed or lc.status != LEADER:
+                continue
+            try:
+                lc.wal.trim_expired(lc.commit_offset, now)
+                reads.trim_notifications(
+                    lc.storage.db, now - int(self.options.notifications_retention_s * 1000)
+                )
+            except Exception:
+                log.exception("maintenance of shard %s failed", lc.shard)
+
+    async def close(self, grace: float = 2.0) -> None:
+        """Stops accepting requests, closes every shard (flushing), stops.
+        Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for t in self._tasks:
+            t.cancel()
+        await self._health.enter_graceful_shutdown()
+        self.assignments.close()
+        servers = [s for s in (self._public, self._internal) if s is not None]
+        # New RPCs are refused from now on; in-flight ones get `grace` seconds.
+        stopping = asyncio.gather(*(s.stop(grace) for s in servers), return_exceptions=True)
+        # Let logged writes finish (they are answered once applied), then
+        # close the shards: open streams end, the DBs are flushed.
+        await self.director.drain(timeout=grace)
+        await self.director.close()
+        await stopping
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()

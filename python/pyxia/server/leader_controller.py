@@ -1,0 +1,402 @@
+"""The leader of one shard: fencing, the write path, reads.
+
+Write path (built for replication; RF=1 is the case with no follower):
+
+    propose → WAL append (term, offset, LogEntryValue, timestamp)
+            → local group-commit sync (one fsync for everything appended)
+            → quorum ack tracker (leader head + follower acks)
+            → apply committed entries in offset order, one DB batch each
+            → resolve the proposal's future → reply
+
+The WAL's sync thread wakes the event loop once per sync round through a
+pipe; the leader then advances its head in the tracker and applies whatever
+became committed. Follower cursors (replication) feed their acks into the
+same tracker and trigger the same apply step.
+
+Status machine (Oxia): NOT_MEMBER → FENCED (NewTerm) → LEADER (BecomeLeader).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from pyxia._native import WalError
+from pyxia.errors import (
+    AlreadyClosed,
+    InvalidStatus,
+    InvalidTerm,
+    NodeIsNotLeader,
+    NotificationsNotEnabled,
+    PyxiaError,
+    StorageFailure,
+)
+from pyxia.failpoints import failpoint
+from pyxia.proto import client_pb2, replication_pb2
+from pyxia.server.quorum import QuorumAckTracker
+from pyxia.server.session_manager import SessionManager
+from pyxia.server.shard_storage import ShardStorage
+from pyxia.server.signals import Signal
+from pyxia.storage import reads
+from pyxia.storage.apply import ApplyResult, validate_write_request
+from pyxia.storage.db import TermOptions
+
+log = logging.getLogger("pyxia.leader")
+
+NOT_MEMBER = replication_pb2.NOT_MEMBER
+FENCED = replication_pb2.FENCED
+FOLLOWER = replication_pb2.FOLLOWER
+LEADER = replication_pb2.LEADER
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def log_entry_value(raw_write_request: bytes) -> bytes:
+    """``LogEntryValue{requests: WriteRequests{writes: [<raw>]}}`` built from
+    the request's wire bytes, without re-serializing it."""
+    inner = b"\x0a" + _varint(len(raw_write_request)) + raw_write_request
+    return b"\x0a" + _varint(len(inner)) + inner
+
+
+@dataclass(slots=True)
+class Proposal:
+    offset: int
+    request: client_pb2.WriteRequest
+    timestamp: int
+    future: asyncio.Future[ApplyResult]
+    on_applied: Callable[[ApplyResult], None] | None = None
+
+
+@dataclass
+class SequenceWatch:
+    prefix: str
+    signal: Signal = field(default_factory=Signal)
+    last: str | None = None
+
+
+class LeaderController:
+    """One shard replica acting as (or preparing to be) its leader."""
+
+    def __init__(self, storage: ShardStorage, *, session_check_interval: float = 0.1) -> None:
+        self.storage = storage
+        self.namespace = storage.namespace
+        self.shard = storage.shard
+        self.wal = storage.wal
+        self.applier = storage.applier
+        term, options = storage.read_term()
+        self.term = term
+        self.term_options = options
+        self.status = NOT_MEMBER if term < 0 else FENCED
+        self.replication_factor = 1
+        self.tracker: QuorumAckTracker | None = None
+        self._pending: collections.deque[Proposal] = collections.deque()
+        self._next_offset = self.wal.last_offset + 1
+        self._last_ts = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reader_registered = False
+        self._closed = False
+        # Bumped after every apply: notification and sequence streams wait on it.
+        self.applied = Signal()
+        self._sequence_watches: dict[str, list[SequenceWatch]] = {}
+        self.sessions = SessionManager(self, check_interval=session_check_interval)
+        self.leader_hint: str | None = None
+        self.on_not_leader: Callable[[], None] | None = None
+        # Hooks for replication (followers' cursors); RF=1 leaves them unused.
+        self.on_become_leader: Callable[[LeaderController], Awaitable[None]] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def commit_offset(self) -> int:
+        return self.tracker.commit_offset if self.tracker else self.storage.commit_offset
+
+    @property
+    def head_offset(self) -> int:
+        return self.wal.last_offset
+
+    def new_term(self, term: int, options: TermOptions) -> replication_pb2.EntryId:
+        """Fences this replica at ``term``. Same term again is allowed only
+        while FENCED (a retried NewTerm during an election)."""
+        self._check_open()
+        if term < self.term:
+            raise InvalidTerm(
+                f"oxia: invalid term {term}, the shard is at term {self.term}", shard=self.shard
+            )
+        if term == self.term and self.status != FENCED:
+            raise InvalidStatus(
+                f"oxia: NewTerm for the current term {term} while {self.status_name}",
+                shard=self.shard,
+            )
+        self._step_down(
+            NodeIsNotLeader(f"oxia: shard {self.shard} is changing term", shard=self.shard)
+        )
+        self.storage.update_term(term, options)
+        self.term = term
+        self.term_options = options
+        self.status = FENCED
+        return self.storage.head_entry_id()
+
+    async def become_leader(self, term: int, replication_factor: int) -> None:
+        """Makes this fenced replica the leader of ``term``: applies every
+        entry the previous leaders committed, reloads sessions, serves."""
+        self._check_open()
+        if term != self.term:
+            raise InvalidTerm(
+                f"oxia: BecomeLeader for term {term}, the shard is at {self.term}",
+                shard=self.shard,
+            )
+        if self.status != FENCED:
+            raise InvalidStatus(f"oxia: BecomeLeader while {self.status_name}", shard=self.shard)
+        self._loop = asyncio.get_running_loop()
+        head = self.wal.last_offset
+        self.replication_factor = replication_factor
+        self.tracker = QuorumAckTracker(replication_factor, head, self.storage.commit_offset)
+        self._next_offset = head + 1
+        self._register_reader()
+        if self.on_become_leader is not None:
+            # Replication: truncate diverging followers, start cursors, wait
+            # until the head is committed by a quorum.
+            await self.on_become_leader(self)
+            if self._closed or self.term != term:
+                raise AlreadyClosed(shard=self.shard)
+        else:
+            self.tracker.advance_head(head)
+        applied = self.storage.apply_up_to(self.tracker.commit_offset)
+        if applied:
+            log.info("shard %s: applied %d committed entries from the WAL", self.shard, applied)
+        self.status = LEADER
+        self.sessions.load(reads.load_sessions(self.storage.db))
+        self.sessions.start()
+        self.applied.notify()
+
+    def _register_reader(self) -> None:
+        if not self._reader_registered and self._loop is not None:
+            self._loop.add_reader(self.wal.notify_fd, self._on_wal_round)
+            self._reader_registered = True
+
+    def _unregister_reader(self) -> None:
+        if self._reader_registered and self._loop is not None:
+            self._loop.remove_reader(self.wal.notify_fd)
+            self._reader_registered = False
+
+    def _step_down(self, reason: PyxiaError) -> None:
+        """Stops leading: fails pending proposals, stops sessions."""
+        self.sessions.stop()
+        self._fail_pending(reason)
+        self.tracker = None
+        if self.status == LEADER:
+            self.status = FENCED
+        self.applied.notify()
+
+    async def drain(self, timeout: float) -> bool:
+        """Waits until every logged write has been applied (or ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while self._pending and not self._closed:
+            seen = self.applied.generation
+            left = deadline - time.monotonic()
+            if left <= 0 or not await self.applied.wait(seen, left):
+                return not self._pending
+        return not self._pending
+
+    async def close(self) -> None:
+        """Stops serving; fails in-flight writes. Idempotent. The storage is
+        owned (and closed) by whoever created it."""
+        if self._closed:
+            return
+        self._closed = True
+        self._unregister_reader()
+        self._step_down(NodeIsNotLeader(f"oxia: shard {self.shard} is closing", shard=self.shard))
+        await self.sessions.close()
+        self.applied.close()
+        for watches in self._sequence_watches.values():
+            for w in watches:
+                w.signal.close()
+
+    @property
+    def status_name(self) -> str:
+        return str(replication_pb2.ServingStatus.Name(self.status))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise AlreadyClosed(f"oxia: shard {self.shard} controller is closed", shard=self.shard)
+
+    def check_leader(self) -> None:
+        if self._closed or self.status != LEADER:
+            raise NodeIsNotLeader(
+                f"oxia: node is not leader for shard {self.shard}",
+                shard=self.shard,
+                leader_hint=self.leader_hint,
+            )
+
+    # -- write path -------------------------------------------------------------------------------
+
+    def propose(
+        self,
+        request: client_pb2.WriteRequest,
+        raw: bytes | None = None,
+        *,
+        validate: bool = True,
+    ) -> asyncio.Future[ApplyResult]:
+        """Logs a client write; the future resolves once it is committed and
+        applied. Raises at once for a non-leader or an invalid request."""
+        self.check_leader()
+        if validate:
+            validate_write_request(request)
+        if raw is None:
+            raw = request.SerializeToString()
+        return self._append(request, log_entry_value(raw), None)
+
+    def propose_internal(
+        self,
+        build: Callable[[int], client_pb2.WriteRequest],
+        on_applied: Callable[[ApplyResult], None] | None = None,
+    ) -> asyncio.Future[ApplyResult]:
+        """Logs a write the leader makes itself (sessions); ``build`` gets
+        the offset the entry will have."""
+        self.check_leader()
+        req = build(self._next_offset)
+        return self._append(req, log_entry_value(req.SerializeToString()), on_applied)
+
+    def _append(
+        self,
+        request: client_pb2.WriteRequest,
+        value: bytes,
+        on_applied: Callable[[ApplyResult], None] | None,
+    ) -> asyncio.Future[ApplyResult]:
+        assert self._loop is not None
+        offset = self._next_offset
+        now = int(time.time() * 1000)
+        ts = now if now > self._last_ts else self._last_ts
+        self._last_ts = ts
+        try:
+            self.wal.append(self.term, offset, value, ts)
+        except WalError as e:
+            self._storage_failed(e)
+            raise StorageFailure(f"oxia: WAL append failed: {e}", shard=self.shard) from e
+        self._next_offset = offset + 1
+        fut: asyncio.Future[ApplyResult] = self._loop.create_future()
+        self._pending.append(Proposal(offset, request, ts, fut, on_applied))
+        failpoint("wal.after_append_before_sync")
+        self.wal.request_sync()
+        return fut
+
+    async def write(self, request: client_pb2.WriteRequest) -> client_pb2.WriteResponse:
+        res = await self.propose(request)
+        return self.result_to_response(res)
+
+    @staticmethod
+    def result_to_response(res: ApplyResult) -> client_pb2.WriteResponse:
+        if res.error is not None:
+            raise res.error
+        assert res.response is not None
+        return res.response
+
+    def _on_wal_round(self) -> None:
+        """Called by the event loop once per WAL sync round."""
+        try:
+            while os.read(self.wal.notify_fd, 4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        failure = self.wal.failure
+        if failure is not None:
+            self._storage_failed(RuntimeError(failure))
+            return
+        if self.tracker is None:
+            return
+        commit = self.tracker.advance_head(self.wal.last_synced_offset)
+        self.apply_committed(commit)
+
+    def on_follower_ack(self, follower: str, offset: int) -> None:
+        """A follower cursor received a (cumulative) ack."""
+        if self.tracker is None:
+            return
+        before = self.tracker.commit_offset
+        commit = self.tracker.ack(follower, offset)
+        if commit > before:
+            self.apply_committed(commit)
+
+    def apply_committed(self, commit: int) -> None:
+        """Applies pending proposals up to ``commit`` in offset order."""
+        pending = self._pending
+        if not pending or pending[0].offset > commit:
+            return
+        applier = self.applier
+        while pending and pending[0].offset <= commit:
+            p = pending.popleft()
+            failpoint("leader.after_commit_before_apply")
+            try:
+                res = applier.apply_write(p.request, p.offset, p.timestamp)
+            except Exception as e:  # the DB failed: this shard can't go on
+                pending.appendleft(p)
+                self._storage_failed(e)
+                return
+            if res.sequence_updates:
+                self._notify_sequences(res.sequence_updates)
+            if p.on_applied is not None:
+                p.on_applied(res)
+            if not p.future.done():
+                p.future.set_result(res)
+        self.applied.notify()
+
+    def _fail_pending(self, err: PyxiaError) -> None:
+        while self._pending:
+            p = self._pending.popleft()
+            if not p.future.done():
+                p.future.set_exception(err)
+
+    def _storage_failed(self, cause: BaseException) -> None:
+        log.error("shard %s: storage failure, stepping down: %s", self.shard, cause)
+        self._fail_pending(StorageFailure(f"oxia: storage failure: {cause}", shard=self.shard))
+        self._step_down(StorageFailure(str(cause), shard=self.shard))
+        self.status = NOT_MEMBER
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    def get(self, req: client_pb2.GetRequest) -> client_pb2.GetResponse:
+        self.check_leader()
+        return reads.get(self.storage.db, req)
+
+    def notifications_enabled(self) -> bool:
+        return self.term_options.notifications_enabled
+
+    def check_notifications(self) -> None:
+        self.check_leader()
+        if not self.term_options.notifications_enabled:
+            raise NotificationsNotEnabled(shard=self.shard)
+
+    # -- sequence updates -------------------------------------------------------------------------
+
+    def watch_sequence(self, prefix: str) -> SequenceWatch:
+        w = SequenceWatch(prefix, last=reads.last_sequence_key(self.storage.db, prefix))
+        self._sequence_watches.setdefault(prefix, []).append(w)
+        return w
+
+    def unwatch_sequence(self, w: SequenceWatch) -> None:
+        ws = self._sequence_watches.get(w.prefix)
+        if ws and w in ws:
+            ws.remove(w)
+            if not ws:
+                del self._sequence_watches[w.prefix]
+
+    def _notify_sequences(self, updates: list[tuple[str, str]]) -> None:
+        for prefix, key in updates:
+            for w in self._sequence_watches.get(prefix, ()):
+                w.last = key
+                w.signal.notify()

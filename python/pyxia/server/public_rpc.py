@@ -1,0 +1,364 @@
+"""The client API (``OxiaClient``), served under ``io.oxia.proto.v1`` and,
+for older clients such as the ``oxia`` PyPI package, under
+``io.streamnative.oxia.proto``.
+
+Handlers are registered by hand (not through the generated servicer) so the
+write path receives the raw request bytes: they go into the WAL as they
+came, wrapped in a ``LogEntryValue`` without being re-serialized.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from pyxia.errors import InvalidArgument, PyxiaError
+from pyxia.proto import client_pb2
+from pyxia.server import grpc_errors
+from pyxia.server.assignments import AssignmentsDispatcher
+from pyxia.server.leader_controller import LeaderController
+from pyxia.server.shards_director import ShardsDirector
+from pyxia.storage import reads
+
+log = logging.getLogger("pyxia.rpc")
+
+SERVICE_NAMES = ("io.oxia.proto.v1.OxiaClient", "io.streamnative.oxia.proto.OxiaClient")
+MAX_CHUNK_BYTES = 2 * 1024 * 1024
+MAX_CHUNK_RECORDS = 1000
+MAX_PENDING_WRITES_PER_STREAM = 1024
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
+
+
+def _unary(
+    fn: Callable[[Any, Any, Ctx], Awaitable[T]],
+) -> Callable[[Any, Any, Ctx], Awaitable[T]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: Ctx) -> T:
+        try:
+            return await fn(self, request, context)
+        except PyxiaError as e:
+            await grpc_errors.abort(context, e)
+            raise  # unreachable: abort raises
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as e:
+            log.exception("%s failed", fn.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {e}")
+            raise
+
+    return wrapper
+
+
+def _streaming(
+    fn: Callable[[Any, Any, Ctx], AsyncIterator[T]],
+) -> Callable[[Any, Any, Ctx], AsyncIterator[T]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: Ctx) -> AsyncIterator[T]:
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except PyxiaError as e:
+            await grpc_errors.abort(context, e)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as e:
+            log.exception("%s failed", fn.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {e}")
+
+    return wrapper
+
+
+def _metadata(context: Ctx) -> dict[str, str]:
+    md: dict[str, str] = {}
+    for k, v in context.invocation_metadata() or ():
+        md[k] = v if isinstance(v, str) else v.decode()
+    return md
+
+
+class OxiaClientService:
+    """Implements every client RPC on top of the shards director."""
+
+    def __init__(self, director: ShardsDirector, assignments: AssignmentsDispatcher) -> None:
+        self.director = director
+        self.assignments = assignments
+
+    def _leader(self, shard: int | None) -> LeaderController:
+        if shard is None:
+            raise InvalidArgument("oxia: the request does not name a shard")
+        return self.director.get_leader(shard)
+
+    # -- assignments ------------------------------------------------------------------------------
+
+    @_streaming
+    async def get_shard_assignments(
+        self, req: client_pb2.ShardAssignmentsRequest, context: Ctx
+    ) -> AsyncIterator[client_pb2.ShardAssignments]:
+        async for a in self.assignments.stream(req.namespace):
+            yield a
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    @_unary
+    async def write(self, raw: bytes, context: Ctx) -> client_pb2.WriteResponse:
+        req = client_pb2.WriteRequest.FromString(raw)
+        leader = self._leader(req.shard if req.HasField("shard") else None)
+        res = await leader.propose(req, raw)
+        return leader.result_to_response(res)
+
+    async def write_stream(
+        self, requests: AsyncIterator[bytes], context: Ctx
+    ) -> AsyncIterator[client_pb2.WriteResponse]:
+        """Each request is one log entry; responses go back in request order."""
+        try:
+            md = _metadata(context)
+            if "shard-id" not in md:
+                raise InvalidArgument("oxia: WriteStream needs the shard-id metadata header")
+            try:
+                shard = int(md["shard-id"])
+            except ValueError:
+                raise InvalidArgument(f"oxia: bad shard-id header {md['shard-id']!r}") from None
+            leader = self.director.get_leader(shard)
+        except PyxiaError as e:
+            await grpc_errors.abort(context, e)
+            return
+        loop = asyncio.get_running_loop()
+        inflight: asyncio.Queue[asyncio.Future[Any] | None] = asyncio.Queue(
+            MAX_PENDING_WRITES_PER_STREAM
+        )
+
+        async def pump() -> None:
+            try:
+                async for raw in requests:
+                    try:
+                        req = client_pb2.WriteRequest.FromString(raw)
+                        fut: asyncio.Future[Any] = leader.propose(req, raw)
+                    except PyxiaError as e:
+                        fut = loop.create_future()
+                        fut.set_exception(e)
+                    except Exception as e:  # undecodable request
+                        fut = loop.create_future()
+                        fut.set_exception(InvalidArgument(f"oxia: bad write request: {e}"))
+                    await inflight.put(fut)
+            finally:
+                await inflight.put(None)
+
+        pump_task = loop.create_task(pump())
+        try:
+            while True:
+                fut = await inflight.get()
+                if fut is None:
+                    break
+                try:
+                    res = await fut
+                    resp = leader.result_to_response(res)
+                except PyxiaError as e:
+                    await grpc_errors.abort(context, e)
+                    return
+                yield resp
+        finally:
+            pump_task.cancel()
+            try:
+                await pump_task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    @_streaming
+    async def read(
+        self, req: client_pb2.ReadRequest, context: Ctx
+    ) -> AsyncIterator[client_pb2.ReadResponse]:
+        leader = self._leader(req.shard if req.HasField("shard") else None)
+        out: list[client_pb2.GetResponse] = []
+        size = 0
+        get = leader.get
+        for g in req.gets:
+            gr = get(g)
+            out.append(gr)
+            size += len(gr.value) + 64
+            if size >= MAX_CHUNK_BYTES:
+                yield client_pb2.ReadResponse(gets=out)
+                out, size = [], 0
+        yield client_pb2.ReadResponse(gets=out)
+
+    @_streaming
+    async def list_keys(
+        self, req: client_pb2.ListRequest, context: Ctx
+    ) -> AsyncIterator[client_pb2.ListResponse]:
+        leader = self._leader(req.shard if req.HasField("shard") else None)
+        leader.check_leader()
+        chunk: list[str] = []
+        size = 0
+        for key in reads.list_keys(leader.storage.db, req):
+            chunk.append(key)
+            size += len(key) + 8
+            if len(chunk) >= MAX_CHUNK_RECORDS * 10 or size >= MAX_CHUNK_BYTES:
+                yield client_pb2.ListResponse(keys=chunk)
+                chunk, size = [], 0
+                await asyncio.sleep(0)
+                leader.check_leader()
+        yield client_pb2.ListResponse(keys=chunk)
+
+    @_streaming
+    async def range_scan(
+        self, req: client_pb2.RangeScanRequest, context: Ctx
+    ) -> AsyncIterator[client_pb2.RangeScanResponse]:
+        leader = self._leader(req.shard if req.HasField("shard") else None)
+        leader.check_leader()
+        chunk: list[client_pb2.GetResponse] = []
+        size = 0
+        for rec in reads.range_scan(leader.storage.db, req):
+            chunk.append(rec)
+            size += len(rec.value) + len(rec.key) + 64
+            if len(chunk) >= MAX_CHUNK_RECORDS or size >= MAX_CHUNK_BYTES:
+                yield client_pb2.RangeScanResponse(records=chunk)
+                chunk, size = [], 0
+                await asyncio.sleep(0)
+                leader.check_leader()
+        yield client_pb2.RangeScanResponse(records=chunk)
+
+    # -- streams of changes -----------------------------------------------------------------------
+
+    @_streaming
+    async def get_sequence_updates(
+        self, req: client_pb2.GetSequenceUpdatesRequest, context: Ctx
+    ) -> AsyncIterator[client_pb2.GetSequenceUpdatesResponse]:
+        if not req.key:
+            raise InvalidArgument("oxia: GetSequenceUpdates needs a key prefix")
+        leader = self._leader(req.shard)
+        leader.check_leader()
+        w = leader.watch_sequence(req.key)
+        sent: str | None = None
+        try:
+            while True:
+                seen = w.signal.generation
+                leader.check_leader()
+                if w.last is not None and w.last != sent:
+                    sent = w.last
+                    yield client_pb2.GetSequenceUpdatesResponse(highest_sequence_key=sent)
+                await w.signal.wait(seen)
+        finally:
+            leader.unwatch_sequence(w)
+
+    @_streaming
+    async def get_notifications(
+        self, req: client_pb2.NotificationsRequest, context: Ctx
+    ) -> AsyncIterator[client_pb2.NotificationBatch]:
+        leader = self._leader(req.shard)
+        leader.check_notifications()
+        db = leader.storage.db
+        if req.HasField("start_offset_exclusive"):
+            after = req.start_offset_exclusive
+        else:
+            # No position yet: tell the client where "now" is.
+            after = leader.commit_offset
+            yield client_pb2.NotificationBatch(
+                shard=req.shard, offset=after, timestamp=int(time.time() * 1000)
+            )
+        while True:
+            seen = leader.applied.generation
+            leader.check_leader()
+            batches = reads.read_notifications(db, after, 100)
+            for b in batches:
+                yield b
+                after = b.offset
+            if not batches:
+                await leader.applied.wait(seen)
+
+    # -- sessions ---------------------------------------------------------------------------------
+
+    @_unary
+    async def create_session(
+        self, req: client_pb2.CreateSessionRequest, context: Ctx
+    ) -> client_pb2.CreateSessionResponse:
+        leader = self._leader(req.shard)
+        sid = await leader.sessions.create(req.session_timeout_ms, req.client_identity)
+        return client_pb2.CreateSessionResponse(session_id=sid)
+
+    @_unary
+    async def keep_alive(
+        self, req: client_pb2.SessionHeartbeat, context: Ctx
+    ) -> client_pb2.KeepAliveResponse:
+        leader = self._leader(req.shard)
+        leader.sessions.keep_alive(req.session_id)
+        return client_pb2.KeepAliveResponse()
+
+    @_unary
+    async def close_session(
+        self, req: client_pb2.CloseSessionRequest, context: Ctx
+    ) -> client_pb2.CloseSessionResponse:
+        leader = self._leader(req.shard)
+        await leader.sessions.close_session(req.session_id)
+        return client_pb2.CloseSessionResponse()
+
+    # -- registration -----------------------------------------------------------------------------
+
+    def method_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        c = client_pb2
+        ser = _serialize
+        return {
+            "GetShardAssignments": grpc.unary_stream_rpc_method_handler(
+                self.get_shard_assignments,
+                request_deserializer=c.ShardAssignmentsRequest.FromString,
+                response_serializer=ser,
+            ),
+            "Write": grpc.unary_unary_rpc_method_handler(
+                self.write, request_deserializer=None, response_serializer=ser
+            ),
+            "WriteStream": grpc.stream_stream_rpc_method_handler(
+                self.write_stream, request_deserializer=None, response_serializer=ser
+            ),
+            "Read": grpc.unary_stream_rpc_method_handler(
+                self.read, request_deserializer=c.ReadRequest.FromString, response_serializer=ser
+            ),
+            "List": grpc.unary_stream_rpc_method_handler(
+                self.list_keys, request_deserializer=c.ListRequest.FromString, response_serializer=ser
+            ),
+            "RangeScan": grpc.unary_stream_rpc_method_handler(
+                self.range_scan,
+                request_deserializer=c.RangeScanRequest.FromString,
+                response_serializer=ser,
+            ),
+            "GetSequenceUpdates": grpc.unary_stream_rpc_method_handler(
+                self.get_sequence_updates,
+                request_deserializer=c.GetSequenceUpdatesRequest.FromString,
+                response_serializer=ser,
+            ),
+            "GetNotifications": grpc.unary_stream_rpc_method_handler(
+                self.get_notifications,
+                request_deserializer=c.NotificationsRequest.FromString,
+                response_serializer=ser,
+            ),
+            "CreateSession": grpc.unary_unary_rpc_method_handler(
+                self.create_session,
+                request_deserializer=c.CreateSessionRequest.FromString,
+                response_serializer=ser,
+            ),
+            "KeepAlive": grpc.unary_unary_rpc_method_handler(
+                self.keep_alive,
+                request_deserializer=c.SessionHeartbeat.FromString,
+                response_serializer=ser,
+            ),
+            "CloseSession": grpc.unary_unary_rpc_method_handler(
+                self.close_session,
+                request_deserializer=c.CloseSessionRequest.FromString,
+                response_serializer=ser,
+            ),
+        }
+
+    def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
+        handlers = self.method_handlers()
+        return [grpc.method_handlers_generic_handler(name, handlers) for name in SERVICE_NAMES]
+
+
+def _serialize(msg: Any) -> bytes:
+    out: bytes = msg.SerializeToString()
+    return out

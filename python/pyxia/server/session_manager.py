@@ -1,0 +1,206 @@
+"""Sessions on the shard leader.
+
+A session is a record ``__oxia/session/<id>`` (``SessionMetadata``) whose id
+is the WAL offset of the entry that created it. Ephemeral records point to
+their session; deleting the session record deletes them in the same batch
+(see ``storage.apply``). Liveness lives in the leader's memory only: each
+session has a deadline, refreshed by KeepAlive; when it passes, the leader
+logs the deletion of the session record. A new leader reloads the sessions
+from its DB with fresh deadlines (Oxia does the same).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pyxia.errors import InvalidSessionTimeout, PyxiaError, SessionNotFound
+from pyxia.proto import client_pb2, storage_pb2
+from pyxia.storage import keys
+from pyxia.storage.apply import ApplyResult
+
+if TYPE_CHECKING:
+    from pyxia.server.leader_controller import LeaderController
+
+log = logging.getLogger("pyxia.sessions")
+
+MIN_SESSION_TIMEOUT_MS = 2_000
+MAX_SESSION_TIMEOUT_MS = 5 * 60_000
+
+
+@dataclass(slots=True)
+class Session:
+    id: int
+    timeout_s: float
+    identity: str
+    deadline: float
+    closing: bool = False
+
+
+def check_timeout(timeout_ms: int) -> None:
+    if not MIN_SESSION_TIMEOUT_MS <= timeout_ms <= MAX_SESSION_TIMEOUT_MS:
+        raise InvalidSessionTimeout(
+            f"oxia: invalid session timeout {timeout_ms} ms: it must be between "
+            f"{MIN_SESSION_TIMEOUT_MS} ms and {MAX_SESSION_TIMEOUT_MS} ms"
+        )
+
+
+class SessionManager:
+    """Session liveness for one shard leader."""
+
+    def __init__(
+        self,
+        leader: LeaderController,
+        *,
+        check_interval: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._leader = leader
+        self._clock = clock
+        self._check_interval = check_interval
+        self.sessions: dict[int, Session] = {}
+        self._heap: list[tuple[float, int]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.expired_total = 0
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def load(self, records: dict[int, storage_pb2.SessionMetadata]) -> None:
+        """Sessions found in the DB when becoming leader: fresh deadlines."""
+        now = self._clock()
+        self.sessions.clear()
+        self._heap.clear()
+        for sid, md in records.items():
+            self._add(sid, md.timeout_ms, md.identity, now)
+        if records:
+            log.info("shard %s: reloaded %d sessions", self._leader.shard, len(records))
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._expiry_loop(), name=f"sessions-{self._leader.shard}"
+            )
+
+    def stop(self) -> None:
+        """Stops expiring (leadership lost). Sessions stay in the DB."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self.sessions.clear()
+        self._heap.clear()
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self.sessions.clear()
+        self._heap.clear()
+
+    def _add(self, sid: int, timeout_ms: int, identity: str, now: float) -> None:
+        timeout_s = timeout_ms / 1000.0
+        s = Session(sid, timeout_s, identity, now + timeout_s)
+        self.sessions[sid] = s
+        heapq.heappush(self._heap, (s.deadline, sid))
+
+    # -- operations -------------------------------------------------------------------------------
+
+    async def create(self, timeout_ms: int, identity: str) -> int:
+        """Logs a new session record; its id is the offset of that entry."""
+        check_timeout(timeout_ms)
+        value = storage_pb2.SessionMetadata(timeout_ms=timeout_ms, identity=identity)
+        raw = value.SerializeToString()
+        offset_box: list[int] = []
+
+        def build(offset: int) -> client_pb2.WriteRequest:
+            offset_box.append(offset)
+            return client_pb2.WriteRequest(
+                puts=[client_pb2.PutRequest(key=keys.session_key(offset), value=raw)]
+            )
+
+        def on_applied(res: ApplyResult) -> None:
+            # Registered at apply time, so keep-alives can follow the reply.
+            if res.error is None:
+                self._add(offset_box[0], timeout_ms, identity, self._clock())
+
+        res = await self._leader.propose_internal(build, on_applied)
+        if res.error is not None:
+            raise res.error
+        return offset_box[0]
+
+    def keep_alive(self, session_id: int) -> None:
+        s = self.sessions.get(session_id)
+        if s is None or s.closing:
+            raise SessionNotFound(f"oxia: session {session_id} not found", shard=self._leader.shard)
+        s.deadline = self._clock() + s.timeout_s
+        # The heap entry is refreshed lazily by the expiry loop.
+
+    async def close_session(self, session_id: int) -> None:
+        s = self.sessions.get(session_id)
+        if s is None or s.closing:
+            raise SessionNotFound(f"oxia: session {session_id} not found", shard=self._leader.shard)
+        await self._delete(s)
+
+    async def _delete(self, s: Session) -> None:
+        res = await self._propose_delete(s)
+        if res.error is not None:
+            raise res.error
+
+    def _propose_delete(self, s: Session) -> asyncio.Future[ApplyResult]:
+        s.closing = True
+
+        def build(_offset: int) -> client_pb2.WriteRequest:
+            return client_pb2.WriteRequest(
+                deletes=[client_pb2.DeleteRequest(key=keys.session_key(s.id))]
+            )
+
+        def on_applied(_res: ApplyResult) -> None:
+            self.sessions.pop(s.id, None)
+
+        try:
+            return self._leader.propose_internal(build, on_applied)
+        except PyxiaError:
+            s.closing = False
+            raise
+
+    # -- expiry -----------------------------------------------------------------------------------
+
+    def due(self, now: float) -> list[Session]:
+        """Sessions whose deadline has passed (pure bookkeeping)."""
+        out: list[Session] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, sid = heapq.heappop(heap)
+            s = self.sessions.get(sid)
+            if s is None or s.closing:
+                continue
+            if s.deadline > now:
+                heapq.heappush(heap, (s.deadline, sid))  # refreshed by a keep-alive
+                continue
+            out.append(s)
+        return out
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._check_interval)
+            due = self.due(self._clock())
+            if not due:
+                continue
+            futures = []
+            for s in due:
+                log.info("shard %s: session %d expired", self._leader.shard, s.id)
+                self.expired_total += 1
+                try:
+                    futures.append(self._propose_delete(s))
+                except PyxiaError as e:
+                    log.warning("shard %s: cannot expire sessions: %s", self._leader.shard, e)
+                    return
+            await asyncio.gather(*futures, return_exceptions=True)

@@ -1,0 +1,69 @@
+"""Standalone mode: one data server with an in-process coordinator for RF=1.
+
+It runs the same code paths as a cluster: each shard is fenced into a new
+term (NewTerm) and elected (BecomeLeader) locally, then the assignments are
+published to clients through GetShardAssignments.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pyxia.common.sharding import generate_shards
+from pyxia.config import NamespaceConfig
+from pyxia.proto import client_pb2
+from pyxia.server.data_server import DataServer, ServerOptions
+from pyxia.storage.db import TermOptions
+
+log = logging.getLogger("pyxia.standalone")
+
+_KEY_SORTING = {
+    "hierarchical": client_pb2.KEY_SORTING_HIERARCHICAL,
+    "natural": client_pb2.KEY_SORTING_NATURAL,
+}
+
+
+class Standalone:
+    def __init__(self, options: ServerOptions, namespaces: list[NamespaceConfig]) -> None:
+        if not namespaces:
+            raise ValueError("standalone needs at least one namespace")
+        self.options = options
+        self.namespaces = namespaces
+        self.server = DataServer(options)
+
+    async def start(self) -> None:
+        await self.server.start()
+        try:
+            await self._elect_all()
+        except BaseException:
+            await self.server.close()
+            raise
+        await self.server.set_ready()
+
+    async def _elect_all(self) -> None:
+        server = self.server
+        assignments = client_pb2.ShardAssignments()
+        shard_id = 0
+        for ns in self.namespaces:
+            nsa = assignments.namespaces[ns.name]
+            nsa.shard_key_router = client_pb2.XXHASH3
+            nsa.key_sorting = _KEY_SORTING[ns.key_sorting]
+            for r in generate_shards(ns.initial_shard_count):
+                lc = server.director.open_leader(ns.name, shard_id, ns.encoding)
+                term = lc.term + 1
+                lc.new_term(term, TermOptions(ns.notifications_enabled, ns.key_sorting))
+                await lc.become_leader(term, 1)
+                lc.leader_hint = server.public_address
+                nsa.assignments.add(
+                    shard=shard_id,
+                    leader=server.public_address,
+                    int32_hash_range=client_pb2.Int32HashRange(
+                        min_hash_inclusive=r.min_inclusive, max_hash_inclusive=r.max_inclusive
+                    ),
+                )
+                log.debug("shard %s/%d leader at term %d", ns.name, shard_id, term)
+                shard_id += 1
+        server.assignments.update(assignments)
+
+    async def close(self) -> None:
+        await self.server.close()
