@@ -195,8 +195,9 @@ def _register(cls: type[PyxiaError]) -> None:
 _register(PyxiaError)
 
 
-def from_reason(reason: str, message: str = "", metadata: dict[str, str] | None = None
-                ) -> PyxiaError:
+def from_reason(
+    reason: str, message: str = "", metadata: dict[str, str] | None = None
+) -> PyxiaError:
     """Rebuilds a domain error from an ErrorInfo reason and metadata."""
     md = metadata or {}
     cls = _BY_REASON.get(reason, PyxiaError)

@@ -320,7 +320,9 @@ class OxiaClientService:
                 self.read, request_deserializer=c.ReadRequest.FromString, response_serializer=ser
             ),
             "List": grpc.unary_stream_rpc_method_handler(
-                self.list_keys, request_deserializer=c.ListRequest.FromString, response_serializer=ser
+                self.list_keys,
+                request_deserializer=c.ListRequest.FromString,
+                response_serializer=ser,
             ),
             "RangeScan": grpc.unary_stream_rpc_method_handler(
                 self.range_scan,

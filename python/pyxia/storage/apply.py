@@ -59,10 +59,11 @@ class _Stage:
     """The mutations of one entry: a RocksDB batch plus an overlay, so later
     operations of the same entry read what earlier ones wrote."""
 
-    __slots__ = ("batch", "db", "overlay")
+    __slots__ = ("_db_get", "batch", "db", "overlay")
 
     def __init__(self, db: ShardDB) -> None:
         self.db = db
+        self._db_get = db.db.get
         self.batch: WriteBatch = db.new_batch()
         self.overlay: dict[bytes, bytes | None] = {}
 
@@ -70,7 +71,8 @@ class _Stage:
         ov = self.overlay
         if ekey in ov:
             return ov[ekey]
-        return self.db.get(ekey)
+        v: bytes | None = self._db_get(ekey)
+        return v
 
     def put(self, ekey: bytes, value: bytes) -> None:
         self.overlay[ekey] = value
@@ -160,12 +162,12 @@ class StateApplier:
         seq_updates: list[tuple[str, str]] = []
         try:
             res = client_pb2.WriteResponse()
-            puts = res.puts
+            add_put = res.puts.add
+            put = self._put
             for p in req.puts:
-                pr = self._put(stage, p, timestamp, notifications)
-                if pr.HasField("key"):
-                    seq_updates.append((p.key, pr.key))
-                puts.append(pr)
+                generated = put(stage, p, add_put(), timestamp, notifications)
+                if generated is not None:
+                    seq_updates.append((p.key, generated))
             deletes = res.deletes
             for d in req.deletes:
                 deletes.append(self._delete(stage, d, notifications))
@@ -177,6 +179,9 @@ class StateApplier:
             self.last_version_id = base_version
             self.apply_noop(offset)
             return ApplyResult(None, RejectedWrite(str(e)))
+        except BaseException:
+            self.last_version_id = base_version
+            raise
         batch = stage.batch
         self.db.put_commit_offset(batch, offset)
         self.db.put_last_version_id(batch, self.last_version_id)
@@ -184,7 +189,7 @@ class StateApplier:
         if notifications is not None and len(notifications):
             batch.put(
                 self.encoding.encode(keys.notification_key(offset)),
-                notifications.seal().SerializeToString(),
+                notifications.seal_bytes(),
             )
             notified = True
         try:
@@ -201,9 +206,13 @@ class StateApplier:
         self,
         st: _Stage,
         req: client_pb2.PutRequest,
+        pr: client_pb2.PutResponse,
         timestamp: int,
         notifications: Notifications | None,
-    ) -> client_pb2.PutResponse:
+    ) -> str | None:
+        """Applies one put, filling ``pr`` in place (it runs once per put:
+        no message is built only to be copied). Returns the generated key of
+        a sequential put."""
         enc = self.encoding.encode
         generated: str | None = None
         existing: storage_pb2.StorageEntry | None = None
@@ -214,7 +223,8 @@ class StateApplier:
                     has_expected_version=req.HasField("expected_version_id"),
                 )
             except keys.SequenceWithExpectedVersion:
-                return PutResponse(status=UNEXPECTED_VERSION_ID)
+                pr.status = UNEXPECTED_VERSION_ID
+                return None
             last = self._last_key_below(st, keys.sequence_search_key(req.key))
             generated = keys.next_sequence_key(req.key, last, list(req.sequence_key_delta))
             key = generated
@@ -230,24 +240,31 @@ class StateApplier:
                 existing = StorageEntry.FromString(raw)
             if req.HasField("expected_version_id"):
                 ev = req.expected_version_id
-                if existing is None:
-                    if ev != -1:
-                        return PutResponse(status=UNEXPECTED_VERSION_ID)
-                elif existing.version_id != ev:
-                    return PutResponse(status=UNEXPECTED_VERSION_ID)
+                if (existing is None and ev != -1) or (
+                    existing is not None and existing.version_id != ev
+                ):
+                    pr.status = UNEXPECTED_VERSION_ID
+                    return None
 
         has_session = req.HasField("session_id")
-        if has_session and st.get(enc(keys.session_key(req.session_id))) is None:
-            return PutResponse(status=SESSION_DOES_NOT_EXIST)
+        if has_session:
+            sid = req.session_id
+            # Session ids are WAL offsets: a negative one names no session.
+            if sid < 0 or st.get(enc(keys.session_key(sid))) is None:
+                pr.status = SESSION_DOES_NOT_EXIST
+                return None
         if existing is not None:
             if existing.HasField("session_id"):
                 st.delete(enc(keys.session_shadow_key(existing.session_id, key)))
-            for si in existing.secondary_indexes:
-                st.delete(enc(keys.index_entry_key(si.index_name, si.secondary_key, key)))
+            if existing.secondary_indexes:
+                for si in existing.secondary_indexes:
+                    st.delete(enc(keys.index_entry_key(si.index_name, si.secondary_key, key)))
         if has_session:
-            st.put(enc(keys.session_shadow_key(req.session_id, key)), b"")
-        for si in req.secondary_indexes:
-            st.put(enc(keys.index_entry_key(si.index_name, si.secondary_key, key)), b"")
+            st.put(enc(keys.session_shadow_key(sid, key)), b"")
+        indexes = req.secondary_indexes
+        if indexes:
+            for si in indexes:
+                st.put(enc(keys.index_entry_key(si.index_name, si.secondary_key, key)), b"")
 
         if req.HasField("override_version_id"):
             version_id = req.override_version_id
@@ -268,30 +285,31 @@ class StateApplier:
             modifications_count=mod_count,
             creation_timestamp=created,
             modification_timestamp=timestamp,
-            secondary_indexes=req.secondary_indexes,
         )
+        if indexes:
+            se.secondary_indexes.extend(indexes)
+        has_identity = req.HasField("client_identity")
         if has_session:
-            se.session_id = req.session_id
-        if req.HasField("client_identity"):
+            se.session_id = sid
+        if has_identity:
             se.client_identity = req.client_identity
         if req.HasField("partition_key"):
             se.partition_key = req.partition_key
         st.put(ekey, se.SerializeToString())
         if notifications is not None:
             notifications.modified(key, version_id, mod_count)
-        version = Version(
-            version_id=version_id,
-            modifications_count=mod_count,
-            created_timestamp=created,
-            modified_timestamp=timestamp,
-        )
+        v = pr.version
+        v.version_id = version_id
+        v.modifications_count = mod_count
+        v.created_timestamp = created
+        v.modified_timestamp = timestamp
         if has_session:
-            version.session_id = req.session_id
-        if req.HasField("client_identity"):
-            version.client_identity = req.client_identity
+            v.session_id = sid
+        if has_identity:
+            v.client_identity = req.client_identity
         if generated is not None:
-            return PutResponse(status=OK, version=version, key=generated)
-        return PutResponse(status=OK, version=version)
+            pr.key = generated
+        return generated
 
     def _last_key_below(self, st: _Stage, key: str) -> str | None:
         """The greatest user key strictly below ``key``."""
@@ -388,27 +406,33 @@ class StateApplier:
 def validate_write_request(req: client_pb2.WriteRequest) -> None:
     """Request-level checks done before an entry is logged. Raises
     InvalidArgument with a clear message; the request is then not applied."""
+    internal = keys.INTERNAL_KEY_PREFIX
     for p in req.puts:
-        if p.sequence_key_delta:
-            if not p.key:
-                raise InvalidArgument("a sequential put needs a key prefix")
-            if not p.HasField("partition_key"):
-                raise InvalidArgument("oxia: sequential key operation requires partition key")
-            if p.sequence_key_delta[0] == 0:
-                raise InvalidArgument(
-                    "oxia: sequential key operation requires first delta do be > 0"
-                )
-        elif not p.key:
-            raise InvalidArgument("put: the key must not be empty")
-        if keys.is_internal_key(p.key):
-            raise InvalidArgument(f"put: keys under {keys.INTERNAL_KEY_PREFIX} are reserved")
-        for si in p.secondary_indexes:
-            if not si.index_name or "/" in si.index_name:
-                raise InvalidArgument(
-                    f"put: invalid secondary index name {si.index_name!r} (empty or with '/')"
-                )
+        key = p.key
+        if not key or key.startswith(internal) or p.sequence_key_delta or p.secondary_indexes:
+            _validate_put(p)
     for d in req.deletes:
-        if not d.key:
+        key = d.key
+        if not key:
             raise InvalidArgument("delete: the key must not be empty")
-        if keys.is_internal_key(d.key):
-            raise InvalidArgument(f"delete: keys under {keys.INTERNAL_KEY_PREFIX} are reserved")
+        if key.startswith(internal):
+            raise InvalidArgument(f"delete: keys under {internal} are reserved")
+
+
+def _validate_put(p: client_pb2.PutRequest) -> None:
+    if p.sequence_key_delta:
+        if not p.key:
+            raise InvalidArgument("a sequential put needs a key prefix")
+        if not p.HasField("partition_key"):
+            raise InvalidArgument("oxia: sequential key operation requires partition key")
+        if p.sequence_key_delta[0] == 0:
+            raise InvalidArgument("oxia: sequential key operation requires first delta do be > 0")
+    elif not p.key:
+        raise InvalidArgument("put: the key must not be empty")
+    if keys.is_internal_key(p.key):
+        raise InvalidArgument(f"put: keys under {keys.INTERNAL_KEY_PREFIX} are reserved")
+    for si in p.secondary_indexes:
+        if not si.index_name or "/" in si.index_name:
+            raise InvalidArgument(
+                f"put: invalid secondary index name {si.index_name!r} (empty or with '/')"
+            )

@@ -5,17 +5,46 @@ operation on a key wins), internal keys are never notified, created vs
 modified is decided by the modifications count, a delete-range yields one
 KEY_RANGE_DELETED notification keyed by its start. The sealed batch lists
 entries sorted by key so its bytes are deterministic on every replica.
+
+This runs once per put, so entries are kept as tuples and the batch is
+encoded to protobuf wire format directly (it is a plain, stable message:
+``NotificationBatch{shard=1, offset=2, timestamp=3 (fixed64),
+notifications=4: {key=1, value=2: Notification{type=1, version_id=2,
+key_range_last=3}}}``); ``seal`` parses it back for callers that want the
+message.
 """
 
 from __future__ import annotations
 
+import struct
+
 from pyxia.proto import client_pb2
-from pyxia.storage.keys import is_internal_key
+from pyxia.storage.keys import INTERNAL_KEY_PREFIX
 
 KEY_CREATED = client_pb2.KEY_CREATED
 KEY_MODIFIED = client_pb2.KEY_MODIFIED
 KEY_DELETED = client_pb2.KEY_DELETED
 KEY_RANGE_DELETED = client_pb2.KEY_RANGE_DELETED
+
+_U64 = struct.Struct("<Q").pack
+_MASK64 = (1 << 64) - 1
+
+
+def varint(v: int) -> bytes:
+    """Protobuf varint (negative int64 as its 10-byte two's complement)."""
+    v &= _MASK64
+    if v < 0x80:
+        return bytes((v,))
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _field_bytes(tag: int, data: bytes) -> bytes:
+    return bytes((tag,)) + varint(len(data)) + data
 
 
 class Notifications:
@@ -27,35 +56,50 @@ class Notifications:
         self.shard = shard
         self.offset = offset
         self.timestamp = timestamp
-        self._entries: dict[str, client_pb2.Notification] = {}
+        # key -> (type, version_id or None, key_range_last or None)
+        self._entries: dict[str, tuple[int, int | None, str | None]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def modified(self, key: str, version_id: int, modifications_count: int) -> None:
-        if is_internal_key(key):
+        if key.startswith(INTERNAL_KEY_PREFIX):
             return
         kind = KEY_CREATED if modifications_count == 0 else KEY_MODIFIED
-        self._entries[key] = client_pb2.Notification(type=kind, version_id=version_id)
+        self._entries[key] = (kind, version_id, None)
 
     def deleted(self, key: str) -> None:
-        if is_internal_key(key):
+        if key.startswith(INTERNAL_KEY_PREFIX):
             return
-        self._entries[key] = client_pb2.Notification(type=KEY_DELETED)
+        self._entries[key] = (KEY_DELETED, None, None)
 
     def deleted_range(self, start_inclusive: str, end_exclusive: str) -> None:
-        self._entries[start_inclusive] = client_pb2.Notification(
-            type=KEY_RANGE_DELETED, key_range_last=end_exclusive
-        )
+        # Oxia: a range that starts at an internal key is not notified.
+        if start_inclusive.startswith(INTERNAL_KEY_PREFIX):
+            return
+        self._entries[start_inclusive] = (KEY_RANGE_DELETED, None, end_exclusive)
+
+    def seal_bytes(self) -> bytes:
+        """The serialized ``NotificationBatch``, entries sorted by key (code
+        point order = UTF-8 byte order)."""
+        head = bytearray()
+        if self.shard:
+            head += b"\x08" + varint(self.shard)
+        if self.offset:
+            head += b"\x10" + varint(self.offset)
+        if self.timestamp:
+            head += b"\x19" + _U64(self.timestamp & _MASK64)
+        entries = self._entries
+        for key in sorted(entries):
+            kind, version_id, range_last = entries[key]
+            n = b"\x08" + varint(kind) if kind else b""
+            if version_id is not None:
+                n += b"\x10" + varint(version_id)
+            if range_last is not None:
+                n += _field_bytes(0x1A, range_last.encode())
+            entry = _field_bytes(0x0A, key.encode()) + _field_bytes(0x12, n)
+            head += _field_bytes(0x22, entry)
+        return bytes(head)
 
     def seal(self) -> client_pb2.NotificationBatch:
-        """The batch, entries sorted by key (code point order = UTF-8 byte order)."""
-        return client_pb2.NotificationBatch(
-            shard=self.shard,
-            offset=self.offset,
-            timestamp=self.timestamp,
-            notifications=[
-                client_pb2.NotificationEntry(key=k, value=self._entries[k])
-                for k in sorted(self._entries)
-            ],
-        )
+        return client_pb2.NotificationBatch.FromString(self.seal_bytes())
