@@ -620,3 +620,14 @@ def test_sequence_keys_only_grow(prefix: str, current: list[int], deltas: list[i
         assert enc.compare(last, new) < 0
         # And the new key is still below the lookup key of the next put
         assert enc.compare(new, k.sequence_search_key(prefix)) < 0
+
+
+@given(
+    st.text(alphabet=st.sampled_from(["/", "a", "b", "_", "o", "x", "i", "é", "\x00"]), max_size=20)
+    | st.text(max_size=30)
+    | st.builds(lambda s: "__oxia/" + s, st.text())
+)
+def test_native_hierarchical_encoder_matches_reference(key: str) -> None:
+    from pyxia._native import encode_hierarchical as native
+
+    assert native(key) == k.encode_hierarchical(key)

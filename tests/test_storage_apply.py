@@ -875,3 +875,29 @@ def test_applier_matches_dict_model(
                 assert s.applier.last_version_id == counter
         finally:
             s.close()
+
+
+@given(
+    st.dictionaries(
+        st.text(max_size=12),
+        st.one_of(
+            st.tuples(st.sampled_from([0, 1]), st.integers(0, 2**62), st.none()),
+            st.tuples(st.just(2), st.none(), st.none()),
+            st.tuples(st.just(3), st.none(), st.text(max_size=8)),
+        ),
+        max_size=12,
+    ),
+    st.integers(0, 2**40),
+    st.integers(0, 2**40),
+    st.integers(0, 2**63),
+)
+def test_native_notification_encoding_matches_reference(
+    entries: dict[str, tuple[int, int | None, str | None]], shard: int, offset: int, ts: int
+) -> None:
+    from pyxia.storage.notifications import Notifications
+
+    n = Notifications(shard, offset, ts)
+    n._entries.update(entries)
+    assert n.seal_bytes() == n.seal_bytes_reference()
+    batch = n.seal()
+    assert [e.key for e in batch.notifications] == sorted(entries, key=lambda s: s.encode())

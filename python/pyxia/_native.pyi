@@ -22,6 +22,8 @@ __all__ = [
     "WalReverseReader",
     "__version__",
     "chained_crc",
+    "encode_hierarchical",
+    "encode_notification_batch",
     "scan_segment",
 ]
 
@@ -163,3 +165,10 @@ def scan_segment(
     path: str | PathLike[str],
 ) -> tuple[list[tuple[int, int, int, int, int, int, int]], str | None]: ...
 def chained_crc(previous: int, payload: bytes) -> int: ...
+def encode_hierarchical(key: str) -> bytes: ...
+def encode_notification_batch(
+    shard: int,
+    offset: int,
+    timestamp: int,
+    items: list[tuple[str, tuple[int, int | None, str | None]]],
+) -> bytes: ...

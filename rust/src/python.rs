@@ -400,6 +400,97 @@ fn scan_segment(
     ))
 }
 
+/// Oxia's hierarchical key encoding (see `pyxia.storage.keys`): a 2-byte
+/// big-endian count of '/' (a trailing "//" opens no level; capped at
+/// 0x7FFF; bit 15 set for `__oxia/` keys), then the key with '/' → 0xFF.
+/// Native because it runs for every key of every request.
+#[pyfunction]
+fn encode_hierarchical<'py>(py: Python<'py>, key: &str) -> Bound<'py, PyBytes> {
+    let raw = key.as_bytes();
+    let mut n = raw.iter().filter(|&&b| b == b'/').count();
+    if n > 0 && raw.ends_with(b"//") {
+        n -= 1;
+    }
+    let mut prefix = n.min(0x7FFF) as u16;
+    if n > 0 && raw.starts_with(b"__oxia/") {
+        prefix |= 0x8000;
+    }
+    PyBytes::new_with(py, raw.len() + 2, |buf| {
+        buf[0..2].copy_from_slice(&prefix.to_be_bytes());
+        for (d, &s) in buf[2..].iter_mut().zip(raw) {
+            *d = if s == b'/' && n > 0 { 0xFF } else { s };
+        }
+        Ok(())
+    })
+    .expect("allocating bytes")
+}
+
+fn put_varint(out: &mut Vec<u8>, v: u64) {
+    let mut v = v;
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_len_field(out: &mut Vec<u8>, tag: u8, data: &[u8]) {
+    out.push(tag);
+    put_varint(out, data.len() as u64);
+    out.extend_from_slice(data);
+}
+
+type NotificationItem = (String, (i32, Option<i64>, Option<String>));
+
+/// Serializes a `NotificationBatch{shard, offset, timestamp, notifications}`
+/// from `(key, (type, version_id, key_range_last))` items, sorted by key
+/// (deterministic bytes on every replica). Native because it runs for every
+/// applied entry with one item per changed key.
+#[pyfunction]
+fn encode_notification_batch<'py>(
+    py: Python<'py>,
+    shard: i64,
+    offset: i64,
+    timestamp: u64,
+    mut items: Vec<NotificationItem>,
+) -> Bound<'py, PyBytes> {
+    items.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let mut out = Vec::with_capacity(32 + items.len() * 48);
+    if shard != 0 {
+        out.push(0x08);
+        put_varint(&mut out, shard as u64);
+    }
+    if offset != 0 {
+        out.push(0x10);
+        put_varint(&mut out, offset as u64);
+    }
+    if timestamp != 0 {
+        out.push(0x19);
+        out.extend_from_slice(&timestamp.to_le_bytes());
+    }
+    let mut n = Vec::with_capacity(32);
+    let mut entry = Vec::with_capacity(96);
+    for (key, (kind, version_id, range_last)) in &items {
+        n.clear();
+        if *kind != 0 {
+            n.push(0x08);
+            put_varint(&mut n, *kind as i64 as u64);
+        }
+        if let Some(v) = version_id {
+            n.push(0x10);
+            put_varint(&mut n, *v as u64);
+        }
+        if let Some(last) = range_last {
+            put_len_field(&mut n, 0x1A, last.as_bytes());
+        }
+        entry.clear();
+        put_len_field(&mut entry, 0x0A, key.as_bytes());
+        put_len_field(&mut entry, 0x12, &n);
+        put_len_field(&mut out, 0x22, &entry);
+    }
+    PyBytes::new(py, &out)
+}
+
 /// The chained, masked CRC-32C the WAL uses (for tests and tools).
 #[pyfunction]
 fn chained_crc(previous: u32, payload: &[u8]) -> u32 {
@@ -415,6 +506,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyReverseReader>()?;
     m.add_function(wrap_pyfunction!(scan_segment, m)?)?;
     m.add_function(wrap_pyfunction!(chained_crc, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_hierarchical, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_notification_batch, m)?)?;
     m.add("WalError", py.get_type::<WalError>())?;
     m.add("EntryNotFound", py.get_type::<EntryNotFound>())?;
     m.add("InvalidNextOffset", py.get_type::<InvalidNextOffset>())?;

@@ -177,17 +177,24 @@ class OxiaClientService:
         self, req: client_pb2.ReadRequest, context: Ctx
     ) -> AsyncIterator[client_pb2.ReadResponse]:
         leader = self._leader(req.shard if req.HasField("shard") else None)
-        out: list[client_pb2.GetResponse] = []
+        leader.check_leader()
+        db = leader.storage.db
+        get_into = reads.get_into
+        resp = client_pb2.ReadResponse()
+        add = resp.gets.add
         size = 0
-        get = leader.get
         for g in req.gets:
-            gr = get(g)
-            out.append(gr)
+            gr = add()
+            get_into(db, g, gr)
             size += len(gr.value) + 64
             if size >= MAX_CHUNK_BYTES:
-                yield client_pb2.ReadResponse(gets=out)
-                out, size = [], 0
-        yield client_pb2.ReadResponse(gets=out)
+                yield resp
+                resp = client_pb2.ReadResponse()
+                add = resp.gets.add
+                size = 0
+                await asyncio.sleep(0)
+                leader.check_leader()
+        yield resp
 
     @_streaming
     async def list_keys(

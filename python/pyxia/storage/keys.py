@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 from urllib.parse import quote, unquote_to_bytes
 
+from pyxia._native import encode_hierarchical as _native_encode_hierarchical
 from pyxia.errors import InvalidArgument
 
 __all__ = [
@@ -473,14 +474,15 @@ class HierarchicalEncoding:
     def internal_region(self) -> tuple[bytes, bytes | None]:
         return b"\x80", None
 
-    def encode(self, key: str) -> bytes:
-        return encode_hierarchical(key)
+    # The native encoder (same result as encode_hierarchical, ~10x faster):
+    # every key of every request goes through it.
+    encode = staticmethod(_native_encode_hierarchical)
 
     def decode(self, encoded: bytes) -> str:
         return decode_hierarchical(encoded)
 
     def compare(self, a: str, b: str) -> int:
-        return _sign(encode_hierarchical(a), encode_hierarchical(b))
+        return _sign(_native_encode_hierarchical(a), _native_encode_hierarchical(b))
 
     def is_internal(self, encoded: bytes) -> bool:
         return bool(encoded) and encoded[0] & 0x80 != 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 
+from pyxia._native import encode_notification_batch
 from pyxia.proto import client_pb2
 from pyxia.storage.keys import INTERNAL_KEY_PREFIX
 
@@ -80,8 +81,15 @@ class Notifications:
         self._entries[start_inclusive] = (KEY_RANGE_DELETED, None, end_exclusive)
 
     def seal_bytes(self) -> bytes:
-        """The serialized ``NotificationBatch``, entries sorted by key (code
-        point order = UTF-8 byte order)."""
+        """The serialized ``NotificationBatch``, entries sorted by key (UTF-8
+        byte order), encoded natively."""
+        return encode_notification_batch(
+            self.shard, self.offset, self.timestamp, list(self._entries.items())
+        )
+
+    def seal_bytes_reference(self) -> bytes:
+        """Pure-Python encoding of :meth:`seal_bytes` (the reference the
+        native encoder is tested against)."""
         head = bytearray()
         if self.shard:
             head += b"\x08" + varint(self.shard)
