@@ -165,8 +165,13 @@ def test_health_and_readiness(server: ServerProcess) -> None:
             assert r.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_metrics_endpoint(server: ServerProcess) -> None:
+def test_metrics_endpoint(server: ServerProcess, stub: client_pb2_grpc.OxiaClientStub) -> None:
     import urllib.request
 
+    still_serving(stub)  # at least one write on shard 0
     body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics").read()
-    assert b"python_info" in body
+    text = body.decode()
+    assert 'pyxia_server_write_requests_total{shard="0"}' in text
+    assert 'pyxia_server_write_ops_total{shard="0"}' in text
+    assert "pyxia_server_write_latency_seconds_bucket" in text
+    assert 'pyxia_server_leader_commit_offset{shard="0"}' in text

@@ -22,3 +22,29 @@ COMMIT_OFFSET = Gauge("pyxia_server_leader_commit_offset", "Leader commit offset
 HEAD_OFFSET = Gauge("pyxia_server_leader_head_offset", "Leader head offset", ["shard"])
 SESSIONS_ACTIVE = Gauge("pyxia_server_sessions_active", "Live sessions", ["shard"])
 SESSIONS_EXPIRED = Counter("pyxia_server_sessions_expired", "Expired sessions", ["shard"])
+
+
+class ShardMetrics:
+    """The labeled children of one shard, looked up once."""
+
+    __slots__ = (
+        "commit_offset",
+        "head_offset",
+        "read_ops",
+        "sessions_active",
+        "sessions_expired",
+        "write_latency",
+        "write_ops",
+        "write_requests",
+    )
+
+    def __init__(self, shard: int) -> None:
+        label = str(shard)
+        self.write_requests = WRITE_REQUESTS.labels(label)
+        self.write_ops = WRITE_OPS.labels(label)
+        self.read_ops = READ_OPS.labels(label)
+        self.write_latency = WRITE_LATENCY.labels(label)
+        self.commit_offset = COMMIT_OFFSET.labels(label)
+        self.head_offset = HEAD_OFFSET.labels(label)
+        self.sessions_active = SESSIONS_ACTIVE.labels(label)
+        self.sessions_expired = SESSIONS_EXPIRED.labels(label)

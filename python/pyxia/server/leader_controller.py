@@ -37,6 +37,7 @@ from pyxia.errors import (
     StorageFailure,
 )
 from pyxia.failpoints import failpoint
+from pyxia.metrics import ShardMetrics
 from pyxia.proto import client_pb2, replication_pb2
 from pyxia.server.quorum import QuorumAckTracker
 from pyxia.server.session_manager import SessionManager
@@ -110,6 +111,7 @@ class LeaderController:
         # Bumped after every apply: notification and sequence streams wait on it.
         self.applied = Signal()
         self._sequence_watches: dict[str, list[SequenceWatch]] = {}
+        self.metrics = ShardMetrics(self.shard)
         self.sessions = SessionManager(self, check_interval=session_check_interval)
         self.leader_hint: str | None = None
         self.on_not_leader: Callable[[], None] | None = None
@@ -338,6 +340,10 @@ class LeaderController:
         if not pending or pending[0].offset > commit:
             return
         applier = self.applier
+        m = self.metrics
+        now_ms = time.time() * 1000
+        n_requests = 0
+        n_ops = 0
         while pending and pending[0].offset <= commit:
             p = pending.popleft()
             failpoint("leader.after_commit_before_apply")
@@ -353,6 +359,14 @@ class LeaderController:
                 p.on_applied(res)
             if not p.future.done():
                 p.future.set_result(res)
+            req = p.request
+            n_requests += 1
+            n_ops += len(req.puts) + len(req.deletes) + len(req.delete_ranges)
+            m.write_latency.observe(max(0.0, now_ms - p.timestamp) / 1000.0)
+        m.write_requests.inc(n_requests)
+        m.write_ops.inc(n_ops)
+        m.commit_offset.set(commit)
+        m.head_offset.set(self.wal.last_offset)
         self.applied.notify()
 
     def _fail_pending(self, err: PyxiaError) -> None:
@@ -371,6 +385,7 @@ class LeaderController:
 
     def get(self, req: client_pb2.GetRequest) -> client_pb2.GetResponse:
         self.check_leader()
+        self.metrics.read_ops.inc()
         return reads.get(self.storage.db, req)
 
     def notifications_enabled(self) -> bool:

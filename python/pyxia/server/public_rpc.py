@@ -180,6 +180,7 @@ class OxiaClientService:
         leader.check_leader()
         db = leader.storage.db
         get_into = reads.get_into
+        leader.metrics.read_ops.inc(len(req.gets))
         resp = client_pb2.ReadResponse()
         add = resp.gets.add
         size = 0

@@ -110,6 +110,7 @@ class SessionManager:
         s = Session(sid, timeout_s, identity, now + timeout_s)
         self.sessions[sid] = s
         heapq.heappush(self._heap, (s.deadline, sid))
+        self._leader.metrics.sessions_active.set(len(self.sessions))
 
     # -- operations -------------------------------------------------------------------------------
 
@@ -164,6 +165,7 @@ class SessionManager:
 
         def on_applied(_res: ApplyResult) -> None:
             self.sessions.pop(s.id, None)
+            self._leader.metrics.sessions_active.set(len(self.sessions))
 
         try:
             return self._leader.propose_internal(build, on_applied)
@@ -198,6 +200,7 @@ class SessionManager:
             for s in due:
                 log.info("shard %s: session %d expired", self._leader.shard, s.id)
                 self.expired_total += 1
+                self._leader.metrics.sessions_expired.inc()
                 try:
                     futures.append(self._propose_delete(s))
                 except PyxiaError as e:
