@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from pyxia import __version__
-from pyxia.cli.server_cmd import standalone
+from pyxia.cli.server_cmd import server, standalone
 from pyxia.cli.wal_cmd import wal
 
 
@@ -17,3 +17,4 @@ def main() -> None:
 
 main.add_command(wal)
 main.add_command(standalone)
+main.add_command(server)

@@ -218,3 +218,28 @@ def standalone(**kw: Any) -> None:
     except OSError as e:
         log.error("cannot start: %s", e)
         sys.exit(1)
+
+
+@click.command()
+@server_options
+def server(**kw: Any) -> None:
+    """Run a data server of a cluster (shards are assigned by `pyxia coordinator`)."""
+    from pyxia.server.data_server import DataServer
+
+    logs.setup(kw["log_level"], kw["log_format"])
+    options = build_options(kw)
+    node = DataServer(options)
+
+    def ready() -> str:
+        return (
+            f"pyxia server ready: public={node.public_address} "
+            f"internal={node.internal_address} "
+            + (f"metrics=:{node.metrics_port} " if node.metrics_port else "")
+            + f"data-dir={options.data_dir} wal-dir={options.wal_dir}"
+        )
+
+    try:
+        asyncio.run(run_until_signalled(node.start, node.close, ready))
+    except OSError as e:
+        log.error("cannot start: %s", e)
+        sys.exit(1)

@@ -14,7 +14,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from pyxia.proto import client_pb2
 from pyxia.server.assignments import AssignmentsDispatcher
+from pyxia.server.internal_rpc import InternalService, Manifest
 from pyxia.server.leader_controller import LEADER
 from pyxia.server.public_rpc import OxiaClientService
 from pyxia.server.shard_storage import StorageOptions
@@ -119,6 +121,12 @@ class DataServer:
         self.public_port = self._bind(self._public, self.options.public_addr, "public")
 
         self._internal = grpc.aio.server(options=opts)
+        internal = InternalService(
+            self.director,
+            Manifest(self.options.data_dir / "MANIFEST.json"),
+            self._on_pushed_assignments,
+        )
+        self._internal.add_generic_rpc_handlers(internal.generic_handlers())
         for h in self.extra_internal_handlers:
             self._internal.add_generic_rpc_handlers([h])
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._internal)
@@ -154,6 +162,14 @@ class DataServer:
             self.metrics_port = int(self._metrics_server.server_port)
         else:  # pragma: no cover - older prometheus_client
             self.metrics_port = int(port)
+
+    async def _on_pushed_assignments(self, a: client_pb2.ShardAssignments) -> None:
+        """The coordinator pushed the assignment map: re-serve it to clients."""
+        first = not self.assignments.initialized
+        self.assignments.update(a)
+        self.director.update_leader_hints()
+        if first:
+            await self.set_ready()
 
     async def set_ready(self) -> None:
         await self._health.set(READINESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)

@@ -23,12 +23,15 @@ import collections
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pyxia._native import WalError
+import grpc
+
+from pyxia._native import EntryNotFound, WalError
 from pyxia.errors import (
     AlreadyClosed,
+    InvalidArgument,
     InvalidStatus,
     InvalidTerm,
     NodeIsNotLeader,
@@ -39,7 +42,10 @@ from pyxia.errors import (
 from pyxia.failpoints import failpoint
 from pyxia.metrics import ShardMetrics
 from pyxia.proto import client_pb2, replication_pb2
+from pyxia.rpc_errors import error_from_rpc
+from pyxia.server.follower_cursor import FollowerCursor
 from pyxia.server.quorum import QuorumAckTracker
+from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.session_manager import SessionManager
 from pyxia.server.shard_storage import ShardStorage
 from pyxia.server.signals import Signal
@@ -90,7 +96,13 @@ class SequenceWatch:
 class LeaderController:
     """One shard replica acting as (or preparing to be) its leader."""
 
-    def __init__(self, storage: ShardStorage, *, session_check_interval: float = 0.1) -> None:
+    def __init__(
+        self,
+        storage: ShardStorage,
+        *,
+        session_check_interval: float = 0.1,
+        channels: ChannelPool | None = None,
+    ) -> None:
         self.storage = storage
         self.namespace = storage.namespace
         self.shard = storage.shard
@@ -114,9 +126,10 @@ class LeaderController:
         self.metrics = ShardMetrics(self.shard)
         self.sessions = SessionManager(self, check_interval=session_check_interval)
         self.leader_hint: str | None = None
-        self.on_not_leader: Callable[[], None] | None = None
-        # Hooks for replication (followers' cursors); RF=1 leaves them unused.
-        self.on_become_leader: Callable[[LeaderController], Awaitable[None]] | None = None
+        # Bumped on every append: follower cursors wait on it.
+        self.appended = Signal()
+        self._channels = channels
+        self.cursors: dict[str, FollowerCursor] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -132,9 +145,10 @@ class LeaderController:
     def head_offset(self) -> int:
         return self.wal.last_offset
 
-    def new_term(self, term: int, options: TermOptions) -> replication_pb2.EntryId:
+    async def new_term(self, term: int, options: TermOptions) -> replication_pb2.EntryId:
         """Fences this replica at ``term``. Same term again is allowed only
-        while FENCED (a retried NewTerm during an election)."""
+        while FENCED (a retried NewTerm during an election). Returns the
+        WAL head, made durable first (the new leader counts it as held)."""
         self._check_open()
         if term < self.term:
             raise InvalidTerm(
@@ -148,15 +162,27 @@ class LeaderController:
         self._step_down(
             NodeIsNotLeader(f"oxia: shard {self.shard} is changing term", shard=self.shard)
         )
+        await self._stop_cursors()
         self.storage.update_term(term, options)
         self.term = term
         self.term_options = options
         self.status = FENCED
+        await asyncio.to_thread(self.wal.sync)
+        self._check_open()
         return self.storage.head_entry_id()
 
-    async def become_leader(self, term: int, replication_factor: int) -> None:
-        """Makes this fenced replica the leader of ``term``: applies every
-        entry the previous leaders committed, reloads sessions, serves."""
+    async def become_leader(
+        self,
+        term: int,
+        replication_factor: int,
+        followers: dict[str, replication_pb2.EntryId] | None = None,
+    ) -> None:
+        """Makes this fenced replica the leader of ``term``.
+
+        Truncates each follower whose log diverges, starts one cursor per
+        follower, waits until the leader's head is committed by a quorum,
+        applies every committed entry after the DB's commit offset, reloads
+        the sessions, then serves."""
         self._check_open()
         if term != self.term:
             raise InvalidTerm(
@@ -168,24 +194,139 @@ class LeaderController:
         self._loop = asyncio.get_running_loop()
         head = self.wal.last_offset
         self.replication_factor = replication_factor
-        self.tracker = QuorumAckTracker(replication_factor, head, self.storage.commit_offset)
+        tracker = QuorumAckTracker(replication_factor, head, self.storage.commit_offset)
+        self.tracker = tracker
         self._next_offset = head + 1
         self._register_reader()
-        if self.on_become_leader is not None:
-            # Replication: truncate diverging followers, start cursors, wait
-            # until the head is committed by a quorum.
-            await self.on_become_leader(self)
+        tracker.advance_head(self.wal.last_synced_offset)
+        for name, follower_head in (followers or {}).items():
+            await self._add_follower(name, follower_head)
             if self._closed or self.term != term:
                 raise AlreadyClosed(shard=self.shard)
-        else:
-            self.tracker.advance_head(head)
-        applied = self.storage.apply_up_to(self.tracker.commit_offset)
+        # Everything up to our head must be held by a quorum before we serve.
+        while tracker.commit_offset < head:
+            seen = self.applied.generation
+            if self._closed or self.term != term or self.tracker is not tracker:
+                raise AlreadyClosed(shard=self.shard)
+            await self.applied.wait(seen, 1.0)
+        if self._closed or self.term != term or self.tracker is not tracker:
+            raise AlreadyClosed(shard=self.shard)
+        applied = self.storage.apply_up_to(tracker.commit_offset)
         if applied:
             log.info("shard %s: applied %d committed entries from the WAL", self.shard, applied)
+        self.applier = self.storage.applier
         self.status = LEADER
         self.sessions.load(reads.load_sessions(self.storage.db))
         self.sessions.start()
         self.applied.notify()
+
+    async def add_follower(self, term: int, name: str, head: replication_pb2.EntryId) -> None:
+        """Attaches a follower (a straggler of the election, or a new
+        ensemble member). Idempotent by name."""
+        self._check_open()
+        if term != self.term:
+            raise InvalidTerm(
+                f"oxia: AddFollower for term {term}, the shard is at {self.term}",
+                shard=self.shard,
+            )
+        if self.status != LEADER:
+            raise InvalidStatus(f"oxia: AddFollower while {self.status_name}", shard=self.shard)
+        if name in self.cursors:
+            return
+        if len(self.cursors) >= self.replication_factor - 1:
+            raise InvalidArgument(
+                f"oxia: shard {self.shard} already has {len(self.cursors)} followers "
+                f"(replication factor {self.replication_factor})",
+                shard=self.shard,
+            )
+        await self._add_follower(name, head)
+
+    async def _add_follower(self, name: str, head: replication_pb2.EntryId) -> None:
+        if self._channels is None:
+            raise InvalidArgument("oxia: this server cannot replicate (no channels)")
+        ack = await self._truncate_follower_if_needed(name, head)
+        if self._closed or self.tracker is None:
+            raise AlreadyClosed(shard=self.shard)
+        before = self.tracker.commit_offset
+        commit = self.tracker.add_follower(name, ack)
+        if commit > before:
+            self.apply_committed(commit)
+            self.applied.notify()
+        cursor = FollowerCursor(self, name, ack, self._channels)
+        self.cursors[name] = cursor
+        cursor.start()
+
+    async def _truncate_follower_if_needed(self, name: str, head: replication_pb2.EntryId) -> int:
+        """Oxia's rule: a follower whose head is in the leader's log keeps
+        its log; otherwise it is cut back to the last entry whose term is at
+        most its head's term. Returns what the follower holds afterwards."""
+        if head.offset < 0:
+            return -1
+        own = self.storage.head_entry_id()
+        if head.term == own.term and head.offset <= own.offset:
+            return int(head.offset)
+        if head.term > own.term:
+            raise InvalidTerm(
+                f"oxia: follower {name} has term {head.term}, newer than the leader's {own.term}",
+                shard=self.shard,
+            )
+        safe = self._last_entry_with_term_at_most(head.term)
+        if safe is not None and head.offset <= safe.offset:
+            try:
+                if self.wal.read(head.offset).term == head.term:
+                    return int(head.offset)
+            except EntryNotFound:
+                pass
+        target = safe or replication_pb2.EntryId(term=-1, offset=-1)
+        log.info(
+            "shard %s: truncating follower %s from %d/%d to %d/%d",
+            self.shard,
+            name,
+            head.term,
+            head.offset,
+            target.term,
+            target.offset,
+        )
+        res = await self._call_truncate(name, target)
+        return int(res.offset)
+
+    def _last_entry_with_term_at_most(self, term: int) -> replication_pb2.EntryId | None:
+        for e in self.wal.reverse_reader():
+            if e.term <= term:
+                return replication_pb2.EntryId(term=e.term, offset=e.offset)
+        return None
+
+    async def _call_truncate(
+        self, name: str, head: replication_pb2.EntryId
+    ) -> replication_pb2.EntryId:
+        assert self._channels is not None
+        call = self._channels.get(name).unary_unary(
+            "/replication.OxiaLogReplication/Truncate",
+            request_serializer=replication_pb2.TruncateRequest.SerializeToString,
+            response_deserializer=replication_pb2.TruncateResponse.FromString,
+        )
+        req = replication_pb2.TruncateRequest(
+            namespace=self.namespace, shard=self.shard, term=self.term, head_entry_id=head
+        )
+        try:
+            res = await call(req, timeout=30)
+        except grpc.aio.AioRpcError as e:
+            raise error_from_rpc(e) from e
+        return res.head_entry_id
+
+    async def _stop_cursors(self) -> None:
+        cursors, self.cursors = self.cursors, {}
+        for c in cursors.values():
+            await c.close()
+
+    def get_status(self) -> replication_pb2.GetStatusResponse:
+        self._check_open()
+        return replication_pb2.GetStatusResponse(
+            term=self.term,
+            status=self.status,
+            head_offset=self.wal.last_offset,
+            commit_offset=self.commit_offset,
+        )
 
     def _register_reader(self) -> None:
         if not self._reader_registered and self._loop is not None:
@@ -224,6 +365,8 @@ class LeaderController:
         self._closed = True
         self._unregister_reader()
         self._step_down(NodeIsNotLeader(f"oxia: shard {self.shard} is closing", shard=self.shard))
+        self.appended.close()
+        await self._stop_cursors()
         await self.sessions.close()
         self.applied.close()
         for watches in self._sequence_watches.values():
@@ -294,6 +437,7 @@ class LeaderController:
         self._next_offset = offset + 1
         fut: asyncio.Future[ApplyResult] = self._loop.create_future()
         self._pending.append(Proposal(offset, request, ts, fut, on_applied))
+        self.appended.notify()
         failpoint("wal.after_append_before_sync")
         self.wal.request_sync()
         return fut

@@ -27,9 +27,11 @@ class QuorumAckTracker:
     def followers(self) -> dict[str, int]:
         return dict(self._acks)
 
-    def add_follower(self, name: str, ack_offset: int) -> None:
-        """Registers a follower with what it already holds."""
+    def add_follower(self, name: str, ack_offset: int) -> int:
+        """Registers a follower with what it already (durably) holds.
+        Returns the commit offset."""
         self._acks[name] = max(ack_offset, self._acks.get(name, -1))
+        return self._recompute()
 
     def remove_follower(self, name: str) -> None:
         self._acks.pop(name, None)

@@ -15,7 +15,9 @@ is committed by a quorum, a follower up to the leader's commit offset).
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,6 +136,60 @@ class ShardStorage:
                 applied += 1
             nxt = entries[-1].offset + 1
         return applied
+
+    # -- snapshots --------------------------------------------------------------------------------
+
+    def create_snapshot(self) -> Path:
+        """A consistent copy of the DB (RocksDB checkpoint, hard links) plus
+        the key-encoding marker, in a new directory the caller removes."""
+        target = self.db_path.parent / f".snapshot-{self.shard}-{uuid.uuid4().hex[:8]}"
+        self.db.checkpoint(target)
+        (target / ENCODING_MARKER).write_text(self.encoding.name + "\n")
+        return target
+
+    def snapshot_staging_dir(self) -> Path:
+        """A fresh directory next to the DB to receive a snapshot into."""
+        d = self.db_path.parent / f".incoming-{self.shard}-{uuid.uuid4().hex[:8]}"
+        d.mkdir(parents=True)
+        return d
+
+    def install_snapshot(self, staged: Path, term: int) -> int:
+        """Replaces the DB with the snapshot in ``staged`` and clears the WAL.
+
+        The old DB is moved aside first and put back if anything fails, so
+        the replica is never left without a working DB. The term is
+        persisted (with the snapshot's own term options) before returning.
+        Returns the snapshot's commit offset."""
+        marker = staged / ENCODING_MARKER
+        encoding = (
+            keys.encoding_by_name(marker.read_text().strip()) if marker.exists() else self.encoding
+        )
+        backup = self.db_path.parent / f".previous-{self.shard}-{uuid.uuid4().hex[:8]}"
+        self.db.close()
+        os.replace(self.db_path, backup)
+        try:
+            os.replace(staged, self.db_path)
+            db = ShardDB(self.db_path, encoding)
+        except BaseException:
+            shutil.rmtree(self.db_path, ignore_errors=True)
+            os.replace(backup, self.db_path)
+            self.db = ShardDB(self.db_path, self.encoding)
+            self.applier = StateApplier(
+                self.db,
+                self.shard,
+                notifications_enabled=self.db.read_term()[1].notifications_enabled,
+            )
+            raise
+        shutil.rmtree(backup, ignore_errors=True)
+        self.db = db
+        self.encoding = encoding
+        _, options = db.read_term()
+        db.update_term(term, options)
+        self.applier = StateApplier(
+            db, self.shard, notifications_enabled=options.notifications_enabled
+        )
+        self.wal.clear()
+        return self.applier.commit_offset
 
     def close(self) -> None:
         """Closes WAL and DB. Idempotent."""

@@ -1,17 +1,32 @@
-"""Which shard replicas this data server holds, and in which role."""
+"""Which shard replicas this data server holds, and in which role.
+
+Each shard has at most one controller: a :class:`LeaderController` (fenced
+or leading) or a :class:`FollowerController`. Both work on the same
+:class:`ShardStorage`, which the director owns. Roles change as Oxia's
+director changes them: NewTerm goes to the existing controller (a leader
+controller if there is none); BecomeLeader turns a follower into a leader;
+Truncate, Replicate and SendSnapshot turn a leader controller into a
+follower. Storage is opened on demand, recovering what is on disk.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+from pathlib import Path
 
-from pyxia.errors import NodeIsNotLeader, ShardNotFound
+from pyxia.errors import InvalidTerm, NodeIsNotLeader, NodeIsNotMember, ShardNotFound
 from pyxia.server.assignments import AssignmentsDispatcher
+from pyxia.server.follower_controller import FollowerController
 from pyxia.server.leader_controller import LEADER, LeaderController
-from pyxia.server.shard_storage import ShardStorage, StorageOptions
-from pyxia.storage.keys import KeyEncoding
+from pyxia.server.rpc_clients import ChannelPool
+from pyxia.server.shard_storage import ENCODING_MARKER, ShardStorage, StorageOptions, shard_dir
+from pyxia.storage.keys import HIERARCHICAL, KeyEncoding
 
 log = logging.getLogger("pyxia.director")
+
+Controller = LeaderController | FollowerController
 
 
 class ShardsDirector:
@@ -23,23 +38,114 @@ class ShardsDirector:
         assignments: AssignmentsDispatcher,
         *,
         session_check_interval: float = 0.1,
+        channels: ChannelPool | None = None,
     ) -> None:
         self.storage_options = storage_options
         self.assignments = assignments
+        self.channels = channels or ChannelPool()
         self.leaders: dict[int, LeaderController] = {}
+        self.followers: dict[int, FollowerController] = {}
         self._storages: dict[int, ShardStorage] = {}
         self._session_check_interval = session_check_interval
+        self._locks: dict[int, asyncio.Lock] = {}
         self._closed = False
+
+    # -- storage ----------------------------------------------------------------------------------
+
+    def _lock(self, shard: int) -> asyncio.Lock:
+        lock = self._locks.get(shard)
+        if lock is None:
+            lock = self._locks[shard] = asyncio.Lock()
+        return lock
+
+    def on_disk(self, namespace: str, shard: int) -> bool:
+        return (
+            shard_dir(self.storage_options.data_dir, namespace, shard) / ENCODING_MARKER
+        ).exists()
+
+    def namespace_on_disk(self, shard: int) -> str | None:
+        base = self.storage_options.data_dir
+        if not base.exists():
+            return None
+        for ns_dir in base.iterdir():
+            if (ns_dir / f"shard-{shard}" / ENCODING_MARKER).exists():
+                return ns_dir.name
+        return None
+
+    def _storage(self, namespace: str, shard: int, encoding: KeyEncoding) -> ShardStorage:
+        st = self._storages.get(shard)
+        if st is None:
+            st = ShardStorage(namespace, shard, self.storage_options, encoding)
+            self._storages[shard] = st
+        return st
+
+    def _new_leader(self, st: ShardStorage) -> LeaderController:
+        lc = LeaderController(
+            st, session_check_interval=self._session_check_interval, channels=self.channels
+        )
+        lc.leader_hint = self.assignments.leader_of(st.shard)
+        self.leaders[st.shard] = lc
+        return lc
+
+    # -- roles ------------------------------------------------------------------------------------
+
+    def controller(self, shard: int) -> Controller | None:
+        return self.leaders.get(shard) or self.followers.get(shard)
 
     def open_leader(self, namespace: str, shard: int, encoding: KeyEncoding) -> LeaderController:
         """Opens (recovering) the shard's storage and a leader controller."""
-        if shard in self.leaders:
-            return self.leaders[shard]
-        storage = ShardStorage(namespace, shard, self.storage_options, encoding)
-        self._storages[shard] = storage
-        lc = LeaderController(storage, session_check_interval=self._session_check_interval)
-        self.leaders[shard] = lc
-        return lc
+        lc = self.leaders.get(shard)
+        if lc is not None:
+            return lc
+        return self._new_leader(self._storage(namespace, shard, encoding))
+
+    async def for_new_term(self, namespace: str, shard: int, encoding: KeyEncoding) -> Controller:
+        """The controller a NewTerm goes to."""
+        async with self._lock(shard):
+            c = self.controller(shard)
+            if c is not None:
+                return c
+            return self._new_leader(self._storage(namespace, shard, encoding))
+
+    async def as_leader(self, shard: int) -> LeaderController:
+        """The shard's controller as a leader (a follower is converted)."""
+        async with self._lock(shard):
+            lc = self.leaders.get(shard)
+            if lc is not None:
+                return lc
+            fc = self.followers.pop(shard, None)
+            if fc is None:
+                raise NodeIsNotMember(f"oxia: node is not a member of shard {shard}", shard=shard)
+            await fc.close()
+            return self._new_leader(fc.storage)
+
+    async def as_follower(
+        self, namespace: str, shard: int, *, create: bool = False
+    ) -> FollowerController:
+        """The shard's controller as a follower (a leader controller is
+        converted). Without ``create``, a shard with no data here is
+        NOT_MEMBER (a wiped replica)."""
+        async with self._lock(shard):
+            fc = self.followers.get(shard)
+            if fc is not None:
+                return fc
+            lc = self.leaders.pop(shard, None)
+            if lc is not None:
+                await lc.close()
+                st = lc.storage
+            else:
+                if (
+                    shard not in self._storages
+                    and not create
+                    and not self.on_disk(namespace, shard)
+                ):
+                    raise NodeIsNotMember(
+                        f"oxia: node is not a member of shard {shard}", shard=shard
+                    )
+                st = self._storage(namespace, shard, HIERARCHICAL)
+            fc = FollowerController(st)
+            self.followers[shard] = fc
+            return fc
 
     def get_leader(self, shard: int) -> LeaderController:
         """The controller leading ``shard`` here, or a NodeIsNotLeader error
@@ -48,11 +154,43 @@ class ShardsDirector:
         if lc is not None and lc.status == LEADER and not lc.closed:
             return lc
         hint = self.assignments.leader_of(shard)
-        if lc is None and hint is None and self.assignments.initialized:
+        if (
+            lc is None
+            and hint is None
+            and shard not in self.followers
+            and self.assignments.initialized
+        ):
             raise ShardNotFound(f"oxia: shard {shard} not found", shard=shard)
         raise NodeIsNotLeader(
             f"oxia: node is not leader for shard {shard}", shard=shard, leader_hint=hint
         )
+
+    async def delete_shard(self, namespace: str, shard: int, term: int) -> None:
+        async with self._lock(shard):
+            c = self.controller(shard)
+            if c is not None and term < c.term:
+                raise InvalidTerm(
+                    f"oxia: DeleteShard for term {term}, the shard is at {c.term}", shard=shard
+                )
+            if c is not None:
+                await c.close()
+            self.leaders.pop(shard, None)
+            self.followers.pop(shard, None)
+            st = self._storages.pop(shard, None)
+            if st is not None:
+                st.delete()
+            else:
+                opts = self.storage_options
+                for base in (opts.data_dir, opts.wal_dir):
+                    p: Path = shard_dir(base, namespace, shard)
+                    shutil.rmtree(p, ignore_errors=True)
+            log.info("deleted shard %s/%d", namespace, shard)
+
+    def update_leader_hints(self) -> None:
+        for shard, lc in self.leaders.items():
+            lc.leader_hint = self.assignments.leader_of(shard)
+
+    # -- shutdown ---------------------------------------------------------------------------------
 
     async def drain(self, timeout: float) -> None:
         """Waits (up to ``timeout``) until no leader has writes in flight."""
@@ -63,12 +201,18 @@ class ShardsDirector:
         if self._closed:
             return
         self._closed = True
-        for lc in list(self.leaders.values()):
-            await lc.close()
+        controllers: list[Controller] = [*self.leaders.values(), *self.followers.values()]
+        for c in controllers:
+            try:
+                await c.close()
+            except Exception:
+                log.exception("closing shard %s", c.shard)
         for st in list(self._storages.values()):
             try:
                 st.close()
             except Exception:
                 log.exception("closing shard %s/%s", st.namespace, st.shard)
         self.leaders.clear()
+        self.followers.clear()
         self._storages.clear()
+        await self.channels.close()

@@ -51,7 +51,7 @@ class Standalone:
             for r in generate_shards(ns.initial_shard_count):
                 lc = server.director.open_leader(ns.name, shard_id, ns.encoding)
                 term = lc.term + 1
-                lc.new_term(term, TermOptions(ns.notifications_enabled, ns.key_sorting))
+                await lc.new_term(term, TermOptions(ns.notifications_enabled, ns.key_sorting))
                 await lc.become_leader(term, 1)
                 lc.leader_hint = server.public_address
                 nsa.assignments.add(

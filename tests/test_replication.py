@@ -1,0 +1,336 @@
+"""Replication in-process: 3 data servers in one event loop on loopback,
+driven through the coordination RPCs exactly as a coordinator would."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cluster import Cluster, Node, leader_controller, wait_until
+from pyxia.proto import client_pb2, replication_pb2
+from pyxia.rpc_errors import error_from_rpc
+from pyxia.server.leader_controller import FENCED, FOLLOWER, LEADER
+
+SHARD = 0
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    c = await Cluster.start(tmp_path, 3)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def write(
+    c: Cluster, node: Node, keys: list[str], value: bytes = b"v", timeout: float = 10
+) -> client_pb2.WriteResponse:
+    stub = c.channel(node.public).unary_unary(
+        "/io.oxia.proto.v1.OxiaClient/Write",
+        request_serializer=client_pb2.WriteRequest.SerializeToString,
+        response_deserializer=client_pb2.WriteResponse.FromString,
+    )
+    req = client_pb2.WriteRequest(
+        shard=SHARD, puts=[client_pb2.PutRequest(key=k, value=value) for k in keys]
+    )
+    return await stub(req, timeout=timeout)  # type: ignore[no-any-return]
+
+
+async def read(c: Cluster, node: Node, keys: list[str]) -> list[client_pb2.GetResponse]:
+    stub = c.channel(node.public).unary_stream(
+        "/io.oxia.proto.v1.OxiaClient/Read",
+        request_serializer=client_pb2.ReadRequest.SerializeToString,
+        response_deserializer=client_pb2.ReadResponse.FromString,
+    )
+    out: list[client_pb2.GetResponse] = []
+    req = client_pb2.ReadRequest(
+        shard=SHARD, gets=[client_pb2.GetRequest(key=k, include_value=True) for k in keys]
+    )
+    async for r in stub(req, timeout=10):
+        out.extend(r.gets)
+    return out
+
+
+def wal_state(node: Node) -> tuple[int, int] | None:
+    """(last offset, last CRC) of the node's WAL for the shard (None if the
+    node has not opened the shard yet)."""
+    st = node.s.director._storages.get(SHARD)
+    if st is None:
+        return None
+    return st.wal.last_offset, st.wal.last_crc
+
+
+async def converged(nodes: list[Node]) -> bool:
+    states = {wal_state(n) for n in nodes}
+    return len(states) == 1 and None not in states
+
+
+async def test_replicates_and_commits_with_a_quorum(cluster: Cluster) -> None:
+    n0, n1, n2 = cluster.nodes
+    await cluster.elect(SHARD, n0, [n0, n1, n2])
+    await cluster.push_assignments({SHARD: n0})
+    for i in range(20):
+        res = await write(cluster, n0, [f"/k{i}-{j}" for j in range(10)])
+        assert all(p.status == client_pb2.OK for p in res.puts)
+    await wait_until(lambda: converged([n0, n1, n2]), what="WAL convergence")
+    # followers applied the committed entries to their DBs
+    lc = leader_controller(n0, SHARD)
+    for f in (n1, n2):
+        fc = f.s.director.followers[SHARD]
+        assert fc.status == FOLLOWER
+        await wait_until(
+            lambda fc=fc: fc.storage.commit_offset >= lc.commit_offset - 1, what="follower apply"
+        )
+    st = await cluster.status(n1, SHARD)
+    assert st.status == replication_pb2.FOLLOWER and st.term == 1
+    st = await cluster.status(n0, SHARD)
+    assert st.status == replication_pb2.LEADER
+    # a follower rejects client writes with a leader hint
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await write(cluster, n1, ["/x"])
+    e = error_from_rpc(err.value)
+    assert e.reason == "NODE_IS_NOT_LEADER"  # type: ignore[attr-defined]
+    assert e.leader_hint == n0.public  # type: ignore[attr-defined]
+
+
+async def test_writes_commit_with_one_follower_down_and_it_catches_up(cluster: Cluster) -> None:
+    n0, n1, n2 = cluster.nodes
+    await cluster.elect(SHARD, n0, [n0, n1, n2])
+    await write(cluster, n0, ["/a"])
+    await n2.stop()
+    for i in range(10):
+        await write(cluster, n0, [f"/b{i}"])  # quorum = leader + n1
+    await n2.start()
+    await wait_until(lambda: converged([n0, n1, n2]), what="restarted follower to catch up")
+    await n1.stop()
+    await write(cluster, n0, ["/c"])  # now leader + n2
+    await n1.start()
+    await wait_until(lambda: converged([n0, n1, n2]), what="second follower to catch up")
+
+
+async def test_no_quorum_no_commit(cluster: Cluster) -> None:
+    n0, n1, n2 = cluster.nodes
+    await cluster.elect(SHARD, n0, [n0, n1, n2])
+    await write(cluster, n0, ["/a"])
+    await n1.stop()
+    await n2.stop()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await write(cluster, n0, ["/never"], timeout=1.0)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await n1.start()
+    # the pending write commits once a follower is back
+    await wait_until(
+        lambda: (
+            leader_controller(n0, SHARD).commit_offset >= leader_controller(n0, SHARD).head_offset
+        ),
+        what="commit after recovery",
+    )
+    got = await read(cluster, n0, ["/never"])
+    assert got[0].status == client_pb2.OK
+
+
+async def test_leader_failover_loses_no_acknowledged_write(cluster: Cluster) -> None:
+    n0, n1, n2 = cluster.nodes
+    await cluster.elect(SHARD, n0, [n0, n1, n2])
+    acked: list[str] = []
+    for i in range(30):
+        k = f"/f{i}"
+        await write(cluster, n0, [k])
+        acked.append(k)
+    await n0.stop()  # the leader dies
+    # fence the survivors with a higher term; elect the highest head
+    term = cluster.terms[SHARD] + 1
+    heads = {n: await cluster.new_term(n, SHARD, term) for n in (n1, n2)}
+    best = max(heads, key=lambda n: (heads[n].term, heads[n].offset))
+    other = n2 if best is n1 else n1
+    cluster.terms[SHARD] = term
+    await cluster.coordination(  # type: ignore[misc]
+        best,
+        "BecomeLeader",
+        replication_pb2.BecomeLeaderRequest(
+            namespace="default",
+            shard=SHARD,
+            term=term,
+            replication_factor=3,
+            follower_maps={other.internal: heads[other]},
+        ),
+        replication_pb2.BecomeLeaderResponse,
+    )
+    got = await read(cluster, best, acked)
+    assert [g.status for g in got] == [client_pb2.OK] * len(acked)
+    await write(cluster, best, ["/after"])
+    # the old leader comes back as a follower and converges
+    await n0.start()
+    await cluster.add_follower(SHARD, best, n0)
+    await wait_until(lambda: converged([n0, n1, n2]), what="old leader to rejoin")
+    assert (await cluster.status(n0, SHARD)).status == replication_pb2.FOLLOWER
+
+
+async def test_divergent_old_leader_is_truncated(cluster: Cluster) -> None:
+    n0, n1, n2 = cluster.nodes
+    await cluster.elect(SHARD, n0, [n0, n1, n2])
+    await write(cluster, n0, ["/committed"])
+    await wait_until(lambda: converged([n0, n1, n2]), what="convergence")
+    # Cut the leader off: its next writes are appended locally, never committed.
+    await n1.stop()
+    await n2.stop()
+    lc = leader_controller(n0, SHARD)
+    futs = [
+        lc.propose(client_pb2.WriteRequest(puts=[client_pb2.PutRequest(key=f"/lost{i}")]))
+        for i in range(5)
+    ]
+    await wait_until(lambda: lc.wal.last_synced_offset == lc.head_offset, what="local sync")
+    old_head = lc.head_offset
+    await n0.stop()
+    for f in futs:
+        assert f.done()  # failed by the shutdown, never acknowledged
+    # The others elect a new leader and write at the same offsets.
+    await n1.start()
+    await n2.start()
+    await cluster.elect(SHARD, n1, [n0, n1, n2])  # n0 is down: fenced later
+    for i in range(3):
+        await write(cluster, n1, [f"/new{i}"])
+    # The old leader rejoins: its uncommitted tail must be cut.
+    await n0.start()
+    await cluster.add_follower(SHARD, n1, n0)
+    await wait_until(lambda: converged([n0, n1, n2]), what="divergent log truncated")
+    st = n0.s.director._storages[SHARD]
+    entries = st.wal.read_batch(0, 100)
+    assert old_head > entries[-1].offset or all(e.term == 2 for e in entries[1:])
+    assert all(b"/lost" not in e.value for e in entries), "uncommitted entries survived"
+    got = await read(cluster, n1, ["/lost0", "/new2", "/committed"])
+    assert [g.status for g in got] == [client_pb2.KEY_NOT_FOUND, client_pb2.OK, client_pb2.OK]
+
+
+async def test_wiped_follower_recovers_by_snapshot(cluster: Cluster) -> None:
+    n0, n1, n2 = cluster.nodes
+    await cluster.elect(SHARD, n0, [n0, n1, n2])
+    for i in range(20):
+        await write(cluster, n0, [f"/w{i}-{j}" for j in range(20)], value=b"x" * 200)
+    await wait_until(lambda: converged([n0, n1, n2]), what="convergence")
+    # Trim the leader's log so the WAL alone can't rebuild a follower.
+    lc = leader_controller(n0, SHARD)
+    await n2.stop()
+    shutil.rmtree(n2.base)  # the follower's data is gone
+    await n2.start()
+    cursor = lc.cursors[n2.internal]
+    before = cursor.snapshots_sent
+    await write(cluster, n0, ["/after-wipe"])
+    # The wiped follower answers NODE_IS_NOT_MEMBER: it gets a full snapshot.
+    await wait_until(
+        lambda: cursor.snapshots_sent == before + 1,
+        timeout=30,
+        what="snapshot to the wiped follower",
+    )
+    # After the snapshot its WAL continues the leader's CRC chain.
+    await write(cluster, n0, ["/after-snapshot"])
+    await wait_until(lambda: converged([n0, n1, n2]), timeout=30, what="wiped follower to converge")
+    fc = n2.s.director.followers[SHARD]
+    assert fc.status == FOLLOWER
+    await wait_until(lambda: fc.storage.commit_offset >= 0, what="follower apply")
+
+
+async def test_snapshot_when_follower_is_behind_the_trimmed_log(tmp_path: Path) -> None:
+    c = await Cluster.start(tmp_path, 3, wal_segment_size=4096)
+    try:
+        n0, n1, n2 = c.nodes
+        await n2.stop()  # RF=3, but the third member joins later
+        await c.elect(SHARD, n0, [n0, n1, n2])
+        for i in range(60):
+            await write(c, n0, [f"/s{i}"], value=b"y" * 300)
+        lc = leader_controller(n0, SHARD)
+        first = lc.wal.trim(lc.commit_offset, lc.commit_offset)
+        assert first > 0, "the leader's log must no longer start at 0"
+        # A brand new member joins: it can only be seeded by a snapshot.
+        await n2.start()
+        await c.add_follower(SHARD, n0, n2)
+        cursor = lc.cursors[n2.internal]
+        await wait_until(lambda: cursor.snapshots_sent == 1, timeout=30, what="snapshot install")
+        got = await read(c, n0, ["/s0", "/s59"])
+        assert all(g.status == client_pb2.OK for g in got)
+        fc = n2.s.director.followers[SHARD]
+        db_val = fc.storage.db.get(fc.storage.encoding.encode("/s0"))
+        assert db_val is not None, "the snapshot carried the data"
+        # and the follower keeps taking appends, CRC chain intact
+        await write(c, n0, ["/post-snapshot"])
+        await wait_until(lambda: converged([n0, n2]), what="appends after snapshot")
+    finally:
+        await c.close()
+
+
+async def test_same_term_new_term_is_idempotent_while_fenced(cluster: Cluster) -> None:
+    n0, n1, _ = cluster.nodes
+    h1 = await cluster.new_term(n1, SHARD, 5)
+    h2 = await cluster.new_term(n1, SHARD, 5)  # a retried NewTerm
+    assert h1 == h2
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await cluster.new_term(n1, SHARD, 4)
+    assert error_from_rpc(err.value).reason == "INVALID_TERM"  # type: ignore[attr-defined]
+    await cluster.elect(SHARD, n0, [n0, n1], term=6)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await cluster.new_term(n0, SHARD, 6)  # leading already: not idempotent
+    assert error_from_rpc(err.value).reason == "INVALID_STATUS"  # type: ignore[attr-defined]
+
+
+async def test_get_status_of_unknown_shard_is_not_member(cluster: Cluster) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await cluster.status(cluster.nodes[0], 77)
+    assert error_from_rpc(err.value).reason == "NODE_IS_NOT_MEMBER"  # type: ignore[attr-defined]
+
+
+async def test_second_replicate_stream_is_refused(cluster: Cluster) -> None:
+    n0, n1, _ = cluster.nodes
+    await cluster.elect(SHARD, n0, [n0, n1])
+    await write(cluster, n0, ["/x"])
+    await wait_until(lambda: converged([n0, n1]), what="convergence")
+    rogue = cluster.channel(n1.internal).stream_stream(
+        "/replication.OxiaLogReplication/Replicate",
+        request_serializer=lambda b: b,
+        response_deserializer=replication_pb2.Ack.FromString,
+    )
+    call = rogue(iter([]), metadata=(("namespace", "default"), ("shard-id", "0"), ("term", "1")))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in call:
+            pass
+    assert error_from_rpc(err.value).reason == "RESOURCE_CONFLICT"  # type: ignore[attr-defined]
+
+
+async def test_close_and_new_term_racing_appends_leave_no_tasks(cluster: Cluster) -> None:
+    n0, n1, n2 = cluster.nodes
+    for rnd in range(3):
+        await cluster.elect(SHARD, n0, [n0, n1, n2])
+        lc = leader_controller(n0, SHARD)
+        futs = [
+            lc.propose(client_pb2.WriteRequest(puts=[client_pb2.PutRequest(key=f"/race{rnd}-{i}")]))
+            for i in range(200)
+        ]
+        # fence everyone mid-flight
+        term = cluster.terms[SHARD] + 1
+        cluster.terms[SHARD] = term
+        await asyncio.gather(*(cluster.new_term(n, SHARD, term) for n in (n0, n1, n2)))
+        results = await asyncio.gather(*futs, return_exceptions=True)
+        assert all(r is not None for r in results)
+        assert n0.s.director.leaders[SHARD].status == FENCED
+    await cluster.elect(SHARD, n0, [n0, n1, n2])
+    await write(cluster, n0, ["/final"])
+    await wait_until(lambda: converged([n0, n1, n2]), what="convergence after races")
+    # cursors from the old terms are gone: the only cursor tasks are current
+    lc = leader_controller(n0, SHARD)
+    assert len(lc.cursors) == 2
+
+    def named(prefix: str) -> int:
+        return sum(1 for t in asyncio.all_tasks() if t.get_name().startswith(prefix))
+
+    # Exactly the tasks of the current term: no leaked cursor, stream pump,
+    # applier or session loop from the raced ones.
+    assert named("cursor-") == 2
+    assert named("follower-pump-") == 2
+    assert named("follower-applier-") == 2
+    assert named("sessions-") == 1
+    assert lc.status == LEADER
