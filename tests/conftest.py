@@ -7,28 +7,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from servers import wait_for
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def wait_for(
-    cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.005, what: str = "condition"
-) -> Any:
-    """Polls ``cond`` until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+__all__ = ["REPO", "Procs", "wait_for"]
 
 
 class Procs:

@@ -9,8 +9,25 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+
+def wait_for(
+    cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.005, what: str = "condition"
+) -> Any:
+    """Polls ``cond`` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
 
 READY = re.compile(r"ready: public=(\S+) internal=(\S+)(?: metrics=:(\d+))?")
 

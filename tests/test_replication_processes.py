@@ -13,10 +13,9 @@ from pathlib import Path
 import grpc
 
 from cluster import free_port
-from conftest import wait_for
 from pyxia._native import Wal
 from pyxia.proto import client_pb2, client_pb2_grpc, replication_pb2, replication_pb2_grpc
-from servers import ServerProcess
+from servers import ServerProcess, wait_for
 
 SHARD = 0
 NS = "default"

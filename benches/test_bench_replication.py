@@ -1,0 +1,112 @@
+"""Replication cost, fsync on, all on loopback on this machine: batched
+WriteStream throughput with RF=3 (three ``pyxia server`` processes) next to
+RF=1 (one server) measured in the same run, and the latency of a single
+put at RF=3.
+
+    pytest benches/test_bench_replication.py --benchmark-enable -s
+
+Targets (issue 4): RF=3 throughput >= 50 % of RF=1; single put p50 <= 2 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from load import write_stream_load
+from pyxia.proto import client_pb2, client_pb2_grpc
+from test_replication_processes import Proc, new_term
+
+SECONDS = 5.0
+
+
+def elect(procs: list[Proc]) -> None:
+    heads = {p.internal: new_term(p, 1) for p in procs}
+    leader = procs[0]
+    become_leader_rf(leader, {k: v for k, v in heads.items() if k != leader.internal}, len(procs))
+
+
+def become_leader_rf(leader: Proc, followers: dict, rf: int) -> None:  # type: ignore[type-arg]
+    from pyxia.proto import replication_pb2
+
+    leader.coord().BecomeLeader(
+        replication_pb2.BecomeLeaderRequest(
+            namespace="default", shard=0, term=1, replication_factor=rf, follower_maps=followers
+        ),
+        timeout=60,
+    )
+
+
+@pytest.fixture(scope="module")
+def rf1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    p = Proc(tmp_path_factory.mktemp("rf1") / "n0")
+    p.start()
+    elect([p])
+    yield p
+    p.kill()
+
+
+@pytest.fixture(scope="module")
+def rf3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    base = tmp_path_factory.mktemp("rf3")
+    procs = [Proc(base / f"n{i}") for i in range(3)]
+    for p in procs:
+        p.start()
+    elect(procs)
+    yield procs[0]
+    for p in procs:
+        p.kill()
+
+
+def test_rf3_vs_rf1_throughput(benchmark: BenchmarkFixture, rf1: Proc, rf3: Proc) -> None:
+    base = asyncio.run(write_stream_load(rf1.public, 0, SECONDS))
+    res = benchmark.pedantic(
+        lambda: asyncio.run(write_stream_load(rf3.public, 0, SECONDS)), rounds=1, iterations=1
+    )
+    ratio = res.ops_per_s / base.ops_per_s
+    benchmark.extra_info.update(
+        {
+            "rf3_puts_per_s": round(res.ops_per_s),
+            "rf1_puts_per_s": round(base.ops_per_s),
+            "ratio": round(ratio, 3),
+        }
+    )
+    print(
+        f"\nRF=3: {res.ops_per_s:,.0f} puts/s   RF=1 (same run): {base.ops_per_s:,.0f} puts/s"
+        f"   ratio {ratio:.2f}"
+    )
+
+
+def test_rf3_single_put_latency(benchmark: BenchmarkFixture, rf1: Proc, rf3: Proc) -> None:
+    def latencies(p: Proc, n: int) -> list[float]:
+        out = []
+        with grpc.insecure_channel(p.public) as ch:
+            stub = client_pb2_grpc.OxiaClientStub(ch)
+            for i in range(n):
+                req = client_pb2.WriteRequest(
+                    shard=0, puts=[client_pb2.PutRequest(key=f"/lat/{i}", value=b"x" * 100)]
+                )
+                t0 = time.perf_counter()
+                stub.Write(req, timeout=10)
+                out.append((time.perf_counter() - t0) * 1000)
+        return out
+
+    base = latencies(rf1, 300)
+    lat = benchmark.pedantic(lambda: latencies(rf3, 300), rounds=1, iterations=1)
+    p50, p99 = statistics.median(lat), sorted(lat)[int(len(lat) * 0.99)]
+    b50 = statistics.median(base)
+    benchmark.extra_info.update(
+        {"rf3_p50_ms": round(p50, 3), "rf3_p99_ms": round(p99, 3), "rf1_p50_ms": round(b50, 3)}
+    )
+    print(
+        f"\nsingle put RF=3: p50 {p50:.2f} ms, p99 {p99:.2f} ms   RF=1 (same run): p50 {b50:.2f} ms"
+    )
