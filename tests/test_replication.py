@@ -334,3 +334,96 @@ async def test_close_and_new_term_racing_appends_leave_no_tasks(cluster: Cluster
     assert named("follower-applier-") == 2
     assert named("sessions-") == 1
     assert lc.status == LEADER
+
+
+async def test_follower_close_racing_stream_and_snapshot(cluster: Cluster) -> None:
+    """Stopping a follower while entries stream in, and while it installs a
+    snapshot, neither deadlocks nor leaves tasks behind; it then recovers."""
+    n0, n1, n2 = cluster.nodes
+    await cluster.elect(SHARD, n0, [n0, n1, n2])
+    lc = leader_controller(n0, SHARD)
+    for rnd in range(3):
+        futs = [
+            lc.propose(
+                client_pb2.WriteRequest(
+                    puts=[client_pb2.PutRequest(key=f"/cr{rnd}-{i}", value=b"z" * 500)]
+                )
+            )
+            for i in range(300)
+        ]
+        await asyncio.sleep(0)  # entries are flowing to the followers
+        await asyncio.wait_for(n2.stop(), 10)  # closes the follower mid-stream
+        await asyncio.wait_for(asyncio.gather(*futs), 30)  # n1 keeps the quorum
+        await n2.start()
+    await wait_until(lambda: converged([n0, n1, n2]), what="convergence after restarts")
+    # Now wipe n2 and stop it while the snapshot is being installed.
+    await n2.stop()
+    shutil.rmtree(n2.base)
+    await n2.start()
+    cursor = lc.cursors[n2.internal]
+    await write(cluster, n0, ["/kick"])
+    await wait_until(
+        lambda: n2.s.director.followers.get(SHARD) is not None,
+        what="follower controller for the snapshot",
+    )
+    await asyncio.wait_for(n2.stop(), 10)
+    await n2.start()
+    before = cursor.snapshots_sent
+    await wait_until(
+        lambda: cursor.snapshots_sent > before or converged([n0, n2]),
+        timeout=30,
+        what="snapshot after the interrupted one",
+    )
+    await write(cluster, n0, ["/final"])
+    await wait_until(lambda: converged([n0, n1, n2]), timeout=30, what="final convergence")
+    assert not [
+        t for t in asyncio.all_tasks() if t.get_name() == f"follower-pump-{SHARD}" and t.done()
+    ]
+
+
+async def test_delete_shard(cluster: Cluster) -> None:
+    n0, n1, _ = cluster.nodes
+    await cluster.elect(SHARD, n0, [n0, n1])
+    await write(cluster, n0, ["/x"])
+    await wait_until(lambda: converged([n0, n1]), what="convergence")
+    term = cluster.terms[SHARD]
+    for node in (n0, n1):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await cluster.coordination(
+                node,
+                "DeleteShard",
+                replication_pb2.DeleteShardRequest(namespace="default", shard=SHARD, term=term - 1),
+                replication_pb2.DeleteShardResponse,
+            )  # type: ignore[misc]
+        assert error_from_rpc(err.value).reason == "INVALID_TERM"  # type: ignore[attr-defined]
+        await cluster.coordination(
+            node,
+            "DeleteShard",
+            replication_pb2.DeleteShardRequest(namespace="default", shard=SHARD, term=term),
+            replication_pb2.DeleteShardResponse,
+        )  # type: ignore[misc]
+        assert not (node.base / "db" / "default" / f"shard-{SHARD}").exists()
+        assert not (node.base / "wal" / "default" / f"shard-{SHARD}").exists()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await cluster.status(n0, SHARD)
+    assert error_from_rpc(err.value).reason == "NODE_IS_NOT_MEMBER"  # type: ignore[attr-defined]
+
+
+async def test_handshake_binds_instance_id(cluster: Cluster) -> None:
+    n0 = cluster.nodes[0]
+
+    async def hs(iid: str) -> int:
+        res = await cluster.coordination(
+            n0,
+            "Handshake",
+            replication_pb2.HandshakeRequest(instance_id=iid),
+            replication_pb2.HandshakeResponse,
+        )  # type: ignore[misc]
+        return int(res.status)
+
+    assert await hs("cluster-a") == replication_pb2.HANDSHAKE_STATUS_BOUND
+    assert await hs("cluster-a") == replication_pb2.HANDSHAKE_STATUS_ALREADY_BOUND
+    assert await hs("cluster-b") == replication_pb2.HANDSHAKE_STATUS_MISMATCH
+    await n0.stop()
+    await n0.start()
+    assert await hs("cluster-b") == replication_pb2.HANDSHAKE_STATUS_MISMATCH  # persisted

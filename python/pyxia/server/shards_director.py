@@ -16,7 +16,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from pyxia.errors import InvalidTerm, NodeIsNotLeader, NodeIsNotMember, ShardNotFound
+from pyxia.errors import AlreadyClosed, InvalidTerm, NodeIsNotLeader, NodeIsNotMember, ShardNotFound
 from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.follower_controller import FollowerController
 from pyxia.server.leader_controller import LEADER, LeaderController
@@ -73,6 +73,12 @@ class ShardsDirector:
         return None
 
     def _storage(self, namespace: str, shard: int, encoding: KeyEncoding) -> ShardStorage:
+        if self._closed:
+            # A request racing the shutdown must not reopen a shard that
+            # close() will never see (it would keep the DB locked).
+            raise AlreadyClosed(
+                f"oxia: the data server is shutting down (shard {shard})", shard=shard
+            )
         st = self._storages.get(shard)
         if st is None:
             st = ShardStorage(namespace, shard, self.storage_options, encoding)
