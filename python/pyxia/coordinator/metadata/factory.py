@@ -1,0 +1,91 @@
+"""``create_provider(name, **options)``: what ``pyxia coordinator --metadata``
+builds. Option names follow the command line (``--metadata-dir`` ->
+``metadata_dir``, ``--etcd-endpoints`` -> ``etcd_endpoints``, ``--raft-address``
+/ ``--raft-peers`` -> ``raft_address`` / ``raft_peers``); anything else is
+passed to the provider's constructor as is."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .provider import MetadataProvider
+
+PROVIDER_NAMES = ("memory", "file", "raft", "etcd", "kubernetes")
+
+
+def split_addresses(value: str | Sequence[str] | None) -> list[str]:
+    """``"h:p,h:p"`` (or a list) -> ``["h:p", "h:p"]``."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [item.strip() for item in items if item.strip()]
+
+
+def _memory(**options: Any) -> MetadataProvider:
+    from .memory import MemoryMetadataProvider
+
+    return MemoryMetadataProvider(**options)
+
+
+def _file(*, metadata_dir: str | None = None, **options: Any) -> MetadataProvider:
+    from .file import FileMetadataProvider
+
+    if not metadata_dir:
+        raise ValueError("the file metadata provider needs --metadata-dir")
+    return FileMetadataProvider(metadata_dir, **options)
+
+
+def _raft(
+    *,
+    raft_address: str | None = None,
+    raft_peers: str | Sequence[str] | None = None,
+    metadata_dir: str | None = None,
+    **options: Any,
+) -> MetadataProvider:
+    from .raft import RaftMetadataProvider
+
+    if not raft_address:
+        raise ValueError("the raft metadata provider needs --raft-address")
+    options.setdefault("data_dir", metadata_dir)
+    return RaftMetadataProvider(raft_address, split_addresses(raft_peers), **options)
+
+
+def _etcd(*, etcd_endpoints: str | Sequence[str] | None = None, **options: Any) -> MetadataProvider:
+    from .etcd import EtcdMetadataProvider
+
+    endpoints = split_addresses(etcd_endpoints)
+    if not endpoints:
+        raise ValueError("the etcd metadata provider needs --etcd-endpoints")
+    return EtcdMetadataProvider(endpoints, **options)
+
+
+def _kubernetes(**options: Any) -> MetadataProvider:
+    from .kubernetes import KubernetesMetadataProvider
+
+    return KubernetesMetadataProvider(**options)
+
+
+_BUILDERS: dict[str, Callable[..., MetadataProvider]] = {
+    "memory": _memory,
+    "file": _file,
+    "raft": _raft,
+    "etcd": _etcd,
+    "kubernetes": _kubernetes,
+}
+
+
+def create_provider(name: str, **options: Any) -> MetadataProvider:
+    """Builds (does not start) the named provider. Options that are ``None``
+    are treated as absent, so a CLI can pass every flag through."""
+    try:
+        builder = _BUILDERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown metadata provider {name!r}: choose one of {', '.join(PROVIDER_NAMES)}"
+        ) from None
+    given = {k: v for k, v in options.items() if v is not None}
+    try:
+        return builder(**given)
+    except TypeError as e:
+        raise ValueError(f"bad options for the {name} metadata provider: {e}") from e
