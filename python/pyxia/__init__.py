@@ -1,14 +1,104 @@
 """pyxia: a sharded, replicated metadata store and coordination service.
 
 pyxia speaks Oxia's client protocol; its write-ahead log is written in Rust
-(``pyxia._native``).
+(``pyxia._native``). The client (``pyxia.Client``, ``pyxia.AsyncClient`` and their result
+and error types) is imported on first use, so server processes do not load it.
 """
 
+from __future__ import annotations
+
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("pyxia")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["__version__"]
+if TYPE_CHECKING:
+    from pyxia.client import (
+        EXPECTED_RECORD_DOES_NOT_EXIST,
+        AsyncClient,
+        Client,
+        ClientClosed,
+        ClientOptions,
+        ComparisonType,
+        GetResult,
+        InvalidOptions,
+        KeyNotFound,
+        Notification,
+        NotificationBatch,
+        NotificationType,
+        PutResult,
+        RequestIndeterminate,
+        RequestTimeout,
+        SessionEvent,
+        SessionNotFound,
+        SessionState,
+        Unavailable,
+        UnexpectedVersion,
+        UnexpectedVersionId,
+        Version,
+    )
+
+_CLIENT_NAMES = frozenset(
+    {
+        "EXPECTED_RECORD_DOES_NOT_EXIST",
+        "AsyncClient",
+        "Client",
+        "ClientClosed",
+        "ClientOptions",
+        "ComparisonType",
+        "GetResult",
+        "InvalidOptions",
+        "KeyNotFound",
+        "Notification",
+        "NotificationBatch",
+        "NotificationType",
+        "PutResult",
+        "RequestIndeterminate",
+        "RequestTimeout",
+        "SessionEvent",
+        "SessionNotFound",
+        "SessionState",
+        "Unavailable",
+        "UnexpectedVersion",
+        "UnexpectedVersionId",
+        "Version",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CLIENT_NAMES:
+        import pyxia.client
+
+        return getattr(pyxia.client, name)
+    raise AttributeError(f"module 'pyxia' has no attribute {name!r}")
+
+
+__all__ = [
+    "EXPECTED_RECORD_DOES_NOT_EXIST",
+    "AsyncClient",
+    "Client",
+    "ClientClosed",
+    "ClientOptions",
+    "ComparisonType",
+    "GetResult",
+    "InvalidOptions",
+    "KeyNotFound",
+    "Notification",
+    "NotificationBatch",
+    "NotificationType",
+    "PutResult",
+    "RequestIndeterminate",
+    "RequestTimeout",
+    "SessionEvent",
+    "SessionNotFound",
+    "SessionState",
+    "Unavailable",
+    "UnexpectedVersion",
+    "UnexpectedVersionId",
+    "Version",
+    "__version__",
+]

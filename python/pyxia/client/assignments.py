@@ -1,0 +1,83 @@
+"""Follows the shard assignments: a ``GetShardAssignments`` stream from any of the service
+addresses (or a leader learned from them), reconnected with backoff when it breaks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pyxia.client.errors import error_from_rpc
+from pyxia.client.shard_map import ShardMap
+from pyxia.errors import NamespaceNotFound, PyxiaError
+from pyxia.proto import client_pb2
+
+if TYPE_CHECKING:
+    from pyxia.client.core import ClientCore
+
+log = logging.getLogger("pyxia.client")
+
+
+class AssignmentsWatcher:
+    def __init__(self, core: ClientCore, on_update: Callable[[ShardMap], None]) -> None:
+        self.core = core
+        self.on_update = on_update
+        self.ready: asyncio.Future[None] = core.loop.create_future()
+        self._task: asyncio.Task[None] | None = None
+        self.last_error: BaseException | None = None
+
+    def start(self) -> None:
+        self._task = self.core.loop.create_task(self._run(), name="pyxia-assignments")
+
+    def _candidates(self) -> list[str]:
+        out = list(self.core.options.service_addresses)
+        m = self.core.shard_map
+        if m is not None:
+            for a in m.leaders.values():
+                if a and a not in out:
+                    out.append(a)
+        return out
+
+    async def _run(self) -> None:
+        core = self.core
+        ns = core.namespace
+        attempt = 0
+        i = 0
+        while True:
+            candidates = self._candidates()
+            address = candidates[i % len(candidates)]
+            try:
+                call = core.conns.stub(address).get_shard_assignments(
+                    client_pb2.ShardAssignmentsRequest(namespace=ns)
+                )
+                async for a in call:
+                    m = ShardMap.from_assignments(ns, a)
+                    if m is None:
+                        raise NamespaceNotFound(f"oxia: namespace not found: {ns!r}")
+                    attempt = 0
+                    self.on_update(m)
+                    if not self.ready.done():
+                        self.ready.set_result(None)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as e:
+                err = e if isinstance(e, PyxiaError) else error_from_rpc(e)
+                self.last_error = err
+                if isinstance(err, NamespaceNotFound) and not self.ready.done():
+                    self.ready.set_exception(err)
+                    return
+                log.debug("assignments from %s: %s", address, err)
+            i += 1
+            await asyncio.sleep(core.backoff.delay(attempt))
+            attempt += 1
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if not self.ready.done():
+            self.ready.cancel()

@@ -1,0 +1,106 @@
+"""One gRPC channel per server address, and the Oxia client RPCs on it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from pyxia.proto import client_pb2 as pb
+
+_SERVICE = "/io.oxia.proto.v1.OxiaClient/"
+
+
+def _ser(msg: Any) -> bytes:
+    out: bytes = msg.SerializeToString()
+    return out
+
+
+class Stub:
+    """The multi-callables of the client service on one channel (created once)."""
+
+    __slots__ = (
+        "address",
+        "channel",
+        "close_session",
+        "create_session",
+        "get_notifications",
+        "get_sequence_updates",
+        "get_shard_assignments",
+        "keep_alive",
+        "list",
+        "range_scan",
+        "read",
+        "write_stream",
+    )
+
+    def __init__(self, address: str, channel: grpc.aio.Channel) -> None:
+        self.address = address
+        self.channel = channel
+        ch: Any = channel
+        self.get_shard_assignments = ch.unary_stream(
+            _SERVICE + "GetShardAssignments", _ser, pb.ShardAssignments.FromString
+        )
+        self.write_stream = ch.stream_stream(
+            _SERVICE + "WriteStream", _ser, pb.WriteResponse.FromString
+        )
+        self.read = ch.unary_stream(_SERVICE + "Read", _ser, pb.ReadResponse.FromString)
+        self.list = ch.unary_stream(_SERVICE + "List", _ser, pb.ListResponse.FromString)
+        self.range_scan = ch.unary_stream(
+            _SERVICE + "RangeScan", _ser, pb.RangeScanResponse.FromString
+        )
+        self.get_sequence_updates = ch.unary_stream(
+            _SERVICE + "GetSequenceUpdates", _ser, pb.GetSequenceUpdatesResponse.FromString
+        )
+        self.get_notifications = ch.unary_stream(
+            _SERVICE + "GetNotifications", _ser, pb.NotificationBatch.FromString
+        )
+        self.create_session = ch.unary_unary(
+            _SERVICE + "CreateSession", _ser, pb.CreateSessionResponse.FromString
+        )
+        self.keep_alive = ch.unary_unary(
+            _SERVICE + "KeepAlive", _ser, pb.KeepAliveResponse.FromString
+        )
+        self.close_session = ch.unary_unary(
+            _SERVICE + "CloseSession", _ser, pb.CloseSessionResponse.FromString
+        )
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        # Reconnect fast after a server restart (gRPC's default starts at 1 s and grows to 2 min).
+        ("grpc.initial_reconnect_backoff_ms", 50),
+        ("grpc.min_reconnect_backoff_ms", 50),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.enable_retries", 0),
+    ]
+
+
+class Connections:
+    """Channels by address; must be used from the client's event loop."""
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self._options = channel_options(max_message_bytes)
+        self._stubs: dict[str, Stub] = {}
+        self._closed = False
+
+    def stub(self, address: str) -> Stub:
+        s = self._stubs.get(address)
+        if s is None:
+            if self._closed:
+                raise RuntimeError("connections are closed")
+            s = Stub(address, grpc.aio.insecure_channel(address, options=self._options))
+            self._stubs[address] = s
+        return s
+
+    async def close(self) -> None:
+        self._closed = True
+        stubs, self._stubs = list(self._stubs.values()), {}
+        for s in stubs:
+            await s.channel.close(grace=None)

@@ -1,0 +1,207 @@
+"""``pyxia perf``: Oxia's ``oxia perf`` load (random puts and gets over ``key-<i>`` at a paced
+rate, or as fast as it goes with ``rate`` 0), driven through the client, so it speaks only the
+Oxia protocol and can drive any Oxia-compatible server."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from pyxia.client.async_client import AsyncClient
+from pyxia.client.errors import KeyNotFound
+
+PERCENTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99), ("p999", 0.999), ("max", 1.0))
+
+
+@dataclass
+class PerfConfig:
+    service_address: str = "localhost:6648"
+    namespace: str = "default"
+    rate: float = 100.0
+    read_percentage: float = 80.0
+    keys_cardinality: int = 1000
+    value_size: int = 128
+    random_payload: bool = False
+    batch_linger_s: float = 0.005
+    max_requests_per_batch: int = 1000
+    request_timeout_s: float = 30.0
+    duration_s: float = 0.0
+    report_interval_s: float = 5.0
+    max_outstanding: int = 1000
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    if not samples_ms:
+        return {name: 0.0 for name, _ in PERCENTILES}
+    s = sorted(samples_ms)
+    out = {}
+    for name, q in PERCENTILES:
+        i = min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))
+        out[name] = round(s[i], 3)
+    return out
+
+
+@dataclass
+class Window:
+    write_ms: list[float] = field(default_factory=list)
+    read_ms: list[float] = field(default_factory=list)
+    failed: int = 0
+
+
+def _line(kind: str, n: int, secs: float, lat: dict[str, float]) -> str:
+    return (
+        f"{kind} ops {n / secs:8.1f} {kind[0].lower()}/s  Latency ms: 50% {lat['p50']:6.2f} - "
+        f"95% {lat['p95']:6.2f} - 99% {lat['p99']:6.2f} - 99.9% {lat['p999']:6.2f} - "
+        f"max {lat['max']:7.2f}"
+    )
+
+
+def report_text(w: Window, secs: float, title: str = "Stats") -> str:
+    total = len(w.write_ms) + len(w.read_ms)
+    return "\n".join(
+        [
+            f"{title} - Total ops: {total / secs:8.1f} ops/s - Failed ops: {w.failed / secs:6.1f} "
+            "ops/s",
+            "  " + _line("Write", len(w.write_ms), secs, percentiles(w.write_ms)),
+            "  " + _line("Read ", len(w.read_ms), secs, percentiles(w.read_ms)),
+        ]
+    )
+
+
+def report_json(w: Window, secs: float) -> dict[str, Any]:
+    total = len(w.write_ms) + len(w.read_ms)
+    return {
+        "ops_per_s": round(total / secs, 1),
+        "failed_ops_per_s": round(w.failed / secs, 1),
+        "write_ops_per_s": round(len(w.write_ms) / secs, 1),
+        "read_ops_per_s": round(len(w.read_ms) / secs, 1),
+        "write_latency_ms": percentiles(w.write_ms),
+        "read_latency_ms": percentiles(w.read_ms),
+        "duration_s": round(secs, 3),
+    }
+
+
+async def run_perf(
+    cfg: PerfConfig,
+    progress: TextIO | None = sys.stderr,
+    stop: asyncio.Event | None = None,
+) -> dict[str, Any]:
+    keys = [f"key-{i}" for i in range(cfg.keys_cardinality)]
+    value = os.urandom(cfg.value_size)
+    total = Window()
+    window = Window()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    async with AsyncClient(
+        cfg.service_address,
+        namespace=cfg.namespace,
+        batch_linger_s=cfg.batch_linger_s,
+        max_requests_per_batch=cfg.max_requests_per_batch,
+        request_timeout_s=cfg.request_timeout_s,
+    ) as client:
+        core = client.core
+        outstanding = 0
+        room = asyncio.Event()
+        room.set()
+        rnd = random.random
+        choice = random.choice
+        reads = cfg.read_percentage / 100.0
+
+        def done_cb(is_write: bool, t0: float) -> Callable[[asyncio.Future[Any]], None]:
+            def cb(f: asyncio.Future[Any]) -> None:
+                nonlocal outstanding
+                outstanding -= 1
+                if outstanding < cfg.max_outstanding:
+                    room.set()
+                exc = f.exception()
+                ms = (time.perf_counter() - t0) * 1000
+                if exc is not None and not isinstance(exc, KeyNotFound):
+                    total.failed += 1
+                    window.failed += 1
+                elif is_write:
+                    total.write_ms.append(ms)
+                    window.write_ms.append(ms)
+                else:
+                    total.read_ms.append(ms)
+                    window.read_ms.append(ms)
+
+            return cb
+
+        def issue() -> None:
+            nonlocal outstanding
+            key = choice(keys)
+            fut: asyncio.Future[Any] = loop.create_future()
+            t0 = time.perf_counter()
+            outstanding += 1
+            if outstanding >= cfg.max_outstanding:
+                room.clear()
+            if rnd() < reads:
+                fut.add_done_callback(done_cb(False, t0))
+                core.submit_reads(core.get_ops(key, fut))
+            else:
+                v = os.urandom(cfg.value_size) if cfg.random_payload else value
+                fut.add_done_callback(done_cb(True, t0))
+                core.submit_write(core.plain_put_op(key, v, fut))
+
+        async def reporter() -> None:
+            nonlocal window
+            last = time.perf_counter()
+            while True:
+                await asyncio.sleep(cfg.report_interval_s)
+                now = time.perf_counter()
+                w, window = window, Window()
+                if progress is not None:
+                    print(report_text(w, now - last), file=progress, flush=True)
+                last = now
+
+        async def driver() -> None:
+            start = time.perf_counter()
+            n = 0
+            while not stop.is_set():
+                if cfg.rate > 0:
+                    due = start + n / cfg.rate
+                    delay = due - time.perf_counter()
+                    if delay > 0.001:
+                        await asyncio.sleep(delay)
+                    # catch up in bursts (at most a batch) when late
+                    burst = min(
+                        cfg.max_requests_per_batch,
+                        max(1, int((time.perf_counter() - start) * cfg.rate) - n),
+                    )
+                else:
+                    burst = 64
+                for _ in range(burst):
+                    if outstanding >= cfg.max_outstanding:
+                        break
+                    issue()
+                    n += 1
+                if outstanding >= cfg.max_outstanding:
+                    await room.wait()
+                elif cfg.rate <= 0:
+                    await asyncio.sleep(0)
+
+        t0 = time.perf_counter()
+        rep = loop.create_task(reporter())
+        drv = loop.create_task(driver())
+        try:
+            if cfg.duration_s > 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), cfg.duration_s)
+                except TimeoutError:
+                    pass
+            else:
+                await stop.wait()
+        finally:
+            stop.set()
+            elapsed = time.perf_counter() - t0
+            drv.cancel()
+            rep.cancel()
+            await asyncio.gather(drv, rep, return_exceptions=True)
+    return report_json(total, elapsed) | {"_window": total}
