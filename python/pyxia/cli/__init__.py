@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from pyxia import __version__
+from pyxia.cli.client_cmd import client
+from pyxia.cli.coordinator_cmd import admin, coordinator, health
+from pyxia.cli.perf_cmd import perf
 from pyxia.cli.server_cmd import server, standalone
 from pyxia.cli.wal_cmd import wal
 
@@ -18,3 +21,8 @@ def main() -> None:
 main.add_command(wal)
 main.add_command(standalone)
 main.add_command(server)
+main.add_command(coordinator)
+main.add_command(admin)
+main.add_command(health)
+main.add_command(client)
+main.add_command(perf)

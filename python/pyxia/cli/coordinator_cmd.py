@@ -1,0 +1,211 @@
+"""``pyxia coordinator``, ``pyxia admin status`` and ``pyxia health``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pyxia import logs
+from pyxia.cli.server_cmd import run_until_signalled
+from pyxia.config import ConfigError, load_cluster_config
+
+log = logging.getLogger("pyxia.cli")
+
+
+@click.command()
+@click.option(
+    "-f",
+    "--cluster-config",
+    "cluster_config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Cluster config YAML (namespaces, servers, loadBalancer); changes are "
+    "picked up while running.",
+)
+@click.option(
+    "--metadata",
+    type=click.Choice(["memory", "file", "raft", "etcd", "kubernetes"]),
+    default="file",
+    show_default=True,
+    help="Where the cluster status lives.",
+)
+@click.option(
+    "--metadata-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("data/coordinator"),
+    show_default=True,
+    help="Directory of the file (and raft) providers.",
+)
+@click.option("--etcd-endpoints", default=None, help="etcd endpoints H:P,... (etcd provider).")
+@click.option("--raft-address", default=None, help="This coordinator's raft address H:P.")
+@click.option("--raft-peers", default=None, help="The other coordinators' raft addresses.")
+@click.option(
+    "--k8s-namespace",
+    default="default",
+    show_default=True,
+    help="Kubernetes namespace (kubernetes provider).",
+)
+@click.option(
+    "-i",
+    "--internal-addr",
+    default="0.0.0.0:6649",
+    show_default=True,
+    help="gRPC address: health and the admin API (pyxia admin status).",
+)
+@click.option(
+    "-m",
+    "--metrics-addr",
+    default="0.0.0.0:8080",
+    show_default=True,
+    help="Prometheus /metrics address; empty to disable.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@click.option(
+    "--log-format", default="logfmt", show_default=True, type=click.Choice(["logfmt", "json"])
+)
+def coordinator(**kw: Any) -> None:
+    """Run the cluster coordinator (elections, failure detection, placement)."""
+    from pyxia.coordinator.metadata.factory import create_provider
+    from pyxia.coordinator.server import CoordinatorServer, CoordinatorServerOptions
+
+    logs.setup(kw["log_level"], kw["log_format"])
+    path: Path = kw["cluster_config"]
+
+    def load() -> Any:
+        return load_cluster_config(path)
+
+    try:
+        load()
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from e
+    options: dict[str, Any] = {}
+    name = kw["metadata"]
+    if name in ("file", "raft"):
+        options["metadata_dir"] = str(kw["metadata_dir"])
+    if name == "etcd":
+        options["etcd_endpoints"] = kw["etcd_endpoints"]
+    if name == "raft":
+        options["raft_address"] = kw["raft_address"]
+        options["raft_peers"] = kw["raft_peers"]
+    if name == "kubernetes":
+        options["namespace"] = kw["k8s_namespace"]
+    try:
+        provider = create_provider(name, **options)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+    server = CoordinatorServer(
+        provider,
+        load,
+        CoordinatorServerOptions(
+            internal_addr=kw["internal_addr"], metrics_addr=kw["metrics_addr"] or None
+        ),
+    )
+
+    def ready() -> str:
+        return f"pyxia coordinator ready: internal=:{server.port} metadata={name} config={path}"
+
+    try:
+        asyncio.run(run_until_signalled(server.start, server.close, ready))
+    except OSError as e:
+        log.error("cannot start: %s", e)
+        sys.exit(1)
+
+
+@click.group()
+def admin() -> None:
+    """Inspect a running cluster."""
+
+
+@admin.command()
+@click.option(
+    "--coordinator",
+    "address",
+    default="localhost:6649",
+    show_default=True,
+    help="The coordinator's internal address.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(address: str, as_json: bool) -> None:
+    """Print every namespace's shards: term, leader, ensemble, status."""
+    import grpc
+    from google.protobuf import json_format
+
+    from pyxia.proto import admin_pb2, metadata_pb2
+
+    with grpc.insecure_channel(address) as ch:
+        call = ch.unary_unary(
+            "/pyxia.admin.v1.PyxiaAdmin/GetClusterStatus",
+            request_serializer=admin_pb2.GetClusterStatusRequest.SerializeToString,
+            response_deserializer=admin_pb2.GetClusterStatusResponse.FromString,
+        )
+        try:
+            res = call(admin_pb2.GetClusterStatusRequest(), timeout=10)
+        except grpc.RpcError as e:
+            detail = e.details() if isinstance(e, grpc.Call) else str(e)
+            raise click.ClickException(f"{address}: {detail}") from None
+    if not res.leader:
+        raise click.ClickException(f"{address} is not the leading coordinator")
+    if as_json:
+        click.echo(json_format.MessageToJson(res))
+        return
+    down = {s.internal for s in res.servers if not s.available}
+    for s in res.servers:
+        click.echo(
+            f"server {s.internal} (public {s.public}): "
+            f"{'available' if s.available else 'UNAVAILABLE'}"
+        )
+    for ns_name in sorted(res.status.namespaces):
+        ns = res.status.namespaces[ns_name]
+        click.echo(f"namespace {ns_name} (replication factor {ns.replication_factor})")
+        for shard_id in sorted(ns.shards):
+            m = ns.shards[shard_id]
+            ensemble = ", ".join(
+                x.internal + (" (down)" if x.internal in down else "") for x in m.ensemble
+            )
+            leader = m.leader.internal if m.HasField("leader") else "-"
+            click.echo(
+                f"  shard {shard_id:<4} term {m.term:<5} "
+                f"{metadata_pb2.ShardStatus.Name(m.status):<12} leader {leader:<22} "
+                f"ensemble [{ensemble}]"
+            )
+
+
+@click.command()
+@click.option(
+    "--address",
+    default="localhost:6648",
+    show_default=True,
+    help="Any pyxia gRPC port (data server public/internal, coordinator).",
+)
+@click.option("--service", default="", help="Health service name ('' = the server).")
+@click.option("--timeout", type=float, default=5.0, show_default=True)
+def health(address: str, service: str, timeout: float) -> None:
+    """Probe a pyxia port with the standard gRPC health check."""
+    import grpc
+    from grpc_health.v1 import health_pb2
+
+    with grpc.insecure_channel(address) as ch:
+        check = ch.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        try:
+            r = check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError as e:
+            code = e.code().name if isinstance(e, grpc.Call) else "UNAVAILABLE"
+            click.echo(f"{address}: unreachable ({code})")
+            sys.exit(2)
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
+    click.echo(f"{address}: {name}")
+    sys.exit(0 if r.status == health_pb2.HealthCheckResponse.SERVING else 1)

@@ -1,0 +1,373 @@
+"""The leading coordinator: keeps the cluster status in the metadata
+provider, runs one controller per shard and per data server, reconciles
+configuration changes, balances load, pushes shard assignments.
+
+It is built from the metadata it reads when it becomes leader and is thrown
+away when leadership is lost: it never retries a write that lost a
+compare-and-set (that could overwrite what a newer leader wrote) — it marks
+itself failed and lets the server rebuild it from fresh metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pyxia.config import ClusterConfig, NamespaceConfig, ServerAddress
+from pyxia.coordinator.dataserver_controller import DataServerController, LivenessOptions
+from pyxia.coordinator.metadata.provider import MetadataProvider, Version
+from pyxia.coordinator.model import (
+    DELETING,
+    STEADY,
+    identity,
+    leader_counts,
+    reconcile,
+    replica_load,
+    shards,
+)
+from pyxia.coordinator.placement import (
+    PlacementError,
+    plan_leader_rebalance,
+    plan_rebalance,
+    replace_member,
+)
+from pyxia.coordinator.shard_controller import ShardController
+from pyxia.errors import MetadataBadVersion
+from pyxia.proto import client_pb2, metadata_pb2
+from pyxia.server.rpc_clients import ChannelPool
+from pyxia.server.signals import Signal
+
+log = logging.getLogger("pyxia.coordinator")
+
+_KEY_SORTING = {
+    "hierarchical": client_pb2.KEY_SORTING_HIERARCHICAL,
+    "natural": client_pb2.KEY_SORTING_NATURAL,
+}
+
+
+@dataclass
+class CoordinatorOptions:
+    liveness: LivenessOptions = field(default_factory=LivenessOptions)
+    config_poll_interval: float = 1.0
+    balance: bool = True
+
+
+class Coordinator:
+    def __init__(
+        self,
+        provider: MetadataProvider,
+        load_config: Callable[[], ClusterConfig],
+        options: CoordinatorOptions | None = None,
+    ) -> None:
+        self.provider = provider
+        self._load_config = load_config
+        self.options = options or CoordinatorOptions()
+        self.channels = ChannelPool()
+        self.config = load_config()
+        self.status = metadata_pb2.ClusterStatus()
+        self.version = Version("-1")
+        self.shard_controllers: dict[int, ShardController] = {}
+        self.servers: dict[str, DataServerController] = {}
+        self._assignments: client_pb2.ShardAssignments | None = None
+        self.assignments_changed = Signal()
+        self._update_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._quarantine: dict[int, float] = {}
+        self.failed = asyncio.Event()  # a compare-and-set was lost
+        self._closed = False
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self, status: metadata_pb2.ClusterStatus | None, version: Version) -> None:
+        self.version = version
+        fresh = status is None
+        self.status = (
+            status
+            if status is not None
+            else metadata_pb2.ClusterStatus(instance_id=str(uuid.uuid4()))
+        )
+        work = copy.deepcopy(self.status)
+        rec = reconcile(work, self.config)
+        if fresh or rec.changed:
+            await self._store(work)
+        self._recompute_assignments()
+        for s in self.config.servers:
+            self._add_server(s)
+        for ns, shard_id, meta in shards(self.status):
+            self._add_shard(
+                ns, shard_id, elect=meta.status != STEADY or not meta.HasField("leader")
+            )
+        for node in rec.removed_servers:
+            self._evacuate(node)
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._config_loop(), name="coordinator-config"))
+        if self.options.balance:
+            self._tasks.append(loop.create_task(self._balance_loop(), name="coordinator-balance"))
+        log.info(
+            "coordinator started: %d namespaces, %d shards, %d servers",
+            len(self.status.namespaces),
+            len(self.shard_controllers),
+            len(self.servers),
+        )
+
+    async def close(self) -> None:
+        """Stops every controller and task. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks.clear()
+        for sc in list(self.shard_controllers.values()):
+            await sc.close()
+        for dc in list(self.servers.values()):
+            await dc.close()
+        self.assignments_changed.close()
+        await self.channels.close()
+
+    # -- status persistence -----------------------------------------------------------------------
+
+    async def _store(self, new_status: metadata_pb2.ClusterStatus) -> None:
+        try:
+            self.version = await self.provider.store(new_status, self.version)
+        except MetadataBadVersion:
+            log.warning("lost a compare-and-set on the cluster status: stepping down")
+            self.failed.set()
+            raise
+        self.status = new_status
+
+    async def update_shard(
+        self, namespace: str, shard: int, fn: Callable[[metadata_pb2.ShardMetadata], None]
+    ) -> None:
+        async with self._update_lock:
+            if self._closed or self.failed.is_set():
+                raise MetadataBadVersion("the coordinator is stepping down")
+            work = copy.deepcopy(self.status)
+            fn(work.namespaces[namespace].shards[shard])
+            await self._store(work)
+
+    async def remove_shard(self, namespace: str, shard: int) -> None:
+        async with self._update_lock:
+            work = copy.deepcopy(self.status)
+            ns = work.namespaces.get(namespace)
+            if ns is not None and shard in ns.shards:
+                del ns.shards[shard]
+                if not ns.shards:
+                    del work.namespaces[namespace]
+            await self._store(work)
+        self.shard_controllers.pop(shard, None)
+
+    # -- queries ----------------------------------------------------------------------------------
+
+    def is_available(self, node: str) -> bool:
+        dc = self.servers.get(node)
+        return dc is not None and dc.available
+
+    def leader_counts(self) -> dict[str, int]:
+        return dict(leader_counts(self.status))
+
+    def namespace_config(self, name: str) -> NamespaceConfig | None:
+        for n in self.config.namespaces:
+            if n.name == name:
+                return n
+        return None
+
+    # -- assignments ------------------------------------------------------------------------------
+
+    def _recompute_assignments(self) -> None:
+        out = client_pb2.ShardAssignments()
+        for ns, shard, meta in shards(self.status):
+            if meta.status == DELETING:
+                continue
+            nsa = out.namespaces[ns]
+            nsa.shard_key_router = client_pb2.XXHASH3
+            cfg = self.namespace_config(ns)
+            nsa.key_sorting = _KEY_SORTING[cfg.key_sorting if cfg else "hierarchical"]
+            nsa.assignments.add(
+                shard=shard,
+                leader=meta.leader.public if meta.HasField("leader") else "",
+                int32_hash_range=client_pb2.Int32HashRange(
+                    min_hash_inclusive=meta.int32_hash_range.min,
+                    max_hash_inclusive=meta.int32_hash_range.max,
+                ),
+            )
+        self._assignments = out
+
+    def assignments(self) -> client_pb2.ShardAssignments | None:
+        return self._assignments
+
+    def assignments_updated(self) -> None:
+        self._recompute_assignments()
+        self.assignments_changed.notify()
+
+    # -- controllers ------------------------------------------------------------------------------
+
+    def _add_server(self, s: ServerAddress) -> None:
+        if s.internal in self.servers:
+            return
+        dc = DataServerController(
+            s,
+            self.channels,
+            self.status.instance_id,
+            self.assignments,
+            self.assignments_changed,
+            self._on_server_change,
+            self.options.liveness,
+        )
+        self.servers[s.internal] = dc
+        dc.start()
+
+    def _add_shard(self, namespace: str, shard: int, *, elect: bool) -> None:
+        if shard in self.shard_controllers:
+            return
+        sc = ShardController(self, namespace, shard)
+        self.shard_controllers[shard] = sc
+        sc.start(elect=elect)
+
+    async def _on_server_change(self, node: str, available: bool) -> None:
+        for sc in list(self.shard_controllers.values()):
+            if available:
+                sc.node_available(node)
+            else:
+                sc.node_unavailable(node)
+
+    # -- configuration changes --------------------------------------------------------------------
+
+    async def _config_loop(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self.options.config_poll_interval)
+            try:
+                cfg = self._load_config()
+            except Exception as e:
+                log.warning("cluster config not reloaded: %s", e)
+                continue
+            if cfg != self.config:
+                log.info("cluster config changed: applying")
+                await self.apply_config(cfg)
+
+    async def apply_config(self, cfg: ClusterConfig) -> None:
+        self.config = cfg
+        async with self._update_lock:
+            work = copy.deepcopy(self.status)
+            rec = reconcile(work, cfg)
+            if rec.changed:
+                await self._store(work)
+        for s in cfg.servers:
+            self._add_server(s)
+        for ns, shard in rec.created:
+            self._add_shard(ns, shard, elect=True)
+        for name in rec.deleted_namespaces:
+            for shard in list(self.status.namespaces[name].shards):
+                sc = self.shard_controllers.get(shard)
+                if sc is not None:
+                    sc.request_delete()
+        for node in rec.removed_servers:
+            self._evacuate(node)
+        for node in list(self.servers):
+            if node not in {s.internal for s in cfg.servers} and not self._hosts_anything(node):
+                dc = self.servers.pop(node)
+                await dc.close()
+        self.assignments_updated()
+
+    def _hosts_anything(self, node: str) -> bool:
+        return any(
+            m.internal == node
+            for _, _, meta in shards(self.status)
+            for m in [*meta.ensemble, *meta.removed_nodes, *meta.pending_delete_shard_nodes]
+        )
+
+    def _evacuate(self, node: str) -> None:
+        """Moves every replica off a server removed from the config."""
+        servers = [s.internal for s in self.config.servers]
+        for _ns, shard, meta in shards(self.status):
+            if meta.status == DELETING or not any(m.internal == node for m in meta.ensemble):
+                continue
+            try:
+                target = replace_member(
+                    [m.internal for m in meta.ensemble], node, servers, replica_load(self.status)
+                )
+            except PlacementError as e:
+                log.warning("shard %d: cannot move its replica off %s: %s", shard, node, e)
+                continue
+            sc = self.shard_controllers.get(shard)
+            if sc is not None:
+                self._tasks.append(
+                    asyncio.get_running_loop().create_task(
+                        self.change_ensemble(shard, node, target)
+                    )
+                )
+
+    async def change_ensemble(self, shard: int, source: str, target: str) -> None:
+        """Replaces ``source`` by ``target`` in the shard's ensemble: an
+        election in a new term with ``source`` among the removed nodes."""
+        sc = self.shard_controllers.get(shard)
+        if sc is None:
+            return
+        by_internal = {s.internal: s for s in self.config.servers}
+        if target not in by_internal:
+            return
+
+        def swap(m: metadata_pb2.ShardMetadata) -> None:
+            members = list(m.ensemble)
+            if not any(x.internal == source for x in members):
+                return
+            del m.ensemble[:]
+            for x in members:
+                if x.internal == source:
+                    m.removed_nodes.append(x)
+                    m.ensemble.append(identity(by_internal[target]))
+                else:
+                    m.ensemble.append(x)
+
+        ns = sc.namespace
+        await self.update_shard(ns, shard, swap)
+        log.info("shard %d: moving a replica from %s to %s", shard, source, target)
+        sc.request_election()
+
+    # -- load balancing ---------------------------------------------------------------------------
+
+    async def _balance_loop(self) -> None:
+        lb = self.config.load_balancer
+        while not self._closed:
+            await asyncio.sleep(lb.schedule_interval)
+            try:
+                await self.balance_once()
+            except MetadataBadVersion:
+                return
+            except Exception:
+                log.exception("load balancing failed")
+
+    async def balance_once(self) -> bool:
+        """One balancing step: a replica move, else a leadership move."""
+        now = time.monotonic()
+        quarantined = {s for s, until in self._quarantine.items() if until > now}
+        steady = {shard: meta for _, shard, meta in shards(self.status) if meta.status == STEADY}
+        replicas = {s: [m.internal for m in meta.ensemble] for s, meta in steady.items()}
+        servers = [s.internal for s in self.config.servers if self.is_available(s.internal)]
+        move = plan_rebalance(replicas, servers, quarantined)
+        qt = self.config.load_balancer.quarantine_time
+        if move is not None:
+            self._quarantine[move.shard] = now + qt
+            await self.change_ensemble(move.shard, move.source, move.target)
+            return True
+        leaders = {s: meta.leader.internal for s, meta in steady.items() if meta.HasField("leader")}
+        lead_move = plan_leader_rebalance(leaders, replicas, quarantined)
+        if lead_move is not None:
+            shard, target = lead_move
+            self._quarantine[shard] = now + qt
+            sc = self.shard_controllers.get(shard)
+            if sc is not None:
+                sc.prefer_leader = target
+                sc.request_election()
+                return True
+        return False

@@ -1,0 +1,213 @@
+"""The coordinator's view of one data server: liveness and assignments.
+
+Liveness (Oxia: gRPC health ``Watch`` plus periodic ``Check`` probes):
+
+- an explicit NOT_SERVING, or a watch stream that breaks and is followed by
+  a probe that fails, marks the server unavailable at once (a killed
+  process refuses connections: no reason to wait);
+- a server that stops answering (paused, partitioned) is marked
+  unavailable after ``failures`` consecutive probe timeouts;
+- it is available again once a probe or the watch says SERVING and the
+  Handshake (binding it to this cluster's instance id) succeeded.
+
+It also keeps a ``PushShardAssignments`` stream to the server, re-sending the
+full assignment map whenever it changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from pyxia.config import ServerAddress
+from pyxia.proto import client_pb2, replication_pb2
+from pyxia.server.rpc_clients import ChannelPool
+from pyxia.server.signals import Signal
+
+log = logging.getLogger("pyxia.coordinator.dataserver")
+
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+HANDSHAKE = "/replication.OxiaCoordination/Handshake"
+PUSH_ASSIGNMENTS = "/replication.OxiaCoordination/PushShardAssignments"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+@dataclass(frozen=True)
+class LivenessOptions:
+    probe_interval: float = 2.0
+    probe_timeout: float = 5.0
+    failures: int = 3
+    reconnect_backoff: float = 0.1
+
+
+class DataServerController:
+    """Watches one data server and pushes assignments to it."""
+
+    def __init__(
+        self,
+        server: ServerAddress,
+        channels: ChannelPool,
+        instance_id: str,
+        assignments: Callable[[], client_pb2.ShardAssignments | None],
+        assignments_changed: Signal,
+        on_change: Callable[[str, bool], Awaitable[None]],
+        options: LivenessOptions | None = None,
+    ) -> None:
+        self.server = server
+        self.internal = server.internal
+        self._channels = channels
+        self._instance_id = instance_id
+        self._assignments = assignments
+        self._assignments_changed = assignments_changed
+        self._on_change = on_change
+        self.options = options or LivenessOptions()
+        self.available = False
+        self.bound = False
+        self._consecutive_failures = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._watch_loop(), name=f"ds-watch-{self.internal}"),
+            loop.create_task(self._probe_loop(), name=f"ds-probe-{self.internal}"),
+            loop.create_task(self._push_loop(), name=f"ds-push-{self.internal}"),
+        ]
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    # -- liveness ---------------------------------------------------------------------------------
+
+    async def _set(self, available: bool, why: str) -> None:
+        if available == self.available or self._closed:
+            return
+        self.available = available
+        log.info(
+            "data server %s is %s (%s)",
+            self.internal,
+            "available" if available else "unavailable",
+            why,
+        )
+        await self._on_change(self.internal, available)
+
+    async def _handshake(self) -> bool:
+        ch = self._channels.get(self.internal)
+        call = ch.unary_unary(
+            HANDSHAKE,
+            request_serializer=replication_pb2.HandshakeRequest.SerializeToString,
+            response_deserializer=replication_pb2.HandshakeResponse.FromString,
+        )
+        res = await call(
+            replication_pb2.HandshakeRequest(instance_id=self._instance_id),
+            timeout=self.options.probe_timeout,
+        )
+        if res.status == replication_pb2.HANDSHAKE_STATUS_MISMATCH:
+            log.error("data server %s belongs to another cluster: refusing it", self.internal)
+            return False
+        self.bound = True
+        return True
+
+    async def _check(self) -> bool:
+        ch = self._channels.get(self.internal)
+        call = ch.unary_unary(
+            HEALTH_CHECK,
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        res = await call(
+            health_pb2.HealthCheckRequest(service=""), timeout=self.options.probe_timeout
+        )
+        return bool(res.status == SERVING)
+
+    async def _healthy(self) -> bool:
+        """One probe, handshaking first if needed."""
+        try:
+            if not self.bound and not await self._handshake():
+                return False
+            return await self._check()
+        except grpc.aio.AioRpcError:
+            return False
+
+    async def _watch_loop(self) -> None:
+        while not self._closed:
+            ch = self._channels.get(self.internal)
+            call = ch.unary_stream(
+                HEALTH_WATCH,
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )(health_pb2.HealthCheckRequest(service=""))
+            try:
+                async for res in call:
+                    if res.status == SERVING:
+                        if self.bound or await self._healthy():
+                            self._consecutive_failures = 0
+                            await self._set(True, "health watch")
+                    else:
+                        await self._set(False, "NOT_SERVING")
+            except grpc.aio.AioRpcError:
+                pass
+            finally:
+                call.cancel()
+            if self._closed:
+                return
+            # The stream broke: a dead process refuses the probe at once.
+            if not await self._healthy():
+                await self._set(False, "health watch broken and probe failed")
+            await asyncio.sleep(self.options.reconnect_backoff)
+
+    async def _probe_loop(self) -> None:
+        while not self._closed:
+            if await self._healthy():
+                self._consecutive_failures = 0
+                await self._set(True, "probe")
+            else:
+                self._consecutive_failures += 1
+                if self._consecutive_failures >= self.options.failures:
+                    await self._set(False, f"{self._consecutive_failures} failed probes")
+            await asyncio.sleep(self.options.probe_interval)
+
+    # -- assignments ------------------------------------------------------------------------------
+
+    async def _push_loop(self) -> None:
+        backoff = self.options.reconnect_backoff
+        while not self._closed:
+            ch = self._channels.get(self.internal)
+            call = ch.stream_unary(
+                PUSH_ASSIGNMENTS,
+                request_serializer=client_pb2.ShardAssignments.SerializeToString,
+                response_deserializer=replication_pb2.CoordinationShardAssignmentsResponse.FromString,
+            )
+            try:
+                await call(self._stream())
+            except grpc.aio.AioRpcError:
+                pass
+            if self._closed:
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _stream(self) -> AsyncIterator[client_pb2.ShardAssignments]:
+        sent = -1
+        while not self._closed:
+            seen = self._assignments_changed.generation
+            current = self._assignments()
+            if current is not None and seen != sent:
+                sent = seen
+                yield current
+            await self._assignments_changed.wait(seen)

@@ -1,0 +1,121 @@
+"""The cluster status (``ClusterStatus`` in metadata.proto) and how the
+configuration turns into it (pure code, no I/O).
+
+Servers are identified by their internal address. Shard ids come from the
+status' ``shard_id_generator``, unique across the whole cluster.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from pyxia.common.sharding import generate_shards
+from pyxia.config import ClusterConfig, NamespaceConfig, ServerAddress
+from pyxia.coordinator.placement import select_ensemble
+from pyxia.proto import metadata_pb2
+
+ShardMetadata = metadata_pb2.ShardMetadata
+STEADY = metadata_pb2.SteadyState
+ELECTION = metadata_pb2.Election
+DELETING = metadata_pb2.Deleting
+
+
+def identity(s: ServerAddress) -> metadata_pb2.DataServerIdentity:
+    ident = metadata_pb2.DataServerIdentity(public=s.public, internal=s.internal)
+    if s.name:
+        ident.name = s.name
+    return ident
+
+
+def shards(status: metadata_pb2.ClusterStatus) -> Iterator[tuple[str, int, ShardMetadata]]:
+    for ns_name in sorted(status.namespaces):
+        ns = status.namespaces[ns_name]
+        for shard_id in sorted(ns.shards):
+            yield ns_name, shard_id, ns.shards[shard_id]
+
+
+def replica_load(status: metadata_pb2.ClusterStatus) -> Counter[str]:
+    """Shard replicas per server (internal address)."""
+    load: Counter[str] = Counter()
+    for _, _, meta in shards(status):
+        if meta.status != DELETING:
+            for m in meta.ensemble:
+                load[m.internal] += 1
+    return load
+
+
+def leader_counts(status: metadata_pb2.ClusterStatus) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for _, _, meta in shards(status):
+        if meta.HasField("leader") and meta.status != DELETING:
+            counts[meta.leader.internal] += 1
+    return counts
+
+
+@dataclass
+class Reconciliation:
+    """What the coordinator must do to bring the status in line with the config."""
+
+    created: list[tuple[str, int]] = field(default_factory=list)
+    deleted_namespaces: list[str] = field(default_factory=list)
+    removed_servers: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.deleted_namespaces or self.removed_servers)
+
+
+def add_namespace(
+    status: metadata_pb2.ClusterStatus, ns: NamespaceConfig, servers: list[ServerAddress]
+) -> list[int]:
+    """Creates the namespace's shards with their ensembles. Returns their ids."""
+    by_internal = {s.internal: s for s in servers}
+    ns_status = status.namespaces[ns.name]
+    ns_status.replication_factor = ns.replication_factor
+    created = []
+    for r in generate_shards(ns.initial_shard_count):
+        shard_id = status.shard_id_generator
+        status.shard_id_generator += 1
+        ensemble = select_ensemble(sorted(by_internal), ns.replication_factor, replica_load(status))
+        meta = ns_status.shards[shard_id]
+        meta.status = ShardStatusUnknown
+        meta.term = -1
+        meta.int32_hash_range.min = r.min_inclusive
+        meta.int32_hash_range.max = r.max_inclusive
+        meta.ensemble.extend(identity(by_internal[i]) for i in ensemble)
+        created.append(shard_id)
+    return created
+
+
+ShardStatusUnknown = metadata_pb2.ShardStatusUnknown
+
+
+def reconcile(status: metadata_pb2.ClusterStatus, config: ClusterConfig) -> Reconciliation:
+    """Brings ``status`` (modified in place) in line with ``config``."""
+    rec = Reconciliation()
+    servers = list(config.servers)
+    wanted = {n.name: n for n in config.namespaces}
+    for name, ns in wanted.items():
+        if name not in status.namespaces:
+            for shard_id in add_namespace(status, ns, servers):
+                rec.created.append((name, shard_id))
+    for name in sorted(status.namespaces):
+        if name not in wanted:
+            ns_status = status.namespaces[name]
+            if any(m.status != DELETING for m in ns_status.shards.values()):
+                for meta in ns_status.shards.values():
+                    meta.status = DELETING
+                rec.deleted_namespaces.append(name)
+    known = {s.internal for s in servers}
+    in_use = {m.internal for _, _, meta in shards(status) for m in meta.ensemble}
+    rec.removed_servers = sorted(in_use - known)
+    return rec
+
+
+def namespace_config(config: ClusterConfig, name: str) -> NamespaceConfig | None:
+    for n in config.namespaces:
+        if n.name == name:
+            return n
+    return None

@@ -1,0 +1,194 @@
+"""The coordinator process: waits to lead, builds a Coordinator from the
+metadata it reads then, and rebuilds it after losing leadership — without
+exiting.
+
+Leadership loss is graceful (the lesson of Oxia's panic on a version
+conflict): the current coordinator is closed (every controller stopped, no
+stray task), the server waits to become leader again, and a fresh
+coordinator starts from what the metadata says at that moment. Closing the
+server closes the provider, which unblocks a pending wait; nothing is
+recreated during shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from pyxia.config import ClusterConfig
+from pyxia.coordinator.coordinator import Coordinator, CoordinatorOptions
+from pyxia.coordinator.metadata.provider import LeadershipLost, MetadataProvider
+from pyxia.errors import AlreadyClosed
+from pyxia.proto import admin_pb2
+from pyxia.server.data_server import grpc_options
+
+log = logging.getLogger("pyxia.coordinator.server")
+
+
+@dataclass
+class CoordinatorServerOptions:
+    internal_addr: str = "0.0.0.0:6649"
+    metrics_addr: str | None = "0.0.0.0:8080"
+    coordinator: CoordinatorOptions | None = None
+
+
+class CoordinatorServer:
+    def __init__(
+        self,
+        provider: MetadataProvider,
+        load_config: Callable[[], ClusterConfig],
+        options: CoordinatorServerOptions | None = None,
+    ) -> None:
+        self.provider = provider
+        self._load_config = load_config
+        self.options = options or CoordinatorServerOptions()
+        self.coordinator: Coordinator | None = None
+        self.generation = 0  # coordinators built so far
+        self.port = 0
+        self.metrics_port = 0
+        self._server: grpc.aio.Server | None = None
+        self._metrics: Any = None
+        self._health = health_aio.HealthServicer()
+        self._main: asyncio.Task[None] | None = None
+        self._closed = False
+        self._changed = asyncio.Event()
+
+    @property
+    def is_leader(self) -> bool:
+        return self.coordinator is not None
+
+    async def start(self) -> None:
+        load_config = self._load_config
+        load_config()  # fail fast on a bad config
+        self._server = grpc.aio.server(options=grpc_options(64 * 1024 * 1024))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        self._server.add_generic_rpc_handlers([self._admin_handlers()])
+        port = self._server.add_insecure_port(self.options.internal_addr)
+        if port == 0:
+            raise OSError(f"cannot listen on {self.options.internal_addr}")
+        self.port = port
+        await self._server.start()
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        if self.options.metrics_addr:
+            from prometheus_client import start_http_server
+
+            host, _, p = self.options.metrics_addr.rpartition(":")
+            res = start_http_server(int(p), addr=host or "0.0.0.0")
+            if isinstance(res, tuple):
+                self._metrics = res[0]
+                self.metrics_port = int(self._metrics.server_port)
+        await self.provider.start()
+        self._main = asyncio.get_running_loop().create_task(self._run(), name="coordinator-main")
+
+    async def _run(self) -> None:
+        while not self._closed:
+            try:
+                lost = await self.provider.wait_to_become_leader()
+            except AlreadyClosed:
+                return
+            if self._closed:
+                return
+            status, version = await self.provider.get()
+            coordinator = Coordinator(self.provider, self._load_config, self.options.coordinator)
+            try:
+                await coordinator.start(status, version)
+            except Exception as e:
+                log.warning("could not start the coordinator: %s", e)
+                await coordinator.close()
+                await asyncio.sleep(0.2)
+                continue
+            self.coordinator = coordinator
+            self.generation += 1
+            self._changed.set()
+            log.info("this coordinator leads (generation %d)", self.generation)
+            reason = await self._until_lost(coordinator, lost)
+            log.warning("leadership lost (%s): closing the coordinator", reason)
+            self.coordinator = None
+            await coordinator.close()
+            self._changed.set()
+
+    async def _until_lost(self, coordinator: Coordinator, lost: LeadershipLost | None) -> str:
+        waits: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(coordinator.failed.wait()),
+        ]
+        if lost is not None:
+            waits.append(asyncio.ensure_future(lost.wait()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if lost is not None and lost.fired:
+            return lost.reason or "lease lost"
+        return "compare-and-set lost"
+
+    async def wait_leading(self, generation: int = 1, timeout: float = 30.0) -> Coordinator:
+        """Test helper: waits until the ``generation``-th coordinator leads."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.generation < generation or self.coordinator is None:
+            self._changed.clear()
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError("this coordinator did not become leader")
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except TimeoutError:
+                pass
+        return self.coordinator
+
+    async def close(self) -> None:
+        """Closes the provider (unblocking any wait), the coordinator and the
+        server. Idempotent; nothing is recreated meanwhile."""
+        if self._closed:
+            return
+        self._closed = True
+        await self.provider.close()
+        if self._main is not None:
+            self._main.cancel()
+            try:
+                await self._main
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.coordinator is not None:
+            await self.coordinator.close()
+            self.coordinator = None
+        if self._server is not None:
+            await self._server.stop(0.5)
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
+
+    # -- admin API --------------------------------------------------------------------------------
+
+    async def _get_status(
+        self, req: admin_pb2.GetClusterStatusRequest, context: Any
+    ) -> admin_pb2.GetClusterStatusResponse:
+        c = self.coordinator
+        res = admin_pb2.GetClusterStatusResponse(leader=c is not None)
+        if c is not None:
+            res.status.CopyFrom(c.status)
+            for s in c.config.servers:
+                res.servers.add(
+                    internal=s.internal, public=s.public, available=c.is_available(s.internal)
+                )
+        return res
+
+    def _admin_handlers(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            "pyxia.admin.v1.PyxiaAdmin",
+            {
+                "GetClusterStatus": grpc.unary_unary_rpc_method_handler(
+                    self._get_status,
+                    request_deserializer=admin_pb2.GetClusterStatusRequest.FromString,
+                    response_serializer=admin_pb2.GetClusterStatusResponse.SerializeToString,
+                ),
+            },
+        )

@@ -1,0 +1,419 @@
+"""The coordinator's controller of one shard: elections, followers,
+ensemble changes and deletion, one at a time on the shard's own task.
+
+An election (Oxia's): the new term is persisted first; NewTerm goes to the
+ensemble plus the nodes being removed; once a majority answered, stragglers
+that are still alive get a short grace period; the leader is the ensemble
+member with the highest head (term, then offset), ties to the node leading
+the fewest shards; BecomeLeader carries the other responders' heads; the new
+status (leader, term, SteadyState) is persisted and the assignments pushed;
+members that did not answer are fenced and added as followers in the
+background as soon as they come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import grpc
+
+from pyxia.coordinator.election import Head, choose_leader, majority
+from pyxia.coordinator.model import DELETING, ELECTION, STEADY
+from pyxia.errors import InvalidStatus, MetadataBadVersion, PyxiaError
+from pyxia.proto import metadata_pb2, replication_pb2
+from pyxia.rpc_errors import error_from_rpc
+from pyxia.server.signals import Signal
+
+if TYPE_CHECKING:
+    from pyxia.coordinator.coordinator import Coordinator
+
+log = logging.getLogger("pyxia.coordinator.shard")
+
+COORD = "/replication.OxiaCoordination/"
+GRACE_PERIOD = 0.1
+RPC_TIMEOUT = 10.0
+
+
+class ShardController:
+    def __init__(self, coordinator: Coordinator, namespace: str, shard: int) -> None:
+        self.c = coordinator
+        self.namespace = namespace
+        self.shard = shard
+        self._wake = Signal()
+        self._elect_requested = True
+        self._verify_requested = False
+        self._followers_to_add: set[str] = set()
+        self._delete_requested = False
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        # Set by the leader balancer: take this member if its head allows.
+        self.prefer_leader: str | None = None
+        self.elections = 0
+        self.last_election_seconds = 0.0
+
+    @property
+    def meta(self) -> metadata_pb2.ShardMetadata:
+        return self.c.status.namespaces[self.namespace].shards[self.shard]
+
+    def start(self, *, elect: bool) -> None:
+        self._elect_requested = elect
+        self._verify_requested = not elect
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"shard-controller-{self.shard}"
+        )
+
+    async def close(self) -> None:
+        self._closed = True
+        self._wake.close()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def request_election(self) -> None:
+        self._elect_requested = True
+        self._wake.notify()
+
+    def request_verify(self) -> None:
+        self._verify_requested = True
+        self._wake.notify()
+
+    def request_delete(self) -> None:
+        self._delete_requested = True
+        self._wake.notify()
+
+    def node_unavailable(self, node: str) -> None:
+        meta = self.meta
+        if meta.status != DELETING and meta.HasField("leader") and meta.leader.internal == node:
+            log.info("shard %d: leader %s is unavailable, electing", self.shard, node)
+            self.request_election()
+
+    def node_available(self, node: str) -> None:
+        meta = self.meta
+        if meta.status == STEADY and any(m.internal == node for m in meta.ensemble):
+            if not (meta.HasField("leader") and meta.leader.internal == node):
+                self._followers_to_add.add(node)
+                self._wake.notify()
+        elif meta.status != DELETING and not meta.HasField("leader"):
+            self.request_election()
+
+    # -- the shard's task -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while not self._closed:
+            seen = self._wake.generation
+            try:
+                if self._delete_requested or self.meta.status == DELETING:
+                    await self._delete()
+                    return
+                if self._elect_requested:
+                    self._elect_requested = False
+                    await self._elect()
+                    backoff = 0.05
+                    continue
+                if self._verify_requested:
+                    self._verify_requested = False
+                    await self._verify()
+                    continue
+                if self._followers_to_add:
+                    node = self._followers_to_add.pop()
+                    if not await self._add_follower(node):
+                        self._followers_to_add.add(node)
+                        await self._wake.wait(seen, 1.0)
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except MetadataBadVersion:
+                return  # leadership lost: the coordinator is being rebuilt
+            except Exception as e:
+                log.warning("shard %d: %s; retrying", self.shard, e)
+                self._elect_requested = True
+                await self._wake.wait(seen, backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            await self._wake.wait(seen, 60.0)
+            if not self._closed and self._wake.generation == seen:
+                self._verify_requested = True  # periodic check
+
+    # -- RPCs -------------------------------------------------------------------------------------
+
+    async def _call(
+        self, node: str, method: str, req: object, resp_type: type, timeout: float = RPC_TIMEOUT
+    ) -> object:
+        call: grpc.aio.UnaryUnaryMultiCallable[object, object] = self.c.channels.get(
+            node
+        ).unary_unary(
+            COORD + method,
+            request_serializer=_serialize,
+            response_deserializer=resp_type.FromString,  # type: ignore[attr-defined]
+        )
+        try:
+            return await call(req, timeout=timeout)
+        except grpc.aio.AioRpcError as e:
+            raise error_from_rpc(e) from e
+
+    def _term_options(self) -> replication_pb2.NewTermOptions:
+        ns = self.c.namespace_config(self.namespace)
+        sorting = (
+            replication_pb2.NATURAL
+            if ns and ns.key_sorting == "natural"
+            else replication_pb2.HIERARCHICAL
+        )
+        return replication_pb2.NewTermOptions(
+            enable_notifications=ns.notifications_enabled if ns else True, key_sorting=sorting
+        )
+
+    async def _new_term(self, node: str, term: int) -> Head:
+        res = await self._call(
+            node,
+            "NewTerm",
+            replication_pb2.NewTermRequest(
+                namespace=self.namespace, shard=self.shard, term=term, options=self._term_options()
+            ),
+            replication_pb2.NewTermResponse,
+        )
+        h = res.head_entry_id  # type: ignore[attr-defined]
+        return Head(h.term, h.offset)
+
+    # -- election ---------------------------------------------------------------------------------
+
+    async def _elect(self) -> None:
+        started = time.monotonic()
+        meta = self.meta
+        term = meta.term + 1
+
+        def start_election(m: metadata_pb2.ShardMetadata) -> None:
+            m.status = ELECTION
+            m.term = term
+            m.ClearField("leader")
+
+        await self.c.update_shard(self.namespace, self.shard, start_election)
+        ensemble = [m.internal for m in self.meta.ensemble]
+        removed = [m.internal for m in self.meta.removed_nodes]
+        targets = list(dict.fromkeys(ensemble + removed))
+        heads = await self._fence(targets, term)
+        ens_heads = {n: h for n, h in heads.items() if n in ensemble}
+        if len(ens_heads) < majority(len(ensemble)):
+            raise PyxiaError(
+                f"shard {self.shard}: only {len(ens_heads)} of {len(ensemble)} "
+                f"ensemble members answered NewTerm for term {term}"
+            )
+        leader = choose_leader(ens_heads, ensemble, self.c.leader_counts())
+        assert leader is not None
+        prefer, self.prefer_leader = self.prefer_leader, None
+        if prefer in ens_heads and ens_heads[prefer] == ens_heads[leader]:
+            leader = prefer
+        followers = {
+            n: replication_pb2.EntryId(term=h.term, offset=h.offset)
+            for n, h in ens_heads.items()
+            if n != leader
+        }
+        await self._call(
+            leader,
+            "BecomeLeader",
+            replication_pb2.BecomeLeaderRequest(
+                namespace=self.namespace,
+                shard=self.shard,
+                term=term,
+                replication_factor=len(ensemble),
+                follower_maps=followers,
+            ),
+            replication_pb2.BecomeLeaderResponse,
+            timeout=60,
+        )
+        by_internal = {m.internal: m for m in self.meta.ensemble}
+
+        def finish(m: metadata_pb2.ShardMetadata) -> None:
+            m.status = STEADY
+            m.leader.CopyFrom(by_internal[leader])
+            m.pending_delete_shard_nodes.extend(m.removed_nodes)
+            del m.removed_nodes[:]
+
+        await self.c.update_shard(self.namespace, self.shard, finish)
+        self.c.assignments_updated()
+        self.elections += 1
+        self.last_election_seconds = time.monotonic() - started
+        log.info(
+            "shard %d: %s leads term %d (election took %.0f ms)",
+            self.shard,
+            leader,
+            term,
+            self.last_election_seconds * 1000,
+        )
+        # Members that did not answer follow as soon as they are back.
+        for n in ensemble:
+            if n != leader and n not in ens_heads:
+                self._followers_to_add.add(n)
+        for gone in list(self.meta.pending_delete_shard_nodes):
+            asyncio.get_running_loop().create_task(self._delete_on(gone.internal, term))
+
+    async def _fence(self, targets: list[str], term: int) -> dict[str, Head]:
+        """NewTerm to every target; returns once a majority answered and
+        the still-reachable stragglers had a grace period."""
+        heads: dict[str, Head] = {}
+        failed: set[str] = set()
+        done = asyncio.Event()
+        need = majority(len(targets))
+
+        async def one(node: str) -> None:
+            try:
+                heads[node] = await self._new_term(node, term)
+            except Exception as e:
+                failed.add(node)
+                log.debug("shard %d: NewTerm(%d) on %s failed: %s", self.shard, term, node, e)
+            if len(heads) >= need or len(heads) + len(failed) == len(targets):
+                done.set()
+
+        tasks = [asyncio.get_running_loop().create_task(one(n)) for n in targets]
+        try:
+            await done.wait()
+            if len(heads) >= need and len(heads) + len(failed) < len(targets):
+                # Stragglers that are alive get a short grace period.
+                await asyncio.wait([t for t in tasks if not t.done()], timeout=GRACE_PERIOD)
+        finally:
+            for t in tasks:
+                if not t.done():
+                    t.cancel()
+        return dict(heads)
+
+    def _stragglers_dead(
+        self, targets: list[str], heads: dict[str, Head], failed: set[str]
+    ) -> bool:
+        pending = [n for n in targets if n not in heads and n not in failed]
+        return all(not self.c.is_available(n) for n in pending)
+
+    async def _add_follower(self, node: str) -> bool:
+        meta = self.meta
+        if meta.status != STEADY or not meta.HasField("leader"):
+            return True
+        if not self.c.is_available(node):
+            return False
+        try:
+            try:
+                head = await self._new_term(node, meta.term)
+            except InvalidStatus:
+                # Already following this term (its cursor reconnected).
+                return True
+            await self._call(
+                meta.leader.internal,
+                "AddFollower",
+                replication_pb2.AddFollowerRequest(
+                    namespace=self.namespace,
+                    shard=self.shard,
+                    term=meta.term,
+                    follower_name=node,
+                    follower_head_entry_id=replication_pb2.EntryId(
+                        term=head.term, offset=head.offset
+                    ),
+                ),
+                replication_pb2.AddFollowerResponse,
+            )
+            log.info("shard %d: %s follows again at term %d", self.shard, node, meta.term)
+            return True
+        except PyxiaError as e:
+            log.info("shard %d: adding follower %s failed: %s", self.shard, node, e)
+            return False
+
+    async def _verify(self) -> None:
+        """Checks that the ensemble is what the status says; re-elects if
+        the leader is not leading this term."""
+        meta = self.meta
+        if meta.status != STEADY or not meta.HasField("leader"):
+            self._elect_requested = True
+            return
+        try:
+            st = await self._call(
+                meta.leader.internal,
+                "GetStatus",
+                replication_pb2.GetStatusRequest(shard=self.shard),
+                replication_pb2.GetStatusResponse,
+                timeout=5,
+            )
+        except PyxiaError:
+            self._elect_requested = True
+            return
+        if st.status != replication_pb2.LEADER or st.term != meta.term:  # type: ignore[attr-defined]
+            self._elect_requested = True
+            return
+        for m in meta.ensemble:
+            if m.internal == meta.leader.internal:
+                continue
+            try:
+                fs = await self._call(
+                    m.internal,
+                    "GetStatus",
+                    replication_pb2.GetStatusRequest(shard=self.shard),
+                    replication_pb2.GetStatusResponse,
+                    timeout=5,
+                )
+                ok = fs.status == replication_pb2.FOLLOWER and fs.term == meta.term  # type: ignore[attr-defined]
+            except PyxiaError:
+                ok = False
+            if not ok:
+                self._followers_to_add.add(m.internal)
+
+    # -- deletion ---------------------------------------------------------------------------------
+
+    async def _delete_on(self, node: str, term: int) -> None:
+        try:
+            await self._call(
+                node,
+                "DeleteShard",
+                replication_pb2.DeleteShardRequest(
+                    namespace=self.namespace, shard=self.shard, term=term
+                ),
+                replication_pb2.DeleteShardResponse,
+            )
+        except PyxiaError as e:
+            log.info("shard %d: DeleteShard on %s: %s", self.shard, node, e)
+            return
+
+        def forget(m: metadata_pb2.ShardMetadata) -> None:
+            keep = [x for x in m.pending_delete_shard_nodes if x.internal != node]
+            del m.pending_delete_shard_nodes[:]
+            m.pending_delete_shard_nodes.extend(keep)
+
+        try:
+            await self.c.update_shard(self.namespace, self.shard, forget)
+        except (KeyError, MetadataBadVersion):
+            pass
+
+    async def _delete(self) -> None:
+        meta = self.meta
+        nodes = {m.internal for m in meta.ensemble} | {
+            m.internal for m in meta.pending_delete_shard_nodes
+        }
+        term = max(meta.term, 0)
+        for node in sorted(nodes):
+            while not self._closed:
+                try:
+                    await self._call(
+                        node,
+                        "DeleteShard",
+                        replication_pb2.DeleteShardRequest(
+                            namespace=self.namespace, shard=self.shard, term=term
+                        ),
+                        replication_pb2.DeleteShardResponse,
+                    )
+                    break
+                except PyxiaError as e:
+                    if not self.c.is_available(node):
+                        break  # it deletes what it holds when it comes back unknown
+                    log.info("shard %d: DeleteShard on %s: %s", self.shard, node, e)
+                    await asyncio.sleep(0.5)
+        await self.c.remove_shard(self.namespace, self.shard)
+        self.c.assignments_updated()
+
+
+def _serialize(m: object) -> bytes:
+    out: bytes = m.SerializeToString()  # type: ignore[attr-defined]
+    return out
