@@ -150,14 +150,18 @@ class ProcCluster:
     def wait_steady(self, timeout: float = 60) -> None:
         wait_for(self.steady, timeout=timeout, interval=0.05, what="every shard steady")
 
-    def shard_leader(self, shard: int) -> tuple[Member, int]:
-        """The member leading ``shard`` and its term."""
+    def shard_leader(self, shard: int) -> tuple[Member | None, int]:
+        """The member leading ``shard`` (None during an election) and its
+        term, from one status snapshot."""
         st = self.status()
-        assert st is not None
+        if st is None:
+            return None, -1
         for ns in st.status.namespaces.values():
             if shard in ns.shards:
                 meta = ns.shards[shard]
-                member = next(m for m in self.members if m.internal == meta.leader.internal)
+                member = next((m for m in self.members if m.internal == meta.leader.internal), None)
+                if meta.status != metadata_pb2.SteadyState:
+                    member = None
                 return member, int(meta.term)
         raise KeyError(shard)
 
