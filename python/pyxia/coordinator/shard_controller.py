@@ -102,7 +102,9 @@ class ShardController:
             if not (meta.HasField("leader") and meta.leader.internal == node):
                 self._followers_to_add.add(node)
                 self._wake.notify()
-        elif meta.status != DELETING and not meta.HasField("leader"):
+        elif meta.status == STEADY and not meta.HasField("leader"):
+            # Leaderless but not electing (an election in progress will see
+            # the node by itself): elect now that a member is back.
             self.request_election()
 
     # -- the shard's task -------------------------------------------------------------------------
