@@ -72,6 +72,7 @@ class Coordinator:
         self.status = metadata_pb2.ClusterStatus()
         self.version = Version("-1")
         self.shard_controllers: dict[int, ShardController] = {}
+        self.pending_leaders: dict[int, str] = {}
         self.servers: dict[str, DataServerController] = {}
         self._assignments: client_pb2.ShardAssignments | None = None
         self.assignments_changed = Signal()
@@ -174,7 +175,15 @@ class Coordinator:
         return dc is not None and dc.available
 
     def leader_counts(self) -> dict[str, int]:
-        return dict(leader_counts(self.status))
+        """Leaderships per server, counting elections that chose a leader
+        but have not persisted it yet (concurrent elections spread out)."""
+        counts = leader_counts(self.status)
+        for shard, node in self.pending_leaders.items():
+            for _, s, meta in shards(self.status):
+                if s == shard and meta.HasField("leader"):
+                    counts[meta.leader.internal] -= 1
+            counts[node] += 1
+        return dict(counts)
 
     def namespace_config(self, name: str) -> NamespaceConfig | None:
         for n in self.config.namespaces:

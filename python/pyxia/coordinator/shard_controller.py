@@ -52,6 +52,7 @@ class ShardController:
         # Set by the leader balancer: take this member if its head allows.
         self.prefer_leader: str | None = None
         self.elections = 0
+        self._fence_seconds = 0.0
         self.last_election_seconds = 0.0
 
     @property
@@ -203,6 +204,7 @@ class ShardController:
         removed = [m.internal for m in self.meta.removed_nodes]
         targets = list(dict.fromkeys(ensemble + removed))
         heads = await self._fence(targets, term)
+        self._fence_seconds = time.monotonic() - started
         ens_heads = {n: h for n, h in heads.items() if n in ensemble}
         if len(ens_heads) < majority(len(ensemble)):
             raise PyxiaError(
@@ -214,6 +216,16 @@ class ShardController:
         prefer, self.prefer_leader = self.prefer_leader, None
         if prefer in ens_heads and ens_heads[prefer] == ens_heads[leader]:
             leader = prefer
+        self.c.pending_leaders[self.shard] = leader
+        try:
+            await self._become_leader(leader, term, ensemble, ens_heads)
+        finally:
+            self.c.pending_leaders.pop(self.shard, None)
+
+    async def _become_leader(
+        self, leader: str, term: int, ensemble: list[str], ens_heads: dict[str, Head]
+    ) -> None:
+        started = time.monotonic()
         followers = {
             n: replication_pb2.EntryId(term=h.term, offset=h.offset)
             for n, h in ens_heads.items()
@@ -243,7 +255,7 @@ class ShardController:
         await self.c.update_shard(self.namespace, self.shard, finish)
         self.c.assignments_updated()
         self.elections += 1
-        self.last_election_seconds = time.monotonic() - started
+        self.last_election_seconds = time.monotonic() - started + self._fence_seconds
         log.info(
             "shard %d: %s leads term %d (election took %.0f ms)",
             self.shard,
