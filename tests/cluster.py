@@ -5,6 +5,7 @@ coordination RPCs, exactly as a coordinator would drive them."""
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +19,17 @@ from pyxia.server.leader_controller import LEADER
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port that is free now, chosen below Linux's ephemeral range
+    (32768+) so that outgoing connections cannot take it before the server
+    that was given it binds it."""
+    while True:
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 @dataclass(eq=False)

@@ -4,6 +4,7 @@ in one event loop on loopback ports chosen at runtime."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -82,7 +83,10 @@ def steady(env: Env, namespace: str = "default") -> bool:
 def leader_of(env: Env, shard: int) -> Node:
     for _, s, meta in shards(env.coordinator.status):
         if s == shard:
-            return next(n for n in env.cluster.nodes if n.internal == meta.leader.internal)
+            for n in env.cluster.nodes:
+                if n.internal == meta.leader.internal:
+                    return n
+            raise LookupError(f"shard {shard} has no leader among the nodes: {meta}")
     raise KeyError(shard)
 
 
@@ -167,11 +171,12 @@ async def test_dead_leader_is_replaced_and_returns_as_follower(env: Env) -> None
     await wait_until(lambda: env.coordinator.is_available(old.internal), what="old leader back")
 
     async def following() -> bool:
-        st = await env.cluster.status(old, shard)
-        return (
-            st.status == 2
-            and st.term == env.coordinator.status.namespaces["default"].shards[shard].term
-        )  # FOLLOWER
+        try:
+            st = await env.cluster.status(old, shard)
+        except grpc.aio.AioRpcError:
+            return False  # not opened yet
+        term = env.coordinator.status.namespaces["default"].shards[shard].term
+        return st.status == 2 and st.term == term  # FOLLOWER
 
     await wait_until(following, timeout=20, what="old leader following")
 
@@ -298,3 +303,45 @@ async def test_admin_status_and_health_cli(env: Env) -> None:
     assert code == 0
     with pytest.raises(grpc.RpcError):
         grpc.insecure_channel("127.0.0.1:1").unary_unary("/x/y")(b"", timeout=0.5)
+
+
+async def test_load_balancer_moves_replicas_to_a_new_server(tmp_path: Path) -> None:
+    cluster = await Cluster.start(tmp_path, 4)
+    n0, n1, n2, n3 = cluster.nodes
+    cfg = [make_config([n0, n1, n2], (NamespaceConfig("default", 4, 2),))]
+    server = CoordinatorServer(
+        MemoryMetadataProvider(),
+        lambda: cfg[0],
+        CoordinatorServerOptions(internal_addr="127.0.0.1:0", metrics_addr=None, coordinator=FAST),
+    )
+    await server.start()
+    env = Env(cluster, server, cfg)
+    try:
+        await server.wait_leading()
+        await wait_until(lambda: steady(env), what="elected")
+        for s in range(4):
+            await write(env, leader_of(env, s), s, f"/lb{s}")
+        cfg[0] = make_config([n0, n1, n2, n3], (NamespaceConfig("default", 4, 2),))
+        await wait_until(
+            lambda: (
+                n3.internal in env.coordinator.servers and env.coordinator.is_available(n3.internal)
+            ),
+            what="n3 known",
+        )
+
+        async def balanced() -> bool:
+            if not steady(env) or await env.coordinator.balance_once():
+                return False  # a move is under way: look again later
+            load = Counter(
+                m.internal for _, _, meta in shards(env.coordinator.status) for m in meta.ensemble
+            )
+            spread = max(load.values()) - min(load[n.internal] for n in cluster.nodes)
+            return load[n3.internal] >= 1 and spread <= 1
+
+        await wait_until(balanced, timeout=60, what="replicas balanced onto n3")
+        await wait_until(lambda: steady(env), what="steady after balancing")
+        for s in range(4):
+            assert await read_ok(env, leader_of(env, s), s, [f"/lb{s}"])
+    finally:
+        await server.close()
+        await cluster.close()

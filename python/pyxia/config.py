@@ -46,6 +46,15 @@ def parse_duration(value: Any, where: str) -> float:
 
 
 @dataclass(frozen=True)
+class AntiAffinity:
+    """Replicas of a shard should not share a value of these labels;
+    ``strict`` makes it a hard rule, ``relaxed`` a preference."""
+
+    labels: tuple[str, ...]
+    mode: str = "strict"
+
+
+@dataclass(frozen=True)
 class NamespaceConfig:
     name: str
     initial_shard_count: int = 1
@@ -53,6 +62,7 @@ class NamespaceConfig:
     notifications_enabled: bool = True
     key_sorting: str = "hierarchical"
     tso: bool = False
+    anti_affinities: tuple[AntiAffinity, ...] = ()
 
     @property
     def encoding(self) -> KeyEncoding:
@@ -77,6 +87,17 @@ class ClusterConfig:
     namespaces: tuple[NamespaceConfig, ...]
     servers: tuple[ServerAddress, ...] = ()
     load_balancer: LoadBalancerConfig = field(default_factory=LoadBalancerConfig)
+    # server name (or internal address) -> labels, for anti-affinity
+    server_labels: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+
+    def labels_by_internal(self) -> dict[str, dict[str, str]]:
+        named = {k: dict(v) for k, v in self.server_labels}
+        out: dict[str, dict[str, str]] = {}
+        for s in self.servers:
+            labels = named.get(s.name or "", named.get(s.internal))
+            if labels:
+                out[s.internal] = labels
+        return out
 
 
 _ADDR = re.compile(r"^[^\s:]+:\d{1,5}$")
@@ -124,7 +145,24 @@ def parse_namespace(raw: Any, where: str) -> NamespaceConfig:
         raise ConfigError(f"{where} ({name}): tso must be true or false")
     if tso and shards != 1:
         raise ConfigError(f"{where} ({name}): a tso namespace must have exactly one shard")
-    return NamespaceConfig(name, shards, rf, notifications, sorting, tso)
+    rules = []
+    for j, aa in enumerate(
+        _expect(d.get("antiAffinities", []) or [], list, f"{where}.antiAffinities")
+    ):
+        aw = f"{where}.antiAffinities[{j}]"
+        ad = _expect(aa, dict, aw)
+        labels = ad.get("labels")
+        if (
+            not isinstance(labels, list)
+            or not labels
+            or not all(isinstance(x, str) and x for x in labels)
+        ):
+            raise ConfigError(f"{aw}: 'labels' must be a non-empty list of label names")
+        mode = ad.get("mode", "strict")
+        if mode not in ("strict", "relaxed"):
+            raise ConfigError(f"{aw}: mode must be 'strict' or 'relaxed', got {mode!r}")
+        rules.append(AntiAffinity(tuple(labels), mode))
+    return NamespaceConfig(name, shards, rf, notifications, sorting, tso, tuple(rules))
 
 
 def parse_cluster_config(raw: Any, *, require_servers: bool = True) -> ClusterConfig:
@@ -173,7 +211,14 @@ def parse_cluster_config(raw: Any, *, require_servers: bool = True) -> ClusterCo
         parse_duration(lb_raw.get("scheduleInterval", "30s"), "loadBalancer.scheduleInterval"),
         parse_duration(lb_raw.get("quarantineTime", "5m"), "loadBalancer.quarantineTime"),
     )
-    return ClusterConfig(namespaces, tuple(servers), lb)
+    labels: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+    for key, md in (_expect(d.get("serverMetadata", {}) or {}, dict, "serverMetadata")).items():
+        mw = f"serverMetadata.{key}"
+        lab = _expect(_expect(md, dict, mw).get("labels", {}) or {}, dict, f"{mw}.labels")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in lab.items()):
+            raise ConfigError(f"{mw}.labels: labels must map strings to strings")
+        labels.append((str(key), tuple(sorted(lab.items()))))
+    return ClusterConfig(namespaces, tuple(servers), lb, tuple(sorted(labels)))
 
 
 def load_cluster_config(path: Path, *, require_servers: bool = True) -> ClusterConfig:

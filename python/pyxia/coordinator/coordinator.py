@@ -28,6 +28,7 @@ from pyxia.coordinator.model import (
     leader_counts,
     reconcile,
     replica_load,
+    rules_of,
     shards,
 )
 from pyxia.coordinator.placement import (
@@ -303,7 +304,12 @@ class Coordinator:
                 continue
             try:
                 target = replace_member(
-                    [m.internal for m in meta.ensemble], node, servers, replica_load(self.status)
+                    [m.internal for m in meta.ensemble],
+                    node,
+                    servers,
+                    replica_load(self.status),
+                    rules=rules_of(self.namespace_config(_ns)),
+                    labels=self.config.labels_by_internal(),
                 )
             except PlacementError as e:
                 log.warning("shard %d: cannot move its replica off %s: %s", shard, node, e)
@@ -366,6 +372,19 @@ class Coordinator:
         move = plan_rebalance(replicas, servers, quarantined)
         qt = self.config.load_balancer.quarantine_time
         if move is not None:
+            ns = self.shard_controllers[move.shard].namespace
+            try:  # the move must respect the namespace's strict anti-affinity
+                replace_member(
+                    replicas[move.shard],
+                    move.source,
+                    [move.target],
+                    replica_load(self.status),
+                    rules=rules_of(self.namespace_config(ns)),
+                    labels=self.config.labels_by_internal(),
+                )
+            except PlacementError:
+                self._quarantine[move.shard] = now + qt
+                return False
             self._quarantine[move.shard] = now + qt
             await self.change_ensemble(move.shard, move.source, move.target)
             return True

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from pyxia.common.sharding import generate_shards
 from pyxia.config import ClusterConfig, NamespaceConfig, ServerAddress
-from pyxia.coordinator.placement import select_ensemble
+from pyxia.coordinator.placement import AntiAffinityRule, select_ensemble
 from pyxia.proto import metadata_pb2
 
 ShardMetadata = metadata_pb2.ShardMetadata
@@ -67,8 +67,17 @@ class Reconciliation:
         return bool(self.created or self.deleted_namespaces or self.removed_servers)
 
 
+def rules_of(ns: NamespaceConfig | None) -> list[AntiAffinityRule]:
+    if ns is None:
+        return []
+    return [AntiAffinityRule(a.labels, a.mode == "strict") for a in ns.anti_affinities]
+
+
 def add_namespace(
-    status: metadata_pb2.ClusterStatus, ns: NamespaceConfig, servers: list[ServerAddress]
+    status: metadata_pb2.ClusterStatus,
+    ns: NamespaceConfig,
+    servers: list[ServerAddress],
+    labels: dict[str, dict[str, str]] | None = None,
 ) -> list[int]:
     """Creates the namespace's shards with their ensembles. Returns their ids."""
     by_internal = {s.internal: s for s in servers}
@@ -99,7 +108,7 @@ def reconcile(status: metadata_pb2.ClusterStatus, config: ClusterConfig) -> Reco
     wanted = {n.name: n for n in config.namespaces}
     for name, ns in wanted.items():
         if name not in status.namespaces:
-            for shard_id in add_namespace(status, ns, servers):
+            for shard_id in add_namespace(status, ns, servers, config.labels_by_internal()):
                 rec.created.append((name, shard_id))
     for name in sorted(status.namespaces):
         if name not in wanted:
