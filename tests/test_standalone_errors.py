@@ -175,3 +175,48 @@ def test_metrics_endpoint(server: ServerProcess, stub: client_pb2_grpc.OxiaClien
     assert 'pyxia_server_write_ops_total{shard="0"}' in text
     assert "pyxia_server_write_latency_seconds_bucket" in text
     assert 'pyxia_server_leader_commit_offset{shard="0"}' in text
+
+
+def test_write_stream_answers_bad_requests_per_operation(
+    stub: client_pb2_grpc.OxiaClientStub,
+) -> None:
+    """An invalid request (or one rejected when applied) in the middle of a
+    WriteStream is answered with per-op INVALID_ARGUMENT; the writes
+    pipelined around it are applied and answered, the stream goes on."""
+
+    def put(key: str, **kw: object) -> client_pb2.WriteRequest:
+        return client_pb2.WriteRequest(puts=[client_pb2.PutRequest(key=key, value=b"v", **kw)])
+
+    pk = {"partition_key": "p"}
+    reqs = [
+        put("/pipe/a"),
+        put(""),  # invalid: empty key
+        put("/pipe/seq", sequence_key_delta=[1, 1], **pk),
+        put("/pipe/seq", sequence_key_delta=[1], **pk),  # rejected at apply: too few deltas
+        client_pb2.WriteRequest(deletes=[client_pb2.DeleteRequest(key="__oxia/x")]),  # reserved
+        put("/pipe/b"),
+    ]
+    out = list(stub.WriteStream(iter(reqs), metadata=(("namespace", "default"), ("shard-id", "0"))))
+    bad = client_pb2.INVALID_ARGUMENT
+    assert [r.puts[0].status if r.puts else r.deletes[0].status for r in out] == [
+        client_pb2.OK,
+        bad,
+        client_pb2.OK,
+        bad,
+        bad,
+        client_pb2.OK,
+    ]
+    got = next(
+        iter(
+            stub.Read(
+                client_pb2.ReadRequest(
+                    shard=0,
+                    gets=[
+                        client_pb2.GetRequest(key="/pipe/a"),
+                        client_pb2.GetRequest(key="/pipe/b"),
+                    ],
+                )
+            )
+        )
+    )
+    assert [g.status for g in got.gets] == [client_pb2.OK, client_pb2.OK]

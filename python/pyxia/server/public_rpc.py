@@ -137,15 +137,21 @@ class OxiaClientService:
         async def pump() -> None:
             try:
                 async for raw in requests:
+                    fut: asyncio.Future[Any] = loop.create_future()
                     try:
                         req = client_pb2.WriteRequest.FromString(raw)
-                        fut: asyncio.Future[Any] = leader.propose(req, raw)
-                    except PyxiaError as e:
-                        fut = loop.create_future()
-                        fut.set_exception(e)
-                    except Exception as e:  # undecodable request
-                        fut = loop.create_future()
+                    except Exception as e:  # undecodable: nothing to answer per op
                         fut.set_exception(InvalidArgument(f"oxia: bad write request: {e}"))
+                        await inflight.put(fut)
+                        continue
+                    try:
+                        fut = leader.propose(req, raw)
+                    except InvalidArgument:
+                        # Answered per operation: the stream (and the writes
+                        # pipelined behind this one) go on.
+                        fut.set_result(invalid_argument_response(req))
+                    except PyxiaError as e:
+                        fut.set_exception(e)
                     await inflight.put(fut)
             finally:
                 await inflight.put(None)
@@ -158,7 +164,12 @@ class OxiaClientService:
                     break
                 try:
                     res = await fut
-                    resp = leader.result_to_response(res)
+                    if isinstance(res, client_pb2.WriteResponse):
+                        resp = res
+                    elif isinstance(res.error, InvalidArgument) and res.request is not None:
+                        resp = invalid_argument_response(res.request)  # a rejected write
+                    else:
+                        resp = leader.result_to_response(res)
                 except PyxiaError as e:
                     await grpc_errors.abort(context, e)
                     return
@@ -367,6 +378,16 @@ class OxiaClientService:
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         handlers = self.method_handlers()
         return [grpc.method_handlers_generic_handler(name, handlers) for name in SERVICE_NAMES]
+
+
+def invalid_argument_response(req: client_pb2.WriteRequest) -> client_pb2.WriteResponse:
+    """Every operation of ``req`` answered with status INVALID_ARGUMENT."""
+    bad = client_pb2.INVALID_ARGUMENT
+    return client_pb2.WriteResponse(
+        puts=[client_pb2.PutResponse(status=bad) for _ in req.puts],
+        deletes=[client_pb2.DeleteResponse(status=bad) for _ in req.deletes],
+        delete_ranges=[client_pb2.DeleteRangeResponse(status=bad) for _ in req.delete_ranges],
+    )
 
 
 def _serialize(msg: Any) -> bytes:

@@ -53,6 +53,8 @@ class ApplyResult:
     # (prefix, new last key) of every sequential put, for GetSequenceUpdates.
     sequence_updates: list[tuple[str, str]] = field(default_factory=list)
     notified: bool = False
+    # The request, kept when it was rejected (to answer each operation).
+    request: client_pb2.WriteRequest | None = None
 
 
 class _Stage:
@@ -178,7 +180,7 @@ class StateApplier:
             # Rejected as a whole, identically on every replica.
             self.last_version_id = base_version
             self.apply_noop(offset)
-            return ApplyResult(None, RejectedWrite(str(e)))
+            return ApplyResult(None, RejectedWrite(str(e)), request=req)
         except BaseException:
             self.last_version_id = base_version
             raise
