@@ -84,6 +84,7 @@ class Proposal:
     timestamp: int
     future: asyncio.Future[ApplyResult]
     on_applied: Callable[[ApplyResult], None] | None = None
+    proposed_at: float = 0.0  # time.monotonic(), for the latency metric
 
 
 @dataclass
@@ -436,7 +437,7 @@ class LeaderController:
             raise StorageFailure(f"oxia: WAL append failed: {e}", shard=self.shard) from e
         self._next_offset = offset + 1
         fut: asyncio.Future[ApplyResult] = self._loop.create_future()
-        self._pending.append(Proposal(offset, request, ts, fut, on_applied))
+        self._pending.append(Proposal(offset, request, ts, fut, on_applied, time.monotonic()))
         self.appended.notify()
         failpoint("wal.after_append_before_sync")
         self.wal.request_sync()
@@ -485,7 +486,7 @@ class LeaderController:
             return
         applier = self.applier
         m = self.metrics
-        now_ms = time.time() * 1000
+        now = time.monotonic()
         n_requests = 0
         n_ops = 0
         while pending and pending[0].offset <= commit:
@@ -506,7 +507,7 @@ class LeaderController:
             req = p.request
             n_requests += 1
             n_ops += len(req.puts) + len(req.deletes) + len(req.delete_ranges)
-            m.write_latency.observe(max(0.0, now_ms - p.timestamp) / 1000.0)
+            m.write_latency.observe(now - p.proposed_at)
         m.write_requests.inc(n_requests)
         m.write_ops.inc(n_ops)
         m.commit_offset.set(commit)
