@@ -86,6 +86,68 @@ def test_rf3_vs_rf1_throughput(benchmark: BenchmarkFixture, rf1: Proc, rf3: Proc
     )
 
 
+ECHO = r"""
+import asyncio, grpc
+async def main():
+    async def echo(req, ctx):
+        return req
+    async def stream(reqs, ctx):
+        async for r in reqs:
+            yield r
+    s = grpc.aio.server()
+    s.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "echo.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(echo),
+                      "Stream": grpc.stream_stream_rpc_method_handler(stream)})])
+    port = s.add_insecure_port("127.0.0.1:0")
+    await s.start()
+    print(port, flush=True)
+    await s.wait_for_termination()
+asyncio.run(main())
+"""
+
+
+def echo_latencies(n: int) -> tuple[list[float], list[float]]:
+    """Round trips between two Python processes on this machine, in ms: a
+    bare unary gRPC echo (the client's call) and a bidi-stream ping-pong (a
+    replication hop: Append out, Ack back). Together with an fsync they are
+    the floor under a single replicated put."""
+    import subprocess
+
+    p = subprocess.Popen([sys.executable, "-c", ECHO], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None
+        port = int(p.stdout.readline())
+        payload = client_pb2.WriteRequest(
+            shard=0, puts=[client_pb2.PutRequest(key="/lat/x", value=b"x" * 100)]
+        ).SerializeToString()
+        unary = []
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = ch.unary_unary("/echo.Echo/Unary")
+            for i in range(n + 20):
+                t0 = time.perf_counter()
+                call(payload)
+                if i >= 20:
+                    unary.append((time.perf_counter() - t0) * 1000)
+
+        async def pingpong() -> list[float]:
+            out = []
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ach:
+                s = ach.stream_stream("/echo.Echo/Stream")()
+                for i in range(n + 20):
+                    t0 = time.perf_counter()
+                    await s.write(payload)
+                    await s.read()
+                    if i >= 20:
+                        out.append((time.perf_counter() - t0) * 1000)
+                await s.done_writing()
+            return out
+
+        return unary, asyncio.run(pingpong())
+    finally:
+        p.kill()
+        p.wait(10)
+
+
 def test_rf3_single_put_latency(benchmark: BenchmarkFixture, rf1: Proc, rf3: Proc) -> None:
     def latencies(p: Proc, n: int) -> list[float]:
         out = []
@@ -100,13 +162,24 @@ def test_rf3_single_put_latency(benchmark: BenchmarkFixture, rf1: Proc, rf3: Pro
                 out.append((time.perf_counter() - t0) * 1000)
         return out
 
+    echo, hop = echo_latencies(300)
     base = latencies(rf1, 300)
     lat = benchmark.pedantic(lambda: latencies(rf3, 300), rounds=1, iterations=1)
     p50, p99 = statistics.median(lat), sorted(lat)[int(len(lat) * 0.99)]
     b50 = statistics.median(base)
+    e50 = statistics.median(echo)
+    h50 = statistics.median(hop)
     benchmark.extra_info.update(
-        {"rf3_p50_ms": round(p50, 3), "rf3_p99_ms": round(p99, 3), "rf1_p50_ms": round(b50, 3)}
+        {
+            "rf3_p50_ms": round(p50, 3),
+            "rf3_p99_ms": round(p99, 3),
+            "rf1_p50_ms": round(b50, 3),
+            "echo_p50_ms": round(e50, 3),
+            "stream_pingpong_p50_ms": round(h50, 3),
+        }
     )
     print(
-        f"\nsingle put RF=3: p50 {p50:.2f} ms, p99 {p99:.2f} ms   RF=1 (same run): p50 {b50:.2f} ms"
+        f"\nsingle put RF=3: p50 {p50:.2f} ms, p99 {p99:.2f} ms   same run: RF=1 p50 "
+        f"{b50:.2f} ms, bare unary gRPC echo p50 {e50:.2f} ms, bare stream ping-pong p50 "
+        f"{h50:.2f} ms (floor for RF=3 ~ echo + ping-pong = {e50 + h50:.2f} ms)"
     )
