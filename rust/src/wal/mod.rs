@@ -20,6 +20,7 @@ pub mod codec;
 pub mod crc;
 pub mod error;
 pub mod segment;
+pub mod test_hooks;
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -35,6 +36,7 @@ use codec::{Scan, HEADER_LEN};
 pub use error::{Result, WalError};
 use error::IoContext;
 use segment::{RoSegment, RwSegment};
+use test_hooks::TestHooks;
 
 pub const INVALID_OFFSET: i64 = -1;
 pub const DEFAULT_SEGMENT_SIZE: usize = 64 * 1024 * 1024;
@@ -184,6 +186,8 @@ struct Inner {
     /// Pipe written once per sync round so an event loop can wake up.
     notify_read: RawFd,
     notify_write: RawFd,
+    /// Opt-in test hooks (synced-offset mark, broken ack-before-fsync mode).
+    hooks: TestHooks,
 }
 
 impl Drop for Inner {
@@ -303,6 +307,15 @@ fn open_writable(
 impl Wal {
     /// Opens (or creates) the WAL in `dir`, recovering what is there.
     pub fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Wal> {
+        Self::open_with_test_hooks(dir, opts, TestHooks::from_env())
+    }
+
+    /// `open` with explicit test hooks instead of the environment's.
+    pub fn open_with_test_hooks(
+        dir: impl AsRef<Path>,
+        opts: Options,
+        mut hooks: TestHooks,
+    ) -> Result<Wal> {
         let dir = dir.as_ref().to_path_buf();
         if opts.segment_size < 4096 || opts.segment_size > u32::MAX as usize {
             return Err(WalError::InvalidArgument(format!(
@@ -312,8 +325,10 @@ impl Wal {
         }
         std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
         let state = Self::recover(&dir, &opts)?;
-        let (nr, nw) = make_pipe()?;
         let last = state.last_appended;
+        hooks.attach(&dir)?;
+        hooks.set_mark(last)?;
+        let (nr, nw) = make_pipe()?;
         let inner = Arc::new(Inner {
             dir,
             opts,
@@ -331,6 +346,7 @@ impl Wal {
             stats: Mutex::new(SyncStats::default()),
             notify_read: nr,
             notify_write: nw,
+            hooks,
         });
         let th_inner = inner.clone();
         let handle = std::thread::Builder::new()
@@ -744,6 +760,7 @@ impl Wal {
         st.last_crc = crc;
         st.last_appended = last_safe_offset;
         st.current = Some(w);
+        inner.hooks.lower_mark(last_safe_offset)?;
         inner.last_appended.store(last_safe_offset, Ordering::Release);
         let synced = inner.last_synced.load(Ordering::Acquire).min(last_safe_offset);
         inner.last_synced.store(synced, Ordering::Release);
@@ -772,6 +789,7 @@ impl Wal {
         segment::fsync_dir(&inner.dir)?;
         st.last_appended = INVALID_OFFSET;
         st.last_crc = 0;
+        inner.hooks.lower_mark(INVALID_OFFSET)?;
         inner.last_appended.store(INVALID_OFFSET, Ordering::Release);
         inner.last_synced.store(INVALID_OFFSET, Ordering::Release);
         Ok(())
@@ -862,6 +880,9 @@ impl Wal {
                 }
             }
             if healthy && result.is_ok() {
+                if inner.opts.sync_data {
+                    result = inner.hooks.set_mark(st.last_appended);
+                }
                 inner.last_synced.store(st.last_appended, Ordering::Release);
             }
             st.ro.clear();
@@ -954,7 +975,9 @@ impl Inner {
             return Ok(());
         }
         let started = Instant::now();
-        if self.opts.sync_data {
+        // Not flushing is only possible in the broken test mode.
+        let flush = self.opts.sync_data && self.hooks.flush_now();
+        if flush {
             for (seg, from, to) in &jobs {
                 seg.flush(*from, *to, &self.dir)?;
             }
@@ -964,7 +987,8 @@ impl Inner {
         if st.epoch != epoch || st.closed {
             return Ok(());
         }
-        for (seg, _, to) in &jobs {
+        let advance = flush || !self.opts.sync_data;
+        for (seg, _, to) in jobs.iter().filter(|_| advance) {
             let stm = &mut *st;
             let w = stm
                 .pending
@@ -1000,6 +1024,9 @@ impl Inner {
                 first_previous_crc: first_prev,
                 last_crc,
             }));
+        }
+        if flush {
+            self.hooks.set_mark(target)?;
         }
         let prev = self.last_synced.load(Ordering::Acquire);
         if target > prev {

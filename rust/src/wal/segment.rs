@@ -165,7 +165,10 @@ pub struct RwSegment {
 }
 
 impl RwSegment {
-    /// Creates a new, zeroed segment of `capacity` bytes (sparse file).
+    /// Creates a new, zeroed segment of `capacity` bytes, allocated on disk
+    /// (not sparse: a write to a sparse page of the mapping on a full file
+    /// system is a SIGBUS that kills the process; allocated up front, a full
+    /// disk is an error of the append that needed the new segment).
     pub fn create(dir: &Path, base: i64, capacity: usize) -> Result<Self> {
         let path = data_path(dir, base);
         // A stale index of an earlier segment with the same base must go.
@@ -177,8 +180,11 @@ impl RwSegment {
             .truncate(true)
             .open(&path)
             .ctx(|| format!("creating {}", path.display()))?;
-        file.set_len(capacity as u64)
-            .ctx(|| format!("preallocating {}", path.display()))?;
+        if let Err(e) = allocate(&file, capacity) {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(e).ctx(|| format!("preallocating {}", path.display()));
+        }
         let map = MmapRaw::map_raw(&file).ctx(|| format!("mapping {}", path.display()))?;
         Ok(RwSegment {
             base,
@@ -263,6 +269,22 @@ impl RwSegment {
     pub fn write_index(&self, dir: &Path, positions: &[u32]) -> Result<()> {
         let p = index_path(dir, self.base);
         std::fs::write(&p, encode_index(positions)).ctx(|| format!("writing {}", p.display()))
+    }
+}
+
+/// Sizes `file` to `len` bytes with its blocks allocated (`fallocate`); on a
+/// file system without fallocate, sizes it sparse.
+fn allocate(file: &File, len: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on a descriptor we own.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if r == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => file.set_len(len as u64),
+        _ => Err(err),
     }
 }
 
