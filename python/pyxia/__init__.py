@@ -2,7 +2,8 @@
 
 pyxia speaks Oxia's client protocol; its write-ahead log is written in Rust
 (``pyxia._native``). The client (``pyxia.Client``, ``pyxia.AsyncClient`` and their result
-and error types) is imported on first use, so server processes do not load it.
+and error types) is imported on first use, so server processes do not load it; so are the
+timestamp oracle's clients (``pyxia.TsoClient``, ``pyxia.AsyncTsoClient``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
         UnexpectedVersionId,
         Version,
     )
+    from pyxia.tso.client import AsyncTsoClient, TimestampFallback, TsoClient
+
+_TSO_NAMES = frozenset({"AsyncTsoClient", "TimestampFallback", "TsoClient"})
 
 _CLIENT_NAMES = frozenset(
     {
@@ -74,12 +78,17 @@ def __getattr__(name: str) -> Any:
         import pyxia.client
 
         return getattr(pyxia.client, name)
+    if name in _TSO_NAMES:
+        import pyxia.tso.client
+
+        return getattr(pyxia.tso.client, name)
     raise AttributeError(f"module 'pyxia' has no attribute {name!r}")
 
 
 __all__ = [
     "EXPECTED_RECORD_DOES_NOT_EXIST",
     "AsyncClient",
+    "AsyncTsoClient",
     "Client",
     "ClientClosed",
     "ClientOptions",
@@ -96,6 +105,8 @@ __all__ = [
     "SessionEvent",
     "SessionNotFound",
     "SessionState",
+    "TimestampFallback",
+    "TsoClient",
     "Unavailable",
     "UnexpectedVersion",
     "UnexpectedVersionId",

@@ -182,6 +182,9 @@ def parse_cluster_config(raw: Any, *, require_servers: bool = True) -> ClusterCo
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise ConfigError(f"namespaces: duplicate name(s) {sorted(dup)}")
+    tso = [n.name for n in namespaces if n.tso]
+    if len(tso) > 1:
+        raise ConfigError(f"namespaces: only one namespace may set tso: true, got {tso}")
     if not namespaces:
         raise ConfigError("namespaces: at least one namespace is required")
     servers: list[ServerAddress] = []

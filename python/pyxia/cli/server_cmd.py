@@ -15,6 +15,8 @@ import click
 from pyxia import logs
 from pyxia.config import ConfigError, NamespaceConfig, load_cluster_config
 from pyxia.server.data_server import ServerOptions
+from pyxia.tso import DEFAULT_NAMESPACE as DEFAULT_TSO_NAMESPACE
+from pyxia.tso.oracle import TsoOptions
 
 log = logging.getLogger("pyxia.cli")
 
@@ -89,6 +91,14 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Seconds of notifications kept.",
         ),
         click.option(
+            "--tso-namespace",
+            default=DEFAULT_TSO_NAMESPACE,
+            show_default=True,
+            help="Namespace (one shard) whose leader serves the timestamp oracle "
+            "(tsoracle.v1.TsoService/GetTs on the public port); empty to disable. A cluster "
+            "declares it in its config with tso: true.",
+        ),
+        click.option(
             "--log-level",
             default="info",
             show_default=True,
@@ -118,6 +128,7 @@ def build_options(kw: dict[str, Any]) -> ServerOptions:
         wal_sync_data=kw["wal_sync_data"],
         wal_retention_s=kw["wal_retention_time"],
         notifications_retention_s=kw["notifications_retention_time"],
+        tso=TsoOptions(namespace=kw["tso_namespace"]) if kw["tso_namespace"] else None,
     )
 
 
@@ -204,12 +215,12 @@ def standalone(**kw: Any) -> None:
 
     def ready() -> str:
         s = node.server
-        total = sum(n.initial_shard_count for n in namespaces)
+        total = sum(n.initial_shard_count for n in node.namespaces)
         return (
             f"pyxia standalone ready: public={s.public_address} "
             f"internal={s.internal_address} "
             + (f"metrics=:{s.metrics_port} " if s.metrics_port else "")
-            + f"namespaces={','.join(n.name for n in namespaces)} shards={total} "
+            + f"namespaces={','.join(n.name for n in node.namespaces)} shards={total} "
             f"data-dir={options.data_dir} wal-dir={options.wal_dir}"
         )
 
@@ -222,13 +233,33 @@ def standalone(**kw: Any) -> None:
 
 @click.command()
 @server_options
+@click.option(
+    "--wal-segment-size",
+    type=click.IntRange(4096, 2**32 - 1),
+    default=64 * 1024 * 1024,
+    show_default=True,
+    help="Bytes per WAL segment file (preallocated).",
+)
+@click.option(
+    "--enable-test-hooks",
+    is_flag=True,
+    default=False,
+    help="TESTING ONLY, off by default: serve pyxia.debug.v1.Debug on the internal port "
+    "(arms failpoints in this process at runtime).",
+)
 def server(**kw: Any) -> None:
     """Run a data server of a cluster (shards are assigned by `pyxia coordinator`)."""
     from pyxia.server.data_server import DataServer
 
     logs.setup(kw["log_level"], kw["log_format"])
     options = build_options(kw)
+    options.wal_segment_size = kw["wal_segment_size"]
     node = DataServer(options)
+    if kw["enable_test_hooks"]:
+        from pyxia.server.debug_rpc import debug_handler
+
+        log.warning("test hooks enabled: pyxia.debug.v1.Debug is served on the internal port")
+        node.extra_internal_handlers.append(debug_handler())
 
     def ready() -> str:
         return (

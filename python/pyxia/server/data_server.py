@@ -22,6 +22,8 @@ from pyxia.server.public_rpc import OxiaClientService
 from pyxia.server.shard_storage import StorageOptions
 from pyxia.server.shards_director import ShardsDirector
 from pyxia.storage import reads
+from pyxia.tso.oracle import TsoOptions
+from pyxia.tso.service import TsoService
 
 log = logging.getLogger("pyxia.server")
 
@@ -44,6 +46,8 @@ class ServerOptions:
     maintenance_interval_s: float = 600.0
     max_message_bytes: int = 64 * 1024 * 1024
     session_check_interval_s: float = 0.1
+    # The timestamp oracle (GetTs) over the TSO namespace ("tso" by default); None: off.
+    tso: TsoOptions | None = field(default_factory=TsoOptions)
 
     def storage_options(self) -> StorageOptions:
         return StorageOptions(
@@ -96,6 +100,12 @@ class DataServer:
         self._closed = False
         self.extra_internal_handlers: list[grpc.GenericRpcHandler] = []
         self.extra_public_handlers: list[grpc.GenericRpcHandler] = []
+        self.tso: TsoService | None = None
+        if options.tso is not None:
+            self.tso = TsoService.for_data_server(
+                self.director, self.assignments, lambda: self.public_address, options.tso
+            )
+            self.extra_public_handlers.append(self.tso.generic_handler())
 
     @property
     def public_address(self) -> str:
@@ -138,6 +148,8 @@ class DataServer:
         await self._health.set(READINESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.options.metrics_addr:
             self._start_metrics(self.options.metrics_addr)
+        if self.tso is not None:
+            self.tso.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._maintenance()))
 
     def _bind(self, server: grpc.aio.Server, addr: str, what: str) -> int:
@@ -204,6 +216,8 @@ class DataServer:
             t.cancel()
         await self._health.enter_graceful_shutdown()
         self.assignments.close()
+        if self.tso is not None:
+            await self.tso.close()
         servers = [s for s in (self._public, self._internal) if s is not None]
         # New RPCs are refused from now on; in-flight ones get `grace` seconds.
         stopping = asyncio.gather(*(s.stop(grace) for s in servers), return_exceptions=True)

@@ -103,6 +103,7 @@ class LeaderController:
         *,
         session_check_interval: float = 0.1,
         channels: ChannelPool | None = None,
+        leadership: Signal | None = None,
     ) -> None:
         self.storage = storage
         self.namespace = storage.namespace
@@ -131,6 +132,9 @@ class LeaderController:
         self.appended = Signal()
         self._channels = channels
         self.cursors: dict[str, FollowerCursor] = {}
+        # Notified when this replica becomes leader and when it stops leading; the
+        # director shares one among its controllers (the TSO's fence waits on it).
+        self.leadership = leadership if leadership is not None else Signal()
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -220,6 +224,7 @@ class LeaderController:
         self.sessions.load(reads.load_sessions(self.storage.db))
         self.sessions.start()
         self.applied.notify()
+        self.leadership.notify()
 
     async def add_follower(self, term: int, name: str, head: replication_pb2.EntryId) -> None:
         """Attaches a follower (a straggler of the election, or a new
@@ -347,6 +352,7 @@ class LeaderController:
         if self.status == LEADER:
             self.status = FENCED
         self.applied.notify()
+        self.leadership.notify()
 
     async def drain(self, timeout: float) -> bool:
         """Waits until every logged write has been applied (or ``timeout``)."""

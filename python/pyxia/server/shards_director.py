@@ -22,6 +22,7 @@ from pyxia.server.follower_controller import FollowerController
 from pyxia.server.leader_controller import LEADER, LeaderController
 from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.shard_storage import ENCODING_MARKER, ShardStorage, StorageOptions, shard_dir
+from pyxia.server.signals import Signal
 from pyxia.storage.keys import HIERARCHICAL, KeyEncoding
 
 log = logging.getLogger("pyxia.director")
@@ -49,6 +50,8 @@ class ShardsDirector:
         self._session_check_interval = session_check_interval
         self._locks: dict[int, asyncio.Lock] = {}
         self._closed = False
+        # Notified by every leader controller on a leadership change (the TSO's fence).
+        self.leadership = Signal()
 
     # -- storage ----------------------------------------------------------------------------------
 
@@ -87,7 +90,10 @@ class ShardsDirector:
 
     def _new_leader(self, st: ShardStorage) -> LeaderController:
         lc = LeaderController(
-            st, session_check_interval=self._session_check_interval, channels=self.channels
+            st,
+            session_check_interval=self._session_check_interval,
+            channels=self.channels,
+            leadership=self.leadership,
         )
         lc.leader_hint = self.assignments.leader_of(st.shard)
         self.leaders[st.shard] = lc
@@ -126,15 +132,23 @@ class ShardsDirector:
             return self._new_leader(fc.storage)
 
     async def as_follower(
-        self, namespace: str, shard: int, *, create: bool = False
+        self, namespace: str, shard: int, *, create: bool = False, term: int | None = None
     ) -> FollowerController:
         """The shard's controller as a follower (a leader controller is
         converted). Without ``create``, a shard with no data here is
-        NOT_MEMBER (a wiped replica)."""
+        NOT_MEMBER (a wiped replica). A request of ``term`` never demotes a
+        leader at that term or a newer one (a deposed leader's late stream)."""
         async with self._lock(shard):
             fc = self.followers.get(shard)
             if fc is not None:
                 return fc
+            lead = self.leaders.get(shard)
+            leading = lead.term if lead is not None and lead.status == LEADER else None
+            if term is not None and leading is not None and term <= leading:
+                raise InvalidTerm(
+                    f"oxia: shard {shard} is led here at term {leading}, not following term {term}",
+                    shard=shard,
+                )
             lc = self.leaders.pop(shard, None)
             if lc is not None:
                 await lc.close()

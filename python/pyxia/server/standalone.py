@@ -8,6 +8,7 @@ published to clients through GetShardAssignments.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from pyxia.common.sharding import generate_shards
 from pyxia.config import NamespaceConfig
@@ -27,6 +28,8 @@ class Standalone:
     def __init__(self, options: ServerOptions, namespaces: list[NamespaceConfig]) -> None:
         if not namespaces:
             raise ValueError("standalone needs at least one namespace")
+        if options.tso is not None:
+            namespaces = with_tso_namespace(options, namespaces)
         self.options = options
         self.namespaces = namespaces
         self.server = DataServer(options)
@@ -67,3 +70,25 @@ class Standalone:
 
     async def close(self) -> None:
         await self.server.close()
+
+
+def with_tso_namespace(
+    options: ServerOptions, namespaces: list[NamespaceConfig]
+) -> list[NamespaceConfig]:
+    """The namespaces plus the one-shard TSO namespace: the one marked ``tso: true`` if any
+    (the oracle then serves it), else ``options.tso.namespace`` ("tso"), created if missing."""
+    assert options.tso is not None
+    marked = [n for n in namespaces if n.tso]
+    if marked:
+        options.tso = replace(options.tso, namespace=marked[0].name)
+        return namespaces
+    name = options.tso.namespace
+    same = [n for n in namespaces if n.name == name]
+    if not same:
+        return [*namespaces, NamespaceConfig(name, 1, 1, notifications_enabled=False, tso=True)]
+    if same[0].initial_shard_count != 1:
+        raise ValueError(
+            f"namespace {name!r} serves the timestamp oracle and must have one shard "
+            "(choose another --tso-namespace)"
+        )
+    return namespaces

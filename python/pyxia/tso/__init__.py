@@ -1,0 +1,23 @@
+"""pyxia's timestamp oracle: tsoracle's wire protocol (``tsoracle.v1.TsoService/GetTs``),
+fenced by the leadership of a one-shard namespace and persisted through its replicated log.
+
+- :mod:`~pyxia.tso.allocator` — the pure allocator (46-bit ms + 18-bit logical, whole grants).
+- :mod:`~pyxia.tso.driver` — the consensus side: leadership events from the shards director,
+  the high-water read and written through the TSO shard's log.
+- :mod:`~pyxia.tso.fence` — the failover fence: pure decisions and the leader-watch task.
+- :mod:`~pyxia.tso.oracle` — serving state, window extensions, the leader lease.
+- :mod:`~pyxia.tso.service` — the gRPC service on every data server's public port.
+- :mod:`~pyxia.tso.client` — :class:`TsoClient` / :class:`AsyncTsoClient`.
+- :mod:`~pyxia.tso.checker` — a history checker for grants (tests, benchmarks, robustness).
+
+The TSO namespace is named ``tso`` unless configured otherwise (``--tso-namespace``):
+``pyxia standalone`` creates it; a cluster declares it in its config with ``tso: true``.
+See docs/tso.md.
+"""
+
+from __future__ import annotations
+
+DEFAULT_NAMESPACE = "tso"
+"""The name of the TSO namespace a data server serves timestamps from, unless configured."""
+
+__all__ = ["DEFAULT_NAMESPACE"]

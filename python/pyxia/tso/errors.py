@@ -1,0 +1,70 @@
+"""The timestamp oracle's errors, in pyxia's one error vocabulary (``pyxia.errors``).
+
+Their gRPC codes are tsoracle's (``FAILED_PRECONDITION`` for a non-leader, with the
+``tsoracle-leader-hint-bin`` trailer; ``UNAVAILABLE`` for a transient failure; ``INTERNAL``
+for a permanent one), so tsoracle's clients understand them; the ``oxia.io`` ErrorInfo detail
+travels along as for every pyxia error.
+"""
+
+from __future__ import annotations
+
+from pyxia.errors import PyxiaError
+
+
+class TsoNotLeader(PyxiaError):
+    """This node does not serve timestamps now (not the TSO shard's leader, or its fence is
+    not finished); ``leader_endpoint`` names the leader if known."""
+
+    reason = "TSO_NOT_LEADER"
+    grpc_code = "FAILED_PRECONDITION"
+    retryable = True
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        leader_endpoint: str | None = None,
+        leader_epoch: int | None = None,
+    ) -> None:
+        super().__init__(message or "tso: not leader")
+        self.leader_endpoint = leader_endpoint
+        self.leader_epoch = leader_epoch
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        md = super().metadata
+        if self.leader_endpoint:
+            md["leader"] = self.leader_endpoint
+        return md
+
+
+class TsoUnavailable(PyxiaError):
+    """A transient failure (quorum blip, replication timeout, an extension in trouble):
+    safe to retry."""
+
+    reason = "TSO_UNAVAILABLE"
+    grpc_code = "UNAVAILABLE"
+    retryable = True
+
+
+class TsoFailed(PyxiaError):
+    """The oracle stopped on this node after a permanent failure (corrupt high-water,
+    storage failure, a clock past 46 bits): not retryable here."""
+
+    reason = "TSO_FAILED"
+    grpc_code = "INTERNAL"
+
+
+class HighWaterCorrupt(PyxiaError):
+    """The persisted high-water record cannot be parsed."""
+
+    reason = "TSO_HIGH_WATER_CORRUPT"
+    grpc_code = "INTERNAL"
+
+
+class TimestampFallback(PyxiaError):
+    """Client-side tripwire: the oracle answered a timestamp not above one this client had
+    already received before asking. Never expected; the grant is not handed out."""
+
+    reason = "TSO_TIMESTAMP_FALLBACK"
+    grpc_code = "INTERNAL"
