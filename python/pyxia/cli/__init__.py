@@ -10,6 +10,7 @@ from pyxia.cli.coordinator_cmd import admin, coordinator, health
 from pyxia.cli.perf_cmd import perf
 from pyxia.cli.server_cmd import server, standalone
 from pyxia.cli.wal_cmd import wal
+from pyxia.robustness.cli import robustness
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,3 +27,4 @@ main.add_command(admin)
 main.add_command(health)
 main.add_command(client)
 main.add_command(perf)
+main.add_command(robustness)

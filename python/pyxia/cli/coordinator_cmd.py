@@ -73,8 +73,29 @@ log = logging.getLogger("pyxia.cli")
 @click.option(
     "--log-format", default="logfmt", show_default=True, type=click.Choice(["logfmt", "json"])
 )
+@click.option(
+    "--liveness-probe-interval",
+    type=click.FloatRange(min=0.01),
+    default=None,
+    help="Seconds between health probes of each data server [default: 2].",
+)
+@click.option(
+    "--liveness-probe-timeout",
+    type=click.FloatRange(min=0.01),
+    default=None,
+    help="Seconds before a health probe counts as failed [default: 5].",
+)
+@click.option(
+    "--liveness-failures",
+    type=click.IntRange(1, 100),
+    default=None,
+    help="Consecutive failed probes that make an unresponsive (e.g. paused) data server "
+    "unavailable; one that refuses connections is unavailable at once [default: 3].",
+)
 def coordinator(**kw: Any) -> None:
     """Run the cluster coordinator (elections, failure detection, placement)."""
+    from pyxia.coordinator.coordinator import CoordinatorOptions
+    from pyxia.coordinator.dataserver_controller import LivenessOptions
     from pyxia.coordinator.metadata.factory import create_provider
     from pyxia.coordinator.server import CoordinatorServer, CoordinatorServerOptions
 
@@ -99,6 +120,11 @@ def coordinator(**kw: Any) -> None:
         options["raft_peers"] = kw["raft_peers"]
     if name == "kubernetes":
         options["namespace"] = kw["k8s_namespace"]
+    liveness = {
+        field: kw[f"liveness_{field}"]
+        for field in ("probe_interval", "probe_timeout", "failures")
+        if kw[f"liveness_{field}"] is not None
+    }
     try:
         provider = create_provider(name, **options)
     except ValueError as e:
@@ -107,7 +133,9 @@ def coordinator(**kw: Any) -> None:
         provider,
         load,
         CoordinatorServerOptions(
-            internal_addr=kw["internal_addr"], metrics_addr=kw["metrics_addr"] or None
+            internal_addr=kw["internal_addr"],
+            metrics_addr=kw["metrics_addr"] or None,
+            coordinator=CoordinatorOptions(liveness=LivenessOptions(**liveness)),
         ),
     )
 

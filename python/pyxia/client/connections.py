@@ -7,6 +7,7 @@ from typing import Any
 import grpc
 
 from pyxia.proto import client_pb2 as pb
+from pyxia.test_hooks import dial
 
 _SERVICE = "/io.oxia.proto.v1.OxiaClient/"
 
@@ -95,7 +96,7 @@ class Connections:
         if s is None:
             if self._closed:
                 raise RuntimeError("connections are closed")
-            s = Stub(address, grpc.aio.insecure_channel(address, options=self._options))
+            s = Stub(address, grpc.aio.insecure_channel(dial(address), options=self._options))
             self._stubs[address] = s
         return s
 

@@ -260,6 +260,8 @@ class ClientCore:
     def _on_map(self, m: ShardMap) -> None:
         self.shard_map = m
         self._hints.clear()
+        for w in list(self._writers.values()):
+            w.leader_changed()
         for fn in list(self._map_listeners):
             try:
                 fn(m)

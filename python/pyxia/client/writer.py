@@ -249,6 +249,15 @@ class ShardWriter:
         else:
             self._check_idle()
 
+    def leader_changed(self) -> None:
+        """The assignments name another leader than the stream's server: leave that stream (an
+        isolated old leader would hold the writes until the connection broke). Its unanswered
+        writes are handled as after a broken connection; the others go to the new leader."""
+        s = self._stream
+        leader = self.core.leader_of(self.shard)
+        if s is not None and not s.broken and leader is not None and s.address != leader:
+            s._break(Unavailable(f"oxia: the leader of shard {self.shard} moved to {leader}"))
+
     def _schedule_retry(self, err: BaseException, immediate: bool = False) -> None:
         if self._retry is not None:
             return

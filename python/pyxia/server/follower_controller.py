@@ -231,11 +231,19 @@ class FollowerController:
             )
         if self._lock.locked():
             raise InvalidStatus(f"oxia: shard {self.shard} is busy", shard=self.shard)
-        if self.status == FENCED:
-            self.status = FOLLOWER
         e = a.entry
         wal = self.storage.wal
         last = wal.last_offset
+        if last < 0 and e.offset != self.storage.commit_offset + 1:
+            # An empty log must continue the DB (entry 0, or the one after a snapshot): this
+            # replica lost its data, it needs a snapshot, not a log with a hole.
+            raise NodeIsNotMember(
+                f"oxia: shard {self.shard} holds nothing before offset {e.offset} "
+                f"(its data ends at {self.storage.commit_offset})",
+                shard=self.shard,
+            )
+        if self.status == FENCED:
+            self.status = FOLLOWER
         if last >= 0 and e.offset <= last:
             pass  # duplicate: already held, re-acknowledged
         else:
@@ -306,11 +314,13 @@ class FollowerController:
             staged = self.storage.snapshot_staging_dir()
             try:
                 await self._receive_chunks(term, chunks, staged)
+                await afailpoint("snapshot.after_receive_before_install")
                 self._check_open()
                 commit = await asyncio.to_thread(self.storage.install_snapshot, staged, term)
             except BaseException:
                 shutil.rmtree(staged, ignore_errors=True)
                 raise
+            await afailpoint("snapshot.after_install_before_reply")
             self._check_open()
             self.term, self.term_options = self.storage.read_term()
             self.status = FOLLOWER

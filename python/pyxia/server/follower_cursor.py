@@ -34,6 +34,7 @@ log = logging.getLogger("pyxia.cursor")
 
 REPLICATE = "/replication.OxiaLogReplication/Replicate"
 SEND_SNAPSHOT = "/replication.OxiaLogReplication/SendSnapshot"
+GET_STATUS = "/replication.OxiaCoordination/GetStatus"
 SNAPSHOT_CHUNK = 1024 * 1024
 READ_BATCH = 256
 
@@ -118,10 +119,41 @@ class FollowerCursor:
                     self.follower,
                     e,
                 )
+                await self._check_follower()
             if self._closed or self.leader.closed:
                 return
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._max_backoff)
+
+    async def _check_follower(self) -> None:
+        """After a failed stream, asks the follower what it holds: the error that ended the
+        stream may not have reached us (a server that ends a stream while we are still sending
+        shows up as INTERNAL here). A follower that is NOT_MEMBER (its storage failed) or that
+        holds less than it acknowledged (it lost its data) gets a snapshot."""
+        try:
+            call = self._channels.get(self.follower).unary_unary(
+                GET_STATUS,
+                request_serializer=replication_pb2.GetStatusRequest.SerializeToString,
+                response_deserializer=replication_pb2.GetStatusResponse.FromString,
+            )
+            st = await call(replication_pb2.GetStatusRequest(shard=self.leader.shard), timeout=5)
+        except grpc.aio.AioRpcError as e:
+            if isinstance(error_from_rpc(e), NodeIsNotMember):
+                self._reset(-1)
+                self._force_snapshot = True
+            return
+        if st.status == replication_pb2.NOT_MEMBER or st.head_offset < self.ack_offset:
+            log.warning(
+                "shard %s: follower %s holds up to %d (status %s), acknowledged %d: "
+                "sending a snapshot",
+                self.leader.shard,
+                self.follower,
+                st.head_offset,
+                replication_pb2.ServingStatus.Name(st.status),
+                self.ack_offset,
+            )
+            self._reset(-1)
+            self._force_snapshot = True
 
     def _reset(self, ack_offset: int) -> None:
         self.ack_offset = ack_offset

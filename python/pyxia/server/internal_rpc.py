@@ -178,7 +178,7 @@ class InternalService:
     async def truncate(
         self, req: replication_pb2.TruncateRequest, context: Ctx
     ) -> replication_pb2.TruncateResponse:
-        fc = await self.director.as_follower(req.namespace, req.shard)
+        fc = await self.director.as_follower(req.namespace, req.shard, term=req.term)
         head = await fc.truncate(req.term, req.head_entry_id)
         return replication_pb2.TruncateResponse(head_entry_id=head)
 
@@ -187,7 +187,7 @@ class InternalService:
         self, requests: AsyncIterator[bytes], context: Ctx
     ) -> AsyncIterator[replication_pb2.Ack]:
         namespace, shard, term = self._stream_target(context)
-        fc: FollowerController = await self.director.as_follower(namespace, shard)
+        fc: FollowerController = await self.director.as_follower(namespace, shard, term=term)
         async for ack in fc.replicate(term, requests):
             yield ack
 
@@ -196,7 +196,7 @@ class InternalService:
         self, requests: AsyncIterator[bytes], context: Ctx
     ) -> replication_pb2.SnapshotResponse:
         namespace, shard, term = self._stream_target(context)
-        fc = await self.director.as_follower(namespace, shard, create=True)
+        fc = await self.director.as_follower(namespace, shard, create=True, term=term)
         ack = await fc.install_snapshot(term, requests)
         return replication_pb2.SnapshotResponse(ack_offset=ack)
 

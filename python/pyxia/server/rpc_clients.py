@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 
 from pyxia.server.data_server_options import grpc_client_options
+from pyxia.test_hooks import dial
 
 
 class ChannelPool:
@@ -18,7 +19,7 @@ class ChannelPool:
             raise RuntimeError("the channel pool is closed")
         ch = self._channels.get(address)
         if ch is None:
-            ch = grpc.aio.insecure_channel(address, options=grpc_client_options())
+            ch = grpc.aio.insecure_channel(dial(address), options=grpc_client_options())
             self._channels[address] = ch
         return ch
 

@@ -1,0 +1,404 @@
+"""The cluster under test: three ``pyxia server`` processes and a ``pyxia coordinator`` on
+loopback ports chosen at runtime (fixed per member, so a restart keeps its addresses), every
+link between them through its own proxy (:mod:`pyxia.robustness.proxy`).
+
+Links: ``sI->sJ`` (replication from server I to server J's internal port), ``coord->sJ``
+(coordinator to server J's internal port) and ``client->sJ`` (the harness's clients to server
+J's public port). Each process gets a ``PYXIA_DIAL_MAP`` sending it through its own links.
+
+Servers run with ``--enable-test-hooks`` (failpoints armed at runtime) and
+``PYXIA_WAL_SYNCED_MARK=1``: after a kill -9, :meth:`Node.cut_unsynced` cuts every WAL of the
+node back to what was really made durable (a power loss). One server's WAL directory is a
+size-limited tmpfs (when this process may mount one) for the disk-full fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import yaml
+
+from pyxia.proto import admin_pb2, metadata_pb2
+from pyxia.robustness.diskfull import TmpfsMount, can_mount_tmpfs
+from pyxia.robustness.proxy import ProxyControl
+from pyxia.test_hooks import DIAL_MAP_ENV, format_dial_map
+
+log = logging.getLogger("pyxia.robustness")
+
+MARK_ENV = "PYXIA_WAL_SYNCED_MARK"
+ACK_BEFORE_FSYNC_ENV = "PYXIA_WAL_TEST_ACK_BEFORE_FSYNC_MS"
+MARK_FILE = "synced-offset.mark"
+COORDINATOR = "coord"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def now_ns(t0: int) -> int:
+    return time.monotonic_ns() - t0
+
+
+@dataclass
+class Node:
+    """One process of the cluster (a data server or the coordinator)."""
+
+    name: str
+    base: Path
+    args: list[str]
+    env: dict[str, str]
+    public: str = ""
+    internal: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+    desired: str = "running"  # running | stopped | paused
+    incarnation: int = 0
+    expect_crash: bool = False
+    """A crash failpoint is armed: an exit by SIGKILL is expected."""
+    next_start_env: dict[str, str] = field(default_factory=dict)
+    """Extra environment for the next start only (failpoints armed at start)."""
+    exits: list[tuple[int, int]] = field(default_factory=list)
+    """(time, return code) of exits the harness did not cause."""
+
+    @property
+    def is_server(self) -> bool:
+        return self.name != COORDINATOR
+
+    @property
+    def wal_dir(self) -> Path:
+        return self.base / "wal"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base / "db"
+
+    def start(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.incarnation += 1
+        env = {**os.environ, **self.env, **self.next_start_env}
+        self.next_start_env = {}
+        log_f = open(self.base / f"{self.name}.log", "ab")  # noqa: SIM115 - lives with the process
+        log_f.write(f"==== start #{self.incarnation} at {time.time():.3f}\n".encode())
+        log_f.flush()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pyxia", *self.args],
+            stdin=subprocess.DEVNULL,
+            stdout=log_f,
+            stderr=log_f,
+            env=env,
+        )
+        log_f.close()
+        self.desired = "running"
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """kill -9 (and reap)."""
+        self.desired = "stopped"
+        p = self.proc
+        if p is not None and p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGCONT)  # a paused process dies as well
+            p.kill()
+        if p is not None:
+            p.wait(30)
+
+    def pause(self) -> None:
+        if self.alive and self.proc is not None:
+            self.desired = "paused"
+            os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.desired == "paused":
+            self.desired = "running"
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGCONT)
+
+    def shard_wal_dirs(self) -> list[Path]:
+        if not self.wal_dir.exists():
+            return []
+        return sorted(p for p in self.wal_dir.glob("*/shard-*") if p.is_dir())
+
+    def cut_unsynced(self) -> dict[str, int]:
+        """Power loss: cuts each WAL back to the last offset it made durable (the node must be
+        dead). Returns, per shard directory, how many entries were dropped."""
+        from pyxia._native import Wal
+
+        assert not self.alive, "cut the WAL of a dead node only"
+        dropped: dict[str, int] = {}
+        for d in self.shard_wal_dirs():
+            try:
+                mark = int((d / MARK_FILE).read_text().strip())
+            except (OSError, ValueError):
+                continue
+            wal = Wal(d)
+            try:
+                last = wal.last_offset
+                if mark < last:
+                    wal.truncate(mark)
+                    dropped[d.name] = last - max(mark, wal.first_offset - 1)
+            finally:
+                wal.close()
+        return dropped
+
+    def wipe(self) -> None:
+        """Loses every file of the node (a replaced disk); the node must be dead."""
+        assert not self.alive
+        for d in (self.data_dir, self.wal_dir):
+            if d.exists():
+                for p in d.iterdir():
+                    if p.is_dir():
+                        shutil.rmtree(p, ignore_errors=True)
+                    else:
+                        p.unlink(missing_ok=True)
+
+
+def tso_available() -> bool:
+    """Whether this pyxia has the timestamp oracle (its client and the ``tso`` namespace)."""
+    try:
+        import pyxia.tso.client  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass
+class ClusterSpec:
+    servers: int = 3
+    shards: int = 4
+    replication_factor: int = 3
+    wal_segment_size: int = 128 * 1024
+    tmpfs_wal_bytes: int = 192 * 1024 * 1024
+    disk_full_node: int = 0
+    broken_ack_before_fsync_ms: int | None = None
+    """Positive control: the servers' WALs acknowledge before fsync (flushing every N ms)."""
+    tso: bool = False
+    """Declare the timestamp oracle's one-shard namespace (``tso``)."""
+
+
+class Cluster:
+    def __init__(self, base: Path, spec: ClusterSpec) -> None:
+        self.base = base
+        self.spec = spec
+        self.servers: list[Node] = []
+        self.coordinator: Node | None = None
+        self.proxies = ProxyControl()
+        self.links: dict[str, str] = {}  # link name -> proxy address
+        self.client_dial_map: dict[str, str] = {}
+        self.tmpfs: TmpfsMount | None = None
+        self.coordinator_addr = f"127.0.0.1:{free_port()}"
+        self._channel: grpc.aio.Channel | None = None
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [*self.servers, *([self.coordinator] if self.coordinator else [])]
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def by_internal(self, internal: str) -> Node | None:
+        return next((n for n in self.servers if n.internal == internal), None)
+
+    @property
+    def public_addresses(self) -> list[str]:
+        return [n.public for n in self.servers]
+
+    async def start(self) -> None:
+        spec = self.spec
+        self.base.mkdir(parents=True, exist_ok=True)
+        await self.proxies.start()
+        publics = [f"127.0.0.1:{free_port()}" for _ in range(spec.servers)]
+        internals = [f"127.0.0.1:{free_port()}" for _ in range(spec.servers)]
+        names = [f"s{i}" for i in range(spec.servers)]
+        for j, dest in enumerate(names):
+            for i, src in enumerate(names):
+                if i != j:
+                    self.links[f"{src}->{dest}"] = await self.proxies.add(
+                        f"{src}->{dest}", internals[j]
+                    )
+            self.links[f"{COORDINATOR}->{dest}"] = await self.proxies.add(
+                f"{COORDINATOR}->{dest}", internals[j]
+            )
+            self.links[f"client->{dest}"] = await self.proxies.add(f"client->{dest}", publics[j])
+        self.client_dial_map = {publics[j]: self.links[f"client->{d}"] for j, d in enumerate(names)}
+        namespaces: list[dict[str, object]] = [
+            {
+                "name": "default",
+                "initialShardCount": spec.shards,
+                "replicationFactor": spec.replication_factor,
+                "notificationsEnabled": True,
+            }
+        ]
+        if spec.tso:
+            namespaces.append(
+                {
+                    "name": "tso",
+                    "initialShardCount": 1,
+                    "replicationFactor": spec.replication_factor,
+                    "tso": True,
+                }
+            )
+        cfg = {
+            "namespaces": namespaces,
+            "servers": [
+                {"public": p, "internal": i} for p, i in zip(publics, internals, strict=True)
+            ],
+            "loadBalancer": {"scheduleInterval": "1h", "quarantineTime": "5m"},
+        }
+        config = self.base / "cluster.yaml"
+        config.write_text(yaml.safe_dump(cfg))
+        for i, name in enumerate(names):
+            base = self.base / name
+            dial = {
+                internals[j]: self.links[f"{name}->{names[j]}"]
+                for j in range(spec.servers)
+                if j != i
+            }
+            env = {DIAL_MAP_ENV: format_dial_map(dial), MARK_ENV: "1"}
+            if spec.broken_ack_before_fsync_ms is not None:
+                env[ACK_BEFORE_FSYNC_ENV] = str(spec.broken_ack_before_fsync_ms)
+            node = Node(
+                name,
+                base,
+                [
+                    "server",
+                    "--public-addr",
+                    publics[i],
+                    "--internal-addr",
+                    internals[i],
+                    "--metrics-addr",
+                    "",
+                    "--data-dir",
+                    str(base / "db"),
+                    "--wal-dir",
+                    str(base / "wal"),
+                    "--wal-segment-size",
+                    str(spec.wal_segment_size),
+                    "--enable-test-hooks",
+                ],
+                env,
+                public=publics[i],
+                internal=internals[i],
+            )
+            self.servers.append(node)
+        if can_mount_tmpfs():
+            node = self.servers[spec.disk_full_node % spec.servers]
+            self.tmpfs = TmpfsMount(node.wal_dir, spec.tmpfs_wal_bytes)
+            self.tmpfs.mount()
+        coord_dial = {internals[j]: self.links[f"{COORDINATOR}->{d}"] for j, d in enumerate(names)}
+        self.coordinator = Node(
+            COORDINATOR,
+            self.base / COORDINATOR,
+            [
+                "coordinator",
+                "--cluster-config",
+                str(config),
+                "--metadata",
+                "file",
+                "--metadata-dir",
+                str(self.base / COORDINATOR / "metadata"),
+                "--internal-addr",
+                self.coordinator_addr,
+                "--metrics-addr",
+                "",
+            ],
+            {DIAL_MAP_ENV: format_dial_map(coord_dial)},
+            internal=self.coordinator_addr,
+        )
+        for n in self.nodes:
+            n.start()
+
+    @property
+    def disk_full_node(self) -> Node | None:
+        return self.servers[self.spec.disk_full_node % len(self.servers)] if self.tmpfs else None
+
+    # -- status -----------------------------------------------------------------------------------
+
+    async def status(self, timeout: float = 2.0) -> admin_pb2.GetClusterStatusResponse | None:
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.coordinator_addr)
+        call = self._channel.unary_unary(
+            "/pyxia.admin.v1.PyxiaAdmin/GetClusterStatus",
+            request_serializer=admin_pb2.GetClusterStatusRequest.SerializeToString,
+            response_deserializer=admin_pb2.GetClusterStatusResponse.FromString,
+        )
+        try:
+            res: admin_pb2.GetClusterStatusResponse = await call(
+                admin_pb2.GetClusterStatusRequest(), timeout=timeout
+            )
+            return res
+        except (TimeoutError, grpc.aio.AioRpcError):
+            return None
+
+    @staticmethod
+    def shards_of(st: admin_pb2.GetClusterStatusResponse) -> dict[int, metadata_pb2.ShardMetadata]:
+        out: dict[int, metadata_pb2.ShardMetadata] = {}
+        for ns in st.status.namespaces.values():
+            for sid, meta in ns.shards.items():
+                out[int(sid)] = meta
+        return out
+
+    async def leaders(self) -> dict[int, tuple[Node | None, int]]:
+        """shard -> (leader node or None, term), from one status snapshot ({} if unknown)."""
+        st = await self.status()
+        if st is None or not st.leader:
+            return {}
+        out: dict[int, tuple[Node | None, int]] = {}
+        for sid, meta in self.shards_of(st).items():
+            node = self.by_internal(meta.leader.internal) if meta.HasField("leader") else None
+            if meta.status != metadata_pb2.SteadyState:
+                node = None
+            out[sid] = (node, int(meta.term))
+        return out
+
+    async def steady(self) -> bool:
+        st = await self.status()
+        if st is None or not st.leader or not st.status.namespaces:
+            return False
+        if not all(s.available for s in st.servers):
+            return False
+        shards = self.shards_of(st)
+        return bool(shards) and all(
+            m.status == metadata_pb2.SteadyState and m.HasField("leader") for m in shards.values()
+        )
+
+    async def wait_steady(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await self.steady():
+                return True
+            await asyncio.sleep(0.2)
+        return False
+
+    # -- teardown ---------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        for n in self.nodes:
+            try:
+                n.kill()
+            except Exception:  # pragma: no cover - best effort at teardown
+                log.exception("killing %s", n.name)
+        await self.proxies.close()
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+        if self.tmpfs is not None:
+            self.tmpfs.unmount()
