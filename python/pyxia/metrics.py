@@ -12,6 +12,11 @@ WRITE_REQUESTS = Counter(
 )
 WRITE_OPS = Counter("pyxia_server_write_ops", "Put/delete/delete-range operations", ["shard"])
 READ_OPS = Counter("pyxia_server_read_ops", "Get operations", ["shard"])
+READ_CONFIRM_TIMEOUTS = Counter(
+    "pyxia_server_read_confirm_timeouts",
+    "Reads refused: no majority confirmed the leader in time (a leader cut off?)",
+    ["shard"],
+)
 WRITE_LATENCY = Histogram(
     "pyxia_server_write_latency_seconds",
     "From proposal to applied, per write request",
@@ -30,6 +35,7 @@ class ShardMetrics:
     __slots__ = (
         "commit_offset",
         "head_offset",
+        "read_confirm_timeouts",
         "read_ops",
         "sessions_active",
         "sessions_expired",
@@ -43,6 +49,7 @@ class ShardMetrics:
         self.write_requests = WRITE_REQUESTS.labels(label)
         self.write_ops = WRITE_OPS.labels(label)
         self.read_ops = READ_OPS.labels(label)
+        self.read_confirm_timeouts = READ_CONFIRM_TIMEOUTS.labels(label)
         self.write_latency = WRITE_LATENCY.labels(label)
         self.commit_offset = COMMIT_OFFSET.labels(label)
         self.head_offset = HEAD_OFFSET.labels(label)

@@ -483,6 +483,7 @@ class Append(_message.Message):
     COMMIT_OFFSET_FIELD_NUMBER: _builtins.int
     PREVIOUS_ENTRY_CRC_FIELD_NUMBER: _builtins.int
     CUMULATIVE_ACKS_SUPPORTED_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     commit_offset: _builtins.int
     """Leader commit offset, piggy-backed."""
@@ -490,6 +491,10 @@ class Append(_message.Message):
     """Chained WAL CRC of the entry before this one, for divergence checks."""
     cumulative_acks_supported: _builtins.bool
     """The leader accepts one Ack covering several entries."""
+    heartbeat: _builtins.int
+    """pyxia: a leadership-confirmation round (read index). An Append carrying one and no entry
+    asks the follower to answer with the same round while it is still at this term.
+    """
     @_builtins.property
     def entry(self) -> Global___LogEntry: ...
     def __init__(
@@ -500,10 +505,11 @@ class Append(_message.Message):
         commit_offset: _builtins.int = ...,
         previous_entry_crc: _builtins.int | None = ...,
         cumulative_acks_supported: _builtins.bool = ...,
+        heartbeat: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_previous_entry_crc", b"_previous_entry_crc", "entry", b"entry", "previous_entry_crc", b"previous_entry_crc"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_previous_entry_crc", b"_previous_entry_crc", "commit_offset", b"commit_offset", "cumulative_acks_supported", b"cumulative_acks_supported", "entry", b"entry", "previous_entry_crc", b"previous_entry_crc", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_previous_entry_crc", b"_previous_entry_crc", "commit_offset", b"commit_offset", "cumulative_acks_supported", b"cumulative_acks_supported", "entry", b"entry", "heartbeat", b"heartbeat", "previous_entry_crc", b"previous_entry_crc", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__previous_entry_crc: _TypeAlias = _typing.Literal["previous_entry_crc"]  # noqa: Y015
     _WhichOneofArgType__previous_entry_crc: _TypeAlias = _typing.Literal["_previous_entry_crc", b"_previous_entry_crc"]  # noqa: Y015
@@ -516,15 +522,19 @@ class Ack(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     OFFSET_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
     offset: _builtins.int
+    heartbeat: _builtins.int
+    """pyxia: the newest leadership-confirmation round answered (0: none)."""
     def __init__(
         self,
         *,
         offset: _builtins.int = ...,
+        heartbeat: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "offset", b"offset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

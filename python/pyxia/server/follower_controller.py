@@ -181,15 +181,23 @@ class FollowerController:
         self._stream_generation += 1
         generation = self._stream_generation
         received = -1
+        heartbeat = 0  # the newest leadership-confirmation round received at this term
         failure: list[BaseException] = []
 
         async def pump() -> None:
-            nonlocal received
+            nonlocal received, heartbeat
             try:
                 async for raw in appends:
                     if self._closed or generation != self._stream_generation:
                         return
-                    received = max(received, self._append(term, raw))
+                    a = replication_pb2.Append.FromString(raw)
+                    if a.heartbeat and not a.HasField("entry"):
+                        self._check_append_term(term, a)
+                        self._follow_commit(a)
+                        heartbeat = max(heartbeat, a.heartbeat)
+                        self.durable.notify()
+                        continue
+                    received = max(received, self._append(term, a))
             except BaseException as e:
                 failure.append(e)
             finally:
@@ -197,6 +205,7 @@ class FollowerController:
 
         task = self._loop.create_task(pump(), name=f"follower-pump-{self.shard}")
         acked = -1
+        answered = 0
         try:
             while True:
                 seen = self.durable.generation
@@ -213,6 +222,10 @@ class FollowerController:
                     acked = durable
                     yield replication_pb2.Ack(offset=durable)
                     continue
+                if heartbeat > answered and not self._closed and term == self.term:
+                    answered = heartbeat
+                    yield replication_pb2.Ack(offset=acked, heartbeat=answered)
+                    continue
                 if task.done() and not failure:
                     return  # the leader closed its side
                 await self.durable.wait(seen)
@@ -221,14 +234,21 @@ class FollowerController:
             if generation == self._stream_generation:
                 self._stream_active = False
 
-    def _append(self, term: int, raw: bytes) -> int:
-        """Appends one entry; returns its offset. Duplicates are skipped
-        (they are re-acknowledged), gaps and CRC mismatches end the stream."""
-        a = replication_pb2.Append.FromString(raw)
+    def _check_append_term(self, term: int, a: replication_pb2.Append) -> None:
         if a.term != self.term or term != self.term:
             raise InvalidTerm(
                 f"oxia: append for term {a.term}, the shard is at {self.term}", shard=self.shard
             )
+
+    def _follow_commit(self, a: replication_pb2.Append) -> None:
+        if a.commit_offset > self.leader_commit_offset:
+            self.leader_commit_offset = a.commit_offset
+            self._apply_wanted.notify()
+
+    def _append(self, term: int, a: replication_pb2.Append) -> int:
+        """Appends one entry; returns its offset. Duplicates are skipped
+        (they are re-acknowledged), gaps and CRC mismatches end the stream."""
+        self._check_append_term(term, a)
         if self._lock.locked():
             raise InvalidStatus(f"oxia: shard {self.shard} is busy", shard=self.shard)
         e = a.entry
@@ -256,9 +276,7 @@ class FollowerController:
                 self._storage_failed(err)
                 raise StorageFailure(str(err), shard=self.shard) from err
             wal.request_sync()
-        if a.commit_offset > self.leader_commit_offset:
-            self.leader_commit_offset = a.commit_offset
-            self._apply_wanted.notify()
+        self._follow_commit(a)
         return int(e.offset)
 
     def _end_stream(self) -> None:

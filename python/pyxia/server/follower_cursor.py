@@ -186,6 +186,8 @@ class FollowerCursor:
                 if ack.offset > self.ack_offset:
                     self.ack_offset = ack.offset
                     self.leader.on_follower_ack(self.follower, ack.offset)
+                if ack.heartbeat:
+                    self.leader.on_follower_heartbeat(self.follower, ack.heartbeat)
         except grpc.aio.AioRpcError as e:
             raise error_from_rpc(e) from e
         finally:
@@ -196,8 +198,16 @@ class FollowerCursor:
         wal = leader.wal
         term = leader.term
         nxt = self.ack_offset + 1
+        heartbeat = 0  # the newest confirmation round sent on this stream
         while not self._closed and not leader.closed and leader.term == term:
             seen = leader.appended.generation
+            rc = leader.confirmations
+            if rc is not None and rc.to_send(heartbeat):
+                heartbeat = rc.requested
+                rc.on_sent(heartbeat)
+                yield replication_pb2.Append(
+                    term=term, commit_offset=leader.commit_offset, heartbeat=heartbeat
+                ).SerializeToString()
             if nxt <= wal.last_offset:
                 entries = wal.read_batch(nxt, max_entries=READ_BATCH)
                 commit = leader.commit_offset

@@ -14,6 +14,10 @@ became committed. Follower cursors (replication) feed their acks into the
 same tracker and trigger the same apply step.
 
 Status machine (Oxia): NOT_MEMBER → FENCED (NewTerm) → LEADER (BecomeLeader).
+
+Reads are linearizable: before a read is served, a majority of the ensemble confirms (one
+heartbeat round down the replication streams, shared by every read that arrived meanwhile)
+that this replica still leads its term; see ``read_index.py``.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from pyxia.proto import client_pb2, replication_pb2
 from pyxia.rpc_errors import error_from_rpc
 from pyxia.server.follower_cursor import FollowerCursor
 from pyxia.server.quorum import QuorumAckTracker
+from pyxia.server.read_index import LeadershipConfirmations
 from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.session_manager import SessionManager
 from pyxia.server.shard_storage import ShardStorage
@@ -59,6 +64,9 @@ NOT_MEMBER = replication_pb2.NOT_MEMBER
 FENCED = replication_pb2.FENCED
 FOLLOWER = replication_pb2.FOLLOWER
 LEADER = replication_pb2.LEADER
+
+READ_CONFIRM_TIMEOUT_S = 3.0
+"""How long a read waits for a majority to confirm this leader before it is refused."""
 
 
 def _varint(n: int) -> bytes:
@@ -116,6 +124,10 @@ class LeaderController:
         self.status = NOT_MEMBER if term < 0 else FENCED
         self.replication_factor = 1
         self.tracker: QuorumAckTracker | None = None
+        # Leadership confirmation rounds of the current term (reads); None while not leading.
+        self.confirmations: LeadershipConfirmations | None = None
+        self.confirmed = Signal()
+        self.read_confirm_timeout_s = READ_CONFIRM_TIMEOUT_S
         self._pending: collections.deque[Proposal] = collections.deque()
         self._next_offset = self.wal.last_offset + 1
         self._last_ts = 0
@@ -201,6 +213,7 @@ class LeaderController:
         self.replication_factor = replication_factor
         tracker = QuorumAckTracker(replication_factor, head, self.storage.commit_offset)
         self.tracker = tracker
+        self.confirmations = LeadershipConfirmations(replication_factor)
         self._next_offset = head + 1
         self._register_reader()
         tracker.advance_head(self.wal.last_synced_offset)
@@ -349,6 +362,8 @@ class LeaderController:
         self.sessions.stop()
         self._fail_pending(reason)
         self.tracker = None
+        self.confirmations = None
+        self.confirmed.notify()
         if self.status == LEADER:
             self.status = FENCED
         self.applied.notify()
@@ -373,6 +388,7 @@ class LeaderController:
         self._unregister_reader()
         self._step_down(NodeIsNotLeader(f"oxia: shard {self.shard} is closing", shard=self.shard))
         self.appended.close()
+        self.confirmed.close()
         await self._stop_cursors()
         await self.sessions.close()
         self.applied.close()
@@ -485,6 +501,13 @@ class LeaderController:
         if commit > before:
             self.apply_committed(commit)
 
+    def on_follower_heartbeat(self, follower: str, round_id: int) -> None:
+        """A follower answered leadership-confirmation round ``round_id`` at this term."""
+        rc = self.confirmations
+        if rc is not None:
+            rc.ack(follower, round_id)
+            self.confirmed.notify()
+
     def apply_committed(self, commit: int) -> None:
         """Applies pending proposals up to ``commit`` in offset order."""
         pending = self._pending
@@ -534,8 +557,41 @@ class LeaderController:
 
     # -- reads ------------------------------------------------------------------------------------
 
-    def get(self, req: client_pb2.GetRequest) -> client_pb2.GetResponse:
+    async def confirm_leadership(self) -> None:
+        """Returns once a majority of the ensemble has confirmed, after this call began, that
+        this replica leads its term; raises NodeIsNotLeader if it stops leading or no majority
+        answers within ``read_confirm_timeout_s`` (a leader cut off from its followers)."""
         self.check_leader()
+        rc = self.confirmations
+        if rc is None or not rc.needed:
+            return
+        round_id = rc.request()
+        if rc.sent < round_id:
+            self.appended.notify()  # wakes the cursors: they send the round
+        if rc.is_confirmed(round_id):
+            return
+        deadline = time.monotonic() + self.read_confirm_timeout_s
+        while True:
+            seen = self.confirmed.generation
+            self.check_leader()
+            if self.confirmations is not rc:
+                raise NodeIsNotLeader(
+                    f"oxia: shard {self.shard} changed term during a read", shard=self.shard
+                )
+            if rc.is_confirmed(round_id):
+                return
+            left = deadline - time.monotonic()
+            if left <= 0 or not await self.confirmed.wait(seen, left):
+                self.metrics.read_confirm_timeouts.inc()
+                raise NodeIsNotLeader(
+                    f"oxia: shard {self.shard}: no majority confirmed this leader within "
+                    f"{self.read_confirm_timeout_s:g}s; refusing a possibly stale read",
+                    shard=self.shard,
+                    leader_hint=self.leader_hint,
+                )
+
+    async def get(self, req: client_pb2.GetRequest) -> client_pb2.GetResponse:
+        await self.confirm_leadership()
         self.metrics.read_ops.inc()
         return reads.get(self.storage.db, req)
 

@@ -188,7 +188,7 @@ class OxiaClientService:
         self, req: client_pb2.ReadRequest, context: Ctx
     ) -> AsyncIterator[client_pb2.ReadResponse]:
         leader = self._leader(req.shard if req.HasField("shard") else None)
-        leader.check_leader()
+        await leader.confirm_leadership()
         db = leader.storage.db
         get_into = reads.get_into
         leader.metrics.read_ops.inc(len(req.gets))
@@ -213,7 +213,7 @@ class OxiaClientService:
         self, req: client_pb2.ListRequest, context: Ctx
     ) -> AsyncIterator[client_pb2.ListResponse]:
         leader = self._leader(req.shard if req.HasField("shard") else None)
-        leader.check_leader()
+        await leader.confirm_leadership()
         chunk: list[str] = []
         size = 0
         for key in reads.list_keys(leader.storage.db, req):
@@ -231,7 +231,7 @@ class OxiaClientService:
         self, req: client_pb2.RangeScanRequest, context: Ctx
     ) -> AsyncIterator[client_pb2.RangeScanResponse]:
         leader = self._leader(req.shard if req.HasField("shard") else None)
-        leader.check_leader()
+        await leader.confirm_leadership()
         chunk: list[client_pb2.GetResponse] = []
         size = 0
         for rec in reads.range_scan(leader.storage.db, req):
