@@ -1,7 +1,7 @@
 """One short scenario of the robustness suite (the default test run's only long test, ~40 s):
 a real cluster under a workload, leader kills, power losses, failpoints and pauses; every
-checker must pass. The full suite runs through ``pyxia robustness`` (README). Partitions are
-left out here: an isolated leader serves stale reads (test_partitioned_leader.py)."""
+checker must pass. The full suite runs through ``pyxia robustness`` (README; CI runs it with
+every fault kind, partitions included)."""
 
 from __future__ import annotations
 
