@@ -5,31 +5,16 @@ coordination RPCs, exactly as a coordinator would drive them."""
 from __future__ import annotations
 
 import asyncio
-import random
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
+from pyxia.common.ports import free_port
 from pyxia.common.sharding import generate_shards
 from pyxia.proto import client_pb2, replication_pb2
 from pyxia.server.data_server import DataServer, ServerOptions
 from pyxia.server.leader_controller import LEADER
-
-
-def free_port() -> int:
-    """A loopback port that is free now, chosen below Linux's ephemeral range
-    (32768+) so that outgoing connections cannot take it before the server
-    that was given it binds it."""
-    while True:
-        port = random.randint(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
 
 
 @dataclass(eq=False)

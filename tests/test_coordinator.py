@@ -181,6 +181,31 @@ async def test_dead_leader_is_replaced_and_returns_as_follower(env: Env) -> None
     await wait_until(following, timeout=20, what="old leader following")
 
 
+async def test_leader_storage_failure_is_reported_and_a_new_leader_elected(env: Env) -> None:
+    """A leader whose storage fails (disk full) stops leading while its process stays healthy;
+    the data server reports it on ShardEvents/Watch and the coordinator elects at once, not at
+    its periodic check of the shard (60 s)."""
+    from cluster import leader_controller
+
+    await wait_until(lambda: steady(env), what="every shard elected")
+    shard = 1
+    old = leader_of(env, shard)
+    old_term = env.coordinator.status.namespaces["default"].shards[shard].term
+    await write(env, old, shard, "/before")
+    leader_controller(old, shard)._storage_failed(OSError(28, "No space left on device"))
+    await wait_until(
+        lambda: (
+            steady(env)
+            and env.coordinator.status.namespaces["default"].shards[shard].term > old_term
+        ),
+        timeout=10,
+        what="an election after the leader's storage failure",
+    )
+    new = leader_of(env, shard)
+    assert await read_ok(env, new, shard, ["/before"])
+    await write(env, new, shard, "/after")
+
+
 async def test_config_changes_without_restart(env: Env) -> None:
     await wait_until(lambda: steady(env), what="every shard elected")
     # a new namespace appears

@@ -39,7 +39,7 @@ from pyxia.coordinator.placement import (
 )
 from pyxia.coordinator.shard_controller import ShardController
 from pyxia.errors import MetadataBadVersion
-from pyxia.proto import client_pb2, metadata_pb2
+from pyxia.proto import admin_pb2, client_pb2, metadata_pb2
 from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.signals import Signal
 
@@ -233,6 +233,7 @@ class Coordinator:
             self.assignments_changed,
             self._on_server_change,
             self.options.liveness,
+            on_shard_event=self._on_shard_event,
         )
         self.servers[s.internal] = dc
         dc.start()
@@ -243,6 +244,11 @@ class Coordinator:
         sc = ShardController(self, namespace, shard)
         self.shard_controllers[shard] = sc
         sc.start(elect=elect)
+
+    def _on_shard_event(self, node: str, event: admin_pb2.ShardEvent) -> None:
+        sc = self.shard_controllers.get(event.shard)
+        if sc is not None:
+            sc.replica_failed(node, event)
 
     async def _on_server_change(self, node: str, available: bool) -> None:
         for sc in list(self.shard_controllers.values()):

@@ -11,7 +11,9 @@ Liveness (Oxia: gRPC health ``Watch`` plus periodic ``Check`` probes):
   Handshake (binding it to this cluster's instance id) succeeded.
 
 It also keeps a ``PushShardAssignments`` stream to the server, re-sending the
-full assignment map whenever it changes.
+full assignment map whenever it changes, and a ``ShardEvents/Watch`` stream from it: replicas
+of the server that failed on their own (a leader whose disk filled up), handed to the
+coordinator so it re-elects at once.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from pyxia.config import ServerAddress
-from pyxia.proto import client_pb2, replication_pb2
+from pyxia.proto import admin_pb2, client_pb2, replication_pb2
 from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.signals import Signal
 
@@ -35,6 +37,7 @@ HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
 HANDSHAKE = "/replication.OxiaCoordination/Handshake"
 PUSH_ASSIGNMENTS = "/replication.OxiaCoordination/PushShardAssignments"
+WATCH_SHARD_EVENTS = "/pyxia.admin.v1.ShardEvents/Watch"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
@@ -58,6 +61,7 @@ class DataServerController:
         assignments_changed: Signal,
         on_change: Callable[[str, bool], Awaitable[None]],
         options: LivenessOptions | None = None,
+        on_shard_event: Callable[[str, admin_pb2.ShardEvent], None] | None = None,
     ) -> None:
         self.server = server
         self.internal = server.internal
@@ -66,6 +70,7 @@ class DataServerController:
         self._assignments = assignments
         self._assignments_changed = assignments_changed
         self._on_change = on_change
+        self._on_shard_event = on_shard_event
         self.options = options or LivenessOptions()
         self.available = False
         self.bound = False
@@ -79,6 +84,7 @@ class DataServerController:
             loop.create_task(self._watch_loop(), name=f"ds-watch-{self.internal}"),
             loop.create_task(self._probe_loop(), name=f"ds-probe-{self.internal}"),
             loop.create_task(self._push_loop(), name=f"ds-push-{self.internal}"),
+            loop.create_task(self._events_loop(), name=f"ds-events-{self.internal}"),
         ]
 
     async def close(self) -> None:
@@ -181,6 +187,30 @@ class DataServerController:
                 if self._consecutive_failures >= self.options.failures:
                     await self._set(False, f"{self._consecutive_failures} failed probes")
             await asyncio.sleep(self.options.probe_interval)
+
+    # -- replica failures -------------------------------------------------------------------------
+
+    async def _events_loop(self) -> None:
+        backoff = self.options.reconnect_backoff
+        while not self._closed:
+            call = self._channels.get(self.internal).unary_stream(
+                WATCH_SHARD_EVENTS,
+                request_serializer=admin_pb2.WatchShardEventsRequest.SerializeToString,
+                response_deserializer=admin_pb2.ShardEvent.FromString,
+            )(admin_pb2.WatchShardEventsRequest())
+            try:
+                async for ev in call:
+                    backoff = self.options.reconnect_backoff
+                    if self._on_shard_event is not None and not self._closed:
+                        self._on_shard_event(self.internal, ev)
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    log.info("data server %s does not report shard events", self.internal)
+                    return
+            finally:
+                call.cancel()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
 
     # -- assignments ------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import grpc
 from pyxia.coordinator.election import Head, choose_leader, majority
 from pyxia.coordinator.model import DELETING, ELECTION, STEADY
 from pyxia.errors import InvalidStatus, MetadataBadVersion, PyxiaError
-from pyxia.proto import metadata_pb2, replication_pb2
+from pyxia.proto import admin_pb2, metadata_pb2, replication_pb2
 from pyxia.rpc_errors import error_from_rpc
 from pyxia.server.signals import Signal
 
@@ -96,6 +96,17 @@ class ShardController:
         if meta.status != DELETING and meta.HasField("leader") and meta.leader.internal == node:
             log.info("shard %d: leader %s is unavailable, electing", self.shard, node)
             self.request_election()
+
+    def replica_failed(self, node: str, event: admin_pb2.ShardEvent) -> None:
+        """``node`` reported that its replica of this shard failed on its own."""
+        meta = self.meta
+        if meta.status == DELETING:
+            return
+        if meta.HasField("leader") and meta.leader.internal == node and event.term == meta.term:
+            log.info("shard %d: leader %s failed (%s), electing", self.shard, node, event.reason)
+            self.request_election()
+        else:
+            self.request_verify()
 
     def node_available(self, node: str) -> None:
         meta = self.meta

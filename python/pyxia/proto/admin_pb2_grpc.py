@@ -96,3 +96,85 @@ class PyxiaAdmin:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ShardEventsStub:
+    """Served by every data server on its internal port: replicas of this server that failed on
+    their own (a storage failure: disk full, I/O error), so the coordinator re-checks the shard
+    at once (and elects a new leader if it was the leader) instead of at its periodic check.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Watch = channel.unary_stream(
+                '/pyxia.admin.v1.ShardEvents/Watch',
+                request_serializer=pyxia_dot_proto_dot_admin__pb2.WatchShardEventsRequest.SerializeToString,
+                response_deserializer=pyxia_dot_proto_dot_admin__pb2.ShardEvent.FromString,
+                _registered_method=True)
+
+
+class ShardEventsServicer:
+    """Served by every data server on its internal port: replicas of this server that failed on
+    their own (a storage failure: disk full, I/O error), so the coordinator re-checks the shard
+    at once (and elects a new leader if it was the leader) instead of at its periodic check.
+    """
+
+    def Watch(self, request, context):
+        """The latest failure of each shard since the process started, then new ones as they happen.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ShardEventsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=pyxia_dot_proto_dot_admin__pb2.WatchShardEventsRequest.FromString,
+                    response_serializer=pyxia_dot_proto_dot_admin__pb2.ShardEvent.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'pyxia.admin.v1.ShardEvents', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('pyxia.admin.v1.ShardEvents', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ShardEvents:
+    """Served by every data server on its internal port: replicas of this server that failed on
+    their own (a storage failure: disk full, I/O error), so the coordinator re-checks the shard
+    at once (and elects a new leader if it was the leader) instead of at its periodic check.
+    """
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pyxia.admin.v1.ShardEvents/Watch',
+            pyxia_dot_proto_dot_admin__pb2.WatchShardEventsRequest.SerializeToString,
+            pyxia_dot_proto_dot_admin__pb2.ShardEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

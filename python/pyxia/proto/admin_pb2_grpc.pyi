@@ -50,3 +50,43 @@ class PyxiaAdminServicer(metaclass=_abc_1.ABCMeta):
         """The cluster status as the leading coordinator holds it."""
 
 def add_PyxiaAdminServicer_to_server(servicer: PyxiaAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ShardEventsStub:
+    """Served by every data server on its internal port: replicas of this server that failed on
+    their own (a storage failure: disk full, I/O error), so the coordinator re-checks the shard
+    at once (and elects a new leader if it was the leader) instead of at its periodic check.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ShardEventsAsyncStub: ...
+    Watch: _grpc.UnaryStreamMultiCallable[_admin_pb2.WatchShardEventsRequest, _admin_pb2.ShardEvent]
+    """The latest failure of each shard since the process started, then new ones as they happen."""
+
+@_typing.type_check_only
+class ShardEventsAsyncStub(ShardEventsStub):
+    """Served by every data server on its internal port: replicas of this server that failed on
+    their own (a storage failure: disk full, I/O error), so the coordinator re-checks the shard
+    at once (and elects a new leader if it was the leader) instead of at its periodic check.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Watch: _aio.UnaryStreamMultiCallable[_admin_pb2.WatchShardEventsRequest, _admin_pb2.ShardEvent]  # type: ignore[assignment]
+    """The latest failure of each shard since the process started, then new ones as they happen."""
+
+class ShardEventsServicer(metaclass=_abc_1.ABCMeta):
+    """Served by every data server on its internal port: replicas of this server that failed on
+    their own (a storage failure: disk full, I/O error), so the coordinator re-checks the shard
+    at once (and elects a new leader if it was the leader) instead of at its periodic check.
+    """
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request: _admin_pb2.WatchShardEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.ShardEvent], _abc.AsyncIterator[_admin_pb2.ShardEvent]]:
+        """The latest failure of each shard since the process started, then new ones as they happen."""
+
+def add_ShardEventsServicer_to_server(servicer: ShardEventsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

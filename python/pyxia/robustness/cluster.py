@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 import grpc
 import yaml
 
+from pyxia.common.ports import free_port
 from pyxia.proto import admin_pb2, metadata_pb2
 from pyxia.robustness.diskfull import TmpfsMount, can_mount_tmpfs
 from pyxia.robustness.proxy import ProxyControl
@@ -41,12 +41,6 @@ MARK_ENV = "PYXIA_WAL_SYNCED_MARK"
 ACK_BEFORE_FSYNC_ENV = "PYXIA_WAL_TEST_ACK_BEFORE_FSYNC_MS"
 MARK_FILE = "synced-offset.mark"
 COORDINATOR = "coord"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def now_ns(t0: int) -> int:

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from pyxia._native import CrcMismatch, InvalidNextOffset, WalError
@@ -72,6 +72,8 @@ class FollowerController:
             self._apply_loop(), name=f"follower-applier-{self.shard}"
         )
         self.failure: str | None = None
+        # Called (with the cause) on this replica's first failure: the director reports it.
+        self.on_failure: Callable[[str], None] | None = None
 
     # -- status -----------------------------------------------------------------------------------
 
@@ -385,6 +387,8 @@ class FollowerController:
         if self.failure is None:
             log.error("shard %s: storage failure: %s", self.shard, cause)
             self.failure = str(cause)
+            if self.on_failure is not None:
+                self.on_failure(f"storage failure: {cause}")
         self.status = NOT_MEMBER
         self._end_stream()
 

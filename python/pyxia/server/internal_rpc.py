@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from pyxia.errors import InvalidArgument, NodeIsNotMember, PyxiaError
-from pyxia.proto import client_pb2, replication_pb2
+from pyxia.proto import admin_pb2, client_pb2, replication_pb2
 from pyxia.server import grpc_errors
 from pyxia.server.follower_controller import FollowerController
 from pyxia.server.public_rpc import Ctx, _metadata, _serialize, _streaming, _unary
@@ -25,6 +25,7 @@ log = logging.getLogger("pyxia.internal")
 
 COORDINATION = "replication.OxiaCoordination"
 REPLICATION = "replication.OxiaLogReplication"
+SHARD_EVENTS = "pyxia.admin.v1.ShardEvents"
 FEATURES: list[replication_pb2.Feature.ValueType] = []  # none negotiated yet
 
 
@@ -200,6 +201,21 @@ class InternalService:
         ack = await fc.install_snapshot(term, requests)
         return replication_pb2.SnapshotResponse(ack_offset=ack)
 
+    # -- shard events (pyxia) ------------------------------------------------------------------
+
+    async def watch_shard_events(
+        self, req: admin_pb2.WatchShardEventsRequest, context: Ctx
+    ) -> AsyncIterator[admin_pb2.ShardEvent]:
+        """Failures of this server's replicas: the latest of each shard, then new ones."""
+        failures = self.director.failures
+        seq = 0
+        while not failures.signal.closed:
+            seen = failures.signal.generation
+            seq, events = failures.since(seq)
+            for e in events:
+                yield e
+            await failures.signal.wait(seen)
+
     # -- registration -----------------------------------------------------------------------------
 
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
@@ -234,7 +250,15 @@ class InternalService:
                 self.send_snapshot, request_deserializer=None, response_serializer=ser
             ),
         }
+        events = {
+            "Watch": grpc.unary_stream_rpc_method_handler(
+                self.watch_shard_events,
+                request_deserializer=admin_pb2.WatchShardEventsRequest.FromString,
+                response_serializer=ser,
+            )
+        }
         return [
             grpc.method_handlers_generic_handler(COORDINATION, coordination),
             grpc.method_handlers_generic_handler(REPLICATION, replication),
+            grpc.method_handlers_generic_handler(SHARD_EVENTS, events),
         ]

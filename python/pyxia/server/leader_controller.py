@@ -147,6 +147,8 @@ class LeaderController:
         # Notified when this replica becomes leader and when it stops leading; the
         # director shares one among its controllers (the TSO's fence waits on it).
         self.leadership = leadership if leadership is not None else Signal()
+        # Called (with the cause) when this replica fails on its own: the director reports it.
+        self.on_failure: Callable[[str], None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -551,6 +553,8 @@ class LeaderController:
 
     def _storage_failed(self, cause: BaseException) -> None:
         log.error("shard %s: storage failure, stepping down: %s", self.shard, cause)
+        if self.on_failure is not None and self.status != NOT_MEMBER:
+            self.on_failure(f"storage failure: {cause}")
         self._fail_pending(StorageFailure(f"oxia: storage failure: {cause}", shard=self.shard))
         self._step_down(StorageFailure(str(cause), shard=self.shard))
         self.status = NOT_MEMBER

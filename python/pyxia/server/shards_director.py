@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from pyxia.errors import AlreadyClosed, InvalidTerm, NodeIsNotLeader, NodeIsNotMember, ShardNotFound
@@ -21,6 +22,7 @@ from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.follower_controller import FollowerController
 from pyxia.server.leader_controller import LEADER, LeaderController
 from pyxia.server.rpc_clients import ChannelPool
+from pyxia.server.shard_events import ShardFailures
 from pyxia.server.shard_storage import ENCODING_MARKER, ShardStorage, StorageOptions, shard_dir
 from pyxia.server.signals import Signal
 from pyxia.storage.keys import HIERARCHICAL, KeyEncoding
@@ -52,6 +54,8 @@ class ShardsDirector:
         self._closed = False
         # Notified by every leader controller on a leadership change (the TSO's fence).
         self.leadership = Signal()
+        # Replicas that failed on their own (storage), watched by the coordinator.
+        self.failures = ShardFailures()
 
     # -- storage ----------------------------------------------------------------------------------
 
@@ -88,6 +92,14 @@ class ShardsDirector:
             self._storages[shard] = st
         return st
 
+    def _reporter(
+        self, namespace: str, shard: int, role: str, term: Callable[[], int]
+    ) -> Callable[[str], None]:
+        def report(reason: str) -> None:
+            self.failures.report(namespace, shard, term(), role, reason)
+
+        return report
+
     def _new_leader(self, st: ShardStorage) -> LeaderController:
         lc = LeaderController(
             st,
@@ -96,6 +108,7 @@ class ShardsDirector:
             leadership=self.leadership,
         )
         lc.leader_hint = self.assignments.leader_of(st.shard)
+        lc.on_failure = self._reporter(st.namespace, st.shard, "leader", lambda: lc.term)
         self.leaders[st.shard] = lc
         return lc
 
@@ -164,6 +177,7 @@ class ShardsDirector:
                     )
                 st = self._storage(namespace, shard, HIERARCHICAL)
             fc = FollowerController(st)
+            fc.on_failure = self._reporter(namespace, shard, "follower", lambda: fc.term)
             self.followers[shard] = fc
             return fc
 
@@ -221,6 +235,7 @@ class ShardsDirector:
         if self._closed:
             return
         self._closed = True
+        self.failures.close()
         controllers: list[Controller] = [*self.leaders.values(), *self.followers.values()]
         for c in controllers:
             try:
