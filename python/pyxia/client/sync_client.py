@@ -3,7 +3,6 @@ event loop on a background thread; any number of threads may call it."""
 
 from __future__ import annotations
 
-import _thread
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -12,7 +11,7 @@ from typing import Any, Generic, TypeVar
 
 from pyxia.client.async_client import make_options
 from pyxia.client.core import ClientCore, SecondaryIndexes
-from pyxia.client.errors import ClientClosed, RequestTimeout
+from pyxia.client.errors import ClientClosed
 from pyxia.client.options import ClientOptions
 from pyxia.client.results import (
     ComparisonType,
@@ -22,44 +21,9 @@ from pyxia.client.results import (
     SessionEvent,
 )
 from pyxia.client.streams import NotificationsFeed, SequenceUpdatesFeed
+from pyxia.client.waiter import Waiter
 
 T = TypeVar("T")
-
-
-class _Waiter:
-    """A result handed from the loop thread to a waiting thread (a lock, the cheapest wake-up
-    between threads)."""
-
-    __slots__ = ("_done", "_exc", "_lock", "_result")
-
-    def __init__(self) -> None:
-        self._lock = _thread.allocate_lock()
-        self._lock.acquire()
-        self._done = False
-        self._result: Any = None
-        self._exc: BaseException | None = None
-
-    def done(self) -> bool:
-        return self._done
-
-    def set_result(self, result: Any, /) -> None:
-        if not self._done:
-            self._result = result
-            self._done = True
-            self._lock.release()
-
-    def set_exception(self, exc: BaseException, /) -> None:
-        if not self._done:
-            self._exc = exc
-            self._done = True
-            self._lock.release()
-
-    def wait(self, timeout: float) -> Any:
-        if not self._lock.acquire(timeout=timeout):
-            raise RequestTimeout("oxia: no answer from the client's event loop")
-        if self._exc is not None:
-            raise self._exc
-        return self._result
 
 
 class _SyncIterator(Generic[T]):
@@ -211,7 +175,7 @@ class Client:
         fut = asyncio.run_coroutine_threadsafe(_await(coro), self._loop)
         return fut.result(timeout)
 
-    def _submit(self, fn: Callable[[Any], None], op: Any, waiter: _Waiter) -> Any:
+    def _submit(self, fn: Callable[[Any], None], op: Any, waiter: Waiter) -> Any:
         self._loop.call_soon_threadsafe(fn, op)
         return waiter.wait(self._wait)
 
@@ -265,7 +229,7 @@ class Client:
         secondary_indexes: SecondaryIndexes | None = None,
     ) -> PutResult:
         """See :meth:`AsyncClient.put`."""
-        w = _Waiter()
+        w = Waiter()
         if (
             expected_version_id is None
             and partition_key is None
@@ -303,7 +267,7 @@ class Client:
         expected_version_id: int | None = None,
         partition_key: str | None = None,
     ) -> bool:
-        w = _Waiter()
+        w = Waiter()
         op = self._core.delete_op(
             key, w, expected_version_id=expected_version_id, partition_key=partition_key
         )
@@ -314,10 +278,10 @@ class Client:
     def delete_range(
         self, start_inclusive: str, end_exclusive: str, *, partition_key: str | None = None
     ) -> None:
-        waiters: list[_Waiter] = []
+        waiters: list[Waiter] = []
 
-        def target() -> _Waiter:
-            w = _Waiter()
+        def target() -> Waiter:
+            w = Waiter()
             waiters.append(w)
             return w
 
@@ -337,7 +301,7 @@ class Client:
         partition_key: str | None = None,
         use_index: str | None = None,
     ) -> GetResult:
-        w = _Waiter()
+        w = Waiter()
         ops = self._core.get_ops(
             key,
             w,

@@ -26,7 +26,6 @@ tsoracle itself).
 
 from __future__ import annotations
 
-import _thread
 import asyncio
 import collections
 import random
@@ -39,6 +38,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from pyxia.client.errors import ClientClosed, RequestTimeout
+from pyxia.client.waiter import Waiter
 from pyxia.errors import InvalidArgument, PyxiaError
 from pyxia.proto import tso_pb2
 from pyxia.tso.allocator import LOGICAL_BITS, MAX_COUNT
@@ -450,41 +450,6 @@ def _strip_scheme(endpoint: str) -> str:
 # -- the synchronous face -------------------------------------------------------------------------
 
 
-class _Waiter:
-    """A result handed from the loop thread to a waiting thread."""
-
-    __slots__ = ("_done", "_exc", "_lock", "_result")
-
-    def __init__(self) -> None:
-        self._lock = _thread.allocate_lock()
-        self._lock.acquire()
-        self._done = False
-        self._result: Any = None
-        self._exc: BaseException | None = None
-
-    def done(self) -> bool:
-        return self._done
-
-    def set_result(self, result: Any, /) -> None:
-        if not self._done:
-            self._result = result
-            self._done = True
-            self._lock.release()
-
-    def set_exception(self, exc: BaseException, /) -> None:
-        if not self._done:
-            self._exc = exc
-            self._done = True
-            self._lock.release()
-
-    def wait(self, timeout: float) -> Any:
-        if not self._lock.acquire(timeout=timeout):
-            raise RequestTimeout("tso: no answer from the client's event loop")
-        if self._exc is not None:
-            raise self._exc
-        return self._result
-
-
 class TsoClient:
     """The timestamp oracle client for threads: the same core as :class:`AsyncTsoClient`,
     driven by an event loop on a background thread. Any number of threads may call it."""
@@ -536,9 +501,9 @@ class TsoClient:
         """One timestamp."""
         if self._closed:
             raise ClientClosed("tso: client closed")
-        w = _Waiter()
+        w = Waiter()
         self._loop.call_soon_threadsafe(self._core.enqueue, _Request(1, w, True))
-        out: int = w.wait(self._wait)
+        out: int = w.wait(self._wait, "tso")
         return out
 
     def get_ts_batch(self, count: int) -> range:
@@ -546,7 +511,7 @@ class TsoClient:
         _check_count(count)
         if self._closed:
             raise ClientClosed("tso: client closed")
-        w = _Waiter()
+        w = Waiter()
         self._loop.call_soon_threadsafe(self._core.enqueue, _Request(count, w, False))
         out: range = w.wait(self._wait)
         return out
