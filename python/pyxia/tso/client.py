@@ -37,6 +37,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
+from pyxia.client.connections import channel_options
 from pyxia.client.errors import ClientClosed, RequestTimeout
 from pyxia.client.waiter import Waiter
 from pyxia.errors import InvalidArgument, PyxiaError
@@ -55,20 +56,8 @@ __all__ = [
 
 GET_TS = "/tsoracle.v1.TsoService/GetTs"
 LEADER_HINT_KEY = "tsoracle-leader-hint-bin"
+TSO_MAX_MESSAGE_BYTES = 1024 * 1024
 T = TypeVar("T")
-
-
-def _channel_options() -> list[tuple[str, Any]]:
-    return [
-        ("grpc.initial_reconnect_backoff_ms", 50),
-        ("grpc.min_reconnect_backoff_ms", 50),
-        ("grpc.max_reconnect_backoff_ms", 1000),
-        ("grpc.keepalive_time_ms", 10_000),
-        ("grpc.keepalive_timeout_ms", 5_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.enable_retries", 0),
-    ]
 
 
 # -- leader hints ---------------------------------------------------------------------------------
@@ -354,7 +343,7 @@ class AsyncTsoClient:
     def _call(self, endpoint: str) -> Any:
         call = self._calls.get(endpoint)
         if call is None:
-            ch = grpc.aio.insecure_channel(endpoint, options=_channel_options())
+            ch = grpc.aio.insecure_channel(endpoint, options=channel_options(TSO_MAX_MESSAGE_BYTES))
             self._channels[endpoint] = ch
             call = ch.unary_unary(GET_TS, request_serializer=None, response_deserializer=None)
             self._calls[endpoint] = call
