@@ -15,10 +15,13 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from cluster import Cluster, leader_controller, wait_until
-from pyxia.proto import client_pb2
+from pyxia.errors import InvalidStatus
+from pyxia.proto import client_pb2, replication_pb2
+from pyxia.rpc_errors import error_from_rpc
 from pyxia.storage import reads
 
 SHARD = 0
@@ -57,8 +60,20 @@ async def test_wiped_follower_fenced_again_gets_a_snapshot(cluster: Cluster) -> 
     shutil.rmtree(n2.base)  # the disk is replaced
     await n2.start()
     # what the coordinator does when the server is back: fence it at the current term and add
-    # it as a follower (the leader still has its cursor)
-    await cluster.add_follower(SHARD, n0, n2)
+    # it as a follower (the leader still has its cursor). The cursor may already have rebuilt
+    # it by a snapshot: then NewTerm at its current term is refused (INVALID_STATUS) and, like
+    # the coordinator, we take it as following.
+    try:
+        await cluster.add_follower(SHARD, n0, n2)
+    except grpc.aio.AioRpcError as e:
+        err = error_from_rpc(e)
+        assert isinstance(err, InvalidStatus), err
+
+        async def following() -> bool:
+            st = await cluster.status(n2, SHARD)
+            return st.status == replication_pb2.FOLLOWER
+
+        await wait_until(following, what="n2 following after the leader's snapshot")
     for i in range(5):
         await _write(cluster, [f"/after/{i}"])
 
