@@ -427,3 +427,28 @@ async def test_handshake_binds_instance_id(cluster: Cluster) -> None:
     await n0.stop()
     await n0.start()
     assert await hs("cluster-b") == replication_pb2.HANDSHAKE_STATUS_MISMATCH  # persisted
+
+
+async def test_a_logged_write_cut_off_by_a_new_term_is_indeterminate(cluster: Cluster) -> None:
+    """Found by the robustness suite: a write the leader had logged (and maybe replicated) was
+    failed with NODE_IS_NOT_LEADER when a new term fenced the leader. The client took that as
+    "not taken" and resent it; a conditional put then reported a false version conflict
+    although the new leader had committed the first attempt. Such writes are now
+    WRITE_INDETERMINATE: a client resends only writes whose second application is harmless."""
+    from pyxia.client.policy import Retry, classify
+    from pyxia.errors import WriteIndeterminate
+
+    n0, n1, n2 = cluster.nodes
+    await cluster.elect(SHARD, n0, [n0, n1, n2])
+    await write(cluster, n0, ["/a"])
+    await n1.stop()
+    await n2.stop()  # no quorum: the next write stays logged, uncommitted
+    pending = asyncio.ensure_future(write(cluster, n0, ["/maybe"], timeout=10))
+    lc = leader_controller(n0, SHARD)
+    await wait_until(lambda: lc.head_offset > lc.commit_offset, what="the write logged")
+    await cluster.new_term(n0, SHARD, 2)  # a coordinator fences the leader
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await pending
+    e = error_from_rpc(err.value)
+    assert isinstance(e, WriteIndeterminate), e
+    assert classify(e) is Retry.IF_SAFE

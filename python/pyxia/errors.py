@@ -173,6 +173,15 @@ class StorageFailure(PyxiaError):
     grpc_code = "INTERNAL"
 
 
+class WriteIndeterminate(PyxiaError):
+    """The leader logged the write, then stopped leading (a new term, closing, a storage
+    failure) before it was committed: a new leader may still commit it, or not. A client may
+    resend only a write whose second application is harmless."""
+
+    reason = "WRITE_INDETERMINATE"
+    grpc_code = "UNAVAILABLE"
+
+
 class MetadataBadVersion(PyxiaError):
     """A compare-and-set on cluster metadata lost: someone else wrote first."""
 

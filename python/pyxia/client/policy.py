@@ -16,6 +16,7 @@ from pyxia.errors import (
     PyxiaError,
     ResourceUnavailable,
     ShardNotFound,
+    WriteIndeterminate,
 )
 
 # -- backoff --------------------------------------------------------------------------------------
@@ -64,7 +65,7 @@ _NOT_TAKEN: tuple[type[PyxiaError], ...] = (
 def classify(err: BaseException) -> Retry:
     if isinstance(err, _NOT_TAKEN):
         return Retry.ALWAYS
-    if isinstance(err, Unavailable):
+    if isinstance(err, (Unavailable, WriteIndeterminate)):
         return Retry.IF_SAFE
     if isinstance(err, RequestTimeout):
         return Retry.IF_SAFE

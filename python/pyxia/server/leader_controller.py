@@ -42,6 +42,7 @@ from pyxia.errors import (
     NotificationsNotEnabled,
     PyxiaError,
     StorageFailure,
+    WriteIndeterminate,
 )
 from pyxia.failpoints import failpoint
 from pyxia.metrics import ShardMetrics
@@ -545,7 +546,17 @@ class LeaderController:
         m.head_offset.set(self.wal.last_offset)
         self.applied.notify()
 
-    def _fail_pending(self, err: PyxiaError) -> None:
+    def _fail_pending(self, cause: PyxiaError) -> None:
+        """Fails the proposals not yet applied. They are in the WAL already (and maybe on
+        followers), so a new leader may still commit them: their outcome is unknown, never
+        "not taken" (a client that resent a conditional write would see a false conflict)."""
+        if not self._pending:
+            return
+        err = WriteIndeterminate(
+            f"{cause}; the write was logged but not committed here, a new leader may still "
+            "commit it",
+            shard=self.shard,
+        )
         while self._pending:
             p = self._pending.popleft()
             if not p.future.done():

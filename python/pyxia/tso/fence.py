@@ -51,6 +51,7 @@ from pyxia.errors import (
     NodeIsNotMember,
     ResourceUnavailable,
     StorageFailure,
+    WriteIndeterminate,
 )
 from pyxia.failpoints import FailpointError, afailpoint
 from pyxia.tso import metrics as m
@@ -84,6 +85,7 @@ _STEPPED_DOWN: tuple[type[BaseException], ...] = (
     NodeIsNotMember,
     TsoNotLeader,
     AllocatorNotLeader,
+    WriteIndeterminate,  # the leader stepped down while the high-water write was in flight
 )
 _TRANSIENT: tuple[type[BaseException], ...] = (
     TsoUnavailable,
