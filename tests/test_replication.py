@@ -452,3 +452,40 @@ async def test_a_logged_write_cut_off_by_a_new_term_is_indeterminate(cluster: Cl
     e = error_from_rpc(err.value)
     assert isinstance(e, WriteIndeterminate), e
     assert classify(e) is Retry.IF_SAFE
+
+
+async def test_lone_writes_sync_inline_at_rf1_and_bursts_group_commit(tmp_path: Path) -> None:
+    c = await Cluster.start(tmp_path, 1)
+    try:
+        (n0,) = c.nodes
+        await c.elect(SHARD, n0, [n0])
+        await c.push_assignments({SHARD: n0})
+        lc = leader_controller(n0, SHARD)
+        assert lc.sync_policy is not None
+        for i in range(20):
+            res = await write(c, n0, [f"/lone/{i}"])
+            assert res.puts[0].status == client_pb2.OK
+            assert lc.storage.wal.last_synced_offset >= lc.commit_offset
+        lone = lc.sync_policy.inline
+        assert lone >= 10, f"lone writes should mostly sync inline, {lone} of 20 did"
+        # A burst of concurrent writes: durable and acknowledged, and it does not take
+        # one inline round per write (the sync thread group-commits them).
+        rounds_before = lc.storage.wal.sync_stats()[0]
+        res_all = await asyncio.gather(*(write(c, n0, [f"/burst/{i}"]) for i in range(200)))
+        assert all(r.puts[0].status == client_pb2.OK for r in res_all)
+        rounds = lc.storage.wal.sync_stats()[0] - rounds_before
+        assert rounds < 200, f"{rounds} sync rounds for 200 concurrent writes"
+        got = await read(c, n0, [f"/burst/{i}" for i in range(200)])
+        assert all(g.status == client_pb2.OK for g in got)
+    finally:
+        await c.close()
+
+
+async def test_leader_with_followers_never_syncs_inline(cluster: Cluster) -> None:
+    n0, n1, n2 = cluster.nodes
+    await cluster.elect(SHARD, n0, [n0, n1, n2])
+    await cluster.push_assignments({SHARD: n0})
+    for i in range(10):
+        await write(cluster, n0, [f"/rf3/{i}"])
+    lc = leader_controller(n0, SHARD)
+    assert lc.sync_policy is not None and lc.sync_policy.inline == 0

@@ -175,6 +175,13 @@ impl PyWal {
         self.wal.request_sync();
     }
 
+    /// Syncs everything appended so far in the calling thread (GIL
+    /// released), without waking the sync thread.
+    fn sync_inline(&self, py: Python<'_>) -> PyResult<()> {
+        let w = &self.wal;
+        py.detach(|| w.sync_inline()).map_err(to_py)
+    }
+
     /// Blocks until everything appended so far is durable.
     fn sync(&self, py: Python<'_>) -> PyResult<()> {
         let w = &self.wal;

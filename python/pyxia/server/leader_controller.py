@@ -55,6 +55,7 @@ from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.session_manager import SessionManager
 from pyxia.server.shard_storage import ShardStorage
 from pyxia.server.signals import Signal
+from pyxia.server.sync_policy import SyncPolicy
 from pyxia.storage import reads
 from pyxia.storage.apply import ApplyResult, validate_write_request
 from pyxia.storage.db import TermOptions
@@ -134,6 +135,7 @@ class LeaderController:
         self._last_ts = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader_registered = False
+        self.sync_policy: SyncPolicy | None = None
         self._closed = False
         # Bumped after every apply: notification and sequence streams wait on it.
         self.applied = Signal()
@@ -219,6 +221,19 @@ class LeaderController:
         self.confirmations = LeadershipConfirmations(replication_factor)
         self._next_offset = head + 1
         self._register_reader()
+        # Only a leader that needs no follower waits on its own fsync: with followers
+        # the loop must stay free to ship the entry while the sync thread flushes.
+        self.sync_policy = SyncPolicy(
+            self.wal,
+            self._loop,
+            self._on_wal_round,
+            lambda: (
+                self._reader_registered
+                and self.status == LEADER
+                and self.tracker is tracker
+                and self.replication_factor == 1
+            ),
+        )
         tracker.advance_head(self.wal.last_synced_offset)
         for name, follower_head in (followers or {}).items():
             await self._add_follower(name, follower_head)
@@ -465,7 +480,11 @@ class LeaderController:
         self._pending.append(Proposal(offset, request, ts, fut, on_applied, time.monotonic()))
         self.appended.notify()
         failpoint("wal.after_append_before_sync")
-        self.wal.request_sync()
+        policy = self.sync_policy
+        if policy is not None:
+            policy.after_append(offset)
+        else:
+            self.wal.request_sync()
         return fut
 
     async def write(self, request: client_pb2.WriteRequest) -> client_pb2.WriteResponse:
@@ -490,6 +509,8 @@ class LeaderController:
         if failure is not None:
             self._storage_failed(RuntimeError(failure))
             return
+        if self.sync_policy is not None:
+            self.sync_policy.round_done()
         if self.tracker is None:
             return
         commit = self.tracker.advance_head(self.wal.last_synced_offset)

@@ -449,6 +449,43 @@ fn missing_committed_tail_is_an_error() {
 }
 
 #[test]
+fn inline_sync_rounds_make_appends_durable_across_segment_rolls() {
+    let d = tempfile::tempdir().unwrap();
+    let (rounds_before, _): (u64, Vec<u32>) = {
+        let w = Wal::open(d.path(), opts(4096, -1)).unwrap();
+        let mut last_synced = -1;
+        for o in 0..200 {
+            let v = val(o);
+            w.append(NewEntry { term: 1, offset: o, value: &v, timestamp: 1000 + o as u64 }, None).unwrap();
+            w.sync_inline().unwrap();
+            assert_eq!(w.last_synced_offset(), o, "an inline round covers what was appended");
+            assert!(w.last_synced_offset() > last_synced);
+            last_synced = w.last_synced_offset();
+        }
+        let stats = w.sync_stats();
+        assert!(stats.0 >= 200, "one round per inline sync, got {}", stats.0);
+        // Mixed with the sync thread's rounds.
+        for o in 200..400 {
+            let v = val(o);
+            w.append(NewEntry { term: 1, offset: o, value: &v, timestamp: 1000 + o as u64 }, None).unwrap();
+            if o % 2 == 0 {
+                w.sync_inline().unwrap();
+            } else {
+                w.request_sync();
+            }
+        }
+        w.sync().unwrap();
+        assert_eq!(w.last_synced_offset(), 399);
+        stats
+    };
+    assert!(rounds_before > 0);
+    let w = Wal::open(d.path(), opts(4096, 399)).unwrap();
+    check_range(&w, 0, 400);
+    w.close().unwrap();
+    assert!(matches!(w.sync_inline(), Err(WalError::Closed)));
+}
+
+#[test]
 fn close_racing_sync_and_appends() {
     for round in 0..30 {
         let d = tempfile::tempdir().unwrap();
@@ -471,12 +508,12 @@ fn close_racing_sync_and_appends() {
                 }
             }));
         }
-        for _ in 0..2 {
+        for inline in [false, true] {
             let w = w.clone();
             let stop = stop.clone();
             hs.push(std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    match w.sync() {
+                    match if inline { w.sync_inline() } else { w.sync() } {
                         Ok(()) | Err(WalError::Closed) => {}
                         Err(e) => panic!("{e}"),
                     }

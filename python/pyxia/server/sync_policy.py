@@ -1,0 +1,85 @@
+"""Who runs a WAL sync round: the caller's event loop, or the sync thread.
+
+The WAL's sync thread lets appends and fsyncs overlap, which is what load
+needs (group commit). For a lone write it costs two thread wake-ups: the
+loop wakes the sync thread, the sync thread wakes the loop through the
+notify pipe, and on a busy machine each wake-up waits for a CPU. So when
+the entry just appended is the only one not yet durable and no round has
+finished in the last ``IDLE_S`` (nothing is streaming in behind it), the
+round runs inline on the loop, one step later (so whatever arrived in the
+same step joins it), with the GIL released during the flush. Under load
+the previous round has only just finished, and the thread does the work.
+
+Only a leader with no followers uses it (measured on this machine: single
+puts at RF=1 ~9 % faster in A/B runs; at RF=3 the leader's loop must stay
+free to ship entries, and inline rounds on followers made no difference).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from pyxia._native import Wal, WalError
+
+IDLE_S = 0.0003
+
+
+class SyncPolicy:
+    __slots__ = ("_inline_ok", "_last_round", "_loop", "_on_round", "_scheduled", "_wal", "inline")
+
+    def __init__(
+        self,
+        wal: Wal,
+        loop: asyncio.AbstractEventLoop,
+        on_round: Callable[[], None],
+        inline_ok: Callable[[], bool],
+    ) -> None:
+        self._wal = wal
+        self._loop = loop
+        self._on_round = on_round
+        self._inline_ok = inline_ok
+        self._last_round = 0.0
+        self._scheduled = False
+        self.inline = 0  # rounds run inline (a metric for tests and benches)
+
+    def round_done(self) -> None:
+        """Called by the owner whenever it learns a round finished."""
+        self._last_round = time.monotonic()
+
+    def after_append(self, offset: int) -> None:
+        """Asks for the entries up to ``offset`` to be made durable."""
+        wal = self._wal
+        if self._scheduled:
+            return  # the inline round already scheduled covers this entry
+        if (
+            wal.last_synced_offset == offset - 1
+            and time.monotonic() - self._last_round > IDLE_S
+            and self._inline_ok()
+        ):
+            self._scheduled = True
+            self._loop.call_soon(self._run_inline)
+        else:
+            wal.request_sync()
+
+    def _run_inline(self) -> None:
+        self._scheduled = False
+        wal = self._wal
+        if not self._inline_ok():
+            # The owner closed (or the shard changed hands) in between: the
+            # entry is the thread's, and the round handler is not ours to call.
+            if wal.last_synced_offset < wal.last_offset and not wal.closed:
+                wal.request_sync()
+            return
+        if wal.last_synced_offset >= wal.last_offset:
+            return
+        try:
+            wal.sync_inline()
+        except WalError:
+            if wal.failure is None:
+                return  # closed under us
+            # poisoned: the owner's round handler reads ``wal.failure``
+        self.inline += 1
+        self._last_round = time.monotonic()
+        self._on_round()
