@@ -11,7 +11,7 @@ same step joins it), with the GIL released during the flush. Under load
 the previous round has only just finished, and the thread does the work.
 
 Only a leader with no followers uses it (measured on this machine: single
-puts at RF=1 ~9 % faster in A/B runs; at RF=3 the leader's loop must stay
+puts at RF=1 5-9 % faster in interleaved A/B runs; at RF=3 the leader's loop must stay
 free to ship entries, and inline rounds on followers made no difference).
 """
 
