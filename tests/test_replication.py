@@ -489,3 +489,28 @@ async def test_leader_with_followers_never_syncs_inline(cluster: Cluster) -> Non
         await write(cluster, n0, [f"/rf3/{i}"])
     lc = leader_controller(n0, SHARD)
     assert lc.sync_policy is not None and lc.sync_policy.inline == 0
+
+
+async def test_a_slow_inline_sync_hands_syncing_back_to_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyxia.server import sync_policy
+
+    monkeypatch.setattr(sync_policy, "SLOW_S", 0.0)  # every flush counts as a stall
+    monkeypatch.setattr(sync_policy, "BACKOFF_S", 60.0)
+    c = await Cluster.start(tmp_path, 1)
+    try:
+        (n0,) = c.nodes
+        await c.elect(SHARD, n0, [n0])
+        await c.push_assignments({SHARD: n0})
+        lc = leader_controller(n0, SHARD)
+        assert lc.sync_policy is not None
+        for i in range(10):
+            res = await write(c, n0, [f"/slow/{i}"])
+            assert res.puts[0].status == client_pb2.OK
+        # The first lone write synced inline, was "slow", and the rest went to the thread.
+        assert lc.sync_policy.inline == 1 and lc.sync_policy.slow == 1
+        got = await read(c, n0, [f"/slow/{i}" for i in range(10)])
+        assert all(g.status == client_pb2.OK for g in got)
+    finally:
+        await c.close()

@@ -10,6 +10,10 @@ round runs inline on the loop, one step later (so whatever arrived in the
 same step joins it), with the GIL released during the flush. Under load
 the previous round has only just finished, and the thread does the work.
 
+An inline round blocks the event loop (every shard of the process) for the
+length of the flush, so a round slower than ``SLOW_S`` (a stalling disk)
+hands syncing back to the thread for ``BACKOFF_S``.
+
 Only a leader with no followers uses it (measured on this machine: single
 puts at RF=1 5-9 % faster in interleaved A/B runs; at RF=3 the leader's loop must stay
 free to ship entries, and inline rounds on followers made no difference).
@@ -24,10 +28,22 @@ from collections.abc import Callable
 from pyxia._native import Wal, WalError
 
 IDLE_S = 0.0003
+SLOW_S = 0.002
+BACKOFF_S = 1.0
 
 
 class SyncPolicy:
-    __slots__ = ("_inline_ok", "_last_round", "_loop", "_on_round", "_scheduled", "_wal", "inline")
+    __slots__ = (
+        "_inline_ok",
+        "_last_round",
+        "_loop",
+        "_off_until",
+        "_on_round",
+        "_scheduled",
+        "_wal",
+        "inline",
+        "slow",
+    )
 
     def __init__(
         self,
@@ -42,7 +58,9 @@ class SyncPolicy:
         self._inline_ok = inline_ok
         self._last_round = 0.0
         self._scheduled = False
+        self._off_until = 0.0
         self.inline = 0  # rounds run inline (a metric for tests and benches)
+        self.slow = 0  # inline rounds slower than SLOW_S
 
     def round_done(self) -> None:
         """Called by the owner whenever it learns a round finished."""
@@ -53,9 +71,11 @@ class SyncPolicy:
         wal = self._wal
         if self._scheduled:
             return  # the inline round already scheduled covers this entry
+        now = time.monotonic()
         if (
             wal.last_synced_offset == offset - 1
-            and time.monotonic() - self._last_round > IDLE_S
+            and now - self._last_round > IDLE_S
+            and now >= self._off_until
             and self._inline_ok()
         ):
             self._scheduled = True
@@ -74,6 +94,7 @@ class SyncPolicy:
             return
         if wal.last_synced_offset >= wal.last_offset:
             return
+        started = time.monotonic()
         try:
             wal.sync_inline()
         except WalError:
@@ -81,5 +102,8 @@ class SyncPolicy:
                 return  # closed under us
             # poisoned: the owner's round handler reads ``wal.failure``
         self.inline += 1
-        self._last_round = time.monotonic()
+        self._last_round = now = time.monotonic()
+        if now - started > SLOW_S:
+            self.slow += 1
+            self._off_until = now + BACKOFF_S
         self._on_round()
