@@ -454,7 +454,14 @@ async def test_a_logged_write_cut_off_by_a_new_term_is_indeterminate(cluster: Cl
     assert classify(e) is Retry.IF_SAFE
 
 
-async def test_lone_writes_sync_inline_at_rf1_and_bursts_group_commit(tmp_path: Path) -> None:
+async def test_lone_writes_sync_inline_at_rf1_and_bursts_group_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyxia.server import sync_policy
+
+    # A loaded CI machine has fsyncs slower than SLOW_S, which would hand syncing back to the
+    # thread for a second (tested below); here every inline round counts as fast.
+    monkeypatch.setattr(sync_policy, "SLOW_S", 60.0)
     c = await Cluster.start(tmp_path, 1)
     try:
         (n0,) = c.nodes
@@ -467,7 +474,7 @@ async def test_lone_writes_sync_inline_at_rf1_and_bursts_group_commit(tmp_path: 
             assert res.puts[0].status == client_pb2.OK
             assert lc.storage.wal.last_synced_offset >= lc.commit_offset
         lone = lc.sync_policy.inline
-        assert lone >= 10, f"lone writes should mostly sync inline, {lone} of 20 did"
+        assert lone >= 15, f"lone writes should sync inline, {lone} of 20 did"
         # A burst of concurrent writes: durable and acknowledged, and it does not take
         # one inline round per write (the sync thread group-commits them).
         rounds_before = lc.storage.wal.sync_stats()[0]

@@ -85,7 +85,11 @@ async def test_wiped_follower_fenced_again_gets_a_snapshot(cluster: Cluster) -> 
     fc = n2.s.director.followers[SHARD]
     got = reads.get(fc.storage.db, client_pb2.GetRequest(key="/before/0", include_value=True))
     assert got.status == client_pb2.OK
-    assert lc.cursors[n2.internal].snapshots_sent >= 1
+    # The follower installs the snapshot (and can apply entries after it) before the leader's
+    # SendSnapshot call returns and the cursor counts the snapshot: wait for the count.
+    await wait_until(
+        lambda: lc.cursors[n2.internal].snapshots_sent >= 1, what="the cursor to count the snapshot"
+    )
 
 
 async def test_failed_follower_gets_a_snapshot_even_if_its_answer_is_lost(
