@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyxia.client.batcher import Batcher
+from pyxia.client.batcher import MIN_SHARE, Batcher
 from pyxia.client.core import GetFanIn
 from pyxia.client.errors import KeyNotFound, RequestIndeterminate, Unavailable, UnexpectedVersion
 from pyxia.client.ops import status_error
@@ -150,6 +150,7 @@ def test_batcher_sends_at_once_when_idle_and_batches_when_busy() -> None:
             max_bytes=1000,
             linger=0.05,
             ordered=True,
+            window=2,
         )
         b.add(Op(0))
         await asyncio.sleep(0)
@@ -159,8 +160,85 @@ def test_batcher_sends_at_once_when_idle_and_batches_when_busy() -> None:
         await asyncio.sleep(0)
         assert sent == [[0], [1, 2, 3, 4]]
         busy["v"] = False
-        b.room_freed()
+        b.room_freed(7)
         await asyncio.sleep(0)
         return sent
 
     assert asyncio.run(run()) == [[0], [1, 2, 3, 4], [5, 6]]
+
+
+class _Op:
+    size = 1
+    kind = PUT
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+
+def test_batcher_splits_a_returning_wave_of_callers_across_the_window() -> None:
+    """64 operations outstanding, window 2: the 64 callers that come back in one iteration leave
+    as two batches of 32, the first before the rest have even submitted."""
+
+    async def run() -> list[list[int]]:
+        sent: list[list[int]] = []
+        inflight = {"n": 0}
+
+        def emit(ops: list[_Op]) -> None:
+            sent.append([o.i for o in ops])
+            inflight["n"] += 1
+
+        b = Batcher(
+            asyncio.get_running_loop(),
+            emit,
+            lambda: inflight["n"] < 2,
+            max_ops=1000,
+            max_bytes=1 << 20,
+            linger=0.05,
+            ordered=True,
+            window=2,
+        )
+        b.room_freed(64)
+        for i in range(32):
+            b.add(_Op(i))
+        assert sent == [list(range(32))], "the first share leaves at once"
+        for i in range(32, 64):
+            b.add(_Op(i))
+        assert sent == [list(range(32)), list(range(32, 64))]
+        # The window is full: a third share waits for room (or the linger).
+        for i in range(64, 96):
+            b.add(_Op(i))
+        await asyncio.sleep(0)
+        assert len(sent) == 2
+        inflight["n"] = 1
+        b.room_freed(96)
+        await asyncio.sleep(0)
+        return sent
+
+    sent = asyncio.run(run())
+    assert sent[2] == list(range(64, 96))
+    assert [i for batch in sent for i in batch] == list(range(96)), "submission order kept"
+
+
+def test_batcher_keeps_few_callers_in_one_batch_per_iteration() -> None:
+    """Below MIN_SHARE per batch, the callers of one iteration still share one batch."""
+
+    async def run() -> list[list[int]]:
+        sent: list[list[int]] = []
+        b = Batcher(
+            asyncio.get_running_loop(),
+            lambda ops: sent.append([o.i for o in ops]),
+            lambda: True,
+            max_ops=1000,
+            max_bytes=1 << 20,
+            linger=0.05,
+            ordered=True,
+            window=2,
+        )
+        b.room_freed(2 * MIN_SHARE - 1)
+        for i in range(2 * MIN_SHARE - 1):
+            b.add(_Op(i))
+        assert sent == []
+        await asyncio.sleep(0)
+        return sent
+
+    assert asyncio.run(run()) == [list(range(2 * MIN_SHARE - 1))]

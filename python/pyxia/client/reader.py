@@ -35,6 +35,7 @@ class ShardReader:
             max_bytes=1 << 62,
             linger=o.batch_linger_s,
             ordered=False,
+            window=o.max_inflight_batches,
         )
         self.submit = self.batcher.add
         self._inflight: set[tuple[ReadOp, ...]] = set()
@@ -78,9 +79,11 @@ class ShardReader:
             err = e if isinstance(e, PyxiaError) else error_from_rpc(e)
             self._failed(batch[i:], err)
         finally:
+            outstanding = len(self.batcher.pending)
+            for b in self._inflight:
+                outstanding += len(b)
             self._inflight.discard(batch)
-            if self.batcher.pending:
-                self.batcher.room_freed()
+            self.batcher.room_freed(outstanding)
 
     def _failed(self, ops: tuple[ReadOp, ...], err: PyxiaError) -> None:
         hint = leader_hint(err)

@@ -136,6 +136,7 @@ class ShardWriter:
             max_bytes=o.max_batch_bytes,
             linger=o.batch_linger_s,
             ordered=True,
+            window=o.max_inflight_batches,
         )
         self.submit = self.batcher.add
         self._ready: deque[list[WriteOp]] = deque()
@@ -196,8 +197,12 @@ class ShardWriter:
         except IndexError:  # a malformed answer: fail what is left
             for op in ops:
                 fail(op.target, Unavailable("oxia: malformed write response"))
-        if self.batcher.pending:
-            self.batcher.room_freed()
+        outstanding = len(ops) + len(self.batcher.pending)
+        for entry in stream.inflight:
+            outstanding += len(entry.ops)
+        for batch in self._ready:
+            outstanding += len(batch)
+        self.batcher.room_freed(outstanding)
         if self._ready:
             self._pump()
         else:
