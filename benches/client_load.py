@@ -103,6 +103,45 @@ def sync_puts(
     return ClientResult(done / el, done, el, lat)
 
 
+def sync_gets(address: str, threads: int, seconds: float, keys: int = 1000) -> ClientResult:
+    """``threads`` threads, each doing one ``pyxia.Client.get`` at a time."""
+    counts = [0] * threads
+    with Client(address) as c:
+        for i in range(keys):
+            c.put(f"/bench/g{i}", b"x" * 100)
+        stop = time.perf_counter() + seconds
+
+        def worker(n: int) -> None:
+            i = n
+            get = c.get
+            while time.perf_counter() < stop:
+                get(f"/bench/g{i % keys}")
+                i += threads
+                counts[n] += 1
+
+        t0 = time.perf_counter()
+        ts = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        el = time.perf_counter() - t0
+    done = sum(counts)
+    return ClientResult(done / el, done, el)
+
+
+async def async_put_latencies(address: str, n: int = 300) -> list[float]:
+    """One ``AsyncClient.put`` at a time."""
+    lat: list[float] = []
+    async with AsyncClient(address) as c:
+        await c.put("/warm", b"x")
+        for i in range(n):
+            t = time.perf_counter()
+            await c.put(f"/alat/{i}", b"x" * 100)
+            lat.append(time.perf_counter() - t)
+    return lat
+
+
 async def raw_put_latencies(address: str, n: int = 300) -> list[float]:
     """One put at a time through a bare WriteStream (pre-built requests): the round trip the
     server and gRPC cost without pyxia's client."""

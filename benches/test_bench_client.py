@@ -23,8 +23,10 @@ from pytest_benchmark.fixture import BenchmarkFixture
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from client_load import (
     async_gets,
+    async_put_latencies,
     async_puts,
     raw_put_latencies,
+    sync_gets,
     sync_put_latencies,
     sync_puts,
 )
@@ -80,6 +82,37 @@ def test_async_gets_64_callers(benchmark: BenchmarkFixture, standalone: ServerPr
 
     value, base = benchmark.pedantic(lambda: asyncio.run(run()), rounds=1, iterations=1)
     _report(benchmark, "gets_per_s", value, base, "/s")
+
+
+def test_sync_vs_async_gets(benchmark: BenchmarkFixture, standalone: ServerProcess) -> None:
+    base = asyncio.run(async_gets(standalone.public, 64, SECONDS)).ops_per_s
+    res = benchmark.pedantic(
+        lambda: sync_gets(standalone.public, 64, SECONDS), rounds=1, iterations=1
+    )
+    _report(benchmark, "sync_gets_per_s_vs_async", res.ops_per_s, base, "/s")
+
+
+def test_sync_puts_8_threads(benchmark: BenchmarkFixture, standalone: ServerProcess) -> None:
+    async def bare() -> float:
+        results = [
+            (await write_stream_load(standalone.public, 0, SECONDS, batch=b, inflight=n)).ops_per_s
+            for b, n in ((8, 1), (4, 2))
+        ]
+        return max(results)
+
+    base = asyncio.run(bare())
+    res = benchmark.pedantic(
+        lambda: sync_puts(standalone.public, 8, SECONDS), rounds=1, iterations=1
+    )
+    _report(benchmark, "sync_puts_8_threads_per_s", res.ops_per_s, base, "/s")
+
+
+def test_single_async_put_p50(benchmark: BenchmarkFixture, standalone: ServerProcess) -> None:
+    base = statistics.median(asyncio.run(raw_put_latencies(standalone.public))) * 1000
+    lat = benchmark.pedantic(
+        lambda: asyncio.run(async_put_latencies(standalone.public)), rounds=1, iterations=1
+    )
+    _report(benchmark, "async_put_p50_ms", statistics.median(lat) * 1000, base, " ms")
 
 
 def test_single_sync_put_p50(benchmark: BenchmarkFixture, standalone: ServerProcess) -> None:
