@@ -1,5 +1,7 @@
 """Follows the shard assignments: a ``GetShardAssignments`` stream from any of the service
-addresses (or a leader learned from them), reconnected with backoff when it breaks."""
+addresses (or a leader learned from them), reconnected with backoff when it breaks. A server
+that does not know the service (UNIMPLEMENTED) is asked again under Oxia's pre-0.12 service
+name, and the client uses that name from then on."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+import grpc
 
 from pyxia.client.errors import error_from_rpc
 from pyxia.client.shard_map import ShardMap
@@ -62,6 +66,12 @@ class AssignmentsWatcher:
             except asyncio.CancelledError:
                 raise
             except BaseException as e:
+                if (
+                    isinstance(e, grpc.aio.AioRpcError)
+                    and e.code() == grpc.StatusCode.UNIMPLEMENTED
+                    and core.conns.use_compat_service()
+                ):
+                    continue  # an Oxia server older than 0.12: ask it again by its old name
                 err = e if isinstance(e, PyxiaError) else error_from_rpc(e)
                 self.last_error = err
                 if isinstance(err, NamespaceNotFound) and not self.ready.done():

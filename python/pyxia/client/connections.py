@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import grpc
@@ -9,7 +10,12 @@ import grpc
 from pyxia.proto import client_pb2 as pb
 from pyxia.test_hooks import dial
 
-_SERVICE = "/io.oxia.proto.v1.OxiaClient/"
+log = logging.getLogger("pyxia.client")
+
+SERVICE = "/io.oxia.proto.v1.OxiaClient/"
+COMPAT_SERVICE = "/io.streamnative.oxia.proto.OxiaClient/"
+"""The same service under the package name of Oxia before 0.12: the only one older servers
+serve (newer ones serve both)."""
 
 
 def _ser(msg: Any) -> bytes:
@@ -35,35 +41,35 @@ class Stub:
         "write_stream",
     )
 
-    def __init__(self, address: str, channel: grpc.aio.Channel) -> None:
+    def __init__(self, address: str, channel: grpc.aio.Channel, service: str = SERVICE) -> None:
         self.address = address
         self.channel = channel
         ch: Any = channel
         self.get_shard_assignments = ch.unary_stream(
-            _SERVICE + "GetShardAssignments", _ser, pb.ShardAssignments.FromString
+            service + "GetShardAssignments", _ser, pb.ShardAssignments.FromString
         )
         self.write_stream = ch.stream_stream(
-            _SERVICE + "WriteStream", _ser, pb.WriteResponse.FromString
+            service + "WriteStream", _ser, pb.WriteResponse.FromString
         )
-        self.read = ch.unary_stream(_SERVICE + "Read", _ser, pb.ReadResponse.FromString)
-        self.list = ch.unary_stream(_SERVICE + "List", _ser, pb.ListResponse.FromString)
+        self.read = ch.unary_stream(service + "Read", _ser, pb.ReadResponse.FromString)
+        self.list = ch.unary_stream(service + "List", _ser, pb.ListResponse.FromString)
         self.range_scan = ch.unary_stream(
-            _SERVICE + "RangeScan", _ser, pb.RangeScanResponse.FromString
+            service + "RangeScan", _ser, pb.RangeScanResponse.FromString
         )
         self.get_sequence_updates = ch.unary_stream(
-            _SERVICE + "GetSequenceUpdates", _ser, pb.GetSequenceUpdatesResponse.FromString
+            service + "GetSequenceUpdates", _ser, pb.GetSequenceUpdatesResponse.FromString
         )
         self.get_notifications = ch.unary_stream(
-            _SERVICE + "GetNotifications", _ser, pb.NotificationBatch.FromString
+            service + "GetNotifications", _ser, pb.NotificationBatch.FromString
         )
         self.create_session = ch.unary_unary(
-            _SERVICE + "CreateSession", _ser, pb.CreateSessionResponse.FromString
+            service + "CreateSession", _ser, pb.CreateSessionResponse.FromString
         )
         self.keep_alive = ch.unary_unary(
-            _SERVICE + "KeepAlive", _ser, pb.KeepAliveResponse.FromString
+            service + "KeepAlive", _ser, pb.KeepAliveResponse.FromString
         )
         self.close_session = ch.unary_unary(
-            _SERVICE + "CloseSession", _ser, pb.CloseSessionResponse.FromString
+            service + "CloseSession", _ser, pb.CloseSessionResponse.FromString
         )
 
 
@@ -90,15 +96,28 @@ class Connections:
         self._options = channel_options(max_message_bytes)
         self._stubs: dict[str, Stub] = {}
         self._closed = False
+        self.service = SERVICE
 
     def stub(self, address: str) -> Stub:
         s = self._stubs.get(address)
         if s is None:
             if self._closed:
                 raise RuntimeError("connections are closed")
-            s = Stub(address, grpc.aio.insecure_channel(dial(address), options=self._options))
+            channel = grpc.aio.insecure_channel(dial(address), options=self._options)
+            s = Stub(address, channel, self.service)
             self._stubs[address] = s
         return s
+
+    def use_compat_service(self) -> bool:
+        """Switches every stub to the pre-0.12 service name (a server answered UNIMPLEMENTED
+        for the current one). Returns False if already switched."""
+        if self.service == COMPAT_SERVICE:
+            return False
+        self.service = COMPAT_SERVICE
+        for address, s in list(self._stubs.items()):
+            self._stubs[address] = Stub(address, s.channel, COMPAT_SERVICE)
+        log.info("the server does not serve %s: using %s", SERVICE, COMPAT_SERVICE)
+        return True
 
     async def close(self) -> None:
         self._closed = True
