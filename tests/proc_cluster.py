@@ -90,10 +90,14 @@ class ProcCluster:
             metadata=metadata,
         )
         c.write_config()
-        for m in c.members:
-            m.start()
-        c.start_coordinator()
-        c.wait_steady()
+        try:
+            for m in c.members:
+                m.start()
+            c.start_coordinator()
+            c.wait_steady()
+        except BaseException:
+            c.close()  # a cluster that never became steady leaves no process behind
+            raise
         return c
 
     def start_coordinator(self) -> None:

@@ -1,5 +1,7 @@
-"""pyxia's client (both faces) against a real ``pyxia standalone`` with several shards: every
-API, typed results and errors, merging across shards, batching under concurrency."""
+"""pyxia's client (both faces) against a real ``pyxia standalone`` with several shards and
+against a real 3-server cluster (``pyxia server`` x3 + ``pyxia coordinator``, RF=3, the same 4
+shards): every API, typed results and errors, merging across shards, batching under
+concurrency. Every test runs on both deployments (``[standalone]`` / ``[cluster]``)."""
 
 from __future__ import annotations
 
@@ -7,9 +9,11 @@ import asyncio
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 import pytest
 
+from proc_cluster import ProcCluster
 from pyxia import (
     EXPECTED_RECORD_DOES_NOT_EXIST,
     AsyncClient,
@@ -26,25 +30,58 @@ from pyxia.storage.keys import HIERARCHICAL
 from servers import ServerProcess, standalone_args
 
 CT = ComparisonType
+SHARDS = 4  # in namespace "default", on both deployments
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What the clients of a test need from a deployment: the service addresses of its servers
+    (every server, a list; the client accepts a list or a comma-separated string)."""
+
+    kind: str
+    addresses: list[str]
+
+
+@pytest.fixture(scope="module", params=["standalone", "cluster"])
+def deployment(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
+    """One deployment per module and param: pytest runs every test on the standalone, tears it
+    down, then runs them all again on the cluster."""
+    if request.param == "standalone":
+        base = tmp_path_factory.mktemp("client")
+        s = ServerProcess(standalone_args(base, "--shards", str(SHARDS)), base).start()
+        try:
+            yield Deployment("standalone", [s.public])
+        finally:
+            s.kill()
+    else:
+        base = tmp_path_factory.mktemp("client-cluster")
+        c = ProcCluster.start(
+            base,
+            n=3,
+            namespaces=[{"name": "default", "initialShardCount": SHARDS, "replicationFactor": 3}],
+        )
+        try:
+            st = c.status()
+            assert st is not None
+            shards = st.status.namespaces["default"].shards
+            assert len(shards) == SHARDS
+            assert all(len(m.ensemble) == 3 for m in shards.values())  # RF=3
+            yield Deployment("cluster", c.service_addresses)
+        finally:
+            c.close()
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    base = tmp_path_factory.mktemp("client")
-    s = ServerProcess(standalone_args(base, "--shards", "4"), base).start()
-    yield s
-    s.kill()
-
-
-@pytest.fixture(scope="module")
-def sync_client(server: ServerProcess) -> Iterator[Client]:
-    with Client(server.public, request_timeout_s=10.0) as c:
+def sync_client(deployment: Deployment) -> Iterator[Client]:
+    with Client(deployment.addresses, request_timeout_s=10.0) as c:
         yield c
 
 
 @pytest.fixture
-async def client(server: ServerProcess) -> AsyncIterator[AsyncClient]:
-    async with AsyncClient(server.public, request_timeout_s=10.0) as c:
+async def client(deployment: Deployment) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(deployment.addresses, request_timeout_s=10.0) as c:
         yield c
 
 
@@ -222,16 +259,16 @@ async def test_secondary_indexes_across_shards(client: AsyncClient, p: str) -> N
         await client.get("zed", use_index=idx)
 
 
-async def test_ephemeral_records_and_session_close(server: ServerProcess, p: str) -> None:
+async def test_ephemeral_records_and_session_close(deployment: Deployment, p: str) -> None:
     events = []
-    async with AsyncClient(server.public, session_timeout_s=3.0) as owner:
+    async with AsyncClient(deployment.addresses, session_timeout_s=3.0) as owner:
         owner.add_session_listener(events.append)
         r = await owner.put(f"{p}/eph", b"e", ephemeral=True)
         assert r.version.is_ephemeral
         assert r.version.client_identity == owner.options.identity
         sid = await owner.session_id(owner.shard_for(f"{p}/eph"))
         assert r.version.session_id == sid
-        async with AsyncClient(server.public) as observer:
+        async with AsyncClient(deployment.addresses) as observer:
             assert (await observer.get(f"{p}/eph")).value == b"e"
             await owner.close()  # closes the session: the record goes
             with pytest.raises(KeyNotFound):
@@ -247,7 +284,7 @@ async def test_notifications_async(client: AsyncClient, p: str) -> None:
         await client.delete(f"{p}/n")
         await client.delete_range(f"{p}/r/", f"{p}/r//")
         seen = []
-        while len(seen) < 3 + 4:  # one range deletion per shard
+        while len(seen) < 3 + SHARDS:  # one range deletion per shard
             b = await feed.get(timeout=10)
             assert b is not None, seen
             assert b.offset == feed.position[b.shard]
@@ -257,7 +294,7 @@ async def test_notifications_async(client: AsyncClient, p: str) -> None:
             (f"{p}/n", NotificationType.KEY_MODIFIED),
             (f"{p}/n", NotificationType.KEY_DELETED),
         ]
-        assert seen.count((f"{p}/r/", NotificationType.KEY_RANGE_DELETED)) == 4
+        assert seen.count((f"{p}/r/", NotificationType.KEY_RANGE_DELETED)) == SHARDS
 
 
 async def test_notifications_resume_from_position(client: AsyncClient, p: str) -> None:
@@ -318,9 +355,9 @@ async def test_same_key_put_delete_put_in_one_turn(client: AsyncClient, p: str) 
     assert (await client.get(k)).value == b"2"
 
 
-async def test_unknown_namespace(server: ServerProcess) -> None:
+async def test_unknown_namespace(deployment: Deployment) -> None:
     with pytest.raises(NamespaceNotFound):
-        async with AsyncClient(server.public, namespace="nope", request_timeout_s=5.0):
+        async with AsyncClient(deployment.addresses, namespace="nope", request_timeout_s=5.0):
             pass
 
 
@@ -383,11 +420,11 @@ def test_sync_sequence_updates(sync_client: Client, p: str) -> None:
             assert got is not None
 
 
-def test_close_drains_pending_work(server: ServerProcess, p: str) -> None:
+def test_close_drains_pending_work(deployment: Deployment, p: str) -> None:
     """Writes submitted right before close() are sent and answered, not dropped."""
 
     async def run() -> list[object]:
-        c = AsyncClient(server.public, batch_linger_s=0.5, max_inflight_batches=1)
+        c = AsyncClient(deployment.addresses, batch_linger_s=0.5, max_inflight_batches=1)
         await c.start()
         futs = [asyncio.ensure_future(c.put(f"{p}/drain/{i}", b"x")) for i in range(200)]
         await asyncio.sleep(0)  # the puts are submitted, most of them still in a batch
@@ -396,15 +433,22 @@ def test_close_drains_pending_work(server: ServerProcess, p: str) -> None:
 
     results = asyncio.run(run())
     assert all(not isinstance(r, BaseException) for r in results), results[:3]
-    with Client(server.public) as c:
+    with Client(deployment.addresses) as c:
         assert len(c.list(f"{p}/drain/", f"{p}/drain//")) == 200
 
 
-async def test_bootstrap_skips_unreachable_addresses(server: ServerProcess, p: str) -> None:
+async def test_bootstrap_skips_unreachable_addresses(deployment: Deployment, p: str) -> None:
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"127.0.0.1:{s.getsockname()[1]}"  # nothing listens there once closed
-    async with AsyncClient(f"{dead},{server.public}", request_timeout_s=10.0) as c:
+    # A comma-separated string, the dead address first, then one live server: on the cluster
+    # that server tells the client where the other shards' leaders are.
+    async with AsyncClient(f"{dead},{deployment.addresses[0]}", request_timeout_s=10.0) as c:
         assert (await c.put(f"{p}/boot", b"1")).key == f"{p}/boot"
+        # and every shard is reachable (on the cluster, most are led by the other servers)
+        keys = {c.shard_for(f"{p}/boot{i}"): f"{p}/boot{i}" for i in range(200)}
+        assert len(keys) == SHARDS
+        for k in keys.values():
+            assert (await c.put(k, b"1")).key == k
