@@ -4,7 +4,6 @@ session expiry, leader hints, and the recipes under both."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import uuid
@@ -20,49 +19,7 @@ from pyxia.client.recipes import Cache, LeaderElection, Lock, SyncLock
 from pyxia.errors import NodeIsNotLeader
 from pyxia.proto import client_pb2
 from pyxia.server import grpc_errors
-from servers import ServerProcess
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Restartable:
-    """A standalone server on fixed loopback ports, restartable on the same directories."""
-
-    def __init__(self, base: Path, shards: int = 2) -> None:
-        self.base = base
-        self.public = f"127.0.0.1:{free_port()}"
-        self.args = [
-            "standalone",
-            "--public-addr",
-            self.public,
-            "--internal-addr",
-            f"127.0.0.1:{free_port()}",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(base / "db"),
-            "--wal-dir",
-            str(base / "wal"),
-            "--shards",
-            str(shards),
-        ]
-        self.proc: ServerProcess | None = None
-
-    def start(self) -> Restartable:
-        self.proc = ServerProcess(self.args, self.base).start()
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
+from restartable import Restartable
 
 
 @pytest.fixture(scope="module")

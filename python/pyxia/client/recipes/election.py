@@ -2,7 +2,9 @@
 
 ``run()`` campaigns until stopped: when this candidate wins, ``on_elected(token)`` is called
 with its fencing token; when it loses the leadership (session expired, record deleted) or
-resigns, ``on_lost()`` is called, and it campaigns again (unless stopped)."""
+resigns, ``on_lost()`` is called, and it campaigns again (unless stopped). After resigning it
+first steps aside: it campaigns again only once another candidate has taken the record, or
+``resign_wait_s`` passed without one doing so (a lone candidate gets the leadership back)."""
 
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from pyxia.client.async_client import AsyncClient
+from pyxia.client.async_client import AsyncClient, Notifications
 from pyxia.client.errors import KeyNotFound
 from pyxia.client.recipes.lock import Lock
+from pyxia.client.results import NotificationType
 
 if TYPE_CHECKING:
     from pyxia.client.sync_client import Client
@@ -33,12 +36,14 @@ class LeaderElection:
         *,
         on_elected: Callable[[int], Awaitable[None] | None] | None = None,
         on_lost: Callback | None = None,
+        resign_wait_s: float = 2.0,
     ) -> None:
         self.client = client
         self.key = key
         self.identity = identity
         self.on_elected = on_elected
         self.on_lost = on_lost
+        self.resign_wait_s = resign_wait_s
         self.lock = Lock(client, key, value=identity)
         self._task: asyncio.Task[None] | None = None
         self._resign = asyncio.Event()
@@ -76,14 +81,53 @@ class LeaderElection:
             finally:
                 lost.cancel()
                 resign.cancel()
+            resigned = self._resign.is_set() and not self.lock.lost.is_set()
             self.elected.clear()
-            await self.lock.release()
-            if self.on_lost is not None:
-                await _call(self.on_lost)
+            # Resigning: watch the record before deleting it, so that another candidate's
+            # taking it is seen (campaigning again at once would win it back before the others
+            # even hear that it is free).
+            feed = await self._watch_key() if resigned else None
+            try:
+                await self.lock.release()
+                if self.on_lost is not None:
+                    await _call(self.on_lost)
+                if feed is not None:
+                    await self._step_aside(feed)
+            finally:
+                if feed is not None:
+                    await feed.close()
 
     async def resign(self) -> None:
-        """Gives up the leadership (another candidate may win; this one campaigns again)."""
+        """Gives up the leadership: another candidate may take it; this one campaigns again once
+        one has, or after ``resign_wait_s``."""
         self._resign.set()
+
+    async def _watch_key(self) -> Notifications | None:
+        feed = await self.client.get_notifications()
+        try:
+            await asyncio.wait_for(feed.wait_connected(), self.resign_wait_s)
+            return feed
+        except BaseException as e:
+            await feed.close()
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            log.debug("election %s: cannot watch the record: %s", self.key, e)
+            return None
+
+    async def _step_aside(self, feed: Notifications) -> None:
+        """Waits until another candidate creates the record, at most ``resign_wait_s``."""
+
+        async def taken() -> None:
+            async for batch in feed:
+                if any(
+                    n.key == self.key
+                    and n.type in (NotificationType.KEY_CREATED, NotificationType.KEY_MODIFIED)
+                    for n in batch
+                ):
+                    return
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(taken(), self.resign_wait_s)
 
     async def stop(self) -> None:
         """Stops campaigning, giving up the leadership if held."""
@@ -117,6 +161,7 @@ class SyncLeaderElection:
         *,
         on_elected: Callable[[int], None] | None = None,
         on_lost: Callable[[], None] | None = None,
+        resign_wait_s: float = 2.0,
     ) -> None:
         self._client = client
 
@@ -127,6 +172,7 @@ class SyncLeaderElection:
                 identity,
                 on_elected=on_elected,
                 on_lost=on_lost,
+                resign_wait_s=resign_wait_s,
             )
             e.start()
             return e

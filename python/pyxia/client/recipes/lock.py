@@ -25,6 +25,7 @@ from pyxia.client.errors import (
 from pyxia.client.results import (
     EXPECTED_RECORD_DOES_NOT_EXIST,
     NotificationType,
+    PutResult,
     SessionEvent,
     SessionState,
 )
@@ -70,6 +71,7 @@ class Lock:
         self._shard = -1
         self._remove_listener: Callable[[], None] | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._undo: asyncio.Future[None] | None = None
 
     @property
     def held(self) -> bool:
@@ -92,14 +94,23 @@ class Lock:
 
     async def _attempt(self) -> int | None:
         c = self.client
+        await self._settle()
         self._shard = c.shard_for(self.key)
-        try:
-            r = await c.put(
+        put = asyncio.ensure_future(
+            c.put(
                 self.key,
                 self.value,
                 expected_version_id=EXPECTED_RECORD_DOES_NOT_EXIST,
                 ephemeral=True,
             )
+        )
+        try:
+            r = await asyncio.shield(put)
+        except asyncio.CancelledError:
+            # Cancelled (acquire's timeout, an election stopped) with the create on its way: if
+            # it wins, the record must not stay behind, held by nobody.
+            self._undo = asyncio.ensure_future(self._undo_attempt(put))
+            raise
         except UnexpectedVersion:
             # Maybe ours already (an earlier attempt whose answer was lost).
             return await self._ours()
@@ -107,6 +118,22 @@ class Lock:
             return await self._ours()
         self._held(r.version.version_id, r.version.session_id)
         return r.version.version_id
+
+    async def _undo_attempt(self, put: asyncio.Future[PutResult]) -> None:
+        await asyncio.wait({put})
+        if put.cancelled() or put.exception() is not None:
+            return
+        r = put.result()
+        with contextlib.suppress(Exception):
+            await self.client.delete(self.key, expected_version_id=r.version.version_id)
+
+    async def _settle(self) -> None:
+        """Waits for the undoing of a cancelled attempt, if any."""
+        undo, self._undo = self._undo, None
+        if undo is not None:
+            await asyncio.wait({undo})
+            if not undo.cancelled() and undo.exception() is not None:
+                log.debug("lock %s: undoing an attempt: %s", self.key, undo.exception())
 
     async def _ours(self) -> int | None:
         try:
@@ -209,6 +236,7 @@ class Lock:
 
     async def release(self) -> None:
         """Gives the lock up (deleting the record if it is still ours)."""
+        await self._settle()
         token = self.fencing_token
         self.fencing_token = None
         if self._watch is not None:
