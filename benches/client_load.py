@@ -9,6 +9,7 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pyxia import AsyncClient, Client
@@ -71,62 +72,58 @@ async def async_gets(address: str, callers: int, seconds: float, keys: int = 100
     return ClientResult(done / el, done, el)
 
 
+def _threads(threads: int, seconds: float, op: Callable[[int], None]) -> tuple[int, float]:
+    """``threads`` threads calling ``op(i)`` (i = thread, thread + threads, ...) until
+    ``seconds`` pass; returns the calls made and the seconds taken."""
+    counts = [0] * threads
+    stop = time.perf_counter() + seconds
+
+    def worker(n: int) -> None:
+        i = n
+        while time.perf_counter() < stop:
+            op(i)
+            i += threads
+            counts[n] += 1
+
+    t0 = time.perf_counter()
+    ts = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return sum(counts), time.perf_counter() - t0
+
+
 def sync_puts(
     address: str, threads: int, seconds: float, value_size: int = 100, record: bool = False
 ) -> ClientResult:
     value = os.urandom(value_size)
     lat: list[float] = []
-    counts = [0] * threads
     with Client(address) as c:
         c.put("/warm", value)
-        stop = time.perf_counter() + seconds
+        put = c.put
 
-        def worker(n: int) -> None:
-            i = n
-            put = c.put
-            while time.perf_counter() < stop:
-                t = time.perf_counter()
-                put(f"/bench/s{i % 100_000}", value)
-                if record:
-                    lat.append(time.perf_counter() - t)
-                i += threads
-                counts[n] += 1
+        def op(i: int) -> None:
+            t = time.perf_counter()
+            put(f"/bench/s{i % 100_000}", value)
+            if record:
+                lat.append(time.perf_counter() - t)
 
-        t0 = time.perf_counter()
-        ts = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        el = time.perf_counter() - t0
-    done = sum(counts)
+        done, el = _threads(threads, seconds, op)
     return ClientResult(done / el, done, el, lat)
 
 
 def sync_gets(address: str, threads: int, seconds: float, keys: int = 1000) -> ClientResult:
     """``threads`` threads, each doing one ``pyxia.Client.get`` at a time."""
-    counts = [0] * threads
     with Client(address) as c:
         for i in range(keys):
             c.put(f"/bench/g{i}", b"x" * 100)
-        stop = time.perf_counter() + seconds
+        get = c.get
 
-        def worker(n: int) -> None:
-            i = n
-            get = c.get
-            while time.perf_counter() < stop:
-                get(f"/bench/g{i % keys}")
-                i += threads
-                counts[n] += 1
+        def op(i: int) -> None:
+            get(f"/bench/g{i % keys}")
 
-        t0 = time.perf_counter()
-        ts = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        el = time.perf_counter() - t0
-    done = sum(counts)
+        done, el = _threads(threads, seconds, op)
     return ClientResult(done / el, done, el)
 
 
