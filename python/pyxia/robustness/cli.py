@@ -3,11 +3,50 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import logging
+import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TextIO, TypeVar
 
 import click
+
+T = TypeVar("T")
+
+
+HARNESS_MARGIN_S = 900.0
+"""How long the harness may take beyond the run itself (start, heal, read back, check)."""
+
+
+def dump_tasks(out: TextIO) -> None:
+    """Every asyncio task of the running loop and where it waits."""
+    buf = io.StringIO()
+    for t in asyncio.all_tasks():
+        buf.write(f"--- task {t.get_name()}: {t.get_coro()}\n")
+        t.print_stack(limit=15, file=buf)
+    out.write(buf.getvalue())
+    out.flush()
+
+
+async def _bounded(main: Coroutine[Any, Any, T], budget: float) -> T:
+    """Runs ``main`` for at most ``budget`` seconds; SIGUSR1 prints every task's stack
+    (``kill -USR1 <pid>``), and so does running out of time."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks, sys.stderr)
+    task = loop.create_task(main)
+    done, _ = await asyncio.wait({task}, timeout=budget)
+    if not done:
+        click.echo(f"robustness harness: still running after {budget:.0f}s; its tasks:", err=True)
+        dump_tasks(sys.stderr)
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(task, 60)
+        raise TimeoutError(f"the harness did not finish within {budget:.0f}s")
+    return task.result()
 
 
 @click.command()
@@ -89,8 +128,11 @@ def robustness(
         out=out,
         keep=keep,
     )
+    # The run has its own bounded waits; this bounds the whole of it, so that a hang in the
+    # harness fails the run (exit status 2, every task's stack printed) instead of blocking CI.
+    budget = minutes * 60 + HARNESS_MARGIN_S
     try:
-        result = asyncio.run(run(opts))
+        result = asyncio.run(_bounded(run(opts), budget))
     except Exception as e:
         click.echo(f"robustness harness failed: {type(e).__name__}: {e}", err=True)
         sys.exit(2)
