@@ -12,6 +12,7 @@ test_bench_client_latency.py.
 from __future__ import annotations
 
 import asyncio
+import statistics
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from load import read_load, write_stream_load
 from servers import ServerProcess, standalone_args
 
 SECONDS = 5.0
+ROUNDS = 3
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +51,29 @@ def _report(benchmark: BenchmarkFixture, what: str, value: float, base: float, u
 
 
 def test_async_puts_64_callers(benchmark: BenchmarkFixture, standalone: ServerProcess) -> None:
-    async def run() -> tuple[float, float]:
+    """ROUNDS interleaved rounds (the bare loader's best of 64x1 and 32x2, then the client), the
+    median of the per-round ratios: single shots on this shared 2-vCPU machine spread widely."""
+
+    async def one_round() -> tuple[float, float]:
         bases = [
             (await write_stream_load(standalone.public, 0, SECONDS, batch=b, inflight=n)).ops_per_s
             for b, n in ((64, 1), (32, 2))
         ]
-        base = max(bases)
         res = await async_puts(standalone.public, 64, SECONDS)
-        return res.ops_per_s, base
+        return res.ops_per_s, max(bases)
 
-    value, base = benchmark.pedantic(lambda: asyncio.run(run()), rounds=1, iterations=1)
+    def run() -> list[tuple[float, float]]:
+        return [asyncio.run(one_round()) for _ in range(ROUNDS)]
+
+    rounds = benchmark.pedantic(run, rounds=1, iterations=1)
+    for value, base in rounds:
+        print(f"\n  round: {value:,.0f}/s vs {base:,.0f}/s, ratio {value / base:.2f}", end="")
+    ratio = statistics.median(v / b for v, b in rounds)
+    value = statistics.median(v for v, _ in rounds)
+    base = statistics.median(b for _, b in rounds)
+    benchmark.extra_info["median_ratio"] = round(ratio, 3)
     _report(benchmark, "puts_per_s", value, base, "/s")
+    print(f"median of the per-round ratios: {ratio:.2f}")
 
 
 def test_sync_vs_async_puts(benchmark: BenchmarkFixture, standalone: ServerProcess) -> None:

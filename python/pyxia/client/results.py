@@ -9,6 +9,8 @@ from typing import NamedTuple
 
 from pyxia.proto import client_pb2
 
+_tuple_new = tuple.__new__
+
 EXPECTED_RECORD_DOES_NOT_EXIST = -1
 """``expected_version_id`` meaning "the key must not exist" (Oxia's ``ExpectedRecordNotExists``)."""
 
@@ -52,13 +54,18 @@ class Version(NamedTuple):
 
     @classmethod
     def from_proto(cls, v: client_pb2.Version) -> Version:
-        return cls(
-            v.version_id,
-            v.modifications_count,
-            v.created_timestamp,
-            v.modified_timestamp,
-            v.session_id if v.HasField("session_id") else None,
-            v.client_identity if v.HasField("client_identity") else None,
+        # tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level wrapper around
+        # it, and this runs once per operation answered.
+        return _tuple_new(
+            cls,
+            (
+                v.version_id,
+                v.modifications_count,
+                v.created_timestamp,
+                v.modified_timestamp,
+                v.session_id if v.HasField("session_id") else None,
+                v.client_identity if v.HasField("client_identity") else None,
+            ),
         )
 
 

@@ -145,6 +145,7 @@ class ShardWriter:
         self._retry: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._draining = False
         self.closed = False
 
     # -- flow -------------------------------------------------------------------------------------
@@ -317,6 +318,10 @@ class ShardWriter:
         )
 
     def _check_idle(self) -> None:
+        """Updates ``_idle`` for ``drain``, the only one waiting on it (``busy`` walks every
+        pending operation: not worth doing on every answer when nobody waits)."""
+        if not self._draining:
+            return
         if not self.busy():
             self._idle.set()
         else:
@@ -324,6 +329,7 @@ class ShardWriter:
 
     async def drain(self) -> None:
         """Sends what is pending and waits until every operation is answered (or expired)."""
+        self._draining = True
         self.batcher.flush()
         self._check_idle()
         await self._idle.wait()
