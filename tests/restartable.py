@@ -3,16 +3,10 @@ on the same ports and directories: for tests of the client across server restart
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
-from servers import ServerProcess
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from pyxia.common.ports import free_port
+from servers import ServerProcess, standalone_args
 
 
 class Restartable:
@@ -21,21 +15,13 @@ class Restartable:
     def __init__(self, base: Path, shards: int = 2) -> None:
         self.base = base
         self.public = f"127.0.0.1:{free_port()}"
-        self.args = [
-            "standalone",
-            "--public-addr",
-            self.public,
-            "--internal-addr",
-            f"127.0.0.1:{free_port()}",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(base / "db"),
-            "--wal-dir",
-            str(base / "wal"),
+        self.args = standalone_args(
+            base,
             "--shards",
             str(shards),
-        ]
+            public=self.public,
+            internal=f"127.0.0.1:{free_port()}",
+        )
         self.proc: ServerProcess | None = None
 
     def start(self) -> Restartable:

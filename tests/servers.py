@@ -104,13 +104,15 @@ class ServerProcess:
         return self.proc.wait(timeout)
 
 
-def standalone_args(base: Path, *extra: str) -> list[str]:
+def standalone_args(
+    base: Path, *extra: str, public: str = "127.0.0.1:0", internal: str = "127.0.0.1:0"
+) -> list[str]:
     return [
         "standalone",
         "--public-addr",
-        "127.0.0.1:0",
+        public,
         "--internal-addr",
-        "127.0.0.1:0",
+        internal,
         "--metrics-addr",
         "127.0.0.1:0",
         "--data-dir",
