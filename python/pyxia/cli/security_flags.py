@@ -1,0 +1,121 @@
+"""Oxia's TLS flags (``--tls-*``, ``--internal-tls-*``, ``--peer-tls-*``) as click options, and
+the :class:`TlsOptions` they describe."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pyxia.security.tls import TlsConfigError, TlsOptions, parse_tls_version
+
+F = Callable[..., Any]
+
+
+def _flag(prefix: str) -> str:
+    return f"--{prefix}-tls" if prefix else "--tls"
+
+
+def _key(prefix: str, name: str) -> str:
+    return (f"{prefix}_tls_{name}" if prefix else f"tls_{name}").replace("-", "_")
+
+
+def tls_flags(prefix: str, what: str, *, listener: bool) -> Callable[[F], F]:
+    """The TLS flags of one port (``listener``) or one kind of outgoing connection.
+
+    ``prefix`` is ``""`` (``--tls-*``), ``"internal"`` or ``"peer"``; ``what`` names the port or
+    connection in the help text."""
+    base = _flag(prefix)
+    path = click.Path(dir_okay=False, path_type=Path)
+    opts = [
+        click.option(
+            f"{base}-cert-file",
+            _key(prefix, "cert_file"),
+            type=path,
+            default=None,
+            help=f"TLS certificate (PEM) of {what}; turns TLS on.",
+        ),
+        click.option(
+            f"{base}-key-file",
+            _key(prefix, "key_file"),
+            type=path,
+            default=None,
+            help=f"TLS private key (PEM) of {what}.",
+        ),
+        click.option(
+            f"{base}-trusted-ca-file",
+            _key(prefix, "trusted_ca_file"),
+            type=path,
+            default=None,
+            help=f"CA certificates (PEM) trusted by {what}"
+            + (" for client certificates." if listener else " (default: the system's)."),
+        ),
+        click.option(
+            f"{base}-min-version",
+            _key(prefix, "min_version"),
+            default=None,
+            help="Minimum TLS version (771 = 1.2; gRPC never goes below 1.2).",
+        ),
+        click.option(
+            f"{base}-max-version",
+            _key(prefix, "max_version"),
+            default=None,
+            help="Maximum TLS version (772 = 1.3).",
+        ),
+        click.option(
+            f"{base}-insecure-skip-verify",
+            _key(prefix, "insecure_skip_verify"),
+            is_flag=True,
+            default=False,
+            help="Tests only: trust any certificate the other side presents"
+            + (" (no effect on a listener; accepted as Oxia does)." if listener else "."),
+        ),
+    ]
+    if listener:
+        opts.append(
+            click.option(
+                f"{base}-client-auth",
+                _key(prefix, "client_auth"),
+                is_flag=True,
+                default=False,
+                help=f"Mutual TLS: {what} requires a client certificate signed by the trusted CA.",
+            )
+        )
+    else:
+        opts.append(
+            click.option(
+                f"{base}-server-name",
+                _key(prefix, "server_name"),
+                default=None,
+                help="Name the other side's certificate must carry (default: the host dialed).",
+            )
+        )
+
+    def apply(f: F) -> F:
+        for o in reversed(opts):
+            f = o(f)
+        return f
+
+    return apply
+
+
+def tls_from_flags(kw: dict[str, Any], prefix: str, *, listener: bool) -> TlsOptions:
+    """The options the flags of ``tls_flags(prefix, ...)`` describe; a usage error when they
+    cannot work (a missing key, an unreadable file, a key that does not match)."""
+    try:
+        opts = TlsOptions(
+            cert_file=kw[_key(prefix, "cert_file")],
+            key_file=kw[_key(prefix, "key_file")],
+            trusted_ca_file=kw[_key(prefix, "trusted_ca_file")],
+            insecure_skip_verify=kw[_key(prefix, "insecure_skip_verify")],
+            client_auth=bool(kw.get(_key(prefix, "client_auth"), False)),
+            server_name=kw.get(_key(prefix, "server_name")),
+            min_version=parse_tls_version(kw[_key(prefix, "min_version")]),
+            max_version=parse_tls_version(kw[_key(prefix, "max_version")]),
+        )
+        opts.validate(server=listener)
+    except TlsConfigError as e:
+        raise click.UsageError(f"{_flag(prefix)}-*: {e}") from None
+    return opts
