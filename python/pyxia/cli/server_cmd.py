@@ -1,4 +1,10 @@
-"""``pyxia standalone`` (and, later, ``pyxia server``)."""
+"""``pyxia standalone`` and ``pyxia server``.
+
+Both take the internal port's TLS (``--internal-tls-*``), the TLS of the connections to peers
+(``--peer-tls-*``) and ``--cluster-secret-file``. ``pyxia server`` refuses to start without a
+way to prove cluster membership on internal calls: a secret, or mutual TLS on the internal port
+with a peer certificate (docs/security.md).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,15 @@ from typing import Any
 import click
 
 from pyxia import logs
+from pyxia.cli.security_flags import (
+    cluster_secret_flag,
+    require_membership_proof,
+    secret_from_flags,
+    tls_flags,
+    tls_from_flags,
+)
 from pyxia.config import ConfigError, NamespaceConfig, load_cluster_config
+from pyxia.security.tls import TlsConfigError, TlsOptions
 from pyxia.server.data_server import ServerOptions
 from pyxia.tso import DEFAULT_NAMESPACE as DEFAULT_TSO_NAMESPACE
 from pyxia.tso.oracle import TsoOptions
@@ -113,7 +127,13 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for o in reversed(opts):
         f = o(f)
-    return f
+    f = tls_flags("internal", "the internal port", listener=True)(f)
+    f = tls_flags("peer", "connections to other data servers", listener=False)(f)
+    return cluster_secret_flag(f)
+
+
+def _on(tls: TlsOptions) -> TlsOptions | None:
+    return tls if tls.is_enabled else None
 
 
 def build_options(kw: dict[str, Any]) -> ServerOptions:
@@ -129,6 +149,9 @@ def build_options(kw: dict[str, Any]) -> ServerOptions:
         wal_retention_s=kw["wal_retention_time"],
         notifications_retention_s=kw["notifications_retention_time"],
         tso=TsoOptions(namespace=kw["tso_namespace"]) if kw["tso_namespace"] else None,
+        internal_tls=_on(tls_from_flags(kw, "internal", listener=True)),
+        peer_tls=_on(tls_from_flags(kw, "peer", listener=False)),
+        cluster_secret=secret_from_flags(kw),
     )
 
 
@@ -226,7 +249,7 @@ def standalone(**kw: Any) -> None:
 
     try:
         asyncio.run(run_until_signalled(node.start, node.close, ready))
-    except OSError as e:
+    except (OSError, TlsConfigError) as e:
         log.error("cannot start: %s", e)
         sys.exit(1)
 
@@ -253,6 +276,12 @@ def server(**kw: Any) -> None:
 
     logs.setup(kw["log_level"], kw["log_format"])
     options = build_options(kw)
+    require_membership_proof(
+        "pyxia server",
+        options.cluster_secret,
+        options.peer_tls or TlsOptions(),
+        options.internal_tls or TlsOptions(),
+    )
     options.wal_segment_size = kw["wal_segment_size"]
     node = DataServer(options)
     if kw["enable_test_hooks"]:
@@ -271,6 +300,6 @@ def server(**kw: Any) -> None:
 
     try:
         asyncio.run(run_until_signalled(node.start, node.close, ready))
-    except OSError as e:
+    except (OSError, TlsConfigError) as e:
         log.error("cannot start: %s", e)
         sys.exit(1)
