@@ -104,7 +104,7 @@ def tls_flags(prefix: str, what: str, *, listener: bool) -> Callable[[F], F]:
 
 
 def tls_from_flags(kw: dict[str, Any], prefix: str, *, listener: bool) -> TlsOptions:
-    """The options the flags of ``tls_flags(prefix, ...)`` describe; a usage error when they
+    """The options the flags of ``tls_flags(prefix, ...)`` describe; a one-line error when they
     cannot work (a missing key, an unreadable file, a key that does not match)."""
     try:
         opts = TlsOptions(
@@ -119,7 +119,8 @@ def tls_from_flags(kw: dict[str, Any], prefix: str, *, listener: bool) -> TlsOpt
         )
         opts.validate(server=listener)
     except TlsConfigError as e:
-        raise click.UsageError(f"{_flag(prefix)}-*: {e}") from None
+        # One line and a non-zero exit, like every startup error (no usage banner).
+        raise click.ClickException(f"{_flag(prefix)}-*: {e}") from None
     return opts
 
 
