@@ -196,7 +196,21 @@ class ClusterSpec:
     """Declare the timestamp oracle's one-shard namespace (``tso``)."""
     tls: bool = False
     """Mutual TLS on the internal ports and peer connections, TLS on the coordinator's port
-    (instead of the cluster secret)."""
+    (instead of the cluster secret), and TLS on the public ports when this build has it
+    (:func:`public_tls_available`)."""
+
+
+def public_tls_available() -> bool:
+    """Whether ``pyxia server`` has ``--tls-*`` for its public port and pyxia's clients take
+    ``tls=`` (the public port's TLS; the internal port's does not depend on it)."""
+    import dataclasses
+
+    from pyxia.cli.server_cmd import server
+    from pyxia.client.options import ClientOptions
+
+    flags = {p.name for p in server.params}
+    fields = {f.name for f in dataclasses.fields(ClientOptions)}
+    return "tls_cert_file" in flags and "tls" in fields
 
 
 def _tls_flags(prefix: str, pki: Path, name: str, *, client_auth: bool = False) -> list[str]:
@@ -229,10 +243,16 @@ class Cluster:
         """The harness's own TLS (certificate ``harness``) toward internal ports and the
         coordinator."""
         self._internal: ChannelPool | None = None
+        self.public_tls = spec.tls and public_tls_available()
 
     @property
     def pki(self) -> Path:
         return self.base / "pki"
+
+    @property
+    def client_tls(self) -> TlsOptions | None:
+        """TLS for the harness's clients of the public ports (None: plaintext)."""
+        return TlsOptions(trusted_ca_file=self.pki / "ca.crt") if self.public_tls else None
 
     def _security(self, name: str) -> list[str]:
         """The flags proving membership for process ``name`` (a server or the coordinator)."""
@@ -242,6 +262,8 @@ class Cluster:
             listener = _tls_flags("", self.pki, name, client_auth=True)
         else:
             listener = _tls_flags("internal", self.pki, name, client_auth=True)
+            if self.public_tls:
+                listener += _tls_flags("", self.pki, name)[:4]  # certificate and key
         return [*listener, *_tls_flags("peer", self.pki, name)]
 
     def _make_credentials(self, names: list[str]) -> None:

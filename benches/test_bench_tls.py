@@ -1,0 +1,94 @@
+"""The cost of TLS on replication: RF=3 write throughput of two clusters of 3 ``pyxia server``
+processes, one whose members prove membership with the cluster secret only (replication in
+plaintext) and one with mutual TLS on the internal ports and peer connections as well, measured
+in interleaved rounds (the same load on one, then the other), medians reported.
+
+    pytest benches/test_bench_tls.py --benchmark-enable -s
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from load import write_stream_load
+from proc_cluster import tls_args
+from pyxia.security.pki import CertificateAuthority
+from test_bench_replication import elect
+from test_replication_processes import Proc
+
+ROUNDS = 5
+SECONDS = 5.0
+
+
+def _cluster(base: Path, tls: bool) -> list[Proc]:
+    base.mkdir(parents=True)
+    pki = base / "pki"
+    if tls:
+        ca = CertificateAuthority.create()
+        ca.save(pki)
+        for i in range(3):
+            ca.issue_files(pki, f"n{i}")
+    procs = []
+    for i in range(3):
+        extra = []
+        if tls:
+            extra = [
+                *tls_args("internal", pki, f"n{i}", client_auth=True),
+                *tls_args("peer", pki, f"n{i}"),
+            ]
+        procs.append(Proc(base / f"n{i}", *extra))
+    return procs
+
+
+@pytest.fixture(scope="module")
+def clusters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Proc]]:
+    base = tmp_path_factory.mktemp("tls")
+    groups = {"secret": _cluster(base / "secret", False), "mtls": _cluster(base / "mtls", True)}
+    try:
+        for procs in groups.values():
+            for p in procs:
+                p.start()
+            elect(procs)
+        yield {name: procs[0] for name, procs in groups.items()}
+    finally:
+        for procs in groups.values():
+            for p in procs:
+                p.kill()
+
+
+def test_internal_tls_throughput(benchmark: BenchmarkFixture, clusters: dict[str, Proc]) -> None:
+    rates: dict[str, list[float]] = {name: [] for name in clusters}
+
+    def rounds() -> None:
+        for _ in range(ROUNDS):
+            for name, leader in clusters.items():
+                res = asyncio.run(write_stream_load(leader.public, 0, SECONDS))
+                rates[name].append(res.ops_per_s)
+
+    benchmark.pedantic(rounds, rounds=1, iterations=1)
+    plain = statistics.median(rates["secret"])
+    mtls = statistics.median(rates["mtls"])
+    per_round = [m / s for m, s in zip(rates["mtls"], rates["secret"], strict=True)]
+    benchmark.extra_info.update(
+        {
+            "secret_puts_per_s": round(plain),
+            "mtls_puts_per_s": round(mtls),
+            "ratio": round(mtls / plain, 3),
+            "per_round_ratios": [round(r, 3) for r in per_round],
+        }
+    )
+    print(
+        f"\nRF=3 WriteStream, {ROUNDS} interleaved rounds of {SECONDS:.0f} s: "
+        f"secret only {plain:,.0f} puts/s, mutual TLS {mtls:,.0f} puts/s (medians), "
+        f"ratio {mtls / plain:.3f}; per round {', '.join(f'{r:.2f}' for r in per_round)}"
+    )
+    for name, values in rates.items():
+        print(f"  {name:>6}: " + ", ".join(f"{v:,.0f}" for v in values))
