@@ -17,6 +17,7 @@ from pyxia._native import Wal
 from pyxia.proto import client_pb2, client_pb2_grpc, replication_pb2, replication_pb2_grpc
 from pyxia.security.cluster_auth import ClusterSecret
 from pyxia.security.internal_auth import internal_channel
+from pyxia.security.tls import ClientTls
 from servers import ServerProcess, cluster_secret_file, wait_for
 
 SHARD = 0
@@ -32,6 +33,7 @@ class Proc:
         self.secret_file = cluster_secret_file(base.parent)
         self.secret = ClusterSecret.from_file(self.secret_file)
         self.extra = extra
+        self.internal_tls: ClientTls | None = None  # the driver's TLS to internal ports
         self.public = f"127.0.0.1:{free_port()}"
         self.internal = f"127.0.0.1:{free_port()}"
         self.proc: ServerProcess | None = None
@@ -63,7 +65,7 @@ class Proc:
 
     def coord(self) -> replication_pb2_grpc.OxiaCoordinationStub:
         return replication_pb2_grpc.OxiaCoordinationStub(
-            internal_channel(self.internal, secret=self.secret)
+            internal_channel(self.internal, self.internal_tls, self.secret)
         )
 
 
