@@ -6,7 +6,8 @@ process is killed at teardown.
 Every process proves cluster membership on internal calls: with a cluster secret (the default,
 written next to the config by :meth:`ProcCluster.write_config`), or with ``tls=True`` by mutual
 TLS with certificates of a CA made for the cluster (internal port with client authentication,
-peer connections and the coordinator's port; ``secret=False`` leaves mTLS as the only proof)."""
+peer connections and the coordinator's port, and the public ports when this build has
+``--tls-*`` on ``pyxia server``; ``secret=False`` leaves mTLS as the only proof)."""
 
 from __future__ import annotations
 
@@ -94,6 +95,20 @@ class ProcCluster:
     _client_tls: ClientTls | None = field(default=None, init=False, repr=False)
 
     @property
+    def public_tls(self) -> bool:
+        """Whether the public ports speak TLS (``tls`` and a build with public-port TLS)."""
+        from pyxia.robustness.cluster import public_tls_available
+
+        return self.tls and public_tls_available()
+
+    def public_channel(self, address: str) -> grpc.Channel:
+        """A blocking channel to a public port (TLS when the cluster's public ports are)."""
+        tls = self.client_tls() if self.public_tls else None
+        return (
+            tls.sync_secure_channel(address) if tls is not None else grpc.insecure_channel(address)
+        )
+
+    @property
     def config_path(self) -> Path:
         return self.base / "cluster.yaml"
 
@@ -127,6 +142,8 @@ class ProcCluster:
         if self.tls:
             if server:
                 out += tls_args("internal", self.pki, name, client_auth=True)
+                if self.public_tls:
+                    out += tls_args("", self.pki, name)[:4]  # certificate and key
             else:
                 out += tls_args("", self.pki, name, client_auth=True)
             out += tls_args("peer", self.pki, name)

@@ -692,7 +692,7 @@ def write(cluster: ProcCluster, keys: list[str]) -> list[str]:
             if not m.alive:
                 continue
             try:
-                with grpc.insecure_channel(m.public) as ch:
+                with cluster.public_channel(m.public) as ch:
                     res = unary_sync(ch, "Write", client_pb2.WriteResponse)(
                         client_pb2.WriteRequest(
                             shard=shard_of(cluster, k),
@@ -726,7 +726,7 @@ def read_back(cluster: ProcCluster, keys: list[str]) -> None:
     for k in keys:
         leader, _ = cluster.shard_leader(shard_of(cluster, k))
         assert leader is not None
-        with grpc.insecure_channel(leader.public) as ch:
+        with cluster.public_channel(leader.public) as ch:
             call = ch.unary_stream(
                 "/io.oxia.proto.v1.OxiaClient/Read",
                 request_serializer=_ser,
@@ -763,9 +763,18 @@ def kill_leader(cluster: ProcCluster, shard: int) -> None:
 def test_mtls_process_cluster_serves_and_survives_a_leader_kill(
     mtls_cluster: ProcCluster,
 ) -> None:
+    """Mutual TLS between the members (no secret), TLS on the coordinator's port and, in a
+    build with public-port TLS, on the public ports."""
     c = mtls_cluster
     acked = write(c, [f"/a/{i}" for i in range(30)])
     assert len(acked) == 30
+    if c.public_tls:  # a plaintext client gets nowhere
+        with grpc.insecure_channel(c.members[0].public) as ch:
+            with pytest.raises(grpc.RpcError) as e:
+                unary_sync(ch, "Write", client_pb2.WriteResponse)(
+                    client_pb2.WriteRequest(shard=0), timeout=5
+                )
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
     kill_leader(c, 0)
     acked += write(c, [f"/b/{i}" for i in range(30)])
     assert len(acked) == 60
