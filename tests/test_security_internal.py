@@ -325,6 +325,7 @@ async def test_unauthenticated_replication_calls_are_refused_and_change_nothing(
     env: Env,
 ) -> None:
     keys = await write_keys(env)
+    refused_before = refusals("no")
     shard = 0
     follower = env.follower_of(shard)
     term, head, _ = env.state()[(follower.index, shard)]
@@ -343,7 +344,12 @@ async def test_unauthenticated_replication_calls_are_refused_and_change_nothing(
             request_serializer=_ident,
             response_deserializer=replication_pb2.Ack.FromString,
         )
-        await refused(drain(replicate(iter([forged_entry]), metadata=md)))
+        # grpc-python's client reports INTERNAL ("Internal error from Core") instead of the
+        # server's status when a bidirectional stream ends while it is still sending: the
+        # refusal counter below tells that the gate refused it.
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await drain(replicate(iter([forged_entry]), metadata=md))
+        assert e.value.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INTERNAL)
         await refused(
             unary(ch, REPL + "Truncate", replication_pb2.TruncateResponse)(
                 replication_pb2.TruncateRequest(
@@ -360,6 +366,7 @@ async def test_unauthenticated_replication_calls_are_refused_and_change_nothing(
             response_deserializer=replication_pb2.SnapshotResponse.FromString,
         )
         await refused(snapshot(iter([chunk]), metadata=md))
+    assert refusals("no") - refused_before == 3
     st = env.state()[(follower.index, shard)]
     assert st[0] == term and st[1] >= head  # not truncated, not fenced (it may have caught up)
     wal = follower.s.director.controller(shard).storage.wal  # type: ignore[union-attr]

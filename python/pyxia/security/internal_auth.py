@@ -17,7 +17,11 @@ orchestrators; it tells nothing but SERVING / NOT_SERVING). Everything else, inc
 added later (the test hooks), needs the proof.
 
 The interceptor works once per call, never per message: a Replicate stream is checked when it
-opens. Refusals are logged at warning, at most one line per ``LOG_INTERVAL_S`` (with the count
+opens. The refusal reads no request; a caller of a bidirectional stream (Replicate) that is
+still sending when it arrives may see INTERNAL ("Internal error from Core", a grpc-python
+client race) instead of UNAUTHENTICATED: the server's log and counter tell what happened.
+
+Refusals are logged at warning, at most one line per ``LOG_INTERVAL_S`` (with the count
 of those not logged), so a flood of bad calls cannot flood the log; every refusal is counted in
 ``pyxia_server_internal_calls_refused{reason}``.
 """
