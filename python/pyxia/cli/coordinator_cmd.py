@@ -45,6 +45,13 @@ log = logging.getLogger("pyxia.cli")
 @click.option("--raft-address", default=None, help="This coordinator's raft address H:P.")
 @click.option("--raft-peers", default=None, help="The other coordinators' raft addresses.")
 @click.option(
+    "--raft-secret-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Secret shared by the coordinators (file, mode 0600; required with --metadata raft): "
+    "authenticates and encrypts every raft frame.",
+)
+@click.option(
     "--k8s-namespace",
     default="default",
     show_default=True,
@@ -118,6 +125,7 @@ def coordinator(**kw: Any) -> None:
     if name == "raft":
         options["raft_address"] = kw["raft_address"]
         options["raft_peers"] = kw["raft_peers"]
+        options["raft_secret_file"] = kw["raft_secret_file"]
     if name == "kubernetes":
         options["namespace"] = kw["k8s_namespace"]
     liveness = {
@@ -128,7 +136,7 @@ def coordinator(**kw: Any) -> None:
     try:
         provider = create_provider(name, **options)
     except ValueError as e:
-        raise click.UsageError(str(e)) from e
+        raise click.ClickException(str(e)) from None  # one line: "Error: ..."
     server = CoordinatorServer(
         provider,
         load,

@@ -1,12 +1,14 @@
 """``create_provider(name, **options)``: what ``pyxia coordinator --metadata``
 builds. Option names follow the command line (``--metadata-dir`` ->
 ``metadata_dir``, ``--etcd-endpoints`` -> ``etcd_endpoints``, ``--raft-address``
-/ ``--raft-peers`` -> ``raft_address`` / ``raft_peers``); anything else is
-passed to the provider's constructor as is."""
+/ ``--raft-peers`` / ``--raft-secret-file`` -> ``raft_address`` / ``raft_peers`` /
+``raft_secret_file``); anything else is passed to the provider's constructor as
+is. The raft provider is never built without a secret."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .provider import MetadataProvider
@@ -36,10 +38,32 @@ def _file(*, metadata_dir: str | None = None, **options: Any) -> MetadataProvide
     return FileMetadataProvider(metadata_dir, **options)
 
 
+def read_raft_secret(path: str | Path) -> bytes:
+    """The raft provider's shared secret: a file only its owner can read (0600), at least
+    16 bytes once stripped. Raises ValueError naming the file otherwise."""
+    from pyxia.security.cluster_auth import check_private_file
+
+    from .raft import MIN_SECRET_BYTES
+
+    path = Path(path)
+    check_private_file(path, "raft secret file")
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as e:
+        raise ValueError(f"cannot read raft secret file {path}: {e.strerror or e}") from None
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"raft secret file {path} holds {len(secret)} bytes; at least {MIN_SECRET_BYTES} "
+            "needed (e.g. openssl rand -hex 32)"
+        )
+    return secret
+
+
 def _raft(
     *,
     raft_address: str | None = None,
     raft_peers: str | Sequence[str] | None = None,
+    raft_secret_file: str | Path | None = None,
     metadata_dir: str | None = None,
     **options: Any,
 ) -> MetadataProvider:
@@ -47,6 +71,14 @@ def _raft(
 
     if not raft_address:
         raise ValueError("the raft metadata provider needs --raft-address")
+    if "secret" not in options:
+        if not raft_secret_file:
+            raise ValueError(
+                "the raft metadata provider needs --raft-secret-file (a file with mode 0600 "
+                "holding the secret shared by every coordinator): PySyncObj unpickles what "
+                "reaches its port unless it can authenticate it"
+            )
+        options["secret"] = read_raft_secret(raft_secret_file)
     options.setdefault("data_dir", metadata_dir)
     return RaftMetadataProvider(raft_address, split_addresses(raft_peers), **options)
 
