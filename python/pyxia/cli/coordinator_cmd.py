@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from pyxia import logs
+from pyxia.cli.security_flags import tls_flags, tls_from_flags
 from pyxia.cli.server_cmd import run_until_signalled
 from pyxia.config import ConfigError, load_cluster_config
 
@@ -41,7 +42,19 @@ log = logging.getLogger("pyxia.cli")
     show_default=True,
     help="Directory of the file (and raft) providers.",
 )
-@click.option("--etcd-endpoints", default=None, help="etcd endpoints H:P,... (etcd provider).")
+@click.option(
+    "--etcd-endpoints",
+    default=None,
+    help="etcd endpoints H:P,... or https://H:P,... (etcd provider; https with --etcd-tls-*).",
+)
+@tls_flags("etcd", "the connections to etcd", listener=False)
+@click.option("--etcd-username", default=None, help="etcd user (etcd provider, auth enabled).")
+@click.option(
+    "--etcd-password-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File (mode 0600) holding the password of --etcd-username.",
+)
 @click.option("--raft-address", default=None, help="This coordinator's raft address H:P.")
 @click.option("--raft-peers", default=None, help="The other coordinators' raft addresses.")
 @click.option(
@@ -122,6 +135,9 @@ def coordinator(**kw: Any) -> None:
         options["metadata_dir"] = str(kw["metadata_dir"])
     if name == "etcd":
         options["etcd_endpoints"] = kw["etcd_endpoints"]
+        options["etcd_tls"] = tls_from_flags(kw, "etcd", listener=False)
+        options["etcd_username"] = kw["etcd_username"]
+        options["etcd_password_file"] = kw["etcd_password_file"]
     if name == "raft":
         options["raft_address"] = kw["raft_address"]
         options["raft_peers"] = kw["raft_peers"]
