@@ -12,7 +12,7 @@ import click
 
 from pyxia import logs
 from pyxia.cli.security_flags import tls_flags, tls_from_flags
-from pyxia.cli.server_cmd import run_until_signalled
+from pyxia.cli.server_cmd import make_dirs_private, run_until_signalled
 from pyxia.config import ConfigError, load_cluster_config
 
 log = logging.getLogger("pyxia.cli")
@@ -131,6 +131,7 @@ def coordinator(**kw: Any) -> None:
         raise click.UsageError(str(e)) from e
     options: dict[str, Any] = {}
     name = kw["metadata"]
+    make_dirs_private(kw["metadata_dir"] if name in ("file", "raft") else None)
     if name in ("file", "raft"):
         options["metadata_dir"] = str(kw["metadata_dir"])
     if name == "etcd":

@@ -132,6 +132,17 @@ def build_options(kw: dict[str, Any]) -> ServerOptions:
     )
 
 
+def make_dirs_private(*dirs: Path | None) -> None:
+    """The process's files private (umask 0o077) and its directories 0700 (existing ones
+    tightened); a directory that cannot be created ends the command with one line."""
+    from pyxia.security.file_modes import make_private
+
+    try:
+        make_private(dirs)
+    except OSError as e:
+        raise click.ClickException(f"cannot prepare directory: {e}") from None
+
+
 async def run_until_signalled(
     start: Callable[[], Awaitable[None]],
     close: Callable[[], Awaitable[None]],
@@ -194,6 +205,7 @@ def standalone(**kw: Any) -> None:
     from pyxia.server.standalone import Standalone
 
     logs.setup(kw["log_level"], kw["log_format"])
+    make_dirs_private(kw["data_dir"], kw["wal_dir"])
     if kw["config_file"] is not None:
         try:
             cfg = load_cluster_config(kw["config_file"], require_servers=False)
@@ -252,6 +264,7 @@ def server(**kw: Any) -> None:
     from pyxia.server.data_server import DataServer
 
     logs.setup(kw["log_level"], kw["log_format"])
+    make_dirs_private(kw["data_dir"], kw["wal_dir"])
     options = build_options(kw)
     options.wal_segment_size = kw["wal_segment_size"]
     node = DataServer(options)

@@ -171,7 +171,7 @@ class RaftMetadataProvider(MetadataProvider):
         self._loop = asyncio.get_running_loop()
         journal = dump = None
         if self._data_dir is not None:
-            self._data_dir.mkdir(parents=True, exist_ok=True)
+            self._data_dir.mkdir(0o700, parents=True, exist_ok=True)
             journal = str(self._data_dir / "raft.journal")
             dump = str(self._data_dir / "raft.dump")
         low, high = self._election_timeout
