@@ -141,3 +141,98 @@ def test_make_private_sets_the_umask_and_tightens_only_what_it_owns(
             tighten_dir(tmp_path / "file")
     finally:
         os.chmod(shared, 0o700)
+
+
+# -- test hooks ---------------------------------------------------------------------------------
+
+CRASH_ON_WRITE = "wal.after_append_before_sync=crash"
+
+
+def _write(s: ServerProcess) -> None:
+    with grpc.insecure_channel(s.public) as ch:
+        res = client_pb2_grpc.OxiaClientStub(ch).Write(
+            client_pb2.WriteRequest(shard=0, puts=[client_pb2.PutRequest(key="/k", value=b"v")]),
+            timeout=30,
+        )
+    assert res.puts[0].status == client_pb2.OK
+
+
+def _hook_lines(s: ServerProcess, word: str) -> list[str]:
+    return [line for line in s.log if word in line and "test_hooks" in line]
+
+
+def test_hooks_in_the_environment_are_ignored_outside_test_mode(tmp_path: Path) -> None:
+    env = {
+        "PYXIA_TEST_MODE": "0",
+        "PYXIA_FAILPOINTS": CRASH_ON_WRITE,
+        "PYXIA_WAL_SYNCED_MARK": "1",
+        "PYXIA_DIAL_MAP": "127.0.0.1:1=127.0.0.1:2",
+    }
+    s = ServerProcess(standalone_args(tmp_path), tmp_path, env=env).start()
+    try:
+        _write(s)  # the crash failpoint did not arm
+        assert s.alive()
+    finally:
+        assert s.terminate() == 0
+    ignored = _hook_lines(s, "IGNORED")
+    for name in ("PYXIA_FAILPOINTS", "PYXIA_WAL_SYNCED_MARK", "PYXIA_DIAL_MAP"):
+        assert sum(f'hook="{name}"' in line for line in ignored) == 1, s.output()
+    assert not _hook_lines(s, "ARMED")
+    assert not list((tmp_path / "wal").rglob("synced-offset.mark")), "the WAL armed its hook"
+
+
+def test_hooks_arm_in_test_mode_with_a_loud_warning(tmp_path: Path) -> None:
+    env = {
+        "PYXIA_TEST_MODE": "1",
+        "PYXIA_FAILPOINTS": CRASH_ON_WRITE,
+        "PYXIA_WAL_SYNCED_MARK": "1",
+    }
+    s = ServerProcess(standalone_args(tmp_path), tmp_path, env=env).start()
+    try:
+        with pytest.raises(grpc.RpcError):
+            _write(s)
+        assert s.proc is not None and s.proc.wait(30) == -9  # the failpoint fired
+    finally:
+        s.kill()
+    armed = _hook_lines(s, "ARMED")
+    for name in ("PYXIA_FAILPOINTS", "PYXIA_WAL_SYNCED_MARK"):
+        assert sum(f'hook="{name}"' in line for line in armed) == 1, s.output()
+    assert all("level=warning" in line for line in armed)
+    assert list((tmp_path / "wal").rglob("synced-offset.mark")), "the WAL did not arm its hook"
+
+
+def test_ack_before_fsync_exists_only_in_a_test_build(tmp_path: Path) -> None:
+    from pyxia import _native
+    from pyxia.test_hooks import native_test_build
+
+    assert native_test_build() is _native.TEST_HOOKS
+    env = {"PYXIA_TEST_MODE": "1", "PYXIA_WAL_TEST_ACK_BEFORE_FSYNC_MS": "1000"}
+    s = ServerProcess(standalone_args(tmp_path), tmp_path, env=env).start()
+    try:
+        _write(s)
+    finally:
+        assert s.terminate() == 0
+    word = "ARMED" if _native.TEST_HOOKS else "IGNORED"
+    lines = _hook_lines(s, word)
+    assert [line for line in lines if 'hook="PYXIA_WAL_TEST_ACK_BEFORE_FSYNC_MS"' in line]
+    if not _native.TEST_HOOKS:
+        assert "not a test build" in lines[0]
+
+
+def test_positive_control_refuses_a_build_without_test_hooks(tmp_path: Path) -> None:
+    from pyxia import _native
+
+    if _native.TEST_HOOKS:
+        pytest.skip("this is a test build: the positive control would run")
+    r = subprocess.run(
+        [sys.executable, "-m", "pyxia", "robustness", "--minutes", "0.1", "--positive-control"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "--features python,test-hooks" in lines[0]
+    assert not r.stdout  # it failed at once: no run started
