@@ -7,6 +7,7 @@ group/other access is tightened, with one log line."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import stat
 import subprocess
@@ -18,6 +19,7 @@ import grpc
 import pytest
 
 from conftest import wait_for
+from pyxia.common.ports import free_port
 from pyxia.proto import client_pb2, client_pb2_grpc
 from pyxia.security.file_modes import make_private, tighten_dir
 from servers import ServerProcess, standalone_args
@@ -236,3 +238,83 @@ def test_positive_control_refuses_a_build_without_test_hooks(tmp_path: Path) -> 
     assert len(lines) == 1, r.stderr
     assert "--features python,test-hooks" in lines[0]
     assert not r.stdout  # it failed at once: no run started
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+def _http(port: int, method: str, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def _check_metrics_endpoint(port: int, metric: str) -> None:
+    status, body = _http(port, "GET", "/metrics")
+    assert status == 200 and metric.encode() in body
+    assert _http(port, "GET", "/metrics?name[]=process_cpu_seconds_total")[0] == 200
+    assert _http(port, "HEAD", "/metrics") == (200, b"")
+    for path in ("/", "/x", "/metrics/", "/metrics/x", "/favicon.ico", "/../metrics"):
+        status, body = _http(port, "GET", path)
+        assert status == 404, path
+        assert metric.encode() not in body
+    for method in ("POST", "PUT", "DELETE", "OPTIONS"):
+        assert _http(port, method, "/metrics")[0] == 405, method
+
+
+def test_metrics_endpoint_serves_metrics_only() -> None:
+    from pyxia.common.metrics_http import MetricsServer
+
+    server = MetricsServer("127.0.0.1:0")
+    try:
+        _check_metrics_endpoint(server.port, "python_info")
+    finally:
+        server.close()
+    with pytest.raises(OSError, match="cannot listen on metrics address"):
+        MetricsServer("127.0.0.1:notaport")
+
+
+def test_standalone_and_coordinator_serve_metrics_only(tmp_path: Path) -> None:
+    s = ServerProcess(standalone_args(tmp_path / "s"), tmp_path).start()
+    try:
+        assert s.metrics_port
+        _check_metrics_endpoint(s.metrics_port, "pyxia_server")
+    finally:
+        s.kill()
+    config = tmp_path / "cluster.yaml"
+    config.write_text(CLUSTER_CONFIG)
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pyxia",
+            "coordinator",
+            "--cluster-config",
+            str(config),
+            "--metadata",
+            "memory",
+            "--internal-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            f"127.0.0.1:{port}",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+
+    def answers() -> bool:
+        try:
+            return _http(port, "GET", "/metrics")[0] == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(answers, timeout=60, interval=0.05, what="the coordinator's metrics")
+        _check_metrics_endpoint(port, "python_info")
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

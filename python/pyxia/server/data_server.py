@@ -162,18 +162,10 @@ class DataServer:
         return port
 
     def _start_metrics(self, addr: str) -> None:
-        from prometheus_client import start_http_server
+        from pyxia.common.metrics_http import MetricsServer
 
-        host, _, port = addr.rpartition(":")
-        try:
-            result = start_http_server(int(port), addr=host or "0.0.0.0")
-        except OSError as e:
-            raise OSError(f"cannot listen on metrics address {addr}: {e}") from e
-        if isinstance(result, tuple):
-            self._metrics_server = result[0]
-            self.metrics_port = int(self._metrics_server.server_port)
-        else:  # pragma: no cover - older prometheus_client
-            self.metrics_port = int(port)
+        self._metrics_server = MetricsServer(addr)  # /metrics only
+        self.metrics_port = self._metrics_server.port
 
     async def _on_pushed_assignments(self, a: client_pb2.ShardAssignments) -> None:
         """The coordinator pushed the assignment map: re-serve it to clients."""
@@ -227,5 +219,4 @@ class DataServer:
         await self.director.close()
         await stopping
         if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
+            self._metrics_server.close()
