@@ -323,3 +323,25 @@ def test_coordinator_cli_leads_through_etcd_over_mutual_tls(
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize(("name", "works"), [("localhost", True), ("other.example", False)])
+async def test_server_name_is_the_name_etcd_must_carry(
+    etcd_mtls: Etcd, name: str, works: bool
+) -> None:
+    pki = etcd_mtls.pki
+    tls = TlsOptions(
+        cert_file=pki.client.cert,
+        key_file=pki.client.key,
+        trusted_ca_file=pki.ca,
+        server_name=name,
+    )
+    p = _provider(etcd_mtls, tls)  # dials 127.0.0.1; the certificate names localhost too
+    try:
+        if works:
+            assert await p.get() == (None, NOT_EXISTS)
+        else:
+            with pytest.raises(ResourceUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+                await p.get()
+    finally:
+        await p.close()

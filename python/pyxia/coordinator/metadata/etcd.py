@@ -27,7 +27,9 @@ Security (docs/security.md):
   endpoints, verified against the trusted CA (default: the system's), with a
   client certificate and key for etcd's ``--client-cert-auth`` (mutual TLS).
   With TLS options given, every endpoint is ``https``: an ``http://`` one is
-  refused, never a silent plaintext downgrade. Changed certificate, key or CA
+  refused, never a silent plaintext downgrade. ``server_name`` is the name
+  etcd's certificate must carry (default: the endpoint's host). Changed
+  certificate, key or CA
   files are used by the next connections (checked once a second).
 - etcd users (``username`` + ``password``): the provider authenticates
   (``/v3/auth/authenticate``) and sends the token on every request; an expired
@@ -137,6 +139,9 @@ class EtcdMetadataProvider(MetadataProvider):
         if (username is None) != (password is None):
             raise ValueError("etcd authentication needs both a user name and a password")
         self._credentials = None if username is None else (username, password or "")
+        # --etcd-tls-server-name: the name etcd's certificate must carry (also sent as SNI).
+        server_name = tls.server_name if tls is not None else None
+        self._extensions = {"sni_hostname": server_name} if server_name else {}
         self._token: str | None = None
         if not self.endpoints:
             raise ValueError("etcd metadata provider needs at least one endpoint")
@@ -250,11 +255,15 @@ class EtcdMetadataProvider(MetadataProvider):
             i = (self._endpoint + attempt) % n
             url = self.endpoints[i] + path
             try:
-                resp = await client.post(url, json=body, headers=self._headers())
+                resp = await client.post(
+                    url, json=body, headers=self._headers(), extensions=self._extensions
+                )
             except (httpx.ConnectError, httpx.ConnectTimeout) as e:
                 errors.append(f"{url}: {e!r}")
                 continue
-            except httpx.TransportError as e:
+            except (httpx.TransportError, ssl.SSLError) as e:
+                # ssl.SSLError: a TLS 1.3 server refuses a client certificate after the
+                # client's side of the handshake is done, and httpcore lets the alert through.
                 if idempotent:
                     errors.append(f"{url}: {e!r}")
                     continue
