@@ -158,6 +158,16 @@ def public_security_flags(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def build_options(kw: dict[str, Any]) -> ServerOptions:
+    options = _build_options(kw)
+    if options.public_auth.enabled and not (options.public_tls and options.public_tls.is_enabled):
+        log.warning(
+            "authentication is on but the public port has no TLS (--tls-cert-file): "
+            "bearer tokens travel in plaintext"
+        )
+    return options
+
+
+def _build_options(kw: dict[str, Any]) -> ServerOptions:
     return ServerOptions(
         public_addr=kw["public_addr"],
         internal_addr=kw["internal_addr"],
