@@ -54,6 +54,7 @@ class Issuer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                issuer.requests_started += 1
                 if issuer.delay_s:
                     time.sleep(issuer.delay_s)
                 if self.path == "/.well-known/openid-configuration":
