@@ -268,9 +268,14 @@ def bearer_token(header: str | None) -> str:
             "oxia: unauthenticated: the call carries no bearer token "
             "(authorization metadata 'Bearer <token>')"
         )
-    value = header.strip()
-    if value[:7].lower() == "bearer ":
-        value = value[7:].strip()
+    parts = header.strip().split(None, 1)
+    value = parts[0]
+    if value.lower() == "bearer":
+        value = parts[1].strip() if len(parts) > 1 else ""
+    elif len(parts) > 1:
+        raise Unauthenticated(
+            "oxia: unauthenticated: the authorization metadata is not a bearer token"
+        )
     if not value:
         raise Unauthenticated("oxia: unauthenticated: empty bearer token")
     return value
