@@ -544,3 +544,19 @@ def test_static_key_file_issuer(tmp_path: Path) -> None:
             assert code_of(lambda: call(ch, "Read", read_req(), token=bad)) == UNAUTH
     finally:
         s.close()
+
+
+def test_the_client_moves_its_streams_to_a_refreshed_token(
+    server: ServerThread, issuer: Issuer
+) -> None:
+    short_exp = int(time.time()) + 3
+    tokens = [issuer.token("alice", exp=short_exp)]
+    with Client(server.address, auth_token_provider=lambda: tokens[-1]) as c:
+        c.put("/rot", b"1")  # the write stream opens with the short-lived token
+        tokens.append(issuer.token("alice", jti="long"))
+        wait_for(
+            lambda: time.time() > short_exp + 0.5, timeout=10, what="the first token to expire"
+        )
+        for i in range(5):
+            c.put("/rot", str(i).encode())  # no error: new streams carry the new token
+        assert c.get("/rot").value == b"4"

@@ -26,10 +26,11 @@ refused unless ``allow_migration_fields`` is set, with or without authentication
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -343,14 +344,18 @@ def _expired() -> Unauthenticated:
     return Unauthenticated("oxia: unauthenticated: the token has expired (open a new stream)")
 
 
-async def _until_expiry(gen: AsyncIterator[Any], p: Principal, context: Ctx) -> AsyncIterator[Any]:
-    """The items of ``gen`` until the token expires (then UNAUTHENTICATED)."""
+async def _until_expiry(
+    gen: AsyncGenerator[Any, None], p: Principal, context: Ctx
+) -> AsyncIterator[Any]:
+    """The items of ``gen`` until the token expires (then UNAUTHENTICATED). ``gen`` is closed
+    when this ends, however it ends (its cleanup runs now, not when it is collected)."""
     exp = p.expires_at
     try:
-        async for item in gen:
-            if time.time() >= exp:
-                await _abort(context, _expired())
-            yield item
+        async with contextlib.aclosing(gen):
+            async for item in gen:
+                if time.time() >= exp:
+                    await _abort(context, _expired())
+                yield item
     except Unauthenticated as e:  # raised by an expired request stream
         await _abort(context, e)
 
