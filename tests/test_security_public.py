@@ -58,7 +58,7 @@ def _server(tmp_path: Path, issuer: Issuer, **kw: Any) -> ServerThread:
     auth = PublicAuthOptions(
         provider="oidc",
         provider_params=issuer.params(userNameClaim=kw.pop("claim", "sub")),
-        key_min_refresh_interval_s=kw.pop("min_refresh", 0.2),
+        key_min_refresh_interval_s=kw.pop("min_refresh", 0.0),
         **kw,
     )
     return ServerThread(tmp_path, auth=auth)
