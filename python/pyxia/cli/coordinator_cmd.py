@@ -11,7 +11,12 @@ from typing import Any
 import click
 
 from pyxia import logs
-from pyxia.cli.security_flags import tls_flags, tls_from_flags
+from pyxia.cli.security_flags import (
+    client_security_flags,
+    client_security_from_flags,
+    tls_flags,
+    tls_from_flags,
+)
 from pyxia.cli.server_cmd import make_dirs_private, run_until_signalled
 from pyxia.config import ConfigError, load_cluster_config
 
@@ -174,6 +179,18 @@ def coordinator(**kw: Any) -> None:
         sys.exit(1)
 
 
+def _sync_channel(address: str, security: dict[str, Any]) -> Any:
+    """A blocking channel to ``address``, with TLS when the flags ask for it."""
+    import grpc
+
+    tls = client_security_from_flags(security)["tls"]
+    if tls is None:
+        return grpc.insecure_channel(address)
+    dialer = tls.client()
+    assert dialer is not None
+    return dialer.sync_secure_channel(address)
+
+
 @click.group()
 def admin() -> None:
     """Inspect a running cluster."""
@@ -188,14 +205,15 @@ def admin() -> None:
     help="The coordinator's internal address.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-def status(address: str, as_json: bool) -> None:
+@client_security_flags("the coordinator", tokens=False)
+def status(address: str, as_json: bool, **security: Any) -> None:
     """Print every namespace's shards: term, leader, ensemble, status."""
     import grpc
     from google.protobuf import json_format
 
     from pyxia.proto import admin_pb2, metadata_pb2
 
-    with grpc.insecure_channel(address) as ch:
+    with _sync_channel(address, security) as ch:
         call = ch.unary_unary(
             "/pyxia.admin.v1.PyxiaAdmin/GetClusterStatus",
             request_serializer=admin_pb2.GetClusterStatusRequest.SerializeToString,
@@ -242,12 +260,13 @@ def status(address: str, as_json: bool) -> None:
 )
 @click.option("--service", default="", help="Health service name ('' = the server).")
 @click.option("--timeout", type=float, default=5.0, show_default=True)
-def health(address: str, service: str, timeout: float) -> None:
+@client_security_flags("the port", tokens=False)
+def health(address: str, service: str, timeout: float, **security: Any) -> None:
     """Probe a pyxia port with the standard gRPC health check."""
     import grpc
     from grpc_health.v1 import health_pb2
 
-    with grpc.insecure_channel(address) as ch:
+    with _sync_channel(address, security) as ch:
         check = ch.unary_unary(
             "/grpc.health.v1.Health/Check",
             request_serializer=health_pb2.HealthCheckRequest.SerializeToString,

@@ -13,7 +13,10 @@ from typing import Any
 import click
 
 from pyxia import logs
+from pyxia.cli.security_flags import tls_flags, tls_from_flags
 from pyxia.config import ConfigError, NamespaceConfig, load_cluster_config
+from pyxia.security.oidc import AuthConfigError
+from pyxia.security.public import PublicAccess, PublicAuthOptions
 from pyxia.server.data_server import ServerOptions
 from pyxia.tso import DEFAULT_NAMESPACE as DEFAULT_TSO_NAMESPACE
 from pyxia.tso.oracle import TsoOptions
@@ -113,10 +116,58 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for o in reversed(opts):
         f = o(f)
+    return public_security_flags(tls_flags("", "the public port", listener=True)(f))
+
+
+def public_security_flags(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Authentication (Oxia's flags) and authorization (pyxia's) of the public port."""
+    opts = [
+        click.option(
+            "--auth-provider-name",
+            default=None,
+            help="Authenticate public calls with bearer tokens; supported: oidc.",
+        ),
+        click.option(
+            "--auth-provider-params",
+            default="",
+            help="The provider's JSON parameters (Oxia's): "
+            '{"allowedIssueURLs":"https://idp","allowedAudiences":"oxia","userNameClaim":"sub"} '
+            'or {"issuers":{"https://idp":{"allowedAudiences":"oxia","userNameClaim":"sub",'
+            '"staticKeyFile":"keys.pem"}}}.',
+        ),
+        click.option(
+            "--auth-policy-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="YAML rules granting read/write/migrate/internal-keys per namespace to "
+            "token users and claims (docs/security.md); default: every authenticated user "
+            "reads and writes everything.",
+        ),
+        click.option(
+            "--allow-migration-fields",
+            is_flag=True,
+            default=False,
+            help="Honour override_version_id/override_modifications_count (for callers who may "
+            "write) and include_internal_keys (for callers who may read): Oxia's migration "
+            "fields, refused by default.",
+        ),
+    ]
+    for o in reversed(opts):
+        f = o(f)
     return f
 
 
 def build_options(kw: dict[str, Any]) -> ServerOptions:
+    options = _build_options(kw)
+    if options.public_auth.enabled and not (options.public_tls and options.public_tls.is_enabled):
+        log.warning(
+            "authentication is on but the public port has no TLS (--tls-cert-file): "
+            "bearer tokens travel in plaintext"
+        )
+    return options
+
+
+def _build_options(kw: dict[str, Any]) -> ServerOptions:
     return ServerOptions(
         public_addr=kw["public_addr"],
         internal_addr=kw["internal_addr"],
@@ -129,6 +180,8 @@ def build_options(kw: dict[str, Any]) -> ServerOptions:
         wal_retention_s=kw["wal_retention_time"],
         notifications_retention_s=kw["notifications_retention_time"],
         tso=TsoOptions(namespace=kw["tso_namespace"]) if kw["tso_namespace"] else None,
+        public_tls=tls_from_flags(kw, "", listener=True),
+        public_auth=public_auth_from_flags(kw),
     )
 
 
@@ -141,6 +194,21 @@ def make_dirs_private(*dirs: Path | None) -> None:
         make_private(dirs)
     except OSError as e:
         raise click.ClickException(f"cannot prepare directory: {e}") from None
+
+
+def public_auth_from_flags(kw: dict[str, Any]) -> PublicAuthOptions:
+    """The public port's auth options; a usage error when they cannot work."""
+    opts = PublicAuthOptions(
+        provider=kw["auth_provider_name"] or None,
+        provider_params=kw["auth_provider_params"] or "",
+        policy_file=kw["auth_policy_file"],
+        allow_migration_fields=kw["allow_migration_fields"],
+    )
+    try:
+        PublicAccess.from_options(opts)
+    except AuthConfigError as e:
+        raise click.UsageError(str(e)) from None
+    return opts
 
 
 async def run_until_signalled(
@@ -238,7 +306,7 @@ def standalone(**kw: Any) -> None:
 
     try:
         asyncio.run(run_until_signalled(node.start, node.close, ready))
-    except OSError as e:
+    except (OSError, AuthConfigError) as e:
         log.error("cannot start: %s", e)
         sys.exit(1)
 
@@ -284,6 +352,6 @@ def server(**kw: Any) -> None:
 
     try:
         asyncio.run(run_until_signalled(node.start, node.close, ready))
-    except OSError as e:
+    except (OSError, AuthConfigError) as e:
         log.error("cannot start: %s", e)
         sys.exit(1)

@@ -15,6 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from pyxia.proto import client_pb2
+from pyxia.security.public import PublicAccess, PublicAuthOptions
+from pyxia.security.tls import TlsOptions
 from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.internal_rpc import InternalService, Manifest
 from pyxia.server.leader_controller import LEADER
@@ -48,6 +50,10 @@ class ServerOptions:
     session_check_interval_s: float = 0.1
     # The timestamp oracle (GetTs) over the TSO namespace ("tso" by default); None: off.
     tso: TsoOptions | None = field(default_factory=TsoOptions)
+    # TLS of the public port (None or not enabled: plaintext).
+    public_tls: TlsOptions | None = None
+    # Token authentication, authorization and privileged fields on the public port.
+    public_auth: PublicAuthOptions = field(default_factory=PublicAuthOptions)
 
     def storage_options(self) -> StorageOptions:
         return StorageOptions(
@@ -100,11 +106,13 @@ class DataServer:
         self._closed = False
         self.extra_internal_handlers: list[grpc.GenericRpcHandler] = []
         self.extra_public_handlers: list[grpc.GenericRpcHandler] = []
+        self.public_access = PublicAccess.from_options(options.public_auth)
         self.tso: TsoService | None = None
         if options.tso is not None:
             self.tso = TsoService.for_data_server(
                 self.director, self.assignments, lambda: self.public_address, options.tso
             )
+            self.tso.access = self.public_access
             self.extra_public_handlers.append(self.tso.generic_handler())
 
     @property
@@ -121,14 +129,16 @@ class DataServer:
 
     async def start(self) -> None:
         opts = grpc_options(self.options.max_message_bytes)
-        self._public = grpc.aio.server(options=opts)
-        self._public.add_generic_rpc_handlers(
-            OxiaClientService(self.director, self.assignments).generic_handlers()
-        )
+        await self.public_access.start()
+        self._public = grpc.aio.server(options=opts, interceptors=self.public_access.interceptors())
+        client_service = OxiaClientService(self.director, self.assignments, self.public_access)
+        self._public.add_generic_rpc_handlers(client_service.generic_handlers())
         for h in self.extra_public_handlers:
             self._public.add_generic_rpc_handlers([h])
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._public)
-        self.public_port = self._bind(self._public, self.options.public_addr, "public")
+        self.public_port = self._bind(
+            self._public, self.options.public_addr, "public", self.options.public_tls
+        )
 
         self._internal = grpc.aio.server(options=opts)
         internal = InternalService(
@@ -152,9 +162,14 @@ class DataServer:
             self.tso.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._maintenance()))
 
-    def _bind(self, server: grpc.aio.Server, addr: str, what: str) -> int:
+    def _bind(
+        self, server: grpc.aio.Server, addr: str, what: str, tls: TlsOptions | None = None
+    ) -> int:
         try:
-            port = server.add_insecure_port(addr)
+            if tls is not None and tls.is_enabled:
+                port = server.add_secure_port(addr, tls.server_credentials())
+            else:
+                port = server.add_insecure_port(addr)
         except RuntimeError as e:
             raise OSError(f"cannot listen on {what} address {addr}: {e}") from e
         if port == 0:
@@ -218,5 +233,6 @@ class DataServer:
         await self.director.drain(timeout=grace)
         await self.director.close()
         await stopping
+        await self.public_access.close()
         if self._metrics_server is not None:
             self._metrics_server.close()
