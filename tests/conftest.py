@@ -16,6 +16,10 @@ import pytest
 from servers import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The suite is a test: test hooks (failpoints, dial maps, the WAL's) may arm from the environment
+# here and in every process it starts (they inherit it). See pyxia.test_hooks.
+os.environ["PYXIA_TEST_MODE"] = "1"
 __all__ = ["REPO", "Procs", "wait_for"]
 
 

@@ -54,3 +54,61 @@ def test_go_client_against_pyxia(interop_binary: Path, server: ServerProcess) ->
         timeout=120,
     )
     assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def secure_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[ServerProcess, Path, str]]:
+    """A standalone with public TLS and OIDC authentication (a local issuer)."""
+    from oidc_issuer import Issuer
+    from pyxia.security.pki import CertificateAuthority
+
+    base = tmp_path_factory.mktemp("go-secure")
+    ca = CertificateAuthority.create()
+    ca_files = ca.save(base / "ca")
+    cert = ca.issue_files(base, "server")
+    issuer = Issuer()
+    args = standalone_args(
+        base,
+        "--shards",
+        "3",
+        "--tls-cert-file",
+        str(cert.cert),
+        "--tls-key-file",
+        str(cert.key),
+        "--auth-provider-name",
+        "oidc",
+        "--auth-provider-params",
+        issuer.params(),
+    )
+    s = ServerProcess(args, base).start()
+    try:
+        yield s, ca_files.cert, issuer.token("go-client")
+    finally:
+        s.kill()
+        issuer.close()
+
+
+def test_go_client_with_tls_and_a_token(
+    interop_binary: Path, secure_server: tuple[ServerProcess, Path, str]
+) -> None:
+    s, ca, token = secure_server
+    env = {**os.environ, "INTEROP_TLS_CA": str(ca), "INTEROP_AUTH_TOKEN": token}
+    r = subprocess.run(
+        [str(interop_binary), s.public, "/go-secure"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stdout + r.stderr
+    refused = {**os.environ, "INTEROP_TLS_CA": str(ca), "INTEROP_EXPECT_UNAUTHENTICATED": "1"}
+    r = subprocess.run(
+        [str(interop_binary), s.public, "/go-refused"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=refused,
+    )
+    assert r.returncode == 0 and "REFUSED OK" in r.stdout, r.stdout + r.stderr

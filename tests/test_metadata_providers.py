@@ -47,6 +47,7 @@ from pyxia.errors import AlreadyClosed, MetadataBadVersion
 from pyxia.proto import metadata_pb2 as md
 
 DEADLINE = 30.0
+RAFT_SECRET = b"raft-test-secret-0123456789abcdef"
 NEGATIVE_CHECK = 0.5  # how long a contender is watched *not* becoming leader
 
 
@@ -176,6 +177,7 @@ class RaftBackend(Backend):
                 leader_fallback_timeout=1.0,
                 connection_retry=0.2,
                 commit_timeout=10.0,
+                secret=RAFT_SECRET,
             )
             for addr in self.addresses
         ]
@@ -557,8 +559,14 @@ def test_factory_builds_each_provider(tmp_path: Path) -> None:
     assert isinstance(create_provider("memory"), MemoryMetadataProvider)
     f = create_provider("file", metadata_dir=str(tmp_path))
     assert isinstance(f, FileMetadataProvider) and f.directory == tmp_path
+    secret = tmp_path / "raft.secret"
+    secret.write_bytes(RAFT_SECRET + b"\n")
+    secret.chmod(0o600)
     r = create_provider(
-        "raft", raft_address="127.0.0.1:1", raft_peers="127.0.0.1:1,127.0.0.1:2,127.0.0.1:3"
+        "raft",
+        raft_address="127.0.0.1:1",
+        raft_peers="127.0.0.1:1,127.0.0.1:2,127.0.0.1:3",
+        raft_secret_file=str(secret),
     )
     assert isinstance(r, RaftMetadataProvider) and r.peers == ["127.0.0.1:2", "127.0.0.1:3"]
     e = create_provider("etcd", etcd_endpoints="h1:2379, h2:2379", metadata_dir=None)
@@ -575,6 +583,8 @@ def test_factory_builds_each_provider(tmp_path: Path) -> None:
         ("zookeeper", {}, "unknown metadata provider"),
         ("file", {}, "--metadata-dir"),
         ("raft", {"raft_peers": "a:1"}, "--raft-address"),
+        ("raft", {"raft_address": "127.0.0.1:1"}, "--raft-secret-file"),
+        ("raft", {"raft_address": "127.0.0.1:1", "secret": b"short"}, "at least 16"),
         ("etcd", {}, "--etcd-endpoints"),
         ("memory", {"bogus": 1}, "bad options"),
     ],
@@ -747,6 +757,7 @@ async def test_raft_status_survives_a_full_cluster_restart(tmp_path: Path) -> No
                 heartbeat_interval=0.05,
                 election_timeout=(0.3, 0.6),
                 connection_retry=0.2,
+                secret=RAFT_SECRET,
             )
             for i, addr in enumerate(addresses)
         ]

@@ -9,6 +9,7 @@ from typing import Final, Literal, final
 __all__ = [
     "DEFAULT_RETENTION_MS",
     "DEFAULT_SEGMENT_SIZE",
+    "TEST_HOOKS",
     "CorruptedLog",
     "CrcMismatch",
     "EntryNotFound",
@@ -30,6 +31,10 @@ __all__ = [
 __version__: Final[str]
 DEFAULT_SEGMENT_SIZE: Final[int]
 DEFAULT_RETENTION_MS: Final[int]
+TEST_HOOKS: Final[bool]
+"""Whether this is a test build (cargo feature ``test-hooks``): only a test build has the WAL's
+ack-before-fsync hook (``PYXIA_WAL_TEST_ACK_BEFORE_FSYNC_MS``, the robustness suite's positive
+control). Build one with ``maturin develop --release --features python,test-hooks``."""
 
 class WalError(Exception):
     """Base class of every WAL error."""

@@ -161,6 +161,22 @@ class InvalidArgument(PyxiaError):
     grpc_code = "INVALID_ARGUMENT"
 
 
+class Unauthenticated(PyxiaError):
+    """The call carries no valid bearer token (missing, malformed, expired, wrong issuer or
+    audience, bad signature) while the server requires one."""
+
+    reason = "UNAUTHENTICATED"
+    grpc_code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(PyxiaError):
+    """The caller is authenticated but not allowed to do this (the namespace's read or write,
+    or a privileged field such as ``override_version_id`` or ``include_internal_keys``)."""
+
+    reason = "PERMISSION_DENIED"
+    grpc_code = "PERMISSION_DENIED"
+
+
 class RequestTooLarge(PyxiaError):
     reason = "REQUEST_TOO_LARGE"
     grpc_code = "RESOURCE_EXHAUSTED"

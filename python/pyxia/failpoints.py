@@ -4,7 +4,9 @@ A failpoint is named for where it sits (``wal.after_append_before_sync``).
 Code calls :func:`failpoint` (or :func:`afailpoint` in coroutines) at that
 spot; when disarmed the call is a dictionary truthiness check.
 
-Arm them programmatically (:func:`arm`) or, for child processes, with the
+Arm them programmatically (:func:`arm`, which logs a warning) or, for child
+processes in test mode (``PYXIA_TEST_MODE=1``, see :mod:`pyxia.test_hooks`;
+outside it the variable is ignored, with a warning), with the
 ``PYXIA_FAILPOINTS`` environment variable: ``name=action[,name=action...]``
 where ``action`` is one of
 
@@ -17,6 +19,7 @@ where ``action`` is one of
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import signal
@@ -24,7 +27,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-ENV_VAR = "PYXIA_FAILPOINTS"
+from pyxia import test_hooks
+
+ENV_VAR = test_hooks.FAILPOINTS_ENV
+log = logging.getLogger("pyxia.failpoints")
 
 
 class FailpointError(RuntimeError):
@@ -57,6 +63,11 @@ def parse_action(spec: str) -> _Action:
 
 
 def arm(name: str, action: str) -> None:
+    _arm(name, action)
+    log.warning("failpoint armed", extra={"failpoint": name, "action": action})
+
+
+def _arm(name: str, action: str) -> None:
     with _lock:
         _armed[name] = parse_action(action)
 
@@ -76,16 +87,18 @@ def hits(name: str) -> int:
 
 
 def load_env(value: str | None = None) -> None:
-    """Arms the failpoints listed in ``PYXIA_FAILPOINTS`` (or ``value``)."""
-    spec = os.environ.get(ENV_VAR, "") if value is None else value
+    """Arms the failpoints listed in ``value``, or in ``PYXIA_FAILPOINTS`` in test mode
+    (:func:`pyxia.test_hooks.announce` reports them, or that they are ignored)."""
+    spec = test_hooks.hook_env(ENV_VAR) if value is None else value
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, sep, action = item.partition("=")
         if not sep:
             raise ValueError(f"bad {ENV_VAR} item {item!r}: use name=action")
-        arm(name.strip(), action)
+        _arm(name.strip(), action)
 
 
 def _take(name: str) -> _Action | None:
+    test_hooks.announce()  # a no-op after the first call
     with _lock:
         a = _armed.get(name)
         if a is None:

@@ -55,3 +55,6 @@ def setup(level: str = "info", fmt: str = "logfmt") -> None:
     root.setLevel(level.upper())
     # grpc and asyncio are chatty at debug level.
     logging.getLogger("asyncio").setLevel(max(logging.WARNING, root.level))
+    from pyxia import test_hooks
+
+    test_hooks.announce()  # test hooks in the environment: armed or ignored, said once

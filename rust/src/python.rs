@@ -525,5 +525,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DEFAULT_SEGMENT_SIZE", wal::DEFAULT_SEGMENT_SIZE)?;
     m.add("DEFAULT_RETENTION_MS", wal::DEFAULT_RETENTION_MS)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("TEST_HOOKS", wal::test_hooks::ACK_BEFORE_FSYNC_BUILT)?;
     Ok(())
 }

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from pyxia.cli.security_flags import client_security_flags, client_security_from_flags
 from pyxia.client import Client, ComparisonType, GetResult, PyxiaError, Version
 
 _COMPARISONS = {c.name.lower(): c for c in ComparisonType}
@@ -47,7 +48,10 @@ def _client(ctx: click.Context) -> Iterator[Client]:
     o = ctx.obj
     try:
         with Client(
-            o["service_address"], namespace=o["namespace"], request_timeout_s=o["request_timeout"]
+            o["service_address"],
+            namespace=o["namespace"],
+            request_timeout_s=o["request_timeout"],
+            **o["security"],
         ) as c:
             yield c
     except PyxiaError as e:
@@ -64,15 +68,22 @@ def _client(ctx: click.Context) -> Iterator[Client]:
 )
 @click.option("-n", "--namespace", default="default", show_default=True)
 @click.option("--request-timeout", type=float, default=30.0, show_default=True, help="Seconds.")
+@client_security_flags()
 @click.pass_context
 def client(
-    ctx: click.Context, service_address: str, namespace: str, request_timeout: float
+    ctx: click.Context,
+    /,
+    service_address: str,
+    namespace: str,
+    request_timeout: float,
+    **security: Any,
 ) -> None:
     """Read and write records of an Oxia-compatible service."""
     ctx.obj = {
         "service_address": service_address,
         "namespace": namespace,
         "request_timeout": request_timeout,
+        "security": client_security_from_flags(security),
     }
 
 

@@ -12,13 +12,15 @@ import click
 
 from pyxia import logs
 from pyxia.cli.security_flags import (
+    client_security_flags,
+    client_security_from_flags,
     cluster_secret_flag,
     require_membership_proof,
     secret_from_flags,
     tls_flags,
     tls_from_flags,
 )
-from pyxia.cli.server_cmd import run_until_signalled
+from pyxia.cli.server_cmd import make_dirs_private, run_until_signalled
 from pyxia.config import ConfigError, load_cluster_config
 from pyxia.security.tls import TlsConfigError
 
@@ -49,9 +51,28 @@ log = logging.getLogger("pyxia.cli")
     show_default=True,
     help="Directory of the file (and raft) providers.",
 )
-@click.option("--etcd-endpoints", default=None, help="etcd endpoints H:P,... (etcd provider).")
+@click.option(
+    "--etcd-endpoints",
+    default=None,
+    help="etcd endpoints H:P,... or https://H:P,... (etcd provider; https with --etcd-tls-*).",
+)
+@tls_flags("etcd", "the connections to etcd", listener=False)
+@click.option("--etcd-username", default=None, help="etcd user (etcd provider, auth enabled).")
+@click.option(
+    "--etcd-password-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File (mode 0600) holding the password of --etcd-username.",
+)
 @click.option("--raft-address", default=None, help="This coordinator's raft address H:P.")
 @click.option("--raft-peers", default=None, help="The other coordinators' raft addresses.")
+@click.option(
+    "--raft-secret-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Secret shared by the coordinators (file, mode 0600; required with --metadata raft): "
+    "authenticates and encrypts every raft frame.",
+)
 @click.option(
     "--k8s-namespace",
     default="default",
@@ -126,13 +147,18 @@ def coordinator(**kw: Any) -> None:
         raise click.UsageError(str(e)) from e
     options: dict[str, Any] = {}
     name = kw["metadata"]
+    make_dirs_private(kw["metadata_dir"] if name in ("file", "raft") else None)
     if name in ("file", "raft"):
         options["metadata_dir"] = str(kw["metadata_dir"])
     if name == "etcd":
         options["etcd_endpoints"] = kw["etcd_endpoints"]
+        options["etcd_tls"] = tls_from_flags(kw, "etcd", listener=False)
+        options["etcd_username"] = kw["etcd_username"]
+        options["etcd_password_file"] = kw["etcd_password_file"]
     if name == "raft":
         options["raft_address"] = kw["raft_address"]
         options["raft_peers"] = kw["raft_peers"]
+        options["raft_secret_file"] = kw["raft_secret_file"]
     if name == "kubernetes":
         options["namespace"] = kw["k8s_namespace"]
     liveness = {
@@ -143,7 +169,7 @@ def coordinator(**kw: Any) -> None:
     try:
         provider = create_provider(name, **options)
     except ValueError as e:
-        raise click.UsageError(str(e)) from e
+        raise click.ClickException(str(e)) from None  # one line: "Error: ..."
     server = CoordinatorServer(
         provider,
         load,
@@ -169,6 +195,18 @@ def coordinator(**kw: Any) -> None:
         sys.exit(1)
 
 
+def _sync_channel(address: str, security: dict[str, Any]) -> Any:
+    """A blocking channel to ``address``, with TLS when the flags ask for it."""
+    import grpc
+
+    tls = client_security_from_flags(security)["tls"]
+    if tls is None:
+        return grpc.insecure_channel(address)
+    dialer = tls.client()
+    assert dialer is not None
+    return dialer.sync_secure_channel(address)
+
+
 @click.group()
 def admin() -> None:
     """Inspect a running cluster."""
@@ -183,14 +221,15 @@ def admin() -> None:
     help="The coordinator's internal address.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-def status(address: str, as_json: bool) -> None:
+@client_security_flags("the coordinator", tokens=False)
+def status(address: str, as_json: bool, **security: Any) -> None:
     """Print every namespace's shards: term, leader, ensemble, status."""
     import grpc
     from google.protobuf import json_format
 
     from pyxia.proto import admin_pb2, metadata_pb2
 
-    with grpc.insecure_channel(address) as ch:
+    with _sync_channel(address, security) as ch:
         call = ch.unary_unary(
             "/pyxia.admin.v1.PyxiaAdmin/GetClusterStatus",
             request_serializer=admin_pb2.GetClusterStatusRequest.SerializeToString,
@@ -237,12 +276,13 @@ def status(address: str, as_json: bool) -> None:
 )
 @click.option("--service", default="", help="Health service name ('' = the server).")
 @click.option("--timeout", type=float, default=5.0, show_default=True)
-def health(address: str, service: str, timeout: float) -> None:
+@client_security_flags("the port", tokens=False)
+def health(address: str, service: str, timeout: float, **security: Any) -> None:
     """Probe a pyxia port with the standard gRPC health check."""
     import grpc
     from grpc_health.v1 import health_pb2
 
-    with grpc.insecure_channel(address) as ch:
+    with _sync_channel(address, security) as ch:
         check = ch.unary_unary(
             "/grpc.health.v1.Health/Check",
             request_serializer=health_pb2.HealthCheckRequest.SerializeToString,

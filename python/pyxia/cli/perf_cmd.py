@@ -7,9 +7,11 @@ import json
 import re
 import signal
 import sys
+from typing import Any
 
 import click
 
+from pyxia.cli.security_flags import client_security_flags, client_security_from_flags
 from pyxia.client.perf import PerfConfig, report_text, run_perf
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -63,6 +65,7 @@ def parse_duration(text: str) -> float:
     help="Operations in flight at most.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as one JSON object.")
+@client_security_flags()
 def perf(
     service_address: str,
     namespace: str,
@@ -78,6 +81,7 @@ def perf(
     report_interval: str,
     max_outstanding: int,
     as_json: bool,
+    **security: Any,
 ) -> None:
     """Load an Oxia-compatible service with puts and gets; report throughput and latency."""
     cfg = PerfConfig(
@@ -94,6 +98,7 @@ def perf(
         duration_s=parse_duration(duration),
         report_interval_s=parse_duration(report_interval),
         max_outstanding=max_outstanding,
+        security=client_security_from_flags(security),
     )
 
     async def main() -> dict[str, object]:

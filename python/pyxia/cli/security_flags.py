@@ -1,6 +1,7 @@
 """Oxia's TLS flags (``--tls-*``, ``--internal-tls-*``, ``--peer-tls-*``) as click options, and
 the :class:`TlsOptions` they describe; ``--cluster-secret-file`` and the rule that a cluster
-process proves membership on internal calls (a secret, or mutual TLS)."""
+process proves membership on internal calls (a secret, or mutual TLS); a client command's TLS
+and bearer-token flags."""
 
 from __future__ import annotations
 
@@ -169,3 +170,84 @@ def require_membership_proof(
         f"{what} needs proof of cluster membership on internal calls: --cluster-secret-file FILE "
         f"(make one with `pyxia certs secret --out FILE`), or mutual TLS ({mtls})"
     )
+
+
+def client_security_flags(what: str = "the server", *, tokens: bool = True) -> Callable[[F], F]:
+    """A client command's TLS flags (``--tls``, ``--tls-*``) and, with ``tokens``, bearer token
+    flags (Oxia's ``--auth-token`` / ``--auth-token-file``)."""
+    tls = tls_flags("", f"the connection to {what}", listener=False)
+    opts = [
+        click.option(
+            "--tls",
+            "tls_on",
+            is_flag=True,
+            default=False,
+            help="Connect with TLS (implied by the --tls-* files); without "
+            "--tls-trusted-ca-file the system's trusted roots verify the server.",
+        ),
+        click.option(
+            "--auth-token",
+            default=None,
+            help="Bearer token sent with every call (authorization metadata).",
+        ),
+        click.option(
+            "--auth-token-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="File holding the bearer token (re-read when it changes).",
+        ),
+    ]
+
+    if not tokens:
+        opts = opts[:1]
+
+    def apply(f: F) -> F:
+        for o in reversed(opts):
+            f = o(f)
+        return tls(f)
+
+    return apply
+
+
+def client_security_from_flags(kw: dict[str, Any]) -> dict[str, Any]:
+    """``tls``, ``auth_token`` and ``auth_token_file`` for ``pyxia.Client`` & co from the flags
+    of :func:`client_security_flags` (popped from ``kw``); a usage error when they cannot
+    work."""
+    tls = tls_from_flags(kw, "", listener=False)
+    tls_on = kw.pop("tls_on", False)
+    for name in (
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_trusted_ca_file",
+        "tls_min_version",
+        "tls_max_version",
+        "tls_insecure_skip_verify",
+        "tls_server_name",
+    ):
+        kw.pop(name, None)
+    if tls_on or tls.server_name or tls.insecure_skip_verify:
+        tls = TlsOptions(
+            cert_file=tls.cert_file,
+            key_file=tls.key_file,
+            trusted_ca_file=tls.trusted_ca_file,
+            insecure_skip_verify=tls.insecure_skip_verify,
+            server_name=tls.server_name,
+            min_version=tls.min_version,
+            max_version=tls.max_version,
+            enabled=True,
+        )
+    token, token_file = kw.pop("auth_token", None), kw.pop("auth_token_file", None)
+    if token is not None and token_file is not None:
+        raise click.UsageError("give one of --auth-token or --auth-token-file")
+    if token_file is not None:
+        from pyxia.security.tokens import TokenError, TokenSource
+
+        try:
+            TokenSource(token_file=token_file)
+        except TokenError as e:
+            raise click.UsageError(f"--auth-token-file: {e}") from None
+    return {
+        "tls": tls if tls.is_enabled else None,
+        "auth_token": token,
+        "auth_token_file": token_file,
+    }

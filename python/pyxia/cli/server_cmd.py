@@ -27,6 +27,8 @@ from pyxia.cli.security_flags import (
     tls_from_flags,
 )
 from pyxia.config import ConfigError, NamespaceConfig, load_cluster_config
+from pyxia.security.oidc import AuthConfigError
+from pyxia.security.public import PublicAccess, PublicAuthOptions
 from pyxia.security.tls import TlsConfigError, TlsOptions
 from pyxia.server.data_server import ServerOptions
 from pyxia.tso import DEFAULT_NAMESPACE as DEFAULT_TSO_NAMESPACE
@@ -129,14 +131,63 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
         f = o(f)
     f = tls_flags("internal", "the internal port", listener=True)(f)
     f = tls_flags("peer", "connections to other data servers", listener=False)(f)
-    return cluster_secret_flag(f)
+    f = cluster_secret_flag(f)
+    return public_security_flags(tls_flags("", "the public port", listener=True)(f))
 
 
 def _on(tls: TlsOptions) -> TlsOptions | None:
     return tls if tls.is_enabled else None
 
 
+def public_security_flags(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Authentication (Oxia's flags) and authorization (pyxia's) of the public port."""
+    opts = [
+        click.option(
+            "--auth-provider-name",
+            default=None,
+            help="Authenticate public calls with bearer tokens; supported: oidc.",
+        ),
+        click.option(
+            "--auth-provider-params",
+            default="",
+            help="The provider's JSON parameters (Oxia's): "
+            '{"allowedIssueURLs":"https://idp","allowedAudiences":"oxia","userNameClaim":"sub"} '
+            'or {"issuers":{"https://idp":{"allowedAudiences":"oxia","userNameClaim":"sub",'
+            '"staticKeyFile":"keys.pem"}}}.',
+        ),
+        click.option(
+            "--auth-policy-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="YAML rules granting read/write/migrate/internal-keys per namespace to "
+            "token users and claims (docs/security.md); default: every authenticated user "
+            "reads and writes everything.",
+        ),
+        click.option(
+            "--allow-migration-fields",
+            is_flag=True,
+            default=False,
+            help="Honour override_version_id/override_modifications_count (for callers who may "
+            "write) and include_internal_keys (for callers who may read): Oxia's migration "
+            "fields, refused by default.",
+        ),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
 def build_options(kw: dict[str, Any]) -> ServerOptions:
+    options = _build_options(kw)
+    if options.public_auth.enabled and not (options.public_tls and options.public_tls.is_enabled):
+        log.warning(
+            "authentication is on but the public port has no TLS (--tls-cert-file): "
+            "bearer tokens travel in plaintext"
+        )
+    return options
+
+
+def _build_options(kw: dict[str, Any]) -> ServerOptions:
     return ServerOptions(
         public_addr=kw["public_addr"],
         internal_addr=kw["internal_addr"],
@@ -152,7 +203,35 @@ def build_options(kw: dict[str, Any]) -> ServerOptions:
         internal_tls=_on(tls_from_flags(kw, "internal", listener=True)),
         peer_tls=_on(tls_from_flags(kw, "peer", listener=False)),
         cluster_secret=secret_from_flags(kw),
+        public_tls=_on(tls_from_flags(kw, "", listener=True)),
+        public_auth=public_auth_from_flags(kw),
     )
+
+
+def make_dirs_private(*dirs: Path | None) -> None:
+    """The process's files private (umask 0o077) and its directories 0700 (existing ones
+    tightened); a directory that cannot be created ends the command with one line."""
+    from pyxia.security.file_modes import make_private
+
+    try:
+        make_private(dirs)
+    except OSError as e:
+        raise click.ClickException(f"cannot prepare directory: {e}") from None
+
+
+def public_auth_from_flags(kw: dict[str, Any]) -> PublicAuthOptions:
+    """The public port's auth options; a usage error when they cannot work."""
+    opts = PublicAuthOptions(
+        provider=kw["auth_provider_name"] or None,
+        provider_params=kw["auth_provider_params"] or "",
+        policy_file=kw["auth_policy_file"],
+        allow_migration_fields=kw["allow_migration_fields"],
+    )
+    try:
+        PublicAccess.from_options(opts)
+    except AuthConfigError as e:
+        raise click.UsageError(str(e)) from None
+    return opts
 
 
 async def run_until_signalled(
@@ -217,6 +296,7 @@ def standalone(**kw: Any) -> None:
     from pyxia.server.standalone import Standalone
 
     logs.setup(kw["log_level"], kw["log_format"])
+    make_dirs_private(kw["data_dir"], kw["wal_dir"])
     if kw["config_file"] is not None:
         try:
             cfg = load_cluster_config(kw["config_file"], require_servers=False)
@@ -249,7 +329,7 @@ def standalone(**kw: Any) -> None:
 
     try:
         asyncio.run(run_until_signalled(node.start, node.close, ready))
-    except (OSError, TlsConfigError) as e:
+    except (OSError, TlsConfigError, AuthConfigError) as e:
         log.error("cannot start: %s", e)
         sys.exit(1)
 
@@ -282,6 +362,7 @@ def server(**kw: Any) -> None:
         options.peer_tls or TlsOptions(),
         options.internal_tls or TlsOptions(),
     )
+    make_dirs_private(kw["data_dir"], kw["wal_dir"])
     options.wal_segment_size = kw["wal_segment_size"]
     node = DataServer(options)
     if kw["enable_test_hooks"]:
@@ -300,6 +381,6 @@ def server(**kw: Any) -> None:
 
     try:
         asyncio.run(run_until_signalled(node.start, node.close, ready))
-    except (OSError, TlsConfigError) as e:
+    except (OSError, TlsConfigError, AuthConfigError) as e:
         log.error("cannot start: %s", e)
         sys.exit(1)

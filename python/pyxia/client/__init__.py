@@ -37,9 +37,12 @@ from pyxia.errors import (
     NamespaceNotFound,
     NodeIsNotLeader,
     NotificationsNotEnabled,
+    PermissionDenied,
     PyxiaError,
     SessionNotFound,
+    Unauthenticated,
 )
+from pyxia.security.tls import TlsOptions
 
 __all__ = [
     "EXPECTED_RECORD_DOES_NOT_EXIST",
@@ -59,6 +62,7 @@ __all__ = [
     "NotificationType",
     "Notifications",
     "NotificationsNotEnabled",
+    "PermissionDenied",
     "PutResult",
     "PyxiaError",
     "RequestIndeterminate",
@@ -69,6 +73,8 @@ __all__ = [
     "SessionState",
     "SyncNotifications",
     "SyncSequenceUpdates",
+    "TlsOptions",
+    "Unauthenticated",
     "Unavailable",
     "UnexpectedVersion",
     "UnexpectedVersionId",

@@ -14,7 +14,7 @@ import grpc
 
 from pyxia.client.errors import error_from_rpc
 from pyxia.client.shard_map import ShardMap
-from pyxia.errors import NamespaceNotFound, PyxiaError
+from pyxia.errors import NamespaceNotFound, PermissionDenied, PyxiaError, Unauthenticated
 from pyxia.proto import client_pb2
 
 if TYPE_CHECKING:
@@ -74,7 +74,10 @@ class AssignmentsWatcher:
                     continue  # an Oxia server older than 0.12: ask it again by its old name
                 err = e if isinstance(e, PyxiaError) else error_from_rpc(e)
                 self.last_error = err
-                if isinstance(err, NamespaceNotFound) and not self.ready.done():
+                if (
+                    isinstance(err, (NamespaceNotFound, Unauthenticated, PermissionDenied))
+                    and not self.ready.done()
+                ):
                     self.ready.set_exception(err)
                     return
                 log.debug("assignments from %s: %s", address, err)

@@ -1,4 +1,5 @@
-"""One gRPC channel per server address, and the Oxia client RPCs on it."""
+"""One gRPC channel per server address (TLS when configured), and the Oxia client RPCs on it;
+with a token source every call carries the ``authorization`` metadata."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 import grpc
 
 from pyxia.proto import client_pb2 as pb
+from pyxia.security.tls import ClientTls
+from pyxia.security.tokens import TokenSource
 from pyxia.test_hooks import dial
 
 log = logging.getLogger("pyxia.client")
@@ -21,6 +24,23 @@ serve (newer ones serve both)."""
 def _ser(msg: Any) -> bytes:
     out: bytes = msg.SerializeToString()
     return out
+
+
+class WithToken:
+    """A multi-callable whose calls carry the token source's current ``authorization``
+    metadata (after any metadata the caller gives)."""
+
+    __slots__ = ("_call", "_tokens")
+
+    def __init__(self, call: Any, tokens: TokenSource) -> None:
+        self._call = call
+        self._tokens = tokens
+
+    def __call__(self, *args: Any, metadata: Any = None, **kw: Any) -> Any:
+        md = self._tokens.metadata()
+        if metadata:
+            md = (*metadata, *md)
+        return self._call(*args, metadata=md, **kw)
 
 
 class Stub:
@@ -41,10 +61,16 @@ class Stub:
         "write_stream",
     )
 
-    def __init__(self, address: str, channel: grpc.aio.Channel, service: str = SERVICE) -> None:
+    def __init__(
+        self,
+        address: str,
+        channel: grpc.aio.Channel,
+        service: str = SERVICE,
+        tokens: TokenSource | None = None,
+    ) -> None:
         self.address = address
         self.channel = channel
-        ch: Any = channel
+        ch: Any = channel if tokens is None else _TokenChannel(channel, tokens)
         self.get_shard_assignments = ch.unary_stream(
             service + "GetShardAssignments", _ser, pb.ShardAssignments.FromString
         )
@@ -73,6 +99,23 @@ class Stub:
         )
 
 
+class _TokenChannel:
+    """A channel whose multi-callables add the token (only the four factories are used)."""
+
+    def __init__(self, channel: Any, tokens: TokenSource) -> None:
+        self._channel = channel
+        self._tokens = tokens
+
+    def unary_unary(self, *a: Any) -> WithToken:
+        return WithToken(self._channel.unary_unary(*a), self._tokens)
+
+    def unary_stream(self, *a: Any) -> WithToken:
+        return WithToken(self._channel.unary_stream(*a), self._tokens)
+
+    def stream_stream(self, *a: Any) -> WithToken:
+        return WithToken(self._channel.stream_stream(*a), self._tokens)
+
+
 def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -92,8 +135,15 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
 class Connections:
     """Channels by address; must be used from the client's event loop."""
 
-    def __init__(self, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        max_message_bytes: int,
+        tls: ClientTls | None = None,
+        tokens: TokenSource | None = None,
+    ) -> None:
         self._options = channel_options(max_message_bytes)
+        self.tls = tls
+        self.tokens = tokens
         self._stubs: dict[str, Stub] = {}
         self._closed = False
         self.service = SERVICE
@@ -103,8 +153,12 @@ class Connections:
         if s is None:
             if self._closed:
                 raise RuntimeError("connections are closed")
-            channel = grpc.aio.insecure_channel(dial(address), options=self._options)
-            s = Stub(address, channel, self.service)
+            target = dial(address)
+            if self.tls is not None:
+                channel = self.tls.secure_channel(target, self._options)
+            else:
+                channel = grpc.aio.insecure_channel(target, options=self._options)
+            s = Stub(address, channel, self.service, self.tokens)
             self._stubs[address] = s
         return s
 
@@ -115,9 +169,17 @@ class Connections:
             return False
         self.service = COMPAT_SERVICE
         for address, s in list(self._stubs.items()):
-            self._stubs[address] = Stub(address, s.channel, COMPAT_SERVICE)
+            self._stubs[address] = Stub(address, s.channel, COMPAT_SERVICE, self.tokens)
         log.info("the server does not serve %s: using %s", SERVICE, COMPAT_SERVICE)
         return True
+
+    def token_generation(self) -> int:
+        """Changes whenever the token does (0 without a token)."""
+        t = self.tokens
+        if t is None:
+            return 0
+        t.metadata()
+        return t.generation
 
     async def close(self) -> None:
         self._closed = True

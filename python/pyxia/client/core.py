@@ -176,7 +176,9 @@ class ClientCore:
         self.options = options
         self.loop = loop
         self.namespace = options.namespace
-        self.conns = Connections(options.max_message_bytes)
+        self.conns = Connections(
+            options.max_message_bytes, options.client_tls(), options.token_source()
+        )
         self.backoff = Backoff(options.retry_initial_backoff_s, options.retry_max_backoff_s)
         self.shard_map: ShardMap | None = None
         self._hints: dict[int, str] = {}

@@ -11,8 +11,10 @@ from google.rpc import error_details_pb2, status_pb2
 from pyxia.errors import (
     ERROR_DOMAIN,
     InvalidArgument,
+    PermissionDenied,
     PyxiaError,
     SessionNotFound,
+    Unauthenticated,
     from_legacy_code,
     from_reason,
 )
@@ -22,9 +24,11 @@ __all__ = [
     "ClientClosed",
     "InvalidOptions",
     "KeyNotFound",
+    "PermissionDenied",
     "RequestIndeterminate",
     "RequestTimeout",
     "SessionNotFound",
+    "Unauthenticated",
     "Unavailable",
     "UnexpectedVersion",
     "error_from_rpc",
@@ -114,6 +118,10 @@ def error_from_rpc(e: BaseException) -> PyxiaError:
         return RequestTimeout(f"oxia: deadline exceeded: {details}")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidArgument(details or "oxia: invalid argument")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated(f"oxia: unauthenticated: {details}")
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDenied(f"oxia: permission denied: {details}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         from pyxia.errors import RequestTooLarge
 

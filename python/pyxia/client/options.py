@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyxia.security.tls import ClientTls, TlsOptions
+    from pyxia.security.tokens import TokenSource
 
 DEFAULT_NAMESPACE = "default"
 DEFAULT_BATCH_LINGER_S = 0.005
@@ -26,6 +32,12 @@ class ClientOptions:
     leaves earlier when it is full (``max_requests_per_batch`` operations or
     ``max_batch_bytes``) or when fewer than ``max_inflight_batches`` batches of its shard are on
     the wire (so a lone caller never waits for the linger, and a busy shard gets full batches).
+
+    Security: ``tls`` is a :class:`~pyxia.security.tls.TlsOptions` (CA file, client certificate
+    for mutual TLS, server name) or ``True`` for TLS with the system's trusted roots. A bearer
+    token comes from one of ``auth_token``, ``auth_token_file`` (re-read when it changes) or
+    ``auth_token_provider`` (a callable returning the current token, called at most once a
+    second); it travels as ``authorization: Bearer <token>`` metadata on every call.
     """
 
     service_addresses: tuple[str, ...]
@@ -41,6 +53,10 @@ class ClientOptions:
     retry_initial_backoff_s: float = 0.02
     retry_max_backoff_s: float = 1.0
     max_message_bytes: int = 256 * 1024 * 1024
+    tls: TlsOptions | bool | None = None
+    auth_token: str | None = None
+    auth_token_file: str | Path | None = None
+    auth_token_provider: Callable[[], str] | None = None
 
     def __post_init__(self) -> None:
         if not self.service_addresses:
@@ -55,6 +71,19 @@ class ClientOptions:
             raise ValueError("request_timeout_s must be > 0")
         if not 2.0 <= self.session_timeout_s <= 300.0:
             raise ValueError("session_timeout_s must be between 2 and 300 seconds (Oxia's bounds)")
+        sources = (self.auth_token, self.auth_token_file, self.auth_token_provider)
+        if sum(x is not None for x in sources) > 1:
+            raise ValueError("give one of auth_token, auth_token_file or auth_token_provider")
+
+    def client_tls(self) -> ClientTls | None:
+        """The dialer's TLS (None: plaintext)."""
+        return client_tls(self.tls)
+
+    def token_source(self) -> TokenSource | None:
+        """The bearer token's source (None: no token); reads a token file now."""
+        from pyxia.security.tokens import TokenSource
+
+        return TokenSource.of(self.auth_token, self.auth_token_file, self.auth_token_provider)
 
     @property
     def keep_alive_interval_s(self) -> float:
@@ -75,3 +104,14 @@ def addresses(service_address: str | Sequence[str]) -> tuple[str, ...]:
     if not out:
         raise ValueError("at least one service address is needed")
     return out
+
+
+def client_tls(tls: TlsOptions | bool | None) -> ClientTls | None:
+    """``True``: TLS with the system's roots; a TlsOptions: those; None/False: plaintext."""
+    from pyxia.security.tls import TlsOptions
+
+    if tls is None or tls is False:
+        return None
+    if tls is True:
+        tls = TlsOptions(enabled=True)
+    return tls.client()

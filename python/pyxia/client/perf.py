@@ -35,6 +35,8 @@ class PerfConfig:
     duration_s: float = 0.0
     report_interval_s: float = 5.0
     max_outstanding: int = 1000
+    security: dict[str, Any] = field(default_factory=dict)
+    """``tls``, ``auth_token``, ``auth_token_file`` for the client."""
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
@@ -105,6 +107,7 @@ async def run_perf(
         batch_linger_s=cfg.batch_linger_s,
         max_requests_per_batch=cfg.max_requests_per_batch,
         request_timeout_s=cfg.request_timeout_s,
+        **cfg.security,
     ) as client:
         core = client.core
         outstanding = 0

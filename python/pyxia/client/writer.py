@@ -25,7 +25,7 @@ from pyxia.client.errors import (
 )
 from pyxia.client.ops import WriteOp, build_write_request, complete_writes, fail
 from pyxia.client.policy import Retry, classify, leader_hint
-from pyxia.errors import PyxiaError
+from pyxia.errors import PyxiaError, Unauthenticated
 
 if TYPE_CHECKING:
     from pyxia.client.connections import Stub
@@ -51,6 +51,7 @@ class _WriteStream:
     def __init__(self, owner: ShardWriter, stub: Stub, namespace: str, shard: int) -> None:
         self.owner = owner
         self.address = stub.address
+        self.token_generation = owner.core.conns.token_generation()
         self.call: Any = stub.write_stream(
             metadata=(("namespace", namespace), ("shard-id", str(shard)))
         )
@@ -163,8 +164,19 @@ class ShardWriter:
         if self._retry is not None:
             return
         ready = self._ready
+        conns = self.core.conns
         while ready:
             s = self._stream
+            if (
+                s is not None
+                and conns.tokens is not None
+                and not s.inflight
+                and s.token_generation != conns.token_generation()
+            ):
+                # A new token: the stream opened with the old one is left while idle (the
+                # server would end it once the old token expires).
+                s.close()
+                self._stream = s = None
             if s is None:
                 s = self._open()
                 if s is None:
@@ -213,6 +225,12 @@ class ShardWriter:
         if stream is self._stream:
             self._stream = None
         kind = classify(err)
+        if isinstance(err, Unauthenticated) and (
+            stream.token_generation != self.core.conns.token_generation()
+        ):
+            # The server refused the stream's (old) token and applied nothing it did not
+            # answer: send again with the new one.
+            kind = Retry.ALWAYS
         hint = leader_hint(err)
         if hint:
             self.core.set_leader_hint(self.shard, hint)

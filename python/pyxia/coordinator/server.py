@@ -86,13 +86,10 @@ class CoordinatorServer:
         await self._server.start()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         if self.options.metrics_addr:
-            from prometheus_client import start_http_server
+            from pyxia.common.metrics_http import MetricsServer
 
-            host, _, p = self.options.metrics_addr.rpartition(":")
-            res = start_http_server(int(p), addr=host or "0.0.0.0")
-            if isinstance(res, tuple):
-                self._metrics = res[0]
-                self.metrics_port = int(self._metrics.server_port)
+            self._metrics = MetricsServer(self.options.metrics_addr)  # /metrics only
+            self.metrics_port = self._metrics.port
         await self.provider.start()
         self._main = asyncio.get_running_loop().create_task(self._run(), name="coordinator-main")
 
@@ -172,8 +169,7 @@ class CoordinatorServer:
         if self._server is not None:
             await self._server.stop(0.5)
         if self._metrics is not None:
-            self._metrics.shutdown()
-            self._metrics.server_close()
+            self._metrics.close()
 
     # -- admin API --------------------------------------------------------------------------------
 

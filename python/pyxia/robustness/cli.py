@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import os
 import signal
 import sys
 from collections.abc import Coroutine
@@ -111,6 +112,17 @@ def robustness(
     from pyxia.robustness.faults import KINDS
     from pyxia.robustness.runner import RunOptions, run
     from pyxia.robustness.workload import WorkloadOptions
+    from pyxia.test_hooks import TEST_BUILD_HINT, TEST_MODE_ENV, native_test_build
+
+    if positive_control and not native_test_build():
+        click.echo(
+            "--positive-control needs a test build of pyxia._native (its WAL's "
+            f"ack-before-fsync hook is compiled only into test builds): {TEST_BUILD_HINT}",
+            err=True,
+        )
+        sys.exit(2)
+    # The harness and every process it starts are a test: their test hooks may arm.
+    os.environ[TEST_MODE_ENV] = "1"
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,

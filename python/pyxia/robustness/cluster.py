@@ -44,12 +44,18 @@ from pyxia.security.cluster_auth import ClusterSecret, generate_secret_file
 from pyxia.security.pki import CertificateAuthority
 from pyxia.security.tls import ClientTls, TlsOptions
 from pyxia.server.rpc_clients import ChannelPool
-from pyxia.test_hooks import DIAL_MAP_ENV, format_dial_map
+from pyxia.test_hooks import (
+    DIAL_MAP_ENV,
+    TEST_MODE_ENV,
+    WAL_ACK_BEFORE_FSYNC_ENV,
+    WAL_SYNCED_MARK_ENV,
+    format_dial_map,
+)
 
 log = logging.getLogger("pyxia.robustness")
 
-MARK_ENV = "PYXIA_WAL_SYNCED_MARK"
-ACK_BEFORE_FSYNC_ENV = "PYXIA_WAL_TEST_ACK_BEFORE_FSYNC_MS"
+MARK_ENV = WAL_SYNCED_MARK_ENV
+ACK_BEFORE_FSYNC_ENV = WAL_ACK_BEFORE_FSYNC_ENV
 MARK_FILE = "synced-offset.mark"
 COORDINATOR = "coord"
 
@@ -93,7 +99,7 @@ class Node:
     def start(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
         self.incarnation += 1
-        env = {**os.environ, **self.env, **self.next_start_env}
+        env = {**os.environ, TEST_MODE_ENV: "1", **self.env, **self.next_start_env}
         self.next_start_env = {}
         log_f = open(self.base / f"{self.name}.log", "ab")  # noqa: SIM115 - lives with the process
         log_f.write(f"==== start #{self.incarnation} at {time.time():.3f}\n".encode())

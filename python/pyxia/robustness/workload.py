@@ -42,7 +42,7 @@ from pyxia.robustness.history import (
     Record,
 )
 from pyxia.security.tls import TlsOptions
-from pyxia.test_hooks import DIAL_MAP_ENV, format_dial_map
+from pyxia.test_hooks import DIAL_MAP_ENV, TEST_MODE_ENV, format_dial_map
 
 log = logging.getLogger("pyxia.robustness")
 
@@ -468,7 +468,7 @@ class Workload:
     async def _owner(self, name: str, life: float) -> None:
         owner = EphemeralOwner(name, {})
         self.owners.append(owner)
-        env = {DIAL_MAP_ENV: format_dial_map(self.client_dial_map)}
+        env = {DIAL_MAP_ENV: format_dial_map(self.client_dial_map), TEST_MODE_ENV: "1"}
         import os
 
         proc = await asyncio.create_subprocess_exec(

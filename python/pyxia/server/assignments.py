@@ -7,7 +7,7 @@ stream that sends the whole map again on every change.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from pyxia.errors import NamespaceNotFound
 from pyxia.proto import client_pb2
@@ -52,10 +52,19 @@ class AssignmentsDispatcher:
                     return name
         return None
 
-    def _view(self, namespace: str) -> client_pb2.ShardAssignments:
+    def _view(
+        self, namespace: str, visible: Callable[[str], bool] | None = None
+    ) -> client_pb2.ShardAssignments:
         assert self._current is not None
         if not namespace:
-            return self._current
+            if visible is None:
+                return self._current
+            out = client_pb2.ShardAssignments()
+            for name, nsa in self._current.namespaces.items():
+                if visible(name):
+                    out.namespaces[name].CopyFrom(nsa)
+            out.allowed_authorities.extend(self._current.allowed_authorities)
+            return out
         if namespace not in self._current.namespaces:
             raise NamespaceNotFound(f"oxia: namespace not found: {namespace!r}")
         out = client_pb2.ShardAssignments()
@@ -63,14 +72,17 @@ class AssignmentsDispatcher:
         out.allowed_authorities.extend(self._current.allowed_authorities)
         return out
 
-    async def stream(self, namespace: str) -> AsyncIterator[client_pb2.ShardAssignments]:
-        """Yields the assignments now (once known) and after every change."""
+    async def stream(
+        self, namespace: str, visible: Callable[[str], bool] | None = None
+    ) -> AsyncIterator[client_pb2.ShardAssignments]:
+        """Yields the assignments now (once known) and after every change. With no
+        ``namespace``, every namespace (those ``visible`` accepts, when given)."""
         sent = -1
         while not self.changed.closed:
             seen = self.changed.generation
             if self._current is not None and seen != sent:
                 sent = seen
-                yield self._view(namespace)
+                yield self._view(namespace, visible)
             await self.changed.wait(seen)
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ from grpc_health.v1.health import aio as health_aio
 from pyxia.proto import client_pb2
 from pyxia.security.cluster_auth import ClusterSecret
 from pyxia.security.internal_auth import ClusterAuthInterceptor
+from pyxia.security.public import PublicAccess, PublicAuthOptions
 from pyxia.security.tls import TlsOptions
 from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.internal_rpc import InternalService, Manifest
@@ -66,6 +67,8 @@ class ServerOptions:
     peer_tls: TlsOptions | None = None
     # Proof of cluster membership on every internal call (--cluster-secret-file); None: none.
     cluster_secret: ClusterSecret | None = None
+    # Token authentication, authorization and privileged fields on the public port.
+    public_auth: PublicAuthOptions = field(default_factory=PublicAuthOptions)
 
     def storage_options(self) -> StorageOptions:
         return StorageOptions(
@@ -120,11 +123,13 @@ class DataServer:
         self._closed = False
         self.extra_internal_handlers: list[grpc.GenericRpcHandler] = []
         self.extra_public_handlers: list[grpc.GenericRpcHandler] = []
+        self.public_access = PublicAccess.from_options(options.public_auth)
         self.tso: TsoService | None = None
         if options.tso is not None:
             self.tso = TsoService.for_data_server(
                 self.director, self.assignments, lambda: self.public_address, options.tso
             )
+            self.tso.access = self.public_access
             self.extra_public_handlers.append(self.tso.generic_handler())
 
     @property
@@ -141,10 +146,10 @@ class DataServer:
 
     async def start(self) -> None:
         opts = grpc_options(self.options.max_message_bytes)
-        self._public = grpc.aio.server(options=opts)
-        self._public.add_generic_rpc_handlers(
-            OxiaClientService(self.director, self.assignments).generic_handlers()
-        )
+        await self.public_access.start()
+        self._public = grpc.aio.server(options=opts, interceptors=self.public_access.interceptors())
+        client_service = OxiaClientService(self.director, self.assignments, self.public_access)
+        self._public.add_generic_rpc_handlers(client_service.generic_handlers())
         for h in self.extra_public_handlers:
             self._public.add_generic_rpc_handlers([h])
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._public)
@@ -195,18 +200,10 @@ class DataServer:
         return port
 
     def _start_metrics(self, addr: str) -> None:
-        from prometheus_client import start_http_server
+        from pyxia.common.metrics_http import MetricsServer
 
-        host, _, port = addr.rpartition(":")
-        try:
-            result = start_http_server(int(port), addr=host or "0.0.0.0")
-        except OSError as e:
-            raise OSError(f"cannot listen on metrics address {addr}: {e}") from e
-        if isinstance(result, tuple):
-            self._metrics_server = result[0]
-            self.metrics_port = int(self._metrics_server.server_port)
-        else:  # pragma: no cover - older prometheus_client
-            self.metrics_port = int(port)
+        self._metrics_server = MetricsServer(addr)  # /metrics only
+        self.metrics_port = self._metrics_server.port
 
     async def _on_pushed_assignments(self, a: client_pb2.ShardAssignments) -> None:
         """The coordinator pushed the assignment map: re-serve it to clients."""
@@ -259,6 +256,6 @@ class DataServer:
         await self.director.drain(timeout=grace)
         await self.director.close()
         await stopping
+        await self.public_access.close()
         if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
+            self._metrics_server.close()

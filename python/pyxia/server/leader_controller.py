@@ -57,7 +57,7 @@ from pyxia.server.shard_storage import ShardStorage
 from pyxia.server.signals import Signal
 from pyxia.server.sync_policy import SyncPolicy
 from pyxia.storage import reads
-from pyxia.storage.apply import ApplyResult, validate_write_request
+from pyxia.storage.apply import ApplyResult, override_fields_used, validate_write_request
 from pyxia.storage.db import TermOptions
 
 log = logging.getLogger("pyxia.leader")
@@ -438,12 +438,20 @@ class LeaderController:
         raw: bytes | None = None,
         *,
         validate: bool = True,
+        check_overrides: Callable[[str], None] | None = None,
     ) -> asyncio.Future[ApplyResult]:
         """Logs a client write; the future resolves once it is committed and
-        applied. Raises at once for a non-leader or an invalid request."""
+        applied. Raises at once for a non-leader or an invalid request.
+
+        A put with a negative ``override_version_id``/``override_modifications_count`` is
+        invalid; a put with either field calls ``check_overrides(namespace)`` first (the public
+        API passes its authorization check, which raises PermissionDenied). Followers never
+        check: what a leader logged was admitted."""
         self.check_leader()
         if validate:
             validate_write_request(request)
+            if override_fields_used(request, raw) and check_overrides is not None:
+                check_overrides(self.namespace)
         if raw is None:
             raw = request.SerializeToString()
         return self._append(request, log_entry_value(raw), None)

@@ -2,9 +2,20 @@
 for older clients such as the ``oxia`` PyPI package, under
 ``io.streamnative.oxia.proto``.
 
-Handlers are registered by hand (not through the generated servicer) so the
-write path receives the raw request bytes: they go into the WAL as they
-came, wrapped in a ``LogEntryValue`` without being re-serialized.
+Handlers are registered by hand (not through the generated servicer) and
+every one receives the raw request bytes: the write path logs them as they
+came, wrapped in a ``LogEntryValue`` without being re-serialized, and every
+handler decodes its request itself, so undecodable bytes are answered
+INVALID_ARGUMENT (gRPC's deserializer would answer UNKNOWN or INTERNAL).
+
+Authorization (``pyxia.security.public``): once a handler knows the namespace
+of the shard it serves, it asks ``PublicAccess`` for ``read`` or ``write``
+there (PERMISSION_DENIED otherwise); ``include_internal_keys`` needs
+``internal-keys``, and a put with ``override_version_id`` or
+``override_modifications_count`` needs ``migrate`` — checked by the leader
+before the write is logged. In a WriteStream such a refusal ends the stream
+with PERMISSION_DENIED after the writes before it are answered (a write's
+per-operation status has no PERMISSION_DENIED).
 """
 
 from __future__ import annotations
@@ -17,9 +28,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from pyxia.errors import InvalidArgument, PyxiaError
 from pyxia.proto import client_pb2
+from pyxia.security.policy import INTERNAL_KEYS, MIGRATE, READ, WRITE
+from pyxia.security.public import PublicAccess
 from pyxia.server import grpc_errors
 from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.leader_controller import LeaderController
@@ -76,6 +90,72 @@ def _streaming(
     return wrapper
 
 
+def _parse(cls: Any, raw: bytes) -> Any:
+    """``raw`` as a ``cls`` message; undecodable bytes are INVALID_ARGUMENT (gRPC's own
+    deserializer would answer UNKNOWN or INTERNAL)."""
+    try:
+        return cls.FromString(raw)
+    except DecodeError as e:
+        raise InvalidArgument(f"oxia: undecodable {cls.__name__}: {e}") from None
+
+
+def _unary_of(
+    cls: Any,
+) -> Callable[[Callable[[Any, Any, Ctx], Awaitable[T]]], Callable[[Any, bytes, Ctx], Awaitable[T]]]:
+    """A unary handler taking the request's bytes, decoded as ``cls`` (None: kept raw)."""
+
+    def decorate(
+        fn: Callable[[Any, Any, Ctx], Awaitable[T]],
+    ) -> Callable[[Any, bytes, Ctx], Awaitable[T]]:
+        @functools.wraps(fn)
+        async def wrapper(self: Any, raw: bytes, context: Ctx) -> T:
+            try:
+                request = raw if cls is None else _parse(cls, raw)
+                return await fn(self, request, context)
+            except PyxiaError as e:
+                await grpc_errors.abort(context, e)
+                raise  # unreachable: abort raises
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as e:
+                log.exception("%s failed", fn.__name__)
+                await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {e}")
+                raise
+
+        return wrapper
+
+    return decorate
+
+
+def _streaming_of(
+    cls: Any,
+) -> Callable[
+    [Callable[[Any, Any, Ctx], AsyncIterator[T]]], Callable[[Any, bytes, Ctx], AsyncIterator[T]]
+]:
+    """A server-streaming handler taking the request's bytes, decoded as ``cls``."""
+
+    def decorate(
+        fn: Callable[[Any, Any, Ctx], AsyncIterator[T]],
+    ) -> Callable[[Any, bytes, Ctx], AsyncIterator[T]]:
+        @functools.wraps(fn)
+        async def wrapper(self: Any, raw: bytes, context: Ctx) -> AsyncIterator[T]:
+            try:
+                request = _parse(cls, raw)
+                async for item in fn(self, request, context):
+                    yield item
+            except PyxiaError as e:
+                await grpc_errors.abort(context, e)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as e:
+                log.exception("%s failed", fn.__name__)
+                await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {e}")
+
+        return wrapper
+
+    return decorate
+
+
 def _metadata(context: Ctx) -> dict[str, str]:
     md: dict[str, str] = {}
     for k, v in context.invocation_metadata() or ():
@@ -86,9 +166,18 @@ def _metadata(context: Ctx) -> dict[str, str]:
 class OxiaClientService:
     """Implements every client RPC on top of the shards director."""
 
-    def __init__(self, director: ShardsDirector, assignments: AssignmentsDispatcher) -> None:
+    def __init__(
+        self,
+        director: ShardsDirector,
+        assignments: AssignmentsDispatcher,
+        access: PublicAccess | None = None,
+    ) -> None:
         self.director = director
         self.assignments = assignments
+        self.access = access or PublicAccess()
+
+    def _check_migrate(self, namespace: str) -> None:
+        self.access.check(namespace, MIGRATE)
 
     def _leader(self, shard: int | None) -> LeaderController:
         if shard is None:
@@ -97,20 +186,27 @@ class OxiaClientService:
 
     # -- assignments ------------------------------------------------------------------------------
 
-    @_streaming
+    @_streaming_of(client_pb2.ShardAssignmentsRequest)
     async def get_shard_assignments(
         self, req: client_pb2.ShardAssignmentsRequest, context: Ctx
     ) -> AsyncIterator[client_pb2.ShardAssignments]:
-        async for a in self.assignments.stream(req.namespace):
+        access = self.access
+        visible = None
+        if req.namespace:
+            access.check_any(req.namespace)
+        elif not access.open:
+            visible = access.has_any  # every namespace: those the caller has a grant in
+        async for a in self.assignments.stream(req.namespace, visible):
             yield a
 
     # -- writes -----------------------------------------------------------------------------------
 
-    @_unary
+    @_unary_of(None)
     async def write(self, raw: bytes, context: Ctx) -> client_pb2.WriteResponse:
-        req = client_pb2.WriteRequest.FromString(raw)
+        req = _parse(client_pb2.WriteRequest, raw)
         leader = self._leader(req.shard if req.HasField("shard") else None)
-        res = await leader.propose(req, raw)
+        self.access.check(leader.namespace, WRITE)
+        res = await leader.propose(req, raw, check_overrides=self._check_migrate)
         return leader.result_to_response(res)
 
     async def write_stream(
@@ -126,9 +222,11 @@ class OxiaClientService:
             except ValueError:
                 raise InvalidArgument(f"oxia: bad shard-id header {md['shard-id']!r}") from None
             leader = self.director.get_leader(shard)
+            self.access.check(leader.namespace, WRITE)
         except PyxiaError as e:
             await grpc_errors.abort(context, e)
             return
+        check_overrides = self._check_migrate
         loop = asyncio.get_running_loop()
         inflight: asyncio.Queue[asyncio.Future[Any] | None] = asyncio.Queue(
             MAX_PENDING_WRITES_PER_STREAM
@@ -145,14 +243,23 @@ class OxiaClientService:
                         await inflight.put(fut)
                         continue
                     try:
-                        fut = leader.propose(req, raw)
+                        fut = leader.propose(req, raw, check_overrides=check_overrides)
                     except InvalidArgument:
                         # Answered per operation: the stream (and the writes
                         # pipelined behind this one) go on.
                         fut.set_result(invalid_argument_response(req))
                     except PyxiaError as e:
+                        # Refused as a whole (not the leader, a privileged field without the
+                        # grant): the stream ends with that status once the writes before it
+                        # are answered.
                         fut.set_exception(e)
                     await inflight.put(fut)
+            except PyxiaError as e:
+                # The request stream itself was refused (its token expired): the messages
+                # before were answered, this one is not applied.
+                fut = loop.create_future()
+                fut.set_exception(e)
+                await inflight.put(fut)
             finally:
                 await inflight.put(None)
 
@@ -183,11 +290,12 @@ class OxiaClientService:
 
     # -- reads ------------------------------------------------------------------------------------
 
-    @_streaming
+    @_streaming_of(client_pb2.ReadRequest)
     async def read(
         self, req: client_pb2.ReadRequest, context: Ctx
     ) -> AsyncIterator[client_pb2.ReadResponse]:
         leader = self._leader(req.shard if req.HasField("shard") else None)
+        self.access.check(leader.namespace, READ)
         await leader.confirm_leadership()
         db = leader.storage.db
         get_into = reads.get_into
@@ -208,11 +316,12 @@ class OxiaClientService:
                 leader.check_leader()
         yield resp
 
-    @_streaming
+    @_streaming_of(client_pb2.ListRequest)
     async def list_keys(
         self, req: client_pb2.ListRequest, context: Ctx
     ) -> AsyncIterator[client_pb2.ListResponse]:
         leader = self._leader(req.shard if req.HasField("shard") else None)
+        self._check_scan(leader.namespace, req.include_internal_keys)
         await leader.confirm_leadership()
         chunk: list[str] = []
         size = 0
@@ -226,11 +335,12 @@ class OxiaClientService:
                 leader.check_leader()
         yield client_pb2.ListResponse(keys=chunk)
 
-    @_streaming
+    @_streaming_of(client_pb2.RangeScanRequest)
     async def range_scan(
         self, req: client_pb2.RangeScanRequest, context: Ctx
     ) -> AsyncIterator[client_pb2.RangeScanResponse]:
         leader = self._leader(req.shard if req.HasField("shard") else None)
+        self._check_scan(leader.namespace, req.include_internal_keys)
         await leader.confirm_leadership()
         chunk: list[client_pb2.GetResponse] = []
         size = 0
@@ -244,15 +354,21 @@ class OxiaClientService:
                 leader.check_leader()
         yield client_pb2.RangeScanResponse(records=chunk)
 
+    def _check_scan(self, namespace: str, include_internal_keys: bool) -> None:
+        self.access.check(namespace, READ)
+        if include_internal_keys:
+            self.access.check(namespace, INTERNAL_KEYS)
+
     # -- streams of changes -----------------------------------------------------------------------
 
-    @_streaming
+    @_streaming_of(client_pb2.GetSequenceUpdatesRequest)
     async def get_sequence_updates(
         self, req: client_pb2.GetSequenceUpdatesRequest, context: Ctx
     ) -> AsyncIterator[client_pb2.GetSequenceUpdatesResponse]:
         if not req.key:
             raise InvalidArgument("oxia: GetSequenceUpdates needs a key prefix")
         leader = self._leader(req.shard)
+        self.access.check(leader.namespace, READ)
         leader.check_leader()
         w = leader.watch_sequence(req.key)
         sent: str | None = None
@@ -267,11 +383,12 @@ class OxiaClientService:
         finally:
             leader.unwatch_sequence(w)
 
-    @_streaming
+    @_streaming_of(client_pb2.NotificationsRequest)
     async def get_notifications(
         self, req: client_pb2.NotificationsRequest, context: Ctx
     ) -> AsyncIterator[client_pb2.NotificationBatch]:
         leader = self._leader(req.shard)
+        self.access.check(leader.namespace, READ)
         leader.check_notifications()
         db = leader.storage.db
         if req.HasField("start_offset_exclusive"):
@@ -294,39 +411,41 @@ class OxiaClientService:
 
     # -- sessions ---------------------------------------------------------------------------------
 
-    @_unary
+    @_unary_of(client_pb2.CreateSessionRequest)
     async def create_session(
         self, req: client_pb2.CreateSessionRequest, context: Ctx
     ) -> client_pb2.CreateSessionResponse:
         leader = self._leader(req.shard)
+        self.access.check(leader.namespace, WRITE)
         sid = await leader.sessions.create(req.session_timeout_ms, req.client_identity)
         return client_pb2.CreateSessionResponse(session_id=sid)
 
-    @_unary
+    @_unary_of(client_pb2.SessionHeartbeat)
     async def keep_alive(
         self, req: client_pb2.SessionHeartbeat, context: Ctx
     ) -> client_pb2.KeepAliveResponse:
         leader = self._leader(req.shard)
+        self.access.check(leader.namespace, WRITE)
         leader.sessions.keep_alive(req.session_id)
         return client_pb2.KeepAliveResponse()
 
-    @_unary
+    @_unary_of(client_pb2.CloseSessionRequest)
     async def close_session(
         self, req: client_pb2.CloseSessionRequest, context: Ctx
     ) -> client_pb2.CloseSessionResponse:
         leader = self._leader(req.shard)
+        self.access.check(leader.namespace, WRITE)
         await leader.sessions.close_session(req.session_id)
         return client_pb2.CloseSessionResponse()
 
     # -- registration -----------------------------------------------------------------------------
 
     def method_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
-        c = client_pb2
         ser = _serialize
         return {
             "GetShardAssignments": grpc.unary_stream_rpc_method_handler(
                 self.get_shard_assignments,
-                request_deserializer=c.ShardAssignmentsRequest.FromString,
+                request_deserializer=None,
                 response_serializer=ser,
             ),
             "Write": grpc.unary_unary_rpc_method_handler(
@@ -336,41 +455,41 @@ class OxiaClientService:
                 self.write_stream, request_deserializer=None, response_serializer=ser
             ),
             "Read": grpc.unary_stream_rpc_method_handler(
-                self.read, request_deserializer=c.ReadRequest.FromString, response_serializer=ser
+                self.read, request_deserializer=None, response_serializer=ser
             ),
             "List": grpc.unary_stream_rpc_method_handler(
                 self.list_keys,
-                request_deserializer=c.ListRequest.FromString,
+                request_deserializer=None,
                 response_serializer=ser,
             ),
             "RangeScan": grpc.unary_stream_rpc_method_handler(
                 self.range_scan,
-                request_deserializer=c.RangeScanRequest.FromString,
+                request_deserializer=None,
                 response_serializer=ser,
             ),
             "GetSequenceUpdates": grpc.unary_stream_rpc_method_handler(
                 self.get_sequence_updates,
-                request_deserializer=c.GetSequenceUpdatesRequest.FromString,
+                request_deserializer=None,
                 response_serializer=ser,
             ),
             "GetNotifications": grpc.unary_stream_rpc_method_handler(
                 self.get_notifications,
-                request_deserializer=c.NotificationsRequest.FromString,
+                request_deserializer=None,
                 response_serializer=ser,
             ),
             "CreateSession": grpc.unary_unary_rpc_method_handler(
                 self.create_session,
-                request_deserializer=c.CreateSessionRequest.FromString,
+                request_deserializer=None,
                 response_serializer=ser,
             ),
             "KeepAlive": grpc.unary_unary_rpc_method_handler(
                 self.keep_alive,
-                request_deserializer=c.SessionHeartbeat.FromString,
+                request_deserializer=None,
                 response_serializer=ser,
             ),
             "CloseSession": grpc.unary_unary_rpc_method_handler(
                 self.close_session,
-                request_deserializer=c.CloseSessionRequest.FromString,
+                request_deserializer=None,
                 response_serializer=ser,
             ),
         }

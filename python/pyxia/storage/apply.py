@@ -421,6 +421,38 @@ def validate_write_request(req: client_pb2.WriteRequest) -> None:
             raise InvalidArgument(f"delete: keys under {internal} are reserved")
 
 
+_OVERRIDE_TAG_BYTES = (b"\x48", b"\xc8", b"\x50", b"\xd0")
+"""The first byte of the tag of PutRequest field 9 (override_version_id) and 10
+(override_modifications_count), varint wire type, in its shortest form and overlong (a parser
+accepts a tag varint with continuation bytes, whose first byte then has the high bit set)."""
+
+
+def override_fields_used(req: client_pb2.WriteRequest, raw: bytes | None = None) -> bool:
+    """Whether a put of ``req`` sets ``override_version_id`` or ``override_modifications_count``
+    (Oxia's migration fields, privileged); a negative value raises InvalidArgument.
+
+    ``raw``, the request's bytes, lets a request none of whose bytes can start either field's
+    tag skip the per-put look (a few memchr instead of two presence checks per put)."""
+    if raw is not None and not any(b in raw for b in _OVERRIDE_TAG_BYTES):
+        return False
+    used = False
+    for p in req.puts:
+        if p.HasField("override_version_id"):
+            if p.override_version_id < 0:
+                raise InvalidArgument(
+                    f"put: override_version_id must be >= 0, got {p.override_version_id}"
+                )
+            used = True
+        if p.HasField("override_modifications_count"):
+            if p.override_modifications_count < 0:
+                raise InvalidArgument(
+                    "put: override_modifications_count must be >= 0, got "
+                    f"{p.override_modifications_count}"
+                )
+            used = True
+    return used
+
+
 def _validate_put(p: client_pb2.PutRequest) -> None:
     if p.sequence_key_delta:
         if not p.key:

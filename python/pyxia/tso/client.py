@@ -22,6 +22,9 @@ tsoracle itself).
 - **Fallback tripwire**: every grant must start above the largest timestamp this client
   received before sending that RPC; otherwise :class:`TimestampFallback` is raised to the
   callers of that batch (and counted in ``fallbacks``) and its timestamps are not handed out.
+- **Security**: ``tls=`` (a ``TlsOptions``, or True for the system's roots) and a bearer token
+  (``auth_token=``, ``auth_token_file=`` or ``auth_token_provider=``) as for ``pyxia.Client``;
+  UNAUTHENTICATED / PERMISSION_DENIED are raised at once (never retried).
 """
 
 from __future__ import annotations
@@ -30,18 +33,22 @@ import asyncio
 import collections
 import random
 import threading
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from pyxia.client.connections import channel_options
+from pyxia.client.connections import WithToken, channel_options
 from pyxia.client.errors import ClientClosed, RequestTimeout
+from pyxia.client.options import client_tls
 from pyxia.client.waiter import Waiter
-from pyxia.errors import InvalidArgument, PyxiaError
+from pyxia.errors import InvalidArgument, PermissionDenied, PyxiaError, Unauthenticated
 from pyxia.proto import tso_pb2
+from pyxia.security.tls import TlsOptions
+from pyxia.security.tokens import TokenSource
 from pyxia.tso.allocator import LOGICAL_BITS, MAX_COUNT
 from pyxia.tso.errors import TimestampFallback
 
@@ -186,7 +193,13 @@ class AsyncTsoClient:
         backoff_base_s: float = 0.05,
         backoff_cap_s: float = 1.0,
         max_queued: int = 4096,
+        tls: TlsOptions | bool | None = None,
+        auth_token: str | None = None,
+        auth_token_file: str | Path | None = None,
+        auth_token_provider: Callable[[], str] | None = None,
     ) -> None:
+        self._tls = client_tls(tls)
+        self._tokens = TokenSource.of(auth_token, auth_token_file, auth_token_provider)
         eps = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         eps = [_strip_scheme(e) for e in eps if e]
         if not eps:
@@ -343,9 +356,15 @@ class AsyncTsoClient:
     def _call(self, endpoint: str) -> Any:
         call = self._calls.get(endpoint)
         if call is None:
-            ch = grpc.aio.insecure_channel(endpoint, options=channel_options(TSO_MAX_MESSAGE_BYTES))
+            options = channel_options(TSO_MAX_MESSAGE_BYTES)
+            if self._tls is not None:
+                ch = self._tls.secure_channel(endpoint, options)
+            else:
+                ch = grpc.aio.insecure_channel(endpoint, options=options)
             self._channels[endpoint] = ch
             call = ch.unary_unary(GET_TS, request_serializer=None, response_deserializer=None)
+            if self._tokens is not None:
+                call = WithToken(call, self._tokens)
             self._calls[endpoint] = call
         return call
 
@@ -378,6 +397,10 @@ class AsyncTsoClient:
                 last_error = e
                 if code == grpc.StatusCode.INVALID_ARGUMENT:
                     raise InvalidArgument(e.details() or "tso: invalid argument") from None
+                if code == grpc.StatusCode.UNAUTHENTICATED:
+                    raise Unauthenticated(e.details() or "tso: unauthenticated") from None
+                if code == grpc.StatusCode.PERMISSION_DENIED:
+                    raise PermissionDenied(e.details() or "tso: permission denied") from None
                 if code == grpc.StatusCode.FAILED_PRECONDITION:
                     hint = _hint_of(e)
                     if hint is not None and hint.endpoint:
@@ -451,6 +474,10 @@ class TsoClient:
         attempt_timeout_s: float = 2.0,
         backoff_base_s: float = 0.05,
         backoff_cap_s: float = 1.0,
+        tls: TlsOptions | bool | None = None,
+        auth_token: str | None = None,
+        auth_token_file: str | Path | None = None,
+        auth_token_provider: Callable[[], str] | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="pyxia-tso", daemon=True)
@@ -466,6 +493,10 @@ class TsoClient:
                 backoff_base_s=backoff_base_s,
                 backoff_cap_s=backoff_cap_s,
                 max_queued=1 << 30,
+                tls=tls,
+                auth_token=auth_token,
+                auth_token_file=auth_token_file,
+                auth_token_provider=auth_token_provider,
             )
 
         try:

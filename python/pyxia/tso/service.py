@@ -6,6 +6,8 @@ trailer: a protobuf ``LeaderHint`` naming the leader's public address (scheme-le
 ``host:port``) when known — this node itself while its fence runs, else the leader in the
 pushed shard assignments — and its epoch when this node knows it. Transient failures are
 ``UNAVAILABLE``; a node whose oracle stopped after a permanent error answers ``INTERNAL``.
+With authentication on the public port, the caller needs ``write`` in the TSO namespace
+(``PERMISSION_DENIED`` otherwise); the token itself is checked by the port's interceptor.
 
 Failpoint: ``service.before_allocate`` (in the handler, before the allocator is asked).
 """
@@ -21,6 +23,8 @@ from google.protobuf.message import DecodeError
 from pyxia.errors import InvalidArgument, PyxiaError
 from pyxia.failpoints import FailpointError, afailpoint
 from pyxia.proto import tso_pb2
+from pyxia.security.policy import WRITE
+from pyxia.security.public import PublicAccess
 from pyxia.server import grpc_errors
 from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.shards_director import ShardsDirector
@@ -69,6 +73,8 @@ class TsoService:
     def __init__(self, oracle: Oracle, watch: LeaderWatch) -> None:
         self.oracle = oracle
         self.watch = watch
+        self.access: PublicAccess | None = None
+        """Set by the data server: GetTs needs ``write`` in the TSO namespace."""
 
     @classmethod
     def for_data_server(
@@ -104,6 +110,8 @@ class TsoService:
                 count = tso_pb2.GetTsRequest.FromString(raw).count
             except DecodeError:
                 raise InvalidArgument("tso: undecodable GetTsRequest") from None
+            if self.access is not None:
+                self.access.check(self.oracle.options.namespace, WRITE)
             if not 1 <= count <= MAX_COUNT:
                 raise InvalidArgument(f"tso: count must be between 1 and {MAX_COUNT}, got {count}")
             await afailpoint("service.before_allocate")

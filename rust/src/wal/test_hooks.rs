@@ -1,6 +1,8 @@
 //! Opt-in test hooks of the WAL for the robustness suite, read from the
-//! environment when a WAL is opened. Both are off by default; when off they
-//! cost one `Option` check per sync round.
+//! environment when a WAL is opened, and only when the process is in test mode
+//! (`PYXIA_TEST_MODE=1`; without it the variables below are ignored — the
+//! Python side logs that once). Both are off by default; when off they cost
+//! one `Option` check per sync round.
 //!
 //! - `PYXIA_WAL_SYNCED_MARK=1`: the WAL keeps `<dir>/synced-offset.mark`
 //!   holding the last offset it actually made durable (msync/fsync), written
@@ -11,25 +13,33 @@
 //!   only has to survive the kill -9 of the process, not of the machine.
 //! - `PYXIA_WAL_TEST_ACK_BEFORE_FSYNC_MS=N`: a deliberately broken mode (the
 //!   suite's positive control): sync rounds publish offsets as durable
-//!   without flushing them, and flush for real at most once every N ms.
+//!   without flushing them, and flush for real at most once every N ms. It is
+//!   compiled only into test builds (cargo feature `test-hooks`,
+//!   [`ACK_BEFORE_FSYNC_BUILT`]); a release build has no code that can
+//!   acknowledge before fsync.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+#[cfg(feature = "test-hooks")]
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use super::error::{IoContext, Result};
 
+pub const TEST_MODE_ENV: &str = "PYXIA_TEST_MODE";
 pub const MARK_ENV: &str = "PYXIA_WAL_SYNCED_MARK";
 pub const ACK_BEFORE_FSYNC_ENV: &str = "PYXIA_WAL_TEST_ACK_BEFORE_FSYNC_MS";
 pub const MARK_FILE: &str = "synced-offset.mark";
+/// Whether this build has the ack-before-fsync hook (cargo feature `test-hooks`).
+pub const ACK_BEFORE_FSYNC_BUILT: bool = cfg!(feature = "test-hooks");
 
 #[derive(Default)]
 pub struct TestHooks {
     want_mark: bool,
     mark: Option<Mutex<File>>,
+    #[cfg(feature = "test-hooks")]
     lazy_flush: Option<(Duration, Mutex<Option<Instant>>)>,
 }
 
@@ -39,23 +49,40 @@ fn env_set(name: &str) -> Option<String> {
         .filter(|v| !v.is_empty() && v != "0")
 }
 
+/// Whether the process is in test mode (`PYXIA_TEST_MODE=1`), the only state
+/// in which the environment may arm test hooks.
+pub fn test_mode() -> bool {
+    std::env::var(TEST_MODE_ENV).as_deref() == Ok("1")
+}
+
 impl TestHooks {
-    /// Hooks chosen explicitly (tests): keep the mark file, and/or the
-    /// broken mode flushing at most once every `ack_before_fsync_ms`.
-    pub fn new(mark: bool, ack_before_fsync_ms: Option<u64>) -> TestHooks {
+    /// Hooks chosen explicitly (tests): keep the mark file or not.
+    pub fn new(mark: bool) -> TestHooks {
         TestHooks {
             want_mark: mark,
-            mark: None,
-            lazy_flush: ack_before_fsync_ms.map(|ms| (Duration::from_millis(ms), Mutex::new(None))),
+            ..TestHooks::default()
         }
     }
 
-    /// The hooks the environment asks for (none, normally).
+    /// The broken mode (test builds only): flush at most once every `ms`.
+    #[cfg(feature = "test-hooks")]
+    pub fn ack_before_fsync(mut self, ms: u64) -> TestHooks {
+        self.lazy_flush = Some((Duration::from_millis(ms), Mutex::new(None)));
+        self
+    }
+
+    /// The hooks the environment asks for: none, normally, and none at all
+    /// outside test mode.
     pub fn from_env() -> TestHooks {
-        TestHooks::new(
-            env_set(MARK_ENV).is_some(),
-            env_set(ACK_BEFORE_FSYNC_ENV).and_then(|v| v.parse::<u64>().ok()),
-        )
+        if !test_mode() {
+            return TestHooks::default();
+        }
+        let hooks = TestHooks::new(env_set(MARK_ENV).is_some());
+        #[cfg(feature = "test-hooks")]
+        if let Some(ms) = env_set(ACK_BEFORE_FSYNC_ENV).and_then(|v| v.parse::<u64>().ok()) {
+            return hooks.ack_before_fsync(ms);
+        }
+        hooks
     }
 
     /// Opens the mark file in the (existing) WAL directory.
@@ -109,8 +136,19 @@ impl TestHooks {
             .and_then(|s| s.trim().parse::<i64>().ok()))
     }
 
-    /// Whether this sync round flushes (always, unless the broken
-    /// ack-before-fsync mode is on and its last flush is recent).
+    /// Whether this sync round flushes: always in a release build; in a test
+    /// build, unless the broken ack-before-fsync mode is on and its last flush
+    /// is recent.
+    #[cfg(not(feature = "test-hooks"))]
+    #[inline]
+    pub fn flush_now(&self) -> bool {
+        true
+    }
+
+    /// Whether this sync round flushes: always in a release build; in a test
+    /// build, unless the broken ack-before-fsync mode is on and its last flush
+    /// is recent.
+    #[cfg(feature = "test-hooks")]
     pub fn flush_now(&self) -> bool {
         match &self.lazy_flush {
             None => true,
@@ -170,7 +208,7 @@ mod tests {
     fn no_mark_file_by_default() {
         let d = tempfile::tempdir().unwrap();
         let w =
-            Wal::open_with_test_hooks(d.path(), opts(4096), TestHooks::new(false, None)).unwrap();
+            Wal::open_with_test_hooks(d.path(), opts(4096), TestHooks::new(false)).unwrap();
         append(&w, 0, 3);
         w.sync().unwrap();
         w.close().unwrap();
@@ -180,7 +218,7 @@ mod tests {
     #[test]
     fn mark_follows_syncs_truncate_clear_and_close() {
         let d = tempfile::tempdir().unwrap();
-        let hooks = || TestHooks::new(true, None);
+        let hooks = || TestHooks::new(true);
         // Small segments: rollovers are covered too.
         let w = Wal::open_with_test_hooks(d.path(), opts(4096), hooks()).unwrap();
         assert_eq!(read_mark_file(d.path()), Some(-1));
@@ -208,7 +246,7 @@ mod tests {
     fn cutting_back_to_the_mark_drops_only_unsynced_entries() {
         let d = tempfile::tempdir().unwrap();
         let w =
-            Wal::open_with_test_hooks(d.path(), opts(4096), TestHooks::new(true, None)).unwrap();
+            Wal::open_with_test_hooks(d.path(), opts(4096), TestHooks::new(true)).unwrap();
         append(&w, 0, 100);
         w.sync().unwrap();
         append(&w, 100, 160);
@@ -226,9 +264,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "test-hooks")]
     fn broken_mode_publishes_offsets_it_did_not_flush() {
         let d = tempfile::tempdir().unwrap();
-        let hooks = TestHooks::new(true, Some(3_600_000));
+        let hooks = TestHooks::new(true).ack_before_fsync(3_600_000);
         let w = Wal::open_with_test_hooks(d.path(), opts(4096), hooks).unwrap();
         append(&w, 0, 10);
         w.sync().unwrap(); // the first round flushes

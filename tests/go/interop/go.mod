@@ -2,7 +2,10 @@ module pyxia.test/interop
 
 go 1.26.8
 
-require github.com/oxia-db/oxia/oxia v0.17.1
+require (
+	github.com/oxia-db/oxia/common v0.17.1
+	github.com/oxia-db/oxia/oxia v0.17.1
+)
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect
@@ -18,7 +21,6 @@ require (
 	github.com/klauspost/cpuid/v2 v2.2.10 // indirect
 	github.com/mitchellh/mapstructure v1.5.0 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
-	github.com/oxia-db/oxia/common v0.17.1 // indirect
 	github.com/pkg/errors v0.9.1 // indirect
 	github.com/planetscale/vtprotobuf v0.6.1-0.20240319094008-0393e58bdf10 // indirect
 	github.com/prometheus/client_golang v1.23.2 // indirect

@@ -1,17 +1,42 @@
 // Interoperability check: Oxia's own Go client (github.com/oxia-db/oxia/oxia)
 // against a pyxia server. Exits non-zero with a message on the first failure.
+//
+// INTEROP_TLS_CA=<PEM file> connects with TLS (oxia.WithTLS) trusting that CA;
+// INTEROP_AUTH_TOKEN=<token> sends it as a bearer token (oxia.WithAuthentication);
+// INTEROP_EXPECT_UNAUTHENTICATED=1 only checks that the server refuses the client.
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
+	"github.com/oxia-db/oxia/common/auth"
 	"github.com/oxia-db/oxia/oxia"
 )
+
+func securityOptions() []oxia.ClientOption {
+	var opts []oxia.ClientOption
+	if ca := os.Getenv("INTEROP_TLS_CA"); ca != "" {
+		pem, err := os.ReadFile(ca)
+		check(err, "read CA file")
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			fail("no certificate in %s", ca)
+		}
+		opts = append(opts, oxia.WithTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}))
+	}
+	if token := os.Getenv("INTEROP_AUTH_TOKEN"); token != "" {
+		opts = append(opts, oxia.WithAuthentication(auth.NewTokenAuthenticationWithToken(token, false)))
+	}
+	return opts
+}
 
 func fail(format string, args ...any) {
 	fmt.Printf("FAIL: "+format+"\n", args...)
@@ -29,8 +54,22 @@ func main() {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
-	client, err := oxia.NewSyncClient(addr, oxia.WithRequestTimeout(10*time.Second),
-		oxia.WithSessionTimeout(5*time.Second))
+	opts := append([]oxia.ClientOption{oxia.WithRequestTimeout(10 * time.Second),
+		oxia.WithSessionTimeout(5 * time.Second)}, securityOptions()...)
+	if os.Getenv("INTEROP_EXPECT_UNAUTHENTICATED") != "" {
+		opts[0] = oxia.WithRequestTimeout(3 * time.Second)
+		c, err := oxia.NewSyncClient(addr, opts...)
+		if err == nil {
+			_, _, err = c.Put(ctx, prefix+"/refused", []byte("x"))
+			c.Close()
+		}
+		if err == nil || !strings.Contains(strings.ToLower(err.Error()), "unauthenticated") {
+			fail("expected an unauthenticated refusal, got %v", err)
+		}
+		fmt.Println("REFUSED OK")
+		return
+	}
+	client, err := oxia.NewSyncClient(addr, opts...)
 	check(err, "connect")
 	defer client.Close()
 

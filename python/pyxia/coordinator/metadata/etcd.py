@@ -21,6 +21,23 @@ Keys (under ``prefix``): ``<prefix>/cluster-status`` holds the status protojson;
 - Leadership is lost when a keepalive answers TTL 0 (lease expired or revoked),
   when no keepalive succeeded for ttl - ttl/3, or when the leader key is no
   longer ours (checked on every keepalive).
+
+Security (docs/security.md):
+- TLS (``tls``, the coordinator's ``--etcd-tls-*`` flags): ``https://``
+  endpoints, verified against the trusted CA (default: the system's), with a
+  client certificate and key for etcd's ``--client-cert-auth`` (mutual TLS).
+  With TLS options given, every endpoint is ``https``: an ``http://`` one is
+  refused, never a silent plaintext downgrade. ``server_name`` is the name
+  etcd's certificate must carry (default: the endpoint's host). Changed
+  certificate, key or CA
+  files are used by the next connections (checked once a second).
+- etcd users (``username`` + ``password``): the provider authenticates
+  (``/v3/auth/authenticate``) and sends the token on every request; an expired
+  token is renewed and the request retried once (etcd refused it before
+  executing it). etcd 3.4+ ignores a client certificate's CN on the JSON
+  gateway and refuses gateway requests that carry a client certificate while
+  auth is on, so password auth pairs with server-only TLS, and mutual TLS is
+  the access control on its own.
 """
 
 from __future__ import annotations
@@ -32,6 +49,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import Sequence
@@ -41,6 +59,7 @@ import httpx
 
 from pyxia.errors import MetadataBadVersion, ResourceUnavailable
 from pyxia.proto.metadata_pb2 import ClusterStatus
+from pyxia.security.tls import TLS12, TLS13, ClientTls, TlsOptions
 
 from .codec import decode_status, encode_status
 from .provider import NOT_EXISTS, LeadershipLost, MetadataProvider, Version, counter_of
@@ -56,9 +75,40 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text)
 
 
-def _endpoint_url(endpoint: str) -> str:
+def _endpoint_url(endpoint: str, tls: bool = False) -> str:
     endpoint = endpoint.strip().rstrip("/")
-    return endpoint if "://" in endpoint else f"http://{endpoint}"
+    if "://" not in endpoint:
+        return f"{'https' if tls else 'http'}://{endpoint}"
+    scheme = endpoint.split("://", 1)[0].lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"etcd endpoint {endpoint!r}: use http:// or https://")
+    if tls and scheme != "https":
+        raise ValueError(f"etcd endpoint {endpoint!r} is plaintext while TLS options are given")
+    return endpoint
+
+
+_SSL_VERSIONS = {TLS12: ssl.TLSVersion.TLSv1_2, TLS13: ssl.TLSVersion.TLSv1_3}
+
+
+def ssl_context(options: TlsOptions | None) -> ssl.SSLContext:
+    """The client TLS context for etcd: the trusted CA (default: the system's), the client
+    certificate for mutual TLS, TLS >= 1.2."""
+    o = options or TlsOptions()
+    ca = str(o.trusted_ca_file) if o.trusted_ca_file is not None else None
+    ctx = ssl.create_default_context(cafile=ca)
+    if o.cert_file is not None and o.key_file is not None:
+        ctx.load_cert_chain(str(o.cert_file), str(o.key_file))
+    ctx.minimum_version = _SSL_VERSIONS.get(o.min_version, ssl.TLSVersion.TLSv1_2)
+    if o.max_version:
+        ctx.maximum_version = _SSL_VERSIONS[o.max_version]
+    if o.insecure_skip_verify:  # tests only; ClientTls logs the warning
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class _InvalidToken(Exception):
+    """etcd refused the auth token (expired, or auth was re-enabled)."""
 
 
 def default_identity() -> str:
@@ -77,11 +127,22 @@ class EtcdMetadataProvider(MetadataProvider):
         lease_ttl: int = 10,
         campaign_interval: float = 1.0,
         request_timeout: float = 5.0,
+        tls: TlsOptions | None = None,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         super().__init__()
         if isinstance(endpoints, str):
             endpoints = endpoints.split(",")
-        self.endpoints = [_endpoint_url(e) for e in endpoints if e.strip()]
+        self._tls: ClientTls | None = tls.client() if tls is not None else None
+        self.endpoints = [_endpoint_url(e, self._tls is not None) for e in endpoints if e.strip()]
+        if (username is None) != (password is None):
+            raise ValueError("etcd authentication needs both a user name and a password")
+        self._credentials = None if username is None else (username, password or "")
+        # --etcd-tls-server-name: the name etcd's certificate must carry (also sent as SNI).
+        server_name = tls.server_name if tls is not None else None
+        self._extensions = {"sni_hostname": server_name} if server_name else {}
+        self._token: str | None = None
         if not self.endpoints:
             raise ValueError("etcd metadata provider needs at least one endpoint")
         if lease_ttl < 2:
@@ -94,6 +155,8 @@ class EtcdMetadataProvider(MetadataProvider):
         self._campaign_interval = campaign_interval
         self._request_timeout = request_timeout
         self._client: httpx.AsyncClient | None = None
+        self._tls_generation = 0
+        self._retired: set[asyncio.Task[None]] = set()  # clients closed once idle
         self._endpoint = 0
         self._closing = asyncio.Event()
         self._lease_id: int | None = None
@@ -103,30 +166,104 @@ class EtcdMetadataProvider(MetadataProvider):
 
     # -- transport ---------------------------------------------------------------
 
+    def _new_client(self) -> httpx.AsyncClient:
+        # trust_env=False: etcd is cluster-internal; an HTTP proxy picked up
+        # from the environment would only add a hop to the lease's timing.
+        verify: ssl.SSLContext | bool = True
+        if self._tls is not None:
+            self._tls_generation = self._tls.generation()
+            try:
+                verify = ssl_context(self._tls.options)
+            except (OSError, ssl.SSLError) as e:
+                raise ResourceUnavailable(f"etcd TLS files: {e}") from e
+        return httpx.AsyncClient(timeout=self._request_timeout, trust_env=False, verify=verify)
+
     async def start(self) -> None:
         self._check_open()
         if self._client is None:
-            # trust_env=False: etcd is cluster-internal; an HTTP proxy picked up
-            # from the environment would only add a hop to the lease's timing.
-            self._client = httpx.AsyncClient(timeout=self._request_timeout, trust_env=False)
+            self._client = self._new_client()
 
-    async def _call(self, path: str, body: dict[str, Any], *, idempotent: bool) -> dict[str, Any]:
-        """POSTs to the gateway, failing over between endpoints while the
-        request surely was not sent (or is idempotent)."""
+    def _current_client(self) -> httpx.AsyncClient:
+        """The client; a new one (new TLS context) once the TLS files changed. The old one is
+        closed when its requests had time to finish."""
         client = self._client
         if client is None:
             raise ResourceUnavailable("etcd metadata provider is not started")
+        if self._tls is not None and self._tls.generation() != self._tls_generation:
+            try:
+                fresh = self._new_client()
+            except ResourceUnavailable as e:  # a half-written file: keep the old context
+                log.warning("etcd TLS files changed but do not load", extra={"error": str(e)})
+                self._tls_generation = self._tls.generation()
+                return client
+            self._client = fresh
+            task = asyncio.create_task(self._close_later(client), name="etcd-retire-client")
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+            log.info("etcd TLS files changed: new connections use them")
+            return fresh
+        return client
+
+    async def _close_later(self, client: httpx.AsyncClient) -> None:
+        try:
+            await asyncio.sleep(2 * self._request_timeout)
+        finally:
+            await client.aclose()
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": self._token} if self._token else {}
+
+    async def _authenticate(self) -> None:
+        assert self._credentials is not None
+        name, password = self._credentials
+        self._token = None
+        data = await self._call(
+            "/v3/auth/authenticate",
+            {"name": name, "password": password},
+            idempotent=True,
+            authenticated=False,
+        )
+        token = data.get("token")
+        if not isinstance(token, str) or not token:
+            raise ResourceUnavailable("etcd /v3/auth/authenticate: no token in the answer")
+        self._token = token
+
+    async def _call(
+        self, path: str, body: dict[str, Any], *, idempotent: bool, authenticated: bool = True
+    ) -> dict[str, Any]:
+        """POSTs to the gateway, failing over between endpoints while the
+        request surely was not sent (or is idempotent)."""
+        if authenticated and self._credentials is not None and self._token is None:
+            await self._authenticate()
+        try:
+            return await self._post(path, body, idempotent=idempotent)
+        except _InvalidToken:
+            if not authenticated or self._credentials is None:
+                raise ResourceUnavailable(f"etcd {path}: invalid auth token") from None
+        # The token expired: etcd refused the request without executing it.
+        await self._authenticate()
+        try:
+            return await self._post(path, body, idempotent=idempotent)
+        except _InvalidToken:
+            raise ResourceUnavailable(f"etcd {path}: invalid auth token") from None
+
+    async def _post(self, path: str, body: dict[str, Any], *, idempotent: bool) -> dict[str, Any]:
+        client = self._current_client()
         errors: list[str] = []
         n = len(self.endpoints)
         for attempt in range(n):
             i = (self._endpoint + attempt) % n
             url = self.endpoints[i] + path
             try:
-                resp = await client.post(url, json=body)
+                resp = await client.post(
+                    url, json=body, headers=self._headers(), extensions=self._extensions
+                )
             except (httpx.ConnectError, httpx.ConnectTimeout) as e:
                 errors.append(f"{url}: {e!r}")
                 continue
-            except httpx.TransportError as e:
+            except (httpx.TransportError, ssl.SSLError) as e:
+                # ssl.SSLError: a TLS 1.3 server refuses a client certificate after the
+                # client's side of the handshake is done, and httpcore lets the alert through.
                 if idempotent:
                     errors.append(f"{url}: {e!r}")
                     continue
@@ -140,6 +277,8 @@ class EtcdMetadataProvider(MetadataProvider):
                 raise ResourceUnavailable(f"etcd {path}: bad response {text[:200]!r}") from e
             if resp.status_code != 200 or "error" in data:
                 message = data.get("message") or data.get("error") or resp.reason_phrase
+                if "invalid auth token" in str(message):
+                    raise _InvalidToken(str(message))
                 raise ResourceUnavailable(f"etcd {path}: {message} (code {data.get('code')})")
             return data
         raise ResourceUnavailable("no etcd endpoint reachable: " + "; ".join(errors))
@@ -348,3 +487,8 @@ class EtcdMetadataProvider(MetadataProvider):
             client, self._client = self._client, None
             if client is not None:
                 await client.aclose()
+            for task in list(self._retired):
+                task.cancel()
+            for task in list(self._retired):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

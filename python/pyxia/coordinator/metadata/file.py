@@ -9,6 +9,7 @@
   holds an exclusive ``flock`` on it, kept until ``close()`` (or the process
   dies: the kernel drops the lock). As in Oxia, the file provider has no
   election that can be lost while the process lives, so it returns ``None``.
+- Private: the directory is created 0700 and every file 0600.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class FileMetadataProvider(MetadataProvider):
     async def start(self) -> None:
         self._check_open()
         if not self._started:
-            await asyncio.to_thread(self.directory.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(self.directory.mkdir, 0o700, parents=True, exist_ok=True)
             self._started = True
 
     # -- status ----------------------------------------------------------------
@@ -77,7 +78,7 @@ class FileMetadataProvider(MetadataProvider):
 
     def _store_locked(self, status: ClusterStatus, expected: Version) -> Version:
         lock_fd = os.open(
-            self.directory / WRITE_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+            self.directory / WRITE_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
         )
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
@@ -97,7 +98,7 @@ class FileMetadataProvider(MetadataProvider):
 
     def _write_atomically(self, payload: bytes) -> None:
         tmp = self.directory / f".{STATUS_FILE}.tmp-{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             view = memoryview(payload)
             while view:
@@ -129,7 +130,7 @@ class FileMetadataProvider(MetadataProvider):
         if self._leader_fd is not None:
             return None
         fd = os.open(
-            self.directory / LEADER_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+            self.directory / LEADER_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
         )
         acquired = False
         try:

@@ -15,6 +15,12 @@
   another holder, or when no renewal succeeded for ``renew_deadline``
   (< ``lease_duration``, so it steps down before anyone can take over).
   ``close()`` releases the lease (holder cleared) so a standby takes over at once.
+
+Security (docs/security.md): the API server is reached with the client's TLS as
+the in-cluster config (service account token, the cluster CA) or the kubeconfig
+sets it up; pyxia never turns verification off. A kubeconfig that does
+(``insecure-skip-tls-verify: true``), or a plaintext ``http://`` API server
+that is not on loopback, gets one warning at start.
 """
 
 from __future__ import annotations
@@ -47,6 +53,21 @@ def _now() -> datetime:
     """A MicroTime: always with a fractional part, which the API server requires."""
     now = datetime.now(UTC)
     return now if now.microsecond else now.replace(microsecond=1)
+
+
+def _warn_if_unverified(cfg: k8s.Configuration) -> None:
+    """One warning when the API server connection is not verified TLS."""
+    host = str(cfg.host or "")
+    if not cfg.verify_ssl:
+        log.warning(
+            "kubernetes: the API server's certificate is NOT verified "
+            "(insecure-skip-tls-verify in the kubeconfig): anyone on the path can impersonate it",
+            extra={"host": host},
+        )
+    elif host.startswith("http://"):
+        hostname = host[len("http://") :].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+        if hostname not in ("localhost", "127.0.0.1", "::1"):
+            log.warning("kubernetes: the API server is plaintext http", extra={"host": host})
 
 
 class KubernetesMetadataProvider(MetadataProvider):
@@ -118,6 +139,7 @@ class KubernetesMetadataProvider(MetadataProvider):
                         await k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
                             client_configuration=cfg
                         )
+                _warn_if_unverified(cfg)
                 self._api = k8s.ApiClient(cfg)
             self._api.user_agent = f"pyxia-coordinator/{self.identity}"
             self._coord = k8s.CoordinationV1Api(self._api)

@@ -21,14 +21,33 @@ Version = the counter (-1 = NOT_EXISTS). Persistence: with ``data_dir`` the
 Raft journal and snapshots live there (PySyncObj's journal is mmap'd and
 synced by the OS, not fsync'ed per entry); without it the state lives as long
 as a majority of the coordinators does.
+
+Security (docs/security.md): PySyncObj unpickles what reaches its port.
+- A shared secret is required (``secret``, ``--raft-secret-file``): PySyncObj
+  derives a Fernet key from it and authenticates (HMAC-SHA256) and encrypts
+  (AES-128-CBC) every frame, the handshake's first one included, before it
+  unpickles it; a frame made without the secret drops the connection. Each
+  connection's frames also carry a random per-connection key (replayed frames
+  are refused); PySyncObj checks that with ``assert``, so ``python -O`` is
+  refused.
+- Unpickling is restricted to plain data and PySyncObj's member class
+  (:mod:`.raft_unpickler`, installed when this module is imported), so even a
+  holder of the secret, or a writer of the journal, cannot make it run code.
+- The listener binds only the host of ``address`` (not 0.0.0.0).
+What the secret does not give: protection from a holder of the secret (Raft is
+not Byzantine tolerant: a member can rewrite the status or wedge the log), nor
+durability beyond PySyncObj's (see above).
 """
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import contextlib
 import logging
 import queue
+import socket
+import sys
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,6 +64,7 @@ from pysyncobj import (
 from pyxia.errors import AlreadyClosed, MetadataBadVersion, ResourceUnavailable
 from pyxia.proto.metadata_pb2 import ClusterStatus
 
+from . import raft_unpickler
 from .codec import decode_status, encode_status
 from .provider import (
     NOT_EXISTS,
@@ -56,6 +76,13 @@ from .provider import (
 )
 
 log = logging.getLogger("pyxia.coordinator.metadata.raft")
+
+raft_unpickler.install()
+# PySyncObj's win_inet_pton module replaces socket.inet_ntop, on every OS, with a Windows-only
+# function that raises TypeError: give the process its real one back.
+socket.inet_ntop = _socket.inet_ntop
+
+MIN_SECRET_BYTES = 16
 
 _RAFT_LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
 # Outcomes of a command that never came back from the log.
@@ -105,9 +132,13 @@ class RaftMetadataProvider(MetadataProvider):
         leader_fallback_timeout: float = 3.0,
         connection_retry: float = 1.0,
         commit_timeout: float = 10.0,
-        password: str | None = None,
+        secret: bytes,
     ) -> None:
         super().__init__()
+        if len(secret) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"the raft secret is {len(secret)} bytes; at least {MIN_SECRET_BYTES} needed"
+            )
         self.address = address
         self.peers = sorted({p for p in peers if p and p != address})
         self._data_dir = Path(data_dir) if data_dir is not None else None
@@ -116,7 +147,7 @@ class RaftMetadataProvider(MetadataProvider):
         self._fallback = leader_fallback_timeout
         self._connection_retry = connection_retry
         self._commit_timeout = commit_timeout
-        self._password = password
+        self._secret = secret
         self._state = _StatusState()
         self._machine: Any = None  # pysyncobj.SyncObj
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -132,10 +163,15 @@ class RaftMetadataProvider(MetadataProvider):
         self._check_open()
         if self._machine is not None:
             return
+        if sys.flags.optimize:
+            raise ResourceUnavailable(
+                "raft: PySyncObj checks its frames' replay protection with assert statements, "
+                "which python -O removes: run without -O (and without PYTHONOPTIMIZE)"
+            )
         self._loop = asyncio.get_running_loop()
         journal = dump = None
         if self._data_dir is not None:
-            self._data_dir.mkdir(parents=True, exist_ok=True)
+            self._data_dir.mkdir(0o700, parents=True, exist_ok=True)
             journal = str(self._data_dir / "raft.journal")
             dump = str(self._data_dir / "raft.dump")
         low, high = self._election_timeout
@@ -152,7 +188,8 @@ class RaftMetadataProvider(MetadataProvider):
             useFork=False,  # never fork a process running asyncio and gRPC threads
             bindRetryTime=0.2,
             maxBindRetries=10,
-            password=self._password,
+            password=self._secret,  # authenticate + encrypt every frame before unpickling
+            bindAddress=self.address,  # only the given host, never 0.0.0.0
         )
         conf.validate()
         # Built on the event loop's thread: PySyncObj's tick thread lives as
