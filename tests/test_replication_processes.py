@@ -15,16 +15,25 @@ import grpc
 from cluster import free_port
 from pyxia._native import Wal
 from pyxia.proto import client_pb2, client_pb2_grpc, replication_pb2, replication_pb2_grpc
-from servers import ServerProcess, wait_for
+from pyxia.security.cluster_auth import ClusterSecret
+from pyxia.security.internal_auth import internal_channel
+from pyxia.security.tls import ClientTls
+from servers import ServerProcess, cluster_secret_file, wait_for
 
 SHARD = 0
 NS = "default"
 
 
 class Proc:
-    def __init__(self, base: Path) -> None:
+    """One ``pyxia server``; the processes under one directory share its cluster secret."""
+
+    def __init__(self, base: Path, *extra: str) -> None:
         self.base = base
         base.mkdir(parents=True, exist_ok=True)
+        self.secret_file = cluster_secret_file(base.parent)
+        self.secret = ClusterSecret.from_file(self.secret_file)
+        self.extra = extra
+        self.internal_tls: ClientTls | None = None  # the driver's TLS to internal ports
         self.public = f"127.0.0.1:{free_port()}"
         self.internal = f"127.0.0.1:{free_port()}"
         self.proc: ServerProcess | None = None
@@ -43,6 +52,9 @@ class Proc:
                 str(self.base / "db"),
                 "--wal-dir",
                 str(self.base / "wal"),
+                "--cluster-secret-file",
+                str(self.secret_file),
+                *self.extra,
             ],
             self.base,
         ).start()
@@ -52,7 +64,9 @@ class Proc:
             self.proc.kill()
 
     def coord(self) -> replication_pb2_grpc.OxiaCoordinationStub:
-        return replication_pb2_grpc.OxiaCoordinationStub(grpc.insecure_channel(self.internal))
+        return replication_pb2_grpc.OxiaCoordinationStub(
+            internal_channel(self.internal, self.internal_tls, self.secret)
+        )
 
 
 def new_term(p: Proc, term: int) -> replication_pb2.EntryId:

@@ -14,11 +14,15 @@ from pyxia import logs
 from pyxia.cli.security_flags import (
     client_security_flags,
     client_security_from_flags,
+    cluster_secret_flag,
+    require_membership_proof,
+    secret_from_flags,
     tls_flags,
     tls_from_flags,
 )
 from pyxia.cli.server_cmd import make_dirs_private, run_until_signalled
 from pyxia.config import ConfigError, load_cluster_config
+from pyxia.security.tls import TlsConfigError
 
 log = logging.getLogger("pyxia.cli")
 
@@ -117,6 +121,9 @@ log = logging.getLogger("pyxia.cli")
     help="Consecutive failed probes that make an unresponsive (e.g. paused) data server "
     "unavailable; one that refuses connections is unavailable at once [default: 3].",
 )
+@tls_flags("", "the coordinator's gRPC port (health, admin API)", listener=True)
+@tls_flags("peer", "connections to the data servers", listener=False)
+@cluster_secret_flag
 def coordinator(**kw: Any) -> None:
     """Run the cluster coordinator (elections, failure detection, placement)."""
     from pyxia.coordinator.coordinator import CoordinatorOptions
@@ -126,6 +133,10 @@ def coordinator(**kw: Any) -> None:
 
     logs.setup(kw["log_level"], kw["log_format"])
     path: Path = kw["cluster_config"]
+    listener_tls = tls_from_flags(kw, "", listener=True)
+    peer_tls = tls_from_flags(kw, "peer", listener=False)
+    secret = secret_from_flags(kw)
+    require_membership_proof("pyxia coordinator", secret, peer_tls, None)
 
     def load() -> Any:
         return load_cluster_config(path)
@@ -165,7 +176,12 @@ def coordinator(**kw: Any) -> None:
         CoordinatorServerOptions(
             internal_addr=kw["internal_addr"],
             metrics_addr=kw["metrics_addr"] or None,
-            coordinator=CoordinatorOptions(liveness=LivenessOptions(**liveness)),
+            coordinator=CoordinatorOptions(
+                liveness=LivenessOptions(**liveness),
+                peer_tls=peer_tls if peer_tls.is_enabled else None,
+                cluster_secret=secret,
+            ),
+            tls=listener_tls if listener_tls.is_enabled else None,
         ),
     )
 
@@ -174,7 +190,7 @@ def coordinator(**kw: Any) -> None:
 
     try:
         asyncio.run(run_until_signalled(server.start, server.close, ready))
-    except OSError as e:
+    except (OSError, TlsConfigError) as e:
         log.error("cannot start: %s", e)
         sys.exit(1)
 

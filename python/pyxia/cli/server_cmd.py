@@ -1,4 +1,10 @@
-"""``pyxia standalone`` (and, later, ``pyxia server``)."""
+"""``pyxia standalone`` and ``pyxia server``.
+
+Both take the internal port's TLS (``--internal-tls-*``), the TLS of the connections to peers
+(``--peer-tls-*``) and ``--cluster-secret-file``. ``pyxia server`` refuses to start without a
+way to prove cluster membership on internal calls: a secret, or mutual TLS on the internal port
+with a peer certificate (docs/security.md).
+"""
 
 from __future__ import annotations
 
@@ -13,10 +19,17 @@ from typing import Any
 import click
 
 from pyxia import logs
-from pyxia.cli.security_flags import tls_flags, tls_from_flags
+from pyxia.cli.security_flags import (
+    cluster_secret_flag,
+    require_membership_proof,
+    secret_from_flags,
+    tls_flags,
+    tls_from_flags,
+)
 from pyxia.config import ConfigError, NamespaceConfig, load_cluster_config
 from pyxia.security.oidc import AuthConfigError
 from pyxia.security.public import PublicAccess, PublicAuthOptions
+from pyxia.security.tls import TlsConfigError, TlsOptions
 from pyxia.server.data_server import ServerOptions
 from pyxia.tso import DEFAULT_NAMESPACE as DEFAULT_TSO_NAMESPACE
 from pyxia.tso.oracle import TsoOptions
@@ -116,7 +129,14 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for o in reversed(opts):
         f = o(f)
+    f = tls_flags("internal", "the internal port", listener=True)(f)
+    f = tls_flags("peer", "connections to other data servers", listener=False)(f)
+    f = cluster_secret_flag(f)
     return public_security_flags(tls_flags("", "the public port", listener=True)(f))
+
+
+def _on(tls: TlsOptions) -> TlsOptions | None:
+    return tls if tls.is_enabled else None
 
 
 def public_security_flags(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -180,7 +200,10 @@ def _build_options(kw: dict[str, Any]) -> ServerOptions:
         wal_retention_s=kw["wal_retention_time"],
         notifications_retention_s=kw["notifications_retention_time"],
         tso=TsoOptions(namespace=kw["tso_namespace"]) if kw["tso_namespace"] else None,
-        public_tls=tls_from_flags(kw, "", listener=True),
+        internal_tls=_on(tls_from_flags(kw, "internal", listener=True)),
+        peer_tls=_on(tls_from_flags(kw, "peer", listener=False)),
+        cluster_secret=secret_from_flags(kw),
+        public_tls=_on(tls_from_flags(kw, "", listener=True)),
         public_auth=public_auth_from_flags(kw),
     )
 
@@ -306,7 +329,7 @@ def standalone(**kw: Any) -> None:
 
     try:
         asyncio.run(run_until_signalled(node.start, node.close, ready))
-    except (OSError, AuthConfigError) as e:
+    except (OSError, TlsConfigError, AuthConfigError) as e:
         log.error("cannot start: %s", e)
         sys.exit(1)
 
@@ -332,8 +355,14 @@ def server(**kw: Any) -> None:
     from pyxia.server.data_server import DataServer
 
     logs.setup(kw["log_level"], kw["log_format"])
-    make_dirs_private(kw["data_dir"], kw["wal_dir"])
     options = build_options(kw)
+    require_membership_proof(
+        "pyxia server",
+        options.cluster_secret,
+        options.peer_tls or TlsOptions(),
+        options.internal_tls or TlsOptions(),
+    )
+    make_dirs_private(kw["data_dir"], kw["wal_dir"])
     options.wal_segment_size = kw["wal_segment_size"]
     node = DataServer(options)
     if kw["enable_test_hooks"]:
@@ -352,6 +381,6 @@ def server(**kw: Any) -> None:
 
     try:
         asyncio.run(run_until_signalled(node.start, node.close, ready))
-    except (OSError, AuthConfigError) as e:
+    except (OSError, TlsConfigError, AuthConfigError) as e:
         log.error("cannot start: %s", e)
         sys.exit(1)

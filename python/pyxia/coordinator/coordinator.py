@@ -40,6 +40,8 @@ from pyxia.coordinator.placement import (
 from pyxia.coordinator.shard_controller import ShardController
 from pyxia.errors import MetadataBadVersion
 from pyxia.proto import admin_pb2, client_pb2, metadata_pb2
+from pyxia.security.cluster_auth import ClusterSecret
+from pyxia.security.tls import TlsOptions
 from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.signals import Signal
 
@@ -56,6 +58,10 @@ class CoordinatorOptions:
     liveness: LivenessOptions = field(default_factory=LivenessOptions)
     config_poll_interval: float = 1.0
     balance: bool = True
+    # The connections to data servers: TLS (--peer-tls-*) and the proof of cluster membership
+    # every call carries (--cluster-secret-file); None: plaintext, no proof.
+    peer_tls: TlsOptions | None = None
+    cluster_secret: ClusterSecret | None = None
 
 
 class Coordinator:
@@ -68,7 +74,9 @@ class Coordinator:
         self.provider = provider
         self._load_config = load_config
         self.options = options or CoordinatorOptions()
-        self.channels = ChannelPool()
+        opts = self.options
+        peer_tls = opts.peer_tls.client() if opts.peer_tls is not None else None
+        self.channels = ChannelPool(peer_tls, opts.cluster_secret)
         self.config = load_config()
         self.status = metadata_pb2.ClusterStatus()
         self.version = Version("-1")

@@ -1,5 +1,12 @@
 """A data server process: public gRPC port (client API + health), internal
-port (coordination and replication), Prometheus metrics, maintenance."""
+port (coordination and replication), Prometheus metrics, maintenance.
+
+Security (docs/security.md): each port listens with TLS when its :class:`TlsOptions` is set
+(``public_tls``, ``internal_tls``; mutual TLS with ``client_auth``), the connections this server
+opens to its peers use ``peer_tls``, and with a ``cluster_secret`` every internal call, in and
+out, carries a proof of cluster membership (the internal port refuses calls without one). All
+None: plaintext and no proof (in-process tests, library users on a trusted loopback).
+"""
 
 from __future__ import annotations
 
@@ -15,12 +22,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from pyxia.proto import client_pb2
+from pyxia.security.cluster_auth import ClusterSecret
+from pyxia.security.internal_auth import ClusterAuthInterceptor
 from pyxia.security.public import PublicAccess, PublicAuthOptions
 from pyxia.security.tls import TlsOptions
 from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.internal_rpc import InternalService, Manifest
 from pyxia.server.leader_controller import LEADER
 from pyxia.server.public_rpc import OxiaClientService
+from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.shard_storage import StorageOptions
 from pyxia.server.shards_director import ShardsDirector
 from pyxia.storage import reads
@@ -50,8 +60,13 @@ class ServerOptions:
     session_check_interval_s: float = 0.1
     # The timestamp oracle (GetTs) over the TSO namespace ("tso" by default); None: off.
     tso: TsoOptions | None = field(default_factory=TsoOptions)
-    # TLS of the public port (None or not enabled: plaintext).
+    # TLS of the public port (--tls-*), of the internal port (--internal-tls-*; client_auth:
+    # mutual TLS) and of the connections to peers (--peer-tls-*); None: plaintext.
     public_tls: TlsOptions | None = None
+    internal_tls: TlsOptions | None = None
+    peer_tls: TlsOptions | None = None
+    # Proof of cluster membership on every internal call (--cluster-secret-file); None: none.
+    cluster_secret: ClusterSecret | None = None
     # Token authentication, authorization and privileged fields on the public port.
     public_auth: PublicAuthOptions = field(default_factory=PublicAuthOptions)
 
@@ -90,10 +105,12 @@ class DataServer:
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
         self.assignments = AssignmentsDispatcher()
+        peer_tls = options.peer_tls.client() if options.peer_tls is not None else None
         self.director = ShardsDirector(
             options.storage_options(),
             self.assignments,
             session_check_interval=options.session_check_interval_s,
+            channels=ChannelPool(peer_tls, options.cluster_secret),
         )
         self.public_port = 0
         self.internal_port = 0
@@ -140,7 +157,9 @@ class DataServer:
             self._public, self.options.public_addr, "public", self.options.public_tls
         )
 
-        self._internal = grpc.aio.server(options=opts)
+        secret = self.options.cluster_secret
+        interceptors = [ClusterAuthInterceptor(secret)] if secret is not None else []
+        self._internal = grpc.aio.server(options=opts, interceptors=interceptors)
         internal = InternalService(
             self.director,
             Manifest(self.options.data_dir / "MANIFEST.json"),
@@ -150,7 +169,9 @@ class DataServer:
         for h in self.extra_internal_handlers:
             self._internal.add_generic_rpc_handlers([h])
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._internal)
-        self.internal_port = self._bind(self._internal, self.options.internal_addr, "internal")
+        self.internal_port = self._bind(
+            self._internal, self.options.internal_addr, "internal", self.options.internal_tls
+        )
 
         await self._public.start()
         await self._internal.start()
@@ -165,6 +186,8 @@ class DataServer:
     def _bind(
         self, server: grpc.aio.Server, addr: str, what: str, tls: TlsOptions | None = None
     ) -> int:
+        """Listens on ``addr``: with TLS when ``tls`` is on (certificate files reloaded when
+        they change), else in plaintext."""
         try:
             if tls is not None and tls.is_enabled:
                 port = server.add_secure_port(addr, tls.server_credentials())

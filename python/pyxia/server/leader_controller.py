@@ -346,7 +346,7 @@ class LeaderController:
             namespace=self.namespace, shard=self.shard, term=self.term, head_entry_id=head
         )
         try:
-            res = await call(req, timeout=30)
+            res: replication_pb2.TruncateResponse = await call(req, timeout=30)
         except grpc.aio.AioRpcError as e:
             raise error_from_rpc(e) from e
         return res.head_entry_id
