@@ -182,6 +182,29 @@ class RequestTooLarge(PyxiaError):
     grpc_code = "RESOURCE_EXHAUSTED"
 
 
+class ResourceExhausted(PyxiaError):
+    """A bound on what one server holds was reached (open shard replicas, ...): nothing was
+    allocated; the caller may retry once something was released."""
+
+    reason = "RESOURCE_EXHAUSTED"
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class Unauthenticated(PyxiaError):
+    """The call does not say who sends it (an internal call without the cluster's instance id)."""
+
+    reason = "UNAUTHENTICATED"
+    grpc_code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(PyxiaError):
+    """The caller is known and not allowed (another cluster's instance id, a Handshake to a
+    server coordinated in-process)."""
+
+    reason = "PERMISSION_DENIED"
+    grpc_code = "PERMISSION_DENIED"
+
+
 class StorageFailure(PyxiaError):
     """The shard's storage (WAL or DB) failed; the shard stops serving."""
 
