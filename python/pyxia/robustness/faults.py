@@ -415,6 +415,8 @@ class Injector:
         deadline = loop.time() + timeout
         while loop.time() < deadline:
             leaders = await self.cluster.leaders()
+            st = await self.cluster.status()
+            iid = st.status.instance_id if st is not None else ""
             if leaders and all(node is not None for node, _ in leaders.values()):
                 ok = True
                 for shard, (leader, _) in leaders.items():
@@ -422,8 +424,8 @@ class Injector:
                     if leader is n:
                         continue
                     try:
-                        mine = await _replica_status(n, shard)
-                        theirs = await _replica_status(leader, shard)
+                        mine = await _replica_status(n, shard, iid)
+                        theirs = await _replica_status(leader, shard, iid)
                     except Exception:
                         ok = False
                         break
@@ -446,14 +448,21 @@ async def _debug(n: Node, method: str, req: dict[str, Any]) -> Any:
     return await asyncio.to_thread(call_debug, n.internal, method, req, 3.0)
 
 
-async def _replica_status(n: Node, shard: int) -> Any:
+async def _replica_status(n: Node, shard: int, instance_id: str) -> Any:
+    """GetStatus of ``n``'s replica, with the cluster's instance id (data servers refuse
+    internal calls without it)."""
     import grpc
 
     from pyxia.proto import replication_pb2
+    from pyxia.server.manifest import INSTANCE_ID_HEADER
 
     async with grpc.aio.insecure_channel(n.internal) as ch:
         return await ch.unary_unary(
             "/replication.OxiaCoordination/GetStatus",
             request_serializer=replication_pb2.GetStatusRequest.SerializeToString,
             response_deserializer=replication_pb2.GetStatusResponse.FromString,
-        )(replication_pb2.GetStatusRequest(shard=shard), timeout=3)
+        )(
+            replication_pb2.GetStatusRequest(shard=shard),
+            timeout=3,
+            metadata=((INSTANCE_ID_HEADER, instance_id),),
+        )

@@ -1,5 +1,6 @@
 """A data server process: public gRPC port (client API + health), internal
-port (coordination and replication), Prometheus metrics, maintenance."""
+port (coordination and replication; none when ``internal_addr`` is None, as in
+standalone mode unless asked), Prometheus metrics, maintenance."""
 
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from pyxia.proto import client_pb2
 from pyxia.security.public import PublicAccess, PublicAuthOptions
 from pyxia.security.tls import TlsOptions
 from pyxia.server.assignments import AssignmentsDispatcher
-from pyxia.server.internal_rpc import InternalService, Manifest
+from pyxia.server.internal_rpc import InternalService
 from pyxia.server.leader_controller import LEADER
+from pyxia.server.manifest import MANIFEST_FILE, Manifest
 from pyxia.server.public_rpc import OxiaClientService
 from pyxia.server.shard_storage import StorageOptions
-from pyxia.server.shards_director import ShardsDirector
+from pyxia.server.shards_director import DEFAULT_MAX_SHARDS, ShardsDirector
 from pyxia.storage import reads
 from pyxia.tso.oracle import TsoOptions
 from pyxia.tso.service import TsoService
@@ -35,7 +37,7 @@ READINESS_SERVICE = "oxia-readiness"
 @dataclass
 class ServerOptions:
     public_addr: str = "0.0.0.0:6648"
-    internal_addr: str = "0.0.0.0:6649"
+    internal_addr: str | None = "0.0.0.0:6649"  # None: no internal port (standalone)
     metrics_addr: str | None = "0.0.0.0:8080"
     advertised_public_addr: str | None = None
     advertised_internal_addr: str | None = None
@@ -48,6 +50,11 @@ class ServerOptions:
     maintenance_interval_s: float = 600.0
     max_message_bytes: int = 64 * 1024 * 1024
     session_check_interval_s: float = 0.1
+    # Open shard replicas at most: creating one more is RESOURCE_EXHAUSTED (on-disk ones open).
+    max_shards: int = DEFAULT_MAX_SHARDS
+    # False in standalone mode: the in-process coordinator drives the shards; the internal
+    # port (if any) refuses Handshake and every coordination and replication call.
+    coordinated: bool = True
     # The timestamp oracle (GetTs) over the TSO namespace ("tso" by default); None: off.
     tso: TsoOptions | None = field(default_factory=TsoOptions)
     # TLS of the public port (None or not enabled: plaintext).
@@ -90,10 +97,13 @@ class DataServer:
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
         self.assignments = AssignmentsDispatcher()
+        self.manifest = Manifest(options.data_dir / MANIFEST_FILE)
         self.director = ShardsDirector(
             options.storage_options(),
             self.assignments,
             session_check_interval=options.session_check_interval_s,
+            max_shards=options.max_shards,
+            call_metadata=self.manifest.call_metadata,
         )
         self.public_port = 0
         self.internal_port = 0
@@ -122,7 +132,10 @@ class DataServer:
         )
 
     @property
-    def internal_address(self) -> str:
+    def internal_address(self) -> str | None:
+        """Where peers reach the internal port; None when there is none."""
+        if self.options.internal_addr is None:
+            return None
         return self.options.advertised_internal_addr or _advertise(
             self.options.internal_addr, self.internal_port
         )
@@ -140,20 +153,23 @@ class DataServer:
             self._public, self.options.public_addr, "public", self.options.public_tls
         )
 
-        self._internal = grpc.aio.server(options=opts)
-        internal = InternalService(
-            self.director,
-            Manifest(self.options.data_dir / "MANIFEST.json"),
-            self._on_pushed_assignments,
-        )
-        self._internal.add_generic_rpc_handlers(internal.generic_handlers())
-        for h in self.extra_internal_handlers:
-            self._internal.add_generic_rpc_handlers([h])
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._internal)
-        self.internal_port = self._bind(self._internal, self.options.internal_addr, "internal")
+        if self.options.internal_addr is not None:
+            self._internal = grpc.aio.server(options=opts)
+            internal = InternalService(
+                self.director,
+                self.manifest,
+                self._on_pushed_assignments,
+                coordinated=self.options.coordinated,
+            )
+            self._internal.add_generic_rpc_handlers(internal.generic_handlers())
+            for h in self.extra_internal_handlers:
+                self._internal.add_generic_rpc_handlers([h])
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._internal)
+            self.internal_port = self._bind(self._internal, self.options.internal_addr, "internal")
 
         await self._public.start()
-        await self._internal.start()
+        if self._internal is not None:
+            await self._internal.start()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(READINESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.options.metrics_addr:
