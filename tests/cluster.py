@@ -201,7 +201,7 @@ class Cluster:
         a = client_pb2.ShardAssignments()
         nsa = a.namespaces[self.namespace]
         nsa.shard_key_router = client_pb2.XXHASH3
-        ranges = generate_shards(len(self.assigned))
+        ranges = generate_shards(len(self.assigned)) if self.assigned else []
         for (shard, leader), r in zip(sorted(self.assigned.items()), ranges, strict=True):
             nsa.assignments.add(
                 shard=shard,
