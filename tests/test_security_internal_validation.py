@@ -657,6 +657,15 @@ async def test_malformed_bytes_are_invalid_argument_on_every_internal_method(
         async for _ in call:
             pass
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    code, _, _ = await unary(cluster, n1, "/grpc.health.v1.Health/Check", GARBAGE)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    watch = cluster.channel(n1.internal).unary_stream("/grpc.health.v1.Health/Watch")(
+        GARBAGE, timeout=10
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        async for _ in watch:
+            pass
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     # Bad stream metadata is INVALID_ARGUMENT too.
     bad_md = (("namespace", "default"), ("shard-id", "one"), ("term", "1"), *md)
     code, _ = await stream_both(cluster, n1, REPL + "Replicate", [], bad_md)

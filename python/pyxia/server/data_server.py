@@ -19,7 +19,7 @@ from pyxia.proto import client_pb2
 from pyxia.security.public import PublicAccess, PublicAuthOptions
 from pyxia.security.tls import TlsOptions
 from pyxia.server.assignments import AssignmentsDispatcher
-from pyxia.server.internal_rpc import InternalService
+from pyxia.server.internal_rpc import InternalService, health_handler
 from pyxia.server.leader_controller import LEADER
 from pyxia.server.manifest import MANIFEST_FILE, Manifest
 from pyxia.server.public_rpc import OxiaClientService
@@ -164,7 +164,7 @@ class DataServer:
             self._internal.add_generic_rpc_handlers(internal.generic_handlers())
             for h in self.extra_internal_handlers:
                 self._internal.add_generic_rpc_handlers([h])
-            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._internal)
+            self._internal.add_generic_rpc_handlers([health_handler(self._health)])
             self.internal_port = self._bind(self._internal, self.options.internal_addr, "internal")
 
         await self._public.start()

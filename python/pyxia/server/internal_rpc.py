@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
+from grpc_health.v1 import health_pb2
+from grpc_health.v1.health import aio as health_aio
 
 from pyxia.common.validation import (
     check_address,
@@ -59,7 +61,14 @@ from pyxia.server.shards_director import ShardsDirector
 from pyxia.storage.db import TermOptions
 from pyxia.storage.keys import encoding_for_key_sorting
 
-__all__ = ["COORDINATION", "REPLICATION", "SHARD_EVENTS", "InternalService", "Manifest"]
+__all__ = [
+    "COORDINATION",
+    "REPLICATION",
+    "SHARD_EVENTS",
+    "InternalService",
+    "Manifest",
+    "health_handler",
+]
 
 log = logging.getLogger("pyxia.internal")
 
@@ -377,3 +386,40 @@ class InternalService:
             grpc.method_handlers_generic_handler(REPLICATION, replication),
             grpc.method_handlers_generic_handler(SHARD_EVENTS, events),
         ]
+
+
+def health_handler(servicer: health_aio.HealthServicer) -> grpc.GenericRpcHandler:
+    """``grpc.health.v1.Health`` (Check, Watch) over ``servicer``, decoding requests here so a
+    malformed one is INVALID_ARGUMENT as on every other internal method (gRPC's generated
+    registration would answer UNKNOWN). Health needs no instance id (Oxia: the coordinator
+    probes before the Handshake)."""
+
+    async def check(raw: bytes, context: Ctx) -> health_pb2.HealthCheckResponse:
+        try:
+            req = decode(health_pb2.HealthCheckRequest, raw)
+        except InvalidArgument as e:
+            await grpc_errors.abort(context, e)
+            raise  # unreachable: abort raises
+        res: health_pb2.HealthCheckResponse = await servicer.Check(req, context)
+        return res
+
+    async def watch(raw: bytes, context: Ctx) -> None:
+        try:
+            req = decode(health_pb2.HealthCheckRequest, raw)
+        except InvalidArgument as e:
+            await grpc_errors.abort(context, e)
+            return
+        await servicer.Watch(req, context)
+
+    ser = health_pb2.HealthCheckResponse.SerializeToString
+    return grpc.method_handlers_generic_handler(
+        "grpc.health.v1.Health",
+        {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                check, request_deserializer=None, response_serializer=ser
+            ),
+            "Watch": grpc.unary_stream_rpc_method_handler(
+                watch, request_deserializer=None, response_serializer=ser
+            ),
+        },
+    )
