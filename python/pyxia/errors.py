@@ -163,7 +163,8 @@ class InvalidArgument(PyxiaError):
 
 class Unauthenticated(PyxiaError):
     """The call carries no valid bearer token (missing, malformed, expired, wrong issuer or
-    audience, bad signature) while the server requires one."""
+    audience, bad signature) while the server requires one; or an internal call carries no
+    cluster instance id."""
 
     reason = "UNAUTHENTICATED"
     grpc_code = "UNAUTHENTICATED"
@@ -171,7 +172,8 @@ class Unauthenticated(PyxiaError):
 
 class PermissionDenied(PyxiaError):
     """The caller is authenticated but not allowed to do this (the namespace's read or write,
-    or a privileged field such as ``override_version_id`` or ``include_internal_keys``)."""
+    or a privileged field such as ``override_version_id`` or ``include_internal_keys``; on
+    the internal port: another cluster's instance id, a call to a standalone server)."""
 
     reason = "PERMISSION_DENIED"
     grpc_code = "PERMISSION_DENIED"
@@ -188,21 +190,6 @@ class ResourceExhausted(PyxiaError):
 
     reason = "RESOURCE_EXHAUSTED"
     grpc_code = "RESOURCE_EXHAUSTED"
-
-
-class Unauthenticated(PyxiaError):
-    """The call does not say who sends it (an internal call without the cluster's instance id)."""
-
-    reason = "UNAUTHENTICATED"
-    grpc_code = "UNAUTHENTICATED"
-
-
-class PermissionDenied(PyxiaError):
-    """The caller is known and not allowed (another cluster's instance id, a Handshake to a
-    server coordinated in-process)."""
-
-    reason = "PERMISSION_DENIED"
-    grpc_code = "PERMISSION_DENIED"
 
 
 class StorageFailure(PyxiaError):
