@@ -272,12 +272,20 @@ class ProcCluster:
         raise KeyError(shard)
 
     def replica_status(self, m: Member, shard: int) -> replication_pb2.GetStatusResponse:
+        """GetStatus of ``m``'s replica, asked as the coordinator asks (with the cluster's
+        instance id, which the data servers require)."""
+        st = self.status()
+        iid = st.status.instance_id if st is not None else ""
         with internal_channel(m.internal, self.client_tls(), self.cluster_secret()) as ch:
             return ch.unary_unary(
                 "/replication.OxiaCoordination/GetStatus",
                 request_serializer=replication_pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=replication_pb2.GetStatusResponse.FromString,
-            )(replication_pb2.GetStatusRequest(shard=shard), timeout=5)
+            )(
+                replication_pb2.GetStatusRequest(shard=shard),
+                timeout=5,
+                metadata=(("instance-id", iid),),
+            )
 
     @property
     def service_addresses(self) -> list[str]:

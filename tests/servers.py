@@ -116,14 +116,14 @@ def cluster_secret_file(directory: Path) -> Path:
 
 
 def standalone_args(
-    base: Path, *extra: str, public: str = "127.0.0.1:0", internal: str = "127.0.0.1:0"
+    base: Path, *extra: str, public: str = "127.0.0.1:0", internal: str | None = None
 ) -> list[str]:
+    """``pyxia standalone`` on loopback; no internal port (its default) unless ``internal``."""
     return [
         "standalone",
         "--public-addr",
         public,
-        "--internal-addr",
-        internal,
+        *(("--internal-addr", internal) if internal is not None else ()),
         "--metrics-addr",
         "127.0.0.1:0",
         "--data-dir",

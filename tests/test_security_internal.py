@@ -380,7 +380,7 @@ async def test_handshake_cannot_bind_a_fresh_server_to_a_foreign_cluster(
     path = secret_file(tmp_path)
     fresh = Node(9, tmp_path / "fresh", free_port(), free_port())
     await fresh.start(cluster_secret=ClusterSecret.from_file(path))
-    manifest = Manifest(fresh.base / "db" / "MANIFEST.json")
+    path_of_manifest = fresh.base / "db" / "MANIFEST.json"
     try:
         async with grpc.aio.insecure_channel(fresh.internal) as ch:
             await refused(
@@ -388,13 +388,13 @@ async def test_handshake_cannot_bind_a_fresh_server_to_a_foreign_cluster(
                     replication_pb2.HandshakeRequest(instance_id="foreign-cluster")
                 )
             )
-        assert manifest.instance_id() is None
+        assert Manifest(path_of_manifest).instance_id() is None
         # The cluster's own handshake (with a proof) binds it.
         res = await unary(
             env.member.get(fresh.internal), COORD + "Handshake", replication_pb2.HandshakeResponse
         )(replication_pb2.HandshakeRequest(instance_id=env.coordinator.status.instance_id))
         assert res.status == replication_pb2.HANDSHAKE_STATUS_BOUND
-        assert manifest.instance_id() == env.coordinator.status.instance_id
+        assert Manifest(path_of_manifest).instance_id() == env.coordinator.status.instance_id
     finally:
         await fresh.stop()
 
@@ -415,8 +415,9 @@ async def test_replayed_misdirected_stale_and_foreign_proofs_are_refused(
         delete_shard = unary(ch, delete, replication_pb2.DeleteShardResponse)
         # A proof works once.
         proof = secret.sign(get_status)
-        assert (await status(status_req, metadata=(proof,))).term == term
-        assert "replayed" in await refused(status(status_req, metadata=(proof,)))
+        iid = ("instance-id", env.coordinator.status.instance_id)
+        assert (await status(status_req, metadata=(proof, iid))).term == term
+        assert "replayed" in await refused(status(status_req, metadata=(proof, iid)))
         # A proof for one method does not open another.
         other = secret.sign(get_status)
         assert "bad" in await refused(delete_shard(delete_req, metadata=(other,)))
@@ -576,7 +577,10 @@ async def test_mtls_cluster_serves_and_refuses_callers_without_a_cluster_certifi
     # A member's certificate is accepted (so the refusals above were the certificate check).
     res = await unary(
         env.member.get(node.internal), COORD + "GetStatus", replication_pb2.GetStatusResponse
-    )(replication_pb2.GetStatusRequest(shard=0))
+    )(
+        replication_pb2.GetStatusRequest(shard=0),
+        metadata=(("instance-id", env.coordinator.status.instance_id),),
+    )
     assert res.term == term
 
 

@@ -4,6 +4,11 @@ Both take the internal port's TLS (``--internal-tls-*``), the TLS of the connect
 (``--peer-tls-*``) and ``--cluster-secret-file``. ``pyxia server`` refuses to start without a
 way to prove cluster membership on internal calls: a secret, or mutual TLS on the internal port
 with a peer certificate (docs/security.md).
+
+Otherwise both take the same flags (Oxia's names) except ``--internal-addr``: a data server of
+a cluster listens on ``0.0.0.0:6649`` by default; a standalone server has no peers and opens no
+internal port unless ``--internal-addr`` is given (Oxia's standalone has none), and even then
+accepts no coordination or replication calls on it.
 """
 
 from __future__ import annotations
@@ -26,15 +31,27 @@ from pyxia.cli.security_flags import (
     tls_flags,
     tls_from_flags,
 )
+from pyxia.common.validation import namespace_problem
 from pyxia.config import ConfigError, NamespaceConfig, load_cluster_config
 from pyxia.security.oidc import AuthConfigError
 from pyxia.security.public import PublicAccess, PublicAuthOptions
 from pyxia.security.tls import TlsConfigError, TlsOptions
 from pyxia.server.data_server import ServerOptions
+from pyxia.server.shards_director import DEFAULT_MAX_SHARDS
 from pyxia.tso import DEFAULT_NAMESPACE as DEFAULT_TSO_NAMESPACE
 from pyxia.tso.oracle import TsoOptions
 
 log = logging.getLogger("pyxia.cli")
+
+
+def _namespace_names(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A click callback: every namespace name (one or several) must be valid."""
+    for name in (value,) if isinstance(value, str) else value or ():
+        if name:
+            problem = namespace_problem(name)
+            if problem is not None:
+                raise click.BadParameter(f"namespace name {name!r} {problem}")
+    return value
 
 
 def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -46,13 +63,6 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
             default="0.0.0.0:6648",
             show_default=True,
             help="Public (client) gRPC address.",
-        ),
-        click.option(
-            "-i",
-            "--internal-addr",
-            default="0.0.0.0:6649",
-            show_default=True,
-            help="Internal (coordination/replication) gRPC address.",
         ),
         click.option(
             "-m",
@@ -110,6 +120,7 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "--tso-namespace",
             default=DEFAULT_TSO_NAMESPACE,
             show_default=True,
+            callback=_namespace_names,
             help="Namespace (one shard) whose leader serves the timestamp oracle "
             "(tsoracle.v1.TsoService/GetTs on the public port); empty to disable. A cluster "
             "declares it in its config with tso: true.",
@@ -255,6 +266,13 @@ async def run_until_signalled(
 @click.command()
 @server_options
 @click.option(
+    "-i",
+    "--internal-addr",
+    default=None,
+    help="Internal gRPC address. Off unless given: a standalone server has no peers (it "
+    "refuses coordination and replication calls even when this is set).",
+)
+@click.option(
     "-s",
     "--shards",
     type=click.IntRange(1, 65536),
@@ -269,6 +287,7 @@ async def run_until_signalled(
     multiple=True,
     default=("default",),
     show_default=True,
+    callback=_namespace_names,
     help="Namespace(s) to create (repeatable).",
 )
 @click.option(
@@ -321,7 +340,7 @@ def standalone(**kw: Any) -> None:
         total = sum(n.initial_shard_count for n in node.namespaces)
         return (
             f"pyxia standalone ready: public={s.public_address} "
-            f"internal={s.internal_address} "
+            f"internal={s.internal_address or 'off'} "
             + (f"metrics=:{s.metrics_port} " if s.metrics_port else "")
             + f"namespaces={','.join(n.name for n in node.namespaces)} shards={total} "
             f"data-dir={options.data_dir} wal-dir={options.wal_dir}"
@@ -336,6 +355,22 @@ def standalone(**kw: Any) -> None:
 
 @click.command()
 @server_options
+@click.option(
+    "-i",
+    "--internal-addr",
+    default="0.0.0.0:6649",
+    show_default=True,
+    help="Internal (coordination/replication) gRPC address.",
+)
+@click.option(
+    "--max-shards",
+    type=click.IntRange(1, 1_000_000),
+    default=DEFAULT_MAX_SHARDS,
+    show_default=True,
+    help="Shard replicas this server holds open at most; the coordinator's request for one "
+    "more is refused (RESOURCE_EXHAUSTED) before anything is allocated. Replicas already on "
+    "disk always open.",
+)
 @click.option(
     "--wal-segment-size",
     type=click.IntRange(4096, 2**32 - 1),
@@ -364,6 +399,7 @@ def server(**kw: Any) -> None:
     )
     make_dirs_private(kw["data_dir"], kw["wal_dir"])
     options.wal_segment_size = kw["wal_segment_size"]
+    options.max_shards = kw["max_shards"]
     node = DataServer(options)
     if kw["enable_test_hooks"]:
         from pyxia.server.debug_rpc import debug_handler

@@ -444,9 +444,11 @@ class Cluster:
             self._internal = ChannelPool(self.harness_tls, self.secret)
         return self._internal
 
-    async def replica_status(self, n: Node, shard: int) -> Any:
-        """GetStatus of ``shard`` on server ``n`` (its internal port, bypassing the proxies)."""
+    async def replica_status(self, n: Node, shard: int, instance_id: str) -> Any:
+        """GetStatus of ``shard`` on server ``n`` (its internal port, bypassing the proxies),
+        asked as the coordinator asks: with the cluster's instance id."""
         from pyxia.proto import replication_pb2
+        from pyxia.server.manifest import INSTANCE_ID_HEADER
 
         return await (
             self.internal_channels()
@@ -455,7 +457,11 @@ class Cluster:
                 "/replication.OxiaCoordination/GetStatus",
                 request_serializer=replication_pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=replication_pb2.GetStatusResponse.FromString,
-            )(replication_pb2.GetStatusRequest(shard=shard), timeout=3)
+            )(
+                replication_pb2.GetStatusRequest(shard=shard),
+                timeout=3,
+                metadata=((INSTANCE_ID_HEADER, instance_id),),
+            )
         )
 
     async def debug(self, n: Node, method: str, req: dict[str, Any]) -> Any:

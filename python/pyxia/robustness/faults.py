@@ -415,6 +415,8 @@ class Injector:
         deadline = loop.time() + timeout
         while loop.time() < deadline:
             leaders = await self.cluster.leaders()
+            st = await self.cluster.status()
+            iid = st.status.instance_id if st is not None else ""
             if leaders and all(node is not None for node, _ in leaders.values()):
                 ok = True
                 for shard, (leader, _) in leaders.items():
@@ -422,8 +424,8 @@ class Injector:
                     if leader is n:
                         continue
                     try:
-                        mine = await self.cluster.replica_status(n, shard)
-                        theirs = await self.cluster.replica_status(leader, shard)
+                        mine = await self.cluster.replica_status(n, shard, iid)
+                        theirs = await self.cluster.replica_status(leader, shard, iid)
                     except Exception:
                         ok = False
                         break

@@ -3,6 +3,17 @@
 It runs the same code paths as a cluster: each shard is fenced into a new
 term (NewTerm) and elected (BecomeLeader) locally, then the assignments are
 published to clients through GetShardAssignments.
+
+It has no peers: the internal port is off unless ``internal_addr`` is given (``pyxia
+standalone --internal-addr``, e.g. for test hooks), and even then it refuses Handshake and
+every coordination and replication call (``ServerOptions.coordinated = False``). The shards
+are opened through the director's trusted path (this process is their coordinator).
+
+Terms: a restart leads each shard in ``term + 1``. A shard whose stored term is at or above
+``MAX_TERM`` (forged by a NewTerm before terms were bounded) is re-based instead of
+overflowing: it leads in one more than the last term in its log, or in that term itself if
+the log already holds entries above the bound (see ``validation.standalone_term``; safe
+because this server is the shard's only replica). A warning names the shard and both terms.
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ import logging
 from dataclasses import replace
 
 from pyxia.common.sharding import generate_shards
+from pyxia.common.validation import standalone_term
 from pyxia.config import NamespaceConfig
 from pyxia.proto import client_pb2
 from pyxia.server.data_server import DataServer, ServerOptions
@@ -30,6 +42,7 @@ class Standalone:
             raise ValueError("standalone needs at least one namespace")
         if options.tso is not None:
             namespaces = with_tso_namespace(options, namespaces)
+        options.coordinated = False
         self.options = options
         self.namespaces = namespaces
         self.server = DataServer(options)
@@ -53,7 +66,16 @@ class Standalone:
             nsa.key_sorting = _KEY_SORTING[ns.key_sorting]
             for r in generate_shards(ns.initial_shard_count):
                 lc = server.director.open_leader(ns.name, shard_id, ns.encoding)
-                term = lc.term + 1
+                term = standalone_term(lc.term, lc.storage.head_entry_id().term)
+                if term <= lc.term:
+                    log.warning(
+                        "shard %s/%d: stored term %d is beyond the largest valid term; "
+                        "re-based to %d (this server is its only replica)",
+                        ns.name,
+                        shard_id,
+                        lc.term,
+                        term,
+                    )
                 await lc.new_term(term, TermOptions(ns.notifications_enabled, ns.key_sorting))
                 await lc.become_leader(term, 1)
                 lc.leader_hint = server.public_address
