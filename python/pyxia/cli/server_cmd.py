@@ -31,6 +31,8 @@ from pyxia.security.oidc import AuthConfigError
 from pyxia.security.public import PublicAccess, PublicAuthOptions
 from pyxia.security.tls import TlsConfigError, TlsOptions
 from pyxia.server.data_server import ServerOptions
+from pyxia.storage.apply import DEFAULT_WRITE_LIMITS, WriteLimits
+from pyxia.storage.db import DEFAULT_CACHE_SIZE_MB
 from pyxia.tso import DEFAULT_NAMESPACE as DEFAULT_TSO_NAMESPACE
 from pyxia.tso.oracle import TsoOptions
 
@@ -127,7 +129,7 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
             type=click.Choice(["logfmt", "json"]),
         ),
     ]
-    for o in reversed(opts):
+    for o in reversed(opts + storage_limit_options()):
         f = o(f)
     f = tls_flags("internal", "the internal port", listener=True)(f)
     f = tls_flags("peer", "connections to other data servers", listener=False)(f)
@@ -177,6 +179,53 @@ def public_security_flags(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+def storage_limit_options() -> list[Callable[[Callable[..., Any]], Callable[..., Any]]]:
+    """The DB cache and what one client write may hold (issue 15 §6)."""
+    limits = DEFAULT_WRITE_LIMITS
+    return [
+        click.option(
+            "--db-cache-size-mb",
+            type=click.IntRange(1, 1 << 20),
+            default=DEFAULT_CACHE_SIZE_MB,
+            show_default=True,
+            help="Block cache shared by every shard DB of the process, in MiB (as Oxia's).",
+        ),
+        click.option(
+            "--max-key-size",
+            type=click.IntRange(1, 1 << 30),
+            default=limits.max_key_size,
+            show_default=True,
+            help="Bytes (UTF-8) a key, secondary index key or partition key may have; "
+            "longer ones are refused with INVALID_ARGUMENT.",
+        ),
+        click.option(
+            "--max-value-size",
+            type=click.IntRange(1, 1 << 30),
+            default=limits.max_value_size,
+            show_default=True,
+            help="Bytes a value may have; larger ones are refused with INVALID_ARGUMENT.",
+        ),
+        click.option(
+            "--max-write-operations",
+            type=click.IntRange(1, 1 << 30),
+            default=limits.max_operations,
+            show_default=True,
+            help="Operations one write request may hold; more are refused with INVALID_ARGUMENT.",
+        ),
+    ]
+
+
+def storage_limits_from_flags(kw: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "db_cache_size_mb": kw["db_cache_size_mb"],
+        "write_limits": WriteLimits(
+            max_key_size=kw["max_key_size"],
+            max_value_size=kw["max_value_size"],
+            max_operations=kw["max_write_operations"],
+        ),
+    }
+
+
 def build_options(kw: dict[str, Any]) -> ServerOptions:
     options = _build_options(kw)
     if options.public_auth.enabled and not (options.public_tls and options.public_tls.is_enabled):
@@ -205,6 +254,7 @@ def _build_options(kw: dict[str, Any]) -> ServerOptions:
         cluster_secret=secret_from_flags(kw),
         public_tls=_on(tls_from_flags(kw, "", listener=True)),
         public_auth=public_auth_from_flags(kw),
+        **storage_limits_from_flags(kw),
     )
 
 

@@ -63,7 +63,7 @@ class DbTuning:
 
     cache_size_mb: int = DEFAULT_CACHE_SIZE_MB
     block_size: int = 16 * 1024
-    bloom_bits_per_key: float = 10.0
+    bloom_bits_per_key: int = 10
     min_blob_size: int = 4 * 1024
 
     def __post_init__(self) -> None:
