@@ -289,12 +289,26 @@ async def run_until_signalled(
     close: Callable[[], Awaitable[None]],
     ready_line: Callable[[], str],
 ) -> None:
-    """Starts, logs one ready line, waits for SIGINT/SIGTERM, closes."""
+    """Starts, logs one ready line, waits for SIGINT/SIGTERM, closes. A signal while starting
+    (a standalone replaying its WAL) cancels the start and closes at once."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await start()
+    starting: asyncio.Future[None] = asyncio.ensure_future(start())
+    signalled = loop.create_task(stop.wait(), name="signalled")
+    await asyncio.wait((starting, signalled), return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        log.info("shutting down while starting")
+        starting.cancel()
+        await asyncio.wait((starting,))
+        if not starting.cancelled() and starting.exception() is not None:
+            log.warning("the interrupted start failed: %s", starting.exception())
+        await close()
+        log.info("stopped")
+        return
+    signalled.cancel()
+    starting.result()  # a start that failed raises here
     log.info(ready_line())
     await stop.wait()
     log.info("shutting down")
