@@ -205,7 +205,7 @@ class LoopWatch:
 
 
 async def test_replay_runs_in_slices(storage: ShardStorage) -> None:
-    entries, puts = 50, 1000
+    entries, puts = 100, 1000
     log_unapplied(storage, entries, puts)
     lc = LeaderController(storage)
     try:
@@ -215,10 +215,11 @@ async def test_replay_runs_in_slices(storage: ShardStorage) -> None:
         await lc.become_leader(2, 1)
         replay = time.monotonic() - t0
         await watch.stop()
-        # The replay (50,000 puts: far longer than 100 ms) let the loop run many times, and
-        # never stopped it for long.
-        assert replay > 2 * STALL_BOUND_S and watch.ticks >= 10, (replay, watch.ticks)
-        assert watch.longest < STALL_BOUND_S, watch.longest
+        # The replay of 100,000 puts (the better part of a second) let the loop run many
+        # times and never held it for long: slices are 5 ms; the bound leaves room for a
+        # machine shared with other work (in one block, the stall would be the whole replay).
+        assert watch.ticks >= 20, (replay, watch.ticks)
+        assert watch.longest < min(2.5 * STALL_BOUND_S, replay / 3), (replay, watch.longest)
         assert storage.commit_offset == entries - 1
         assert stored_versions(storage, entries, puts) == list(range(entries * puts))
     finally:

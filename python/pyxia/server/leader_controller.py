@@ -68,7 +68,12 @@ from pyxia.server.shard_storage import ShardStorage
 from pyxia.server.signals import Signal
 from pyxia.server.sync_policy import SyncPolicy
 from pyxia.storage import reads
-from pyxia.storage.apply import ApplyResult, override_fields_used, validate_write_request
+from pyxia.storage.apply import (
+    ApplyResult,
+    override_fields_used,
+    validate_write_request,
+    varint,
+)
 from pyxia.storage.db import TermOptions
 from pyxia.storage.steps import APPLY_SLICE_S, Abandoned, Steps, advance, run_sliced
 
@@ -83,20 +88,12 @@ READ_CONFIRM_TIMEOUT_S = 3.0
 """How long a read waits for a majority to confirm this leader before it is refused."""
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def log_entry_value(raw_write_request: bytes) -> bytes:
     """``LogEntryValue{requests: WriteRequests{writes: [<raw>]}}`` built from
-    the request's wire bytes, without re-serializing it."""
-    inner = b"\x0a" + _varint(len(raw_write_request)) + raw_write_request
-    return b"\x0a" + _varint(len(inner)) + inner
+    the request's wire bytes, without re-serializing it (one copy)."""
+    n = len(raw_write_request)
+    head = varint(n)
+    return b"".join((b"\x0a", varint(1 + len(head) + n), b"\x0a", head, raw_write_request))
 
 
 @dataclass(slots=True)

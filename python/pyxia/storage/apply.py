@@ -54,6 +54,30 @@ class RejectedWrite(InvalidArgument):
     """The entry was recorded as applied but had no effect."""
 
 
+def varint(n: int) -> bytes:
+    """Protobuf's base-128 varint of ``n >= 0``."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+SPLICED_VALUE_SIZE = 64 * 1024
+"""From this size on, a record's value is spliced into its serialized ``StorageEntry``
+rather than copied in and out of a message (two copies less of a large value)."""
+
+
+def storage_entry_bytes(entry: storage_pb2.StorageEntry, value: bytes) -> bytes:
+    """``entry`` (which has no value) serialized with ``value``: the same bytes as
+    ``SerializeToString`` of the entry holding the value, whose field 1 comes first."""
+    if len(value) < SPLICED_VALUE_SIZE:
+        entry.value = value
+        return entry.SerializeToString()
+    return b"".join((b"\x0a", varint(len(value)), value, entry.SerializeToString()))
+
+
 @dataclass
 class ApplyResult:
     """What applying one entry produced."""
@@ -320,7 +344,6 @@ class StateApplier:
         if req.HasField("override_modifications_count"):
             mod_count = req.override_modifications_count
         se = StorageEntry(
-            value=req.value,
             version_id=version_id,
             modifications_count=mod_count,
             creation_timestamp=created,
@@ -335,7 +358,7 @@ class StateApplier:
             se.client_identity = req.client_identity
         if req.HasField("partition_key"):
             se.partition_key = req.partition_key
-        st.put(ekey, se.SerializeToString())
+        st.put(ekey, storage_entry_bytes(se, req.value))
         if notifications is not None:
             notifications.modified(key, version_id, mod_count)
         v = pr.version
@@ -462,18 +485,20 @@ MIB = 1024 * 1024
 @dataclass(frozen=True)
 class WriteLimits:
     """What one client write may hold, checked before it is logged (``--max-key-size``,
-    ``--max-value-size``, ``--max-write-operations``; Oxia has no such limits besides its
-    256 MiB gRPC messages). Measured on this machine (issue 15 §6), a put or a get costs the
-    event loop ~2-5 ms per MiB of value (rocksdict holds the GIL while it copies), and a write's
-    last step (its one atomic DB batch) ~0.3-1 µs per operation:
+    ``--max-value-size``, ``--max-write-operations``; Oxia has none of these, only its 256 MiB
+    gRPC messages). rocksdict holds the GIL in every call, so what a write costs the event loop
+    grows with it; measured on this machine (issue 15 §6): an 8 MiB put takes ~30 ms of CPU
+    (WAL append and copies; ~4 ms per MiB, worse past 32 MiB where every buffer is freshly
+    mapped), a write's last step, its one atomic DB batch, ~1 µs per operation (12 ms for
+    10,000 puts, 310 ms for 100,000 on a loaded machine):
 
-    * keys (and secondary index keys, partition keys, delete-range bounds): 64 KiB of UTF-8.
-      Keys are copied into internal keys, notifications and index blocks; path-like keys are a
-      few hundred bytes;
-    * values: 8 MiB, so one value stalls the loop for tens of milliseconds at most
-      (ZooKeeper's default limit is 1 MB, etcd's 1.5 MiB);
+    * keys (and secondary index names and keys, partition keys, delete-range bounds): 64 KiB
+      of UTF-8. Keys are copied into internal keys, notifications and index blocks; path-like
+      keys are a few hundred bytes;
+    * values: 8 MiB, so one value holds the loop for tens of milliseconds at most (ZooKeeper's
+      default limit is 1 MB, etcd's 1.5 MiB);
     * operations per write: 10,000, ten times what Oxia's clients batch by default (1,000
-      operations or 128 KiB per request), so the atomic batch of one entry stays a few ms.
+      operations or 128 KiB per request), so one entry's atomic batch stays a few ms.
     """
 
     max_key_size: int = 64 * KIB

@@ -42,12 +42,12 @@ class Done(Generic[T]):
 
 def run_steps(steps: Steps[T]) -> T:
     """Runs ``steps`` to the end, synchronously."""
-    while True:
-        try:
+    try:
+        while True:
             next(steps)
-        except StopIteration as stop:
-            result: T = stop.value
-            return result
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
 
 
 def advance(steps: Steps[T], deadline: float) -> Done[T] | None:
