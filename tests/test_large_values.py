@@ -6,23 +6,27 @@ time and is abandoned without a trace by a step-down, a follower's lock holder o
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from click.testing import CliRunner
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rocksdict import Options, Rdict
 
 from cluster import Cluster, leader_controller
 from pyxia.common.ports import free_port
 from pyxia.errors import AlreadyClosed, WriteIndeterminate
 from pyxia.proto import client_pb2, storage_pb2
+from pyxia.server.data_server import ServerOptions
 from pyxia.server.follower_controller import FollowerController
 from pyxia.server.leader_controller import LeaderController, log_entry_value
 from pyxia.server.shard_storage import ShardStorage, StorageOptions
-from pyxia.storage.apply import WriteLimits
-from pyxia.storage.db import TermOptions
+from pyxia.storage.apply import SPLICED_VALUE_SIZE, WriteLimits, storage_entry_bytes
+from pyxia.storage.db import DbResources, ShardDB, TermOptions
 from pyxia.storage.keys import HIERARCHICAL
 from servers import ServerProcess, standalone_args, wait_for
 from stall_probe import MIB, batch_next_to_large_value, store_large_value
@@ -55,6 +59,112 @@ def test_batch_next_to_a_large_value_stalls_no_other_shard(tmp_path: Path) -> No
     assert r.worst_other_shard_write < STALL_BOUND_S, r
     assert r.worst_health_check < STALL_BOUND_S, r
     assert r.longest_silence < STALL_BOUND_S, r
+
+
+# ---------------------------------------------------------------------------------------------
+# RocksDB options
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_db_written_with_other_options_opens_and_takes_the_new_ones(tmp_path: Path) -> None:
+    """A DB created with rocksdict's defaults (pyxia before the tuning) opens with the tuned
+    options (rocksdict would otherwise reopen it with the options saved in it): its data reads
+    back, and a large value written now goes to a blob file."""
+    path = tmp_path / "db"
+    old = Options(raw_mode=True)
+    old.create_if_missing(True)
+    db = Rdict(str(path), old)
+    db[b"small"] = b"s" * 100
+    db[b"large"] = b"l" * 100_000
+    db.close()
+    shard = ShardDB(path, HIERARCHICAL)
+    try:
+        assert not list(path.glob("*.blob"))
+        assert shard.get(b"small") == b"s" * 100 and shard.get(b"large") == b"l" * 100_000
+        shard.db[b"new-large"] = os.urandom(100_000)
+        shard.flush()
+        assert list(path.glob("*.blob"))
+        shard.db.compact_range(None, None)
+        assert shard.get(b"large") == b"l" * 100_000
+    finally:
+        shard.close()
+    reopened = ShardDB(path, HIERARCHICAL)
+    try:
+        assert reopened.get(b"small") == b"s" * 100
+        assert len(reopened.get(b"new-large") or b"") == 100_000
+    finally:
+        reopened.close()
+
+
+def test_one_block_cache_for_every_shard_of_a_server(tmp_path: Path) -> None:
+    opts = ServerOptions(data_dir=tmp_path / "db", wal_dir=tmp_path / "wal", db_cache_size_mb=7)
+    storage_options = opts.storage_options()
+    shards = [ShardStorage("default", i, storage_options, HIERARCHICAL) for i in range(2)]
+    try:
+        a, b = (st.db.resources for st in shards)
+        assert a is b is storage_options.db
+        assert a.tuning.cache_size_mb == 7
+        for st in shards:  # index and filter blocks of the table files are charged to it
+            st.db.db[b"k"] = b"v"
+            st.db.flush()
+            assert st.db.get(b"k") == b"v"
+        assert a.cache_usage_bytes() > 0
+    finally:
+        for st in shards:
+            st.close()
+    with pytest.raises(ValueError, match="at least 1 MB"):
+        DbResources(type(a.tuning)(cache_size_mb=0))
+
+
+def test_storage_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyxia.cli.server_cmd import standalone
+
+    seen: list[ServerOptions] = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(options: ServerOptions, namespaces: object) -> None:
+        seen.append(options)
+        raise Stop
+
+    monkeypatch.setattr("pyxia.server.standalone.Standalone", capture)
+    args = ["--db-cache-size-mb", "33", "--max-key-size", "100", "--max-value-size", "200"]
+    res = CliRunner().invoke(standalone, [*args, "--max-write-operations", "300"])
+    assert isinstance(res.exception, Stop), res.output
+    (o,) = seen
+    assert o.db_cache_size_mb == 33
+    assert o.write_limits == WriteLimits(max_key_size=100, max_value_size=200, max_operations=300)
+    assert o.storage_options().write_limits == o.write_limits
+    assert o.storage_options().db.tuning.cache_size_mb == 33
+    res = CliRunner().invoke(standalone, ["--max-value-size", "0"])
+    assert res.exit_code == 2 and "--max-value-size" in res.output
+
+
+@pytest.mark.parametrize(
+    "size", [0, 5, SPLICED_VALUE_SIZE - 1, SPLICED_VALUE_SIZE, 3 * SPLICED_VALUE_SIZE]
+)
+def test_large_values_are_spliced_into_the_same_bytes(size: int) -> None:
+    value = os.urandom(size)
+    fields = {
+        "version_id": 7,
+        "modifications_count": 3,
+        "creation_timestamp": 5,
+        "modification_timestamp": 9,
+        "session_id": 4,
+        "client_identity": "c",
+        "partition_key": "p",
+    }
+    whole = storage_pb2.StorageEntry(value=value, **fields)  # type: ignore[arg-type]
+    whole.secondary_indexes.add(index_name="i", secondary_key="s")
+    bare = storage_pb2.StorageEntry(**fields)  # type: ignore[arg-type]
+    bare.secondary_indexes.add(index_name="i", secondary_key="s")
+    assert storage_entry_bytes(bare, value) == whole.SerializeToString(deterministic=True)
+    raw = client_pb2.WriteRequest(puts=[put("k", value)]).SerializeToString()
+    lev = storage_pb2.LogEntryValue(
+        requests=storage_pb2.WriteRequests(writes=[client_pb2.WriteRequest.FromString(raw)])
+    )
+    assert log_entry_value(raw) == lev.SerializeToString(deterministic=True)
 
 
 # ---------------------------------------------------------------------------------------------
