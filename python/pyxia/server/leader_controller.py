@@ -476,12 +476,12 @@ class LeaderController:
         API passes its authorization check, which raises PermissionDenied). Followers never
         check: what a leader logged was admitted."""
         self.check_leader()
-        if validate:
-            validate_write_request(request, self.write_limits, None if raw is None else len(raw))
-            if override_fields_used(request, raw) and check_overrides is not None:
-                check_overrides(self.namespace)
         if raw is None:
             raw = request.SerializeToString()
+        if validate:
+            validate_write_request(request, self.write_limits, len(raw))
+            if override_fields_used(request, raw) and check_overrides is not None:
+                check_overrides(self.namespace)
         return self._append(request, log_entry_value(raw), None)
 
     def propose_internal(
