@@ -295,7 +295,12 @@ async def run_until_signalled(
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    starting: asyncio.Future[None] = asyncio.ensure_future(start())
+
+    async def start_and_announce() -> None:
+        await start()
+        log.info(ready_line())  # in the same step: nothing else runs in between
+
+    starting = loop.create_task(start_and_announce(), name="start")
     signalled = loop.create_task(stop.wait(), name="signalled")
     await asyncio.wait((starting, signalled), return_when=asyncio.FIRST_COMPLETED)
     if not starting.done():
@@ -309,7 +314,6 @@ async def run_until_signalled(
         return
     signalled.cancel()
     starting.result()  # a start that failed raises here
-    log.info(ready_line())
     await stop.wait()
     log.info("shutting down")
     await close()
