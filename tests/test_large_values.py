@@ -293,21 +293,26 @@ def stored_versions(st: ShardStorage, entries: int, puts: int) -> list[int | Non
 
 
 class LoopWatch:
-    """Measures the longest time the event loop did not run a 1 ms ticker."""
+    """Measures the longest time the event loop did not run a 1 ms ticker, in CPU time of the
+    loop's thread (what the loop itself spent elsewhere: on a machine shared with other work the
+    wall-clock gaps also hold the time the process waited for a CPU, measured at up to 0.4 s
+    with ~10 ms of CPU in them), and in wall-clock time."""
 
     def __init__(self) -> None:
-        self.longest = 0.0
+        self.longest_cpu = 0.0
+        self.longest_wall = 0.0
         self.ticks = 0
         self._task = asyncio.get_running_loop().create_task(self._tick())
 
     async def _tick(self) -> None:
-        last = time.monotonic()
+        last, last_cpu = time.monotonic(), time.thread_time()
         while True:
             await asyncio.sleep(0.001)
-            now = time.monotonic()
-            self.longest = max(self.longest, now - last)
+            now, cpu = time.monotonic(), time.thread_time()
+            self.longest_wall = max(self.longest_wall, now - last)
+            self.longest_cpu = max(self.longest_cpu, cpu - last_cpu)
             self.ticks += 1
-            last = now
+            last, last_cpu = now, cpu
 
     async def stop(self) -> None:
         self._task.cancel()
@@ -321,15 +326,15 @@ async def test_replay_runs_in_slices(storage: ShardStorage) -> None:
     try:
         await lc.new_term(2, TermOptions())
         watch = LoopWatch()
-        t0 = time.monotonic()
+        t0 = time.thread_time()
         await lc.become_leader(2, 1)
-        replay = time.monotonic() - t0
+        replay = time.thread_time() - t0
         await watch.stop()
-        # The replay of 100,000 puts (the better part of a second) let the loop run many
-        # times and never held it for long: slices are 5 ms; the bound leaves room for a
-        # machine shared with other work (in one block, the stall would be the whole replay).
+        # The replay of 100,000 puts (the better part of a second of CPU) let the loop run
+        # many times and never held it for long: slices are 5 ms (in one block, the stall
+        # would be the whole replay).
         assert watch.ticks >= 20, (replay, watch.ticks)
-        assert watch.longest < min(2.5 * STALL_BOUND_S, replay / 3), (replay, watch.longest)
+        assert watch.longest_cpu < min(STALL_BOUND_S, replay / 3), (replay, vars(watch))
         assert storage.commit_offset == entries - 1
         assert stored_versions(storage, entries, puts) == list(range(entries * puts))
     finally:
