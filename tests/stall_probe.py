@@ -93,9 +93,11 @@ class StallResult:
     errors: list[str]
 
 
-def batch_next_to_large_value(address: str, puts: int, shard: int = 0) -> StallResult:
-    """Applies one Write of ``puts`` puts next to the large value on ``shard`` while probing
-    writes to the other shard and the health service."""
+def batch_next_to_large_value(
+    address: str, puts: int, shard: int = 0, first: int = 0
+) -> StallResult:
+    """Applies one Write of ``puts`` puts (keys ``neighbour_key(first)``, ...) next to the
+    large value on ``shard`` while probing writes to the other shard and the health service."""
     other = 1 - shard
     with channel(address) as write_ch, channel(address) as probe_ch, channel(address) as health_ch:
         stub = client_pb2_grpc.OxiaClientStub(write_ch)
@@ -121,7 +123,8 @@ def batch_next_to_large_value(address: str, puts: int, shard: int = 0) -> StallR
         req = client_pb2.WriteRequest(
             shard=shard,
             puts=[
-                client_pb2.PutRequest(key=neighbour_key(i), value=b"v" * 10) for i in range(puts)
+                client_pb2.PutRequest(key=neighbour_key(first + i), value=b"v" * 10)
+                for i in range(puts)
             ],
         )
         try:
