@@ -3,7 +3,13 @@
 Each batch is one WriteRequest (one log entry on the server); responses come back in request
 order, so a FIFO of in-flight batches maps them. Per-key order holds because a shard's batches
 leave in submission order on one stream, and after a failure the unanswered batches go back to
-the head of the queue, ahead of newer ones, before the stream is reopened."""
+the head of the queue, ahead of newer ones, before the stream is reopened.
+
+When the assignments name a new leader, the stream to the old one is left, not broken: no new
+batch goes on it, and its unanswered batches get ``LEAVE_GRACE_S`` to be answered (a leader
+that handed over on purpose answers each one: done, or refused with NODE_IS_NOT_LEADER and
+resent as never taken) before it is broken as after a lost connection (an isolated old leader).
+Newer batches wait for it, so per-key order still holds."""
 
 from __future__ import annotations
 
@@ -36,6 +42,9 @@ log = logging.getLogger("pyxia.client")
 MAX_STREAM_INFLIGHT = 512
 """Batches on one stream before new ones wait (the server takes up to 1,024)."""
 
+LEAVE_GRACE_S = 1.0
+"""How long the stream to a former leader keeps waiting for its answers."""
+
 
 class _InFlight:
     __slots__ = ("ops", "sent")
@@ -58,6 +67,8 @@ class _WriteStream:
         self._queue: deque[tuple[Any, _InFlight]] = deque()
         self._wake = asyncio.Event()
         self.broken = False
+        # The assignments moved the leadership away: nothing new is sent on this stream.
+        self.leaving = False
         loop = asyncio.get_running_loop()
         self._writer = loop.create_task(self._write_loop(), name=f"pyxia-ws-write-{shard}")
         self._reader = loop.create_task(self._read_loop(), name=f"pyxia-ws-read-{shard}")
@@ -143,6 +154,7 @@ class ShardWriter:
         self._stream: _WriteStream | None = None
         self._attempt = 0
         self._retry: asyncio.TimerHandle | None = None
+        self._leave_timer: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self._draining = False
@@ -165,6 +177,8 @@ class ShardWriter:
         ready = self._ready
         while ready:
             s = self._stream
+            if s is not None and s.leaving:
+                return  # the batches on the former leader's stream are answered first
             if s is None:
                 s = self._open()
                 if s is None:
@@ -198,6 +212,8 @@ class ShardWriter:
         except IndexError:  # a malformed answer: fail what is left
             for op in ops:
                 fail(op.target, Unavailable("oxia: malformed write response"))
+        if stream.leaving and not stream.inflight:
+            self._left(stream)
         outstanding = len(ops) + len(self.batcher.pending)
         for entry in stream.inflight:
             outstanding += len(entry.ops)
@@ -212,6 +228,7 @@ class ShardWriter:
     def on_broken(self, stream: _WriteStream, err: PyxiaError, unanswered: list[_InFlight]) -> None:
         if stream is self._stream:
             self._stream = None
+            self._cancel_leave()
         kind = classify(err)
         hint = leader_hint(err)
         if hint:
@@ -256,13 +273,43 @@ class ShardWriter:
             self._check_idle()
 
     def leader_changed(self) -> None:
-        """The assignments name another leader than the stream's server: leave that stream (an
-        isolated old leader would hold the writes until the connection broke). Its unanswered
-        writes are handled as after a broken connection; the others go to the new leader."""
+        """The assignments name another leader than the stream's server: leave that stream.
+        Its unanswered batches get ``LEAVE_GRACE_S`` to be answered (a leader that handed
+        over answers them all), then the stream is broken and they are handled as after a lost
+        connection (an isolated old leader would hold them until the connection broke); newer
+        batches go to the new leader after them."""
         s = self._stream
         leader = self.core.leader_of(self.shard)
-        if s is not None and not s.broken and leader is not None and s.address != leader:
-            s._break(Unavailable(f"oxia: the leader of shard {self.shard} moved to {leader}"))
+        if s is None or s.broken or s.leaving or leader is None or s.address == leader:
+            return
+        s.leaving = True
+        if not s.inflight:
+            self._left(s)
+            return
+        self._leave_timer = self.core.loop.call_later(LEAVE_GRACE_S, self._leave_expired, s)
+
+    def _leave_expired(self, s: _WriteStream) -> None:
+        self._leave_timer = None
+        if not s.broken:
+            s._break(
+                Unavailable(
+                    f"oxia: the leader of shard {self.shard} moved away from {s.address}, "
+                    f"which did not answer within {LEAVE_GRACE_S:g}s"
+                )
+            )
+
+    def _left(self, s: _WriteStream) -> None:
+        """Every batch on the former leader's stream is answered: close it, go on."""
+        if s is self._stream:
+            self._stream = None
+        self._cancel_leave()
+        s.close()
+        self._pump()
+
+    def _cancel_leave(self) -> None:
+        if self._leave_timer is not None:
+            self._leave_timer.cancel()
+            self._leave_timer = None
 
     def _schedule_retry(self, err: BaseException, immediate: bool = False) -> None:
         if self._retry is not None:
@@ -350,6 +397,7 @@ class ShardWriter:
 
     def close(self) -> None:
         self.closed = True
+        self._cancel_leave()
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None

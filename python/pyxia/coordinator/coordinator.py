@@ -2,6 +2,10 @@
 provider, runs one controller per shard and per data server, reconciles
 configuration changes, balances load, pushes shard assignments.
 
+Leader moves it makes on purpose (rebalancing, ensemble changes, evacuating a server removed
+from the config, a server shutting down, ``MoveLeader``) are planned elections: the leader hands
+over gracefully first (see ``shard_controller``).
+
 It is built from the metadata it reads when it becomes leader and is thrown
 away when leadership is lost: it never retries a write that lost a
 compare-and-set (that could overwrite what a newer leader wrote) — it marks
@@ -38,7 +42,7 @@ from pyxia.coordinator.placement import (
     replace_member,
 )
 from pyxia.coordinator.shard_controller import ShardController
-from pyxia.errors import MetadataBadVersion
+from pyxia.errors import InvalidArgument, MetadataBadVersion, ResourceUnavailable
 from pyxia.proto import admin_pb2, client_pb2, metadata_pb2
 from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.signals import Signal
@@ -80,6 +84,9 @@ class Coordinator:
         self._update_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._quarantine: dict[int, float] = {}
+        # Servers shutting down gracefully (they asked for their leaderships to be moved): no
+        # leadership goes to them until they come back.
+        self.leaving: set[str] = set()
         self.failed = asyncio.Event()  # a compare-and-set was lost
         self._closed = False
 
@@ -247,10 +254,16 @@ class Coordinator:
 
     def _on_shard_event(self, node: str, event: admin_pb2.ShardEvent) -> None:
         sc = self.shard_controllers.get(event.shard)
-        if sc is not None:
+        if event.leaving:
+            self.leaving.add(node)
+            if sc is not None:
+                sc.replica_leaving(node, event)
+        elif sc is not None:
             sc.replica_failed(node, event)
 
     async def _on_server_change(self, node: str, available: bool) -> None:
+        if available:
+            self.leaving.discard(node)  # back (restarted)
         for sc in list(self.shard_controllers.values()):
             if available:
                 sc.node_available(node)
@@ -353,7 +366,39 @@ class Coordinator:
         ns = sc.namespace
         await self.update_shard(ns, shard, swap)
         log.info("shard %d: moving a replica from %s to %s", shard, source, target)
-        sc.request_election()
+        sc.request_election(planned=True)
+
+    async def move_leader(
+        self, namespace: str, shard: int, to: str = "", timeout: float = 30.0
+    ) -> tuple[str, int]:
+        """A planned leader move of ``shard`` to ensemble member ``to`` (empty: any other
+        member); returns the leader and term once the new term is steady. The target gets it if
+        its log is as far as the others' (after the handoff it is, unless it lags)."""
+        sc = self.shard_controllers.get(shard)
+        if sc is None or sc.namespace != namespace:
+            raise InvalidArgument(f"oxia: no shard {shard} in namespace {namespace!r}")
+        meta = sc.meta
+        members = [m.internal for m in meta.ensemble]
+        if to and to not in members:
+            raise InvalidArgument(f"oxia: {to} is not in the ensemble of shard {shard}: {members}")
+        if meta.status != STEADY or not meta.HasField("leader"):
+            raise ResourceUnavailable(f"oxia: shard {shard} is not steady (an election runs)")
+        current, term = meta.leader.internal, meta.term
+        if to == current:
+            return current, term
+        sc.request_move(prefer=to or None, avoid=current)
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self.assignments_changed.generation
+            meta = sc.meta
+            if meta.term > term and meta.status == STEADY and meta.HasField("leader"):
+                return meta.leader.internal, meta.term
+            left = deadline - time.monotonic()
+            if left <= 0 or self._closed:
+                raise ResourceUnavailable(
+                    f"oxia: shard {shard} has no new leader after {timeout:g}s"
+                )
+            await self.assignments_changed.wait(seen, left)
 
     # -- load balancing ---------------------------------------------------------------------------
 
@@ -374,7 +419,11 @@ class Coordinator:
         quarantined = {s for s, until in self._quarantine.items() if until > now}
         steady = {shard: meta for _, shard, meta in shards(self.status) if meta.status == STEADY}
         replicas = {s: [m.internal for m in meta.ensemble] for s, meta in steady.items()}
-        servers = [s.internal for s in self.config.servers if self.is_available(s.internal)]
+        servers = [
+            s.internal
+            for s in self.config.servers
+            if self.is_available(s.internal) and s.internal not in self.leaving
+        ]
         move = plan_rebalance(replicas, servers, quarantined)
         qt = self.config.load_balancer.quarantine_time
         if move is not None:
@@ -400,8 +449,7 @@ class Coordinator:
             shard, target = lead_move
             self._quarantine[shard] = now + qt
             sc = self.shard_controllers.get(shard)
-            if sc is not None:
-                sc.prefer_leader = target
-                sc.request_election()
+            if sc is not None and target not in self.leaving:
+                sc.request_move(prefer=target)
                 return True
         return False

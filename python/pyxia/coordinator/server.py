@@ -25,11 +25,14 @@ from grpc_health.v1.health import aio as health_aio
 from pyxia.config import ClusterConfig
 from pyxia.coordinator.coordinator import Coordinator, CoordinatorOptions
 from pyxia.coordinator.metadata.provider import LeadershipLost, MetadataProvider
-from pyxia.errors import AlreadyClosed
+from pyxia.errors import AlreadyClosed, InvalidArgument, NotInitialized, PyxiaError
 from pyxia.proto import admin_pb2
+from pyxia.server import grpc_errors
 from pyxia.server.data_server import grpc_options
 
 log = logging.getLogger("pyxia.coordinator.server")
+
+MAX_MOVE_TIMEOUT_MS = 600_000
 
 
 @dataclass
@@ -181,6 +184,29 @@ class CoordinatorServer:
                 )
         return res
 
+    async def _move_leader(
+        self, req: admin_pb2.MoveLeaderRequest, context: Any
+    ) -> admin_pb2.MoveLeaderResponse:
+        try:
+            c = self.coordinator
+            if c is None:
+                raise NotInitialized("oxia: this coordinator does not lead")
+            if not 0 <= req.timeout_ms <= MAX_MOVE_TIMEOUT_MS:
+                raise InvalidArgument(
+                    f"oxia: MoveLeader timeout {req.timeout_ms} ms is out of "
+                    f"[0, {MAX_MOVE_TIMEOUT_MS}]"
+                )
+            leader, term = await c.move_leader(
+                req.namespace or "default",
+                req.shard,
+                req.to,
+                (req.timeout_ms or 30_000) / 1000.0,
+            )
+        except PyxiaError as e:
+            await grpc_errors.abort(context, e)
+            raise  # unreachable: abort raises
+        return admin_pb2.MoveLeaderResponse(leader=leader, term=term)
+
     def _admin_handlers(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
             "pyxia.admin.v1.PyxiaAdmin",
@@ -189,6 +215,11 @@ class CoordinatorServer:
                     self._get_status,
                     request_deserializer=admin_pb2.GetClusterStatusRequest.FromString,
                     response_serializer=admin_pb2.GetClusterStatusResponse.SerializeToString,
+                ),
+                "MoveLeader": grpc.unary_unary_rpc_method_handler(
+                    self._move_leader,
+                    request_deserializer=admin_pb2.MoveLeaderRequest.FromString,
+                    response_serializer=admin_pb2.MoveLeaderResponse.SerializeToString,
                 ),
             },
         )

@@ -209,12 +209,16 @@ class InternalService:
         """Failures of this server's replicas: the latest of each shard, then new ones."""
         failures = self.director.failures
         seq = 0
-        while not failures.signal.closed:
-            seen = failures.signal.generation
-            seq, events = failures.since(seq)
-            for e in events:
-                yield e
-            await failures.signal.wait(seen)
+        failures.watchers += 1
+        try:
+            while not failures.signal.closed:
+                seen = failures.signal.generation
+                seq, events = failures.since(seq)
+                for e in events:
+                    yield e
+                await failures.signal.wait(seen)
+        finally:
+            failures.watchers -= 1
 
     # -- registration -----------------------------------------------------------------------------
 

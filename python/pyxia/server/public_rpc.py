@@ -151,7 +151,12 @@ class OxiaClientService:
                         # pipelined behind this one) go on.
                         fut.set_result(invalid_argument_response(req))
                     except PyxiaError as e:
+                        # Refused (not the leader, stepping down, storage failed): the stream
+                        # ends with this error once the writes ahead of it are answered, and
+                        # nothing behind it is logged, so a client may resend all of those.
                         fut.set_exception(e)
+                        await inflight.put(fut)
+                        return
                     await inflight.put(fut)
             finally:
                 await inflight.put(None)
