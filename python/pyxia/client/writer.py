@@ -14,10 +14,12 @@ Newer batches wait for it, so per-key order still holds."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
@@ -44,6 +46,30 @@ MAX_STREAM_INFLIGHT = 512
 
 LEAVE_GRACE_S = 1.0
 """How long the stream to a former leader keeps waiting for its answers."""
+
+HEADERS_WAIT_S = 0.05
+"""How long a new stream waits for the server's headers before its first write."""
+
+
+def raw_sender(call: Any) -> Callable[[Any], Awaitable[None]] | None:
+    """Sends on a started stream without grpc-python's status override, if this grpc has it.
+
+    grpc-python's ``write`` replaces the status the server sent with INTERNAL "Internal error
+    from Core" when the write fails because that status just ended the call (grpc/grpc#36066;
+    the fix, grpc/grpc#43486, is not released). The status is what tells the client whether
+    its unanswered writes were taken (a refusal, NODE_IS_NOT_LEADER: they were not, resend
+    them) or may have been (WRITE_INDETERMINATE); INTERNAL leaves only the honest "may have
+    been". Sending through the call's Cython layer directly fails the same way but leaves the
+    status alone. Used after the first write (which ``write`` makes wait for the call's
+    headers to be sent); None if this grpc lacks the layer (then ``write`` it is)."""
+    send = getattr(getattr(call, "_cython_call", None), "send_serialized_message", None)
+    if send is None:
+        return None
+
+    def sender(req: Any) -> Awaitable[None]:
+        return cast("Awaitable[None]", send(req.SerializeToString()))
+
+    return sender
 
 
 class _InFlight:
@@ -81,8 +107,16 @@ class _WriteStream:
 
     async def _write_loop(self) -> None:
         q = self._queue
-        write = self.call.write
+        call = self.call
         try:
+            # A pyxia server sends its headers at once, or refuses the stream with a status
+            # alone: waiting for either before the first write keeps that status from racing a
+            # write (see raw_sender). A server that sends its headers with its first answer
+            # (Oxia) costs HEADERS_WAIT_S, once per stream.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(call.initial_metadata(), HEADERS_WAIT_S)
+            write: Callable[[Any], Awaitable[None]] = call.write
+            raw = raw_sender(call) or write
             while True:
                 while not q:
                     self._wake.clear()
@@ -90,10 +124,32 @@ class _WriteStream:
                 req, entry = q.popleft()
                 entry.sent = True
                 await write(req)
+                write = raw
         except asyncio.CancelledError:
             raise
         except BaseException as e:
-            self._break(e)
+            self._break(await self._ended_with(e))
+
+    async def _ended_with(self, write_error: BaseException) -> BaseException:
+        """Why the call ended, after a write failed on it: a write racing the server's final
+        status fails with a local error ("RPC already finished") that would hide what the
+        server said about the unanswered writes (NODE_IS_NOT_LEADER: not taken). The status,
+        if the call ends within a second, else ``write_error``."""
+        call = self.call
+        try:
+            code = await asyncio.wait_for(call.code(), 1.0)
+            if code == grpc.StatusCode.OK:
+                return write_error
+            return grpc.aio.AioRpcError(
+                code,
+                await call.initial_metadata(),
+                await call.trailing_metadata(),
+                await call.details(),
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return write_error
 
     async def _read_loop(self) -> None:
         read = self.call.read
