@@ -24,6 +24,8 @@ class Member:
     public: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
     internal: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
     proc: ServerProcess | None = None
+    env: dict[str, str] | None = None
+    """Extra environment of the process (PYTHONPATH: another pyxia, for a before/after)."""
 
     def start(self, *extra: str) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
@@ -43,11 +45,17 @@ class Member:
                 *extra,
             ],
             self.base,
+            self.env,
         ).start()
 
     def kill(self) -> None:
         if self.proc is not None:
             self.proc.kill()
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM (a graceful shutdown) and wait for the exit; returns the exit code."""
+        assert self.proc is not None
+        return self.proc.terminate(timeout)
 
     @property
     def alive(self) -> bool:
@@ -82,10 +90,11 @@ class ProcCluster:
         n: int = 3,
         namespaces: list[dict[str, object]] | None = None,
         metadata: str = "file",
+        server_env: dict[str, str] | None = None,
     ) -> ProcCluster:
         c = ProcCluster(
             base,
-            [Member(base / f"s{i}") for i in range(n)],
+            [Member(base / f"s{i}", env=server_env) for i in range(n)],
             namespaces or [{"name": "default", "initialShardCount": 3, "replicationFactor": 3}],
             metadata=metadata,
         )
@@ -168,6 +177,22 @@ class ProcCluster:
                     member = None
                 return member, int(meta.term)
         raise KeyError(shard)
+
+    def move_leader(self, shard: int, to: str = "", timeout: float = 30.0) -> tuple[str, int]:
+        """A planned leader move (``PyxiaAdmin/MoveLeader``): the new leader's internal address
+        and term."""
+        with grpc.insecure_channel(self.coordinator_addr) as ch:
+            res = ch.unary_unary(
+                "/pyxia.admin.v1.PyxiaAdmin/MoveLeader",
+                request_serializer=admin_pb2.MoveLeaderRequest.SerializeToString,
+                response_deserializer=admin_pb2.MoveLeaderResponse.FromString,
+            )(
+                admin_pb2.MoveLeaderRequest(
+                    namespace="default", shard=shard, to=to, timeout_ms=int(timeout * 1000)
+                ),
+                timeout=timeout + 5,
+            )
+        return res.leader, int(res.term)
 
     def replica_status(self, m: Member, shard: int) -> replication_pb2.GetStatusResponse:
         with grpc.insecure_channel(m.internal) as ch:

@@ -1,5 +1,6 @@
 // Interoperability check: Oxia's own Go client (github.com/oxia-db/oxia/oxia)
 // against a pyxia server. Exits non-zero with a message on the first failure.
+// `interop load ...` is a write load instead (load.go).
 package main
 
 import (
@@ -25,6 +26,10 @@ func check(err error, what string) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "load" {
+		runLoad(os.Args[2:])
+		return
+	}
 	addr, prefix := os.Args[1], os.Args[2]
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
