@@ -148,12 +148,12 @@ async def test_a_stepping_down_leader_refuses_writes_and_finishes_logged_ones(en
     shard = 0
     node = leader_of(env, shard)
     lc = node.s.director.leaders[shard]
-    # writes logged but not committed yet: the followers are held back by a failpoint-free
-    # trick, proposing directly and stepping down before the sync round completes
+    # writes logged, not yet committed (nothing has run since they were appended)
     futs = [
         lc.propose(client_pb2.WriteRequest(puts=[client_pb2.PutRequest(key=f"/p{i}", value=b"v")]))
         for i in range(20)
     ]
+    assert lc.commit_offset < lc.head_offset
     head, drained = await lc.step_down(lc.term, 5.0)
     assert drained and head.offset == lc.head_offset
     results = await asyncio.gather(*futs)
@@ -173,22 +173,14 @@ async def test_without_a_new_term_the_leader_takes_writes_again(env: Env) -> Non
     shard = 1
     node = leader_of(env, shard)
     lc = node.s.director.leaders[shard]
-    lc.handoff = handoff.begin(
-        None,
-        status=lc.status,
-        term=lc.term,
-        requested_term=lc.term,
-        now=time.monotonic(),
-        drain_s=0.0,
-        leader_hint=lc.leader_hint,
-        refuse_after_drain_s=0.2,
-    )
+    now = time.monotonic()
+    put = client_pb2.WriteRequest(puts=[client_pb2.PutRequest(key="/x", value=b"v")])
+    lc.handoff = handoff.Handoff(lc.term, now, now + 3600, lc.leader_hint)
     with pytest.raises(NodeIsNotLeader):
-        lc.propose(client_pb2.WriteRequest(puts=[client_pb2.PutRequest(key="/x", value=b"v")]))
-    await asyncio.sleep(0.25)  # the refusal period is a deadline by design: let it pass
-    res = await lc.propose(
-        client_pb2.WriteRequest(puts=[client_pb2.PutRequest(key="/x", value=b"v")])
-    )
+        lc.propose(put)
+    # the refusal period is over and no NewTerm came (the coordinator died in between)
+    lc.handoff = handoff.Handoff(lc.term, now - 2, now - 1, lc.leader_hint)
+    res = await lc.propose(put)
     assert res.error is None and lc.handoff is None
 
 
