@@ -209,3 +209,30 @@ async def test_a_server_shutting_down_hands_its_leaderships_over(env: Env) -> No
         assert not load.failures, load.failures[:10]
         await check_stored(client, load.acks, "/sd")
     assert victim.internal not in env.coordinator.leaving
+
+
+async def test_the_balancers_leader_moves_are_planned(env: Env) -> None:
+    """Both leaderships on one server: the balancer moves one away, under load, as a planned
+    move (a drained handoff), and no write fails."""
+    target = leader_of(env, 0)
+    await env.coordinator.move_leader("default", 1, target.internal)
+    assert leader_of(env, 0) is target and leader_of(env, 1) is target
+    before = sum(sc.handoffs_drained for sc in env.coordinator.shard_controllers.values())
+    addresses = [n.public for n in env.cluster.nodes]
+    async with AsyncClient(addresses, request_timeout_s=30) as client:
+        load = Load(client, "/lb")
+        try:
+            await load.grows()
+            assert await env.coordinator.balance_once()
+
+            def balanced() -> bool:
+                return steady(env) and len({leader_of(env, s).internal for s in (0, 1)}) == 2
+
+            await wait_until(balanced, what="the leaderships spread")
+            await load.grows()
+        finally:
+            await load.stop()
+        assert not load.failures, load.failures[:10]
+        await check_stored(client, load.acks, "/lb")
+    after = sum(sc.handoffs_drained for sc in env.coordinator.shard_controllers.values())
+    assert after == before + 1
