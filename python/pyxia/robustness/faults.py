@@ -33,7 +33,7 @@ Kinds (``--faults`` selects a subset):
 
 The planned kinds are DESIGN.md principle 8 under test: the checkers hold them to the same
 rules, and the run's report counts the operations that failed or were indeterminate while only
-planned faults were going on.
+planned faults were going on (from 5 s after the last unplanned fault ended).
 """
 
 from __future__ import annotations

@@ -198,10 +198,22 @@ async def run(opts: RunOptions, out: TextIO = sys.stdout) -> RunResult:
     return result
 
 
+PLANNED_SETTLE_NS = 5_000_000_000
+"""Operations of a planned fault count from this long after the last unplanned fault ended
+(an isolated old leader, say, may still be answering for the fault before)."""
+
+
 def during_planned(ops: list[Op], faults: list[FaultRecord]) -> tuple[Counter[str], Counter[str]]:
     """The operations invoked and completed within a planned fault (no other fault runs then),
-    by status, and their errors."""
-    spans = sorted((r.start, r.end) for r in faults if r.spec.kind in PLANNED and r.end)
+    at least ``PLANNED_SETTLE_NS`` after the last unplanned fault ended, by status, and their
+    errors."""
+    spans = []
+    last_unplanned_end = -PLANNED_SETTLE_NS
+    for r in sorted(faults, key=lambda r: r.start):
+        if r.spec.kind not in PLANNED:
+            last_unplanned_end = max(last_unplanned_end, r.end or r.start)
+        elif r.end:
+            spans.append((max(r.start, last_unplanned_end + PLANNED_SETTLE_NS), r.end))
     statuses: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     for o in ops:
