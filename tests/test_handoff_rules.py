@@ -11,7 +11,14 @@ from pyxia.coordinator.election import Head, choose_leader
 from pyxia.errors import InvalidArgument, InvalidTerm, NodeIsNotLeader
 from pyxia.proto import replication_pb2
 from pyxia.server import handoff
-from pyxia.server.handoff import Handoff, begin, drained, hint_for_clients, refuses_writes
+from pyxia.server.handoff import (
+    Handoff,
+    answered,
+    begin,
+    drained,
+    hint_for_clients,
+    refuses_writes,
+)
 
 LEADER = replication_pb2.LEADER
 FENCED = replication_pb2.FENCED
@@ -79,6 +86,14 @@ def test_refusal_window() -> None:
     assert refuses_writes(h, 3, 119.999)
     assert not refuses_writes(h, 3, 120.0)  # no NewTerm came: takes writes again
     assert not refuses_writes(h, 4, 101.0)  # a handoff of an older term means nothing
+
+
+def test_once_answered_the_refusal_ends_soon() -> None:
+    h = start(now=100.0)  # refuse_until 120
+    a = answered(h, 101.0, wait_s=5.0)
+    assert a.refuse_until == 106.0 and a.drain_until == h.drain_until
+    assert answered(a, 103.0, wait_s=5.0).refuse_until == 106.0  # never later than it was
+    assert answered(h, 119.0, wait_s=5.0).refuse_until == 120.0
 
 
 def test_clients_are_never_sent_back_to_this_server() -> None:

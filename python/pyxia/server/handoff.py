@@ -11,8 +11,8 @@ down (``pyxia.admin.v1.Handoff/StepDown``, :mod:`pyxia.server.handoff_rpc`). The
 2. keeps committing, applying and answering what it had already logged;
 3. answers the coordinator once nothing is pending (or at the drain deadline, drained or not);
 4. keeps refusing until the coordinator's NewTerm fences it (the normal end), or until
-   ``refuse_until`` passes without one (the coordinator died in between): then it takes writes
-   again, as the leader it still is.
+   ``refuse_until`` (``REFUSE_AFTER_ANSWER_S`` after the answer) passes without one (the
+   coordinator died in between): then it takes writes again, as the leader it still is.
 
 Reads, notifications and session keep-alives go on being served meanwhile: the leader still
 leads its term, and a read is confirmed by a majority as always (``read_index``), so it stays
@@ -21,6 +21,8 @@ linearizable until the new term fences the followers.
 States of a leader (``Handoff`` is the whole extra state)::
 
     LEADER ──StepDown(term)──▶ LEADER + Handoff(term, drain_until, refuse_until, ...)
+                                  │  drained or drain_until: StepDown answers, refuse_until
+                                  │  moves to at most answer + REFUSE_AFTER_ANSWER_S
                                   │  NewTerm / close ──▶ FENCED / closed (Handoff dropped)
                                   └─ now ≥ refuse_until ──▶ LEADER (takes writes again)
 
@@ -30,7 +32,7 @@ deadlines; one for another term, or on a replica that does not lead, is refused.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pyxia.errors import InvalidArgument, InvalidTerm, NodeIsNotLeader
 from pyxia.proto import replication_pb2
@@ -44,9 +46,12 @@ MAX_DRAIN_S = 60.0
 """The longest drain a StepDown may ask for."""
 
 REFUSE_AFTER_DRAIN_S = 15.0
-"""How long after its drain deadline a stepped-down leader keeps refusing writes while it waits
-for the coordinator's NewTerm (the coordinator fences right after StepDown answers; its own
-RPCs time out after 10 s). Past it the leader takes writes again."""
+"""How long after its drain deadline a stepping-down leader keeps refusing writes, at most."""
+
+REFUSE_AFTER_ANSWER_S = 5.0
+"""How long after its StepDown answered a leader keeps refusing writes while it waits for the
+NewTerm (the coordinator persists the election and fences right after the answer). Past it, a
+coordinator that died in between costs the shard no more: the leader takes writes again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +99,11 @@ def begin(
             current.stale_hint,
         )
     return Handoff(term, drain_until, refuse_until, leader_hint)
+
+
+def answered(h: Handoff, now: float, wait_s: float = REFUSE_AFTER_ANSWER_S) -> Handoff:
+    """The handoff once its StepDown answered: refusals end ``wait_s`` from now at the latest."""
+    return replace(h, refuse_until=min(h.refuse_until, now + wait_s))
 
 
 def refuses_writes(h: Handoff | None, term: int, now: float) -> bool:

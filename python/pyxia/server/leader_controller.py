@@ -435,6 +435,8 @@ class LeaderController:
                 break
             await self.applied.wait(seen, left)
         done = handoff.drained(len(self._pending), self.head_offset, self.commit_offset)
+        if self.handoff is not None and self.handoff.term == term:
+            self.handoff = handoff.answered(self.handoff, time.monotonic())
         if not done:
             log.warning(
                 "shard %s: %d logged writes not committed within the %.1fs step-down drain",
