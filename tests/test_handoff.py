@@ -9,6 +9,7 @@ RPCs."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from cluster import Cluster, Node, wait_until
 from pyxia.client import AsyncClient
 from pyxia.config import NamespaceConfig
 from pyxia.coordinator.metadata.memory import MemoryMetadataProvider
-from pyxia.coordinator.model import shards
+from pyxia.coordinator.model import ELECTION, shards
 from pyxia.coordinator.server import CoordinatorServer, CoordinatorServerOptions
 from pyxia.errors import InvalidTerm, NodeIsNotLeader
 from pyxia.proto import admin_pb2, client_pb2
@@ -236,3 +237,23 @@ async def test_the_balancers_leader_moves_are_planned(env: Env) -> None:
         await check_stored(client, load.acks, "/lb")
     after = sum(sc.handoffs_drained for sc in env.coordinator.shard_controllers.values())
     assert after == before + 1
+
+
+async def test_a_shard_being_elected_keeps_its_last_published_leader(env: Env) -> None:
+    """An empty leader in the map would make Oxia's Go client dial "" and fail the write; the
+    last leader answers a retryable NODE_IS_NOT_LEADER instead."""
+    c = env.coordinator
+    published = {a.shard: a.leader for a in c.assignments().namespaces["default"].assignments}
+    saved = c.status
+    electing = copy.deepcopy(saved)
+    meta = electing.namespaces["default"].shards[0]
+    meta.status = ELECTION
+    meta.ClearField("leader")
+    try:
+        c.status = electing
+        c._recompute_assignments()
+        now = {a.shard: a.leader for a in c.assignments().namespaces["default"].assignments}
+        assert now == published and now[0]
+    finally:
+        c.status = saved
+        c._recompute_assignments()

@@ -202,6 +202,15 @@ class Coordinator:
     # -- assignments ------------------------------------------------------------------------------
 
     def _recompute_assignments(self) -> None:
+        """The map clients get. A shard being elected keeps the leader it was last published
+        with: that server answers a retryable NODE_IS_NOT_LEADER until the new map names the
+        new one, where an empty leader would make Oxia's Go client fail the write (it dials
+        "")."""
+        before: dict[tuple[str, int], str] = {}
+        if self._assignments is not None:
+            for name, nsa_before in self._assignments.namespaces.items():
+                for a in nsa_before.assignments:
+                    before[(name, a.shard)] = a.leader
         out = client_pb2.ShardAssignments()
         for ns, shard, meta in shards(self.status):
             if meta.status == DELETING:
@@ -212,7 +221,9 @@ class Coordinator:
             nsa.key_sorting = _KEY_SORTING[cfg.key_sorting if cfg else "hierarchical"]
             nsa.assignments.add(
                 shard=shard,
-                leader=meta.leader.public if meta.HasField("leader") else "",
+                leader=meta.leader.public
+                if meta.HasField("leader")
+                else before.get((ns, shard), ""),
                 int32_hash_range=client_pb2.Int32HashRange(
                     min_hash_inclusive=meta.int32_hash_range.min,
                     max_hash_inclusive=meta.int32_hash_range.max,
