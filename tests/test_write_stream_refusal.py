@@ -15,10 +15,13 @@ from typing import Any
 import grpc
 import pytest
 
+from cluster import wait_until
+from pyxia.client import AsyncClient
 from pyxia.client.connections import Stub
 from pyxia.client.errors import error_from_rpc
 from pyxia.client.ops import WriteOp
 from pyxia.client.writer import _WriteStream, raw_sender
+from pyxia.common.ports import free_port
 from pyxia.config import NamespaceConfig
 from pyxia.errors import NodeIsNotLeader, PyxiaError
 from pyxia.proto import client_pb2
@@ -136,3 +139,39 @@ async def test_the_client_keeps_the_refusal_while_it_writes() -> None:
                 s.close()
     finally:
         await server.stop(0)
+
+
+async def test_a_write_to_a_server_that_is_gone_was_never_sent(tmp_path: Path) -> None:
+    """The shard's leader as the client knows it refuses connections (it stopped): a create-
+    only put is resent, never reported indeterminate, and succeeds once the client learns the
+    real leader."""
+    node = Standalone(
+        ServerOptions(
+            public_addr="127.0.0.1:0",
+            internal_addr="127.0.0.1:0",
+            metrics_addr=None,
+            data_dir=tmp_path / "db",
+            wal_dir=tmp_path / "wal",
+            tso=None,
+        ),
+        [NamespaceConfig("default", 1, 1)],
+    )
+    await node.start()
+    try:
+        async with AsyncClient(node.server.public_address, request_timeout_s=20) as client:
+            core = client._core
+            assert core is not None
+            await client.put("/warm", "up")
+            gone = f"127.0.0.1:{free_port()}"  # nothing listens there
+            core.set_leader_hint(0, gone)
+            writer = core._writers[0]
+            writer.leader_changed()
+            fut = asyncio.ensure_future(client.put("/created", "v", expected_version_id=-1))
+            # it fails against the gone address, again and again, without giving up
+            await wait_until(lambda: writer._attempt >= 3, what="retries to the gone address")
+            assert not fut.done()
+            core._hints.clear()  # the client learns the leader again
+            r = await asyncio.wait_for(fut, 20)
+            assert r.version.modifications_count == 0
+    finally:
+        await node.close()

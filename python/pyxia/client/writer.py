@@ -122,8 +122,14 @@ class _WriteStream:
                     self._wake.clear()
                     await self._wake.wait()
                 req, entry = q.popleft()
+                if call.done():  # it ended (refused, never connected): this one was not sent
+                    raise asyncio.InvalidStateError("the write stream ended")
                 entry.sent = True
-                await write(req)
+                try:
+                    await write(req)
+                except asyncio.InvalidStateError:
+                    entry.sent = False  # refused before sending: the call had just ended
+                    raise
                 write = raw
         except asyncio.CancelledError:
             raise

@@ -222,7 +222,7 @@ def during_planned(ops: list[Op], faults: list[FaultRecord]) -> tuple[Counter[st
         if any(s <= o.invoke and o.complete <= e for s, e in spans):
             statuses[o.status] += 1
             if o.status != OK and o.error:
-                errors[o.error[:100]] += 1
+                errors[o.error[:240]] += 1
     return statuses, errors
 
 
