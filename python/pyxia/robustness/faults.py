@@ -451,6 +451,10 @@ class Injector:
             await asyncio.sleep(left)
 
     async def _graceful_restart(self, spec: FaultSpec, rec: FaultRecord) -> None:
+        # A process still starting has no handler for SIGTERM yet (it dies by the signal, as
+        # any process would): the fault is about a server that serves.
+        if not await self.cluster.wait_steady(30):
+            rec.notes.append("the cluster was not steady within 30s; SIGTERM anyway")
         shard: int | None = None
         if spec.r[1] < 0.6:
             n, shard = await self._leader(spec, 0)
