@@ -56,9 +56,11 @@ class Node:
         await self.server.start()
         return self.server
 
-    async def stop(self) -> None:
+    async def stop(self, *, graceful: bool = False) -> None:
+        """Stops the server; ``graceful``: as on SIGTERM (its leaderships handed over first),
+        else without moving them (as a test of failover wants)."""
         if self.server is not None:
-            await self.server.close(grace=0.2)
+            await self.server.close(grace=0.2, hand_off=graceful)
             self.server = None
 
     @property

@@ -22,7 +22,7 @@ import yaml
 from cluster import free_port
 from pyxia.proto import admin_pb2, metadata_pb2, replication_pb2
 from pyxia.security.cluster_auth import ClusterSecret, generate_secret_file
-from pyxia.security.internal_auth import internal_channel
+from pyxia.security.internal_auth import SigningInterceptor, internal_channel
 from pyxia.security.pki import CertificateAuthority
 from pyxia.security.tls import ClientTls, TlsOptions
 from servers import ServerProcess, wait_for
@@ -50,6 +50,8 @@ class Member:
     proc: ServerProcess | None = None
     security: tuple[str, ...] = ()
     """Flags proving cluster membership (set by the cluster's write_config)."""
+    env: dict[str, str] | None = None
+    """Extra environment of the process (PYTHONPATH: another pyxia, for a before/after)."""
 
     def start(self, *extra: str) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
@@ -70,11 +72,17 @@ class Member:
                 *extra,
             ],
             self.base,
+            self.env,
         ).start()
 
     def kill(self) -> None:
         if self.proc is not None:
             self.proc.kill()
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM (a graceful shutdown) and wait for the exit; returns the exit code."""
+        assert self.proc is not None
+        return self.proc.terminate(timeout)
 
     @property
     def alive(self) -> bool:
@@ -176,10 +184,11 @@ class ProcCluster:
         *,
         secret: bool = True,
         tls: bool = False,
+        server_env: dict[str, str] | None = None,
     ) -> ProcCluster:
         c = ProcCluster(
             base,
-            [Member(base / f"s{i}") for i in range(n)],
+            [Member(base / f"s{i}", env=server_env) for i in range(n)],
             namespaces or [{"name": "default", "initialShardCount": 3, "replicationFactor": 3}],
             metadata=metadata,
             secret=secret,
@@ -270,6 +279,31 @@ class ProcCluster:
                     member = None
                 return member, int(meta.term)
         raise KeyError(shard)
+
+    def move_leader(self, shard: int, to: str = "", timeout: float = 30.0) -> tuple[str, int]:
+        """A planned leader move (``PyxiaAdmin/MoveLeader``): the new leader's internal address
+        and term."""
+        tls = self.client_tls()
+        channel = (
+            tls.sync_secure_channel(self.coordinator_addr)
+            if tls is not None
+            else grpc.insecure_channel(self.coordinator_addr)
+        )
+        secret = self.cluster_secret()
+        if secret is not None:  # a change needs the proof of membership
+            channel = grpc.intercept_channel(channel, SigningInterceptor(secret))
+        with channel as ch:
+            res = ch.unary_unary(
+                "/pyxia.admin.v1.PyxiaAdmin/MoveLeader",
+                request_serializer=admin_pb2.MoveLeaderRequest.SerializeToString,
+                response_deserializer=admin_pb2.MoveLeaderResponse.FromString,
+            )(
+                admin_pb2.MoveLeaderRequest(
+                    namespace="default", shard=shard, to=to, timeout_ms=int(timeout * 1000)
+                ),
+                timeout=timeout + 5,
+            )
+        return res.leader, int(res.term)
 
     def replica_status(self, m: Member, shard: int) -> replication_pb2.GetStatusResponse:
         """GetStatus of ``m``'s replica, asked as the coordinator asks (with the cluster's

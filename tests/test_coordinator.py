@@ -253,12 +253,15 @@ async def test_removed_server_is_evacuated(tmp_path: Path) -> None:
         for s in range(2):
             await write(env, leader_of(env, s), s, f"/ev{s}")
         # n2 leaves the cluster, n3 joins: every replica on n2 moves to n3
+        terms = {s: meta.term for _, s, meta in shards(env.coordinator.status)}
         cfg[0] = make_config([n0, n1, n3], (NamespaceConfig("default", 2, 3),))
 
         def moved() -> bool:
+            # the ensemble changes first, then the planned election ends in a new term
             return steady(env) and all(
                 {m.internal for m in meta.ensemble} == {n0.internal, n1.internal, n3.internal}
-                for _, _, meta in shards(env.coordinator.status)
+                and meta.term > terms[s]
+                for _, s, meta in shards(env.coordinator.status)
             )
 
         await wait_until(moved, timeout=30, what="replicas moved off the removed server")

@@ -267,6 +267,66 @@ def status(address: str, as_json: bool, **security: Any) -> None:
             )
 
 
+@admin.command("move-leader")
+@click.option(
+    "--coordinator",
+    "address",
+    default="localhost:6649",
+    show_default=True,
+    help="The coordinator's internal address.",
+)
+@click.option("--namespace", default="default", show_default=True)
+@click.option("--shard", type=click.IntRange(0), required=True)
+@click.option(
+    "--to",
+    "target",
+    default="",
+    help="The ensemble member (internal address) to lead next (default: any other member).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1, 600),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the new leader.",
+)
+@client_security_flags("the coordinator", tokens=False)
+@cluster_secret_flag
+def move_leader(
+    address: str, namespace: str, shard: int, target: str, timeout: float, **security: Any
+) -> None:
+    """Move a shard's leadership as a planned move: the leader finishes what it logged and
+    hands over, clients see only retryable answers. A coordinator with a cluster secret needs
+    it (--cluster-secret-file) or a cluster certificate (mutual TLS)."""
+    import grpc
+
+    from pyxia.proto import admin_pb2
+    from pyxia.security.internal_auth import SigningInterceptor
+
+    tls = client_security_from_flags(security)["tls"]
+    secret = secret_from_flags(security)
+    channel = (
+        tls.sync_secure_channel(address) if tls is not None else grpc.insecure_channel(address)
+    )
+    if secret is not None:
+        channel = grpc.intercept_channel(channel, SigningInterceptor(secret))
+    with channel as ch:
+        call = ch.unary_unary(
+            "/pyxia.admin.v1.PyxiaAdmin/MoveLeader",
+            request_serializer=admin_pb2.MoveLeaderRequest.SerializeToString,
+            response_deserializer=admin_pb2.MoveLeaderResponse.FromString,
+        )
+        req = admin_pb2.MoveLeaderRequest(
+            namespace=namespace, shard=shard, to=target, timeout_ms=int(timeout * 1000)
+        )
+        try:
+            res = call(req, timeout=timeout + 5)
+        except grpc.RpcError as e:
+            detail = e.details() if isinstance(e, grpc.Call) else str(e)
+            raise click.ClickException(f"{address}: {detail}") from None
+    click.echo(f"shard {shard}: {res.leader} leads term {res.term}")
+
+
 @click.command()
 @click.option(
     "--address",

@@ -3,15 +3,23 @@
 Each batch is one WriteRequest (one log entry on the server); responses come back in request
 order, so a FIFO of in-flight batches maps them. Per-key order holds because a shard's batches
 leave in submission order on one stream, and after a failure the unanswered batches go back to
-the head of the queue, ahead of newer ones, before the stream is reopened."""
+the head of the queue, ahead of newer ones, before the stream is reopened.
+
+When the assignments name a new leader, the stream to the old one is left, not broken: no new
+batch goes on it, and its unanswered batches get ``LEAVE_GRACE_S`` to be answered (a leader
+that handed over on purpose answers each one: done, or refused with NODE_IS_NOT_LEADER and
+resent as never taken) before it is broken as after a lost connection (an isolated old leader).
+Newer batches wait for it, so per-key order still holds."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
@@ -36,6 +44,33 @@ log = logging.getLogger("pyxia.client")
 MAX_STREAM_INFLIGHT = 512
 """Batches on one stream before new ones wait (the server takes up to 1,024)."""
 
+LEAVE_GRACE_S = 1.0
+"""How long the stream to a former leader keeps waiting for its answers."""
+
+HEADERS_WAIT_S = 0.05
+"""How long a new stream waits for the server's headers before its first write."""
+
+
+def raw_sender(call: Any) -> Callable[[Any], Awaitable[None]] | None:
+    """Sends on a started stream without grpc-python's status override, if this grpc has it.
+
+    grpc-python's ``write`` replaces the status the server sent with INTERNAL "Internal error
+    from Core" when the write fails because that status just ended the call (grpc/grpc#36066;
+    the fix, grpc/grpc#43486, is not released). The status is what tells the client whether
+    its unanswered writes were taken (a refusal, NODE_IS_NOT_LEADER: they were not, resend
+    them) or may have been (WRITE_INDETERMINATE); INTERNAL leaves only the honest "may have
+    been". Sending through the call's Cython layer directly fails the same way but leaves the
+    status alone. Used after the first write (which ``write`` makes wait for the call's
+    headers to be sent); None if this grpc lacks the layer (then ``write`` it is)."""
+    send = getattr(getattr(call, "_cython_call", None), "send_serialized_message", None)
+    if send is None:
+        return None
+
+    def sender(req: Any) -> Awaitable[None]:
+        return cast("Awaitable[None]", send(req.SerializeToString()))
+
+    return sender
+
 
 class _InFlight:
     __slots__ = ("ops", "sent")
@@ -59,6 +94,8 @@ class _WriteStream:
         self._queue: deque[tuple[Any, _InFlight]] = deque()
         self._wake = asyncio.Event()
         self.broken = False
+        # The assignments moved the leadership away: nothing new is sent on this stream.
+        self.leaving = False
         loop = asyncio.get_running_loop()
         self._writer = loop.create_task(self._write_loop(), name=f"pyxia-ws-write-{shard}")
         self._reader = loop.create_task(self._read_loop(), name=f"pyxia-ws-read-{shard}")
@@ -71,19 +108,55 @@ class _WriteStream:
 
     async def _write_loop(self) -> None:
         q = self._queue
-        write = self.call.write
+        call = self.call
         try:
+            # A pyxia server sends its headers at once, or refuses the stream with a status
+            # alone: waiting for either before the first write keeps that status from racing a
+            # write (see raw_sender). A server that sends its headers with its first answer
+            # (Oxia) costs HEADERS_WAIT_S, once per stream.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(call.initial_metadata(), HEADERS_WAIT_S)
+            write: Callable[[Any], Awaitable[None]] = call.write
+            raw = raw_sender(call) or write
             while True:
                 while not q:
                     self._wake.clear()
                     await self._wake.wait()
                 req, entry = q.popleft()
+                if call.done():  # it ended (refused, never connected): this one was not sent
+                    raise asyncio.InvalidStateError("the write stream ended")
                 entry.sent = True
-                await write(req)
+                try:
+                    await write(req)
+                except asyncio.InvalidStateError:
+                    entry.sent = False  # refused before sending: the call had just ended
+                    raise
+                write = raw
         except asyncio.CancelledError:
             raise
         except BaseException as e:
-            self._break(e)
+            self._break(await self._ended_with(e))
+
+    async def _ended_with(self, write_error: BaseException) -> BaseException:
+        """Why the call ended, after a write failed on it: a write racing the server's final
+        status fails with a local error ("RPC already finished") that would hide what the
+        server said about the unanswered writes (NODE_IS_NOT_LEADER: not taken). The status,
+        if the call ends within a second, else ``write_error``."""
+        call = self.call
+        try:
+            code = await asyncio.wait_for(call.code(), 1.0)
+            if code == grpc.StatusCode.OK:
+                return write_error
+            return grpc.aio.AioRpcError(
+                code,
+                await call.initial_metadata(),
+                await call.trailing_metadata(),
+                await call.details(),
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return write_error
 
     async def _read_loop(self) -> None:
         read = self.call.read
@@ -144,6 +217,7 @@ class ShardWriter:
         self._stream: _WriteStream | None = None
         self._attempt = 0
         self._retry: asyncio.TimerHandle | None = None
+        self._leave_timer: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self._draining = False
@@ -167,6 +241,8 @@ class ShardWriter:
         conns = self.core.conns
         while ready:
             s = self._stream
+            if s is not None and s.leaving:
+                return  # the batches on the former leader's stream are answered first
             if (
                 s is not None
                 and conns.tokens is not None
@@ -210,6 +286,8 @@ class ShardWriter:
         except IndexError:  # a malformed answer: fail what is left
             for op in ops:
                 fail(op.target, Unavailable("oxia: malformed write response"))
+        if stream.leaving and not stream.inflight:
+            self._left(stream)
         outstanding = len(ops) + len(self.batcher.pending)
         for entry in stream.inflight:
             outstanding += len(entry.ops)
@@ -224,6 +302,7 @@ class ShardWriter:
     def on_broken(self, stream: _WriteStream, err: PyxiaError, unanswered: list[_InFlight]) -> None:
         if stream is self._stream:
             self._stream = None
+            self._cancel_leave()
         kind = classify(err)
         if isinstance(err, Unauthenticated) and (
             stream.token_generation != self.core.conns.token_generation()
@@ -274,13 +353,43 @@ class ShardWriter:
             self._check_idle()
 
     def leader_changed(self) -> None:
-        """The assignments name another leader than the stream's server: leave that stream (an
-        isolated old leader would hold the writes until the connection broke). Its unanswered
-        writes are handled as after a broken connection; the others go to the new leader."""
+        """The assignments name another leader than the stream's server: leave that stream.
+        Its unanswered batches get ``LEAVE_GRACE_S`` to be answered (a leader that handed
+        over answers them all), then the stream is broken and they are handled as after a lost
+        connection (an isolated old leader would hold them until the connection broke); newer
+        batches go to the new leader after them."""
         s = self._stream
         leader = self.core.leader_of(self.shard)
-        if s is not None and not s.broken and leader is not None and s.address != leader:
-            s._break(Unavailable(f"oxia: the leader of shard {self.shard} moved to {leader}"))
+        if s is None or s.broken or s.leaving or leader is None or s.address == leader:
+            return
+        s.leaving = True
+        if not s.inflight:
+            self._left(s)
+            return
+        self._leave_timer = self.core.loop.call_later(LEAVE_GRACE_S, self._leave_expired, s)
+
+    def _leave_expired(self, s: _WriteStream) -> None:
+        self._leave_timer = None
+        if not s.broken:
+            s._break(
+                Unavailable(
+                    f"oxia: the leader of shard {self.shard} moved away from {s.address}, "
+                    f"which did not answer within {LEAVE_GRACE_S:g}s"
+                )
+            )
+
+    def _left(self, s: _WriteStream) -> None:
+        """Every batch on the former leader's stream is answered: close it, go on."""
+        if s is self._stream:
+            self._stream = None
+        self._cancel_leave()
+        s.close()
+        self._pump()
+
+    def _cancel_leave(self) -> None:
+        if self._leave_timer is not None:
+            self._leave_timer.cancel()
+            self._leave_timer = None
 
     def _schedule_retry(self, err: BaseException, immediate: bool = False) -> None:
         if self._retry is not None:
@@ -368,6 +477,7 @@ class ShardWriter:
 
     def close(self) -> None:
         self.closed = True
+        self._cancel_leave()
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None

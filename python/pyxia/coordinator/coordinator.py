@@ -7,6 +7,10 @@ leaderless shards) before its first NewTerm: data servers create a replica only 
 the assignments know. Every call to a data server carries the cluster's instance id, after a
 Handshake (see ``dataserver_controller``).
 
+Leader moves it makes on purpose (rebalancing, ensemble changes, evacuating a server removed
+from the config, a server shutting down, ``MoveLeader``) are planned elections: the leader hands
+over gracefully first (see ``shard_controller``).
+
 It is built from the metadata it reads when it becomes leader and is thrown
 away when leadership is lost: it never retries a write that lost a
 compare-and-set (that could overwrite what a newer leader wrote) — it marks
@@ -43,7 +47,7 @@ from pyxia.coordinator.placement import (
     replace_member,
 )
 from pyxia.coordinator.shard_controller import ShardController
-from pyxia.errors import MetadataBadVersion
+from pyxia.errors import InvalidArgument, MetadataBadVersion, ResourceUnavailable
 from pyxia.proto import admin_pb2, client_pb2, metadata_pb2
 from pyxia.security.cluster_auth import ClusterSecret
 from pyxia.security.tls import TlsOptions
@@ -94,6 +98,9 @@ class Coordinator:
         self._update_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._quarantine: dict[int, float] = {}
+        # Servers shutting down gracefully (they asked for their leaderships to be moved): no
+        # leadership goes to them until they come back.
+        self.leaving: set[str] = set()
         self.failed = asyncio.Event()  # a compare-and-set was lost
         self._closed = False
 
@@ -227,6 +234,15 @@ class Coordinator:
     # -- assignments ------------------------------------------------------------------------------
 
     def _recompute_assignments(self) -> None:
+        """The map clients get. A shard being elected keeps the leader it was last published
+        with: that server answers a retryable NODE_IS_NOT_LEADER until the new map names the
+        new one, where an empty leader would make Oxia's Go client fail the write (it dials
+        "")."""
+        before: dict[tuple[str, int], str] = {}
+        if self._assignments is not None:
+            for name, nsa_before in self._assignments.namespaces.items():
+                for a in nsa_before.assignments:
+                    before[(name, a.shard)] = a.leader
         out = client_pb2.ShardAssignments()
         for ns, shard, meta in shards(self.status):
             if meta.status == DELETING:
@@ -237,7 +253,9 @@ class Coordinator:
             nsa.key_sorting = _KEY_SORTING[cfg.key_sorting if cfg else "hierarchical"]
             nsa.assignments.add(
                 shard=shard,
-                leader=meta.leader.public if meta.HasField("leader") else "",
+                leader=meta.leader.public
+                if meta.HasField("leader")
+                else before.get((ns, shard), ""),
                 int32_hash_range=client_pb2.Int32HashRange(
                     min_hash_inclusive=meta.int32_hash_range.min,
                     max_hash_inclusive=meta.int32_hash_range.max,
@@ -279,10 +297,16 @@ class Coordinator:
 
     def _on_shard_event(self, node: str, event: admin_pb2.ShardEvent) -> None:
         sc = self.shard_controllers.get(event.shard)
-        if sc is not None:
+        if event.leaving:
+            self.leaving.add(node)
+            if sc is not None:
+                sc.replica_leaving(node, event)
+        elif sc is not None:
             sc.replica_failed(node, event)
 
     async def _on_server_change(self, node: str, available: bool) -> None:
+        if available:
+            self.leaving.discard(node)  # back (restarted)
         for sc in list(self.shard_controllers.values()):
             if available:
                 sc.node_available(node)
@@ -388,7 +412,39 @@ class Coordinator:
         ns = sc.namespace
         await self.update_shard(ns, shard, swap)
         log.info("shard %d: moving a replica from %s to %s", shard, source, target)
-        sc.request_election()
+        sc.request_election(planned=True)
+
+    async def move_leader(
+        self, namespace: str, shard: int, to: str = "", timeout: float = 30.0
+    ) -> tuple[str, int]:
+        """A planned leader move of ``shard`` to ensemble member ``to`` (empty: any other
+        member); returns the leader and term once the new term is steady. The target gets it if
+        its log is as far as the others' (after the handoff it is, unless it lags)."""
+        sc = self.shard_controllers.get(shard)
+        if sc is None or sc.namespace != namespace:
+            raise InvalidArgument(f"oxia: no shard {shard} in namespace {namespace!r}")
+        meta = sc.meta
+        members = [m.internal for m in meta.ensemble]
+        if to and to not in members:
+            raise InvalidArgument(f"oxia: {to} is not in the ensemble of shard {shard}: {members}")
+        if meta.status != STEADY or not meta.HasField("leader"):
+            raise ResourceUnavailable(f"oxia: shard {shard} is not steady (an election runs)")
+        current, term = meta.leader.internal, meta.term
+        if to == current:
+            return current, term
+        sc.request_move(prefer=to or None, avoid=current)
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self.assignments_changed.generation
+            meta = sc.meta
+            if meta.term > term and meta.status == STEADY and meta.HasField("leader"):
+                return meta.leader.internal, meta.term
+            left = deadline - time.monotonic()
+            if left <= 0 or self._closed:
+                raise ResourceUnavailable(
+                    f"oxia: shard {shard} has no new leader after {timeout:g}s"
+                )
+            await self.assignments_changed.wait(seen, left)
 
     # -- load balancing ---------------------------------------------------------------------------
 
@@ -409,7 +465,11 @@ class Coordinator:
         quarantined = {s for s, until in self._quarantine.items() if until > now}
         steady = {shard: meta for _, shard, meta in shards(self.status) if meta.status == STEADY}
         replicas = {s: [m.internal for m in meta.ensemble] for s, meta in steady.items()}
-        servers = [s.internal for s in self.config.servers if self.is_available(s.internal)]
+        servers = [
+            s.internal
+            for s in self.config.servers
+            if self.is_available(s.internal) and s.internal not in self.leaving
+        ]
         move = plan_rebalance(replicas, servers, quarantined)
         qt = self.config.load_balancer.quarantine_time
         if move is not None:
@@ -435,8 +495,7 @@ class Coordinator:
             shard, target = lead_move
             self._quarantine[shard] = now + qt
             sc = self.shard_controllers.get(shard)
-            if sc is not None:
-                sc.prefer_leader = target
-                sc.request_election()
+            if sc is not None and target not in self.leaving:
+                sc.request_move(prefer=target)
                 return True
         return False

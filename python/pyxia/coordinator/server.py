@@ -25,12 +25,22 @@ from grpc_health.v1.health import aio as health_aio
 from pyxia.config import ClusterConfig
 from pyxia.coordinator.coordinator import Coordinator, CoordinatorOptions
 from pyxia.coordinator.metadata.provider import LeadershipLost, MetadataProvider
-from pyxia.errors import AlreadyClosed
+from pyxia.errors import (
+    AlreadyClosed,
+    InvalidArgument,
+    NotInitialized,
+    PyxiaError,
+    Unauthenticated,
+)
 from pyxia.proto import admin_pb2
+from pyxia.security.internal_auth import proof_of
 from pyxia.security.tls import TlsOptions
+from pyxia.server import grpc_errors
 from pyxia.server.data_server import grpc_options
 
 log = logging.getLogger("pyxia.coordinator.server")
+
+MAX_MOVE_TIMEOUT_MS = 600_000
 
 
 @dataclass
@@ -186,6 +196,46 @@ class CoordinatorServer:
                 )
         return res
 
+    def _check_member(self, context: Any, method: str) -> None:
+        """A call that changes the cluster (not a read of its status) needs the cluster's proof
+        of membership when this coordinator has a cluster secret, unless it came over mutual
+        TLS (the port then admits only holders of the cluster CA's certificates)."""
+        opts = self.options.coordinator
+        secret = opts.cluster_secret if opts is not None else None
+        tls = self.options.tls
+        if secret is None or (tls is not None and tls.is_enabled and tls.client_auth):
+            return
+        reason = secret.verify(method, proof_of(context.invocation_metadata()))
+        if reason is not None:
+            raise Unauthenticated(
+                f"pyxia: {reason} for {method}: changes need the cluster secret "
+                "(--cluster-secret-file) or a cluster certificate"
+            )
+
+    async def _move_leader(
+        self, req: admin_pb2.MoveLeaderRequest, context: Any
+    ) -> admin_pb2.MoveLeaderResponse:
+        try:
+            self._check_member(context, "/pyxia.admin.v1.PyxiaAdmin/MoveLeader")
+            c = self.coordinator
+            if c is None:
+                raise NotInitialized("oxia: this coordinator does not lead")
+            if not 0 <= req.timeout_ms <= MAX_MOVE_TIMEOUT_MS:
+                raise InvalidArgument(
+                    f"oxia: MoveLeader timeout {req.timeout_ms} ms is out of "
+                    f"[0, {MAX_MOVE_TIMEOUT_MS}]"
+                )
+            leader, term = await c.move_leader(
+                req.namespace or "default",
+                req.shard,
+                req.to,
+                (req.timeout_ms or 30_000) / 1000.0,
+            )
+        except PyxiaError as e:
+            await grpc_errors.abort(context, e)
+            raise  # unreachable: abort raises
+        return admin_pb2.MoveLeaderResponse(leader=leader, term=term)
+
     def _admin_handlers(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
             "pyxia.admin.v1.PyxiaAdmin",
@@ -194,6 +244,11 @@ class CoordinatorServer:
                     self._get_status,
                     request_deserializer=admin_pb2.GetClusterStatusRequest.FromString,
                     response_serializer=admin_pb2.GetClusterStatusResponse.SerializeToString,
+                ),
+                "MoveLeader": grpc.unary_unary_rpc_method_handler(
+                    self._move_leader,
+                    request_deserializer=admin_pb2.MoveLeaderRequest.FromString,
+                    response_serializer=admin_pb2.MoveLeaderResponse.SerializeToString,
                 ),
             },
         )

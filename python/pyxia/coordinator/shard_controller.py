@@ -9,6 +9,13 @@ the fewest shards; BecomeLeader carries the other responders' heads; the new
 status (leader, term, SteadyState) is persisted and the assignments pushed;
 members that did not answer are fenced and added as followers in the
 background as soon as they come back.
+
+A planned election (a leader move by the balancer or ``MoveLeader``, an ensemble change, a
+server leaving) first asks the current leader to step down (``Handoff/StepDown``): it stops
+taking writes, answering them with a retryable NODE_IS_NOT_LEADER, and finishes what it logged,
+so the new term starts with nothing in flight and no client sees an error. If the step-down
+fails or times out the election goes on as an unplanned one (writes still in flight are then
+answered WRITE_INDETERMINATE). Any unplanned request (a failure) cancels a pending planned one.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from pyxia.coordinator.model import DELETING, ELECTION, STEADY
 from pyxia.errors import InvalidStatus, MetadataBadVersion, NotInitialized, PyxiaError
 from pyxia.proto import admin_pb2, metadata_pb2, replication_pb2
 from pyxia.rpc_errors import error_from_rpc
+from pyxia.server.handoff import STEP_DOWN
 from pyxia.server.signals import Signal
 
 if TYPE_CHECKING:
@@ -35,6 +43,8 @@ log = logging.getLogger("pyxia.coordinator.shard")
 COORD = "/replication.OxiaCoordination/"
 GRACE_PERIOD = 0.1
 RPC_TIMEOUT = 10.0
+HANDOFF_DRAIN_S = 5.0
+"""How long a planned election waits for the leader to finish its logged writes."""
 
 
 class ShardController:
@@ -51,6 +61,12 @@ class ShardController:
         self._closed = False
         # Set by the leader balancer: take this member if its head allows.
         self.prefer_leader: str | None = None
+        # Set with a planned move away from a leader (a server leaving, MoveLeader to anyone).
+        self.avoid_leader: str | None = None
+        # The next election is planned: the leader steps down first.
+        self._planned = False
+        self.handoffs = 0
+        self.handoffs_drained = 0
         self.elections = 0
         self._fence_seconds = 0.0
         self.last_election_seconds = 0.0
@@ -79,9 +95,18 @@ class ShardController:
 
     # -- events -----------------------------------------------------------------------------------
 
-    def request_election(self) -> None:
+    def request_election(self, *, planned: bool = False) -> None:
+        """An election soon; ``planned``: a move made on purpose (the leader hands over
+        first). An unplanned request wins over a pending planned one."""
+        self._planned = planned and (self._planned or not self._elect_requested)
         self._elect_requested = True
         self._wake.notify()
+
+    def request_move(self, *, prefer: str | None = None, avoid: str | None = None) -> None:
+        """A planned leader move: to ``prefer`` if its head allows, away from ``avoid``."""
+        self.prefer_leader = prefer
+        self.avoid_leader = avoid
+        self.request_election(planned=True)
 
     def request_verify(self) -> None:
         self._verify_requested = True
@@ -107,6 +132,18 @@ class ShardController:
             self.request_election()
         else:
             self.request_verify()
+
+    def replica_leaving(self, node: str, event: admin_pb2.ShardEvent) -> None:
+        """``node``, shutting down gracefully, asks for its leadership to be moved away."""
+        meta = self.meta
+        if (
+            meta.status == STEADY
+            and meta.HasField("leader")
+            and meta.leader.internal == node
+            and event.term == meta.term
+        ):
+            log.info("shard %d: leader %s is shutting down: moving away", self.shard, node)
+            self.request_move(avoid=node)
 
     def node_available(self, node: str) -> None:
         meta = self.meta
@@ -169,7 +206,7 @@ class ShardController:
         call: grpc.aio.UnaryUnaryMultiCallable[object, object] = self.c.channels.get(
             node
         ).unary_unary(
-            COORD + method,
+            method if method.startswith("/") else COORD + method,
             request_serializer=_serialize,
             response_deserializer=resp_type.FromString,  # type: ignore[attr-defined]
         )
@@ -206,7 +243,57 @@ class ShardController:
 
     # -- election ---------------------------------------------------------------------------------
 
+    async def _hand_off(self) -> None:
+        """The first step of a planned election: the leader stops taking writes and finishes
+        what it logged. A failure only makes the election an unplanned one."""
+        meta = self.meta
+        if meta.status != STEADY or not meta.HasField("leader"):
+            return
+        leader = meta.leader.internal
+        if not self.c.is_available(leader):
+            return
+        started = time.monotonic()
+        self.handoffs += 1
+        try:
+            res = await self._call(
+                leader,
+                STEP_DOWN,
+                admin_pb2.StepDownRequest(
+                    namespace=self.namespace,
+                    shard=self.shard,
+                    term=meta.term,
+                    drain_timeout_ms=int(HANDOFF_DRAIN_S * 1000),
+                ),
+                admin_pb2.StepDownResponse,
+                timeout=HANDOFF_DRAIN_S + 2.0,
+            )
+        except Exception as e:
+            log.info(
+                "shard %d: %s did not step down from term %d (%s); electing anyway",
+                self.shard,
+                leader,
+                meta.term,
+                e,
+            )
+            return
+        assert isinstance(res, admin_pb2.StepDownResponse)
+        if res.drained:
+            self.handoffs_drained += 1
+        log.info(
+            "shard %d: %s stepped down from term %d at %d/%d (%s) in %.0f ms",
+            self.shard,
+            leader,
+            meta.term,
+            res.head_term,
+            res.head_offset,
+            "drained" if res.drained else "NOT drained",
+            (time.monotonic() - started) * 1000,
+        )
+
     async def _elect(self) -> None:
+        planned, self._planned = self._planned, False
+        if planned:
+            await self._hand_off()
         started = time.monotonic()
         meta = self.meta
         term = meta.term + 1
@@ -228,11 +315,15 @@ class ShardController:
                 f"shard {self.shard}: only {len(ens_heads)} of {len(ensemble)} "
                 f"ensemble members answered NewTerm for term {term}"
             )
-        leader = choose_leader(ens_heads, ensemble, self.c.leader_counts())
-        assert leader is not None
         prefer, self.prefer_leader = self.prefer_leader, None
-        if prefer in ens_heads and ens_heads[prefer] == ens_heads[leader]:
-            leader = prefer
+        avoid = set(self.c.leaving)
+        if self.avoid_leader is not None:
+            avoid.add(self.avoid_leader)
+            self.avoid_leader = None
+        leader = choose_leader(
+            ens_heads, ensemble, self.c.leader_counts(), prefer=prefer, avoid=avoid
+        )
+        assert leader is not None
         self.c.pending_leaders[self.shard] = leader
         try:
             await self._become_leader(leader, term, ensemble, ens_heads)

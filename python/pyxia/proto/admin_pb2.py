@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from pyxia.proto import metadata_pb2 as pyxia_dot_proto_dot_metadata__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17pyxia/proto/admin.proto\x12\x0epyxia.admin.v1\x1a\x1apyxia/proto/metadata.proto\"\x19\n\x17GetClusterStatusRequest\"F\n\x0f\x44\x61taServerState\x12\x10\n\x08internal\x18\x01 \x01(\t\x12\x0e\n\x06public\x18\x02 \x01(\t\x12\x11\n\tavailable\x18\x03 \x01(\x08\"\x8d\x01\n\x18GetClusterStatusResponse\x12/\n\x06status\x18\x01 \x01(\x0b\x32\x1f.io.oxia.proto.v1.ClusterStatus\x12\x0e\n\x06leader\x18\x02 \x01(\x08\x12\x30\n\x07servers\x18\x03 \x03(\x0b\x32\x1f.pyxia.admin.v1.DataServerState\"\x19\n\x17WatchShardEventsRequest\"Z\n\nShardEvent\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\x03\x12\x0c\n\x04term\x18\x03 \x01(\x03\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t2s\n\nPyxiaAdmin\x12\x65\n\x10GetClusterStatus\x12\'.pyxia.admin.v1.GetClusterStatusRequest\x1a(.pyxia.admin.v1.GetClusterStatusResponse2]\n\x0bShardEvents\x12N\n\x05Watch\x12\'.pyxia.admin.v1.WatchShardEventsRequest\x1a\x1a.pyxia.admin.v1.ShardEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17pyxia/proto/admin.proto\x12\x0epyxia.admin.v1\x1a\x1apyxia/proto/metadata.proto\"\x19\n\x17GetClusterStatusRequest\"F\n\x0f\x44\x61taServerState\x12\x10\n\x08internal\x18\x01 \x01(\t\x12\x0e\n\x06public\x18\x02 \x01(\t\x12\x11\n\tavailable\x18\x03 \x01(\x08\"\x8d\x01\n\x18GetClusterStatusResponse\x12/\n\x06status\x18\x01 \x01(\x0b\x32\x1f.io.oxia.proto.v1.ClusterStatus\x12\x0e\n\x06leader\x18\x02 \x01(\x08\x12\x30\n\x07servers\x18\x03 \x03(\x0b\x32\x1f.pyxia.admin.v1.DataServerState\"\x19\n\x17WatchShardEventsRequest\"k\n\nShardEvent\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\x03\x12\x0c\n\x04term\x18\x03 \x01(\x03\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07leaving\x18\x06 \x01(\x08\"U\n\x11MoveLeaderRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\x03\x12\n\n\x02to\x18\x03 \x01(\t\x12\x12\n\ntimeout_ms\x18\x04 \x01(\x03\"2\n\x12MoveLeaderResponse\x12\x0e\n\x06leader\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x03\"[\n\x0fStepDownRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\x03\x12\x0c\n\x04term\x18\x03 \x01(\x03\x12\x18\n\x10\x64rain_timeout_ms\x18\x04 \x01(\x03\"K\n\x10StepDownResponse\x12\x11\n\thead_term\x18\x01 \x01(\x03\x12\x13\n\x0bhead_offset\x18\x02 \x01(\x03\x12\x0f\n\x07\x64rained\x18\x03 \x01(\x08\x32\xc8\x01\n\nPyxiaAdmin\x12\x65\n\x10GetClusterStatus\x12\'.pyxia.admin.v1.GetClusterStatusRequest\x1a(.pyxia.admin.v1.GetClusterStatusResponse\x12S\n\nMoveLeader\x12!.pyxia.admin.v1.MoveLeaderRequest\x1a\".pyxia.admin.v1.MoveLeaderResponse2]\n\x0bShardEvents\x12N\n\x05Watch\x12\'.pyxia.admin.v1.WatchShardEventsRequest\x1a\x1a.pyxia.admin.v1.ShardEvent0\x01\x32X\n\x07Handoff\x12M\n\x08StepDown\x12\x1f.pyxia.admin.v1.StepDownRequest\x1a .pyxia.admin.v1.StepDownResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,9 +41,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHSHARDEVENTSREQUEST']._serialized_start=314
   _globals['_WATCHSHARDEVENTSREQUEST']._serialized_end=339
   _globals['_SHARDEVENT']._serialized_start=341
-  _globals['_SHARDEVENT']._serialized_end=431
-  _globals['_PYXIAADMIN']._serialized_start=433
-  _globals['_PYXIAADMIN']._serialized_end=548
-  _globals['_SHARDEVENTS']._serialized_start=550
-  _globals['_SHARDEVENTS']._serialized_end=643
+  _globals['_SHARDEVENT']._serialized_end=448
+  _globals['_MOVELEADERREQUEST']._serialized_start=450
+  _globals['_MOVELEADERREQUEST']._serialized_end=535
+  _globals['_MOVELEADERRESPONSE']._serialized_start=537
+  _globals['_MOVELEADERRESPONSE']._serialized_end=587
+  _globals['_STEPDOWNREQUEST']._serialized_start=589
+  _globals['_STEPDOWNREQUEST']._serialized_end=680
+  _globals['_STEPDOWNRESPONSE']._serialized_start=682
+  _globals['_STEPDOWNRESPONSE']._serialized_end=757
+  _globals['_PYXIAADMIN']._serialized_start=760
+  _globals['_PYXIAADMIN']._serialized_end=960
+  _globals['_SHARDEVENTS']._serialized_start=962
+  _globals['_SHARDEVENTS']._serialized_end=1055
+  _globals['_HANDOFF']._serialized_start=1057
+  _globals['_HANDOFF']._serialized_end=1145
 # @@protoc_insertion_point(module_scope)

@@ -111,12 +111,17 @@ class ShardEvent(_message.Message):
     TERM_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    LEAVING_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     shard: _builtins.int
     term: _builtins.int
     role: _builtins.str
     """"leader" or "follower": the role the replica had when it failed."""
     reason: _builtins.str
+    leaving: _builtins.bool
+    """Not a failure: the server is shutting down gracefully and asks for this leadership to be
+    moved away as a planned move (the replica still leads `term`).
+    """
     def __init__(
         self,
         *,
@@ -125,11 +130,121 @@ class ShardEvent(_message.Message):
         term: _builtins.int = ...,
         role: _builtins.str = ...,
         reason: _builtins.str = ...,
+        leaving: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "reason", b"reason", "role", b"role", "shard", b"shard", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leaving", b"leaving", "namespace", b"namespace", "reason", b"reason", "role", b"role", "shard", b"shard", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShardEvent: _TypeAlias = ShardEvent  # noqa: Y015
+
+@_typing.final
+class MoveLeaderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    SHARD_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    shard: _builtins.int
+    to: _builtins.str
+    """The ensemble member (its internal address) to lead next; empty: any other member."""
+    timeout_ms: _builtins.int
+    """How long to wait for the new leader, in milliseconds (0: 30 s)."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        shard: _builtins.int = ...,
+        to: _builtins.str = ...,
+        timeout_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "shard", b"shard", "timeout_ms", b"timeout_ms", "to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MoveLeaderRequest: _TypeAlias = MoveLeaderRequest  # noqa: Y015
+
+@_typing.final
+class MoveLeaderResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEADER_FIELD_NUMBER: _builtins.int
+    TERM_FIELD_NUMBER: _builtins.int
+    leader: _builtins.str
+    """The internal address of the leader and its term once the move is done."""
+    term: _builtins.int
+    def __init__(
+        self,
+        *,
+        leader: _builtins.str = ...,
+        term: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leader", b"leader", "term", b"term"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MoveLeaderResponse: _TypeAlias = MoveLeaderResponse  # noqa: Y015
+
+@_typing.final
+class StepDownRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    SHARD_FIELD_NUMBER: _builtins.int
+    TERM_FIELD_NUMBER: _builtins.int
+    DRAIN_TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    shard: _builtins.int
+    term: _builtins.int
+    drain_timeout_ms: _builtins.int
+    """How long to wait for the logged writes, in milliseconds (at most 60 000)."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        shard: _builtins.int = ...,
+        term: _builtins.int = ...,
+        drain_timeout_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain_timeout_ms", b"drain_timeout_ms", "namespace", b"namespace", "shard", b"shard", "term", b"term"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StepDownRequest: _TypeAlias = StepDownRequest  # noqa: Y015
+
+@_typing.final
+class StepDownResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEAD_TERM_FIELD_NUMBER: _builtins.int
+    HEAD_OFFSET_FIELD_NUMBER: _builtins.int
+    DRAINED_FIELD_NUMBER: _builtins.int
+    head_term: _builtins.int
+    """The leader's last log entry after the drain."""
+    head_offset: _builtins.int
+    drained: _builtins.bool
+    """Whether everything logged was committed and answered before the deadline."""
+    def __init__(
+        self,
+        *,
+        head_term: _builtins.int = ...,
+        head_offset: _builtins.int = ...,
+        drained: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drained", b"drained", "head_offset", b"head_offset", "head_term", b"head_term"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StepDownResponse: _TypeAlias = StepDownResponse  # noqa: Y015

@@ -39,6 +39,11 @@ class PyxiaAdminStub:
                 request_serializer=pyxia_dot_proto_dot_admin__pb2.GetClusterStatusRequest.SerializeToString,
                 response_deserializer=pyxia_dot_proto_dot_admin__pb2.GetClusterStatusResponse.FromString,
                 _registered_method=True)
+        self.MoveLeader = channel.unary_unary(
+                '/pyxia.admin.v1.PyxiaAdmin/MoveLeader',
+                request_serializer=pyxia_dot_proto_dot_admin__pb2.MoveLeaderRequest.SerializeToString,
+                response_deserializer=pyxia_dot_proto_dot_admin__pb2.MoveLeaderResponse.FromString,
+                _registered_method=True)
 
 
 class PyxiaAdminServicer:
@@ -51,6 +56,15 @@ class PyxiaAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MoveLeader(self, request, context):
+        """Moves a shard's leadership to another ensemble member, as a planned move (the leader
+        finishes what it logged and hands over; clients see only retryable answers). Answers once
+        the new leader serves.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PyxiaAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +72,11 @@ def add_PyxiaAdminServicer_to_server(servicer, server):
                     servicer.GetClusterStatus,
                     request_deserializer=pyxia_dot_proto_dot_admin__pb2.GetClusterStatusRequest.FromString,
                     response_serializer=pyxia_dot_proto_dot_admin__pb2.GetClusterStatusResponse.SerializeToString,
+            ),
+            'MoveLeader': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveLeader,
+                    request_deserializer=pyxia_dot_proto_dot_admin__pb2.MoveLeaderRequest.FromString,
+                    response_serializer=pyxia_dot_proto_dot_admin__pb2.MoveLeaderResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +106,33 @@ class PyxiaAdmin:
             '/pyxia.admin.v1.PyxiaAdmin/GetClusterStatus',
             pyxia_dot_proto_dot_admin__pb2.GetClusterStatusRequest.SerializeToString,
             pyxia_dot_proto_dot_admin__pb2.GetClusterStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveLeader(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pyxia.admin.v1.PyxiaAdmin/MoveLeader',
+            pyxia_dot_proto_dot_admin__pb2.MoveLeaderRequest.SerializeToString,
+            pyxia_dot_proto_dot_admin__pb2.MoveLeaderResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -169,6 +215,87 @@ class ShardEvents:
             '/pyxia.admin.v1.ShardEvents/Watch',
             pyxia_dot_proto_dot_admin__pb2.WatchShardEventsRequest.SerializeToString,
             pyxia_dot_proto_dot_admin__pb2.ShardEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class HandoffStub:
+    """Served by every data server on its internal port: the first step of a planned leadership
+    move, called by the coordinator before it starts the next term.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.StepDown = channel.unary_unary(
+                '/pyxia.admin.v1.Handoff/StepDown',
+                request_serializer=pyxia_dot_proto_dot_admin__pb2.StepDownRequest.SerializeToString,
+                response_deserializer=pyxia_dot_proto_dot_admin__pb2.StepDownResponse.FromString,
+                _registered_method=True)
+
+
+class HandoffServicer:
+    """Served by every data server on its internal port: the first step of a planned leadership
+    move, called by the coordinator before it starts the next term.
+    """
+
+    def StepDown(self, request, context):
+        """The leader of `term` stops taking writes (it answers NODE_IS_NOT_LEADER, which clients
+        retry) and answers once every write it had logged is committed, applied and answered, or
+        at the drain deadline. It keeps refusing writes until the NewTerm that follows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_HandoffServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'StepDown': grpc.unary_unary_rpc_method_handler(
+                    servicer.StepDown,
+                    request_deserializer=pyxia_dot_proto_dot_admin__pb2.StepDownRequest.FromString,
+                    response_serializer=pyxia_dot_proto_dot_admin__pb2.StepDownResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'pyxia.admin.v1.Handoff', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('pyxia.admin.v1.Handoff', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Handoff:
+    """Served by every data server on its internal port: the first step of a planned leadership
+    move, called by the coordinator before it starts the next term.
+    """
+
+    @staticmethod
+    def StepDown(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pyxia.admin.v1.Handoff/StepDown',
+            pyxia_dot_proto_dot_admin__pb2.StepDownRequest.SerializeToString,
+            pyxia_dot_proto_dot_admin__pb2.StepDownResponse.FromString,
             options,
             channel_credentials,
             insecure,

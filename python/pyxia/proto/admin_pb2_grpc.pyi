@@ -33,12 +33,22 @@ class PyxiaAdminStub:
     def __new__(cls, channel: _aio.Channel) -> PyxiaAdminAsyncStub: ...
     GetClusterStatus: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetClusterStatusRequest, _admin_pb2.GetClusterStatusResponse]
     """The cluster status as the leading coordinator holds it."""
+    MoveLeader: _grpc.UnaryUnaryMultiCallable[_admin_pb2.MoveLeaderRequest, _admin_pb2.MoveLeaderResponse]
+    """Moves a shard's leadership to another ensemble member, as a planned move (the leader
+    finishes what it logged and hands over; clients see only retryable answers). Answers once
+    the new leader serves.
+    """
 
 @_typing.type_check_only
 class PyxiaAdminAsyncStub(PyxiaAdminStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetClusterStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetClusterStatusRequest, _admin_pb2.GetClusterStatusResponse]  # type: ignore[assignment]
     """The cluster status as the leading coordinator holds it."""
+    MoveLeader: _aio.UnaryUnaryMultiCallable[_admin_pb2.MoveLeaderRequest, _admin_pb2.MoveLeaderResponse]  # type: ignore[assignment]
+    """Moves a shard's leadership to another ensemble member, as a planned move (the leader
+    finishes what it logged and hands over; clients see only retryable answers). Answers once
+    the new leader serves.
+    """
 
 class PyxiaAdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -48,6 +58,17 @@ class PyxiaAdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.GetClusterStatusResponse, _abc.Awaitable[_admin_pb2.GetClusterStatusResponse]]:
         """The cluster status as the leading coordinator holds it."""
+
+    @_abc_1.abstractmethod
+    def MoveLeader(
+        self,
+        request: _admin_pb2.MoveLeaderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.MoveLeaderResponse, _abc.Awaitable[_admin_pb2.MoveLeaderResponse]]:
+        """Moves a shard's leadership to another ensemble member, as a planned move (the leader
+        finishes what it logged and hands over; clients see only retryable answers). Answers once
+        the new leader serves.
+        """
 
 def add_PyxiaAdminServicer_to_server(servicer: PyxiaAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
@@ -90,3 +111,49 @@ class ShardEventsServicer(metaclass=_abc_1.ABCMeta):
         """The latest failure of each shard since the process started, then new ones as they happen."""
 
 def add_ShardEventsServicer_to_server(servicer: ShardEventsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class HandoffStub:
+    """Served by every data server on its internal port: the first step of a planned leadership
+    move, called by the coordinator before it starts the next term.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> HandoffAsyncStub: ...
+    StepDown: _grpc.UnaryUnaryMultiCallable[_admin_pb2.StepDownRequest, _admin_pb2.StepDownResponse]
+    """The leader of `term` stops taking writes (it answers NODE_IS_NOT_LEADER, which clients
+    retry) and answers once every write it had logged is committed, applied and answered, or
+    at the drain deadline. It keeps refusing writes until the NewTerm that follows.
+    """
+
+@_typing.type_check_only
+class HandoffAsyncStub(HandoffStub):
+    """Served by every data server on its internal port: the first step of a planned leadership
+    move, called by the coordinator before it starts the next term.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    StepDown: _aio.UnaryUnaryMultiCallable[_admin_pb2.StepDownRequest, _admin_pb2.StepDownResponse]  # type: ignore[assignment]
+    """The leader of `term` stops taking writes (it answers NODE_IS_NOT_LEADER, which clients
+    retry) and answers once every write it had logged is committed, applied and answered, or
+    at the drain deadline. It keeps refusing writes until the NewTerm that follows.
+    """
+
+class HandoffServicer(metaclass=_abc_1.ABCMeta):
+    """Served by every data server on its internal port: the first step of a planned leadership
+    move, called by the coordinator before it starts the next term.
+    """
+
+    @_abc_1.abstractmethod
+    def StepDown(
+        self,
+        request: _admin_pb2.StepDownRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.StepDownResponse, _abc.Awaitable[_admin_pb2.StepDownResponse]]:
+        """The leader of `term` stops taking writes (it answers NODE_IS_NOT_LEADER, which clients
+        retry) and answers once every write it had logged is committed, applied and answered, or
+        at the drain deadline. It keeps refusing writes until the NewTerm that follows.
+        """
+
+def add_HandoffServicer_to_server(servicer: HandoffServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

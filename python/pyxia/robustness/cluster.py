@@ -129,6 +129,23 @@ class Node:
         if p is not None:
             p.wait(30)
 
+    def terminate(self, timeout: float) -> int | None:
+        """SIGTERM (a graceful shutdown) and wait for the exit: its return code, or None if it
+        did not exit within ``timeout`` (then it is killed)."""
+        self.desired = "stopped"
+        p = self.proc
+        if p is None or p.poll() is not None:
+            return p.returncode if p is not None else 0
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, signal.SIGCONT)
+        p.send_signal(signal.SIGTERM)
+        try:
+            return p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(30)
+            return None
+
     def pause(self) -> None:
         if self.alive and self.proc is not None:
             self.desired = "paused"
@@ -479,6 +496,36 @@ class Cluster:
             for sid, meta in ns.shards.items():
                 out[int(sid)] = meta
         return out
+
+    async def led_shards(self) -> list[tuple[str, int, Node]]:
+        """(namespace, shard, leader) of every steady shard whose leader is known, sorted."""
+        st = await self.status()
+        if st is None or not st.leader:
+            return []
+        out = []
+        for ns_name, ns in st.status.namespaces.items():
+            for sid, meta in ns.shards.items():
+                node = self.by_internal(meta.leader.internal) if meta.HasField("leader") else None
+                if node is not None and meta.status == metadata_pb2.SteadyState:
+                    out.append((ns_name, int(sid), node))
+        return sorted(out, key=lambda x: (x[0], x[1]))
+
+    async def move_leader(self, namespace: str, shard: int, timeout: float) -> tuple[str, int]:
+        """A planned leader move (``PyxiaAdmin/MoveLeader``): the new leader and its term."""
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.coordinator_addr)
+        call = self._channel.unary_unary(
+            "/pyxia.admin.v1.PyxiaAdmin/MoveLeader",
+            request_serializer=admin_pb2.MoveLeaderRequest.SerializeToString,
+            response_deserializer=admin_pb2.MoveLeaderResponse.FromString,
+        )
+        res: admin_pb2.MoveLeaderResponse = await call(
+            admin_pb2.MoveLeaderRequest(
+                namespace=namespace, shard=shard, timeout_ms=int(timeout * 1000)
+            ),
+            timeout=timeout + 5,
+        )
+        return res.leader, int(res.term)
 
     async def leaders(self) -> dict[int, tuple[Node | None, int]]:
         """shard -> (leader node or None, term), from one status snapshot ({} if unknown)."""

@@ -24,7 +24,16 @@ Kinds (``--faults`` selects a subset):
 ``failpoint``             arm a named failpoint on a server (crash once, or sleep)
 ``wipe``                  kill -9 a server, delete its data, restart it empty (it gets snapshots;
                           a snapshot failpoint may crash it on the way)
+``planned-move``          the coordinator moves 1-3 shard leaderships on purpose (``MoveLeader``):
+                          the leader hands over gracefully, clients should see no error
+``graceful-restart``      SIGTERM a server (mostly one that leads shards: it hands its leaderships
+                          over first) or the coordinator, restart it after the duration; a
+                          non-zero exit is an availability violation
 ========================  ========================================================================
+
+The planned kinds are DESIGN.md principle 8 under test: the checkers hold them to the same
+rules, and the run's report counts the operations that failed or were indeterminate while only
+planned faults were going on (from 5 s after the last unplanned fault ended).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,7 +64,12 @@ KINDS: dict[str, tuple[float, float, float]] = {
     "cluster-power-loss": (3, 0.5, 3),
     "failpoint": (10, 2, 10),
     "wipe": (3, 1, 3),
+    "planned-move": (8, 1, 6),
+    "graceful-restart": (7, 0.5, 6),
 }
+
+PLANNED = frozenset({"planned-move", "graceful-restart"})
+"""Faults that are planned changes (they should cost clients no error)."""
 
 CRASH_FAILPOINTS = (
     "wal.after_append_before_sync",
@@ -407,6 +422,59 @@ class Injector:
         # next fault could make it count in an election.
         await self.wait_caught_up(n, 60.0, rec)
         n.expect_crash = False
+
+    async def _planned_move(self, spec: FaultSpec, rec: FaultRecord) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + spec.duration
+        moves = 1 + int(spec.r[0] * 3)
+        done: list[str] = []
+        for i in range(moves):
+            shards = await self.cluster.led_shards()
+            if not shards:
+                rec.notes.append("no steady shard to move")
+                break
+            ns, shard, leader = shards[int(spec.r[1 + i] * len(shards)) % len(shards)]
+            try:
+                new_leader, term = await self.cluster.move_leader(ns, shard, timeout=30)
+            except Exception as e:
+                rec.notes.append(f"moving shard {shard} failed: {e}")
+                continue
+            node = self.cluster.by_internal(new_leader)
+            done.append(
+                f"shard {shard} {leader.name} -> {node.name if node else new_leader} (term {term})"
+            )
+        rec.description = f"planned leader moves over {spec.duration:.1f}s: " + (
+            ", ".join(done) or "none"
+        )
+        left = end - loop.time()
+        if left > 0:
+            await asyncio.sleep(left)
+
+    async def _graceful_restart(self, spec: FaultSpec, rec: FaultRecord) -> None:
+        # A process still starting has no handler for SIGTERM yet (it dies by the signal, as
+        # any process would): the fault is about a server that serves.
+        if not await self.cluster.wait_steady(30):
+            rec.notes.append("the cluster was not steady within 30s; SIGTERM anyway")
+        shard: int | None = None
+        if spec.r[1] < 0.6:
+            n, shard = await self._leader(spec, 0)
+        elif spec.r[1] < 0.9 or self.cluster.coordinator is None:
+            n = spec.pick(0, self.cluster.servers)
+        else:
+            n = self.cluster.coordinator
+        what = f"{n.name}" + (f" (leader of shard {shard})" if shard is not None else "")
+        t0 = time.monotonic()
+        rc = await asyncio.to_thread(n.terminate, 60.0)
+        took = time.monotonic() - t0
+        if rc is None:
+            rec.notes.append(f"{n.name} did not exit within 60s of SIGTERM: killed")
+        elif rc != 0:
+            self.unexpected_exits.append((self.now(), n.name, rc))
+        rec.description = (
+            f"SIGTERM {what}: exited ({rc}) after {took:.1f}s, restart after {spec.duration:.1f}s"
+        )
+        await asyncio.sleep(spec.duration)
+        await self._restart([n])
 
     async def wait_caught_up(self, n: Node, timeout: float, rec: FaultRecord) -> None:
         from pyxia.proto import replication_pb2

@@ -19,8 +19,8 @@ from typing import TextIO
 from pyxia.robustness import checkers
 from pyxia.robustness.checkers import CheckReport, SequenceFinal, Violation
 from pyxia.robustness.cluster import Cluster, ClusterSpec, tso_available
-from pyxia.robustness.faults import KINDS, FaultRecord, Injector, schedule
-from pyxia.robustness.history import FAIL, INFO, OK, PUT, History
+from pyxia.robustness.faults import KINDS, PLANNED, FaultRecord, Injector, schedule
+from pyxia.robustness.history import FAIL, INFO, OK, PUT, History, Op
 from pyxia.robustness.workload import SEQ_PREFIXES, Workload, WorkloadOptions
 from pyxia.test_hooks import set_dial_map
 
@@ -54,6 +54,9 @@ class RunResult:
     faults: list[FaultRecord] = field(default_factory=list)
     reports: list[CheckReport] = field(default_factory=list)
     out_dir: Path | None = None
+    planned: Counter[str] = field(default_factory=Counter)
+    """Operations run entirely within planned faults, by status."""
+    planned_errors: Counter[str] = field(default_factory=Counter)
 
     @property
     def violations(self) -> int:
@@ -198,11 +201,40 @@ async def run(opts: RunOptions, out: TextIO = sys.stdout) -> RunResult:
     result.ok = sum(1 for o in ops if o.status == OK)
     result.failed = sum(1 for o in ops if o.status == FAIL)
     result.indeterminate = sum(1 for o in ops if o.status == INFO)
+    result.planned, result.planned_errors = during_planned(ops, result.faults)
     history.dump(str(base / "history.jsonl"))
     _report(out, opts, result)
     if result.violations == 0 and not opts.keep and opts.out is None:
         shutil.rmtree(base, ignore_errors=True)
     return result
+
+
+PLANNED_SETTLE_NS = 5_000_000_000
+"""Operations of a planned fault count from this long after the last unplanned fault ended
+(an isolated old leader, say, may still be answering for the fault before)."""
+
+
+def during_planned(ops: list[Op], faults: list[FaultRecord]) -> tuple[Counter[str], Counter[str]]:
+    """The operations invoked and completed within a planned fault (no other fault runs then),
+    at least ``PLANNED_SETTLE_NS`` after the last unplanned fault ended, by status, and their
+    errors."""
+    spans = []
+    last_unplanned_end = -PLANNED_SETTLE_NS
+    for r in sorted(faults, key=lambda r: r.start):
+        if r.spec.kind not in PLANNED:
+            last_unplanned_end = max(last_unplanned_end, r.end or r.start)
+        elif r.end:
+            spans.append((max(r.start, last_unplanned_end + PLANNED_SETTLE_NS), r.end))
+    statuses: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    for o in ops:
+        if o.process < 0 or o.complete is None:
+            continue
+        if any(s <= o.invoke and o.complete <= e for s, e in spans):
+            statuses[o.status] += 1
+            if o.status != OK and o.error:
+                errors[o.error[:240]] += 1
+    return statuses, errors
 
 
 async def _poll_leaders(
@@ -356,6 +388,14 @@ def _report(out: TextIO, opts: RunOptions, result: RunResult) -> None:
         f"{'':2}{'faults':<18}{len(result.faults):>8}  "
         + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())),
     )
+    if any(k in PLANNED for k in kinds):
+        pl = result.planned
+        _say(
+            out,
+            f"{'':2}{'during planned':<18}{sum(pl.values()):>8}  ok {pl[OK]}, failed {pl[FAIL]}, "
+            f"indeterminate {pl[INFO]}"
+            + "".join(f"\n{'':28}{n} x {e}" for e, n in result.planned_errors.most_common(5)),
+        )
     _say(out, f"{'':2}{'check':<26}{'result':<28}checked")
     for rep in result.reports:
         _say(out, f"{'':2}{rep.name:<26}{rep.status:<28}{rep.checked}")

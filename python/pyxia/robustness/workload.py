@@ -9,6 +9,7 @@ Every value written is unique (``p<process>-<n>``), so a read tells which write 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -500,7 +501,8 @@ class Workload:
             await asyncio.wait_for(self._stop.wait(), life)
         except TimeoutError:
             pass
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):  # it may have exited on its own
+            proc.kill()
         await proc.wait()
         owner.died_at = self.now()
         reader.cancel()

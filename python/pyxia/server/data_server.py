@@ -7,7 +7,15 @@ Security (docs/security.md): each port listens with TLS when its :class:`TlsOpti
 opens to its peers use ``peer_tls``, and with a ``cluster_secret`` every internal call, in and
 out, carries a proof of cluster membership (the internal port refuses calls without one). All
 None: plaintext and no proof (in-process tests, library users on a trusted loopback).
-"""
+
+Shutdown (SIGTERM) is a planned change: before anything stops, the server asks the coordinator
+(through its ``ShardEvents`` stream, events marked ``leaving``) to move every leadership it holds
+in a replicated shard, as planned moves; whatever it still leads after ``shutdown_handoff_s``
+(no coordinator listening, RF=1, or the coordinator chose it again) steps down in place (new
+writes refused with a retryable NODE_IS_NOT_LEADER, logged ones finished while the followers
+are still there); then it keeps answering for ``shutdown_linger_s`` so that clients still
+routing here learn where the leader went, and only then stops. The whole shutdown takes at most
+``shutdown_handoff_s + shutdown_linger_s + 2 * grace`` (10 + 1 + 2 * 2 s by default)."""
 
 from __future__ import annotations
 
@@ -28,6 +36,7 @@ from pyxia.security.internal_auth import ClusterAuthInterceptor
 from pyxia.security.public import PublicAccess, PublicAuthOptions
 from pyxia.security.tls import TlsOptions
 from pyxia.server.assignments import AssignmentsDispatcher
+from pyxia.server.handoff_rpc import HandoffService
 from pyxia.server.internal_rpc import InternalService, health_handler
 from pyxia.server.leader_controller import LEADER
 from pyxia.server.manifest import MANIFEST_FILE, Manifest
@@ -82,6 +91,10 @@ class ServerOptions:
     db_cache_size_mb: int = DEFAULT_CACHE_SIZE_MB
     # What one client write may hold (--max-key-size, --max-value-size, --max-write-operations).
     write_limits: WriteLimits = DEFAULT_WRITE_LIMITS
+    # Shutdown: how long to wait for the coordinator to move this server's leaderships, then
+    # how long to keep answering (retryable refusals naming the new leaders) before stopping.
+    shutdown_handoff_s: float = 10.0
+    shutdown_linger_s: float = 1.0
 
     def storage_options(self) -> StorageOptions:
         return StorageOptions(
@@ -189,6 +202,9 @@ class DataServer:
                 coordinated=self.options.coordinated,
             )
             self._internal.add_generic_rpc_handlers(internal.generic_handlers())
+            self._internal.add_generic_rpc_handlers(
+                [HandoffService(self.director, internal.verify_caller).generic_handler()]
+            )
             for h in self.extra_internal_handlers:
                 self._internal.add_generic_rpc_handlers([h])
             self._internal.add_generic_rpc_handlers([health_handler(self._health)])
@@ -260,14 +276,61 @@ class DataServer:
             except Exception:
                 log.exception("maintenance of shard %s failed", lc.shard)
 
-    async def close(self, grace: float = 2.0) -> None:
-        """Stops accepting requests, closes every shard (flushing), stops.
-        Idempotent."""
+    async def hand_off_leaderships(self, drain_s: float) -> None:
+        """The first step of a graceful shutdown (see the module docstring): leaderships of
+        replicated shards are moved away by the coordinator if one listens, the rest step down
+        here; then, if some moved, the server lingers while clients learn the new leaders."""
+        await self._health.set(READINESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        director = self.director
+        failures = director.failures
+        deadline = time.monotonic() + self.options.shutdown_handoff_s
+        reported: set[tuple[int, int]] = set()
+        while failures.watchers > 0:
+            seen = director.leadership.generation
+            movable = [lc for lc in director.leading() if lc.replication_factor > 1]
+            if not movable:
+                break
+            for lc in movable:
+                if (lc.shard, lc.term) not in reported:
+                    reported.add((lc.shard, lc.term))
+                    failures.report(
+                        lc.namespace,
+                        lc.shard,
+                        lc.term,
+                        "leader",
+                        "the server is shutting down",
+                        leaving=True,
+                    )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            await director.leadership.wait(seen, left)
+        still = director.leading()
+        if still:
+            log.info(
+                "shutting down: stepping down in place from shards %s",
+                ", ".join(str(lc.shard) for lc in still),
+            )
+            await director.step_down_all(drain_s)
+        moved = {shard for shard, _ in reported} - {lc.shard for lc in still}
+        if moved:
+            log.info(
+                "shutting down: leaderships of shards %s moved away; answering for %.1fs more",
+                ", ".join(str(s) for s in sorted(moved)),
+                self.options.shutdown_linger_s,
+            )
+            await asyncio.sleep(self.options.shutdown_linger_s)
+
+    async def close(self, grace: float = 2.0, *, hand_off: bool = True) -> None:
+        """Hands the leaderships over (unless ``hand_off`` is False), stops accepting
+        requests, closes every shard (flushing), stops. Idempotent."""
         if self._closed:
             return
         self._closed = True
         for t in self._tasks:
             t.cancel()
+        if hand_off:
+            await self.hand_off_leaderships(grace)
         await self._health.enter_graceful_shutdown()
         self.assignments.close()
         if self.tso is not None:
@@ -275,9 +338,9 @@ class DataServer:
         servers = [s for s in (self._public, self._internal) if s is not None]
         # New RPCs are refused from now on; in-flight ones get `grace` seconds.
         stopping = asyncio.gather(*(s.stop(grace) for s in servers), return_exceptions=True)
-        # Let logged writes finish (they are answered once applied), then
-        # close the shards: open streams end, the DBs are flushed.
-        await self.director.drain(timeout=grace)
+        # Whatever leads here again (elected meanwhile) finishes its logged writes, then the
+        # shards close: open streams end, the DBs are flushed.
+        await self.director.step_down_all(grace)
         await self.director.close()
         await stopping
         await self.public_access.close()

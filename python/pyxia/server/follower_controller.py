@@ -23,6 +23,7 @@ Lifecycle rules (the lessons of Oxia's follower-controller refactor):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -112,8 +113,7 @@ class FollowerController:
         """Fences this replica. Same rules as the leader's: lower terms are
         refused, the same term only while FENCED (a retried NewTerm)."""
         check_storable_term(term)
-        async with self._lock:
-            self._abandon_apply()
+        async with self._exclusive():
             self._check_open()
             if not accepts_term(term, self.term, self.storage.head_entry_id().term):
                 raise InvalidTerm(
@@ -145,8 +145,7 @@ class FollowerController:
     async def truncate(self, term: int, head: replication_pb2.EntryId) -> replication_pb2.EntryId:
         """Drops the entries after ``head`` (the last one shared with the
         new leader). Only while FENCED in ``term`` and with no stream."""
-        async with self._lock:
-            self._abandon_apply()
+        async with self._exclusive():
             self._check_open()
             if term != self.term:
                 raise InvalidTerm(
@@ -353,6 +352,18 @@ class FollowerController:
             if self._applying is steps:
                 self._applying = None
 
+    @contextlib.asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        """Holds the replica's lock (NewTerm, Truncate, snapshot install) with the apply in
+        progress dropped; on release the applier is woken, so it goes on with what is committed
+        (it stood aside while the lock was held and nothing else may wake it)."""
+        async with self._lock:
+            self._abandon_apply()
+            try:
+                yield
+            finally:
+                self._apply_wanted.notify()
+
     def _abandon_apply(self) -> None:
         """Drops the apply in progress between two of its steps (nothing of the entry in
         progress was written), before the caller changes the storage."""
@@ -365,8 +376,7 @@ class FollowerController:
     async def install_snapshot(self, term: int, chunks: AsyncIterator[bytes]) -> int:
         """Receives a DB snapshot and makes it this replica's state. Returns
         the snapshot's commit offset (the leader's next entry follows it)."""
-        async with self._lock:
-            self._abandon_apply()
+        async with self._exclusive():
             self._check_open()
             # The term is checked before anything is destroyed.
             if term < self.term:

@@ -128,7 +128,7 @@ class InternalService:
 
     # -- identity ---------------------------------------------------------------------------------
 
-    def _verify_caller(self, context: Ctx) -> None:
+    def verify_caller(self, context: Ctx) -> None:
         """The call comes from this server's cluster (see the module docstring)."""
         if not self.coordinated:
             raise PermissionDenied(
@@ -154,7 +154,7 @@ class InternalService:
         self, requests: AsyncIterator[bytes], context: Ctx
     ) -> replication_pb2.CoordinationShardAssignmentsResponse:
         try:
-            self._verify_caller(context)
+            self.verify_caller(context)
             async for raw in requests:
                 a = decode(client_pb2.ShardAssignments, raw)
                 check_shard_assignments(a)
@@ -167,7 +167,7 @@ class InternalService:
 
     @_unary
     async def new_term(self, raw: bytes, context: Ctx) -> replication_pb2.NewTermResponse:
-        self._verify_caller(context)
+        self.verify_caller(context)
         req = decode(replication_pb2.NewTermRequest, raw)
         check_namespace(req.namespace)
         check_shard_id(req.shard)
@@ -182,7 +182,7 @@ class InternalService:
 
     @_unary
     async def become_leader(self, raw: bytes, context: Ctx) -> replication_pb2.BecomeLeaderResponse:
-        self._verify_caller(context)
+        self.verify_caller(context)
         req = decode(replication_pb2.BecomeLeaderRequest, raw)
         check_namespace(req.namespace)
         check_shard_id(req.shard)
@@ -199,7 +199,7 @@ class InternalService:
 
     @_unary
     async def add_follower(self, raw: bytes, context: Ctx) -> replication_pb2.AddFollowerResponse:
-        self._verify_caller(context)
+        self.verify_caller(context)
         req = decode(replication_pb2.AddFollowerRequest, raw)
         check_namespace(req.namespace)
         check_shard_id(req.shard)
@@ -218,7 +218,7 @@ class InternalService:
 
     @_unary
     async def get_status(self, raw: bytes, context: Ctx) -> replication_pb2.GetStatusResponse:
-        self._verify_caller(context)
+        self.verify_caller(context)
         req = decode(replication_pb2.GetStatusRequest, raw)
         check_shard_id(req.shard)
         c = self.director.controller(req.shard)
@@ -234,7 +234,7 @@ class InternalService:
 
     @_unary
     async def delete_shard(self, raw: bytes, context: Ctx) -> replication_pb2.DeleteShardResponse:
-        self._verify_caller(context)
+        self.verify_caller(context)
         req = decode(replication_pb2.DeleteShardRequest, raw)
         check_namespace(req.namespace)
         check_shard_id(req.shard)
@@ -270,7 +270,7 @@ class InternalService:
 
     @_unary
     async def get_info(self, raw: bytes, context: Ctx) -> replication_pb2.GetInfoResponse:
-        self._verify_caller(context)
+        self.verify_caller(context)
         decode(replication_pb2.GetInfoRequest, raw)
         return replication_pb2.GetInfoResponse(features_supported=FEATURES)
 
@@ -296,7 +296,7 @@ class InternalService:
 
     @_unary
     async def truncate(self, raw: bytes, context: Ctx) -> replication_pb2.TruncateResponse:
-        self._verify_caller(context)
+        self.verify_caller(context)
         req = decode(replication_pb2.TruncateRequest, raw)
         check_namespace(req.namespace)
         check_shard_id(req.shard)
@@ -310,7 +310,7 @@ class InternalService:
     async def replicate(
         self, requests: AsyncIterator[bytes], context: Ctx
     ) -> AsyncIterator[replication_pb2.Ack]:
-        self._verify_caller(context)
+        self.verify_caller(context)
         namespace, shard, term = self._stream_target(context)
         fc: FollowerController = await self.director.as_follower(namespace, shard, term=term)
         async for ack in fc.replicate(term, requests):
@@ -320,7 +320,7 @@ class InternalService:
     async def send_snapshot(
         self, requests: AsyncIterator[bytes], context: Ctx
     ) -> replication_pb2.SnapshotResponse:
-        self._verify_caller(context)
+        self.verify_caller(context)
         namespace, shard, term = self._stream_target(context)
         fc = await self.director.as_follower(namespace, shard, create=True, term=term)
         ack = await fc.install_snapshot(term, requests)
@@ -333,16 +333,20 @@ class InternalService:
         self, raw: bytes, context: Ctx
     ) -> AsyncIterator[admin_pb2.ShardEvent]:
         """Failures of this server's replicas: the latest of each shard, then new ones."""
-        self._verify_caller(context)
+        self.verify_caller(context)
         decode(admin_pb2.WatchShardEventsRequest, raw)
         failures = self.director.failures
         seq = 0
-        while not failures.signal.closed:
-            seen = failures.signal.generation
-            seq, events = failures.since(seq)
-            for e in events:
-                yield e
-            await failures.signal.wait(seen)
+        failures.watchers += 1
+        try:
+            while not failures.signal.closed:
+                seen = failures.signal.generation
+                seq, events = failures.since(seq)
+                for e in events:
+                    yield e
+                await failures.signal.wait(seen)
+        finally:
+            failures.watchers -= 1
 
     # -- registration -----------------------------------------------------------------------------
 

@@ -24,7 +24,11 @@ anything else may touch the applier: nothing of it was written, it stays in
 the WAL and is applied by whoever leads next (as is the WAL replay of
 ``become_leader``, also sliced).
 
-Status machine (Oxia): NOT_MEMBER → FENCED (NewTerm) → LEADER (BecomeLeader).
+Status machine (Oxia): NOT_MEMBER → FENCED (NewTerm) → LEADER (BecomeLeader). A leader asked to
+step down for a planned move (``step_down``) refuses new writes with a retryable
+NODE_IS_NOT_LEADER and finishes what it logged before the coordinator's NewTerm fences it; the
+rules are in ``handoff.py``. A NewTerm that finds writes still pending (an unplanned change)
+answers them WRITE_INDETERMINATE.
 
 Reads are linearizable: before a read is served, a majority of the ensemble confirms (one
 heartbeat round down the replication streams, shared by every read that arrived meanwhile)
@@ -60,6 +64,7 @@ from pyxia.failpoints import failpoint
 from pyxia.metrics import ShardMetrics
 from pyxia.proto import client_pb2, replication_pb2
 from pyxia.rpc_errors import error_from_rpc
+from pyxia.server import handoff
 from pyxia.server.follower_cursor import FollowerCursor
 from pyxia.server.manifest import CallMetadata
 from pyxia.server.quorum import QuorumAckTracker
@@ -174,6 +179,8 @@ class LeaderController:
         self._apply_task: asyncio.Task[None] | None = None
         self._replay: Steps[int] | None = None
         self.write_limits = storage.options.write_limits
+        # Set while this leader steps down for a planned move (see handoff.py).
+        self.handoff: handoff.Handoff | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -214,6 +221,7 @@ class LeaderController:
         self._step_down(
             NodeIsNotLeader(f"oxia: shard {self.shard} is changing term", shard=self.shard)
         )
+        self.handoff = None
         await self._stop_cursors()
         self.storage.update_term(term, options)
         self.term = term
@@ -430,15 +438,81 @@ class LeaderController:
         self.applied.notify()
         self.leadership.notify()
 
-    async def drain(self, timeout: float) -> bool:
-        """Waits until every logged write has been applied (or ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        while self._pending and not self._closed:
+    # -- planned handoff --------------------------------------------------------------------------
+
+    async def step_down(self, term: int, drain_s: float) -> tuple[replication_pb2.EntryId, bool]:
+        """Hands the leadership of ``term`` over (a planned move): from now on new writes are
+        refused with a retryable NodeIsNotLeader; returns once every write already logged is
+        committed, applied and answered (or at the ``drain_s`` deadline), with the head entry
+        id and whether it drained. The leader stays this way until a NewTerm fences it (or,
+        without one, until the handoff's refusal period ends)."""
+        self._check_open()
+        now = time.monotonic()
+        h = handoff.begin(
+            self.handoff,
+            status=self.status,
+            term=self.term,
+            requested_term=term,
+            now=now,
+            drain_s=drain_s,
+            leader_hint=self.leader_hint,
+        )
+        if self.handoff is None:
+            log.info(
+                "shard %s: stepping down from term %d: new writes refused, %d logged ones "
+                "finishing",
+                self.shard,
+                term,
+                len(self._pending),
+            )
+        self.handoff = h
+        while not handoff.drained(len(self._pending), self.head_offset, self.commit_offset):
             seen = self.applied.generation
-            left = deadline - time.monotonic()
-            if left <= 0 or not await self.applied.wait(seen, left):
-                return not self._pending
-        return not self._pending
+            if self._closed or self.term != term or self.status != LEADER:
+                raise InvalidTerm(
+                    f"oxia: shard {self.shard} left term {term} while stepping down",
+                    shard=self.shard,
+                )
+            left = h.drain_until - time.monotonic()
+            if left <= 0:
+                break
+            await self.applied.wait(seen, left)
+        done = handoff.drained(len(self._pending), self.head_offset, self.commit_offset)
+        if self.handoff is not None and self.handoff.term == term:
+            self.handoff = handoff.answered(self.handoff, time.monotonic())
+        if not done:
+            log.warning(
+                "shard %s: %d logged writes not committed within the %.1fs step-down drain",
+                self.shard,
+                len(self._pending),
+                drain_s,
+            )
+        return self.storage.head_entry_id(), done
+
+    @property
+    def handing_off(self) -> bool:
+        """Whether this leader refuses new writes now (it is stepping down)."""
+        h = self.handoff
+        return h is not None and handoff.refuses_writes(h, self.term, time.monotonic())
+
+    def _check_writable(self) -> None:
+        """Raises NodeIsNotLeader unless this replica leads and takes new writes."""
+        self.check_leader()
+        h = self.handoff
+        if h is None:
+            return
+        if handoff.refuses_writes(h, self.term, time.monotonic()):
+            raise NodeIsNotLeader(
+                f"oxia: shard {self.shard} is handing its leadership over",
+                shard=self.shard,
+                leader_hint=handoff.hint_for_clients(h, self.leader_hint),
+            )
+        log.warning(
+            "shard %s: no new term came after the step-down from term %d: taking writes again",
+            self.shard,
+            h.term,
+        )
+        self.handoff = None
 
     async def close(self) -> None:
         """Stops serving; fails in-flight writes. Idempotent. The storage is
@@ -448,6 +522,7 @@ class LeaderController:
         self._closed = True
         self._unregister_reader()
         self._step_down(NodeIsNotLeader(f"oxia: shard {self.shard} is closing", shard=self.shard))
+        self.handoff = None
         self.appended.close()
         self.confirmed.close()
         await self._stop_cursors()
@@ -484,13 +559,14 @@ class LeaderController:
         check_overrides: Callable[[str], None] | None = None,
     ) -> asyncio.Future[ApplyResult]:
         """Logs a client write; the future resolves once it is committed and
-        applied. Raises at once for a non-leader or an invalid request.
+        applied. Raises at once for a non-leader (or one stepping down) or an invalid
+        request.
 
         A put with a negative ``override_version_id``/``override_modifications_count`` is
         invalid; a put with either field calls ``check_overrides(namespace)`` first (the public
         API passes its authorization check, which raises PermissionDenied). Followers never
         check: what a leader logged was admitted."""
-        self.check_leader()
+        self._check_writable()
         if raw is None:
             raw = request.SerializeToString()
         if validate:
@@ -506,7 +582,7 @@ class LeaderController:
     ) -> asyncio.Future[ApplyResult]:
         """Logs a write the leader makes itself (sessions); ``build`` gets
         the offset the entry will have."""
-        self.check_leader()
+        self._check_writable()
         req = build(self._next_offset)
         return self._append(req, log_entry_value(req.SerializeToString()), on_applied)
 

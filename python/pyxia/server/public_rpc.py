@@ -227,19 +227,29 @@ class OxiaClientService:
             await grpc_errors.abort(context, e)
             return
         check_overrides = self._check_migrate
+        # Headers now, before any answer: pyxia's client waits for them (briefly) before its
+        # first write, so a stream refused at once reaches it as a status alone, never racing
+        # a write (grpc-python would report such a race as INTERNAL, losing the refusal).
+        await context.send_initial_metadata(())
         loop = asyncio.get_running_loop()
         inflight: asyncio.Queue[asyncio.Future[Any] | None] = asyncio.Queue(
             MAX_PENDING_WRITES_PER_STREAM
         )
 
+        refused = False  # a write was refused: the stream ends there, nothing after is logged
+
         async def pump() -> None:
+            nonlocal refused
             try:
                 async for raw in requests:
+                    if refused:
+                        continue  # read and dropped until the stream ends
                     fut: asyncio.Future[Any] = loop.create_future()
                     try:
                         req = client_pb2.WriteRequest.FromString(raw)
                     except Exception as e:  # undecodable: nothing to answer per op
                         fut.set_exception(InvalidArgument(f"oxia: bad write request: {e}"))
+                        refused = True
                         await inflight.put(fut)
                         continue
                     try:
@@ -249,10 +259,12 @@ class OxiaClientService:
                         # pipelined behind this one) go on.
                         fut.set_result(invalid_argument_response(req))
                     except PyxiaError as e:
-                        # Refused as a whole (not the leader, a privileged field without the
-                        # grant): the stream ends with that status once the writes before it
-                        # are answered.
+                        # Refused as a whole (not the leader, stepping down, storage failed, a
+                        # privileged field without the grant): the stream ends with this error
+                        # once the writes ahead of it are answered, and nothing behind it is
+                        # logged, so a client may resend all of those.
                         fut.set_exception(e)
+                        refused = True
                     await inflight.put(fut)
             except PyxiaError as e:
                 # The request stream itself was refused (its token expired): the messages

@@ -193,6 +193,8 @@ class SessionManager:
     async def _expiry_loop(self) -> None:
         while True:
             await asyncio.sleep(self._check_interval)
+            if self._leader.handing_off:
+                continue  # no new entries while stepping down; the next leader expires them
             due = self.due(self._clock())
             if not due:
                 continue

@@ -5,6 +5,9 @@ stops following. Nothing the coordinator watches changes with it (the process st
 serves its other shards), so without a report the coordinator would only notice at its periodic
 check of the shard. Each controller reports its failure here; the coordinator holds a
 ``ShardEvents/Watch`` stream to every data server and re-checks (re-elects) the shard at once.
+
+A server shutting down gracefully reports its leaderships the same way, marked ``leaving``: the
+coordinator moves them away as planned moves (``handoff.py``) before the process goes.
 """
 
 from __future__ import annotations
@@ -20,11 +23,15 @@ class ShardFailures:
         self._events: dict[int, tuple[int, admin_pb2.ShardEvent]] = {}
         self._seq = 0
         self.signal = Signal()
+        self.watchers = 0
+        """Open ``ShardEvents/Watch`` streams (a coordinator is listening when > 0)."""
 
-    def report(self, namespace: str, shard: int, term: int, role: str, reason: str) -> None:
+    def report(
+        self, namespace: str, shard: int, term: int, role: str, reason: str, leaving: bool = False
+    ) -> None:
         self._seq += 1
         event = admin_pb2.ShardEvent(
-            namespace=namespace, shard=shard, term=term, role=role, reason=reason
+            namespace=namespace, shard=shard, term=term, role=role, reason=reason, leaving=leaving
         )
         self._events[shard] = (self._seq, event)
         self.signal.notify()

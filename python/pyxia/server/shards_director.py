@@ -40,6 +40,7 @@ from pyxia.errors import (
     InvalidTerm,
     NodeIsNotLeader,
     NodeIsNotMember,
+    PyxiaError,
     ResourceExhausted,
     ShardNotFound,
 )
@@ -363,9 +364,22 @@ class ShardsDirector:
 
     # -- shutdown ---------------------------------------------------------------------------------
 
-    async def drain(self, timeout: float) -> None:
-        """Waits (up to ``timeout``) until no leader has writes in flight."""
-        await asyncio.gather(*(lc.drain(timeout) for lc in self.leaders.values()))
+    def leading(self) -> list[LeaderController]:
+        """The controllers leading their shard here now."""
+        return [lc for lc in self.leaders.values() if lc.status == LEADER and not lc.closed]
+
+    async def step_down_all(self, drain_s: float) -> None:
+        """Hands every leadership of this server over in place (a shutdown that no coordinator
+        moved them away from first): new writes are refused with a retryable NodeIsNotLeader,
+        logged ones finish, for up to ``drain_s``."""
+
+        async def one(lc: LeaderController) -> None:
+            try:
+                await lc.step_down(lc.term, drain_s)
+            except PyxiaError as e:
+                log.info("shard %s: not stepped down: %s", lc.shard, e)
+
+        await asyncio.gather(*(one(lc) for lc in self.leading()))
 
     async def close(self) -> None:
         """Stops every controller, then closes the storage (flushing the DBs)."""

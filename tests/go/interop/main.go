@@ -4,6 +4,8 @@
 // INTEROP_TLS_CA=<PEM file> connects with TLS (oxia.WithTLS) trusting that CA;
 // INTEROP_AUTH_TOKEN=<token> sends it as a bearer token (oxia.WithAuthentication);
 // INTEROP_EXPECT_UNAUTHENTICATED=1 only checks that the server refuses the client.
+//
+// `interop load ...` is a write load instead (load.go).
 package main
 
 import (
@@ -50,6 +52,10 @@ func check(err error, what string) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "load" {
+		runLoad(os.Args[2:])
+		return
+	}
 	addr, prefix := os.Args[1], os.Args[2]
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
