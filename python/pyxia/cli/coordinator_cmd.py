@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -18,7 +17,9 @@ from pyxia.cli.security_flags import (
     tls_from_flags,
 )
 from pyxia.cli.server_cmd import make_dirs_private, run_until_signalled
+from pyxia.cli.startup import StartupError, check_addr, fail, run
 from pyxia.config import ConfigError, load_cluster_config
+from pyxia.dirs import DirError, MetadataDir
 
 log = logging.getLogger("pyxia.cli")
 
@@ -134,10 +135,19 @@ def coordinator(**kw: Any) -> None:
         load()
     except ConfigError as e:
         raise click.UsageError(str(e)) from e
+    try:
+        check_addr("--internal-addr", kw["internal_addr"])
+        check_addr("--metrics-addr", kw["metrics_addr"], allow_empty=True)
+    except StartupError as e:
+        fail(str(e))
     options: dict[str, Any] = {}
     name = kw["metadata"]
     make_dirs_private(kw["metadata_dir"] if name in ("file", "raft") else None)
     if name in ("file", "raft"):
+        try:  # held for the life of the process
+            metadata_dir = MetadataDir.open(kw["metadata_dir"], name)
+        except DirError as e:
+            fail(str(e))
         options["metadata_dir"] = str(kw["metadata_dir"])
     if name == "etcd":
         options["etcd_endpoints"] = kw["etcd_endpoints"]
@@ -172,11 +182,12 @@ def coordinator(**kw: Any) -> None:
     def ready() -> str:
         return f"pyxia coordinator ready: internal=:{server.port} metadata={name} config={path}"
 
-    try:
-        asyncio.run(run_until_signalled(server.start, server.close, ready))
-    except OSError as e:
-        log.error("cannot start: %s", e)
-        sys.exit(1)
+    async def close() -> None:
+        await server.close()
+        if name in ("file", "raft"):
+            metadata_dir.close()
+
+    run(run_until_signalled(server.start, close, ready))
 
 
 def _sync_channel(address: str, security: dict[str, Any]) -> Any:
@@ -222,6 +233,11 @@ def status(address: str, as_json: bool, **security: Any) -> None:
         try:
             res = call(admin_pb2.GetClusterStatusRequest(), timeout=10)
         except grpc.RpcError as e:
+            if isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                raise click.ClickException(
+                    f"{address} is not a coordinator (it does not serve pyxia's admin API; "
+                    "a data server?): point --coordinator at a coordinator's address"
+                ) from None
             detail = e.details() if isinstance(e, grpc.Call) else str(e)
             raise click.ClickException(f"{address}: {detail}") from None
     if not res.leader:

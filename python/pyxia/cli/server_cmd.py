@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import click
 
 from pyxia import logs
 from pyxia.cli.security_flags import tls_flags, tls_from_flags
+from pyxia.cli.startup import StartupError, check_addr, fail, run, standalone_config_note
 from pyxia.config import ConfigError, NamespaceConfig, load_cluster_config
 from pyxia.security.oidc import AuthConfigError
 from pyxia.security.public import PublicAccess, PublicAuthOptions
@@ -169,9 +169,9 @@ def build_options(kw: dict[str, Any]) -> ServerOptions:
 
 def _build_options(kw: dict[str, Any]) -> ServerOptions:
     return ServerOptions(
-        public_addr=kw["public_addr"],
-        internal_addr=kw["internal_addr"],
-        metrics_addr=kw["metrics_addr"] or None,
+        public_addr=check_addr("--public-addr", kw["public_addr"]) or "",
+        internal_addr=check_addr("--internal-addr", kw["internal_addr"]) or "",
+        metrics_addr=check_addr("--metrics-addr", kw["metrics_addr"], allow_empty=True),
         advertised_public_addr=kw["advertised_public_addr"],
         advertised_internal_addr=kw["advertised_internal_addr"],
         data_dir=kw["data_dir"],
@@ -221,7 +221,11 @@ async def run_until_signalled(
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await start()
+    try:
+        await start()
+    except BaseException:
+        await close()  # nothing started may outlive the loop (and print noise after the error)
+        raise
     log.info(ready_line())
     await stop.wait()
     log.info("shutting down")
@@ -273,12 +277,14 @@ def standalone(**kw: Any) -> None:
     from pyxia.server.standalone import Standalone
 
     logs.setup(kw["log_level"], kw["log_format"])
-    make_dirs_private(kw["data_dir"], kw["wal_dir"])
     if kw["config_file"] is not None:
         try:
             cfg = load_cluster_config(kw["config_file"], require_servers=False)
         except ConfigError as e:
             raise click.UsageError(str(e)) from e
+        note = standalone_config_note(cfg, kw["config_file"])
+        if note is not None:
+            log.warning(note)
         namespaces = [
             NamespaceConfig(
                 n.name, n.initial_shard_count, 1, n.notifications_enabled, n.key_sorting, n.tso
@@ -290,8 +296,12 @@ def standalone(**kw: Any) -> None:
             NamespaceConfig(name, kw["shards"], 1, kw["notifications"], kw["key_sorting"])
             for name in dict.fromkeys(kw["namespaces"])
         ]
-    options = build_options(kw)
-    node = Standalone(options, namespaces)
+    try:
+        options = build_options(kw)
+    except StartupError as e:
+        fail(str(e))
+    node = Standalone(options, namespaces, config_file=kw["config_file"])
+    make_dirs_private(kw["data_dir"], kw["wal_dir"])
 
     def ready() -> str:
         s = node.server
@@ -304,11 +314,7 @@ def standalone(**kw: Any) -> None:
             f"data-dir={options.data_dir} wal-dir={options.wal_dir}"
         )
 
-    try:
-        asyncio.run(run_until_signalled(node.start, node.close, ready))
-    except (OSError, AuthConfigError) as e:
-        log.error("cannot start: %s", e)
-        sys.exit(1)
+    run(run_until_signalled(node.start, node.close, ready))
 
 
 @click.command()
@@ -332,8 +338,11 @@ def server(**kw: Any) -> None:
     from pyxia.server.data_server import DataServer
 
     logs.setup(kw["log_level"], kw["log_format"])
+    try:
+        options = build_options(kw)
+    except StartupError as e:
+        fail(str(e))
     make_dirs_private(kw["data_dir"], kw["wal_dir"])
-    options = build_options(kw)
     options.wal_segment_size = kw["wal_segment_size"]
     node = DataServer(options)
     if kw["enable_test_hooks"]:
@@ -350,8 +359,4 @@ def server(**kw: Any) -> None:
             + f"data-dir={options.data_dir} wal-dir={options.wal_dir}"
         )
 
-    try:
-        asyncio.run(run_until_signalled(node.start, node.close, ready))
-    except (OSError, AuthConfigError) as e:
-        log.error("cannot start: %s", e)
-        sys.exit(1)
+    run(run_until_signalled(node.start, node.close, ready))

@@ -123,9 +123,22 @@ def check_manifest(doc: dict[str, Any], kind: str, what: str, directory: Path) -
 
 def write(directory: Path, manifest: Manifest) -> None:
     """Writes the manifest atomically (temp file, fsync, rename, directory fsync)."""
+    _write_json(directory, manifest.to_json())
+
+
+def update_fields(directory: Path, **fields: Any) -> None:
+    """Sets fields of the manifest (creating the file if needed), keeping every other field.
+    For fields owned by a subsystem (a cluster server's ``instance_id``)."""
+    doc = read_raw(directory) or {}
+    doc.update(fields)
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_json(directory, doc)
+
+
+def _write_json(directory: Path, doc: dict[str, Any]) -> None:
     path = directory / MANIFEST_FILE
     tmp = directory / f".{MANIFEST_FILE}.tmp-{os.getpid()}"
-    payload = (json.dumps(manifest.to_json(), indent=2) + "\n").encode()
+    payload = (json.dumps(doc, indent=2) + "\n").encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         view = memoryview(payload)

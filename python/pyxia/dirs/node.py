@@ -93,13 +93,11 @@ class NodeDirs:
         wal_dir: Path,
         locks: list[DirLock],
         data: Manifest,
-        data_sniff: Sniff,
     ) -> None:
         self.data_dir = data_dir
         self.wal_dir = wal_dir
         self._locks = locks
         self.data = data
-        self._data_sniff = data_sniff
 
     @property
     def node_id(self) -> str:
@@ -171,7 +169,7 @@ class NodeDirs:
         new_wal = Manifest("wal", node_id, extra=wal_extra)
         _write_if_changed(data_dir, "data dir", data, new_data)
         _write_if_changed(wal_dir, "wal dir", wal, new_wal)
-        return NodeDirs(data_dir, wal_dir, locks, new_data, data_sniff)
+        return NodeDirs(data_dir, wal_dir, locks, new_data)
 
     # -- standalone layout ------------------------------------------------------------------------
 
@@ -186,7 +184,10 @@ class NodeDirs:
                 raise DirError(f"data dir {self.data_dir}: the manifest's namespaces are invalid")
             stored = {name: NamespaceLayout.from_json(name, d) for name, d in raw.items()}
         else:
-            stored, ambiguous = infer_layout(self._data_sniff.shards)
+            # First start of a standalone here, or of this version on an earlier one's dir
+            # (maybe after a start refused before the layout was recorded): read it back.
+            on_disk = sniff(self.data_dir).shards
+            stored, ambiguous = infer_layout(on_disk)
             if stored or ambiguous:
                 log.info(
                     "data dir %s: read the shard layout back from disk: %s",
@@ -200,7 +201,7 @@ class NodeDirs:
                     a = by_name.get(name)
                     if a is not None:
                         stored[name] = NamespaceLayout(legacy[name], a.shards, a.key_sorting)
-                    reserved.extend(self._data_sniff.shards.get(name, {}))
+                    reserved.extend(on_disk.get(name, {}))
                 log.warning(
                     "data dir %s: the shard layout of namespace(s) %s cannot be read back from "
                     "disk; recording what is asked now",

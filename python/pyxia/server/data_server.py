@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from pyxia.dirs import NodeDirs
 from pyxia.proto import client_pb2
 from pyxia.security.public import PublicAccess, PublicAuthOptions
 from pyxia.security.tls import TlsOptions
@@ -87,13 +88,18 @@ def grpc_options(max_message_bytes: int) -> list[tuple[str, Any]]:
 class DataServer:
     """Owns the gRPC servers, the shards director and background tasks."""
 
-    def __init__(self, options: ServerOptions) -> None:
+    def __init__(self, options: ServerOptions, *, mode: str = "server") -> None:
         self.options = options
+        # "server" (a cluster member) or "standalone": recorded in the data dir's manifest;
+        # only a cluster member rebuilds a corrupt replica from its peers.
+        self.mode = mode
+        self.dirs: NodeDirs | None = None
         self.assignments = AssignmentsDispatcher()
         self.director = ShardsDirector(
             options.storage_options(),
             self.assignments,
             session_check_interval=options.session_check_interval_s,
+            rebuild_corrupt=mode == "server",
         )
         self.public_port = 0
         self.internal_port = 0
@@ -127,7 +133,22 @@ class DataServer:
             self.options.internal_addr, self.internal_port
         )
 
+    def open_dirs(self) -> NodeDirs:
+        """Locks and checks the data and WAL dirs (``pyxia.dirs``), before anything is
+        opened in them; held until :meth:`close`. Idempotent."""
+        if self.dirs is None:
+            self.dirs = NodeDirs.open(self.options.data_dir, self.options.wal_dir, self.mode)
+        return self.dirs
+
     async def start(self) -> None:
+        self.open_dirs()
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self) -> None:
         opts = grpc_options(self.options.max_message_bytes)
         await self.public_access.start()
         self._public = grpc.aio.server(options=opts, interceptors=self.public_access.interceptors())
@@ -236,3 +257,5 @@ class DataServer:
         await self.public_access.close()
         if self._metrics_server is not None:
             self._metrics_server.close()
+        if self.dirs is not None:
+            self.dirs.close()

@@ -3,15 +3,14 @@ server) and ``replication.OxiaLogReplication`` (leader → follower)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from pyxia.dirs import manifest as dirs_manifest
 from pyxia.errors import InvalidArgument, NodeIsNotMember, PyxiaError
 from pyxia.proto import admin_pb2, client_pb2, replication_pb2
 from pyxia.server import grpc_errors
@@ -35,27 +34,19 @@ def term_options(opts: replication_pb2.NewTermOptions) -> TermOptions:
 
 
 class Manifest:
-    """The data server's identity file: which cluster it belongs to."""
+    """Which cluster the data server belongs to: the ``instance_id`` field of the data dir's
+    manifest (``pyxia.dirs.manifest``; its other fields are kept)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
     def instance_id(self) -> str | None:
-        try:
-            d = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return None
-        v = d.get("instance_id")
+        d = dirs_manifest.read_raw(self.path.parent)
+        v = d.get("instance_id") if d is not None else None
         return v if isinstance(v, str) and v else None
 
     def bind(self, instance_id: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump({"instance_id": instance_id}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        dirs_manifest.update_fields(self.path.parent, instance_id=instance_id)
 
 
 class InternalService:

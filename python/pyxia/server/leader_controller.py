@@ -131,7 +131,7 @@ class LeaderController:
         self.confirmed = Signal()
         self.read_confirm_timeout_s = READ_CONFIRM_TIMEOUT_S
         self._pending: collections.deque[Proposal] = collections.deque()
-        self._next_offset = self.wal.last_offset + 1
+        self._next_offset = self._log_end() + 1
         self._last_ts = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader_registered = False
@@ -167,6 +167,11 @@ class LeaderController:
     def head_offset(self) -> int:
         return self.wal.last_offset
 
+    def _log_end(self) -> int:
+        """The offset the log continues from: its last entry, or, when it is empty (after a
+        snapshot, or cut below the DB by ``pyxia wal truncate``), the DB's commit offset."""
+        return max(self.wal.last_offset, self.storage.commit_offset)
+
     async def new_term(self, term: int, options: TermOptions) -> replication_pb2.EntryId:
         """Fences this replica at ``term``. Same term again is allowed only
         while FENCED (a retried NewTerm during an election). Returns the
@@ -191,7 +196,7 @@ class LeaderController:
         self.status = FENCED
         await asyncio.to_thread(self.wal.sync)
         self._check_open()
-        return self.storage.head_entry_id()
+        return self.storage.election_head()
 
     async def become_leader(
         self,
@@ -214,7 +219,7 @@ class LeaderController:
         if self.status != FENCED:
             raise InvalidStatus(f"oxia: BecomeLeader while {self.status_name}", shard=self.shard)
         self._loop = asyncio.get_running_loop()
-        head = self.wal.last_offset
+        head = self._log_end()
         self.replication_factor = replication_factor
         tracker = QuorumAckTracker(replication_factor, head, self.storage.commit_offset)
         self.tracker = tracker

@@ -7,17 +7,33 @@ director changes them: NewTerm goes to the existing controller (a leader
 controller if there is none); BecomeLeader turns a follower into a leader;
 Truncate, Replicate and SendSnapshot turn a leader controller into a
 follower. Storage is opened on demand, recovering what is on disk.
+
+A replica whose WAL or DB is found corrupt when opened does not take the
+server's other shards down: its files are moved aside, the failure is
+reported (ShardEvents), and it starts empty, marked as rebuilding, to be
+rebuilt from the leader like a wiped follower; until it holds what was
+committed it ranks below every replica in elections and refuses to lead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pyxia.errors import AlreadyClosed, InvalidTerm, NodeIsNotLeader, NodeIsNotMember, ShardNotFound
+from pyxia.errors import (
+    AlreadyClosed,
+    InvalidStatus,
+    InvalidTerm,
+    NodeIsNotLeader,
+    NodeIsNotMember,
+    ReplicaCorrupt,
+    ShardNotFound,
+)
 from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.follower_controller import FollowerController
 from pyxia.server.leader_controller import LEADER, LeaderController
@@ -32,6 +48,14 @@ log = logging.getLogger("pyxia.director")
 Controller = LeaderController | FollowerController
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class ShardsDirector:
     """Owns the shard controllers (and their storage) of one data server."""
 
@@ -42,6 +66,7 @@ class ShardsDirector:
         *,
         session_check_interval: float = 0.1,
         channels: ChannelPool | None = None,
+        rebuild_corrupt: bool = True,
     ) -> None:
         self.storage_options = storage_options
         self.assignments = assignments
@@ -56,6 +81,9 @@ class ShardsDirector:
         self.leadership = Signal()
         # Replicas that failed on their own (storage), watched by the coordinator.
         self.failures = ShardFailures()
+        # A replica found corrupt when opened is set aside and rebuilt from its peers (a
+        # cluster server); without peers (standalone) the ReplicaCorrupt error is raised.
+        self.rebuild_corrupt = rebuild_corrupt
 
     # -- storage ----------------------------------------------------------------------------------
 
@@ -88,8 +116,46 @@ class ShardsDirector:
             )
         st = self._storages.get(shard)
         if st is None:
-            st = ShardStorage(namespace, shard, self.storage_options, encoding)
+            try:
+                st = ShardStorage(namespace, shard, self.storage_options, encoding)
+            except ReplicaCorrupt as e:
+                if not self.rebuild_corrupt:
+                    raise
+                st = self._set_aside(namespace, shard, encoding, e)
             self._storages[shard] = st
+        return st
+
+    def _set_aside(
+        self, namespace: str, shard: int, encoding: KeyEncoding, e: ReplicaCorrupt
+    ) -> ShardStorage:
+        """A replica found corrupt when opened: its WAL and DB are moved aside (kept for
+        inspection as ``shard-<id>.corrupt-<time>``), the failure is reported to the
+        coordinator, and the replica starts empty, marked as rebuilding: it takes a snapshot
+        (or the log) from the leader, and cannot lead until it holds what was committed."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        kept: list[str] = []
+        for base in (self.storage_options.data_dir, self.storage_options.wal_dir):
+            src = shard_dir(base, namespace, shard)
+            if not src.exists():
+                continue
+            dst = src.with_name(f"{src.name}.corrupt-{stamp}")
+            n = 1
+            while dst.exists():
+                n += 1
+                dst = src.with_name(f"{src.name}.corrupt-{stamp}-{n}")
+            os.replace(src, dst)
+            _fsync_dir(src.parent)
+            kept.append(str(dst))
+        log.error(
+            "%s; the damaged files are kept in %s and the replica is rebuilt from its peers",
+            e,
+            ", ".join(kept) or "-",
+        )
+        st = ShardStorage(namespace, shard, self.storage_options, encoding)
+        st.mark_rebuilding(f"corrupt {e.part}, files kept in {', '.join(kept)}")
+        self.failures.report(
+            namespace, shard, -1, "replica", f"corrupt {e.part}: rebuilding from the peers"
+        )
         return st
 
     def _reporter(
@@ -133,8 +199,16 @@ class ShardsDirector:
             return self._new_leader(self._storage(namespace, shard, encoding))
 
     async def as_leader(self, shard: int) -> LeaderController:
-        """The shard's controller as a leader (a follower is converted)."""
+        """The shard's controller as a leader (a follower is converted). A replica being
+        rebuilt after corruption is refused: it may not hold what was committed."""
         async with self._lock(shard):
+            st = self._storages.get(shard)
+            if st is not None and st.rebuilding:
+                raise InvalidStatus(
+                    f"oxia: shard {shard} is being rebuilt here after corruption: it cannot "
+                    "lead before it has caught up",
+                    shard=shard,
+                )
             lc = self.leaders.get(shard)
             if lc is not None:
                 return lc
