@@ -273,8 +273,25 @@ class LeaderController:
             )
         if self.status != LEADER:
             raise InvalidStatus(f"oxia: AddFollower while {self.status_name}", shard=self.shard)
-        if name in self.cursors:
-            return
+        existing = self.cursors.get(name)
+        if existing is not None:
+            if head.offset >= existing.ack_offset:
+                return
+            # It holds less than it acknowledged: it lost its data (a wiped disk, a replica
+            # rebuilt after corruption). Its cursor would wait for the next write before
+            # finding out; start it over from what the follower holds now.
+            log.warning(
+                "shard %s: follower %s holds up to %d but acknowledged %d: starting it over",
+                self.shard,
+                name,
+                head.offset,
+                existing.ack_offset,
+            )
+            del self.cursors[name]
+            await existing.close()
+            self._check_open()
+            if self.tracker is not None:
+                self.tracker.reset_follower(name, -1)
         if len(self.cursors) >= self.replication_factor - 1:
             raise InvalidArgument(
                 f"oxia: shard {self.shard} already has {len(self.cursors)} followers "
