@@ -124,6 +124,7 @@ def test_sniff_recognises_kinds_and_foreign_files(tmp_path: Path) -> None:
     assert set(s.evidence) == {"data"} and not s.unknown
     assert s.shards == {"default": {0: "natural"}}
     assert set(sniff(tmp_path / "wal").evidence) == {"wal"}
+    assert sniff(tmp_path / "wal").shards == {"default": {0: None}}
     (tmp_path / "db/notes.txt").write_text("mine")
     assert sniff(tmp_path / "db").unknown == ["notes.txt"]
     assert sniff(tmp_path / "missing").empty

@@ -164,7 +164,7 @@ class Sniff:
 
     evidence: dict[str, Path] = field(default_factory=dict)  # kind -> a file that shows it
     unknown: list[str] = field(default_factory=list)  # top-level names pyxia never writes
-    # data dirs: namespace -> shard id -> key sorting (None: no marker)
+    # namespace -> shard id -> key sorting (None: no marker, or a WAL dir)
     shards: dict[str, dict[int, str | None]] = field(default_factory=dict)
 
     @property
@@ -212,12 +212,13 @@ def sniff(directory: Path) -> Sniff:
             kind, proof = _shard_kind(path / child)
             if kind is not None and proof is not None:
                 out.evidence.setdefault(kind, proof)
+            sorting: str | None = None
             if kind == "data":
-                marker = path / child / "pyxia-key-encoding"
                 try:
-                    sorting: str | None = marker.read_text().strip() or None
+                    sorting = (path / child / "pyxia-key-encoding").read_text().strip() or None
                 except OSError:
                     sorting = None
+            if kind is not None:
                 out.shards.setdefault(name, {})[int(m.group(1))] = sorting
         if foreign:
             out.unknown.append(name)

@@ -186,7 +186,8 @@ class NodeDirs:
         else:
             # First start of a standalone here, or of this version on an earlier one's dir
             # (maybe after a start refused before the layout was recorded): read it back.
-            on_disk = sniff(self.data_dir).shards
+            # A lost data dir next to a kept WAL dir: the logs tell which shards existed.
+            on_disk = sniff(self.data_dir).shards or sniff(self.wal_dir).shards
             stored, ambiguous = infer_layout(on_disk)
             if stored or ambiguous:
                 log.info(
