@@ -208,7 +208,14 @@ async def test_a_rebuilding_replica_ranks_last_and_refuses_to_lead(tmp_path: Pat
         await until(lambda: not marker.exists(), timeout=30, what="n2 rebuilt")
         fc = n2.s.director.followers[0]
         assert fc.storage.commit_offset >= 9
-        # whole again: it may lead the next term
+        # started over with a snapshot (counted once the SendSnapshot call returns)
+        await until(lambda: lc.cursors[n2.internal].snapshots_sent == 1, what="the count")
+        # whole again: once it holds log entries too, it may lead the next term
+        await write(
+            client_pb2.WriteRequest(shard=0, puts=[client_pb2.PutRequest(key="/z", value=b"v")]),
+            timeout=10,
+        )
+        await until(lambda: fc.storage.wal.last_offset >= 10, what="n2 to log the next entry")
         await c.elect(0, n2, [n0, n1, n2])
     finally:
         await c.close()

@@ -279,7 +279,8 @@ class LeaderController:
                 return
             # It holds less than it acknowledged: it lost its data (a wiped disk, a replica
             # rebuilt after corruption). Its cursor would wait for the next write before
-            # finding out; start it over from what the follower holds now.
+            # finding out; start it over with a snapshot, as a cursor does when a follower
+            # says it has no data.
             log.warning(
                 "shard %s: follower %s holds up to %d but acknowledged %d: starting it over",
                 self.shard,
@@ -292,6 +293,8 @@ class LeaderController:
             self._check_open()
             if self.tracker is not None:
                 self.tracker.reset_follower(name, -1)
+            await self._add_follower(name, head, force_snapshot=True)
+            return
         if len(self.cursors) >= self.replication_factor - 1:
             raise InvalidArgument(
                 f"oxia: shard {self.shard} already has {len(self.cursors)} followers "
@@ -300,7 +303,9 @@ class LeaderController:
             )
         await self._add_follower(name, head)
 
-    async def _add_follower(self, name: str, head: replication_pb2.EntryId) -> None:
+    async def _add_follower(
+        self, name: str, head: replication_pb2.EntryId, *, force_snapshot: bool = False
+    ) -> None:
         if self._channels is None:
             raise InvalidArgument("oxia: this server cannot replicate (no channels)")
         ack = await self._truncate_follower_if_needed(name, head)
@@ -311,7 +316,7 @@ class LeaderController:
         if commit > before:
             self.apply_committed(commit)
             self.applied.notify()
-        cursor = FollowerCursor(self, name, ack, self._channels)
+        cursor = FollowerCursor(self, name, ack, self._channels, force_snapshot=force_snapshot)
         self.cursors[name] = cursor
         cursor.start()
 
