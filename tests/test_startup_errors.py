@@ -242,3 +242,12 @@ def test_admin_status_at_a_data_server(tmp_path: Path, started: list[ServerProce
         f"Error: {s.internal} is not a coordinator (it does not serve pyxia's admin API; a data "
         "server?): point --coordinator at a coordinator's address"
     )
+
+
+def test_a_tso_namespace_with_several_shards(tmp_path: Path) -> None:
+    r = run(*standalone_args(tmp_path, "-n", "tso", "--shards", "2"), cwd=tmp_path)
+    assert r.returncode == 1
+    assert one_line(r) == (
+        "pyxia: namespace 'tso' serves the timestamp oracle and must have one shard "
+        "(choose another --tso-namespace)"
+    )

@@ -298,9 +298,9 @@ def standalone(**kw: Any) -> None:
         ]
     try:
         options = build_options(kw)
-    except StartupError as e:
+        node = Standalone(options, namespaces, config_file=kw["config_file"])
+    except (StartupError, ValueError) as e:
         fail(str(e))
-    node = Standalone(options, namespaces, config_file=kw["config_file"])
     make_dirs_private(kw["data_dir"], kw["wal_dir"])
 
     def ready() -> str:
