@@ -32,7 +32,7 @@ from pyxia.cli.startup import fail
 from pyxia.dirs import DirError, DirLock
 from pyxia.dirs import holder as lock_holder
 from pyxia.dirs import manifest as dir_manifest
-from pyxia.proto import storage_pb2
+from pyxia.proto import replication_pb2, storage_pb2
 from pyxia.wal_inspect import (
     ShardScan,
     list_shards,
@@ -145,16 +145,21 @@ def describe_value(value: bytes) -> str:
     return ", ".join(ops[:3]) + (f" (+{len(ops) - 3})" if len(ops) > 3 else "")
 
 
-def _entry_json(e: Any) -> dict[str, Any]:
-    """Oxia's ``oxia wal scan --json`` object for one entry."""
+def _entry_json(e: replication_pb2.LogEntry) -> dict[str, Any]:
+    """Oxia's ``oxia wal scan --json`` object for one entry (proto field names, as Go's
+    encoding/json writes Oxia's generated structs)."""
     out: dict[str, Any] = {"term": e.term, "offset": e.offset, "time": _when(e.timestamp)}
     lev = _decode(e.value)
     if lev is None:
         out["value"] = e.value.hex()
     elif lev.WhichOneof("value") == "control_request":
-        out["controlRequest"] = json_format.MessageToDict(lev.control_request)
+        out["controlRequest"] = json_format.MessageToDict(
+            lev.control_request, preserving_proto_field_name=True
+        )
     else:
-        out["writeRequests"] = json_format.MessageToDict(lev.requests)
+        out["writeRequests"] = json_format.MessageToDict(
+            lev.requests, preserving_proto_field_name=True
+        )
     return out
 
 
