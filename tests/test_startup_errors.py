@@ -113,7 +113,8 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     path.mkdir()
     if os.geteuid() == 0:  # root writes through permissions: mount a read-only filesystem
         r = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], capture_output=True
+            ["mount", "-t", "tmpfs", "-o", "ro,size=1m,mode=0700", "tmpfs", str(path)],
+            capture_output=True,
         )
         if r.returncode != 0:
             pytest.skip(f"cannot mount a read-only tmpfs: {r.stderr!r}")

@@ -34,6 +34,7 @@ from pyxia.errors import (
     ReplicaCorrupt,
     ShardNotFound,
 )
+from pyxia.proto import replication_pb2
 from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.follower_controller import FollowerController
 from pyxia.server.leader_controller import LEADER, LeaderController
@@ -41,6 +42,7 @@ from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.shard_events import ShardFailures
 from pyxia.server.shard_storage import ENCODING_MARKER, ShardStorage, StorageOptions, shard_dir
 from pyxia.server.signals import Signal
+from pyxia.storage.db import TermOptions
 from pyxia.storage.keys import HIERARCHICAL, KeyEncoding
 
 log = logging.getLogger("pyxia.director")
@@ -197,6 +199,22 @@ class ShardsDirector:
             if c is not None:
                 return c
             return self._new_leader(self._storage(namespace, shard, encoding))
+
+    async def new_term(
+        self, namespace: str, shard: int, encoding: KeyEncoding, term: int, options: TermOptions
+    ) -> replication_pb2.EntryId:
+        """Fences the shard's replica at ``term``. The controller may be closed between being
+        looked up and fenced, replaced by a role change (a leader's stream that arrives as the
+        replica restarts turns it into a follower): the NewTerm then goes to its successor."""
+        attempts = 3
+        while True:
+            c = await self.for_new_term(namespace, shard, encoding)
+            try:
+                return await c.new_term(term, options)
+            except AlreadyClosed:
+                attempts -= 1
+                if attempts == 0 or self._closed or self.controller(shard) in (c, None):
+                    raise
 
     async def as_leader(self, shard: int) -> LeaderController:
         """The shard's controller as a leader (a follower is converted). A replica being
