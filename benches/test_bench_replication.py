@@ -24,7 +24,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from load import write_stream_load
 from pyxia.proto import client_pb2, client_pb2_grpc
-from test_replication_processes import Proc, new_term
+from test_replication_processes import MD, Proc, new_term
 
 SECONDS = 5.0
 
@@ -43,6 +43,7 @@ def become_leader_rf(leader: Proc, followers: dict, rf: int) -> None:  # type: i
             namespace="default", shard=0, term=1, replication_factor=rf, follower_maps=followers
         ),
         timeout=60,
+        metadata=MD,
     )
 
 

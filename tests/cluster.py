@@ -1,6 +1,8 @@
 """In-process clusters for replication tests: several DataServers in one
 event loop on loopback ports chosen at runtime, driven through their real
-coordination RPCs, exactly as a coordinator would drive them."""
+coordination RPCs, exactly as a coordinator would drive them: each server is
+bound by a Handshake first, every call carries the cluster's instance id, and
+a shard is in the pushed assignments (leaderless) before its first NewTerm."""
 
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ from pyxia.common.sharding import generate_shards
 from pyxia.proto import client_pb2, replication_pb2
 from pyxia.server.data_server import DataServer, ServerOptions
 from pyxia.server.leader_controller import LEADER
+from pyxia.server.manifest import INSTANCE_ID_HEADER
+
+INSTANCE_ID = "pyxia-test-cluster"
 
 
 @dataclass(eq=False)
@@ -68,6 +73,13 @@ class Cluster:
     namespace: str = "default"
     terms: dict[int, int] = field(default_factory=dict)
     channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+    instance_id: str = INSTANCE_ID
+    # shard -> advertised leader ("" before the first election): the map pushed to servers
+    assigned: dict[int, str] = field(default_factory=dict)
+    # node index -> (the DataServer object, whether it holds the current map): a restarted
+    # node is a new object, unbound to nothing in memory until handshaken and pushed again
+    _bound: dict[int, DataServer] = field(default_factory=dict)
+    _pushed: dict[int, DataServer] = field(default_factory=dict)
 
     @staticmethod
     async def start(base: Path, n: int = 3, **overrides: object) -> Cluster:
@@ -82,14 +94,53 @@ class Cluster:
             ch = self.channels[address] = grpc.aio.insecure_channel(address)
         return ch
 
-    def coordination(self, node: Node, method: str, req: object, resp_type: type) -> object:
-        return self.channel(node.internal).unary_unary(
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((INSTANCE_ID_HEADER, self.instance_id),)
+
+    async def bind(self, node: Node) -> None:
+        """Handshakes ``node`` (once per server process) with this cluster's instance id."""
+        if self._bound.get(node.index) is node.server:
+            return
+        res = await self.channel(node.internal).unary_unary(
+            "/replication.OxiaCoordination/Handshake",
+            request_serializer=replication_pb2.HandshakeRequest.SerializeToString,
+            response_deserializer=replication_pb2.HandshakeResponse.FromString,
+        )(replication_pb2.HandshakeRequest(instance_id=self.instance_id), timeout=30)
+        assert res.status != replication_pb2.HANDSHAKE_STATUS_MISMATCH
+        assert node.server is not None
+        self._bound[node.index] = node.server
+
+    async def coordination(
+        self, node: Node, method: str, req: object, resp_type: type, *, bind: bool = True
+    ) -> object:
+        """One coordination call, as the coordinator makes it (``bind=False``: raw, no
+        Handshake first)."""
+        if bind:
+            await self.bind(node)
+        return await self.channel(node.internal).unary_unary(
             f"/replication.OxiaCoordination/{method}",
             request_serializer=lambda m: m.SerializeToString(),  # type: ignore[attr-defined]
             response_deserializer=resp_type.FromString,  # type: ignore[attr-defined]
-        )(req, timeout=30)
+        )(req, timeout=30, metadata=self.metadata)
+
+    async def publish(self, shard: int, node: Node) -> None:
+        """Makes sure ``node`` holds a map that knows ``shard`` (a data server creates a
+        replica only for a shard the assignments know)."""
+        if shard not in self.assigned:
+            self.assigned[shard] = ""
+            self._pushed.clear()
+        if self._pushed.get(node.index) is not node.server:
+            await self._push(node)
+
+    async def rejoin(self, node: Node) -> None:
+        """What the coordinator does when a server comes back (maybe wiped): Handshake, then
+        the current assignments."""
+        await self.bind(node)
+        await self._push(node)
 
     async def new_term(self, node: Node, shard: int, term: int) -> replication_pb2.EntryId:
+        await self.publish(shard, node)
         res = await self.coordination(  # type: ignore[misc]
             node,
             "NewTerm",
@@ -146,30 +197,42 @@ class Cluster:
             replication_pb2.AddFollowerResponse,
         )
 
-    async def push_assignments(self, leaders: dict[int, Node]) -> None:
+    def assignments(self) -> client_pb2.ShardAssignments:
         a = client_pb2.ShardAssignments()
         nsa = a.namespaces[self.namespace]
         nsa.shard_key_router = client_pb2.XXHASH3
-        ranges = generate_shards(len(leaders))
-        for (shard, node), r in zip(sorted(leaders.items()), ranges, strict=True):
+        ranges = generate_shards(len(self.assigned)) if self.assigned else []
+        for (shard, leader), r in zip(sorted(self.assigned.items()), ranges, strict=True):
             nsa.assignments.add(
                 shard=shard,
-                leader=node.public,
+                leader=leader,
                 int32_hash_range=(
                     client_pb2.Int32HashRange(
                         min_hash_inclusive=r.min_inclusive, max_hash_inclusive=r.max_inclusive
                     )
                 ),
             )
+        return a
+
+    async def _push(self, node: Node) -> None:
+        await self.bind(node)
+        call = self.channel(node.internal).stream_unary(
+            "/replication.OxiaCoordination/PushShardAssignments",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=replication_pb2.CoordinationShardAssignmentsResponse.FromString,
+        )
+        await call(iter([self.assignments()]), timeout=10, metadata=self.metadata)
+        assert node.server is not None
+        self._pushed[node.index] = node.server
+
+    async def push_assignments(self, leaders: dict[int, Node]) -> None:
+        """Publishes ``leaders`` (with the other shards known so far) to every live node."""
+        for shard, node in leaders.items():
+            self.assigned[shard] = node.public
+        self._pushed.clear()
         for node in self.nodes:
-            if node.server is None:
-                continue
-            call = self.channel(node.internal).stream_unary(
-                "/replication.OxiaCoordination/PushShardAssignments",
-                request_serializer=lambda m: m.SerializeToString(),
-                response_deserializer=replication_pb2.CoordinationShardAssignmentsResponse.FromString,
-            )
-            await call(iter([a]), timeout=10)
+            if node.server is not None:
+                await self._push(node)
 
     async def status(self, node: Node, shard: int) -> replication_pb2.GetStatusResponse:
         return await self.coordination(  # type: ignore[no-any-return,misc]

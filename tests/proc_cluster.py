@@ -1,7 +1,13 @@
 """A real cluster of processes for tests and benchmarks: N ``pyxia server``
 processes and a ``pyxia coordinator`` on loopback, ports chosen at runtime
 (fixed per member, so a restarted process keeps its addresses); every
-process is killed at teardown."""
+process is killed at teardown.
+
+Every process proves cluster membership on internal calls: with a cluster secret (the default,
+written next to the config by :meth:`ProcCluster.write_config`), or with ``tls=True`` by mutual
+TLS with certificates of a CA made for the cluster (internal port with client authentication,
+peer connections and the coordinator's port, and the public ports when this build has
+``--tls-*`` on ``pyxia server``; ``secret=False`` leaves mTLS as the only proof)."""
 
 from __future__ import annotations
 
@@ -15,7 +21,25 @@ import yaml
 
 from cluster import free_port
 from pyxia.proto import admin_pb2, metadata_pb2, replication_pb2
+from pyxia.security.cluster_auth import ClusterSecret, generate_secret_file
+from pyxia.security.internal_auth import internal_channel
+from pyxia.security.pki import CertificateAuthority
+from pyxia.security.tls import ClientTls, TlsOptions
 from servers import ServerProcess, wait_for
+
+
+def tls_args(prefix: str, pki: Path, name: str, *, client_auth: bool = False) -> list[str]:
+    """The ``--{prefix}-tls-*`` flags of a process holding ``pki/name.{crt,key}``."""
+    flag = f"--{prefix}-tls" if prefix else "--tls"
+    out = [
+        f"{flag}-cert-file",
+        str(pki / f"{name}.crt"),
+        f"{flag}-key-file",
+        str(pki / f"{name}.key"),
+        f"{flag}-trusted-ca-file",
+        str(pki / "ca.crt"),
+    ]
+    return [*out, f"{flag}-client-auth"] if client_auth else out
 
 
 @dataclass
@@ -24,6 +48,8 @@ class Member:
     public: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
     internal: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
     proc: ServerProcess | None = None
+    security: tuple[str, ...] = ()
+    """Flags proving cluster membership (set by the cluster's write_config)."""
 
     def start(self, *extra: str) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
@@ -40,6 +66,7 @@ class Member:
                 str(self.base / "db"),
                 "--wal-dir",
                 str(self.base / "wal"),
+                *self.security,
                 *extra,
             ],
             self.base,
@@ -63,12 +90,76 @@ class ProcCluster:
     coordinator: subprocess.Popen[str] | None = None
     metadata: str = "file"
     extra_coordinator_args: tuple[str, ...] = ()
+    secret: bool = True
+    tls: bool = False
+    _client_tls: ClientTls | None = field(default=None, init=False, repr=False)
+
+    @property
+    def public_tls(self) -> bool:
+        """Whether the public ports speak TLS (``tls`` and a build with public-port TLS)."""
+        from pyxia.robustness.cluster import public_tls_available
+
+        return self.tls and public_tls_available()
+
+    def public_channel(self, address: str) -> grpc.Channel:
+        """A blocking channel to a public port (TLS when the cluster's public ports are)."""
+        tls = self.client_tls() if self.public_tls else None
+        return (
+            tls.sync_secure_channel(address) if tls is not None else grpc.insecure_channel(address)
+        )
 
     @property
     def config_path(self) -> Path:
         return self.base / "cluster.yaml"
 
+    @property
+    def secret_file(self) -> Path:
+        return self.base / "cluster.secret"
+
+    @property
+    def pki(self) -> Path:
+        return self.base / "pki"
+
+    def cluster_secret(self) -> ClusterSecret | None:
+        return ClusterSecret.from_file(self.secret_file) if self.secret else None
+
+    def client_tls(self) -> ClientTls | None:
+        """TLS of a harness client (certificate ``client``), None without TLS."""
+        if not self.tls:
+            return None
+        if self._client_tls is None:
+            self._client_tls = TlsOptions(
+                cert_file=self.pki / "client.crt",
+                key_file=self.pki / "client.key",
+                trusted_ca_file=self.pki / "ca.crt",
+            ).client()
+        return self._client_tls
+
+    def _security(self, name: str, *, server: bool) -> tuple[str, ...]:
+        out: list[str] = []
+        if self.secret:
+            out += ["--cluster-secret-file", str(self.secret_file)]
+        if self.tls:
+            if server:
+                out += tls_args("internal", self.pki, name, client_auth=True)
+                if self.public_tls:
+                    out += tls_args("", self.pki, name)[:4]  # certificate and key
+            else:
+                out += tls_args("", self.pki, name, client_auth=True)
+            out += tls_args("peer", self.pki, name)
+        return tuple(out)
+
     def write_config(self) -> None:
+        """The cluster config, the secret and (``tls``) the CA and every certificate."""
+        if self.secret and not self.secret_file.exists():
+            generate_secret_file(self.secret_file)
+        if self.tls and not (self.pki / "ca.crt").exists():
+            ca = CertificateAuthority.create()
+            ca.save(self.pki)
+            for name in [*(m.base.name for m in self.members), "coordinator", "client"]:
+                ca.issue_files(self.pki, name)
+        for m in self.members:
+            m.security = self._security(m.base.name, server=True)
         cfg = {
             "namespaces": self.namespaces,
             "servers": [{"public": m.public, "internal": m.internal} for m in self.members],
@@ -82,12 +173,17 @@ class ProcCluster:
         n: int = 3,
         namespaces: list[dict[str, object]] | None = None,
         metadata: str = "file",
+        *,
+        secret: bool = True,
+        tls: bool = False,
     ) -> ProcCluster:
         c = ProcCluster(
             base,
             [Member(base / f"s{i}") for i in range(n)],
             namespaces or [{"name": "default", "initialShardCount": 3, "replicationFactor": 3}],
             metadata=metadata,
+            secret=secret,
+            tls=tls,
         )
         c.write_config()
         try:
@@ -118,6 +214,7 @@ class ProcCluster:
                 self.coordinator_addr,
                 "--metrics-addr",
                 "",
+                *self._security("coordinator", server=False),
                 *self.extra_coordinator_args,
             ],
             stdout=subprocess.DEVNULL,
@@ -131,8 +228,13 @@ class ProcCluster:
             self.coordinator.wait(30)
 
     def status(self) -> admin_pb2.GetClusterStatusResponse | None:
+        tls = self.client_tls()
         try:
-            with grpc.insecure_channel(self.coordinator_addr) as ch:
+            with (
+                tls.sync_secure_channel(self.coordinator_addr)
+                if tls is not None
+                else grpc.insecure_channel(self.coordinator_addr)
+            ) as ch:
                 return ch.unary_unary(
                     "/pyxia.admin.v1.PyxiaAdmin/GetClusterStatus",
                     request_serializer=admin_pb2.GetClusterStatusRequest.SerializeToString,
@@ -170,12 +272,20 @@ class ProcCluster:
         raise KeyError(shard)
 
     def replica_status(self, m: Member, shard: int) -> replication_pb2.GetStatusResponse:
-        with grpc.insecure_channel(m.internal) as ch:
+        """GetStatus of ``m``'s replica, asked as the coordinator asks (with the cluster's
+        instance id, which the data servers require)."""
+        st = self.status()
+        iid = st.status.instance_id if st is not None else ""
+        with internal_channel(m.internal, self.client_tls(), self.cluster_secret()) as ch:
             return ch.unary_unary(
                 "/replication.OxiaCoordination/GetStatus",
                 request_serializer=replication_pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=replication_pb2.GetStatusResponse.FromString,
-            )(replication_pb2.GetStatusRequest(shard=shard), timeout=5)
+            )(
+                replication_pb2.GetStatusRequest(shard=shard),
+                timeout=5,
+                metadata=(("instance-id", iid),),
+            )
 
     @property
     def service_addresses(self) -> list[str]:

@@ -20,7 +20,6 @@ class Restartable:
             "--shards",
             str(shards),
             public=self.public,
-            internal=f"127.0.0.1:{free_port()}",
         )
         self.proc: ServerProcess | None = None
 

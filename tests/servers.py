@@ -104,15 +104,26 @@ class ServerProcess:
         return self.proc.wait(timeout)
 
 
+def cluster_secret_file(directory: Path) -> Path:
+    """The cluster secret shared by the processes under ``directory`` (made on first use)."""
+    from pyxia.security.cluster_auth import generate_secret_file
+
+    path = directory / "cluster.secret"
+    directory.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        generate_secret_file(path)
+    return path
+
+
 def standalone_args(
-    base: Path, *extra: str, public: str = "127.0.0.1:0", internal: str = "127.0.0.1:0"
+    base: Path, *extra: str, public: str = "127.0.0.1:0", internal: str | None = None
 ) -> list[str]:
+    """``pyxia standalone`` on loopback; no internal port (its default) unless ``internal``."""
     return [
         "standalone",
         "--public-addr",
         public,
-        "--internal-addr",
-        internal,
+        *(("--internal-addr", internal) if internal is not None else ()),
         "--metrics-addr",
         "127.0.0.1:0",
         "--data-dir",

@@ -172,6 +172,7 @@ async def test_dead_leader_is_replaced_and_returns_as_follower(env: Env) -> None
 
     async def following() -> bool:
         try:
+            env.cluster.instance_id = env.coordinator.status.instance_id
             st = await env.cluster.status(old, shard)
         except grpc.aio.AioRpcError:
             return False  # not opened yet

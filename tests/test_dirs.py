@@ -177,9 +177,51 @@ def test_instance_id_written_by_the_coordinator_keeps_the_manifest(tmp_path: Pat
     assert Manifest(tmp_path / "db" / "MANIFEST.json").instance_id() == "cluster-1"
 
 
+def test_the_instance_id_is_a_field_of_the_one_manifest_read_once(tmp_path: Path) -> None:
+    from pyxia.errors import StorageFailure
+    from pyxia.server.manifest import INSTANCE_ID_HEADER, MANIFEST_FILE, Manifest
+
+    dirs = NodeDirs.open(tmp_path / "db", tmp_path / "wal", "server")
+    path = tmp_path / "db" / MANIFEST_FILE
+    m = Manifest(path)
+    assert m.instance_id() is None and m.call_metadata() == ()
+    m.bind("cluster-1")
+    assert m.call_metadata() == ((INSTANCE_ID_HEADER, "cluster-1"),)
+    doc = json.loads(path.read_text())
+    assert doc["node_id"] == dirs.node_id and doc["mode"] == "server"
+    # read once and kept: the file is not read again on the hot path
+    path.write_text("not json")
+    assert m.instance_id() == "cluster-1"
+    # ... but a fresh reader of an unreadable manifest fails, never "unbound"
+    with pytest.raises(StorageFailure):
+        Manifest(path).instance_id()
+    dirs.close()
+    with pytest.raises(DirError, match="is not valid JSON"):
+        NodeDirs.open(tmp_path / "db", tmp_path / "wal", "server")
+
+
+def test_no_namespace_can_be_named_like_a_file_at_the_top_of_a_dir(tmp_path: Path) -> None:
+    from pyxia.common.validation import is_valid_namespace
+    from pyxia.server.manifest import Manifest
+
+    data, wal = tmp_path / "db", tmp_path / "wal"
+    (data / "default" / "shard-0").mkdir(parents=True)
+    (data / "default" / "shard-0" / "pyxia-key-encoding").write_text("hierarchical\n")
+    (data / "MANIFEST.tmp").write_text("{}")  # an earlier version's, left by a crash
+    dirs = NodeDirs.open(data, wal, "server")
+    Manifest(data / "MANIFEST.json").bind("cluster-1")
+    files = [p.name for d in (data, wal) for p in d.iterdir() if not p.is_dir()]
+    assert {"MANIFEST.json", "pyxia.lock", "MANIFEST.tmp"} <= set(files)
+    for name in files:
+        for variant in (name, name.upper(), name.lower()):
+            assert not is_valid_namespace(variant), variant
+    dirs.close()
+
+
 def test_an_earlier_cluster_servers_manifest_is_adopted_as_a_server(tmp_path: Path) -> None:
     (tmp_path / "db").mkdir()
     (tmp_path / "db" / "MANIFEST.json").write_text('{"instance_id": "c"}')
+    (tmp_path / "db" / "MANIFEST.tmp").write_text('{"instance_id": "c"}')  # its temporary file
     with pytest.raises(DirError, match="belongs to a pyxia server"):
         NodeDirs.open(tmp_path / "db", tmp_path / "wal", "standalone")
     NodeDirs.open(tmp_path / "db", tmp_path / "wal", "server").close()

@@ -14,7 +14,7 @@ import yaml
 import pyxia
 from cli_runs import last_line, one_line, run
 from pyxia.common.ports import free_port
-from servers import ServerProcess, standalone_args, wait_for
+from servers import ServerProcess, cluster_secret_file, standalone_args, wait_for
 
 
 @pytest.fixture
@@ -65,6 +65,8 @@ def test_a_dir_in_use_is_refused_and_kill_9_frees_it(
         str(tmp_path / "db"),
         "--wal-dir",
         str(tmp_path / "wal"),
+        "--cluster-secret-file",
+        str(cluster_secret_file(tmp_path)),
         cwd=tmp_path,
     )
     assert r.returncode == 1
@@ -229,6 +231,8 @@ def _coordinator(tmp_path: Path, metadata: str, internal: str) -> list[str]:
         internal,
         "--metrics-addr",
         "",
+        "--cluster-secret-file",
+        str(cluster_secret_file(tmp_path)),
     ]
 
 
@@ -274,3 +278,59 @@ def test_a_coordinators_metadata_dir_is_locked_and_keeps_its_provider(
         proc.wait(10)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def test_a_refused_dir_is_refused_before_its_mode_is_touched(tmp_path: Path) -> None:
+    """Locks and manifests are checked before the directories are made private: a directory
+    in use, or of another kind, keeps its mode (and the process prints one line)."""
+    import os
+    import stat
+
+    from pyxia.dirs import DirLock, MetadataDir, NodeDirs
+
+    db, wal, meta = tmp_path / "db", tmp_path / "wal", tmp_path / "coordinator"
+    NodeDirs.open(db, wal, "standalone").close()
+    MetadataDir.open(meta, "raft").close()
+    for d in (db, wal, meta):
+        os.chmod(d, 0o755)
+
+    def mode(d: Path) -> int:
+        return stat.S_IMODE(d.stat().st_mode)
+
+    # in use
+    lock = DirLock.acquire(db, "data dir")
+    try:
+        r = run(*standalone_args(tmp_path), cwd=tmp_path)
+        assert one_line(r) == f"pyxia: data dir {db} is in use by pid {os.getpid()}"
+    finally:
+        lock.release()
+    # of another kind (swapped), by a cluster server
+    r = run(
+        "server",
+        "-p",
+        "127.0.0.1:0",
+        "-i",
+        "127.0.0.1:0",
+        "-m",
+        "",
+        "--data-dir",
+        str(wal),
+        "--wal-dir",
+        str(db),
+        "--cluster-secret-file",
+        str(cluster_secret_file(tmp_path / "secret")),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 1
+    assert one_line(r).startswith(f"pyxia: data dir {wal} holds write-ahead logs")
+    # a metadata dir of another provider
+    r = run(*_coordinator(tmp_path, "file", f"127.0.0.1:{free_port()}"), cwd=tmp_path)
+    assert r.returncode == 1
+    assert one_line(r).startswith(f"pyxia: metadata dir {meta} holds the raft provider's")
+    assert [mode(d) for d in (db, wal, meta)] == [0o755, 0o755, 0o755]
+    # accepted: then made private
+    s = ServerProcess(standalone_args(tmp_path), tmp_path).start()
+    try:
+        assert [mode(d) for d in (db, wal)] == [0o700, 0o700]
+    finally:
+        s.kill()

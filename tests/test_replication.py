@@ -219,6 +219,7 @@ async def test_wiped_follower_recovers_by_snapshot(cluster: Cluster) -> None:
     await n2.stop()
     shutil.rmtree(n2.base)  # the follower's data is gone
     await n2.start()
+    await cluster.rejoin(n2)  # the coordinator binds it again and pushes the assignments
     cursor = lc.cursors[n2.internal]
     before = cursor.snapshots_sent
     await write(cluster, n0, ["/after-wipe"])
@@ -294,7 +295,10 @@ async def test_second_replicate_stream_is_refused(cluster: Cluster) -> None:
         request_serializer=lambda b: b,
         response_deserializer=replication_pb2.Ack.FromString,
     )
-    call = rogue(iter([]), metadata=(("namespace", "default"), ("shard-id", "0"), ("term", "1")))
+    call = rogue(
+        iter([]),
+        metadata=(("namespace", "default"), ("shard-id", "0"), ("term", "1"), *cluster.metadata),
+    )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         async for _ in call:
             pass
@@ -360,6 +364,7 @@ async def test_follower_close_racing_stream_and_snapshot(cluster: Cluster) -> No
     await n2.stop()
     shutil.rmtree(n2.base)
     await n2.start()
+    await cluster.rejoin(n2)  # the coordinator binds it again and pushes the assignments
     cursor = lc.cursors[n2.internal]
     await write(cluster, n0, ["/kick"])
     await wait_until(
@@ -368,6 +373,7 @@ async def test_follower_close_racing_stream_and_snapshot(cluster: Cluster) -> No
     )
     await asyncio.wait_for(n2.stop(), 10)
     await n2.start()
+    await cluster.rejoin(n2)
     before = cursor.snapshots_sent
     await wait_until(
         lambda: cursor.snapshots_sent > before or converged([n0, n2]),
@@ -418,6 +424,7 @@ async def test_handshake_binds_instance_id(cluster: Cluster) -> None:
             "Handshake",
             replication_pb2.HandshakeRequest(instance_id=iid),
             replication_pb2.HandshakeResponse,
+            bind=False,
         )  # type: ignore[misc]
         return int(res.status)
 

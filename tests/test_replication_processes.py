@@ -1,5 +1,7 @@
 """Replication across real processes: three ``pyxia server`` processes on
-loopback, driven through the coordination RPCs as a coordinator would;
+loopback, driven through the coordination RPCs as a coordinator would (a
+Handshake when a server starts, the cluster's instance id on every call, the
+shard in the pushed assignments before its first NewTerm);
 kill -9 a follower under load and restart it; kill -9 the leader, fence the
 survivors with a higher term, elect the highest head. No acknowledged write
 may be lost, and every replica's log must agree on the committed prefix,
@@ -15,16 +17,27 @@ import grpc
 from cluster import free_port
 from pyxia._native import Wal
 from pyxia.proto import client_pb2, client_pb2_grpc, replication_pb2, replication_pb2_grpc
-from servers import ServerProcess, wait_for
+from pyxia.security.cluster_auth import ClusterSecret
+from pyxia.security.internal_auth import internal_channel
+from pyxia.security.tls import ClientTls
+from servers import ServerProcess, cluster_secret_file, wait_for
 
 SHARD = 0
 NS = "default"
+INSTANCE_ID = "pyxia-test-processes"
+MD = (("instance-id", INSTANCE_ID),)
 
 
 class Proc:
-    def __init__(self, base: Path) -> None:
+    """One ``pyxia server``; the processes under one directory share its cluster secret."""
+
+    def __init__(self, base: Path, *extra: str) -> None:
         self.base = base
         base.mkdir(parents=True, exist_ok=True)
+        self.secret_file = cluster_secret_file(base.parent)
+        self.secret = ClusterSecret.from_file(self.secret_file)
+        self.extra = extra
+        self.internal_tls: ClientTls | None = None  # the driver's TLS to internal ports
         self.public = f"127.0.0.1:{free_port()}"
         self.internal = f"127.0.0.1:{free_port()}"
         self.proc: ServerProcess | None = None
@@ -43,16 +56,39 @@ class Proc:
                 str(self.base / "db"),
                 "--wal-dir",
                 str(self.base / "wal"),
+                "--cluster-secret-file",
+                str(self.secret_file),
+                *self.extra,
             ],
             self.base,
         ).start()
+        self.join()
+
+    def join(self) -> None:
+        """What the coordinator does when a server comes up: Handshake, then the assignments
+        (the shard, leaderless: a server creates a replica only for a shard they know)."""
+        res = self.coord().Handshake(
+            replication_pb2.HandshakeRequest(instance_id=INSTANCE_ID), timeout=30
+        )
+        assert res.status != replication_pb2.HANDSHAKE_STATUS_MISMATCH
+        a = client_pb2.ShardAssignments()
+        nsa = a.namespaces[NS]
+        nsa.assignments.add(
+            shard=SHARD,
+            int32_hash_range=client_pb2.Int32HashRange(
+                min_hash_inclusive=0, max_hash_inclusive=0xFFFFFFFF
+            ),
+        )
+        self.coord().PushShardAssignments(iter([a]), timeout=30, metadata=MD)
 
     def kill(self) -> None:
         if self.proc is not None:
             self.proc.kill()
 
     def coord(self) -> replication_pb2_grpc.OxiaCoordinationStub:
-        return replication_pb2_grpc.OxiaCoordinationStub(grpc.insecure_channel(self.internal))
+        return replication_pb2_grpc.OxiaCoordinationStub(
+            internal_channel(self.internal, self.internal_tls, self.secret)
+        )
 
 
 def new_term(p: Proc, term: int) -> replication_pb2.EntryId:
@@ -66,6 +102,7 @@ def new_term(p: Proc, term: int) -> replication_pb2.EntryId:
             ),
         ),
         timeout=30,
+        metadata=MD,
     )
     return res.head_entry_id
 
@@ -76,6 +113,7 @@ def become_leader(leader: Proc, term: int, followers: dict[str, replication_pb2.
             namespace=NS, shard=SHARD, term=term, replication_factor=3, follower_maps=followers
         ),
         timeout=60,
+        metadata=MD,
     )
 
 
@@ -193,12 +231,15 @@ def test_processes_kill_follower_then_leader(tmp_path: Path) -> None:
                 follower_head_entry_id=head,
             ),
             timeout=30,
+            metadata=MD,
         )
         load_for(best, "w5", acked, 50)
 
         def statuses() -> bool:
             st = [
-                p.coord().GetStatus(replication_pb2.GetStatusRequest(shard=SHARD), timeout=5)
+                p.coord().GetStatus(
+                    replication_pb2.GetStatusRequest(shard=SHARD), timeout=5, metadata=MD
+                )
                 for p in procs
             ]
             return len({s.head_offset for s in st}) == 1

@@ -28,6 +28,7 @@ from pyxia.coordinator.metadata.etcd import EtcdMetadataProvider
 from pyxia.errors import MetadataBadVersion, ResourceUnavailable
 from pyxia.security.pki import CertFiles, CertificateAuthority
 from pyxia.security.tls import TlsOptions
+from servers import cluster_secret_file
 from test_metadata_providers import DEADLINE, find_etcd, sample_status
 
 PASSWORD = "etcd-root-password"
@@ -307,6 +308,8 @@ def test_coordinator_cli_leads_through_etcd_over_mutual_tls(
             "127.0.0.1:0",
             "--metrics-addr",
             "",
+            "--cluster-secret-file",
+            str(cluster_secret_file(tmp_path)),
         ],
         stderr=subprocess.PIPE,
         text=True,

@@ -22,7 +22,7 @@ from conftest import wait_for
 from pyxia.common.ports import free_port
 from pyxia.proto import client_pb2, client_pb2_grpc
 from pyxia.security.file_modes import make_private, tighten_dir
-from servers import ServerProcess, standalone_args
+from servers import ServerProcess, cluster_secret_file, standalone_args
 
 CLUSTER_CONFIG = (
     "namespaces:\n  - name: default\n    initialShardCount: 2\n    replicationFactor: 1\n"
@@ -88,6 +88,8 @@ def test_coordinator_file_provider_leaves_no_file_readable_by_others(
             "coordinator",
             "--cluster-config",
             str(config),
+            "--cluster-secret-file",
+            str(cluster_secret_file(tmp_path)),
             "--metadata",
             "file",
             "--metadata-dir",
@@ -295,6 +297,8 @@ def test_standalone_and_coordinator_serve_metrics_only(tmp_path: Path) -> None:
             "coordinator",
             "--cluster-config",
             str(config),
+            "--cluster-secret-file",
+            str(cluster_secret_file(tmp_path)),
             "--metadata",
             "memory",
             "--internal-addr",

@@ -43,6 +43,7 @@ from conftest import wait_for
 from pyxia.common.ports import free_port
 from pyxia.coordinator.metadata import NOT_EXISTS, raft_unpickler
 from pyxia.coordinator.metadata.raft import RaftMetadataProvider
+from servers import cluster_secret_file
 from test_metadata_providers import DEADLINE, RAFT_SECRET, RaftBackend, sample_status
 
 
@@ -290,6 +291,8 @@ def _coordinator(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str
             "coordinator",
             "--cluster-config",
             str(config),
+            "--cluster-secret-file",
+            str(cluster_secret_file(tmp_path)),
             "--metadata",
             "raft",
             "--metadata-dir",

@@ -19,7 +19,7 @@ import yaml
 import pyxia
 from cli_runs import one_line, run
 from pyxia.common.ports import free_port
-from servers import ServerProcess, standalone_args, wait_for
+from servers import ServerProcess, cluster_secret_file, standalone_args, wait_for
 
 
 @pytest.fixture
@@ -82,6 +82,8 @@ def test_metrics_port_in_use_is_one_line_without_noise(tmp_path: Path) -> None:
             f"127.0.0.1:{free_port()}",
             "-m",
             addr,
+            "--cluster-secret-file",
+            str(cluster_secret_file(tmp_path)),
             cwd=tmp_path,
         )
         assert r.returncode == 1
@@ -100,7 +102,18 @@ def test_coordinator_address_checks(tmp_path: Path) -> None:
             }
         )
     )
-    r = run("coordinator", "-f", str(cfg), "--metadata", "memory", "-i", "127.0.0.1:70000")
+    secret = cluster_secret_file(tmp_path)
+    r = run(
+        "coordinator",
+        "-f",
+        str(cfg),
+        "--metadata",
+        "memory",
+        "-i",
+        "127.0.0.1:70000",
+        "--cluster-secret-file",
+        str(secret),
+    )
     assert r.returncode == 1
     assert one_line(r) == (
         "pyxia: invalid --internal-addr '127.0.0.1:70000': port 70000 is out of range (0-65535)"
@@ -235,7 +248,7 @@ def test_perf_reports_a_server_gone_mid_run(tmp_path: Path, started: list[Server
 
 
 def test_admin_status_at_a_data_server(tmp_path: Path, started: list[ServerProcess]) -> None:
-    s = ServerProcess(standalone_args(tmp_path), tmp_path).start()
+    s = ServerProcess(standalone_args(tmp_path, internal="127.0.0.1:0"), tmp_path).start()
     started.append(s)
     r = run("admin", "status", "--coordinator", s.internal)
     assert r.returncode == 1

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from pyxia.common.validation import MAX_REPLICATION_FACTOR, address_problem, namespace_problem
 from pyxia.storage.keys import KeyEncoding, encoding_by_name
 
 
@@ -100,9 +101,6 @@ class ClusterConfig:
         return out
 
 
-_ADDR = re.compile(r"^[^\s:]+:\d{1,5}$")
-
-
 def _expect(d: Any, kind: type, where: str) -> Any:
     if not isinstance(d, kind):
         raise ConfigError(f"{where}: expected a {kind.__name__}, got {type(d).__name__}")
@@ -126,12 +124,18 @@ def parse_namespace(raw: Any, where: str) -> NamespaceConfig:
     name = d.get("name")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{where}: 'name' must be a non-empty string")
+    problem = namespace_problem(name)
+    if problem is not None:
+        # The name becomes a directory under --data-dir and --wal-dir on every server.
+        raise ConfigError(f"{where}: namespace name {name!r} {problem}")
     shards = d.get("initialShardCount", 1)
     if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= 65536:
         raise ConfigError(f"{where} ({name}): initialShardCount must be an integer >= 1")
     rf = d.get("replicationFactor", 1)
-    if not isinstance(rf, int) or isinstance(rf, bool) or rf < 1:
-        raise ConfigError(f"{where} ({name}): replicationFactor must be an integer >= 1")
+    if not isinstance(rf, int) or isinstance(rf, bool) or not 1 <= rf <= MAX_REPLICATION_FACTOR:
+        raise ConfigError(
+            f"{where} ({name}): replicationFactor must be an integer in 1..{MAX_REPLICATION_FACTOR}"
+        )
     notifications = d.get("notificationsEnabled", True)
     if not isinstance(notifications, bool):
         raise ConfigError(f"{where} ({name}): notificationsEnabled must be true or false")
@@ -192,8 +196,9 @@ def parse_cluster_config(raw: Any, *, require_servers: bool = True) -> ClusterCo
         sd = _expect(s, dict, f"servers[{i}]")
         pub, internal = sd.get("public"), sd.get("internal")
         for what, v in (("public", pub), ("internal", internal)):
-            if not isinstance(v, str) or not _ADDR.match(v):
-                raise ConfigError(f"servers[{i}]: '{what}' must be host:port, got {v!r}")
+            problem = address_problem(v)
+            if problem is not None:
+                raise ConfigError(f"servers[{i}]: '{what}' {v!r} {problem}")
         assert isinstance(pub, str) and isinstance(internal, str)
         name = sd.get("name")
         servers.append(ServerAddress(pub, internal, name if isinstance(name, str) else None))

@@ -163,7 +163,8 @@ class InvalidArgument(PyxiaError):
 
 class Unauthenticated(PyxiaError):
     """The call carries no valid bearer token (missing, malformed, expired, wrong issuer or
-    audience, bad signature) while the server requires one."""
+    audience, bad signature) while the server requires one; or an internal call carries no
+    cluster instance id."""
 
     reason = "UNAUTHENTICATED"
     grpc_code = "UNAUTHENTICATED"
@@ -171,7 +172,8 @@ class Unauthenticated(PyxiaError):
 
 class PermissionDenied(PyxiaError):
     """The caller is authenticated but not allowed to do this (the namespace's read or write,
-    or a privileged field such as ``override_version_id`` or ``include_internal_keys``)."""
+    or a privileged field such as ``override_version_id`` or ``include_internal_keys``; on
+    the internal port: another cluster's instance id, a call to a standalone server)."""
 
     reason = "PERMISSION_DENIED"
     grpc_code = "PERMISSION_DENIED"
@@ -179,6 +181,14 @@ class PermissionDenied(PyxiaError):
 
 class RequestTooLarge(PyxiaError):
     reason = "REQUEST_TOO_LARGE"
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class ResourceExhausted(PyxiaError):
+    """A bound on what one server holds was reached (open shard replicas, ...): nothing was
+    allocated; the caller may retry once something was released."""
+
+    reason = "RESOURCE_EXHAUSTED"
     grpc_code = "RESOURCE_EXHAUSTED"
 
 

@@ -27,6 +27,11 @@ COMMIT_OFFSET = Gauge("pyxia_server_leader_commit_offset", "Leader commit offset
 HEAD_OFFSET = Gauge("pyxia_server_leader_head_offset", "Leader head offset", ["shard"])
 SESSIONS_ACTIVE = Gauge("pyxia_server_sessions_active", "Live sessions", ["shard"])
 SESSIONS_EXPIRED = Counter("pyxia_server_sessions_expired", "Expired sessions", ["shard"])
+INTERNAL_CALLS_REFUSED = Counter(
+    "pyxia_server_internal_calls_refused",
+    "Internal-port calls refused for want of a valid proof of cluster membership",
+    ["reason"],
+)
 
 
 class ShardMetrics:

@@ -14,8 +14,9 @@ import grpc
 import pytest
 
 from pyxia.robustness.cluster import MARK_ENV, Node
+from pyxia.security.cluster_auth import ClusterSecret
 from pyxia.server.debug_rpc import call_debug
-from servers import ServerProcess
+from servers import ServerProcess, cluster_secret_file
 
 
 def _server(tmp: Path, *extra: str) -> ServerProcess:
@@ -32,6 +33,8 @@ def _server(tmp: Path, *extra: str) -> ServerProcess:
             str(tmp / "db"),
             "--wal-dir",
             str(tmp / "wal"),
+            "--cluster-secret-file",
+            str(cluster_secret_file(tmp)),
             *extra,
         ],
         tmp,
@@ -47,13 +50,18 @@ def hooked(tmp_path: Path) -> Iterator[ServerProcess]:
         s.kill()
 
 
+def _secret(s: ServerProcess) -> ClusterSecret:
+    return ClusterSecret.from_file(cluster_secret_file(s.workdir))
+
+
 def test_debug_service_arms_failpoints(hooked: ServerProcess) -> None:
-    addr = hooked.internal
-    assert call_debug(addr, "ArmFailpoint", {"name": "x.y", "action": "2*sleep(1)"}) == {}
-    assert call_debug(addr, "FailpointHits", {"name": "x.y"}) == {"hits": 0}
-    assert call_debug(addr, "DisarmFailpoint", {"name": None}) == {}
+    addr, secret = hooked.internal, _secret(hooked)
+    arm = {"name": "x.y", "action": "2*sleep(1)"}
+    assert call_debug(addr, "ArmFailpoint", arm, secret=secret) == {}
+    assert call_debug(addr, "FailpointHits", {"name": "x.y"}, secret=secret) == {"hits": 0}
+    assert call_debug(addr, "DisarmFailpoint", {"name": None}, secret=secret) == {}
     with pytest.raises(grpc.RpcError) as e:
-        call_debug(addr, "ArmFailpoint", {"name": "x.y", "action": "explode"})
+        call_debug(addr, "ArmFailpoint", {"name": "x.y", "action": "explode"}, secret=secret)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
 
 
@@ -61,7 +69,7 @@ def test_no_debug_service_without_the_flag(tmp_path: Path) -> None:
     s = _server(tmp_path)
     try:
         with pytest.raises(grpc.RpcError) as e:
-            call_debug(s.internal, "FailpointHits", {"name": "x"})
+            call_debug(s.internal, "FailpointHits", {"name": "x"}, secret=_secret(s))
         assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
     finally:
         s.kill()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from pyxia import __version__
+from pyxia.cli.certs_cmd import certs
 from pyxia.cli.client_cmd import client
 from pyxia.cli.coordinator_cmd import admin, coordinator, health
 from pyxia.cli.perf_cmd import perf
@@ -28,3 +29,4 @@ main.add_command(health)
 main.add_command(client)
 main.add_command(perf)
 main.add_command(robustness)
+main.add_command(certs)

@@ -13,13 +13,16 @@ from pyxia import logs
 from pyxia.cli.security_flags import (
     client_security_flags,
     client_security_from_flags,
+    cluster_secret_flag,
+    require_membership_proof,
+    secret_from_flags,
     tls_flags,
     tls_from_flags,
 )
-from pyxia.cli.server_cmd import make_dirs_private, run_until_signalled
+from pyxia.cli.server_cmd import guard_dirs, make_dirs_private, run_until_signalled
 from pyxia.cli.startup import StartupError, check_addr, fail, run
 from pyxia.config import ConfigError, load_cluster_config
-from pyxia.dirs import DirError, MetadataDir
+from pyxia.dirs import MetadataDir
 
 log = logging.getLogger("pyxia.cli")
 
@@ -118,6 +121,9 @@ log = logging.getLogger("pyxia.cli")
     help="Consecutive failed probes that make an unresponsive (e.g. paused) data server "
     "unavailable; one that refuses connections is unavailable at once [default: 3].",
 )
+@tls_flags("", "the coordinator's gRPC port (health, admin API)", listener=True)
+@tls_flags("peer", "connections to the data servers", listener=False)
+@cluster_secret_flag
 def coordinator(**kw: Any) -> None:
     """Run the cluster coordinator (elections, failure detection, placement)."""
     from pyxia.coordinator.coordinator import CoordinatorOptions
@@ -127,6 +133,13 @@ def coordinator(**kw: Any) -> None:
 
     logs.setup(kw["log_level"], kw["log_format"])
     path: Path = kw["cluster_config"]
+    listener_tls = tls_from_flags(kw, "", listener=True)
+    peer_tls = tls_from_flags(kw, "peer", listener=False)
+    secret = secret_from_flags(kw)
+    try:
+        require_membership_proof("pyxia coordinator", secret, peer_tls, None)
+    except StartupError as e:
+        fail(str(e))
 
     def load() -> Any:
         return load_cluster_config(path)
@@ -142,13 +155,15 @@ def coordinator(**kw: Any) -> None:
         fail(str(e))
     options: dict[str, Any] = {}
     name = kw["metadata"]
-    make_dirs_private(kw["metadata_dir"] if name in ("file", "raft") else None)
+    metadata_dir: MetadataDir | None = None
     if name in ("file", "raft"):
-        try:  # held for the life of the process
-            metadata_dir = MetadataDir.open(kw["metadata_dir"], name)
-        except DirError as e:
-            fail(str(e))
+        # Locked and checked before its mode is touched; held for the life of the process.
+        metadata_dir = guard_dirs(
+            lambda: MetadataDir.open(kw["metadata_dir"], name), kw["metadata_dir"]
+        )
         options["metadata_dir"] = str(kw["metadata_dir"])
+    else:
+        make_dirs_private()  # no directory of its own: what it writes is private all the same
     if name == "etcd":
         options["etcd_endpoints"] = kw["etcd_endpoints"]
         options["etcd_tls"] = tls_from_flags(kw, "etcd", listener=False)
@@ -175,7 +190,12 @@ def coordinator(**kw: Any) -> None:
         CoordinatorServerOptions(
             internal_addr=kw["internal_addr"],
             metrics_addr=kw["metrics_addr"] or None,
-            coordinator=CoordinatorOptions(liveness=LivenessOptions(**liveness)),
+            coordinator=CoordinatorOptions(
+                liveness=LivenessOptions(**liveness),
+                peer_tls=peer_tls if peer_tls.is_enabled else None,
+                cluster_secret=secret,
+            ),
+            tls=listener_tls if listener_tls.is_enabled else None,
         ),
     )
 
@@ -184,7 +204,7 @@ def coordinator(**kw: Any) -> None:
 
     async def close() -> None:
         await server.close()
-        if name in ("file", "raft"):
+        if metadata_dir is not None:
             metadata_dir.close()
 
     run(run_until_signalled(server.start, close, ready))

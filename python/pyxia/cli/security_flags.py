@@ -1,5 +1,7 @@
 """Oxia's TLS flags (``--tls-*``, ``--internal-tls-*``, ``--peer-tls-*``) as click options, and
-the :class:`TlsOptions` they describe; a client command's TLS and bearer-token flags."""
+the :class:`TlsOptions` they describe; ``--cluster-secret-file`` and the rule that a cluster
+process proves membership on internal calls (a secret, or mutual TLS); a client command's TLS
+and bearer-token flags."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from typing import Any
 
 import click
 
+from pyxia.cli.startup import StartupError
+from pyxia.security.cluster_auth import ClusterSecret, SecretFileError
 from pyxia.security.tls import TlsConfigError, TlsOptions, parse_tls_version
 
 F = Callable[..., Any]
@@ -102,7 +106,7 @@ def tls_flags(prefix: str, what: str, *, listener: bool) -> Callable[[F], F]:
 
 
 def tls_from_flags(kw: dict[str, Any], prefix: str, *, listener: bool) -> TlsOptions:
-    """The options the flags of ``tls_flags(prefix, ...)`` describe; a usage error when they
+    """The options the flags of ``tls_flags(prefix, ...)`` describe; a one-line error when they
     cannot work (a missing key, an unreadable file, a key that does not match)."""
     try:
         opts = TlsOptions(
@@ -117,8 +121,58 @@ def tls_from_flags(kw: dict[str, Any], prefix: str, *, listener: bool) -> TlsOpt
         )
         opts.validate(server=listener)
     except TlsConfigError as e:
-        raise click.UsageError(f"{_flag(prefix)}-*: {e}") from None
+        # One line and a non-zero exit, like every startup error (no usage banner).
+        raise click.ClickException(f"{_flag(prefix)}-*: {e}") from None
     return opts
+
+
+def cluster_secret_flag(f: F) -> F:
+    """``--cluster-secret-file``: the shared secret proving cluster membership on internal calls."""
+    return click.option(
+        "--cluster-secret-file",
+        "cluster_secret_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="File (mode 0600) holding the secret every process of the cluster shares: internal "
+        "calls carry a proof of it and the internal port refuses calls without one "
+        "(make one with `pyxia certs secret --out FILE`).",
+    )(f)
+
+
+def secret_from_flags(kw: dict[str, Any]) -> ClusterSecret | None:
+    """The secret ``--cluster-secret-file`` names (None without the flag); a one-line error
+    when the file cannot be used."""
+    path: Path | None = kw.get("cluster_secret_file")
+    if path is None:
+        return None
+    try:
+        return ClusterSecret.from_file(path)
+    except SecretFileError as e:
+        raise click.ClickException(f"--cluster-secret-file: {e}") from None
+
+
+def require_membership_proof(
+    what: str, secret: ClusterSecret | None, peer: TlsOptions, internal: TlsOptions | None
+) -> None:
+    """A cluster process must prove membership on its internal calls (and, with a listener,
+    demand it): a secret, or mutual TLS (``internal`` with client auth, when this process has an
+    internal port, and a peer certificate to present). Raises
+    :class:`~pyxia.cli.startup.StartupError` otherwise (one line, printed before anything is
+    touched)."""
+    if secret is not None:
+        return
+    listener_ok = internal is None or (internal.is_enabled and internal.client_auth)
+    if listener_ok and peer.is_enabled and peer.cert_file is not None:
+        return
+    mtls = (
+        "--internal-tls-client-auth with --internal-tls-{cert,key,trusted-ca}-file and "
+        if internal is not None
+        else ""
+    ) + "--peer-tls-{cert,key,trusted-ca}-file"
+    raise StartupError(
+        f"{what} needs proof of cluster membership on internal calls: --cluster-secret-file FILE "
+        f"(make one with `pyxia certs secret --out FILE`), or mutual TLS ({mtls})"
+    )
 
 
 def client_security_flags(what: str = "the server", *, tokens: bool = True) -> Callable[[F], F]:

@@ -1,4 +1,15 @@
-"""``pyxia standalone`` (and, later, ``pyxia server``)."""
+"""``pyxia standalone`` and ``pyxia server``.
+
+Both take the internal port's TLS (``--internal-tls-*``), the TLS of the connections to peers
+(``--peer-tls-*``) and ``--cluster-secret-file``. ``pyxia server`` refuses to start without a
+way to prove cluster membership on internal calls: a secret, or mutual TLS on the internal port
+with a peer certificate (docs/security.md).
+
+Otherwise both take the same flags (Oxia's names) except ``--internal-addr``: a data server of
+a cluster listens on ``0.0.0.0:6649`` by default; a standalone server has no peers and opens no
+internal port unless ``--internal-addr`` is given (Oxia's standalone has none), and even then
+accepts no coordination or replication calls on it.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +18,43 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from pyxia import logs
-from pyxia.cli.security_flags import tls_flags, tls_from_flags
+from pyxia.cli.security_flags import (
+    cluster_secret_flag,
+    require_membership_proof,
+    secret_from_flags,
+    tls_flags,
+    tls_from_flags,
+)
 from pyxia.cli.startup import StartupError, check_addr, fail, run, standalone_config_note
+from pyxia.common.validation import namespace_problem
 from pyxia.config import ConfigError, NamespaceConfig, load_cluster_config
+from pyxia.dirs import DirError
 from pyxia.security.oidc import AuthConfigError
 from pyxia.security.public import PublicAccess, PublicAuthOptions
+from pyxia.security.tls import TlsOptions
 from pyxia.server.data_server import ServerOptions
+from pyxia.server.shards_director import DEFAULT_MAX_SHARDS
 from pyxia.tso import DEFAULT_NAMESPACE as DEFAULT_TSO_NAMESPACE
 from pyxia.tso.oracle import TsoOptions
 
 log = logging.getLogger("pyxia.cli")
+
+T = TypeVar("T")
+
+
+def _namespace_names(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A click callback: every namespace name (one or several) must be valid."""
+    for name in (value,) if isinstance(value, str) else value or ():
+        if name:
+            problem = namespace_problem(name)
+            if problem is not None:
+                raise click.BadParameter(f"namespace name {name!r} {problem}")
+    return value
 
 
 def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -33,13 +66,6 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
             default="0.0.0.0:6648",
             show_default=True,
             help="Public (client) gRPC address.",
-        ),
-        click.option(
-            "-i",
-            "--internal-addr",
-            default="0.0.0.0:6649",
-            show_default=True,
-            help="Internal (coordination/replication) gRPC address.",
         ),
         click.option(
             "-m",
@@ -97,6 +123,7 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "--tso-namespace",
             default=DEFAULT_TSO_NAMESPACE,
             show_default=True,
+            callback=_namespace_names,
             help="Namespace (one shard) whose leader serves the timestamp oracle "
             "(tsoracle.v1.TsoService/GetTs on the public port); empty to disable. A cluster "
             "declares it in its config with tso: true.",
@@ -116,7 +143,14 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for o in reversed(opts):
         f = o(f)
+    f = tls_flags("internal", "the internal port", listener=True)(f)
+    f = tls_flags("peer", "connections to other data servers", listener=False)(f)
+    f = cluster_secret_flag(f)
     return public_security_flags(tls_flags("", "the public port", listener=True)(f))
+
+
+def _on(tls: TlsOptions) -> TlsOptions | None:
+    return tls if tls.is_enabled else None
 
 
 def public_security_flags(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -170,7 +204,10 @@ def build_options(kw: dict[str, Any]) -> ServerOptions:
 def _build_options(kw: dict[str, Any]) -> ServerOptions:
     return ServerOptions(
         public_addr=check_addr("--public-addr", kw["public_addr"]) or "",
-        internal_addr=check_addr("--internal-addr", kw["internal_addr"]) or "",
+        # None (a standalone without --internal-addr): no internal port; given empty: refused.
+        internal_addr=check_addr(
+            "--internal-addr", kw["internal_addr"], allow_empty=kw["internal_addr"] is None
+        ),
         metrics_addr=check_addr("--metrics-addr", kw["metrics_addr"], allow_empty=True),
         advertised_public_addr=kw["advertised_public_addr"],
         advertised_internal_addr=kw["advertised_internal_addr"],
@@ -180,7 +217,10 @@ def _build_options(kw: dict[str, Any]) -> ServerOptions:
         wal_retention_s=kw["wal_retention_time"],
         notifications_retention_s=kw["notifications_retention_time"],
         tso=TsoOptions(namespace=kw["tso_namespace"]) if kw["tso_namespace"] else None,
-        public_tls=tls_from_flags(kw, "", listener=True),
+        internal_tls=_on(tls_from_flags(kw, "internal", listener=True)),
+        peer_tls=_on(tls_from_flags(kw, "peer", listener=False)),
+        cluster_secret=secret_from_flags(kw),
+        public_tls=_on(tls_from_flags(kw, "", listener=True)),
         public_auth=public_auth_from_flags(kw),
     )
 
@@ -193,7 +233,24 @@ def make_dirs_private(*dirs: Path | None) -> None:
     try:
         make_private(dirs)
     except OSError as e:
-        raise click.ClickException(f"cannot prepare directory: {e}") from None
+        fail(f"cannot prepare directory: {e}")
+
+
+def guard_dirs(open_dirs: Callable[[], T], *dirs: Path | None) -> T:
+    """How a process that owns directories takes them, once its flags are checked: what it
+    creates is private from now on (umask 0o077); ``open_dirs`` locks and checks them
+    (``pyxia.dirs``: a directory in use, of another kind or contradicting what is asked is
+    refused before anything in it is touched); only then are their modes tightened
+    (:func:`make_dirs_private`). A refusal ends the command with one line."""
+    from pyxia.security.file_modes import use_private_umask
+
+    use_private_umask()
+    try:
+        opened = open_dirs()
+    except DirError as e:
+        fail(str(e))
+    make_dirs_private(*dirs)
+    return opened
 
 
 def public_auth_from_flags(kw: dict[str, Any]) -> PublicAuthOptions:
@@ -236,6 +293,13 @@ async def run_until_signalled(
 @click.command()
 @server_options
 @click.option(
+    "-i",
+    "--internal-addr",
+    default=None,
+    help="Internal gRPC address. Off unless given: a standalone server has no peers (it "
+    "refuses coordination and replication calls even when this is set).",
+)
+@click.option(
     "-s",
     "--shards",
     type=click.IntRange(1, 65536),
@@ -250,6 +314,7 @@ async def run_until_signalled(
     multiple=True,
     default=("default",),
     show_default=True,
+    callback=_namespace_names,
     help="Namespace(s) to create (repeatable).",
 )
 @click.option(
@@ -301,14 +366,14 @@ def standalone(**kw: Any) -> None:
         node = Standalone(options, namespaces, config_file=kw["config_file"])
     except (StartupError, ValueError) as e:
         fail(str(e))
-    make_dirs_private(kw["data_dir"], kw["wal_dir"])
+    guard_dirs(node.open_dirs, kw["data_dir"], kw["wal_dir"])
 
     def ready() -> str:
         s = node.server
         total = sum(n.initial_shard_count for n in node.namespaces)
         return (
             f"pyxia standalone ready: public={s.public_address} "
-            f"internal={s.internal_address} "
+            f"internal={s.internal_address or 'off'} "
             + (f"metrics=:{s.metrics_port} " if s.metrics_port else "")
             + f"namespaces={','.join(n.name for n in node.namespaces)} shards={total} "
             f"data-dir={options.data_dir} wal-dir={options.wal_dir}"
@@ -319,6 +384,22 @@ def standalone(**kw: Any) -> None:
 
 @click.command()
 @server_options
+@click.option(
+    "-i",
+    "--internal-addr",
+    default="0.0.0.0:6649",
+    show_default=True,
+    help="Internal (coordination/replication) gRPC address.",
+)
+@click.option(
+    "--max-shards",
+    type=click.IntRange(1, 1_000_000),
+    default=DEFAULT_MAX_SHARDS,
+    show_default=True,
+    help="Shard replicas this server holds open at most; the coordinator's request for one "
+    "more is refused (RESOURCE_EXHAUSTED) before anything is allocated. Replicas already on "
+    "disk always open.",
+)
 @click.option(
     "--wal-segment-size",
     type=click.IntRange(4096, 2**32 - 1),
@@ -340,11 +421,18 @@ def server(**kw: Any) -> None:
     logs.setup(kw["log_level"], kw["log_format"])
     try:
         options = build_options(kw)
+        require_membership_proof(
+            "pyxia server",
+            options.cluster_secret,
+            options.peer_tls or TlsOptions(),
+            options.internal_tls or TlsOptions(),
+        )
     except StartupError as e:
         fail(str(e))
-    make_dirs_private(kw["data_dir"], kw["wal_dir"])
     options.wal_segment_size = kw["wal_segment_size"]
+    options.max_shards = kw["max_shards"]
     node = DataServer(options)
+    guard_dirs(node.open_dirs, kw["data_dir"], kw["wal_dir"])
     if kw["enable_test_hooks"]:
         from pyxia.server.debug_rpc import debug_handler
 

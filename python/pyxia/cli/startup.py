@@ -70,8 +70,9 @@ def describe(e: BaseException) -> str:
         return e.strerror or str(e)
     from pyxia._native import WalError
     from pyxia.security.oidc import AuthConfigError
+    from pyxia.security.tls import TlsConfigError
 
-    if isinstance(e, AuthConfigError):
+    if isinstance(e, AuthConfigError | TlsConfigError):
         return str(e)
     if isinstance(e, WalError):
         return f"write-ahead log: {e}"

@@ -2,6 +2,11 @@
 provider, runs one controller per shard and per data server, reconciles
 configuration changes, balances load, pushes shard assignments.
 
+A shard is in the pushed assignments (with no leader yet, as Oxia's coordinator publishes
+leaderless shards) before its first NewTerm: data servers create a replica only for a shard
+the assignments know. Every call to a data server carries the cluster's instance id, after a
+Handshake (see ``dataserver_controller``).
+
 It is built from the metadata it reads when it becomes leader and is thrown
 away when leadership is lost: it never retries a write that lost a
 compare-and-set (that could overwrite what a newer leader wrote) — it marks
@@ -40,6 +45,9 @@ from pyxia.coordinator.placement import (
 from pyxia.coordinator.shard_controller import ShardController
 from pyxia.errors import MetadataBadVersion
 from pyxia.proto import admin_pb2, client_pb2, metadata_pb2
+from pyxia.security.cluster_auth import ClusterSecret
+from pyxia.security.tls import TlsOptions
+from pyxia.server.manifest import INSTANCE_ID_HEADER, CallMetadata
 from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.signals import Signal
 
@@ -56,6 +64,10 @@ class CoordinatorOptions:
     liveness: LivenessOptions = field(default_factory=LivenessOptions)
     config_poll_interval: float = 1.0
     balance: bool = True
+    # The connections to data servers: TLS (--peer-tls-*) and the proof of cluster membership
+    # every call carries (--cluster-secret-file); None: plaintext, no proof.
+    peer_tls: TlsOptions | None = None
+    cluster_secret: ClusterSecret | None = None
 
 
 class Coordinator:
@@ -68,7 +80,9 @@ class Coordinator:
         self.provider = provider
         self._load_config = load_config
         self.options = options or CoordinatorOptions()
-        self.channels = ChannelPool()
+        opts = self.options
+        peer_tls = opts.peer_tls.client() if opts.peer_tls is not None else None
+        self.channels = ChannelPool(peer_tls, opts.cluster_secret)
         self.config = load_config()
         self.status = metadata_pb2.ClusterStatus()
         self.version = Version("-1")
@@ -186,6 +200,24 @@ class Coordinator:
             counts[node] += 1
         return dict(counts)
 
+    # -- identity ---------------------------------------------------------------------------------
+
+    def call_metadata(self) -> CallMetadata:
+        """The header every coordination call carries: this cluster's instance id."""
+        return ((INSTANCE_ID_HEADER, self.status.instance_id),)
+
+    async def ensure_bound(self, node: str) -> None:
+        """Handshakes ``node`` unless it is bound to this cluster already (a data server
+        refuses coordination calls before its first Handshake)."""
+        dc = self.servers.get(node)
+        if dc is not None:
+            await dc.ensure_bound()
+
+    def forget_binding(self, node: str) -> None:
+        dc = self.servers.get(node)
+        if dc is not None:
+            dc.bound = False
+
     def namespace_config(self, name: str) -> NamespaceConfig | None:
         for n in self.config.namespaces:
             if n.name == name:
@@ -280,6 +312,9 @@ class Coordinator:
                 await self._store(work)
         for s in cfg.servers:
             self._add_server(s)
+        # New shards go into the pushed assignments (with no leader yet) before their first
+        # NewTerm: a data server creates a replica only for a shard the assignments know.
+        self.assignments_updated()
         for ns, shard in rec.created:
             self._add_shard(ns, shard, elect=True)
         for name in rec.deleted_namespaces:

@@ -10,6 +10,13 @@ Liveness (Oxia: gRPC health ``Watch`` plus periodic ``Check`` probes):
 - it is available again once a probe or the watch says SERVING and the
   Handshake (binding it to this cluster's instance id) succeeded.
 
+Identity: every call the coordinator makes to a data server except Handshake and the health
+checks carries the cluster's ``instance-id`` header, and the server refuses calls before its
+first Handshake. So the Handshake comes first: :meth:`DataServerController.ensure_bound` runs
+it (once, under a lock) before the assignment push and the event stream open, and shard
+controllers call it before their first coordination call. A watch stream that breaks (the
+server may have restarted with a wiped data directory) makes the next probe handshake again.
+
 It also keeps a ``PushShardAssignments`` stream to the server, re-sending the
 full assignment map whenever it changes, and a ``ShardEvents/Watch`` stream from it: replicas
 of the server that failed on their own (a leader whose disk filled up), handed to the
@@ -28,6 +35,7 @@ from grpc_health.v1 import health_pb2
 
 from pyxia.config import ServerAddress
 from pyxia.proto import admin_pb2, client_pb2, replication_pb2
+from pyxia.server.manifest import INSTANCE_ID_HEADER, CallMetadata
 from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.signals import Signal
 
@@ -67,6 +75,8 @@ class DataServerController:
         self.internal = server.internal
         self._channels = channels
         self._instance_id = instance_id
+        self.call_metadata: CallMetadata = ((INSTANCE_ID_HEADER, instance_id),)
+        self._handshake_lock = asyncio.Lock()
         self._assignments = assignments
         self._assignments_changed = assignments_changed
         self._on_change = on_change
@@ -112,6 +122,19 @@ class DataServerController:
         )
         await self._on_change(self.internal, available)
 
+    async def ensure_bound(self) -> bool:
+        """Handshakes unless already bound; False if the server cannot be bound now
+        (unreachable, or another cluster's)."""
+        if self.bound:
+            return True
+        async with self._handshake_lock:
+            if self.bound:
+                return True
+            try:
+                return await self._handshake()
+            except grpc.aio.AioRpcError:
+                return False
+
     async def _handshake(self) -> bool:
         ch = self._channels.get(self.internal)
         call = ch.unary_unary(
@@ -144,7 +167,7 @@ class DataServerController:
     async def _healthy(self) -> bool:
         """One probe, handshaking first if needed."""
         try:
-            if not self.bound and not await self._handshake():
+            if not await self.ensure_bound():
                 return False
             return await self._check()
         except grpc.aio.AioRpcError:
@@ -172,7 +195,9 @@ class DataServerController:
                 call.cancel()
             if self._closed:
                 return
-            # The stream broke: a dead process refuses the probe at once.
+            # The stream broke: the server may come back wiped (unbound), so the next probe
+            # handshakes again. A dead process refuses the probe at once.
+            self.bound = False
             if not await self._healthy():
                 await self._set(False, "health watch broken and probe failed")
             await asyncio.sleep(self.options.reconnect_backoff)
@@ -193,11 +218,15 @@ class DataServerController:
     async def _events_loop(self) -> None:
         backoff = self.options.reconnect_backoff
         while not self._closed:
+            if not await self.ensure_bound():
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
             call = self._channels.get(self.internal).unary_stream(
                 WATCH_SHARD_EVENTS,
                 request_serializer=admin_pb2.WatchShardEventsRequest.SerializeToString,
                 response_deserializer=admin_pb2.ShardEvent.FromString,
-            )(admin_pb2.WatchShardEventsRequest())
+            )(admin_pb2.WatchShardEventsRequest(), metadata=self.call_metadata)
             try:
                 async for ev in call:
                     backoff = self.options.reconnect_backoff
@@ -217,6 +246,10 @@ class DataServerController:
     async def _push_loop(self) -> None:
         backoff = self.options.reconnect_backoff
         while not self._closed:
+            if not await self.ensure_bound():
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
             ch = self._channels.get(self.internal)
             call = ch.stream_unary(
                 PUSH_ASSIGNMENTS,
@@ -224,9 +257,9 @@ class DataServerController:
                 response_deserializer=replication_pb2.CoordinationShardAssignmentsResponse.FromString,
             )
             try:
-                await call(self._stream())
+                await call(self._stream(), metadata=self.call_metadata)
             except grpc.aio.AioRpcError:
-                pass
+                self.bound = False  # it may have restarted unbound: handshake again first
             if self._closed:
                 return
             await asyncio.sleep(backoff)

@@ -27,6 +27,7 @@ from pyxia.coordinator.coordinator import Coordinator, CoordinatorOptions
 from pyxia.coordinator.metadata.provider import LeadershipLost, MetadataProvider
 from pyxia.errors import AlreadyClosed
 from pyxia.proto import admin_pb2
+from pyxia.security.tls import TlsOptions
 from pyxia.server.data_server import grpc_options
 
 log = logging.getLogger("pyxia.coordinator.server")
@@ -37,6 +38,8 @@ class CoordinatorServerOptions:
     internal_addr: str = "0.0.0.0:6649"
     metrics_addr: str | None = "0.0.0.0:8080"
     coordinator: CoordinatorOptions | None = None
+    # TLS of this process's gRPC port (--tls-*; client_auth: mutual TLS); None: plaintext.
+    tls: TlsOptions | None = None
 
 
 class CoordinatorServer:
@@ -70,7 +73,13 @@ class CoordinatorServer:
         self._server = grpc.aio.server(options=grpc_options(64 * 1024 * 1024))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self._server.add_generic_rpc_handlers([self._admin_handlers()])
-        port = self._server.add_insecure_port(self.options.internal_addr)
+        tls = self.options.tls
+        if tls is not None and tls.is_enabled:
+            port = self._server.add_secure_port(
+                self.options.internal_addr, tls.server_credentials()
+            )
+        else:
+            port = self._server.add_insecure_port(self.options.internal_addr)
         if port == 0:
             raise OSError(f"cannot listen on {self.options.internal_addr}")
         self.port = port

@@ -22,7 +22,7 @@ import grpc
 
 from pyxia.coordinator.election import Head, choose_leader, majority
 from pyxia.coordinator.model import DELETING, ELECTION, STEADY
-from pyxia.errors import InvalidStatus, MetadataBadVersion, PyxiaError
+from pyxia.errors import InvalidStatus, MetadataBadVersion, NotInitialized, PyxiaError
 from pyxia.proto import admin_pb2, metadata_pb2, replication_pb2
 from pyxia.rpc_errors import error_from_rpc
 from pyxia.server.signals import Signal
@@ -163,6 +163,9 @@ class ShardController:
     async def _call(
         self, node: str, method: str, req: object, resp_type: type, timeout: float = RPC_TIMEOUT
     ) -> object:
+        """One coordination call to ``node``, handshaking it first if needed, with the
+        cluster's instance id (the data server refuses the call otherwise)."""
+        await self.c.ensure_bound(node)
         call: grpc.aio.UnaryUnaryMultiCallable[object, object] = self.c.channels.get(
             node
         ).unary_unary(
@@ -171,9 +174,12 @@ class ShardController:
             response_deserializer=resp_type.FromString,  # type: ignore[attr-defined]
         )
         try:
-            return await call(req, timeout=timeout)
+            return await call(req, timeout=timeout, metadata=self.c.call_metadata())
         except grpc.aio.AioRpcError as e:
-            raise error_from_rpc(e) from e
+            err = error_from_rpc(e)
+            if isinstance(err, NotInitialized):
+                self.c.forget_binding(node)  # restarted unbound: the next call handshakes
+            raise err from e
 
     def _term_options(self) -> replication_pb2.NewTermOptions:
         ns = self.c.namespace_config(self.namespace)

@@ -5,6 +5,7 @@
 - :mod:`.manifest`: ``<dir>/MANIFEST.json`` says what the directory is (data, wal, metadata),
   which node it belongs to and its format version; directories of earlier versions are
   recognised by their content and adopted.
+- :mod:`.names`: the names of those files (a namespace may never take one).
 - :mod:`.layout`: the shard layout a standalone's namespaces were created with (pure rules).
 - :mod:`.node`: opening a data server's or a coordinator's directories in the right order.
 
@@ -14,13 +15,15 @@ was asked.
 
 from .errors import DirError, DirInUse
 from .layout import LayoutAsk, NamespaceLayout
-from .lock import LOCK_FILE, DirLock, holder
-from .manifest import MANIFEST_FILE, Manifest
+from .lock import DirLock, holder
+from .manifest import Manifest
+from .names import LOCK_FILE, MANIFEST_FILE, TOP_LEVEL_FILES
 from .node import MetadataDir, NodeDirs
 
 __all__ = [
     "LOCK_FILE",
     "MANIFEST_FILE",
+    "TOP_LEVEL_FILES",
     "DirError",
     "DirInUse",
     "DirLock",

@@ -19,8 +19,7 @@ import os
 from pathlib import Path
 
 from .errors import DirError, DirInUse
-
-LOCK_FILE = "pyxia.lock"
+from .names import LOCK_FILE
 
 
 def _read_pid(fd: int) -> int | None:

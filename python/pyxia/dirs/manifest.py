@@ -1,14 +1,16 @@
 """The manifest of a pyxia directory: ``<dir>/MANIFEST.json``.
 
-A manifest says what a directory is, so a process never uses one for something else::
+This module is the only reader and writer of that file. A manifest says what a directory is,
+so a process never uses one for something else::
 
     {"kind": "data" | "wal" | "metadata", "format": 1, "node_id": "<uuid>", "pyxia": "<version>",
      ...kind-specific fields}
 
 - ``data``: ``mode`` ("standalone" or "server"), ``wal_dir`` (the WAL dir it was last paired
   with, informative), ``namespaces`` (standalone only: name -> ``{"first_shard", "shards",
-  "key_sorting"}``), ``instance_id`` (cluster servers: the cluster it joined, written by the
-  coordinator's first call; earlier versions wrote a manifest holding only this field).
+  "key_sorting"}``), ``instance_id`` (cluster servers: the cluster it joined, set by the
+  coordinator's first Handshake through :mod:`pyxia.server.manifest`, which owns that field;
+  earlier versions wrote a manifest holding only this field).
 - ``wal``: ``data_dir`` (the data dir it was last paired with; the WAL tools find the shard
   DBs through it).
 - ``metadata``: ``provider`` ("file" or "raft").
@@ -33,16 +35,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DirError
-from .lock import LOCK_FILE
+from .names import LEGACY_MANIFEST_TMP, LOCK_FILE, MANIFEST_FILE
 
-MANIFEST_FILE = "MANIFEST.json"
 FORMAT = 1
 KINDS = ("data", "wal", "metadata")
 
 _WHAT = {"data": "shard databases", "wal": "write-ahead logs", "metadata": "coordinator metadata"}
 
 # Names a pyxia directory may hold at its top besides namespace directories.
-_OWN_FILES = {MANIFEST_FILE, LOCK_FILE, "lost+found"}
+_OWN_FILES = {MANIFEST_FILE, LOCK_FILE, LEGACY_MANIFEST_TMP, "lost+found"}
 _METADATA_FILES = re.compile(
     r"^(cluster-status\.json|coordinator\.lock|raft\.(journal|dump)(\..*)?)$"
 )

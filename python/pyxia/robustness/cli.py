@@ -81,6 +81,13 @@ async def _bounded(main: Coroutine[Any, Any, T], budget: float) -> T:
     "removed after a run without violations).",
 )
 @click.option("--keep", is_flag=True, help="Keep the temporary directory even without violations.")
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="Run the cluster with a CA made for the run: mutual TLS on the internal ports and "
+    "peer connections, TLS on the coordinator's and the public ports (the harness's clients "
+    "too); without it the members prove membership with a cluster secret.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log the harness's progress.")
 def robustness(
     minutes: float,
@@ -93,6 +100,7 @@ def robustness(
     shards: int,
     out: Path | None,
     keep: bool,
+    tls: bool,
     verbose: bool,
 ) -> None:
     """Run pyxia's robustness suite: a real cluster (3 data servers + coordinator, RF=3), a
@@ -139,6 +147,7 @@ def robustness(
         shards=shards,
         out=out,
         keep=keep,
+        tls=tls,
     )
     # The run has its own bounded waits; this bounds the whole of it, so that a hang in the
     # harness fails the run (exit status 2, every task's stack printed) instead of blocking CI.

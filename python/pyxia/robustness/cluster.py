@@ -10,6 +10,12 @@ Servers run with ``--enable-test-hooks`` (failpoints armed at runtime) and
 ``PYXIA_WAL_SYNCED_MARK=1``: after a kill -9, :meth:`Node.cut_unsynced` cuts every WAL of the
 node back to what was really made durable (a power loss). One server's WAL directory is a
 size-limited tmpfs (when this process may mount one) for the disk-full fault.
+
+Every process proves cluster membership on internal calls: with the cluster secret
+(``cluster.secret``), or, with ``ClusterSpec.tls``, by mutual TLS with certificates of a CA made
+for the run (``pki/``: the internal ports demand a client certificate of that CA, servers and
+the coordinator present theirs to their peers, the coordinator's port is TLS too). The proxies
+forward bytes, so TLS passes through them; certificates name 127.0.0.1 and localhost.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import yaml
@@ -33,6 +40,10 @@ from pyxia.common.ports import free_port
 from pyxia.proto import admin_pb2, metadata_pb2
 from pyxia.robustness.diskfull import TmpfsMount, can_mount_tmpfs
 from pyxia.robustness.proxy import ProxyControl
+from pyxia.security.cluster_auth import ClusterSecret, generate_secret_file
+from pyxia.security.pki import CertificateAuthority
+from pyxia.security.tls import ClientTls, TlsOptions
+from pyxia.server.rpc_clients import ChannelPool
 from pyxia.test_hooks import (
     DIAL_MAP_ENV,
     TEST_MODE_ENV,
@@ -189,6 +200,36 @@ class ClusterSpec:
     """Positive control: the servers' WALs acknowledge before fsync (flushing every N ms)."""
     tso: bool = False
     """Declare the timestamp oracle's one-shard namespace (``tso``)."""
+    tls: bool = False
+    """Mutual TLS on the internal ports and peer connections, TLS on the coordinator's port
+    (instead of the cluster secret), and TLS on the public ports when this build has it
+    (:func:`public_tls_available`)."""
+
+
+def public_tls_available() -> bool:
+    """Whether ``pyxia server`` has ``--tls-*`` for its public port and pyxia's clients take
+    ``tls=`` (the public port's TLS; the internal port's does not depend on it)."""
+    import dataclasses
+
+    from pyxia.cli.server_cmd import server
+    from pyxia.client.options import ClientOptions
+
+    flags = {p.name for p in server.params}
+    fields = {f.name for f in dataclasses.fields(ClientOptions)}
+    return "tls_cert_file" in flags and "tls" in fields
+
+
+def _tls_flags(prefix: str, pki: Path, name: str, *, client_auth: bool = False) -> list[str]:
+    flag = f"--{prefix}-tls" if prefix else "--tls"
+    out = [
+        f"{flag}-cert-file",
+        str(pki / f"{name}.crt"),
+        f"{flag}-key-file",
+        str(pki / f"{name}.key"),
+        f"{flag}-trusted-ca-file",
+        str(pki / "ca.crt"),
+    ]
+    return [*out, f"{flag}-client-auth"] if client_auth else out
 
 
 class Cluster:
@@ -203,6 +244,49 @@ class Cluster:
         self.tmpfs: TmpfsMount | None = None
         self.coordinator_addr = f"127.0.0.1:{free_port()}"
         self._channel: grpc.aio.Channel | None = None
+        self.secret: ClusterSecret | None = None
+        self.harness_tls: ClientTls | None = None
+        """The harness's own TLS (certificate ``harness``) toward internal ports and the
+        coordinator."""
+        self._internal: ChannelPool | None = None
+        self.public_tls = spec.tls and public_tls_available()
+
+    @property
+    def pki(self) -> Path:
+        return self.base / "pki"
+
+    @property
+    def client_tls(self) -> TlsOptions | None:
+        """TLS for the harness's clients of the public ports (None: plaintext)."""
+        return TlsOptions(trusted_ca_file=self.pki / "ca.crt") if self.public_tls else None
+
+    def _security(self, name: str) -> list[str]:
+        """The flags proving membership for process ``name`` (a server or the coordinator)."""
+        if not self.spec.tls:
+            return ["--cluster-secret-file", str(self.base / "cluster.secret")]
+        if name == COORDINATOR:
+            listener = _tls_flags("", self.pki, name, client_auth=True)
+        else:
+            listener = _tls_flags("internal", self.pki, name, client_auth=True)
+            if self.public_tls:
+                listener += _tls_flags("", self.pki, name)[:4]  # certificate and key
+        return [*listener, *_tls_flags("peer", self.pki, name)]
+
+    def _make_credentials(self, names: list[str]) -> None:
+        if not self.spec.tls:
+            path = self.base / "cluster.secret"
+            generate_secret_file(path)
+            self.secret = ClusterSecret.from_file(path)
+            return
+        ca = CertificateAuthority.create("pyxia robustness CA")
+        ca.save(self.pki)
+        for name in [*names, COORDINATOR, "harness"]:
+            ca.issue_files(self.pki, name)
+        self.harness_tls = TlsOptions(
+            cert_file=self.pki / "harness.crt",
+            key_file=self.pki / "harness.key",
+            trusted_ca_file=self.pki / "ca.crt",
+        ).client()
 
     @property
     def nodes(self) -> list[Node]:
@@ -228,6 +312,7 @@ class Cluster:
         publics = [f"127.0.0.1:{free_port()}" for _ in range(spec.servers)]
         internals = [f"127.0.0.1:{free_port()}" for _ in range(spec.servers)]
         names = [f"s{i}" for i in range(spec.servers)]
+        self._make_credentials(names)
         for j, dest in enumerate(names):
             for i, src in enumerate(names):
                 if i != j:
@@ -293,6 +378,7 @@ class Cluster:
                     "--wal-segment-size",
                     str(spec.wal_segment_size),
                     "--enable-test-hooks",
+                    *self._security(name),
                 ],
                 env,
                 public=publics[i],
@@ -319,6 +405,7 @@ class Cluster:
                 self.coordinator_addr,
                 "--metrics-addr",
                 "",
+                *self._security(COORDINATOR),
             ],
             {DIAL_MAP_ENV: format_dial_map(coord_dial)},
             internal=self.coordinator_addr,
@@ -334,7 +421,10 @@ class Cluster:
 
     async def status(self, timeout: float = 2.0) -> admin_pb2.GetClusterStatusResponse | None:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.coordinator_addr)
+            if self.harness_tls is not None:
+                self._channel = self.harness_tls.secure_channel(self.coordinator_addr, [])
+            else:
+                self._channel = grpc.aio.insecure_channel(self.coordinator_addr)
         call = self._channel.unary_unary(
             "/pyxia.admin.v1.PyxiaAdmin/GetClusterStatus",
             request_serializer=admin_pb2.GetClusterStatusRequest.SerializeToString,
@@ -347,6 +437,40 @@ class Cluster:
             return res
         except (TimeoutError, grpc.aio.AioRpcError):
             return None
+
+    def internal_channels(self) -> ChannelPool:
+        """Channels to the servers' internal ports proving membership like a peer would."""
+        if self._internal is None:
+            self._internal = ChannelPool(self.harness_tls, self.secret)
+        return self._internal
+
+    async def replica_status(self, n: Node, shard: int, instance_id: str) -> Any:
+        """GetStatus of ``shard`` on server ``n`` (its internal port, bypassing the proxies),
+        asked as the coordinator asks: with the cluster's instance id."""
+        from pyxia.proto import replication_pb2
+        from pyxia.server.manifest import INSTANCE_ID_HEADER
+
+        return await (
+            self.internal_channels()
+            .get(n.internal)
+            .unary_unary(
+                "/replication.OxiaCoordination/GetStatus",
+                request_serializer=replication_pb2.GetStatusRequest.SerializeToString,
+                response_deserializer=replication_pb2.GetStatusResponse.FromString,
+            )(
+                replication_pb2.GetStatusRequest(shard=shard),
+                timeout=3,
+                metadata=((INSTANCE_ID_HEADER, instance_id),),
+            )
+        )
+
+    async def debug(self, n: Node, method: str, req: dict[str, Any]) -> Any:
+        """Calls the test hooks (debug service) of server ``n``."""
+        from pyxia.server.debug_rpc import call_debug
+
+        return await asyncio.to_thread(
+            call_debug, n.internal, method, req, 3.0, tls=self.harness_tls, secret=self.secret
+        )
 
     @staticmethod
     def shards_of(st: admin_pb2.GetClusterStatusResponse) -> dict[int, metadata_pb2.ShardMetadata]:
@@ -400,5 +524,8 @@ class Cluster:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
+        if self._internal is not None:
+            await self._internal.close()
+            self._internal = None
         if self.tmpfs is not None:
             self.tmpfs.unmount()

@@ -220,7 +220,7 @@ class Injector:
                 n.resume()
             if n.is_server and n.alive:
                 try:
-                    await _debug(n, "DisarmFailpoint", {"name": None})
+                    await self.cluster.debug(n, "DisarmFailpoint", {"name": None})
                 except Exception:
                     pass
             n.expect_crash = False
@@ -331,7 +331,7 @@ class Injector:
             n, _ = await self._leader(spec, 0)  # a leader: it appends
             # slow the syncs down first, so the power goes out with appended, unsynced entries
             try:
-                await _debug(
+                await self.cluster.debug(
                     n,
                     "ArmFailpoint",
                     {"name": "wal.after_append_before_sync", "action": "sleep(30)"},
@@ -372,7 +372,7 @@ class Injector:
             name, action = spec.pick(2, list(SLEEP_FAILPOINTS))
         rec.description = f"failpoint {name}={action} on {n.name} for {spec.duration:.1f}s"
         try:
-            await _debug(n, "ArmFailpoint", {"name": name, "action": action})
+            await self.cluster.debug(n, "ArmFailpoint", {"name": name, "action": action})
         except Exception as e:
             n.expect_crash = False
             rec.notes.append(f"could not arm it: {e}")
@@ -381,7 +381,7 @@ class Injector:
         await asyncio.sleep(spec.duration)
         if n.alive:
             try:
-                await _debug(n, "DisarmFailpoint", {"name": name})
+                await self.cluster.debug(n, "DisarmFailpoint", {"name": name})
             except Exception:
                 pass
         # a crash after this point is still the failpoint's doing until the watchdog saw it
@@ -415,6 +415,8 @@ class Injector:
         deadline = loop.time() + timeout
         while loop.time() < deadline:
             leaders = await self.cluster.leaders()
+            st = await self.cluster.status()
+            iid = st.status.instance_id if st is not None else ""
             if leaders and all(node is not None for node, _ in leaders.values()):
                 ok = True
                 for shard, (leader, _) in leaders.items():
@@ -422,8 +424,8 @@ class Injector:
                     if leader is n:
                         continue
                     try:
-                        mine = await _replica_status(n, shard)
-                        theirs = await _replica_status(leader, shard)
+                        mine = await self.cluster.replica_status(n, shard, iid)
+                        theirs = await self.cluster.replica_status(leader, shard, iid)
                     except Exception:
                         ok = False
                         break
@@ -438,22 +440,3 @@ class Injector:
                     return
             await asyncio.sleep(0.5)
         rec.notes.append(f"{n.name} did not catch up within {timeout:.0f}s")
-
-
-async def _debug(n: Node, method: str, req: dict[str, Any]) -> Any:
-    from pyxia.server.debug_rpc import call_debug
-
-    return await asyncio.to_thread(call_debug, n.internal, method, req, 3.0)
-
-
-async def _replica_status(n: Node, shard: int) -> Any:
-    import grpc
-
-    from pyxia.proto import replication_pb2
-
-    async with grpc.aio.insecure_channel(n.internal) as ch:
-        return await ch.unary_unary(
-            "/replication.OxiaCoordination/GetStatus",
-            request_serializer=replication_pb2.GetStatusRequest.SerializeToString,
-            response_deserializer=replication_pb2.GetStatusResponse.FromString,
-        )(replication_pb2.GetStatusRequest(shard=shard), timeout=3)

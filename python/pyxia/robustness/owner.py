@@ -1,19 +1,29 @@
 """An ephemeral-record owner, run as a child process by the robustness suite and killed with
 SIGKILL (so its session is never closed): ``python -m pyxia.robustness.owner ADDRESSES PREFIX
-COUNT SESSION_TIMEOUT_S``. Prints one JSON line per ephemeral record it created."""
+COUNT SESSION_TIMEOUT_S [CA_FILE]`` (with a CA file, the public ports are dialed with TLS).
+Prints one JSON line per ephemeral record it created."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 from pyxia.client import AsyncClient
 
 
-async def run(addresses: str, prefix: str, count: int, session_timeout: float) -> None:
+async def run(
+    addresses: str, prefix: str, count: int, session_timeout: float, ca_file: str | None = None
+) -> None:
+    tls: dict[str, Any] = {}
+    if ca_file:
+        from pyxia.security.tls import TlsOptions
+
+        tls["tls"] = TlsOptions(trusted_ca_file=Path(ca_file))
     async with AsyncClient(
-        addresses, session_timeout_s=session_timeout, request_timeout_s=5.0
+        addresses, session_timeout_s=session_timeout, request_timeout_s=5.0, **tls
     ) as client:
         for i in range(count):
             key = f"{prefix}/{i}"
@@ -31,7 +41,8 @@ async def run(addresses: str, prefix: str, count: int, session_timeout: float) -
 
 def main() -> None:
     addresses, prefix, count, timeout = sys.argv[1:5]
-    asyncio.run(run(addresses, prefix, int(count), float(timeout)))
+    ca_file = sys.argv[5] if len(sys.argv) > 5 else None
+    asyncio.run(run(addresses, prefix, int(count), float(timeout), ca_file))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ class RunOptions:
     out: Path | None = None
     keep: bool = False
     ephemeral_grace_s: float = 5.0
+    tls: bool = False
+    """The whole cluster over TLS (see ClusterSpec.tls)."""
 
 
 @dataclass
@@ -89,8 +91,16 @@ async def run(opts: RunOptions, out: TextIO = sys.stdout) -> RunResult:
         shards=opts.shards,
         disk_full_node=opts.seed % 3,
         broken_ack_before_fsync_ms=POSITIVE_CONTROL_ACK_MS if opts.positive_control else None,
+        tls=opts.tls,
     )
     cluster = Cluster(base / "cluster", spec)
+    if opts.tls:
+        _say(
+            out,
+            "tls: mutual TLS on the internal ports and peer connections, TLS on the "
+            "coordinator's port; public ports "
+            + ("TLS" if cluster.public_tls else "plaintext (this build has no public-port TLS)"),
+        )
     result = RunResult(out_dir=base)
     t0 = time.monotonic_ns()
 
@@ -116,6 +126,7 @@ async def run(opts: RunOptions, out: TextIO = sys.stdout) -> RunResult:
             opts.seed,
             opts.workload,
             cluster.client_dial_map,
+            cluster.client_tls,
         )
         await workload.start()
         injector.start_watchdog()

@@ -41,6 +41,7 @@ from pyxia.robustness.history import (
     Op,
     Record,
 )
+from pyxia.security.tls import TlsOptions
 from pyxia.test_hooks import DIAL_MAP_ENV, TEST_MODE_ENV, format_dial_map
 
 log = logging.getLogger("pyxia.robustness")
@@ -95,8 +96,12 @@ class Workload:
         seed: int,
         options: WorkloadOptions,
         client_dial_map: dict[str, str],
+        tls: TlsOptions | None = None,
     ) -> None:
         self.addresses = addresses
+        self.tls = tls
+        # Public-port TLS for the clients (passed only when on: builds without it still run).
+        self._tls_kw: dict[str, Any] = {"tls": tls} if tls is not None else {}
         self.history = history
         self.t0 = t0
         self.seed = seed
@@ -125,6 +130,7 @@ class Workload:
             self.addresses[k:] + self.addresses[:k],
             request_timeout_s=self.o.request_timeout_s,
             session_timeout_s=max(2.0, self.o.session_timeout_s),
+            **self._tls_kw,
         )
 
     async def start(self) -> None:
@@ -413,7 +419,7 @@ class Workload:
 
         rng = random.Random(f"pyxia-robustness-tso-{self.seed}-{pid}")
         k = pid % len(self.addresses)
-        tso = AsyncTsoClient(self.addresses[k:] + self.addresses[:k], timeout_s=5.0)
+        tso = AsyncTsoClient(self.addresses[k:] + self.addresses[:k], timeout_s=5.0, **self._tls_kw)
         try:
             while not self._stop.is_set():
                 count = 1 if rng.random() < 0.5 else rng.randint(2, 64)
@@ -473,6 +479,7 @@ class Workload:
             f"{EPH_PREFIX}{name}",
             "3",
             str(self.o.session_timeout_s),
+            *([str(self.tls.trusted_ca_file)] if self.tls is not None else []),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,

@@ -19,6 +19,8 @@ class AssignmentsDispatcher:
 
     def __init__(self) -> None:
         self._current: client_pb2.ShardAssignments | None = None
+        # shard id -> (namespace, advertised leader or ""), rebuilt on every update
+        self._index: dict[int, tuple[str, str]] = {}
         self.changed = Signal()
 
     @property
@@ -30,27 +32,29 @@ class AssignmentsDispatcher:
         return self._current is not None
 
     def update(self, assignments: client_pb2.ShardAssignments) -> None:
+        """Takes a new map (already validated: see ``pyxia.common.validation``)."""
+        self._index = {
+            a.shard: (name, a.leader)
+            for name, ns in assignments.namespaces.items()
+            for a in ns.assignments
+        }
         self._current = assignments
         self.changed.notify()
 
     def leader_of(self, shard: int) -> str | None:
         """The advertised leader of ``shard``, if known."""
-        if self._current is None:
-            return None
-        for ns in self._current.namespaces.values():
-            for a in ns.assignments:
-                if a.shard == shard:
-                    return a.leader or None
-        return None
+        entry = self._index.get(shard)
+        return (entry[1] or None) if entry is not None else None
 
     def namespace_of(self, shard: int) -> str | None:
-        if self._current is None:
-            return None
-        for name, ns in self._current.namespaces.items():
-            for a in ns.assignments:
-                if a.shard == shard:
-                    return name
-        return None
+        entry = self._index.get(shard)
+        return entry[0] if entry is not None else None
+
+    def knows(self, namespace: str, shard: int) -> bool:
+        """Whether the latest map assigns ``shard`` to ``namespace`` (with a leader or not yet):
+        only then may a data server create a replica of it."""
+        entry = self._index.get(shard)
+        return entry is not None and entry[0] == namespace
 
     def _view(
         self, namespace: str, visible: Callable[[str], bool] | None = None

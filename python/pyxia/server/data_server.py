@@ -1,5 +1,13 @@
 """A data server process: public gRPC port (client API + health), internal
-port (coordination and replication), Prometheus metrics, maintenance."""
+port (coordination and replication; none when ``internal_addr`` is None, as in
+standalone mode unless asked), Prometheus metrics, maintenance.
+
+Security (docs/security.md): each port listens with TLS when its :class:`TlsOptions` is set
+(``public_tls``, ``internal_tls``; mutual TLS with ``client_auth``), the connections this server
+opens to its peers use ``peer_tls``, and with a ``cluster_secret`` every internal call, in and
+out, carries a proof of cluster membership (the internal port refuses calls without one). All
+None: plaintext and no proof (in-process tests, library users on a trusted loopback).
+"""
 
 from __future__ import annotations
 
@@ -16,14 +24,18 @@ from grpc_health.v1.health import aio as health_aio
 
 from pyxia.dirs import NodeDirs
 from pyxia.proto import client_pb2
+from pyxia.security.cluster_auth import ClusterSecret
+from pyxia.security.internal_auth import ClusterAuthInterceptor
 from pyxia.security.public import PublicAccess, PublicAuthOptions
 from pyxia.security.tls import TlsOptions
 from pyxia.server.assignments import AssignmentsDispatcher
-from pyxia.server.internal_rpc import InternalService, Manifest
+from pyxia.server.internal_rpc import InternalService, health_handler
 from pyxia.server.leader_controller import LEADER
+from pyxia.server.manifest import MANIFEST_FILE, Manifest
 from pyxia.server.public_rpc import OxiaClientService
+from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.shard_storage import StorageOptions
-from pyxia.server.shards_director import ShardsDirector
+from pyxia.server.shards_director import DEFAULT_MAX_SHARDS, ShardsDirector
 from pyxia.storage import reads
 from pyxia.tso.oracle import TsoOptions
 from pyxia.tso.service import TsoService
@@ -36,7 +48,7 @@ READINESS_SERVICE = "oxia-readiness"
 @dataclass
 class ServerOptions:
     public_addr: str = "0.0.0.0:6648"
-    internal_addr: str = "0.0.0.0:6649"
+    internal_addr: str | None = "0.0.0.0:6649"  # None: no internal port (standalone)
     metrics_addr: str | None = "0.0.0.0:8080"
     advertised_public_addr: str | None = None
     advertised_internal_addr: str | None = None
@@ -49,10 +61,20 @@ class ServerOptions:
     maintenance_interval_s: float = 600.0
     max_message_bytes: int = 64 * 1024 * 1024
     session_check_interval_s: float = 0.1
+    # Open shard replicas at most: creating one more is RESOURCE_EXHAUSTED (on-disk ones open).
+    max_shards: int = DEFAULT_MAX_SHARDS
+    # False in standalone mode: the in-process coordinator drives the shards; the internal
+    # port (if any) refuses Handshake and every coordination and replication call.
+    coordinated: bool = True
     # The timestamp oracle (GetTs) over the TSO namespace ("tso" by default); None: off.
     tso: TsoOptions | None = field(default_factory=TsoOptions)
-    # TLS of the public port (None or not enabled: plaintext).
+    # TLS of the public port (--tls-*), of the internal port (--internal-tls-*; client_auth:
+    # mutual TLS) and of the connections to peers (--peer-tls-*); None: plaintext.
     public_tls: TlsOptions | None = None
+    internal_tls: TlsOptions | None = None
+    peer_tls: TlsOptions | None = None
+    # Proof of cluster membership on every internal call (--cluster-secret-file); None: none.
+    cluster_secret: ClusterSecret | None = None
     # Token authentication, authorization and privileged fields on the public port.
     public_auth: PublicAuthOptions = field(default_factory=PublicAuthOptions)
 
@@ -88,18 +110,24 @@ def grpc_options(max_message_bytes: int) -> list[tuple[str, Any]]:
 class DataServer:
     """Owns the gRPC servers, the shards director and background tasks."""
 
-    def __init__(self, options: ServerOptions, *, mode: str = "server") -> None:
+    def __init__(self, options: ServerOptions) -> None:
         self.options = options
-        # "server" (a cluster member) or "standalone": recorded in the data dir's manifest;
-        # only a cluster member rebuilds a corrupt replica from its peers.
-        self.mode = mode
+        # "server" (a cluster member) or "standalone" (coordinated in-process): recorded in
+        # the data dir's manifest; only a cluster member rebuilds a corrupt replica from its
+        # peers.
+        self.mode = "server" if options.coordinated else "standalone"
         self.dirs: NodeDirs | None = None
         self.assignments = AssignmentsDispatcher()
+        peer_tls = options.peer_tls.client() if options.peer_tls is not None else None
+        self.manifest = Manifest(options.data_dir / MANIFEST_FILE)
         self.director = ShardsDirector(
             options.storage_options(),
             self.assignments,
             session_check_interval=options.session_check_interval_s,
-            rebuild_corrupt=mode == "server",
+            channels=ChannelPool(peer_tls, options.cluster_secret),
+            max_shards=options.max_shards,
+            call_metadata=self.manifest.call_metadata,
+            rebuild_corrupt=options.coordinated,
         )
         self.public_port = 0
         self.internal_port = 0
@@ -128,17 +156,27 @@ class DataServer:
         )
 
     @property
-    def internal_address(self) -> str:
+    def internal_address(self) -> str | None:
+        """Where peers reach the internal port; None when there is none."""
+        if self.options.internal_addr is None:
+            return None
         return self.options.advertised_internal_addr or _advertise(
             self.options.internal_addr, self.internal_port
         )
 
     def open_dirs(self) -> NodeDirs:
         """Locks and checks the data and WAL dirs (``pyxia.dirs``), before anything is
-        opened in them; held until :meth:`close`. Idempotent."""
+        opened in them; held until :meth:`close`. Idempotent: the command line calls it
+        before it tightens the directories' modes, :meth:`start` again."""
         if self.dirs is None:
             self.dirs = NodeDirs.open(self.options.data_dir, self.options.wal_dir, self.mode)
         return self.dirs
+
+    def close_dirs(self) -> None:
+        """Releases the directories' locks (nothing may be open in them). Idempotent."""
+        dirs, self.dirs = self.dirs, None
+        if dirs is not None:
+            dirs.close()
 
     async def start(self) -> None:
         self.open_dirs()
@@ -161,20 +199,27 @@ class DataServer:
             self._public, self.options.public_addr, "public", self.options.public_tls
         )
 
-        self._internal = grpc.aio.server(options=opts)
-        internal = InternalService(
-            self.director,
-            Manifest(self.options.data_dir / "MANIFEST.json"),
-            self._on_pushed_assignments,
-        )
-        self._internal.add_generic_rpc_handlers(internal.generic_handlers())
-        for h in self.extra_internal_handlers:
-            self._internal.add_generic_rpc_handlers([h])
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._internal)
-        self.internal_port = self._bind(self._internal, self.options.internal_addr, "internal")
+        if self.options.internal_addr is not None:
+            secret = self.options.cluster_secret
+            interceptors = [ClusterAuthInterceptor(secret)] if secret is not None else []
+            self._internal = grpc.aio.server(options=opts, interceptors=interceptors)
+            internal = InternalService(
+                self.director,
+                self.manifest,
+                self._on_pushed_assignments,
+                coordinated=self.options.coordinated,
+            )
+            self._internal.add_generic_rpc_handlers(internal.generic_handlers())
+            for h in self.extra_internal_handlers:
+                self._internal.add_generic_rpc_handlers([h])
+            self._internal.add_generic_rpc_handlers([health_handler(self._health)])
+            self.internal_port = self._bind(
+                self._internal, self.options.internal_addr, "internal", self.options.internal_tls
+            )
 
         await self._public.start()
-        await self._internal.start()
+        if self._internal is not None:
+            await self._internal.start()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(READINESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.options.metrics_addr:
@@ -186,6 +231,8 @@ class DataServer:
     def _bind(
         self, server: grpc.aio.Server, addr: str, what: str, tls: TlsOptions | None = None
     ) -> int:
+        """Listens on ``addr``: with TLS when ``tls`` is on (certificate files reloaded when
+        they change), else in plaintext."""
         try:
             if tls is not None and tls.is_enabled:
                 port = server.add_secure_port(addr, tls.server_credentials())
@@ -257,5 +304,4 @@ class DataServer:
         await self.public_access.close()
         if self._metrics_server is not None:
             self._metrics_server.close()
-        if self.dirs is not None:
-            self.dirs.close()
+        self.close_dirs()

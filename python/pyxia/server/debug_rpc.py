@@ -19,6 +19,9 @@ from typing import Any
 import grpc
 
 from pyxia import failpoints
+from pyxia.security.cluster_auth import ClusterSecret
+from pyxia.security.internal_auth import internal_channel
+from pyxia.security.tls import ClientTls
 
 log = logging.getLogger("pyxia.debug")
 
@@ -71,9 +74,18 @@ def debug_handler() -> grpc.GenericRpcHandler:
     )
 
 
-def call_debug(address: str, method: str, request: dict[str, Any], timeout: float = 5.0) -> Any:
-    """Calls the debug service of the server at ``address`` (blocking)."""
-    with grpc.insecure_channel(address) as ch:
+def call_debug(
+    address: str,
+    method: str,
+    request: dict[str, Any],
+    timeout: float = 5.0,
+    *,
+    tls: ClientTls | None = None,
+    secret: ClusterSecret | None = None,
+) -> Any:
+    """Calls the debug service of the server at ``address`` (blocking; it sits on the internal
+    port, so the call proves cluster membership like any other: ``tls``, ``secret``)."""
+    with internal_channel(address, tls, secret) as ch:
         call: Any = ch.unary_unary(f"/{SERVICE}/{method}")
         raw: bytes = call(json.dumps(request).encode(), timeout=timeout)
     return json.loads(raw)

@@ -25,7 +25,10 @@ import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
+
 from pyxia._native import CrcMismatch, InvalidNextOffset, WalError
+from pyxia.common.validation import accepts_term, check_storable_term
 from pyxia.errors import (
     AlreadyClosed,
     InvalidArgument,
@@ -106,12 +109,20 @@ class FollowerController:
     async def new_term(self, term: int, options: TermOptions) -> replication_pb2.EntryId:
         """Fences this replica. Same rules as the leader's: lower terms are
         refused, the same term only while FENCED (a retried NewTerm)."""
+        check_storable_term(term)
         async with self._lock:
             self._check_open()
-            if term < self.term:
+            if not accepts_term(term, self.term, self.storage.head_entry_id().term):
                 raise InvalidTerm(
                     f"oxia: invalid term {term}, the shard is at term {self.term}",
                     shard=self.shard,
+                )
+            if term < self.term:
+                log.warning(
+                    "shard %s: term %d is beyond the largest valid term; re-based to %d",
+                    self.shard,
+                    self.term,
+                    term,
                 )
             if term == self.term and self.status != FENCED:
                 raise InvalidStatus(
@@ -195,7 +206,12 @@ class FollowerController:
                 async for raw in appends:
                     if self._closed or generation != self._stream_generation:
                         return
-                    a = replication_pb2.Append.FromString(raw)
+                    try:
+                        a = replication_pb2.Append.FromString(raw)
+                    except DecodeError as e:
+                        raise InvalidArgument(
+                            f"oxia: malformed Append message: {e}", shard=self.shard
+                        ) from None
                     if a.heartbeat and not a.HasField("entry"):
                         self._check_append_term(term, a)
                         self._follow_commit(a)
@@ -273,6 +289,10 @@ class FollowerController:
         if self._lock.locked():
             raise InvalidStatus(f"oxia: shard {self.shard} is busy", shard=self.shard)
         e = a.entry
+        if not 0 <= e.term <= term or e.offset < 0:
+            raise InvalidArgument(
+                f"oxia: append of entry {e.term}/{e.offset} at term {term}", shard=self.shard
+            )
         wal = self.storage.wal
         last = wal.last_offset
         if last < 0 and e.offset != self.storage.commit_offset + 1:
@@ -378,7 +398,12 @@ class FollowerController:
         received: dict[str, int] = {}
         async for raw in chunks:
             self._check_open()
-            c = replication_pb2.SnapshotChunk.FromString(raw)
+            try:
+                c = replication_pb2.SnapshotChunk.FromString(raw)
+            except DecodeError as e:
+                raise InvalidArgument(
+                    f"oxia: malformed SnapshotChunk message: {e}", shard=self.shard
+                ) from None
             if c.term != term:
                 raise InvalidTerm(
                     f"oxia: snapshot chunk of term {c.term} in a term {term} snapshot",

@@ -90,6 +90,7 @@ class FollowerCursor:
             ("namespace", self.leader.namespace),
             ("shard-id", str(self.leader.shard)),
             ("term", str(self.leader.term)),
+            *self.leader.call_metadata(),
         )
 
     async def _run(self) -> None:
@@ -137,7 +138,11 @@ class FollowerCursor:
                 request_serializer=replication_pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=replication_pb2.GetStatusResponse.FromString,
             )
-            st = await call(replication_pb2.GetStatusRequest(shard=self.leader.shard), timeout=5)
+            st = await call(
+                replication_pb2.GetStatusRequest(shard=self.leader.shard),
+                timeout=5,
+                metadata=self.leader.call_metadata(),
+            )
         except grpc.aio.AioRpcError as e:
             if isinstance(error_from_rpc(e), NodeIsNotMember):
                 self._reset(-1)

@@ -1,24 +1,74 @@
 """The internal port: ``replication.OxiaCoordination`` (coordinator → data
-server) and ``replication.OxiaLogReplication`` (leader → follower)."""
+server) and ``replication.OxiaLogReplication`` (leader → follower), plus
+pyxia's ``ShardEvents`` (failures of this server's replicas, for the coordinator).
+
+Every request is checked before it touches state, in this order:
+
+1. **identity** — every method except Handshake must carry the ``instance-id`` header equal
+   to the cluster id the first Handshake bound (Oxia's rule: before any Handshake the call is
+   NOT_INITIALIZED, without the header UNAUTHENTICATED, with another cluster's id
+   PERMISSION_DENIED). A server coordinated in-process (standalone) refuses them all, and
+   refuses Handshake: it has no peers and no outside coordinator.
+2. **decoding** — handlers receive the raw bytes and decode them here: a malformed message
+   is INVALID_ARGUMENT (gRPC's own deserializer would answer UNKNOWN), including each message
+   of the PushShardAssignments, Replicate and SendSnapshot streams.
+3. **content** — namespaces, shard ids, terms, offsets, replication factors, addresses and
+   assignment maps follow :mod:`pyxia.common.validation` (INVALID_ARGUMENT otherwise). A bad
+   assignment map is refused whole: the previous one stays.
+
+What a valid request may create is bounded by the shards director (a replica only for a shard
+the pushed assignments know, at most ``--max-shards`` open).
+"""
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
+from grpc_health.v1 import health_pb2
+from grpc_health.v1.health import aio as health_aio
 
-from pyxia.dirs import manifest as dirs_manifest
-from pyxia.errors import InvalidArgument, NodeIsNotMember, PyxiaError
+from pyxia.common.validation import (
+    check_address,
+    check_entry_id,
+    check_follower_map,
+    check_instance_id,
+    check_key_sorting,
+    check_namespace,
+    check_replication_factor,
+    check_shard_assignments,
+    check_shard_id,
+    check_term,
+)
+from pyxia.errors import (
+    InvalidArgument,
+    NodeIsNotMember,
+    NotInitialized,
+    PermissionDenied,
+    PyxiaError,
+    Unauthenticated,
+)
 from pyxia.proto import admin_pb2, client_pb2, replication_pb2
 from pyxia.server import grpc_errors
 from pyxia.server.follower_controller import FollowerController
-from pyxia.server.public_rpc import Ctx, _metadata, _serialize, _streaming, _unary
+from pyxia.server.manifest import INSTANCE_ID_HEADER, Manifest
+from pyxia.server.public_rpc import Ctx, _serialize, _streaming, _unary
 from pyxia.server.shards_director import ShardsDirector
 from pyxia.storage.db import TermOptions
 from pyxia.storage.keys import encoding_for_key_sorting
+
+__all__ = [
+    "COORDINATION",
+    "REPLICATION",
+    "SHARD_EVENTS",
+    "InternalService",
+    "Manifest",
+    "health_handler",
+]
 
 log = logging.getLogger("pyxia.internal")
 
@@ -27,26 +77,37 @@ REPLICATION = "replication.OxiaLogReplication"
 SHARD_EVENTS = "pyxia.admin.v1.ShardEvents"
 FEATURES: list[replication_pb2.Feature.ValueType] = []  # none negotiated yet
 
+M = TypeVar("M", bound=Message)
+
 
 def term_options(opts: replication_pb2.NewTermOptions) -> TermOptions:
     enc = encoding_for_key_sorting(opts.key_sorting)
     return TermOptions(notifications_enabled=opts.enable_notifications, key_sorting=enc.name)
 
 
-class Manifest:
-    """Which cluster the data server belongs to: the ``instance_id`` field of the data dir's
-    manifest (``pyxia.dirs.manifest``; its other fields are kept)."""
+def decode(message_type: type[M], raw: bytes) -> M:
+    """``raw`` as a ``message_type``; INVALID_ARGUMENT if it is not one."""
+    try:
+        return message_type.FromString(raw)
+    except DecodeError as e:
+        raise InvalidArgument(
+            f"oxia: malformed {message_type.DESCRIPTOR.name} message: {e}"
+        ) from None
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
 
-    def instance_id(self) -> str | None:
-        d = dirs_manifest.read_raw(self.path.parent)
-        v = d.get("instance_id") if d is not None else None
-        return v if isinstance(v, str) and v else None
+def _header_values(context: Ctx, key: str) -> list[str]:
+    out: list[str] = []
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            out.append(v if isinstance(v, str) else v.decode(errors="replace"))
+    return out
 
-    def bind(self, instance_id: str) -> None:
-        dirs_manifest.update_fields(self.path.parent, instance_id=instance_id)
+
+def _one_header(context: Ctx, key: str) -> str | None:
+    values = _header_values(context, key)
+    if len(values) > 1:
+        raise InvalidArgument(f"oxia: the {key} metadata header must be given once")
+    return values[0] if values else None
 
 
 class InternalService:
@@ -55,27 +116,63 @@ class InternalService:
         director: ShardsDirector,
         manifest: Manifest,
         on_assignments: Callable[[client_pb2.ShardAssignments], Any],
+        *,
+        coordinated: bool = True,
     ) -> None:
         self.director = director
         self.manifest = manifest
         self.on_assignments = on_assignments
+        # False in standalone mode: an in-process coordinator drives the shards, so every
+        # call from outside is refused.
+        self.coordinated = coordinated
+
+    # -- identity ---------------------------------------------------------------------------------
+
+    def _verify_caller(self, context: Ctx) -> None:
+        """The call comes from this server's cluster (see the module docstring)."""
+        if not self.coordinated:
+            raise PermissionDenied(
+                "oxia: this server runs standalone (coordinated in-process): it accepts no "
+                "coordination or replication calls"
+            )
+        bound = self.manifest.instance_id()
+        if bound is None:
+            raise NotInitialized(
+                "oxia: this data server is not bound to a cluster yet (no Handshake)"
+            )
+        given = _one_header(context, INSTANCE_ID_HEADER)
+        if given is None:
+            raise Unauthenticated("oxia: instance id not identified")
+        if not given:
+            raise InvalidArgument("oxia: instance id must not be empty")
+        if not hmac.compare_digest(given.encode(), bound.encode()):
+            raise PermissionDenied(f"oxia: unexpected instance id {given[:64]!r}")
 
     # -- coordination -----------------------------------------------------------------------------
 
     async def push_shard_assignments(
-        self, requests: AsyncIterator[client_pb2.ShardAssignments], context: Ctx
+        self, requests: AsyncIterator[bytes], context: Ctx
     ) -> replication_pb2.CoordinationShardAssignmentsResponse:
         try:
-            async for a in requests:
+            self._verify_caller(context)
+            async for raw in requests:
+                a = decode(client_pb2.ShardAssignments, raw)
+                check_shard_assignments(a)
                 await self.on_assignments(a)
         except PyxiaError as e:
+            if isinstance(e, InvalidArgument):
+                log.warning("pushed shard assignments refused: %s", e)
             await grpc_errors.abort(context, e)
         return replication_pb2.CoordinationShardAssignmentsResponse()
 
     @_unary
-    async def new_term(
-        self, req: replication_pb2.NewTermRequest, context: Ctx
-    ) -> replication_pb2.NewTermResponse:
+    async def new_term(self, raw: bytes, context: Ctx) -> replication_pb2.NewTermResponse:
+        self._verify_caller(context)
+        req = decode(replication_pb2.NewTermRequest, raw)
+        check_namespace(req.namespace)
+        check_shard_id(req.shard)
+        check_term(req.term)
+        check_key_sorting(req.options.key_sorting)
         opts = term_options(req.options)
         head = await self.director.new_term(
             req.namespace,
@@ -87,22 +184,35 @@ class InternalService:
         return replication_pb2.NewTermResponse(head_entry_id=head)
 
     @_unary
-    async def become_leader(
-        self, req: replication_pb2.BecomeLeaderRequest, context: Ctx
-    ) -> replication_pb2.BecomeLeaderResponse:
+    async def become_leader(self, raw: bytes, context: Ctx) -> replication_pb2.BecomeLeaderResponse:
+        self._verify_caller(context)
+        req = decode(replication_pb2.BecomeLeaderRequest, raw)
+        check_namespace(req.namespace)
+        check_shard_id(req.shard)
+        check_term(req.term)
+        check_replication_factor(req.replication_factor)
+        followers = dict(check_follower_map(req.follower_maps, req.replication_factor))
+        if not self.director.holds(req.namespace, req.shard):
+            raise NodeIsNotMember(
+                f"oxia: node is not a member of shard {req.shard}", shard=req.shard
+            )
         lc = await self.director.as_leader(req.shard)
-        followers = {name: head for name, head in req.follower_maps.items()}
-        await lc.become_leader(req.term, max(1, req.replication_factor), followers)
+        await lc.become_leader(req.term, req.replication_factor, followers)
         return replication_pb2.BecomeLeaderResponse()
 
     @_unary
-    async def add_follower(
-        self, req: replication_pb2.AddFollowerRequest, context: Ctx
-    ) -> replication_pb2.AddFollowerResponse:
+    async def add_follower(self, raw: bytes, context: Ctx) -> replication_pb2.AddFollowerResponse:
+        self._verify_caller(context)
+        req = decode(replication_pb2.AddFollowerRequest, raw)
+        check_namespace(req.namespace)
+        check_shard_id(req.shard)
+        check_term(req.term)
+        check_address(req.follower_name, "follower")
+        check_entry_id(req.follower_head_entry_id)
         if req.observer:
             raise InvalidArgument("oxia: observer followers (shard split) are not supported")
         lc = self.director.leaders.get(req.shard)
-        if lc is None:
+        if lc is None or not self.director.holds(req.namespace, req.shard):
             raise NodeIsNotMember(
                 f"oxia: node is not a member of shard {req.shard}", shard=req.shard
             )
@@ -110,9 +220,10 @@ class InternalService:
         return replication_pb2.AddFollowerResponse()
 
     @_unary
-    async def get_status(
-        self, req: replication_pb2.GetStatusRequest, context: Ctx
-    ) -> replication_pb2.GetStatusResponse:
+    async def get_status(self, raw: bytes, context: Ctx) -> replication_pb2.GetStatusResponse:
+        self._verify_caller(context)
+        req = decode(replication_pb2.GetStatusRequest, raw)
+        check_shard_id(req.shard)
         c = self.director.controller(req.shard)
         if c is None:
             raise NodeIsNotMember(
@@ -125,21 +236,29 @@ class InternalService:
         return res
 
     @_unary
-    async def delete_shard(
-        self, req: replication_pb2.DeleteShardRequest, context: Ctx
-    ) -> replication_pb2.DeleteShardResponse:
+    async def delete_shard(self, raw: bytes, context: Ctx) -> replication_pb2.DeleteShardResponse:
+        self._verify_caller(context)
+        req = decode(replication_pb2.DeleteShardRequest, raw)
+        check_namespace(req.namespace)
+        check_shard_id(req.shard)
+        check_term(req.term)
         await self.director.delete_shard(req.namespace, req.shard, req.term)
         return replication_pb2.DeleteShardResponse()
 
     @_unary
-    async def handshake(
-        self, req: replication_pb2.HandshakeRequest, context: Ctx
-    ) -> replication_pb2.HandshakeResponse:
+    async def handshake(self, raw: bytes, context: Ctx) -> replication_pb2.HandshakeResponse:
+        if not self.coordinated:
+            raise PermissionDenied(
+                "oxia: this server runs standalone (coordinated in-process): it joins no cluster"
+            )
+        req = decode(replication_pb2.HandshakeRequest, raw)
         if not req.instance_id:
             raise InvalidArgument("oxia: Handshake needs an instance id")
+        check_instance_id(req.instance_id)
         current = self.manifest.instance_id()
         if current is None:
             self.manifest.bind(req.instance_id)
+            log.info("bound to cluster %s", req.instance_id)
             status = replication_pb2.HANDSHAKE_STATUS_BOUND
         elif current == req.instance_id:
             status = replication_pb2.HANDSHAKE_STATUS_ALREADY_BOUND
@@ -153,26 +272,39 @@ class InternalService:
         return replication_pb2.HandshakeResponse(status=status, features_supported=FEATURES)
 
     @_unary
-    async def get_info(
-        self, req: replication_pb2.GetInfoRequest, context: Ctx
-    ) -> replication_pb2.GetInfoResponse:
+    async def get_info(self, raw: bytes, context: Ctx) -> replication_pb2.GetInfoResponse:
+        self._verify_caller(context)
+        decode(replication_pb2.GetInfoRequest, raw)
         return replication_pb2.GetInfoResponse(features_supported=FEATURES)
 
     # -- log replication --------------------------------------------------------------------------
 
     def _stream_target(self, context: Ctx) -> tuple[str, int, int]:
-        md = _metadata(context)
-        try:
-            return md.get("namespace", "default"), int(md["shard-id"]), int(md["term"])
-        except (KeyError, ValueError):
+        """The (namespace, shard, term) a replication stream names in its metadata."""
+        namespace = _one_header(context, "namespace")
+        shard = _one_header(context, "shard-id")
+        term = _one_header(context, "term")
+        if shard is None or term is None:
             raise InvalidArgument(
                 "oxia: replication streams need namespace, shard-id and term metadata"
+            )
+        try:
+            shard_id, term_value = int(shard), int(term)
+        except ValueError:
+            raise InvalidArgument(
+                f"oxia: bad shard-id {shard[:32]!r} or term {term[:32]!r} metadata"
             ) from None
+        namespace = check_namespace("default" if namespace is None else namespace)
+        return namespace, check_shard_id(shard_id), check_term(term_value)
 
     @_unary
-    async def truncate(
-        self, req: replication_pb2.TruncateRequest, context: Ctx
-    ) -> replication_pb2.TruncateResponse:
+    async def truncate(self, raw: bytes, context: Ctx) -> replication_pb2.TruncateResponse:
+        self._verify_caller(context)
+        req = decode(replication_pb2.TruncateRequest, raw)
+        check_namespace(req.namespace)
+        check_shard_id(req.shard)
+        check_term(req.term)
+        check_entry_id(req.head_entry_id)
         fc = await self.director.as_follower(req.namespace, req.shard, term=req.term)
         head = await fc.truncate(req.term, req.head_entry_id)
         return replication_pb2.TruncateResponse(head_entry_id=head)
@@ -181,6 +313,7 @@ class InternalService:
     async def replicate(
         self, requests: AsyncIterator[bytes], context: Ctx
     ) -> AsyncIterator[replication_pb2.Ack]:
+        self._verify_caller(context)
         namespace, shard, term = self._stream_target(context)
         fc: FollowerController = await self.director.as_follower(namespace, shard, term=term)
         async for ack in fc.replicate(term, requests):
@@ -190,6 +323,7 @@ class InternalService:
     async def send_snapshot(
         self, requests: AsyncIterator[bytes], context: Ctx
     ) -> replication_pb2.SnapshotResponse:
+        self._verify_caller(context)
         namespace, shard, term = self._stream_target(context)
         fc = await self.director.as_follower(namespace, shard, create=True, term=term)
         ack = await fc.install_snapshot(term, requests)
@@ -197,10 +331,13 @@ class InternalService:
 
     # -- shard events (pyxia) ------------------------------------------------------------------
 
+    @_streaming
     async def watch_shard_events(
-        self, req: admin_pb2.WatchShardEventsRequest, context: Ctx
+        self, raw: bytes, context: Ctx
     ) -> AsyncIterator[admin_pb2.ShardEvent]:
         """Failures of this server's replicas: the latest of each shard, then new ones."""
+        self._verify_caller(context)
+        decode(admin_pb2.WatchShardEventsRequest, raw)
         failures = self.director.failures
         seq = 0
         while not failures.signal.closed:
@@ -213,30 +350,28 @@ class InternalService:
     # -- registration -----------------------------------------------------------------------------
 
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
-        r = replication_pb2
+        """Every handler takes the request's raw bytes (decoded by the method, see above)."""
         ser = _serialize
 
-        def unary(fn: Any, req: Any) -> grpc.RpcMethodHandler[Any, Any]:
+        def unary(fn: Any) -> grpc.RpcMethodHandler[Any, Any]:
             return grpc.unary_unary_rpc_method_handler(
-                fn, request_deserializer=req.FromString, response_serializer=ser
+                fn, request_deserializer=None, response_serializer=ser
             )
 
         coordination = {
             "PushShardAssignments": grpc.stream_unary_rpc_method_handler(
-                self.push_shard_assignments,
-                request_deserializer=client_pb2.ShardAssignments.FromString,
-                response_serializer=ser,
+                self.push_shard_assignments, request_deserializer=None, response_serializer=ser
             ),
-            "NewTerm": unary(self.new_term, r.NewTermRequest),
-            "BecomeLeader": unary(self.become_leader, r.BecomeLeaderRequest),
-            "AddFollower": unary(self.add_follower, r.AddFollowerRequest),
-            "GetStatus": unary(self.get_status, r.GetStatusRequest),
-            "DeleteShard": unary(self.delete_shard, r.DeleteShardRequest),
-            "Handshake": unary(self.handshake, r.HandshakeRequest),
-            "GetInfo": unary(self.get_info, r.GetInfoRequest),
+            "NewTerm": unary(self.new_term),
+            "BecomeLeader": unary(self.become_leader),
+            "AddFollower": unary(self.add_follower),
+            "GetStatus": unary(self.get_status),
+            "DeleteShard": unary(self.delete_shard),
+            "Handshake": unary(self.handshake),
+            "GetInfo": unary(self.get_info),
         }
         replication = {
-            "Truncate": unary(self.truncate, r.TruncateRequest),
+            "Truncate": unary(self.truncate),
             "Replicate": grpc.stream_stream_rpc_method_handler(
                 self.replicate, request_deserializer=None, response_serializer=ser
             ),
@@ -244,11 +379,9 @@ class InternalService:
                 self.send_snapshot, request_deserializer=None, response_serializer=ser
             ),
         }
-        events = {
+        events: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
             "Watch": grpc.unary_stream_rpc_method_handler(
-                self.watch_shard_events,
-                request_deserializer=admin_pb2.WatchShardEventsRequest.FromString,
-                response_serializer=ser,
+                self.watch_shard_events, request_deserializer=None, response_serializer=ser
             )
         }
         return [
@@ -256,3 +389,40 @@ class InternalService:
             grpc.method_handlers_generic_handler(REPLICATION, replication),
             grpc.method_handlers_generic_handler(SHARD_EVENTS, events),
         ]
+
+
+def health_handler(servicer: health_aio.HealthServicer) -> grpc.GenericRpcHandler:
+    """``grpc.health.v1.Health`` (Check, Watch) over ``servicer``, decoding requests here so a
+    malformed one is INVALID_ARGUMENT as on every other internal method (gRPC's generated
+    registration would answer UNKNOWN). Health needs no instance id (Oxia: the coordinator
+    probes before the Handshake)."""
+
+    async def check(raw: bytes, context: Ctx) -> health_pb2.HealthCheckResponse:
+        try:
+            req = decode(health_pb2.HealthCheckRequest, raw)
+        except InvalidArgument as e:
+            await grpc_errors.abort(context, e)
+            raise  # unreachable: abort raises
+        res: health_pb2.HealthCheckResponse = await servicer.Check(req, context)
+        return res
+
+    async def watch(raw: bytes, context: Ctx) -> None:
+        try:
+            req = decode(health_pb2.HealthCheckRequest, raw)
+        except InvalidArgument as e:
+            await grpc_errors.abort(context, e)
+            return
+        await servicer.Watch(req, context)
+
+    ser = health_pb2.HealthCheckResponse.SerializeToString
+    return grpc.method_handlers_generic_handler(
+        "grpc.health.v1.Health",
+        {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                check, request_deserializer=None, response_serializer=ser
+            ),
+            "Watch": grpc.unary_stream_rpc_method_handler(
+                watch, request_deserializer=None, response_serializer=ser
+            ),
+        },
+    )

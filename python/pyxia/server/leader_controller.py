@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from pyxia._native import EntryNotFound, WalError
+from pyxia.common.validation import accepts_term, check_storable_term
 from pyxia.errors import (
     AlreadyClosed,
     InvalidArgument,
@@ -49,6 +50,7 @@ from pyxia.metrics import ShardMetrics
 from pyxia.proto import client_pb2, replication_pb2
 from pyxia.rpc_errors import error_from_rpc
 from pyxia.server.follower_cursor import FollowerCursor
+from pyxia.server.manifest import CallMetadata
 from pyxia.server.quorum import QuorumAckTracker
 from pyxia.server.read_index import LeadershipConfirmations
 from pyxia.server.rpc_clients import ChannelPool
@@ -152,6 +154,9 @@ class LeaderController:
         self.leadership = leadership if leadership is not None else Signal()
         # Called (with the cause) when this replica fails on its own: the director reports it.
         self.on_failure: Callable[[str], None] | None = None
+        # The header proving this server's cluster on its calls to followers (set by the
+        # director from the server's manifest).
+        self.call_metadata: Callable[[], CallMetadata] = lambda: ()
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -177,9 +182,17 @@ class LeaderController:
         while FENCED (a retried NewTerm during an election). Returns the
         WAL head, made durable first (the new leader counts it as held)."""
         self._check_open()
-        if term < self.term:
+        check_storable_term(term)
+        if not accepts_term(term, self.term, self.storage.head_entry_id().term):
             raise InvalidTerm(
                 f"oxia: invalid term {term}, the shard is at term {self.term}", shard=self.shard
+            )
+        if term < self.term:
+            log.warning(
+                "shard %s: term %d is beyond the largest valid term; re-based to %d",
+                self.shard,
+                self.term,
+                term,
             )
         if term == self.term and self.status != FENCED:
             raise InvalidStatus(
@@ -373,7 +386,9 @@ class LeaderController:
             namespace=self.namespace, shard=self.shard, term=self.term, head_entry_id=head
         )
         try:
-            res = await call(req, timeout=30)
+            res: replication_pb2.TruncateResponse = await call(
+                req, timeout=30, metadata=self.call_metadata()
+            )
         except grpc.aio.AioRpcError as e:
             raise error_from_rpc(e) from e
         return res.head_entry_id

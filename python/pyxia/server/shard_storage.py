@@ -1,9 +1,10 @@
 """The storage of one shard replica: its WAL, its DB and the applier.
 
 Layout (as Oxia): ``<data-dir>/<namespace>/shard-<id>`` for the DB and
-``<wal-dir>/<namespace>/shard-<id>`` for the WAL. A marker file in the DB
-directory records the key encoding the data was written with, so a restart
-never reads a DB with the wrong encoding.
+``<wal-dir>/<namespace>/shard-<id>`` for the WAL, built only by :func:`shard_dir`, which
+refuses a namespace that is not a valid name (no separators, no ``..``, bounded length).
+A marker file in the DB directory records the key encoding the data was written with, so a
+restart never reads a DB with the wrong encoding.
 
 Opening recovers: the DB says up to which offset it applied; the WAL is
 opened with that commit offset (a corrupt tail above it is discarded, below
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyxia._native import CorruptedLog, EntryNotFound, Wal
+from pyxia.common.validation import REBUILDING_HEAD, check_namespace, check_shard_id
 from pyxia.errors import ReplicaCorrupt
 from pyxia.proto import replication_pb2
 from pyxia.storage import keys
@@ -49,6 +51,11 @@ class StorageOptions:
 
 
 def shard_dir(base: Path, namespace: str, shard: int) -> Path:
+    """``<base>/<namespace>/shard-<id>``. Refuses (InvalidArgument) a namespace that is not a
+    valid name and a shard id out of range, whoever the caller: a path is built only from
+    validated names, so it can never leave ``base``."""
+    check_namespace(namespace)
+    check_shard_id(shard)
     return base / namespace / f"shard-{shard}"
 
 
@@ -186,7 +193,8 @@ class ShardStorage:
         """The head reported to a NewTerm: a replica being rebuilt ranks below every other,
         an empty one included, so a coordinator never picks it while another can lead."""
         if self._rebuilding:
-            return replication_pb2.EntryId(term=INVALID_TERM, offset=INVALID_OFFSET - 1)
+            term, offset = REBUILDING_HEAD
+            return replication_pb2.EntryId(term=term, offset=offset)
         return self.head_entry_id()
 
     def read_term(self) -> tuple[int, TermOptions]:

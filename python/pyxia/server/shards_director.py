@@ -13,6 +13,24 @@ server's other shards down: its files are moved aside, the failure is
 reported (ShardEvents), and it starts empty, marked as rebuilding, to be
 rebuilt from the leader like a wiped follower; until it holds what was
 committed it ranks below every replica in elections and refuses to lead.
+Only a replica this server holds is ever opened, so only a held one is set
+aside: its rebuilding, empty successor is held too (open, then on disk).
+
+What may create a replica (open storage, make directories) is bounded, so no caller can make
+the server allocate for shards it does not hold:
+
+- a shard that is open here, or on disk here *in the namespace the request names*, is held;
+- a new replica is created (NewTerm, SendSnapshot) only when the coordinator's latest pushed
+  assignments know that shard id in that namespace (the coordinator publishes a shard, with
+  no leader yet, before fencing it); a NewTerm that races the push waits for it up to
+  :data:`ASSIGNMENT_WAIT_S`, and at most :data:`MAX_ASSIGNMENT_WAITERS` wait at once;
+- at most ``max_shards`` replicas are open; creating one more is refused (RESOURCE_EXHAUSTED)
+  before any file is touched. Replicas already on disk always open (they are this server's).
+- a request naming a namespace other than the held replica's is refused; DeleteShard removes
+  only ``<dir>/<namespace>/shard-<id>`` of a replica held here (a valid name: see
+  ``shard_storage.shard_dir``), and is a no-op for one it does not hold.
+
+:meth:`open_leader` is the trusted in-process path of standalone mode (its own coordinator).
 """
 
 from __future__ import annotations
@@ -25,19 +43,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pyxia.common.validation import is_valid_namespace
 from pyxia.errors import (
     AlreadyClosed,
+    InvalidArgument,
     InvalidStatus,
     InvalidTerm,
     NodeIsNotLeader,
     NodeIsNotMember,
     ReplicaCorrupt,
+    ResourceExhausted,
     ShardNotFound,
 )
 from pyxia.proto import replication_pb2
 from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.follower_controller import FollowerController
 from pyxia.server.leader_controller import LEADER, LeaderController
+from pyxia.server.manifest import CallMetadata
 from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.shard_events import ShardFailures
 from pyxia.server.shard_storage import ENCODING_MARKER, ShardStorage, StorageOptions, shard_dir
@@ -48,6 +70,14 @@ from pyxia.storage.keys import HIERARCHICAL, KeyEncoding
 log = logging.getLogger("pyxia.director")
 
 Controller = LeaderController | FollowerController
+
+DEFAULT_MAX_SHARDS = 4096
+ASSIGNMENT_WAIT_S = 2.0
+MAX_ASSIGNMENT_WAITERS = 64
+
+
+def _no_metadata() -> CallMetadata:
+    return ()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -68,10 +98,16 @@ class ShardsDirector:
         *,
         session_check_interval: float = 0.1,
         channels: ChannelPool | None = None,
+        max_shards: int = DEFAULT_MAX_SHARDS,
+        call_metadata: Callable[[], CallMetadata] = _no_metadata,
         rebuild_corrupt: bool = True,
     ) -> None:
         self.storage_options = storage_options
         self.assignments = assignments
+        self.max_shards = max_shards
+        # The header proving this server's cluster on its calls to peers (replication).
+        self.call_metadata = call_metadata
+        self._assignment_waiters = 0
         self.channels = channels or ChannelPool()
         self.leaders: dict[int, LeaderController] = {}
         self.followers: dict[int, FollowerController] = {}
@@ -100,16 +136,68 @@ class ShardsDirector:
             shard_dir(self.storage_options.data_dir, namespace, shard) / ENCODING_MARKER
         ).exists()
 
+    def _any_dir_on_disk(self, namespace: str, shard: int) -> bool:
+        """Whether anything of the replica is on disk (its DB or its WAL directory, even
+        half-created)."""
+        opts = self.storage_options
+        bases = (opts.data_dir, opts.wal_dir)
+        return any(shard_dir(base, namespace, shard).exists() for base in bases)
+
     def namespace_on_disk(self, shard: int) -> str | None:
         base = self.storage_options.data_dir
         if not base.exists():
             return None
         for ns_dir in base.iterdir():
-            if (ns_dir / f"shard-{shard}" / ENCODING_MARKER).exists():
-                return ns_dir.name
+            name = ns_dir.name
+            if is_valid_namespace(name) and self.on_disk(name, shard):
+                return name
         return None
 
-    def _storage(self, namespace: str, shard: int, encoding: KeyEncoding) -> ShardStorage:
+    def holds(self, namespace: str, shard: int) -> bool:
+        """Whether this server holds a replica of ``shard`` (open, or on disk in ``namespace``).
+        An open replica of another namespace is refused: shard ids are cluster-wide."""
+        st = self._storages.get(shard)
+        if st is not None:
+            if st.namespace != namespace:
+                raise InvalidArgument(
+                    f"oxia: shard {shard} is held here in namespace {st.namespace!r}, "
+                    f"not {namespace!r}",
+                    shard=shard,
+                )
+            return True
+        return self.on_disk(namespace, shard)
+
+    async def _await_assignment(self, namespace: str, shard: int) -> None:
+        """Returns once the pushed assignments know ``shard`` in ``namespace``; refuses if they
+        do not within :data:`ASSIGNMENT_WAIT_S` (or too many requests are waiting already)."""
+        if self.assignments.knows(namespace, shard):
+            return
+        if self._assignment_waiters >= MAX_ASSIGNMENT_WAITERS:
+            raise ShardNotFound(
+                f"oxia: shard {shard} of namespace {namespace!r} is not in the coordinator's "
+                "assignments",
+                shard=shard,
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ASSIGNMENT_WAIT_S
+        self._assignment_waiters += 1
+        try:
+            while not self.assignments.knows(namespace, shard):
+                seen = self.assignments.changed.generation
+                left = deadline - loop.time()
+                if left <= 0 or self._closed or self.assignments.changed.closed:
+                    raise ShardNotFound(
+                        f"oxia: shard {shard} of namespace {namespace!r} is not in the "
+                        "coordinator's assignments",
+                        shard=shard,
+                    )
+                await self.assignments.changed.wait(seen, left)
+        finally:
+            self._assignment_waiters -= 1
+
+    def _storage(
+        self, namespace: str, shard: int, encoding: KeyEncoding, *, trusted: bool = False
+    ) -> ShardStorage:
         if self._closed:
             # A request racing the shutdown must not reopen a shard that
             # close() will never see (it would keep the DB locked).
@@ -118,6 +206,16 @@ class ShardsDirector:
             )
         st = self._storages.get(shard)
         if st is None:
+            if (
+                not trusted
+                and len(self._storages) >= self.max_shards
+                and not self.on_disk(namespace, shard)
+            ):
+                raise ResourceExhausted(
+                    f"oxia: this server already holds {len(self._storages)} shard replicas "
+                    f"(--max-shards {self.max_shards}): not creating shard {shard}",
+                    shard=shard,
+                )
             try:
                 st = ShardStorage(namespace, shard, self.storage_options, encoding)
             except ReplicaCorrupt as e:
@@ -125,6 +223,12 @@ class ShardsDirector:
                     raise
                 st = self._set_aside(namespace, shard, encoding, e)
             self._storages[shard] = st
+        elif st.namespace != namespace:
+            raise InvalidArgument(
+                f"oxia: shard {shard} is held here in namespace {st.namespace!r}, "
+                f"not {namespace!r}",
+                shard=shard,
+            )
         return st
 
     def _set_aside(
@@ -176,6 +280,7 @@ class ShardsDirector:
             leadership=self.leadership,
         )
         lc.leader_hint = self.assignments.leader_of(st.shard)
+        lc.call_metadata = self.call_metadata
         lc.on_failure = self._reporter(st.namespace, st.shard, "leader", lambda: lc.term)
         self.leaders[st.shard] = lc
         return lc
@@ -186,17 +291,22 @@ class ShardsDirector:
         return self.leaders.get(shard) or self.followers.get(shard)
 
     def open_leader(self, namespace: str, shard: int, encoding: KeyEncoding) -> LeaderController:
-        """Opens (recovering) the shard's storage and a leader controller."""
+        """Opens (recovering) the shard's storage and a leader controller: the trusted path
+        of standalone mode, whose in-process coordinator decides which shards exist."""
         lc = self.leaders.get(shard)
         if lc is not None:
             return lc
-        return self._new_leader(self._storage(namespace, shard, encoding))
+        return self._new_leader(self._storage(namespace, shard, encoding, trusted=True))
 
     async def for_new_term(self, namespace: str, shard: int, encoding: KeyEncoding) -> Controller:
-        """The controller a NewTerm goes to."""
+        """The controller a NewTerm goes to; a new replica only for a shard the coordinator's
+        assignments know (see the module docstring)."""
+        if not self.holds(namespace, shard):
+            await self._await_assignment(namespace, shard)
         async with self._lock(shard):
             c = self.controller(shard)
             if c is not None:
+                self.holds(namespace, shard)  # the namespace must be the held replica's
                 return c
             return self._new_leader(self._storage(namespace, shard, encoding))
 
@@ -219,6 +329,8 @@ class ShardsDirector:
     async def as_leader(self, shard: int) -> LeaderController:
         """The shard's controller as a leader (a follower is converted). A replica being
         rebuilt after corruption is refused: it may not hold what was committed."""
+        if self.controller(shard) is None:
+            raise NodeIsNotMember(f"oxia: node is not a member of shard {shard}", shard=shard)
         async with self._lock(shard):
             st = self._storages.get(shard)
             if st is not None and st.rebuilding:
@@ -240,12 +352,18 @@ class ShardsDirector:
         self, namespace: str, shard: int, *, create: bool = False, term: int | None = None
     ) -> FollowerController:
         """The shard's controller as a follower (a leader controller is
-        converted). Without ``create``, a shard with no data here is
-        NOT_MEMBER (a wiped replica). A request of ``term`` never demotes a
-        leader at that term or a newer one (a deposed leader's late stream)."""
+        converted). A shard with no data here is NOT_MEMBER (a wiped replica)
+        unless ``create`` and the assignments know it (a snapshot creates it).
+        A request of ``term`` never demotes a leader at that term or a newer
+        one (a deposed leader's late stream)."""
+        if not self.holds(namespace, shard) and not (
+            create and self.assignments.knows(namespace, shard)
+        ):
+            raise NodeIsNotMember(f"oxia: node is not a member of shard {shard}", shard=shard)
         async with self._lock(shard):
             fc = self.followers.get(shard)
             if fc is not None:
+                self.holds(namespace, shard)
                 return fc
             lead = self.leaders.get(shard)
             leading = lead.term if lead is not None and lead.status == LEADER else None
@@ -254,15 +372,17 @@ class ShardsDirector:
                     f"oxia: shard {shard} is led here at term {leading}, not following term {term}",
                     shard=shard,
                 )
-            lc = self.leaders.pop(shard, None)
+            lc = self.leaders.get(shard)
             if lc is not None:
+                self.holds(namespace, shard)
+                self.leaders.pop(shard, None)
                 await lc.close()
                 st = lc.storage
             else:
                 if (
                     shard not in self._storages
-                    and not create
                     and not self.on_disk(namespace, shard)
+                    and not (create and self.assignments.knows(namespace, shard))
                 ):
                     raise NodeIsNotMember(
                         f"oxia: node is not a member of shard {shard}", shard=shard
@@ -292,7 +412,20 @@ class ShardsDirector:
         )
 
     async def delete_shard(self, namespace: str, shard: int, term: int) -> None:
+        """Removes this server's replica of ``shard`` in ``namespace``: its DB and WAL
+        directories, nothing else. A replica it does not hold is nothing to do (the
+        coordinator retries a failed delete, so a repeated one succeeds)."""
+        if shard not in self._storages and not self._any_dir_on_disk(namespace, shard):
+            log.info("DeleteShard %s/%d: no such replica here", namespace, shard)
+            return
         async with self._lock(shard):
+            st = self._storages.get(shard)
+            if st is not None and st.namespace != namespace:
+                raise InvalidArgument(
+                    f"oxia: shard {shard} is held here in namespace {st.namespace!r}, "
+                    f"not {namespace!r}",
+                    shard=shard,
+                )
             c = self.controller(shard)
             if c is not None and term < c.term:
                 raise InvalidTerm(

@@ -8,6 +8,17 @@ Before anything is opened, the data server locks and checks its directories,
 and the namespaces asked for are checked against the shard layout stored in
 the data dir (``pyxia.dirs``): each namespace keeps the shard ids, count and
 key sorting it was created with; new ones get ids after those in use.
+
+It has no peers: the internal port is off unless ``internal_addr`` is given (``pyxia
+standalone --internal-addr``, e.g. for test hooks), and even then it refuses Handshake and
+every coordination and replication call (``ServerOptions.coordinated = False``). The shards
+are opened through the director's trusted path (this process is their coordinator).
+
+Terms: a restart leads each shard in ``term + 1``. A shard whose stored term is at or above
+``MAX_TERM`` (forged by a NewTerm before terms were bounded) is re-based instead of
+overflowing: it leads in one more than the last term in its log, or in that term itself if
+the log already holds entries above the bound (see ``validation.standalone_term``; safe
+because this server is the shard's only replica). A warning names the shard and both terms.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pyxia.common.sharding import generate_shards
+from pyxia.common.validation import standalone_term
 from pyxia.config import NamespaceConfig
 from pyxia.dirs import LayoutAsk
 from pyxia.proto import client_pb2
@@ -46,11 +58,13 @@ class Standalone:
         self._given = {n.name for n in namespaces}
         if options.tso is not None:
             namespaces = with_tso_namespace(options, namespaces)
+        options.coordinated = False
         self.options = options
         self.namespaces = namespaces
         self.config_file = config_file
-        self.server = DataServer(options, mode="standalone")
+        self.server = DataServer(options)
         self.first_shard: dict[str, int] = {}
+        self._layout_checked = False
 
     def layout_asks(self) -> list[LayoutAsk]:
         """What this start asks of each namespace's layout, and where that comes from."""
@@ -70,10 +84,24 @@ class Standalone:
             )
         return out
 
-    async def start(self) -> None:
+    def open_dirs(self) -> None:
+        """Locks and checks the data and WAL dirs and the namespaces' layout against the one
+        stored in the data dir, learning each namespace's shard ids; raises
+        :class:`~pyxia.dirs.DirError` (the locks released) on a contradiction. Idempotent; the
+        command line calls it before it tightens the directories' modes."""
+        if self._layout_checked:
+            return
         dirs = self.server.open_dirs()
         try:
             self.first_shard = dirs.standalone_layout(self.layout_asks())
+        except BaseException:
+            self.server.close_dirs()
+            raise
+        self._layout_checked = True
+
+    async def start(self) -> None:
+        try:
+            self.open_dirs()
         except BaseException:
             await self.server.close()
             raise
@@ -95,7 +123,16 @@ class Standalone:
             for i, r in enumerate(generate_shards(ns.initial_shard_count)):
                 shard_id = self.first_shard.get(ns.name, 0) + i
                 lc = server.director.open_leader(ns.name, shard_id, ns.encoding)
-                term = lc.term + 1
+                term = standalone_term(lc.term, lc.storage.head_entry_id().term)
+                if term <= lc.term:
+                    log.warning(
+                        "shard %s/%d: stored term %d is beyond the largest valid term; "
+                        "re-based to %d (this server is its only replica)",
+                        ns.name,
+                        shard_id,
+                        lc.term,
+                        term,
+                    )
                 await lc.new_term(term, TermOptions(ns.notifications_enabled, ns.key_sorting))
                 await lc.become_leader(term, 1)
                 lc.leader_hint = server.public_address
