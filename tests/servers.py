@@ -46,7 +46,8 @@ class ServerProcess:
         self.log: list[str] = []
         self._lock = threading.Lock()
 
-    def start(self, timeout: float = 60.0) -> ServerProcess:
+    def start(self, timeout: float = 60.0, *, wait_ready: bool = True) -> ServerProcess:
+        """Starts the process and (unless ``wait_ready`` is false) waits for its ready line."""
         env = {**os.environ, **(self.env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pyxia", *self.args],
@@ -72,6 +73,8 @@ class ServerProcess:
             ready.set()
 
         threading.Thread(target=pump, daemon=True).start()
+        if not wait_ready:
+            return self
         if not ready.wait(timeout) or not self.public:
             self.kill()
             raise RuntimeError("server did not become ready:\n" + self.output())

@@ -17,9 +17,16 @@ from hypothesis import strategies as st
 from pyxia.errors import InvalidArgument
 from pyxia.proto import client_pb2, storage_pb2
 from pyxia.storage import keys
-from pyxia.storage.apply import ApplyResult, RejectedWrite, StateApplier, validate_write_request
+from pyxia.storage.apply import (
+    ApplyResult,
+    RejectedWrite,
+    StateApplier,
+    WriteLimits,
+    validate_write_request,
+)
 from pyxia.storage.db import ShardDB
 from pyxia.storage.keys import HIERARCHICAL, NATURAL, KeyEncoding
+from pyxia.storage.steps import run_steps
 
 ENCODINGS = [HIERARCHICAL, NATURAL]
 SHARD = 7
@@ -646,6 +653,87 @@ def test_rejected_sequential_write_has_no_effect(
     assert f"oxia: sequential key operation {message}" in str(res.error)
 
 
+MAX_SEQ = keys.MAX_SEQUENCE_VALUE
+
+
+def test_sequence_at_the_uint64_limit_is_rejected_not_reused(shard: Shard) -> None:
+    top = f"s-{MAX_SEQ:020d}"
+    assert shard.ok_put("s", sequence_key_delta=[MAX_SEQ - 1], partition_key="p").key == (
+        f"s-{MAX_SEQ - 1:020d}"
+    )
+    first = shard.ok_put("s", b"first", sequence_key_delta=[1], partition_key="p")
+    assert first.key == top
+    # The next key would be 2^64: rejected, and neither the top key (Oxia's lookup below
+    # "s-<2^64-1>" misses it) is written again, nor a lower one.
+    for deltas in ([1], [MAX_SEQ], [1, 5]):
+        keys_before = shard.all_keys()
+        res = shard.write([seq_put("s", *deltas, value=b"again")])
+        assert isinstance(res.error, RejectedWrite)
+        assert isinstance(res.error.__cause__, keys.SequenceOverflow)
+        assert "overflows the sequence 's'" in str(res.error)
+        assert shard.all_keys() == keys_before
+        se = shard.entry(top)
+        assert se is not None and se.value == b"first" and se.modifications_count == 0
+    # A key whose first part is at the limit with more parts counts the same.
+    res = shard.write([seq_put("t", MAX_SEQ, 1)])
+    assert res.error is None
+    assert isinstance(shard.write([seq_put("t", 1, 1)]).error, RejectedWrite)
+    # Other sequences, and a sequence whose later part is at the limit, go on.
+    assert shard.ok_put("s-x", sequence_key_delta=[1], partition_key="p").key == (f"s-x-{1:020d}")
+    assert shard.ok_put("u", sequence_key_delta=[1, MAX_SEQ], partition_key="p").key == (
+        f"u-{1:020d}-{MAX_SEQ:020d}"
+    )
+    assert shard.ok_put("u", sequence_key_delta=[1, 0], partition_key="p").key == (
+        f"u-{2:020d}-{MAX_SEQ:020d}"
+    )
+
+
+def test_sequence_limit_within_one_request(shard: Shard) -> None:
+    """The key at the limit, written earlier in the same request, is seen too."""
+    res = shard.write([seq_put("s", MAX_SEQ), seq_put("s", 1)])
+    assert isinstance(res.error, RejectedWrite)
+    assert shard.user_keys() == []
+
+
+_delta = st.one_of(st.integers(1, 3), st.integers(MAX_SEQ - 3, MAX_SEQ))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    encoding=st.sampled_from(ENCODINGS),
+    puts=st.lists(
+        st.tuples(_delta, st.lists(st.integers(0, MAX_SEQ), max_size=1)), min_size=1, max_size=6
+    ),
+)
+def test_sequence_keys_only_grow_or_are_rejected(
+    encoding: KeyEncoding, puts: list[tuple[int, list[int]]]
+) -> None:
+    """Around the uint64 limit a sequential put either creates a key after every key of the
+    sequence (never one that exists) or is rejected without an effect."""
+    with tempfile.TemporaryDirectory() as d:
+        s = Shard(Path(d) / "db", encoding)
+        try:
+            created: list[str] = []
+            for first, rest in puts:
+                before = s.all_keys()
+                res = s.write([seq_put("s", first, *rest)])
+                if res.error is not None:
+                    assert isinstance(res.error, RejectedWrite)
+                    assert isinstance(
+                        res.error.__cause__, (keys.SequenceOverflow, keys.MissingSequenceDeltas)
+                    )
+                    assert s.all_keys() == before
+                    continue
+                assert res.response is not None
+                key = res.response.puts[0].key
+                assert key not in before
+                assert all(encoding.compare(key, k) > 0 for k in created)
+                created.append(key)
+            assert sorted(s.user_keys()) == sorted(created)
+        finally:
+            s.close()
+
+
 def test_invalid_sequence_key_is_rejected(shard: Shard) -> None:
     shard.ok_put("s-0abc")  # not a sequence key, but it is the last key below the search key
     res = shard.write([seq_put("s", 1)])
@@ -768,6 +856,66 @@ def test_validate_write_request_rejects(req: client_pb2.WriteRequest) -> None:
 )
 def test_validate_write_request_accepts(req: client_pb2.WriteRequest) -> None:
     validate_write_request(req)
+
+
+SMALL = WriteLimits(max_key_size=16, max_value_size=32, max_operations=3)
+
+
+@pytest.mark.parametrize(
+    ("req", "message"),
+    [
+        (client_pb2.WriteRequest(puts=[put("k" * 17)]), "put: the key is 17 bytes"),
+        (client_pb2.WriteRequest(puts=[put("é" * 9)]), "put: the key is 18 bytes"),  # UTF-8
+        (client_pb2.WriteRequest(puts=[put("k", b"v" * 33)]), "the value is 33 bytes"),
+        (client_pb2.WriteRequest(puts=[put("k", partition_key="p" * 17)]), "the partition key"),
+        (client_pb2.WriteRequest(puts=[put("k", indexes=[("i", "s" * 17)])]), "secondary key"),
+        (client_pb2.WriteRequest(puts=[put("k", indexes=[("i" * 17, "s")])]), "index name"),
+        (
+            client_pb2.WriteRequest(
+                puts=[put("s" * 17, sequence_key_delta=[1], partition_key="p")]
+            ),
+            "put: the key",
+        ),
+        (client_pb2.WriteRequest(deletes=[delete("k" * 17)]), "delete: the key is 17 bytes"),
+        (client_pb2.WriteRequest(delete_ranges=[delete_range("a", "z" * 17)]), "the end key"),
+        (client_pb2.WriteRequest(delete_ranges=[delete_range("a" * 17, "z")]), "the start key"),
+        (
+            client_pb2.WriteRequest(puts=[put("a"), put("b")], deletes=[delete("c"), delete("d")]),
+            "the write has 4 operations, more than the maximum of 3",
+        ),
+    ],
+)
+def test_write_limits(req: client_pb2.WriteRequest, message: str) -> None:
+    with pytest.raises(InvalidArgument, match="maximum") as err:
+        validate_write_request(req, SMALL)
+    assert message in str(err.value)
+    # The serialized size passed by the leader gives the same answer.
+    with pytest.raises(InvalidArgument):
+        validate_write_request(req, SMALL, req.ByteSize())
+
+
+def test_write_limits_are_inclusive() -> None:
+    req = client_pb2.WriteRequest(
+        puts=[put("k" * 16, b"v" * 32, partition_key="p" * 16, indexes=[("i" * 16, "s" * 16)])],
+        deletes=[delete("é" * 8)],
+        delete_ranges=[delete_range("a" * 16, "z" * 16)],
+    )
+    validate_write_request(req, SMALL)
+    validate_write_request(req, SMALL, req.ByteSize())
+
+
+def test_write_limits_defaults() -> None:
+    d = WriteLimits()
+    assert (d.max_key_size, d.max_value_size, d.max_operations) == (64 * 1024, 8 << 20, 10_000)
+    validate_write_request(
+        client_pb2.WriteRequest(puts=[put("k" * (64 * 1024), b"v" * (8 << 20))] * 2)
+    )
+    with pytest.raises(InvalidArgument):
+        validate_write_request(client_pb2.WriteRequest(puts=[put("k", b"v" * ((8 << 20) + 1))]))
+    with pytest.raises(InvalidArgument):
+        validate_write_request(client_pb2.WriteRequest(puts=[put("k")] * 10_001))
+    with pytest.raises(ValueError, match="positive"):
+        WriteLimits(max_operations=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -901,3 +1049,88 @@ def test_native_notification_encoding_matches_reference(
     assert n.seal_bytes() == n.seal_bytes_reference()
     batch = n.seal()
     assert [e.key for e in batch.notifications] == sorted(entries, key=lambda s: s.encode())
+
+
+# ---------------------------------------------------------------------------------------------
+# Applying in steps
+# ---------------------------------------------------------------------------------------------
+
+
+def db_contents(s: Shard) -> list[tuple[bytes, bytes]]:
+    return list(s.db.scan(None, None))
+
+
+def test_abandoned_session_close_leaves_no_trace(tmp_path: Path, encoding: KeyEncoding) -> None:
+    """Closing a session with many ephemeral records takes many steps; abandoned halfway, it
+    wrote nothing, and applied again it does all of it."""
+    s = Shard(tmp_path / "db", encoding)
+    try:
+        s.open_session(0)
+        s.write([put(f"e{i}", session_id=0) for i in range(50)])
+        before = db_contents(s)
+        version = s.applier.last_version_id
+        req = client_pb2.WriteRequest(deletes=[delete(keys.session_key(0))])
+        steps = s.applier.apply_write_steps(req, s.next_offset, 2000)
+        for _ in range(20):
+            next(steps)
+        steps.close()
+        assert db_contents(s) == before
+        assert s.applier.last_version_id == version
+        assert s.applier.commit_offset == s.db.commit_offset() == 1
+        res = run_steps(s.applier.apply_write_steps(req, s.next_offset, 2000))
+        assert res.response is not None and res.response.deletes[0].status == OK
+        assert s.user_keys() == []
+    finally:
+        s.close()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    encoding=st.sampled_from(ENCODINGS),
+    requests=st.lists(st.lists(_op, min_size=1, max_size=6), min_size=1, max_size=6),
+    stops=st.lists(st.integers(0, 12), min_size=6, max_size=6),
+)
+def test_abandoned_steps_leave_no_trace(
+    encoding: KeyEncoding, requests: list[list[tuple[Any, ...]]], stops: list[int]
+) -> None:
+    """Each request is started, abandoned after some steps, then applied in full: the DB ends
+    exactly as if each had been applied once, in one go."""
+    with tempfile.TemporaryDirectory() as d:
+        a = Shard(Path(d) / "a", encoding)
+        b = Shard(Path(d) / "b", encoding)
+        try:
+            for i, (ops, stop) in enumerate(zip(requests, stops, strict=False)):
+                req = client_pb2.WriteRequest(
+                    puts=[
+                        put(k, v) if ev is None else put(k, v, expected_version_id=ev)
+                        for kind, k, v, ev in (op for op in ops if op[0] == "put")
+                    ],
+                    deletes=[
+                        delete(k) if ev is None else delete(k, expected_version_id=ev)
+                        for kind, k, ev in (op for op in ops if op[0] == "delete")
+                    ],
+                    delete_ranges=[
+                        delete_range(x, y) for kind, x, y in (op for op in ops if op[0] == "range")
+                    ],
+                )
+                expected = b.applier.apply_write(req, i, 1000 + i)
+                before = db_contents(a)
+                version = a.applier.last_version_id
+                steps = a.applier.apply_write_steps(req, i, 1000 + i)
+                try:
+                    for _ in range(stop):
+                        next(steps)
+                except StopIteration:
+                    pass  # finished within `stop` steps: nothing left to abandon
+                else:
+                    steps.close()
+                    assert db_contents(a) == before
+                    assert a.applier.last_version_id == version
+                    assert a.applier.commit_offset == i - 1
+                    got = a.applier.apply_write(req, i, 1000 + i)
+                    assert got.response == expected.response
+                assert db_contents(a) == db_contents(b)
+            assert a.applier.last_version_id == b.applier.last_version_id
+        finally:
+            a.close()
+            b.close()

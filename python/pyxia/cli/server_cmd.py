@@ -39,6 +39,8 @@ from pyxia.security.public import PublicAccess, PublicAuthOptions
 from pyxia.security.tls import TlsOptions
 from pyxia.server.data_server import ServerOptions
 from pyxia.server.shards_director import DEFAULT_MAX_SHARDS
+from pyxia.storage.apply import DEFAULT_WRITE_LIMITS, WriteLimits
+from pyxia.storage.db import DEFAULT_CACHE_SIZE_MB
 from pyxia.tso import DEFAULT_NAMESPACE as DEFAULT_TSO_NAMESPACE
 from pyxia.tso.oracle import TsoOptions
 
@@ -141,7 +143,7 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
             type=click.Choice(["logfmt", "json"]),
         ),
     ]
-    for o in reversed(opts):
+    for o in reversed(opts + storage_limit_options()):
         f = o(f)
     f = tls_flags("internal", "the internal port", listener=True)(f)
     f = tls_flags("peer", "connections to other data servers", listener=False)(f)
@@ -191,6 +193,53 @@ def public_security_flags(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+def storage_limit_options() -> list[Callable[[Callable[..., Any]], Callable[..., Any]]]:
+    """The DB cache and what one client write may hold (issue 15 §6)."""
+    limits = DEFAULT_WRITE_LIMITS
+    return [
+        click.option(
+            "--db-cache-size-mb",
+            type=click.IntRange(1, 1 << 20),
+            default=DEFAULT_CACHE_SIZE_MB,
+            show_default=True,
+            help="Block cache shared by every shard DB of the process, in MiB (as Oxia's).",
+        ),
+        click.option(
+            "--max-key-size",
+            type=click.IntRange(1, 1 << 30),
+            default=limits.max_key_size,
+            show_default=True,
+            help="Bytes (UTF-8) a key, secondary index key or partition key may have; "
+            "longer ones are refused with INVALID_ARGUMENT.",
+        ),
+        click.option(
+            "--max-value-size",
+            type=click.IntRange(1, 1 << 30),
+            default=limits.max_value_size,
+            show_default=True,
+            help="Bytes a value may have; larger ones are refused with INVALID_ARGUMENT.",
+        ),
+        click.option(
+            "--max-write-operations",
+            type=click.IntRange(1, 1 << 30),
+            default=limits.max_operations,
+            show_default=True,
+            help="Operations one write request may hold; more are refused with INVALID_ARGUMENT.",
+        ),
+    ]
+
+
+def storage_limits_from_flags(kw: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "db_cache_size_mb": kw["db_cache_size_mb"],
+        "write_limits": WriteLimits(
+            max_key_size=kw["max_key_size"],
+            max_value_size=kw["max_value_size"],
+            max_operations=kw["max_write_operations"],
+        ),
+    }
+
+
 def build_options(kw: dict[str, Any]) -> ServerOptions:
     options = _build_options(kw)
     if options.public_auth.enabled and not (options.public_tls and options.public_tls.is_enabled):
@@ -222,6 +271,7 @@ def _build_options(kw: dict[str, Any]) -> ServerOptions:
         cluster_secret=secret_from_flags(kw),
         public_tls=_on(tls_from_flags(kw, "", listener=True)),
         public_auth=public_auth_from_flags(kw),
+        **storage_limits_from_flags(kw),
     )
 
 
@@ -273,17 +323,34 @@ async def run_until_signalled(
     close: Callable[[], Awaitable[None]],
     ready_line: Callable[[], str],
 ) -> None:
-    """Starts, logs one ready line, waits for SIGINT/SIGTERM, closes."""
+    """Starts, logs one ready line, waits for SIGINT/SIGTERM, closes. A signal while starting
+    (a standalone replaying its WAL) cancels the start and closes at once; a start that fails
+    closes what it started before the error goes on."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    try:
+
+    async def start_and_announce() -> None:
         await start()
-    except BaseException:
+        log.info(ready_line())  # in the same step: nothing else runs in between
+
+    starting = loop.create_task(start_and_announce(), name="start")
+    signalled = loop.create_task(stop.wait(), name="signalled")
+    await asyncio.wait((starting, signalled), return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        log.info("shutting down while starting")
+        starting.cancel()
+        await asyncio.wait((starting,))
+        if not starting.cancelled() and starting.exception() is not None:
+            log.warning("the interrupted start failed: %s", starting.exception())
+        await close()
+        log.info("stopped")
+        return
+    signalled.cancel()
+    if starting.cancelled() or starting.exception() is not None:
         await close()  # nothing started may outlive the loop (and print noise after the error)
-        raise
-    log.info(ready_line())
+    starting.result()  # a start that failed raises here
     await stop.wait()
     log.info("shutting down")
     await close()

@@ -37,6 +37,8 @@ from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.shard_storage import StorageOptions
 from pyxia.server.shards_director import DEFAULT_MAX_SHARDS, ShardsDirector
 from pyxia.storage import reads
+from pyxia.storage.apply import DEFAULT_WRITE_LIMITS, WriteLimits
+from pyxia.storage.db import DEFAULT_CACHE_SIZE_MB, DbResources, DbTuning
 from pyxia.tso.oracle import TsoOptions
 from pyxia.tso.service import TsoService
 
@@ -77,6 +79,10 @@ class ServerOptions:
     cluster_secret: ClusterSecret | None = None
     # Token authentication, authorization and privileged fields on the public port.
     public_auth: PublicAuthOptions = field(default_factory=PublicAuthOptions)
+    # One block cache for every shard DB of the process (Oxia's --db-cache-size-mb).
+    db_cache_size_mb: int = DEFAULT_CACHE_SIZE_MB
+    # What one client write may hold (--max-key-size, --max-value-size, --max-write-operations).
+    write_limits: WriteLimits = DEFAULT_WRITE_LIMITS
 
     def storage_options(self) -> StorageOptions:
         return StorageOptions(
@@ -86,6 +92,8 @@ class ServerOptions:
             wal_segment_size=self.wal_segment_size,
             wal_retention_ms=int(self.wal_retention_s * 1000),
             notifications_retention_ms=int(self.notifications_retention_s * 1000),
+            write_limits=self.write_limits,
+            db=DbResources(DbTuning(cache_size_mb=self.db_cache_size_mb)),
         )
 
 

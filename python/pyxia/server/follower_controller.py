@@ -11,7 +11,11 @@ Lifecycle rules (the lessons of Oxia's follower-controller refactor):
 - acknowledgements are sent only for durable entries, one cumulative ack per
   WAL sync round;
 - committed entries are applied to the DB by a background applier woken by a
-  :class:`Signal`, so a wake-up can never be lost;
+  :class:`Signal`, so a wake-up can never be lost; it applies in steps, a slice
+  of loop time at a time (``storage/steps.py``), so a big entry cannot stall
+  the other shards; whoever takes the lock first abandons an entry in
+  progress (nothing of it was written; it is applied again afterwards), so the
+  lock holder has the storage to itself;
 - Truncate only while FENCED and with no stream; a snapshot's term is checked
   before anything is destroyed, and a failed install restores the old DB.
 """
@@ -45,10 +49,9 @@ from pyxia.server.leader_controller import FENCED, FOLLOWER, NOT_MEMBER
 from pyxia.server.shard_storage import ShardStorage
 from pyxia.server.signals import Signal
 from pyxia.storage.db import TermOptions
+from pyxia.storage.steps import APPLY_SLICE_S, Abandoned, Steps, run_sliced
 
 log = logging.getLogger("pyxia.follower")
-
-APPLY_CHUNK = 200
 
 
 class FollowerController:
@@ -72,6 +75,8 @@ class FollowerController:
         self._stream_generation = 0
         self.durable = Signal()  # a WAL sync round completed
         self._apply_wanted = Signal()
+        self._applying: Steps[int] | None = None  # the apply in progress, between two slices
+        self.apply_slice_s = APPLY_SLICE_S
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(storage.wal.notify_fd, self._on_wal_round)
         self._applier_task = self._loop.create_task(
@@ -111,6 +116,7 @@ class FollowerController:
         refused, the same term only while FENCED (a retried NewTerm)."""
         check_storable_term(term)
         async with self._lock:
+            self._abandon_apply()
             self._check_open()
             if not accepts_term(term, self.term, self.storage.head_entry_id().term):
                 raise InvalidTerm(
@@ -143,6 +149,7 @@ class FollowerController:
         """Drops the entries after ``head`` (the last one shared with the
         new leader). Only while FENCED in ``term`` and with no stream."""
         async with self._lock:
+            self._abandon_apply()
             self._check_open()
             if term != self.term:
                 raise InvalidTerm(
@@ -346,10 +353,11 @@ class FollowerController:
             seen = self._apply_wanted.generation
             target = min(self.leader_commit_offset, self.storage.wal.last_synced_offset)
             if target > self.storage.commit_offset and not self._lock.locked():
-                upto = min(target, self.storage.commit_offset + APPLY_CHUNK)
                 try:
-                    self.storage.apply_up_to(upto)
+                    await self._apply_to(target)
                     self._check_rebuilt()
+                except Abandoned:
+                    continue  # a lock holder took over; look again once it is done
                 except Exception as e:
                     self._storage_failed(e)
                     return
@@ -357,12 +365,28 @@ class FollowerController:
                 continue
             await self._apply_wanted.wait(seen)
 
+    async def _apply_to(self, target: int) -> None:
+        steps = self._applying = self.storage.apply_steps(target)
+        try:
+            await run_sliced(steps, self.apply_slice_s, lambda: self._applying is steps)
+        finally:
+            if self._applying is steps:
+                self._applying = None
+
+    def _abandon_apply(self) -> None:
+        """Drops the apply in progress between two of its steps (nothing of the entry in
+        progress was written), before the caller changes the storage."""
+        steps, self._applying = self._applying, None
+        if steps is not None:
+            steps.close()
+
     # -- snapshots --------------------------------------------------------------------------------
 
     async def install_snapshot(self, term: int, chunks: AsyncIterator[bytes]) -> int:
         """Receives a DB snapshot and makes it this replica's state. Returns
         the snapshot's commit offset (the leader's next entry follows it)."""
         async with self._lock:
+            self._abandon_apply()
             self._check_open()
             # The term is checked before anything is destroyed.
             if term < self.term:
@@ -448,6 +472,7 @@ class FollowerController:
         # its next check; then wait for it to let go of the lock.
         self._closed = True
         self._end_stream()
+        self._abandon_apply()
         async with self._lock:
             try:
                 self._loop.remove_reader(self.storage.wal.notify_fd)

@@ -13,6 +13,17 @@ pipe; the leader then advances its head in the tracker and applies whatever
 became committed. Follower cursors (replication) feed their acks into the
 same tracker and trigger the same apply step.
 
+Applying never holds the event loop for long (issue 15 §6: one shard's big
+batch must not delay other shards or the health service): committed entries
+are applied in offset order, in steps (``storage/steps.py``), for at most
+``apply_slice_s`` of loop time at once; what is left goes on in a task that
+lets the loop run between slices. An entry's DB batch (data and commit offset
+together) is written in its last step, and its proposal is answered only
+after it. Stepping down or closing abandons an entry halfway at once, before
+anything else may touch the applier: nothing of it was written, it stays in
+the WAL and is applied by whoever leads next (as is the WAL replay of
+``become_leader``, also sliced).
+
 Status machine (Oxia): NOT_MEMBER → FENCED (NewTerm) → LEADER (BecomeLeader).
 
 Reads are linearizable: before a read is served, a majority of the ensemble confirms (one
@@ -59,8 +70,14 @@ from pyxia.server.shard_storage import ShardStorage
 from pyxia.server.signals import Signal
 from pyxia.server.sync_policy import SyncPolicy
 from pyxia.storage import reads
-from pyxia.storage.apply import ApplyResult, override_fields_used, validate_write_request
+from pyxia.storage.apply import (
+    ApplyResult,
+    override_fields_used,
+    validate_write_request,
+    varint,
+)
 from pyxia.storage.db import TermOptions
+from pyxia.storage.steps import APPLY_SLICE_S, Abandoned, Steps, advance, run_sliced
 
 log = logging.getLogger("pyxia.leader")
 
@@ -73,20 +90,12 @@ READ_CONFIRM_TIMEOUT_S = 3.0
 """How long a read waits for a majority to confirm this leader before it is refused."""
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def log_entry_value(raw_write_request: bytes) -> bytes:
     """``LogEntryValue{requests: WriteRequests{writes: [<raw>]}}`` built from
-    the request's wire bytes, without re-serializing it."""
-    inner = b"\x0a" + _varint(len(raw_write_request)) + raw_write_request
-    return b"\x0a" + _varint(len(inner)) + inner
+    the request's wire bytes, without re-serializing it (one copy)."""
+    n = len(raw_write_request)
+    head = varint(n)
+    return b"".join((b"\x0a", varint(1 + len(head) + n), b"\x0a", head, raw_write_request))
 
 
 @dataclass(slots=True)
@@ -157,6 +166,14 @@ class LeaderController:
         # The header proving this server's cluster on its calls to followers (set by the
         # director from the server's manifest).
         self.call_metadata: Callable[[], CallMetadata] = lambda: ()
+        # Applying committed proposals: the highest committed offset seen, the entry being
+        # applied (suspended between slices), the task that goes on with it, the WAL replay.
+        self.apply_slice_s = APPLY_SLICE_S
+        self._apply_target = -1
+        self._applying: tuple[Proposal, Steps[ApplyResult]] | None = None
+        self._apply_task: asyncio.Task[None] | None = None
+        self._replay: Steps[int] | None = None
+        self.write_limits = storage.options.write_limits
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -265,7 +282,16 @@ class LeaderController:
             await self.applied.wait(seen, 1.0)
         if self._closed or self.term != term or self.tracker is not tracker:
             raise AlreadyClosed(shard=self.shard)
-        applied = self.storage.apply_up_to(tracker.commit_offset)
+        replay = self._replay = self.storage.apply_steps(tracker.commit_offset)
+        try:
+            applied = await run_sliced(replay, self.apply_slice_s, lambda: self._replay is replay)
+        except Abandoned:
+            raise AlreadyClosed(shard=self.shard) from None
+        finally:
+            if self._replay is replay:
+                self._replay = None
+        if self._closed or self.term != term or self.tracker is not tracker:
+            raise AlreadyClosed(shard=self.shard)
         if applied:
             log.info("shard %s: applied %d committed entries from the WAL", self.shard, applied)
         self.applier = self.storage.applier
@@ -418,7 +444,9 @@ class LeaderController:
             self._reader_registered = False
 
     def _step_down(self, reason: PyxiaError) -> None:
-        """Stops leading: fails pending proposals, stops sessions."""
+        """Stops leading: abandons the apply in progress, fails pending proposals, stops
+        sessions."""
+        self._abandon_apply()
         self.sessions.stop()
         self._fail_pending(reason)
         self.tracker = None
@@ -490,12 +518,12 @@ class LeaderController:
         API passes its authorization check, which raises PermissionDenied). Followers never
         check: what a leader logged was admitted."""
         self.check_leader()
-        if validate:
-            validate_write_request(request)
-            if override_fields_used(request, raw) and check_overrides is not None:
-                check_overrides(self.namespace)
         if raw is None:
             raw = request.SerializeToString()
+        if validate:
+            validate_write_request(request, self.write_limits, len(raw))
+            if override_fields_used(request, raw) and check_overrides is not None:
+                check_overrides(self.namespace)
         return self._append(request, log_entry_value(raw), None)
 
     def propose_internal(
@@ -583,24 +611,64 @@ class LeaderController:
             self.confirmed.notify()
 
     def apply_committed(self, commit: int) -> None:
-        """Applies pending proposals up to ``commit`` in offset order."""
+        """Applies pending proposals up to ``commit`` in offset order: for one slice of loop
+        time now, the rest in the apply task."""
+        if commit > self._apply_target:
+            self._apply_target = commit
+        if self._apply_task is not None:
+            return  # it goes on from where it is, up to the new target
+        if not self._apply_slice(time.monotonic() + self.apply_slice_s):
+            assert self._loop is not None
+            self._apply_task = self._loop.create_task(
+                self._apply_in_slices(), name=f"leader-apply-{self.shard}"
+            )
+
+    async def _apply_in_slices(self) -> None:
+        me = asyncio.current_task()
+        try:
+            while self._apply_task is me:
+                await asyncio.sleep(0)  # the loop runs other shards, health checks, signals
+                if self._apply_task is not me or self._apply_slice(
+                    time.monotonic() + self.apply_slice_s
+                ):
+                    return
+        finally:
+            if self._apply_task is me:
+                self._apply_task = None
+
+    def _apply_slice(self, deadline: float) -> bool:
+        """Applies committed proposals until none is left (True) or ``deadline`` passes
+        (False: the entry in progress stays suspended in ``_applying``)."""
         pending = self._pending
-        if not pending or pending[0].offset > commit:
-            return
-        applier = self.applier
+        target = self._apply_target
         m = self.metrics
-        now = time.monotonic()
         n_requests = 0
         n_ops = 0
-        while pending and pending[0].offset <= commit:
-            p = pending.popleft()
-            failpoint("leader.after_commit_before_apply")
+        finished = True
+        while True:
+            current = self._applying
+            if current is None:
+                if not pending or pending[0].offset > target:
+                    break
+                p = pending[0]
+                failpoint("leader.after_commit_before_apply")
+                current = self._applying = (
+                    p,
+                    self.applier.apply_write_steps(p.request, p.offset, p.timestamp),
+                )
+            p, steps = current
             try:
-                res = applier.apply_write(p.request, p.offset, p.timestamp)
+                done = advance(steps, deadline)
             except Exception as e:  # the DB failed: this shard can't go on
-                pending.appendleft(p)
+                self._applying = None
                 self._storage_failed(e)
-                return
+                return True
+            if done is None:
+                finished = False
+                break
+            self._applying = None
+            pending.popleft()
+            res = done.value
             if res.sequence_updates:
                 self._notify_sequences(res.sequence_updates)
             if p.on_applied is not None:
@@ -610,12 +678,28 @@ class LeaderController:
             req = p.request
             n_requests += 1
             n_ops += len(req.puts) + len(req.deletes) + len(req.delete_ranges)
-            m.write_latency.observe(now - p.proposed_at)
-        m.write_requests.inc(n_requests)
-        m.write_ops.inc(n_ops)
-        m.commit_offset.set(commit)
-        m.head_offset.set(self.wal.last_offset)
-        self.applied.notify()
+            m.write_latency.observe(time.monotonic() - p.proposed_at)
+        if n_requests:
+            m.write_requests.inc(n_requests)
+            m.write_ops.inc(n_ops)
+            m.commit_offset.set(target)
+            m.head_offset.set(self.wal.last_offset)
+            self.applied.notify()
+        return finished
+
+    def _abandon_apply(self) -> None:
+        """Drops the apply in progress (an entry, or the WAL replay) between two of its steps:
+        nothing of it was written; its offset is applied again by whoever leads next."""
+        self._apply_target = -1
+        current, self._applying = self._applying, None
+        if current is not None:
+            current[1].close()
+        replay, self._replay = self._replay, None
+        if replay is not None:
+            replay.close()
+        task, self._apply_task = self._apply_task, None
+        if task is not None:
+            task.cancel()
 
     def _fail_pending(self, cause: PyxiaError) -> None:
         """Fails the proposals not yet applied. They are in the WAL already (and maybe on

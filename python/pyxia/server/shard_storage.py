@@ -22,7 +22,7 @@ import logging
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyxia._native import CorruptedLog, EntryNotFound, Wal
@@ -30,9 +30,10 @@ from pyxia.common.validation import REBUILDING_HEAD, check_namespace, check_shar
 from pyxia.errors import ReplicaCorrupt
 from pyxia.proto import replication_pb2
 from pyxia.storage import keys
-from pyxia.storage.apply import StateApplier
-from pyxia.storage.db import INVALID_OFFSET, INVALID_TERM, ShardDB, TermOptions
+from pyxia.storage.apply import DEFAULT_WRITE_LIMITS, StateApplier, WriteLimits
+from pyxia.storage.db import INVALID_OFFSET, INVALID_TERM, DbResources, ShardDB, TermOptions
 from pyxia.storage.keys import KeyEncoding
+from pyxia.storage.steps import Steps, run_steps
 from pyxia.wal_inspect import repair_hint, segment_files
 
 log = logging.getLogger("pyxia.shard")
@@ -48,6 +49,10 @@ class StorageOptions:
     wal_segment_size: int = 64 * 1024 * 1024
     wal_retention_ms: int = 60 * 60 * 1000
     notifications_retention_ms: int = 60 * 60 * 1000
+    # What a client write may hold (checked by the leader before logging it).
+    write_limits: WriteLimits = DEFAULT_WRITE_LIMITS
+    # Shared by every shard DB opened with these options: the block cache.
+    db: DbResources = field(default_factory=DbResources, compare=False)
 
 
 def shard_dir(base: Path, namespace: str, shard: int) -> Path:
@@ -89,7 +94,7 @@ class ShardStorage:
         except ValueError as e:
             raise self._corrupt_db(f"unreadable {ENCODING_MARKER}: {e}") from e
         try:
-            self.db = ShardDB(self.db_path, self.encoding)
+            self.db = ShardDB(self.db_path, self.encoding, options.db)
         except Exception as e:
             if is_db_corruption(e):
                 raise self._corrupt_db(str(e)) from e
@@ -219,10 +224,17 @@ class ShardStorage:
     def apply_up_to(self, offset: int, batch: int = 1000) -> int:
         """Applies WAL entries after the DB's commit offset up to ``offset``
         (known committed). Returns how many were applied."""
+        return run_steps(self.apply_steps(offset, batch))
+
+    def apply_steps(self, offset: int, batch: int = 1000) -> Steps[int]:
+        """:meth:`apply_up_to` in steps (a step per operation of each entry): a caller runs
+        it in slices of event-loop time (``storage.steps.run_sliced``). Abandoned between two
+        steps, every entry is either applied or untouched."""
         applied = 0
         nxt = self.applier.commit_offset + 1
         while nxt <= offset:
             try:
+                # At most ~4 MiB of entries are read at a time (the WAL's default).
                 entries = self.wal.read_batch(nxt, max_entries=min(batch, offset - nxt + 1))
             except EntryNotFound:
                 # Below the WAL's first entry (after a snapshot): nothing to replay.
@@ -230,8 +242,9 @@ class ShardStorage:
             if not entries:
                 break
             for e in entries:
-                self.applier.apply_log_entry_value(e.offset, e.timestamp, e.value)
+                yield from self.applier.apply_log_entry_value_steps(e.offset, e.timestamp, e.value)
                 applied += 1
+                yield
             nxt = entries[-1].offset + 1
         return applied
 
@@ -267,11 +280,11 @@ class ShardStorage:
         os.replace(self.db_path, backup)
         try:
             os.replace(staged, self.db_path)
-            db = ShardDB(self.db_path, encoding)
+            db = ShardDB(self.db_path, encoding, self.options.db)
         except BaseException:
             shutil.rmtree(self.db_path, ignore_errors=True)
             os.replace(backup, self.db_path)
-            self.db = ShardDB(self.db_path, self.encoding)
+            self.db = ShardDB(self.db_path, self.encoding, self.options.db)
             self.applier = StateApplier(
                 self.db,
                 self.shard,

@@ -12,6 +12,15 @@ secondary index bookkeeping happen in the same batch as the record. A write
 that cannot be applied at all (a sequential put whose deltas do not fit the
 sequence) is *rejected*: it has no effect but its offset is recorded as
 applied, and the leader answers the client with the error.
+
+Applying is done in steps (``*_steps`` generators, see ``storage/steps.py``): an entry yields
+after each operation (and each record a range delete or a session close removes) and writes
+its one DB batch in its last step, so a caller may spread a big entry over several slices of
+event-loop time, or abandon it between steps without leaving a trace.
+
+What a client write may hold is bounded before it is logged (:class:`WriteLimits`, checked by
+:func:`validate_write_request` at the leader): key and value sizes and the number of
+operations, so that no single entry can make one step, or the entry's atomic DB batch, long.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from pyxia.storage import keys
 from pyxia.storage.db import ShardDB
 from pyxia.storage.keys import ScanBounds
 from pyxia.storage.notifications import Notifications
+from pyxia.storage.steps import Steps, run_steps
 
 OK = client_pb2.OK
 KEY_NOT_FOUND = client_pb2.KEY_NOT_FOUND
@@ -42,6 +52,30 @@ Version = client_pb2.Version
 
 class RejectedWrite(InvalidArgument):
     """The entry was recorded as applied but had no effect."""
+
+
+def varint(n: int) -> bytes:
+    """Protobuf's base-128 varint of ``n >= 0``."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+SPLICED_VALUE_SIZE = 64 * 1024
+"""From this size on, a record's value is spliced into its serialized ``StorageEntry``
+rather than copied in and out of a message (two copies less of a large value)."""
+
+
+def storage_entry_bytes(entry: storage_pb2.StorageEntry, value: bytes) -> bytes:
+    """``entry`` (which has no value) serialized with ``value``: the same bytes as
+    ``SerializeToString`` of the entry holding the value, whose field 1 comes first."""
+    if len(value) < SPLICED_VALUE_SIZE:
+        entry.value = value
+        return entry.SerializeToString()
+    return b"".join((b"\x0a", varint(len(value)), value, entry.SerializeToString()))
 
 
 @dataclass
@@ -137,12 +171,20 @@ class StateApplier:
 
     def apply_log_entry_value(self, offset: int, timestamp: int, value: bytes) -> list[ApplyResult]:
         """Decodes a ``LogEntryValue`` and applies it (followers, WAL replay)."""
+        return run_steps(self.apply_log_entry_value_steps(offset, timestamp, value))
+
+    def apply_log_entry_value_steps(
+        self, offset: int, timestamp: int, value: bytes
+    ) -> Steps[list[ApplyResult]]:
+        """:meth:`apply_log_entry_value` in steps."""
         lev = storage_pb2.LogEntryValue.FromString(value)
         which = lev.WhichOneof("value")
         if which == "requests":
             writes = lev.requests.writes
             if len(writes) == 1:
-                return [self.apply_write(writes[0], offset, timestamp)]
+                return [(yield from self.apply_write_steps(writes[0], offset, timestamp))]
+            # Several writes in one entry (pyxia's leader logs one per entry) are applied as
+            # one step: each writes its own batch, so the entry must not be abandoned halfway.
             return [self.apply_write(w, offset, timestamp) for w in writes]
         # Control requests carry no user data: only the offset moves.
         self.apply_noop(offset)
@@ -156,6 +198,13 @@ class StateApplier:
 
     def apply_write(self, req: client_pb2.WriteRequest, offset: int, timestamp: int) -> ApplyResult:
         """Applies one write request as the entry at ``offset``."""
+        return run_steps(self.apply_write_steps(req, offset, timestamp))
+
+    def apply_write_steps(
+        self, req: client_pb2.WriteRequest, offset: int, timestamp: int
+    ) -> Steps[ApplyResult]:
+        """:meth:`apply_write` in steps: one per operation, then the DB write. Closed before
+        its last step, it leaves the DB and this applier as they were."""
         stage = _Stage(self.db)
         notifications = (
             Notifications(self.shard, offset, timestamp) if self.notifications_enabled else None
@@ -170,17 +219,22 @@ class StateApplier:
                 generated = put(stage, p, add_put(), timestamp, notifications)
                 if generated is not None:
                     seq_updates.append((p.key, generated))
+                yield
             deletes = res.deletes
             for d in req.deletes:
-                deletes.append(self._delete(stage, d, notifications))
+                deletes.append((yield from self._delete(stage, d, notifications)))
+                yield
             ranges = res.delete_ranges
             for r in req.delete_ranges:
-                ranges.append(self._delete_range(stage, r, notifications))
+                ranges.append((yield from self._delete_range(stage, r, notifications)))
+                yield
         except keys.SequenceKeyError as e:
             # Rejected as a whole, identically on every replica.
             self.last_version_id = base_version
             self.apply_noop(offset)
-            return ApplyResult(None, RejectedWrite(str(e)), request=req)
+            rejected = RejectedWrite(str(e))
+            rejected.__cause__ = e
+            return ApplyResult(None, rejected, request=req)
         except BaseException:
             self.last_version_id = base_version
             raise
@@ -227,7 +281,15 @@ class StateApplier:
             except keys.SequenceWithExpectedVersion:
                 pr.status = UNEXPECTED_VERSION_ID
                 return None
-            last = self._last_key_below(st, keys.sequence_search_key(req.key))
+            search = keys.sequence_search_key(req.key)
+            if self._has_key_with_prefix(st, search):
+                # Its first part is at 2^64-1: the lookup below (Oxia's, strictly below the
+                # search key) would miss that key and hand out it again, or a lower one.
+                raise keys.SequenceOverflow(
+                    f"oxia: sequential key operation overflows the sequence {req.key!r}: its "
+                    f"first part is already {keys.MAX_SEQUENCE_VALUE} (2^64-1)"
+                )
+            last = self._last_key_below(st, search)
             generated = keys.next_sequence_key(req.key, last, list(req.sequence_key_delta))
             key = generated
             ekey = enc(key)
@@ -282,7 +344,6 @@ class StateApplier:
         if req.HasField("override_modifications_count"):
             mod_count = req.override_modifications_count
         se = StorageEntry(
-            value=req.value,
             version_id=version_id,
             modifications_count=mod_count,
             creation_timestamp=created,
@@ -297,7 +358,7 @@ class StateApplier:
             se.client_identity = req.client_identity
         if req.HasField("partition_key"):
             se.partition_key = req.partition_key
-        st.put(ekey, se.SerializeToString())
+        st.put(ekey, storage_entry_bytes(se, req.value))
         if notifications is not None:
             notifications.modified(key, version_id, mod_count)
         v = pr.version
@@ -313,6 +374,17 @@ class StateApplier:
             pr.key = generated
         return generated
 
+    def _has_key_with_prefix(self, st: _Stage, prefix: str) -> bool:
+        """Whether ``prefix`` itself or a key ``prefix-...`` is stored (both sort in one run
+        starting at ``prefix`` in either encoding: a '-' suffix adds no level)."""
+        enc = self.encoding.encode
+        if st.get(enc(prefix)) is not None:
+            return True
+        lower = enc(prefix + "-")
+        for _ in st.scan(ScanBounds(lower, enc(prefix + ".")), reverse=False):
+            return True
+        return False
+
     def _last_key_below(self, st: _Stage, key: str) -> str | None:
         """The greatest user key strictly below ``key``."""
         upper = self.encoding.encode(key)
@@ -327,7 +399,7 @@ class StateApplier:
         st: _Stage,
         req: client_pb2.DeleteRequest,
         notifications: Notifications | None,
-    ) -> client_pb2.DeleteResponse:
+    ) -> Steps[client_pb2.DeleteResponse]:
         key = req.key
         ekey = self.encoding.encode(key)
         raw = st.get(ekey)
@@ -338,7 +410,7 @@ class StateApplier:
         existing = StorageEntry.FromString(raw)
         if req.HasField("expected_version_id") and existing.version_id != req.expected_version_id:
             return DeleteResponse(status=UNEXPECTED_VERSION_ID)
-        self._delete_entry(st, key, ekey, existing, notifications)
+        yield from self._delete_entry(st, key, ekey, existing, notifications)
         return DeleteResponse(status=OK)
 
     def _delete_entry(
@@ -348,26 +420,27 @@ class StateApplier:
         ekey: bytes,
         entry: storage_pb2.StorageEntry,
         notifications: Notifications | None,
-    ) -> None:
+    ) -> Steps[None]:
         """Deletes a record with its shadow key, index entries and (for a
-        session record) the session's ephemeral records."""
+        session record) the session's ephemeral records, one step each."""
         enc = self.encoding.encode
         if entry.HasField("session_id"):
             st.delete(enc(keys.session_shadow_key(entry.session_id, key)))
         for si in entry.secondary_indexes:
             st.delete(enc(keys.index_entry_key(si.index_name, si.secondary_key, key)))
         if keys.is_session_key(key):
-            self._close_session(st, keys.parse_session_key(key), notifications)
+            yield from self._close_session(st, keys.parse_session_key(key), notifications)
         st.delete(ekey)
         if notifications is not None:
             notifications.deleted(key)
 
     def _close_session(
         self, st: _Stage, session_id: int, notifications: Notifications | None
-    ) -> None:
+    ) -> Steps[None]:
         lower, upper = keys.session_shadow_range(session_id, self.encoding)
-        shadows = [k for k, _ in st.scan(ScanBounds(lower, upper))]
-        for shadow in shadows:
+        # Lazily: the scan skips what this loop deletes (the overlay wins).
+        for shadow, _ in st.scan(ScanBounds(lower, upper)):
+            yield
             st.delete(shadow)
             _, user_key = keys.parse_session_shadow_key(self.encoding.decode(shadow))
             if not user_key:
@@ -378,47 +451,134 @@ class StateApplier:
                 continue
             entry = StorageEntry.FromString(raw)
             if entry.HasField("session_id") and entry.session_id == session_id:
-                self._delete_entry(st, user_key, ekey, entry, notifications)
+                yield from self._delete_entry(st, user_key, ekey, entry, notifications)
 
     def _delete_range(
         self,
         st: _Stage,
         req: client_pb2.DeleteRangeRequest,
         notifications: Notifications | None,
-    ) -> client_pb2.DeleteRangeResponse:
+    ) -> Steps[client_pb2.DeleteRangeResponse]:
         bounds = keys.delete_range_bounds(req.start_inclusive, req.end_exclusive, self.encoding)
         if notifications is not None:
             notifications.deleted_range(req.start_inclusive, req.end_exclusive)
         decode = self.encoding.decode
-        victims = list(st.scan(bounds))
-        for ekey, raw in victims:
-            if st.get(ekey) is None:
-                continue  # already removed by an earlier cascade
+        enc = self.encoding.encode
+        # Lazily: the scan skips what an earlier operation of this entry deleted (the overlay
+        # wins), and the records this loop deletes are behind it.
+        for ekey, raw in st.scan(bounds):
             key = decode(ekey)
             entry = StorageEntry.FromString(raw)
-            enc = self.encoding.encode
             if entry.HasField("session_id"):
                 st.delete(enc(keys.session_shadow_key(entry.session_id, key)))
             for si in entry.secondary_indexes:
                 st.delete(enc(keys.index_entry_key(si.index_name, si.secondary_key, key)))
             st.delete(ekey)
+            yield
         return DeleteRangeResponse(status=OK)
 
 
-def validate_write_request(req: client_pb2.WriteRequest) -> None:
+KIB = 1024
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class WriteLimits:
+    """What one client write may hold, checked before it is logged (``--max-key-size``,
+    ``--max-value-size``, ``--max-write-operations``; Oxia has none of these, only its 256 MiB
+    gRPC messages). rocksdict holds the GIL in every call, so what a write costs the event loop
+    grows with it; measured on this machine (issue 15 §6): an 8 MiB put takes ~30 ms of CPU
+    (WAL append and copies; ~4 ms per MiB, worse past 32 MiB where every buffer is freshly
+    mapped), a write's last step, its one atomic DB batch, ~1 µs per operation (12 ms for
+    10,000 puts, 310 ms for 100,000 on a loaded machine):
+
+    * keys (and secondary index names and keys, partition keys, delete-range bounds): 64 KiB
+      of UTF-8. Keys are copied into internal keys, notifications and index blocks; path-like
+      keys are a few hundred bytes;
+    * values: 8 MiB, so one value holds the loop for tens of milliseconds at most (ZooKeeper's
+      default limit is 1 MB, etcd's 1.5 MiB);
+    * operations per write: 10,000, ten times what Oxia's clients batch by default (1,000
+      operations or 128 KiB per request), so one entry's atomic batch stays a few ms.
+    """
+
+    max_key_size: int = 64 * KIB
+    max_value_size: int = 8 * MIB
+    max_operations: int = 10_000
+
+    def __post_init__(self) -> None:
+        if min(self.max_key_size, self.max_value_size, self.max_operations) < 1:
+            raise ValueError("write limits must be positive")
+
+
+DEFAULT_WRITE_LIMITS = WriteLimits()
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _check_key(what: str, key: str, limits: WriteLimits) -> None:
+    # A code point is at most 4 bytes of UTF-8: short keys need no encoding.
+    if len(key) * 4 > limits.max_key_size and _utf8_size(key) > limits.max_key_size:
+        raise InvalidArgument(
+            f"{what} is {_utf8_size(key)} bytes, more than the maximum key size "
+            f"({limits.max_key_size} bytes)"
+        )
+
+
+def validate_write_request(
+    req: client_pb2.WriteRequest,
+    limits: WriteLimits = DEFAULT_WRITE_LIMITS,
+    size: int | None = None,
+) -> None:
     """Request-level checks done before an entry is logged. Raises
-    InvalidArgument with a clear message; the request is then not applied."""
+    InvalidArgument with a clear message; the request is then not applied.
+
+    ``size`` is the request's serialized size when the caller has it (else it is computed):
+    no field is larger than the whole request, so the sizes of keys and values are looked at
+    only in a request larger than the limit (a client's usual batch is far smaller)."""
+    puts = req.puts
+    deletes = req.deletes
+    ranges = req.delete_ranges
+    n_ops = len(puts) + len(deletes) + len(ranges)
+    if n_ops > limits.max_operations:
+        raise InvalidArgument(
+            f"the write has {n_ops} operations, more than the maximum of "
+            f"{limits.max_operations} per write"
+        )
+    if size is None:
+        size = req.ByteSize()
+    check_keys = size > limits.max_key_size
+    check_values = size > limits.max_value_size
     internal = keys.INTERNAL_KEY_PREFIX
-    for p in req.puts:
+    max_value = limits.max_value_size
+    short_key = limits.max_key_size // 4  # a code point is at most 4 bytes of UTF-8
+    for p in puts:
         key = p.key
         if not key or key.startswith(internal) or p.sequence_key_delta or p.secondary_indexes:
-            _validate_put(p)
-    for d in req.deletes:
+            _validate_put(p, limits)
+        if check_keys:
+            if len(key) > short_key:
+                _check_key("put: the key", key, limits)
+            if p.HasField("partition_key") and len(p.partition_key) > short_key:
+                _check_key("put: the partition key", p.partition_key, limits)
+        if check_values and len(p.value) > max_value:
+            raise InvalidArgument(
+                f"put {key[:64]!r}: the value is {len(p.value)} bytes, more than the maximum "
+                f"value size ({max_value} bytes)"
+            )
+    for d in deletes:
         key = d.key
         if not key:
             raise InvalidArgument("delete: the key must not be empty")
         if key.startswith(internal):
             raise InvalidArgument(f"delete: keys under {internal} are reserved")
+        if check_keys and len(key) > short_key:
+            _check_key("delete: the key", key, limits)
+    if check_keys:
+        for r in ranges:
+            _check_key("delete range: the start key", r.start_inclusive, limits)
+            _check_key("delete range: the end key", r.end_exclusive, limits)
 
 
 _OVERRIDE_TAG_BYTES = (b"\x48", b"\xc8", b"\x50", b"\xd0")
@@ -453,7 +613,7 @@ def override_fields_used(req: client_pb2.WriteRequest, raw: bytes | None = None)
     return used
 
 
-def _validate_put(p: client_pb2.PutRequest) -> None:
+def _validate_put(p: client_pb2.PutRequest, limits: WriteLimits) -> None:
     if p.sequence_key_delta:
         if not p.key:
             raise InvalidArgument("a sequential put needs a key prefix")
@@ -468,5 +628,7 @@ def _validate_put(p: client_pb2.PutRequest) -> None:
     for si in p.secondary_indexes:
         if not si.index_name or "/" in si.index_name:
             raise InvalidArgument(
-                f"put: invalid secondary index name {si.index_name!r} (empty or with '/')"
+                f"put: invalid secondary index name {si.index_name[:64]!r} (empty or with '/')"
             )
+        _check_key("put: the secondary index name", si.index_name, limits)
+        _check_key("put: the secondary key", si.secondary_key, limits)

@@ -692,7 +692,11 @@ class SequenceDeltaIsZero(SequenceKeyError):
 
 
 class SequenceOverflow(SequenceKeyError):
-    """A part would go past 2^64 - 1 (Oxia >= 0.17.x rejects it rather than wrap)."""
+    """A part would go past 2^64 - 1, or the sequence's first part is already there. Oxia
+    (``db_sequences.go``) adds in uint64 and wraps around, and its lookup of the last key
+    (strictly below ``prefix-<2^64-1>``) misses a key whose first part is at the limit, so it
+    would hand out that key again (overwriting it) and then lower ones; pyxia rejects the write
+    instead."""
 
 
 class InvalidSequenceKey(SequenceKeyError):
