@@ -158,7 +158,7 @@ def test_storage_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     class Stop(Exception):
         pass
 
-    def capture(options: ServerOptions, namespaces: object) -> None:
+    def capture(options: ServerOptions, namespaces: object, **kw: object) -> None:
         seen.append(options)
         raise Stop
 

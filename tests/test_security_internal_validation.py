@@ -8,6 +8,7 @@ standalone findings, real ``pyxia standalone`` processes."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -733,7 +734,9 @@ def test_standalone_internal_port_when_asked_accepts_no_coordinator(tmp_path: Pa
                         timeout=10,
                     )
                 assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
-        assert not (tmp_path / "db" / "MANIFEST.json").exists()
+        # the data dir's manifest says what it is, and binds it to no cluster
+        manifest = json.loads((tmp_path / "db" / "MANIFEST.json").read_text())
+        assert manifest["mode"] == "standalone" and "instance_id" not in manifest
         assert _put_sync(s.public, "/x").puts[0].status == client_pb2.OK
     finally:
         s.kill()

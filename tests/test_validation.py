@@ -19,6 +19,7 @@ from pyxia.common.validation import (
     MAX_NAMESPACE_LEN,
     MAX_REPLICATION_FACTOR,
     MAX_TERM,
+    REBUILDING_HEAD,
     RESERVED_NAMESPACE_NAMES,
     accepts_term,
     check_address,
@@ -43,7 +44,11 @@ NAME_CHARS = "abcXYZ019_.-"
 OXIA_RULE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
 
 valid_names = st.text(alphabet=NAME_CHARS, min_size=1, max_size=MAX_NAMESPACE_LEN).filter(
-    lambda s: s[0].isalnum() and ".." not in s and s not in RESERVED_NAMESPACE_NAMES
+    lambda s: (
+        s[0].isalnum()
+        and ".." not in s
+        and s.casefold() not in {n.casefold() for n in RESERVED_NAMESPACE_NAMES}
+    )
 )
 
 
@@ -96,11 +101,23 @@ def test_separators_traversal_and_foreign_characters_are_refused(
         "x\n",
         "x" * (MAX_NAMESPACE_LEN + 1),
         *sorted(RESERVED_NAMESPACE_NAMES),
+        "pyxia.lock",
+        "PYXIA.LOCK",
+        "manifest.json",
+        "Manifest.Json",
+        "MANIFEST.tmp",
     ],
 )
 def test_known_bad_namespaces(name: str) -> None:
     with pytest.raises(InvalidArgument):
         check_namespace(name)
+
+
+def test_the_files_pyxia_keeps_in_its_dirs_are_reserved() -> None:
+    from pyxia.dirs import LOCK_FILE, MANIFEST_FILE
+    from pyxia.server.manifest import MANIFEST_FILE as SERVER_MANIFEST_FILE
+
+    assert {LOCK_FILE, MANIFEST_FILE, SERVER_MANIFEST_FILE} <= RESERVED_NAMESPACE_NAMES
 
 
 def test_the_longest_name_fits_a_path_component() -> None:
@@ -157,7 +174,7 @@ def test_replication_factor(rf: int) -> None:
 )
 def test_head_entry_ids(term: int, offset: int) -> None:
     e = replication_pb2.EntryId(term=term, offset=offset)
-    if term >= -1 and offset >= -1:
+    if (term >= -1 and offset >= -1) or (term, offset) == REBUILDING_HEAD:
         check_entry_id(e)
     else:
         with pytest.raises(InvalidArgument):
@@ -318,7 +335,9 @@ def test_bad_maps() -> None:
 # -- the config loader ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["../x", "/abs/path", "a/b", "x" * 200, "MANIFEST.json"])
+@pytest.mark.parametrize(
+    "name", ["../x", "/abs/path", "a/b", "x" * 200, "MANIFEST.json", "pyxia.lock"]
+)
 def test_config_refuses_bad_namespace_names(name: str) -> None:
     with pytest.raises(ConfigError, match="namespace name"):
         parse_cluster_config({"namespaces": [{"name": name}]}, require_servers=False)

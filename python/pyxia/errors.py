@@ -199,6 +199,19 @@ class StorageFailure(PyxiaError):
     grpc_code = "INTERNAL"
 
 
+class ReplicaCorrupt(StorageFailure):
+    """A replica's WAL or DB was found corrupt when the shard was opened. A cluster server
+    moves the damaged files aside and rebuilds the replica from its peers; a standalone (no
+    peers) refuses to start. ``part`` is "wal" or "db"; the message says what to do."""
+
+    def __init__(
+        self, message: str = "", *, shard: int | None = None, namespace: str = "", part: str = ""
+    ) -> None:
+        super().__init__(message, shard=shard)
+        self.namespace = namespace
+        self.part = part
+
+
 class WriteIndeterminate(PyxiaError):
     """The leader logged the write, then stopped leading (a new term, closing, a storage
     failure) before it was committed: a new leader may still commit it, or not. A client may

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -20,9 +19,10 @@ from pyxia.cli.security_flags import (
     tls_flags,
     tls_from_flags,
 )
-from pyxia.cli.server_cmd import make_dirs_private, run_until_signalled
+from pyxia.cli.server_cmd import guard_dirs, make_dirs_private, run_until_signalled
+from pyxia.cli.startup import StartupError, check_addr, fail, run
 from pyxia.config import ConfigError, load_cluster_config
-from pyxia.security.tls import TlsConfigError
+from pyxia.dirs import MetadataDir
 
 log = logging.getLogger("pyxia.cli")
 
@@ -136,7 +136,10 @@ def coordinator(**kw: Any) -> None:
     listener_tls = tls_from_flags(kw, "", listener=True)
     peer_tls = tls_from_flags(kw, "peer", listener=False)
     secret = secret_from_flags(kw)
-    require_membership_proof("pyxia coordinator", secret, peer_tls, None)
+    try:
+        require_membership_proof("pyxia coordinator", secret, peer_tls, None)
+    except StartupError as e:
+        fail(str(e))
 
     def load() -> Any:
         return load_cluster_config(path)
@@ -145,11 +148,22 @@ def coordinator(**kw: Any) -> None:
         load()
     except ConfigError as e:
         raise click.UsageError(str(e)) from e
+    try:
+        check_addr("--internal-addr", kw["internal_addr"])
+        check_addr("--metrics-addr", kw["metrics_addr"], allow_empty=True)
+    except StartupError as e:
+        fail(str(e))
     options: dict[str, Any] = {}
     name = kw["metadata"]
-    make_dirs_private(kw["metadata_dir"] if name in ("file", "raft") else None)
+    metadata_dir: MetadataDir | None = None
     if name in ("file", "raft"):
+        # Locked and checked before its mode is touched; held for the life of the process.
+        metadata_dir = guard_dirs(
+            lambda: MetadataDir.open(kw["metadata_dir"], name), kw["metadata_dir"]
+        )
         options["metadata_dir"] = str(kw["metadata_dir"])
+    else:
+        make_dirs_private()  # no directory of its own: what it writes is private all the same
     if name == "etcd":
         options["etcd_endpoints"] = kw["etcd_endpoints"]
         options["etcd_tls"] = tls_from_flags(kw, "etcd", listener=False)
@@ -188,11 +202,12 @@ def coordinator(**kw: Any) -> None:
     def ready() -> str:
         return f"pyxia coordinator ready: internal=:{server.port} metadata={name} config={path}"
 
-    try:
-        asyncio.run(run_until_signalled(server.start, server.close, ready))
-    except (OSError, TlsConfigError) as e:
-        log.error("cannot start: %s", e)
-        sys.exit(1)
+    async def close() -> None:
+        await server.close()
+        if metadata_dir is not None:
+            metadata_dir.close()
+
+    run(run_until_signalled(server.start, close, ready))
 
 
 def _sync_channel(address: str, security: dict[str, Any]) -> Any:
@@ -238,6 +253,11 @@ def status(address: str, as_json: bool, **security: Any) -> None:
         try:
             res = call(admin_pb2.GetClusterStatusRequest(), timeout=10)
         except grpc.RpcError as e:
+            if isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                raise click.ClickException(
+                    f"{address} is not a coordinator (it does not serve pyxia's admin API; "
+                    "a data server?): point --coordinator at a coordinator's address"
+                ) from None
             detail = e.details() if isinstance(e, grpc.Call) else str(e)
             raise click.ClickException(f"{address}: {detail}") from None
     if not res.leader:

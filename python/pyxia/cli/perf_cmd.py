@@ -108,7 +108,10 @@ def perf(
             loop.add_signal_handler(sig, stop.set)
         return await run_perf(cfg, sys.stderr, stop)
 
-    result = asyncio.run(main())
+    try:
+        result = asyncio.run(main())
+    except Exception as e:  # one line, no traceback (e.g. nothing answers at the address)
+        raise click.ClickException(" ".join(str(e).split())) from None
     window = result.pop("_window")
     if as_json:
         click.echo(json.dumps(result))

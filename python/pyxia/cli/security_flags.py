@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from pyxia.cli.startup import StartupError
 from pyxia.security.cluster_auth import ClusterSecret, SecretFileError
 from pyxia.security.tls import TlsConfigError, TlsOptions, parse_tls_version
 
@@ -155,7 +156,9 @@ def require_membership_proof(
 ) -> None:
     """A cluster process must prove membership on its internal calls (and, with a listener,
     demand it): a secret, or mutual TLS (``internal`` with client auth, when this process has an
-    internal port, and a peer certificate to present). A one-line error otherwise."""
+    internal port, and a peer certificate to present). Raises
+    :class:`~pyxia.cli.startup.StartupError` otherwise (one line, printed before anything is
+    touched)."""
     if secret is not None:
         return
     listener_ok = internal is None or (internal.is_enabled and internal.client_auth)
@@ -166,7 +169,7 @@ def require_membership_proof(
         if internal is not None
         else ""
     ) + "--peer-tls-{cert,key,trusted-ca}-file"
-    raise click.ClickException(
+    raise StartupError(
         f"{what} needs proof of cluster membership on internal calls: --cluster-secret-file FILE "
         f"(make one with `pyxia certs secret --out FILE`), or mutual TLS ({mtls})"
     )

@@ -16,10 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -31,11 +30,13 @@ from pyxia.cli.security_flags import (
     tls_flags,
     tls_from_flags,
 )
+from pyxia.cli.startup import StartupError, check_addr, fail, run, standalone_config_note
 from pyxia.common.validation import namespace_problem
 from pyxia.config import ConfigError, NamespaceConfig, load_cluster_config
+from pyxia.dirs import DirError
 from pyxia.security.oidc import AuthConfigError
 from pyxia.security.public import PublicAccess, PublicAuthOptions
-from pyxia.security.tls import TlsConfigError, TlsOptions
+from pyxia.security.tls import TlsOptions
 from pyxia.server.data_server import ServerOptions
 from pyxia.server.shards_director import DEFAULT_MAX_SHARDS
 from pyxia.storage.apply import DEFAULT_WRITE_LIMITS, WriteLimits
@@ -44,6 +45,8 @@ from pyxia.tso import DEFAULT_NAMESPACE as DEFAULT_TSO_NAMESPACE
 from pyxia.tso.oracle import TsoOptions
 
 log = logging.getLogger("pyxia.cli")
+
+T = TypeVar("T")
 
 
 def _namespace_names(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -249,9 +252,12 @@ def build_options(kw: dict[str, Any]) -> ServerOptions:
 
 def _build_options(kw: dict[str, Any]) -> ServerOptions:
     return ServerOptions(
-        public_addr=kw["public_addr"],
-        internal_addr=kw["internal_addr"],
-        metrics_addr=kw["metrics_addr"] or None,
+        public_addr=check_addr("--public-addr", kw["public_addr"]) or "",
+        # None (a standalone without --internal-addr): no internal port; given empty: refused.
+        internal_addr=check_addr(
+            "--internal-addr", kw["internal_addr"], allow_empty=kw["internal_addr"] is None
+        ),
+        metrics_addr=check_addr("--metrics-addr", kw["metrics_addr"], allow_empty=True),
         advertised_public_addr=kw["advertised_public_addr"],
         advertised_internal_addr=kw["advertised_internal_addr"],
         data_dir=kw["data_dir"],
@@ -277,7 +283,24 @@ def make_dirs_private(*dirs: Path | None) -> None:
     try:
         make_private(dirs)
     except OSError as e:
-        raise click.ClickException(f"cannot prepare directory: {e}") from None
+        fail(f"cannot prepare directory: {e}")
+
+
+def guard_dirs(open_dirs: Callable[[], T], *dirs: Path | None) -> T:
+    """How a process that owns directories takes them, once its flags are checked: what it
+    creates is private from now on (umask 0o077); ``open_dirs`` locks and checks them
+    (``pyxia.dirs``: a directory in use, of another kind or contradicting what is asked is
+    refused before anything in it is touched); only then are their modes tightened
+    (:func:`make_dirs_private`). A refusal ends the command with one line."""
+    from pyxia.security.file_modes import use_private_umask
+
+    use_private_umask()
+    try:
+        opened = open_dirs()
+    except DirError as e:
+        fail(str(e))
+    make_dirs_private(*dirs)
+    return opened
 
 
 def public_auth_from_flags(kw: dict[str, Any]) -> PublicAuthOptions:
@@ -301,7 +324,8 @@ async def run_until_signalled(
     ready_line: Callable[[], str],
 ) -> None:
     """Starts, logs one ready line, waits for SIGINT/SIGTERM, closes. A signal while starting
-    (a standalone replaying its WAL) cancels the start and closes at once."""
+    (a standalone replaying its WAL) cancels the start and closes at once; a start that fails
+    closes what it started before the error goes on."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -324,6 +348,8 @@ async def run_until_signalled(
         log.info("stopped")
         return
     signalled.cancel()
+    if starting.cancelled() or starting.exception() is not None:
+        await close()  # nothing started may outlive the loop (and print noise after the error)
     starting.result()  # a start that failed raises here
     await stop.wait()
     log.info("shutting down")
@@ -383,12 +409,14 @@ def standalone(**kw: Any) -> None:
     from pyxia.server.standalone import Standalone
 
     logs.setup(kw["log_level"], kw["log_format"])
-    make_dirs_private(kw["data_dir"], kw["wal_dir"])
     if kw["config_file"] is not None:
         try:
             cfg = load_cluster_config(kw["config_file"], require_servers=False)
         except ConfigError as e:
             raise click.UsageError(str(e)) from e
+        note = standalone_config_note(cfg, kw["config_file"])
+        if note is not None:
+            log.warning(note)
         namespaces = [
             NamespaceConfig(
                 n.name, n.initial_shard_count, 1, n.notifications_enabled, n.key_sorting, n.tso
@@ -400,8 +428,12 @@ def standalone(**kw: Any) -> None:
             NamespaceConfig(name, kw["shards"], 1, kw["notifications"], kw["key_sorting"])
             for name in dict.fromkeys(kw["namespaces"])
         ]
-    options = build_options(kw)
-    node = Standalone(options, namespaces)
+    try:
+        options = build_options(kw)
+        node = Standalone(options, namespaces, config_file=kw["config_file"])
+    except (StartupError, ValueError) as e:
+        fail(str(e))
+    guard_dirs(node.open_dirs, kw["data_dir"], kw["wal_dir"])
 
     def ready() -> str:
         s = node.server
@@ -414,11 +446,7 @@ def standalone(**kw: Any) -> None:
             f"data-dir={options.data_dir} wal-dir={options.wal_dir}"
         )
 
-    try:
-        asyncio.run(run_until_signalled(node.start, node.close, ready))
-    except (OSError, TlsConfigError, AuthConfigError) as e:
-        log.error("cannot start: %s", e)
-        sys.exit(1)
+    run(run_until_signalled(node.start, node.close, ready))
 
 
 @click.command()
@@ -458,17 +486,20 @@ def server(**kw: Any) -> None:
     from pyxia.server.data_server import DataServer
 
     logs.setup(kw["log_level"], kw["log_format"])
-    options = build_options(kw)
-    require_membership_proof(
-        "pyxia server",
-        options.cluster_secret,
-        options.peer_tls or TlsOptions(),
-        options.internal_tls or TlsOptions(),
-    )
-    make_dirs_private(kw["data_dir"], kw["wal_dir"])
+    try:
+        options = build_options(kw)
+        require_membership_proof(
+            "pyxia server",
+            options.cluster_secret,
+            options.peer_tls or TlsOptions(),
+            options.internal_tls or TlsOptions(),
+        )
+    except StartupError as e:
+        fail(str(e))
     options.wal_segment_size = kw["wal_segment_size"]
     options.max_shards = kw["max_shards"]
     node = DataServer(options)
+    guard_dirs(node.open_dirs, kw["data_dir"], kw["wal_dir"])
     if kw["enable_test_hooks"]:
         from pyxia.server.debug_rpc import debug_handler
 
@@ -483,8 +514,4 @@ def server(**kw: Any) -> None:
             + f"data-dir={options.data_dir} wal-dir={options.wal_dir}"
         )
 
-    try:
-        asyncio.run(run_until_signalled(node.start, node.close, ready))
-    except (OSError, TlsConfigError, AuthConfigError) as e:
-        log.error("cannot start: %s", e)
-        sys.exit(1)
+    run(run_until_signalled(node.start, node.close, ready))

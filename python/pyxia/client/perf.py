@@ -90,6 +90,13 @@ def report_json(w: Window, secs: float) -> dict[str, Any]:
     }
 
 
+def _last_connection_error(client: AsyncClient) -> BaseException | None:
+    """The last error of the client's shard-assignments stream (the server's reachability)."""
+    watcher = getattr(client.core, "_watcher", None)
+    err = getattr(watcher, "last_error", None)
+    return err if isinstance(err, BaseException) else None
+
+
 async def run_perf(
     cfg: PerfConfig,
     progress: TextIO | None = sys.stderr,
@@ -156,12 +163,29 @@ async def run_perf(
         async def reporter() -> None:
             nonlocal window
             last = time.perf_counter()
+            silent_since: float | None = None
             while True:
                 await asyncio.sleep(cfg.report_interval_s)
                 now = time.perf_counter()
                 w, window = window, Window()
+                answered = len(w.write_ms) + len(w.read_ms) + w.failed
+                if answered or not outstanding:
+                    silent_since = None
+                elif silent_since is None:
+                    silent_since = last
                 if progress is not None:
                     print(report_text(w, now - last), file=progress, flush=True)
+                    if silent_since is not None:
+                        # The operations fail only at their deadline (--request-timeout): say
+                        # now that nothing is answered, and why, rather than print 0 ops/s.
+                        err = _last_connection_error(client)
+                        print(
+                            f"  Waiting: {outstanding} ops unanswered for "
+                            f"{now - silent_since:.1f}s"
+                            + (f" - last error: {err}" if err is not None else ""),
+                            file=progress,
+                            flush=True,
+                        )
                 last = now
 
         async def driver() -> None:

@@ -102,7 +102,8 @@ class MetricsServer:
                 handler_class=_QuietHandler,
             )
         except (OSError, ValueError) as e:
-            raise OSError(f"cannot listen on metrics address {addr}: {e}") from e
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+            raise OSError(f"cannot listen on metrics address {addr}: {reason}") from e
         self.port = int(self._httpd.server_port)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="metrics-http", daemon=True

@@ -12,8 +12,9 @@ The bounds, and why:
   ``^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$``, no ``..``, no ``/`` or ``\\``) plus at most
   :data:`MAX_NAMESPACE_LEN` (128) characters, so ``<dir>/<namespace>/shard-<id>`` is always
   one fresh path component under the data and WAL directories (Linux allows 255 bytes a
-  component). The names of the data server's own files in ``--data-dir``
-  (:data:`RESERVED_NAMESPACE_NAMES`) are refused too.
+  component). The names of the files pyxia keeps at the top of ``--data-dir`` and
+  ``--wal-dir`` (:data:`RESERVED_NAMESPACE_NAMES`: ``pyxia.lock``, ``MANIFEST.json``, ...)
+  are refused too, in any letter case.
 - **shard id**: ``0 <= id < 2^63`` (int64 on the wire; negative ids do not exist).
 - **term**: ``0 <= term <= MAX_TERM = 2^62``. Every ``term + 1`` the code computes (an
   election, a standalone restart) stays far below ``2^63 - 1``, the largest term the WAL
@@ -23,7 +24,10 @@ The bounds, and why:
 - **offset**: ``-1`` (none) or more.
 - **head entry id** (a replica reporting what its log holds): term and offset ``>= -1``. No
   upper bound on the term: a log written before the term bound existed may hold one above it,
-  and refusing to hear it would stop the election that heals the shard.
+  and refusing to hear it would stop the election that heals the shard. One exception:
+  :data:`REBUILDING_HEAD` ``(-1, -2)``, what a replica being rebuilt after corruption reports
+  to NewTerm (below an empty replica's ``(-1, -1)``, so no election picks it while another
+  can lead); the coordinator hands it on to the leader in BecomeLeader and AddFollower.
 - **replication factor**: ``1 ..`` :data:`MAX_REPLICATION_FACTOR` (64).
 - **address** (``host:port``: follower names, leaders in assignments, config servers): a DNS
   name or IPv4 address (letters, digits, ``.``, ``-``, ``_``) or a bracketed IPv6 address,
@@ -39,6 +43,7 @@ import re
 from collections.abc import Mapping
 from typing import Final, Protocol, TypeVar
 
+from pyxia.dirs.names import TOP_LEVEL_FILES
 from pyxia.errors import InvalidArgument
 from pyxia.proto import client_pb2
 
@@ -49,6 +54,7 @@ __all__ = [
     "MAX_NAMESPACE_LEN",
     "MAX_REPLICATION_FACTOR",
     "MAX_TERM",
+    "REBUILDING_HEAD",
     "RESERVED_NAMESPACE_NAMES",
     "accepts_term",
     "address_problem",
@@ -79,8 +85,14 @@ MAX_HOST_LEN: Final = 253  # a DNS name; a bracketed IPv6 address is far shorter
 MAX_ADDRESS_LEN: Final = MAX_HOST_LEN + 1 + 2 + 5  # host, ':', brackets, port
 MAX_INSTANCE_ID_LEN: Final = 128
 MAX_HASH: Final = 0xFFFFFFFF
-RESERVED_NAMESPACE_NAMES: Final = frozenset({"MANIFEST.json", "MANIFEST.tmp"})
-"""Files the data server keeps in ``--data-dir`` next to the namespace directories."""
+REBUILDING_HEAD: Final = (-1, -2)
+"""(term, offset) of the head a replica being rebuilt reports: the one head entry id whose
+offset is below -1 (see the module docstring)."""
+RESERVED_NAMESPACE_NAMES: Final = TOP_LEVEL_FILES
+"""Files pyxia keeps at the top of ``--data-dir`` and ``--wal-dir``, next to the namespace
+directories (:data:`pyxia.dirs.names.TOP_LEVEL_FILES`: the lock, the manifest, the temporary
+file earlier versions wrote it through); refused as namespace names, case-insensitively."""
+_RESERVED_FOLDED: Final = frozenset(n.casefold() for n in RESERVED_NAMESPACE_NAMES)
 
 _NAMESPACE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
 _HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._\-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\]")
@@ -112,7 +124,7 @@ def namespace_problem(name: object) -> str | None:
         return "contains '..'"
     if not _NAMESPACE.fullmatch(name):
         return "must start with a letter or digit and hold only letters, digits, '_', '.', '-'"
-    if name in RESERVED_NAMESPACE_NAMES:
+    if name.casefold() in _RESERVED_FOLDED:
         return "is the name of a file the data server keeps in its data directory"
     return None
 
@@ -217,6 +229,8 @@ class EntryIdLike(Protocol):
 def check_entry_id(entry: EntryIdLike, what: str = "head entry id") -> EntryIdLike:
     if not -1 <= _integer(entry.term, what) <= INT64_MAX:
         raise InvalidArgument(f"oxia: {what} has term {entry.term}, out of range")
+    if (entry.term, entry.offset) == REBUILDING_HEAD:
+        return entry
     check_offset(entry.offset, f"{what} offset")
     return entry
 

@@ -2,7 +2,9 @@
 everything it creates readable by its own user only.
 
 :func:`make_private` is called once at the start of ``pyxia server``, ``pyxia standalone`` and
-``pyxia coordinator``, before anything is opened: it sets the process umask to ``0o077`` (so
+``pyxia coordinator``, before anything is opened (only the directories' locks and manifests,
+created under :func:`use_private_umask`, come before it, so a directory in use or of another
+kind is refused before its mode is changed): it sets the process umask to ``0o077`` (so
 every directory is created 0700 and every file 0600 — Python's, RocksDB's, the Rust WAL's and
 PySyncObj's alike, as they all create with the umask applied) and creates the directories the
 process owns with mode 0700, or tightens them when they exist with group or other access
@@ -29,10 +31,17 @@ PRIVATE_UMASK = 0o077
 PRIVATE_DIR_MODE = 0o700
 
 
+def use_private_umask() -> None:
+    """From now on this process creates every file 0600 and every directory 0700 at most.
+    Touches no directory: a process that locks and checks its directories first (``pyxia.dirs``)
+    sets it before, so the lock and manifest files it creates are private too."""
+    os.umask(PRIVATE_UMASK)
+
+
 def make_private(dirs: Iterable[Path | str | None]) -> list[Path]:
     """Sets the private umask, then creates (0700) or tightens each directory; returns the
     existing directories it tightened. Raises OSError when one cannot be created."""
-    os.umask(PRIVATE_UMASK)
+    use_private_umask()
     tightened: list[Path] = []
     for d in dict.fromkeys(Path(x) for x in dirs if x):
         if tighten_dir(d):

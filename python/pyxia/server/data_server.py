@@ -30,6 +30,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from pyxia.dirs import NodeDirs
 from pyxia.proto import client_pb2
 from pyxia.security.cluster_auth import ClusterSecret
 from pyxia.security.internal_auth import ClusterAuthInterceptor
@@ -132,6 +133,11 @@ class DataServer:
 
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
+        # "server" (a cluster member) or "standalone" (coordinated in-process): recorded in
+        # the data dir's manifest; only a cluster member rebuilds a corrupt replica from its
+        # peers.
+        self.mode = "server" if options.coordinated else "standalone"
+        self.dirs: NodeDirs | None = None
         self.assignments = AssignmentsDispatcher()
         peer_tls = options.peer_tls.client() if options.peer_tls is not None else None
         self.manifest = Manifest(options.data_dir / MANIFEST_FILE)
@@ -142,6 +148,7 @@ class DataServer:
             channels=ChannelPool(peer_tls, options.cluster_secret),
             max_shards=options.max_shards,
             call_metadata=self.manifest.call_metadata,
+            rebuild_corrupt=options.coordinated,
         )
         self.public_port = 0
         self.internal_port = 0
@@ -178,7 +185,29 @@ class DataServer:
             self.options.internal_addr, self.internal_port
         )
 
+    def open_dirs(self) -> NodeDirs:
+        """Locks and checks the data and WAL dirs (``pyxia.dirs``), before anything is
+        opened in them; held until :meth:`close`. Idempotent: the command line calls it
+        before it tightens the directories' modes, :meth:`start` again."""
+        if self.dirs is None:
+            self.dirs = NodeDirs.open(self.options.data_dir, self.options.wal_dir, self.mode)
+        return self.dirs
+
+    def close_dirs(self) -> None:
+        """Releases the directories' locks (nothing may be open in them). Idempotent."""
+        dirs, self.dirs = self.dirs, None
+        if dirs is not None:
+            dirs.close()
+
     async def start(self) -> None:
+        self.open_dirs()
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self) -> None:
         opts = grpc_options(self.options.max_message_bytes)
         await self.public_access.start()
         self._public = grpc.aio.server(options=opts, interceptors=self.public_access.interceptors())
@@ -346,3 +375,4 @@ class DataServer:
         await self.public_access.close()
         if self._metrics_server is not None:
             self._metrics_server.close()
+        self.close_dirs()

@@ -67,6 +67,9 @@ class FollowerController:
         self.term_options = options
         self.status = NOT_MEMBER if term < 0 else FENCED
         self.leader_commit_offset = -1
+        # While rebuilding after corruption: the leader's commit offset when this replica
+        # rejoined (holding it all makes the replica whole again).
+        self._rebuild_target: int | None = None
         self._lock = asyncio.Lock()
         self._closed = False
         self._stream_active = False
@@ -140,7 +143,7 @@ class FollowerController:
             # The head we report must be durable: the new leader counts it.
             await asyncio.to_thread(self.storage.wal.sync)
             self._check_open()
-            return self.storage.head_entry_id()
+            return self.storage.election_head()
 
     async def truncate(self, term: int, head: replication_pb2.EntryId) -> replication_pb2.EntryId:
         """Drops the entries after ``head`` (the last one shared with the
@@ -265,9 +268,25 @@ class FollowerController:
             )
 
     def _follow_commit(self, a: replication_pb2.Append) -> None:
+        if self.storage.rebuilding and self._rebuild_target is None:
+            self._rebuild_target = a.commit_offset
+            self._check_rebuilt()
         if a.commit_offset > self.leader_commit_offset:
             self.leader_commit_offset = a.commit_offset
             self._apply_wanted.notify()
+
+    def _check_rebuilt(self) -> None:
+        """A replica rebuilt after corruption may lead again once it holds everything that
+        was committed when it rejoined."""
+        target = self._rebuild_target
+        if self.storage.rebuilding and target is not None and self.storage.commit_offset >= target:
+            self.storage.finish_rebuilding()
+            log.info(
+                "shard %s/%s: rebuilt from the leader up to offset %d",
+                self.namespace,
+                self.shard,
+                self.storage.commit_offset,
+            )
 
     def _append(self, term: int, a: replication_pb2.Append) -> int:
         """Appends one entry; returns its offset. Duplicates are skipped
@@ -335,6 +354,7 @@ class FollowerController:
             if target > self.storage.commit_offset and not self._lock.locked():
                 try:
                     await self._apply_to(target)
+                    self._check_rebuilt()
                 except Abandoned:
                     continue  # a lock holder took over; look again once it is done
                 except Exception as e:
@@ -402,6 +422,9 @@ class FollowerController:
             log.info(
                 "shard %s: installed a snapshot at offset %d, term %d", self.shard, commit, term
             )
+            if self.storage.rebuilding:
+                self._rebuild_target = commit  # the leader's state when it sent the snapshot
+                self._check_rebuilt()
             return commit
 
     async def _receive_chunks(self, term: int, chunks: AsyncIterator[bytes], staged: Path) -> None:

@@ -55,6 +55,7 @@ class FollowerCursor:
         *,
         initial_backoff: float = 0.05,
         max_backoff: float = 2.0,
+        force_snapshot: bool = False,
     ) -> None:
         self.leader = leader
         self.follower = follower
@@ -67,7 +68,7 @@ class FollowerCursor:
         self.snapshots_sent = 0
         self.errors = 0
         # Set when the follower reported it has no data for the shard.
-        self._force_snapshot = False
+        self._force_snapshot = force_snapshot
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(

@@ -174,10 +174,13 @@ class InternalService:
         check_term(req.term)
         check_key_sorting(req.options.key_sorting)
         opts = term_options(req.options)
-        c = await self.director.for_new_term(
-            req.namespace, req.shard, encoding_for_key_sorting(req.options.key_sorting)
+        head = await self.director.new_term(
+            req.namespace,
+            req.shard,
+            encoding_for_key_sorting(req.options.key_sorting),
+            req.term,
+            opts,
         )
-        head = await c.new_term(req.term, opts)
         return replication_pb2.NewTermResponse(head_entry_id=head)
 
     @_unary

@@ -147,7 +147,7 @@ class LeaderController:
         self.confirmed = Signal()
         self.read_confirm_timeout_s = READ_CONFIRM_TIMEOUT_S
         self._pending: collections.deque[Proposal] = collections.deque()
-        self._next_offset = self.wal.last_offset + 1
+        self._next_offset = self._log_end() + 1
         self._last_ts = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader_registered = False
@@ -196,6 +196,11 @@ class LeaderController:
     def head_offset(self) -> int:
         return self.wal.last_offset
 
+    def _log_end(self) -> int:
+        """The offset the log continues from: its last entry, or, when it is empty (after a
+        snapshot, or cut below the DB by ``pyxia wal truncate``), the DB's commit offset."""
+        return max(self.wal.last_offset, self.storage.commit_offset)
+
     async def new_term(self, term: int, options: TermOptions) -> replication_pb2.EntryId:
         """Fences this replica at ``term``. Same term again is allowed only
         while FENCED (a retried NewTerm during an election). Returns the
@@ -229,7 +234,7 @@ class LeaderController:
         self.status = FENCED
         await asyncio.to_thread(self.wal.sync)
         self._check_open()
-        return self.storage.head_entry_id()
+        return self.storage.election_head()
 
     async def become_leader(
         self,
@@ -252,7 +257,7 @@ class LeaderController:
         if self.status != FENCED:
             raise InvalidStatus(f"oxia: BecomeLeader while {self.status_name}", shard=self.shard)
         self._loop = asyncio.get_running_loop()
-        head = self.wal.last_offset
+        head = self._log_end()
         self.replication_factor = replication_factor
         tracker = QuorumAckTracker(replication_factor, head, self.storage.commit_offset)
         self.tracker = tracker
@@ -315,7 +320,27 @@ class LeaderController:
             )
         if self.status != LEADER:
             raise InvalidStatus(f"oxia: AddFollower while {self.status_name}", shard=self.shard)
-        if name in self.cursors:
+        existing = self.cursors.get(name)
+        if existing is not None:
+            if head.offset >= existing.ack_offset:
+                return
+            # It holds less than it acknowledged: it lost its data (a wiped disk, a replica
+            # rebuilt after corruption). Its cursor would wait for the next write before
+            # finding out; start it over with a snapshot, as a cursor does when a follower
+            # says it has no data.
+            log.warning(
+                "shard %s: follower %s holds up to %d but acknowledged %d: starting it over",
+                self.shard,
+                name,
+                head.offset,
+                existing.ack_offset,
+            )
+            del self.cursors[name]
+            await existing.close()
+            self._check_open()
+            if self.tracker is not None:
+                self.tracker.reset_follower(name, -1)
+            await self._add_follower(name, head, force_snapshot=True)
             return
         if len(self.cursors) >= self.replication_factor - 1:
             raise InvalidArgument(
@@ -325,7 +350,9 @@ class LeaderController:
             )
         await self._add_follower(name, head)
 
-    async def _add_follower(self, name: str, head: replication_pb2.EntryId) -> None:
+    async def _add_follower(
+        self, name: str, head: replication_pb2.EntryId, *, force_snapshot: bool = False
+    ) -> None:
         if self._channels is None:
             raise InvalidArgument("oxia: this server cannot replicate (no channels)")
         ack = await self._truncate_follower_if_needed(name, head)
@@ -336,7 +363,7 @@ class LeaderController:
         if commit > before:
             self.apply_committed(commit)
             self.applied.notify()
-        cursor = FollowerCursor(self, name, ack, self._channels)
+        cursor = FollowerCursor(self, name, ack, self._channels, force_snapshot=force_snapshot)
         self.cursors[name] = cursor
         cursor.start()
 

@@ -8,9 +8,12 @@ restart never reads a DB with the wrong encoding.
 
 Opening recovers: the DB says up to which offset it applied; the WAL is
 opened with that commit offset (a corrupt tail above it is discarded, below
-it is an error). Entries between the DB's commit offset and the WAL head are
-applied later, by whoever knows they are committed (the leader once its head
-is committed by a quorum, a follower up to the leader's commit offset).
+it is an error). A WAL or DB found damaged, or a DB that is missing while its
+log no longer starts at entry 0, raises :class:`~pyxia.errors.ReplicaCorrupt`
+whose message says how to inspect or repair it; nothing is changed on disk.
+Entries between the DB's commit offset and the WAL head are applied later,
+by whoever knows they are committed (the leader once its head is committed
+by a quorum, a follower up to the leader's commit offset).
 """
 
 from __future__ import annotations
@@ -22,14 +25,16 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyxia._native import EntryNotFound, Wal
-from pyxia.common.validation import check_namespace, check_shard_id
+from pyxia._native import CorruptedLog, EntryNotFound, Wal
+from pyxia.common.validation import REBUILDING_HEAD, check_namespace, check_shard_id
+from pyxia.errors import ReplicaCorrupt
 from pyxia.proto import replication_pb2
 from pyxia.storage import keys
 from pyxia.storage.apply import DEFAULT_WRITE_LIMITS, StateApplier, WriteLimits
 from pyxia.storage.db import INVALID_OFFSET, INVALID_TERM, DbResources, ShardDB, TermOptions
 from pyxia.storage.keys import KeyEncoding
 from pyxia.storage.steps import Steps, run_steps
+from pyxia.wal_inspect import repair_hint, segment_files
 
 log = logging.getLogger("pyxia.shard")
 
@@ -59,6 +64,13 @@ def shard_dir(base: Path, namespace: str, shard: int) -> Path:
     return base / namespace / f"shard-{shard}"
 
 
+def is_db_corruption(e: Exception) -> bool:
+    """Whether RocksDB refused to open a DB because its files are damaged or missing (not
+    because it is busy or the disk is unwritable)."""
+    text = str(e)
+    return text.startswith("Corruption") or text.startswith("IO error: No such file or directory")
+
+
 class ShardStorage:
     """WAL + DB + applier of one shard replica."""
 
@@ -70,8 +82,23 @@ class ShardStorage:
         self.options = options
         self.db_path = shard_dir(options.data_dir, namespace, shard)
         self.wal_path = shard_dir(options.wal_dir, namespace, shard)
-        self.encoding = self._resolve_encoding(encoding)
-        self.db = ShardDB(self.db_path, self.encoding, options.db)
+        if not (self.db_path / ENCODING_MARKER).exists():
+            logs = segment_files(self.wal_path) if self.wal_path.is_dir() else []
+            if logs and logs[0][0] > 0:
+                raise self._corrupt_db(
+                    f"the DB is missing, and the log starts at entry {logs[0][0]}: "
+                    "the entries before it are gone"
+                )
+        try:
+            self.encoding = self._resolve_encoding(encoding)
+        except ValueError as e:
+            raise self._corrupt_db(f"unreadable {ENCODING_MARKER}: {e}") from e
+        try:
+            self.db = ShardDB(self.db_path, self.encoding, options.db)
+        except Exception as e:
+            if is_db_corruption(e):
+                raise self._corrupt_db(str(e)) from e
+            raise
         try:
             self.wal = Wal(
                 self.wal_path,
@@ -80,14 +107,50 @@ class ShardStorage:
                 retention_ms=options.wal_retention_ms,
                 commit_offset=self.db.commit_offset(),
             )
+        except BaseException as e:
+            self.db.close()
+            if isinstance(e, CorruptedLog):
+                raise self._corrupt_wal(str(e)) from e
+            raise
+        try:
+            _, term_options = self.db.read_term()
+        except ValueError as e:
+            self.wal.close()
+            self.db.close()
+            raise self._corrupt_db(f"unreadable term: {e}") from e
         except BaseException:
+            self.wal.close()
             self.db.close()
             raise
-        _, term_options = self.db.read_term()
         self.applier = StateApplier(
             self.db, shard, notifications_enabled=term_options.notifications_enabled
         )
         self._closed = False
+        self._rebuilding = self.rebuild_marker.exists()
+
+    def _corrupt_wal(self, detail: str) -> ReplicaCorrupt:
+        hint = repair_hint(self.options.wal_dir, self.namespace, self.shard)
+        return ReplicaCorrupt(
+            f"shard {self.namespace}/{self.shard}: the write-ahead log {self.wal_path} is "
+            f"damaged ({detail}); {hint}",
+            shard=self.shard,
+            namespace=self.namespace,
+            part="wal",
+        )
+
+    def _corrupt_db(self, detail: str) -> ReplicaCorrupt:
+        logs = segment_files(self.wal_path) if self.wal_path.is_dir() else []
+        if self.db_path.exists() and logs and logs[0][0] == 0:
+            hint = "move it aside and restart: its log holds every entry from 0 and rebuilds it"
+        else:
+            hint = "restore it from a backup (see docs/operations.md)"
+        return ReplicaCorrupt(
+            f"shard {self.namespace}/{self.shard}: the database {self.db_path} is damaged "
+            f"({detail}); {hint}",
+            shard=self.shard,
+            namespace=self.namespace,
+            part="db",
+        )
 
     def _resolve_encoding(self, requested: KeyEncoding) -> KeyEncoding:
         marker = self.db_path / ENCODING_MARKER
@@ -110,6 +173,34 @@ class ShardStorage:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    # -- rebuilding after corruption --------------------------------------------------------------
+
+    @property
+    def rebuild_marker(self) -> Path:
+        """Present while this replica is being rebuilt from its peers (its own files were
+        found corrupt and moved aside): it must not lead, nor win an election, meanwhile."""
+        return self.db_path.with_name(f"{self.db_path.name}.rebuilding")
+
+    @property
+    def rebuilding(self) -> bool:
+        return self._rebuilding
+
+    def mark_rebuilding(self, reason: str) -> None:
+        self.rebuild_marker.write_text(reason + "\n")
+        self._rebuilding = True
+
+    def finish_rebuilding(self) -> None:
+        self.rebuild_marker.unlink(missing_ok=True)
+        self._rebuilding = False
+
+    def election_head(self) -> replication_pb2.EntryId:
+        """The head reported to a NewTerm: a replica being rebuilt ranks below every other,
+        an empty one included, so a coordinator never picks it while another can lead."""
+        if self._rebuilding:
+            term, offset = REBUILDING_HEAD
+            return replication_pb2.EntryId(term=term, offset=offset)
+        return self.head_entry_id()
 
     def read_term(self) -> tuple[int, TermOptions]:
         return self.db.read_term()
@@ -224,5 +315,6 @@ class ShardStorage:
     def delete(self) -> None:
         """Closes and removes every file of this replica."""
         self.close()
+        self.rebuild_marker.unlink(missing_ok=True)
         shutil.rmtree(self.wal_path, ignore_errors=True)
         shutil.rmtree(self.db_path, ignore_errors=True)

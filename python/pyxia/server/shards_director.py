@@ -8,6 +8,14 @@ controller if there is none); BecomeLeader turns a follower into a leader;
 Truncate, Replicate and SendSnapshot turn a leader controller into a
 follower. Storage is opened on demand, recovering what is on disk.
 
+A replica whose WAL or DB is found corrupt when opened does not take the
+server's other shards down: its files are moved aside, the failure is
+reported (ShardEvents), and it starts empty, marked as rebuilding, to be
+rebuilt from the leader like a wiped follower; until it holds what was
+committed it ranks below every replica in elections and refuses to lead.
+Only a replica this server holds is ever opened, so only a held one is set
+aside: its rebuilding, empty successor is held too (open, then on disk).
+
 What may create a replica (open storage, make directories) is bounded, so no caller can make
 the server allocate for shards it does not hold:
 
@@ -29,7 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,13 +47,16 @@ from pyxia.common.validation import is_valid_namespace
 from pyxia.errors import (
     AlreadyClosed,
     InvalidArgument,
+    InvalidStatus,
     InvalidTerm,
     NodeIsNotLeader,
     NodeIsNotMember,
     PyxiaError,
+    ReplicaCorrupt,
     ResourceExhausted,
     ShardNotFound,
 )
+from pyxia.proto import replication_pb2
 from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.follower_controller import FollowerController
 from pyxia.server.leader_controller import LEADER, LeaderController
@@ -52,6 +65,7 @@ from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.shard_events import ShardFailures
 from pyxia.server.shard_storage import ENCODING_MARKER, ShardStorage, StorageOptions, shard_dir
 from pyxia.server.signals import Signal
+from pyxia.storage.db import TermOptions
 from pyxia.storage.keys import HIERARCHICAL, KeyEncoding
 
 log = logging.getLogger("pyxia.director")
@@ -67,6 +81,14 @@ def _no_metadata() -> CallMetadata:
     return ()
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class ShardsDirector:
     """Owns the shard controllers (and their storage) of one data server."""
 
@@ -79,6 +101,7 @@ class ShardsDirector:
         channels: ChannelPool | None = None,
         max_shards: int = DEFAULT_MAX_SHARDS,
         call_metadata: Callable[[], CallMetadata] = _no_metadata,
+        rebuild_corrupt: bool = True,
     ) -> None:
         self.storage_options = storage_options
         self.assignments = assignments
@@ -97,6 +120,9 @@ class ShardsDirector:
         self.leadership = Signal()
         # Replicas that failed on their own (storage), watched by the coordinator.
         self.failures = ShardFailures()
+        # A replica found corrupt when opened is set aside and rebuilt from its peers (a
+        # cluster server); without peers (standalone) the ReplicaCorrupt error is raised.
+        self.rebuild_corrupt = rebuild_corrupt
 
     # -- storage ----------------------------------------------------------------------------------
 
@@ -191,7 +217,12 @@ class ShardsDirector:
                     f"(--max-shards {self.max_shards}): not creating shard {shard}",
                     shard=shard,
                 )
-            st = ShardStorage(namespace, shard, self.storage_options, encoding)
+            try:
+                st = ShardStorage(namespace, shard, self.storage_options, encoding)
+            except ReplicaCorrupt as e:
+                if not self.rebuild_corrupt:
+                    raise
+                st = self._set_aside(namespace, shard, encoding, e)
             self._storages[shard] = st
         elif st.namespace != namespace:
             raise InvalidArgument(
@@ -199,6 +230,39 @@ class ShardsDirector:
                 f"not {namespace!r}",
                 shard=shard,
             )
+        return st
+
+    def _set_aside(
+        self, namespace: str, shard: int, encoding: KeyEncoding, e: ReplicaCorrupt
+    ) -> ShardStorage:
+        """A replica found corrupt when opened: its WAL and DB are moved aside (kept for
+        inspection as ``shard-<id>.corrupt-<time>``), the failure is reported to the
+        coordinator, and the replica starts empty, marked as rebuilding: it takes a snapshot
+        (or the log) from the leader, and cannot lead until it holds what was committed."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        kept: list[str] = []
+        for base in (self.storage_options.data_dir, self.storage_options.wal_dir):
+            src = shard_dir(base, namespace, shard)
+            if not src.exists():
+                continue
+            dst = src.with_name(f"{src.name}.corrupt-{stamp}")
+            n = 1
+            while dst.exists():
+                n += 1
+                dst = src.with_name(f"{src.name}.corrupt-{stamp}-{n}")
+            os.replace(src, dst)
+            _fsync_dir(src.parent)
+            kept.append(str(dst))
+        log.error(
+            "%s; the damaged files are kept in %s and the replica is rebuilt from its peers",
+            e,
+            ", ".join(kept) or "-",
+        )
+        st = ShardStorage(namespace, shard, self.storage_options, encoding)
+        st.mark_rebuilding(f"corrupt {e.part}, files kept in {', '.join(kept)}")
+        self.failures.report(
+            namespace, shard, -1, "replica", f"corrupt {e.part}: rebuilding from the peers"
+        )
         return st
 
     def _reporter(
@@ -247,11 +311,35 @@ class ShardsDirector:
                 return c
             return self._new_leader(self._storage(namespace, shard, encoding))
 
+    async def new_term(
+        self, namespace: str, shard: int, encoding: KeyEncoding, term: int, options: TermOptions
+    ) -> replication_pb2.EntryId:
+        """Fences the shard's replica at ``term``. The controller may be closed between being
+        looked up and fenced, replaced by a role change (a leader's stream that arrives as the
+        replica restarts turns it into a follower): the NewTerm then goes to its successor."""
+        attempts = 3
+        while True:
+            c = await self.for_new_term(namespace, shard, encoding)
+            try:
+                return await c.new_term(term, options)
+            except AlreadyClosed:
+                attempts -= 1
+                if attempts == 0 or self._closed or self.controller(shard) in (c, None):
+                    raise
+
     async def as_leader(self, shard: int) -> LeaderController:
-        """The shard's controller as a leader (a follower is converted)."""
+        """The shard's controller as a leader (a follower is converted). A replica being
+        rebuilt after corruption is refused: it may not hold what was committed."""
         if self.controller(shard) is None:
             raise NodeIsNotMember(f"oxia: node is not a member of shard {shard}", shard=shard)
         async with self._lock(shard):
+            st = self._storages.get(shard)
+            if st is not None and st.rebuilding:
+                raise InvalidStatus(
+                    f"oxia: shard {shard} is being rebuilt here after corruption: it cannot "
+                    "lead before it has caught up",
+                    shard=shard,
+                )
             lc = self.leaders.get(shard)
             if lc is not None:
                 return lc

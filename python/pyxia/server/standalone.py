@@ -4,6 +4,11 @@ It runs the same code paths as a cluster: each shard is fenced into a new
 term (NewTerm) and elected (BecomeLeader) locally, then the assignments are
 published to clients through GetShardAssignments.
 
+Before anything is opened, the data server locks and checks its directories,
+and the namespaces asked for are checked against the shard layout stored in
+the data dir (``pyxia.dirs``): each namespace keeps the shard ids, count and
+key sorting it was created with; new ones get ids after those in use.
+
 It has no peers: the internal port is off unless ``internal_addr`` is given (``pyxia
 standalone --internal-addr``, e.g. for test hooks), and even then it refuses Handshake and
 every coordination and replication call (``ServerOptions.coordinated = False``). The shards
@@ -20,10 +25,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from pathlib import Path
 
 from pyxia.common.sharding import generate_shards
 from pyxia.common.validation import standalone_term
 from pyxia.config import NamespaceConfig
+from pyxia.dirs import LayoutAsk
 from pyxia.proto import client_pb2
 from pyxia.server.data_server import DataServer, ServerOptions
 from pyxia.storage.db import TermOptions
@@ -37,17 +44,67 @@ _KEY_SORTING = {
 
 
 class Standalone:
-    def __init__(self, options: ServerOptions, namespaces: list[NamespaceConfig]) -> None:
+    def __init__(
+        self,
+        options: ServerOptions,
+        namespaces: list[NamespaceConfig],
+        *,
+        config_file: Path | None = None,
+    ) -> None:
+        """``config_file``: the YAML the namespaces come from (None: the command-line flags),
+        named when they contradict the layout stored in the data dir."""
         if not namespaces:
             raise ValueError("standalone needs at least one namespace")
+        self._given = {n.name for n in namespaces}
         if options.tso is not None:
             namespaces = with_tso_namespace(options, namespaces)
         options.coordinated = False
         self.options = options
         self.namespaces = namespaces
+        self.config_file = config_file
         self.server = DataServer(options)
+        self.first_shard: dict[str, int] = {}
+        self._layout_checked = False
+
+    def layout_asks(self) -> list[LayoutAsk]:
+        """What this start asks of each namespace's layout, and where that comes from."""
+        out = []
+        for ns in self.namespaces:
+            if ns.name not in self._given:  # the timestamp oracle's, added here
+                shards_src = sorting_src = f"--tso-namespace {ns.name}"
+            elif self.config_file is not None:
+                where = f"namespace {ns.name} in {self.config_file}"
+                shards_src = f"initialShardCount {ns.initial_shard_count} ({where})"
+                sorting_src = f"keySorting {ns.key_sorting} ({where})"
+            else:
+                shards_src = f"--shards {ns.initial_shard_count}"
+                sorting_src = f"--key-sorting {ns.key_sorting}"
+            out.append(
+                LayoutAsk(ns.name, ns.initial_shard_count, ns.key_sorting, shards_src, sorting_src)
+            )
+        return out
+
+    def open_dirs(self) -> None:
+        """Locks and checks the data and WAL dirs and the namespaces' layout against the one
+        stored in the data dir, learning each namespace's shard ids; raises
+        :class:`~pyxia.dirs.DirError` (the locks released) on a contradiction. Idempotent; the
+        command line calls it before it tightens the directories' modes."""
+        if self._layout_checked:
+            return
+        dirs = self.server.open_dirs()
+        try:
+            self.first_shard = dirs.standalone_layout(self.layout_asks())
+        except BaseException:
+            self.server.close_dirs()
+            raise
+        self._layout_checked = True
 
     async def start(self) -> None:
+        try:
+            self.open_dirs()
+        except BaseException:
+            await self.server.close()
+            raise
         await self.server.start()
         try:
             await self._elect_all()
@@ -59,12 +116,12 @@ class Standalone:
     async def _elect_all(self) -> None:
         server = self.server
         assignments = client_pb2.ShardAssignments()
-        shard_id = 0
         for ns in self.namespaces:
             nsa = assignments.namespaces[ns.name]
             nsa.shard_key_router = client_pb2.XXHASH3
             nsa.key_sorting = _KEY_SORTING[ns.key_sorting]
-            for r in generate_shards(ns.initial_shard_count):
+            for i, r in enumerate(generate_shards(ns.initial_shard_count)):
+                shard_id = self.first_shard.get(ns.name, 0) + i
                 lc = server.director.open_leader(ns.name, shard_id, ns.encoding)
                 term = standalone_term(lc.term, lc.storage.head_entry_id().term)
                 if term <= lc.term:
@@ -87,7 +144,6 @@ class Standalone:
                     ),
                 )
                 log.debug("shard %s/%d leader at term %d", ns.name, shard_id, term)
-                shard_id += 1
         server.assignments.update(assignments)
 
     async def close(self) -> None:
