@@ -482,7 +482,10 @@ async def test_lone_writes_sync_inline_at_rf1_and_bursts_group_commit(
             assert lc.storage.wal.last_synced_offset >= lc.commit_offset
         lone = lc.sync_policy.inline
         assert lone >= 15, f"lone writes should sync inline, {lone} of 20 did"
-        # Writes appended in the same loop step share one round: no round per write.
+        # Writes appended in the same loop step share one round: no round per write. (Whether
+        # the first of them syncs inline depends on how long ago the last round ended — the
+        # IDLE_S heuristic, ~0.4 ms here after a lone write's reply; with it off, inline.)
+        monkeypatch.setattr(sync_policy, "IDLE_S", 0.0)
         rounds_before = lc.storage.wal.sync_stats()[0]
         futs = [
             lc.propose(client_pb2.WriteRequest(puts=[client_pb2.PutRequest(key=f"/step/{i}")]))
