@@ -439,6 +439,31 @@ fn empty_trailing_segment_is_dropped() {
 }
 
 #[test]
+fn trailing_segment_file_left_empty_by_a_crash_is_dropped() {
+    // A kill -9 between creating the next segment's file and preallocating it.
+    let d = tempfile::tempdir().unwrap();
+    {
+        let w = Wal::open(d.path(), opts(4096, -1)).unwrap();
+        append_range(&w, 0, 100, 1);
+        w.sync().unwrap();
+    }
+    let next = w_last_offset(d.path()) + 1;
+    for len in [0usize, 3] {
+        std::fs::write(segment::data_path(d.path(), next), vec![0u8; len]).unwrap();
+        let w = Wal::open(d.path(), opts(4096, 99)).unwrap();
+        assert_eq!(w.last_offset(), 99);
+        check_range(&w, 0, 100);
+    }
+    let w = Wal::open(d.path(), opts(4096, 99)).unwrap();
+    append_range(&w, 100, 130, 1);
+    check_range(&w, 0, 130);
+}
+
+fn w_last_offset(dir: &Path) -> i64 {
+    Wal::open(dir, opts(4096, -1)).unwrap().last_offset()
+}
+
+#[test]
 fn missing_committed_tail_is_an_error() {
     let d = tempfile::tempdir().unwrap();
     {
