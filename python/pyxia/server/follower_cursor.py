@@ -6,7 +6,9 @@ the entry's previous CRC, so the follower checks the CRC chain), feeds the
 follower's cumulative acks into the quorum tracker, and retries with
 exponential backoff. When the follower is empty and the leader's log no
 longer starts at 0, or the follower is behind the first retained WAL entry,
-it sends a snapshot first (RocksDB checkpoint, 1 MiB chunks). A follower that
+it sends a snapshot first (RocksDB checkpoint, 1 MiB chunks); a stream whose
+next entry is trimmed meanwhile (retention, see ``retention.py``) ends, and
+the snapshot follows. A follower that
 answers NODE_IS_NOT_MEMBER lost its data (wiped and restarted): the cursor
 resets its ack offset and sends a full snapshot.
 """
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from pyxia._native import EntryNotFound
 from pyxia.errors import NodeIsNotMember
 from pyxia.proto import replication_pb2
 from pyxia.rpc_errors import error_from_rpc
@@ -215,7 +218,21 @@ class FollowerCursor:
                     term=term, commit_offset=leader.commit_offset, heartbeat=heartbeat
                 ).SerializeToString()
             if nxt <= wal.last_offset:
-                entries = wal.read_batch(nxt, max_entries=READ_BATCH)
+                try:
+                    entries = wal.read_batch(nxt, max_entries=READ_BATCH)
+                except EntryNotFound:
+                    if nxt >= wal.first_offset:
+                        raise
+                    # The retention trimmed what this follower needs next: end the stream;
+                    # the cursor sends a snapshot before it reconnects.
+                    log.info(
+                        "shard %s: follower %s needs offset %d, the WAL now starts at %d",
+                        leader.shard,
+                        self.follower,
+                        nxt,
+                        wal.first_offset,
+                    )
+                    return
                 commit = leader.commit_offset
                 for e in entries:
                     yield replication_pb2.Append(

@@ -291,6 +291,10 @@ class ShardsDirector:
     def controller(self, shard: int) -> Controller | None:
         return self.leaders.get(shard) or self.followers.get(shard)
 
+    def replicas(self) -> list[tuple[ShardStorage, Controller | None]]:
+        """Every open shard replica with its controller (None between roles)."""
+        return [(st, self.controller(shard)) for shard, st in self._storages.items()]
+
     def open_leader(self, namespace: str, shard: int, encoding: KeyEncoding) -> LeaderController:
         """Opens (recovering) the shard's storage and a leader controller: the trusted path
         of standalone mode, whose in-process coordinator decides which shards exist."""
