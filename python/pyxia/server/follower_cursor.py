@@ -72,6 +72,8 @@ class FollowerCursor:
         self.errors = 0
         # Set when the follower reported it has no data for the shard.
         self._force_snapshot = force_snapshot
+        # The follower's last GetStatus answered NODE_IS_NOT_MEMBER (see _check_follower).
+        self._not_member_once = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
@@ -134,7 +136,10 @@ class FollowerCursor:
         """After a failed stream, asks the follower what it holds: the error that ended the
         stream may not have reached us (a server that ends a stream while we are still sending
         shows up as INTERNAL here). A follower that is NOT_MEMBER (its storage failed) or that
-        holds less than it acknowledged (it lost its data) gets a snapshot."""
+        holds less than it acknowledged (it lost its data) gets a snapshot. A follower with no
+        controller for the shard answers NODE_IS_NOT_MEMBER whether it lost its data or just
+        restarted and has not opened the shard yet (a Replicate stream opens it from disk):
+        only a second such answer, after another stream attempt, means the data is gone."""
         try:
             call = self._channels.get(self.follower).unary_unary(
                 GET_STATUS,
@@ -148,9 +153,14 @@ class FollowerCursor:
             )
         except grpc.aio.AioRpcError as e:
             if isinstance(error_from_rpc(e), NodeIsNotMember):
-                self._reset(-1)
-                self._force_snapshot = True
+                if self._not_member_once:
+                    self._not_member_once = False
+                    self._reset(-1)
+                    self._force_snapshot = True
+                else:
+                    self._not_member_once = True
             return
+        self._not_member_once = False
         if st.status == replication_pb2.NOT_MEMBER or st.head_offset < self.ack_offset:
             log.warning(
                 "shard %s: follower %s holds up to %d (status %s), acknowledged %d: "
