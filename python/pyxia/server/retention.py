@@ -50,7 +50,8 @@ from pyxia.storage import reads
 
 if TYPE_CHECKING:
     from pyxia.server.shard_storage import ShardStorage
-    from pyxia.server.shards_director import ShardsDirector
+    from pyxia.server.shards_director import Controller, ShardsDirector
+    from pyxia.storage.db import ShardDB
 
 log = logging.getLogger("pyxia.retention")
 
@@ -204,7 +205,7 @@ class RetentionKeeper:
                 seen = self._wake.generation
                 self._watch_segment_closes()
                 try:
-                    self.check()
+                    await self.check_async()
                 except Exception:
                     log.exception("retention check failed")
                 await self._wake.wait(seen, self.interval_s)
@@ -248,69 +249,111 @@ class RetentionKeeper:
     # -- the check --------------------------------------------------------------------------------
 
     def check(self, now_ms: int | None = None) -> list[ReplicaTrim]:
-        """Applies the rules to every replica now; returns what was done."""
+        """Applies the rules to every replica now, in the calling thread; returns what was
+        done (tests and tools; the keeper's loop uses :meth:`check_async`)."""
+        out = []
+        for step in self._plan_all(now_ms):
+            first = -1
+            if step.plan.keep_from is not None:
+                first = step.storage.flush_and_trim(step.plan.keep_from, step.applied, step.db)
+            out.append(self._finish(step, first))
+        return out
+
+    async def check_async(self, now_ms: int | None = None) -> list[ReplicaTrim]:
+        """:meth:`check` with the DB flush and the segment deletions (fsyncs) in a worker
+        thread, so the event loop keeps serving meanwhile."""
+        out = []
+        for step in self._plan_all(now_ms):
+            first = -1
+            if step.plan.keep_from is not None:
+                first = await asyncio.to_thread(
+                    step.storage.flush_and_trim, step.plan.keep_from, step.applied, step.db
+                )
+            if not self._may_touch(step.storage, step.controller):
+                continue
+            out.append(self._finish(step, first))
+        return out
+
+    @staticmethod
+    def _may_touch(storage: ShardStorage, controller: Controller | None) -> bool:
+        # A NewTerm, Truncate or snapshot install may be running in a thread, replacing the
+        # DB: the next check will do this replica.
+        return not storage.closed and not (
+            isinstance(controller, FollowerController) and controller.busy
+        )
+
+    def _plan_all(self, now_ms: int | None) -> list[_Step]:
         now = int(self._clock() * 1000) if now_ms is None else now_ms
         self.checks += 1
-        done = []
+        steps = []
         for storage, controller in self.director.replicas():
-            if storage.closed:
-                continue
-            if isinstance(controller, FollowerController) and controller.busy:
-                # A NewTerm, Truncate or snapshot install is running (maybe in a thread,
-                # replacing the DB): the next check will do it.
+            if not self._may_touch(storage, controller):
                 continue
             try:
-                done.append(self.trim_replica(storage, controller, now))
+                steps.append(self._plan(storage, controller, now))
             except Exception:
                 log.exception("retention of shard %s/%s failed", storage.namespace, storage.shard)
-        return done
+        return steps
 
-    def trim_replica(
-        self,
-        storage: ShardStorage,
-        controller: LeaderController | FollowerController | None,
-        now_ms: int,
-    ) -> ReplicaTrim:
-        """One replica: WAL segments, then notification batches. Synchronous (nothing else
-        on the event loop touches this replica meanwhile)."""
+    def _plan(self, storage: ShardStorage, controller: Controller | None, now_ms: int) -> _Step:
         followers: dict[str, int] = {}
         role = "follower"
         if isinstance(controller, LeaderController):
             role = "leader" if controller.status == LEADER else "fenced"
             if controller.status == LEADER:
                 followers = {name: c.ack_offset + 1 for name, c in controller.cursors.items()}
-        wal = storage.wal
-        segments = [Segment(*s) for s in wal.segments()]
+        segments = [Segment(*s) for s in storage.wal.segments()]
         applied = storage.commit_offset
         plan = plan_wal_trim(
             segments, self.wal, now_ms=now_ms, durable_commit=applied, followers=followers
         )
-        deleted = 0
-        if plan.keep_from is not None:
-            # Everything applied up to ``applied`` reaches the disk before the log goes.
-            storage.db.flush()
-            before = len(segments)
-            wal.trim(plan.keep_from, applied)
-            segments = [Segment(*s) for s in wal.segments()]
-            deleted = before - len(segments)
-            WAL_TRIMMED_SEGMENTS.labels(str(storage.shard)).inc(deleted)
+        return _Step(storage, controller, role, storage.db, applied, tuple(segments), plan)
+
+    def _finish(self, step: _Step, first: int) -> ReplicaTrim:
+        """After the WAL step: metrics, logs, then the notification batches (on the loop)."""
+        storage = step.storage
+        segments = storage.wal.segments()
+        deleted = sum(1 for s in step.segments if s.last_offset < first) if first >= 0 else 0
+        label = str(storage.shard)
+        if deleted:
+            WAL_TRIMMED_SEGMENTS.labels(label).inc(deleted)
             log.debug(
                 "shard %s (%s): WAL trimmed to %d, %d segment(s) deleted",
                 storage.shard,
-                role,
-                wal.first_offset,
+                step.role,
+                first,
                 deleted,
             )
-        for name in sorted(plan.snapshot):
+        for name in sorted(step.plan.snapshot):
             log.debug(
-                "shard %s: follower %s is behind the retained WAL (first %d): a snapshot serves it",
+                "shard %s: follower %s is behind the retained WAL: a snapshot serves it",
                 storage.shard,
                 name,
-                wal.first_offset,
             )
-        wal_bytes = sum(s.size_bytes for s in segments)
-        WAL_SIZE_BYTES.labels(str(storage.shard)).set(wal_bytes)
-        notified = reads.trim_notifications_window(storage.db, self.notifications_retention_ms)
+        wal_bytes = sum(s[2] for s in segments)
+        WAL_SIZE_BYTES.labels(label).set(wal_bytes)
+        notified = 0
+        if storage.db is step.db:
+            notified = reads.trim_notifications_window(storage.db, self.notifications_retention_ms)
         return ReplicaTrim(
-            storage.shard, role, wal.first_offset, wal_bytes, deleted, notified, plan.snapshot
+            storage.shard,
+            step.role,
+            storage.wal.first_offset,
+            wal_bytes,
+            deleted,
+            notified,
+            step.plan.snapshot,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One replica's plan, between the planning (on the loop) and the trim (in a thread)."""
+
+    storage: ShardStorage
+    controller: Controller | None
+    role: str
+    db: ShardDB
+    applied: int
+    segments: tuple[Segment, ...]
+    plan: TrimPlan

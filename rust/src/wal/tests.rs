@@ -316,6 +316,39 @@ fn segments_describe_the_log_and_closing_one_is_signalled() {
 }
 
 #[test]
+fn a_trim_interrupted_between_file_deletions_reopens() {
+    // `trim` deletes the oldest segments one by one, index file first: a crash can leave any
+    // prefix deleted and the next segment without its index.
+    let d = tempfile::tempdir().unwrap();
+    let bases: Vec<i64> = {
+        let w = Wal::open(d.path(), opts(4096, -1)).unwrap();
+        append_range(&w, 0, 300, 1);
+        w.sync().unwrap();
+        w.segments().iter().map(|s| s.base).collect()
+    };
+    assert!(bases.len() >= 4);
+    // The first segment's index is gone, its data is still there.
+    std::fs::remove_file(segment::index_path(d.path(), bases[0])).unwrap();
+    {
+        let w = Wal::open(d.path(), opts(4096, 299)).unwrap();
+        assert_eq!(w.first_offset(), 0);
+        check_range(&w, 0, 300);
+    }
+    // Two segments are gone, the third lost its index.
+    for b in &bases[..2] {
+        std::fs::remove_file(segment::index_path(d.path(), *b)).ok();
+        std::fs::remove_file(segment::data_path(d.path(), *b)).unwrap();
+    }
+    std::fs::remove_file(segment::index_path(d.path(), bases[2])).ok();
+    let w = Wal::open(d.path(), opts(4096, 299)).unwrap();
+    assert_eq!(w.first_offset(), bases[2]);
+    check_range(&w, bases[2], 300);
+    append_range(&w, 300, 310, 1);
+    w.sync().unwrap();
+    check_range(&w, bases[2], 310);
+}
+
+#[test]
 fn trim_expired_uses_entry_timestamps() {
     let d = tempfile::tempdir().unwrap();
     let mut o = opts(4096, -1);
