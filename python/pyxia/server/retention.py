@@ -29,7 +29,10 @@ predecessor served. (A wall-clock cutoff, as in Oxia, gives each replica its own
 **When**: on a timer of a small fraction of the shorter retention (:func:`check_interval_s`),
 and whenever a WAL closes a segment (the WAL's ``segment_closed_fd``): only a closed segment
 can be deleted, so the size bound is checked exactly when it can act. A check that trims
-nothing costs one ``segments()`` call and a seek or two in the DB.
+nothing costs one ``segments()`` call and a seek or two in the DB. The DB flush and the
+segment deletions (fsyncs) run in a worker thread (``ShardStorage.flush_and_trim``, serialized
+with the replica's close and snapshot install), so the event loop keeps serving meanwhile; the
+WAL can outgrow the size bound by what is written during that step (a segment or two).
 """
 
 from __future__ import annotations
