@@ -333,3 +333,30 @@ def test_a_log_that_starts_after_the_db_is_refused(tmp_path: Path) -> None:
     st.close()
     with pytest.raises(ReplicaCorrupt, match="committed entries are missing"):
         ShardStorage("default", SHARD, st.options, HIERARCHICAL)
+
+
+async def test_a_closed_segment_triggers_the_check(tmp_path: Path) -> None:
+    """With the timer out of the way (1 h), the size bound still holds: every segment the WAL
+    closes wakes the keeper."""
+    c = await Cluster.start(
+        tmp_path,
+        1,
+        wal_segment_size=64 * 1024,
+        wal_retention_size=256 * 1024,
+        maintenance_interval_s=3600,
+    )
+    try:
+        (n0,) = c.nodes
+        await c.elect(SHARD, n0, [n0])
+        write = write_stub(c, n0)
+        checks = n0.s.retention.checks
+        for i in range(100):  # ~400 KiB: more than the bound
+            await write([f"/c{i}-{j}" for j in range(4)])
+        await wait_until(
+            lambda: sum(s[2] for s in storage(n0).wal.segments()) <= 256 * 1024,
+            what="the WAL back under its size bound",
+        )
+        assert storage(n0).wal.first_offset > 0
+        assert n0.s.retention.checks > checks
+    finally:
+        await c.close()

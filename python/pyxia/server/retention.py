@@ -199,6 +199,8 @@ class RetentionKeeper:
         self._watched: dict[int, tuple[ShardStorage, int]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.checks = 0
+        # A replica opened: watch its WAL now, not at the next tick.
+        director.storage_listeners.append(lambda _: self._wake.notify())
 
     async def run(self) -> None:
         """Checks on every segment closed and every ``interval_s``, until cancelled."""
@@ -256,10 +258,13 @@ class RetentionKeeper:
         done (tests and tools; the keeper's loop uses :meth:`check_async`)."""
         out = []
         for step in self._plan_all(now_ms):
-            first = -1
-            if step.plan.keep_from is not None:
-                first = step.storage.flush_and_trim(step.plan.keep_from, step.applied, step.db)
-            out.append(self._finish(step, first))
+            try:
+                first = -1
+                if step.plan.keep_from is not None:
+                    first = step.storage.flush_and_trim(step.plan.keep_from, step.applied, step.db)
+                out.append(self._finish(step, first))
+            except Exception:
+                log.exception("retention of shard %s failed", step.storage.shard)
         return out
 
     async def check_async(self, now_ms: int | None = None) -> list[ReplicaTrim]:
@@ -267,22 +272,27 @@ class RetentionKeeper:
         thread, so the event loop keeps serving meanwhile."""
         out = []
         for step in self._plan_all(now_ms):
-            first = -1
-            if step.plan.keep_from is not None:
-                first = await asyncio.to_thread(
-                    step.storage.flush_and_trim, step.plan.keep_from, step.applied, step.db
-                )
-            if not self._may_touch(step.storage, step.controller):
-                continue
-            out.append(self._finish(step, first))
+            try:
+                first = -1
+                if step.plan.keep_from is not None:
+                    first = await asyncio.to_thread(
+                        step.storage.flush_and_trim, step.plan.keep_from, step.applied, step.db
+                    )
+                if self._may_touch(step.storage, step.controller):
+                    out.append(self._finish(step, first))
+            except Exception:
+                log.exception("retention of shard %s failed", step.storage.shard)
         return out
 
     @staticmethod
     def _may_touch(storage: ShardStorage, controller: Controller | None) -> bool:
         # A NewTerm, Truncate or snapshot install may be running in a thread, replacing the
-        # DB: the next check will do this replica.
-        return not storage.closed and not (
-            isinstance(controller, FollowerController) and controller.busy
+        # DB: the next check will do this replica. A failed WAL is left alone (its replica is
+        # out of service until it is reopened).
+        return (
+            not storage.closed
+            and storage.wal.failure is None
+            and not (isinstance(controller, FollowerController) and controller.busy)
         )
 
     def _plan_all(self, now_ms: int | None) -> list[_Step]:

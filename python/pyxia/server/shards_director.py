@@ -123,6 +123,8 @@ class ShardsDirector:
         # A replica found corrupt when opened is set aside and rebuilt from its peers (a
         # cluster server); without peers (standalone) the ReplicaCorrupt error is raised.
         self.rebuild_corrupt = rebuild_corrupt
+        # Called with each shard storage opened (the retention keeper watches its WAL).
+        self.storage_listeners: list[Callable[[ShardStorage], None]] = []
 
     # -- storage ----------------------------------------------------------------------------------
 
@@ -224,6 +226,8 @@ class ShardsDirector:
                     raise
                 st = self._set_aside(namespace, shard, encoding, e)
             self._storages[shard] = st
+            for listener in self.storage_listeners:
+                listener(st)
         elif st.namespace != namespace:
             raise InvalidArgument(
                 f"oxia: shard {shard} is held here in namespace {st.namespace!r}, "
