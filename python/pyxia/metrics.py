@@ -32,6 +32,14 @@ INTERNAL_CALLS_REFUSED = Counter(
     "Internal-port calls refused for want of a valid proof of cluster membership",
     ["reason"],
 )
+WAL_SIZE_BYTES = Gauge(
+    "pyxia_server_wal_size_bytes",
+    "Bytes the shard replica's WAL segments take on disk (at the last retention check)",
+    ["shard"],
+)
+WAL_TRIMMED_SEGMENTS = Counter(
+    "pyxia_server_wal_trimmed_segments", "WAL segments deleted by the retention", ["shard"]
+)
 
 
 class ShardMetrics:

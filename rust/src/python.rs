@@ -257,6 +257,23 @@ impl PyWal {
         self.wal.notify_fd()
     }
 
+    /// A descriptor that becomes readable after a sync round that closed a
+    /// segment (the retention check's trigger); the reader drains it.
+    #[getter]
+    fn segment_closed_fd(&self) -> i32 {
+        self.wal.segment_closed_fd()
+    }
+
+    /// The segments, oldest first: `(base, last_offset, size_bytes,
+    /// last_timestamp, closed)`; only closed segments can be trimmed.
+    fn segments(&self, py: Python<'_>) -> Vec<(i64, i64, u64, u64, bool)> {
+        let w = &self.wal;
+        py.detach(|| w.segments())
+            .into_iter()
+            .map(|s| (s.base, s.last_offset, s.size_bytes, s.last_timestamp, s.closed))
+            .collect()
+    }
+
     /// `(rounds, [latency_us, ...])` of the sync rounds so far.
     fn sync_stats(&self) -> (u64, Vec<u32>) {
         self.wal.sync_stats()

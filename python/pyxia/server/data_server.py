@@ -39,13 +39,20 @@ from pyxia.security.tls import TlsOptions
 from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.handoff_rpc import HandoffService
 from pyxia.server.internal_rpc import InternalService, health_handler
-from pyxia.server.leader_controller import LEADER
 from pyxia.server.manifest import MANIFEST_FILE, Manifest
 from pyxia.server.public_rpc import OxiaClientService
+from pyxia.server.retention import (
+    DEFAULT_NOTIFICATIONS_RETENTION_TIME_S,
+    DEFAULT_WAL_RETENTION_SIZE,
+    DEFAULT_WAL_RETENTION_TIME_S,
+    ReplicaTrim,
+    RetentionKeeper,
+    WalRetention,
+    check_retention_size,
+)
 from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.shard_storage import StorageOptions
 from pyxia.server.shards_director import DEFAULT_MAX_SHARDS, ShardsDirector
-from pyxia.storage import reads
 from pyxia.storage.apply import DEFAULT_WRITE_LIMITS, WriteLimits
 from pyxia.storage.db import DEFAULT_CACHE_SIZE_MB, DbResources, DbTuning
 from pyxia.tso.oracle import TsoOptions
@@ -67,9 +74,13 @@ class ServerOptions:
     wal_dir: Path = field(default_factory=lambda: Path("data/wal"))
     wal_sync_data: bool = True
     wal_segment_size: int = 64 * 1024 * 1024
-    wal_retention_s: float = 3600.0
-    notifications_retention_s: float = 3600.0
-    maintenance_interval_s: float = 600.0
+    wal_retention_s: float = DEFAULT_WAL_RETENTION_TIME_S
+    # Bound on each shard replica's WAL on disk (server/retention.py); >= 2 segments.
+    wal_retention_size: int = DEFAULT_WAL_RETENTION_SIZE
+    notifications_retention_s: float = DEFAULT_NOTIFICATIONS_RETENTION_TIME_S
+    # The retention timer; None: a fraction of the retention (retention.check_interval_s).
+    # Whatever it is, a WAL that closes a segment is checked at once.
+    maintenance_interval_s: float | None = None
     max_message_bytes: int = 64 * 1024 * 1024
     session_check_interval_s: float = 0.1
     # Open shard replicas at most: creating one more is RESOURCE_EXHAUSTED (on-disk ones open).
@@ -149,6 +160,13 @@ class DataServer:
             max_shards=options.max_shards,
             call_metadata=self.manifest.call_metadata,
             rebuild_corrupt=options.coordinated,
+        )
+        check_retention_size(options.wal_retention_size, options.wal_segment_size)
+        self.retention = RetentionKeeper(
+            self.director,
+            WalRetention(int(options.wal_retention_s * 1000), options.wal_retention_size),
+            int(options.notifications_retention_s * 1000),
+            interval_s=options.maintenance_interval_s,
         )
         self.public_port = 0
         self.internal_port = 0
@@ -286,24 +304,14 @@ class DataServer:
         await self._health.set(READINESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
 
     async def _maintenance(self) -> None:
-        """Time-based retention of WAL segments and notification batches."""
-        interval = self.options.maintenance_interval_s
-        while True:
-            await asyncio.sleep(interval)
-            self.run_maintenance()
+        """Retention of the WAL and notification batches of every replica, leaders and
+        followers alike: on a timer of a fraction of the retention and whenever a WAL closes
+        a segment (server/retention.py)."""
+        await self.retention.run()
 
-    def run_maintenance(self, now_ms: int | None = None) -> None:
-        now = int(time.time() * 1000) if now_ms is None else now_ms
-        for lc in list(self.director.leaders.values()):
-            if lc.closed or lc.status != LEADER:
-                continue
-            try:
-                lc.wal.trim_expired(lc.commit_offset, now)
-                reads.trim_notifications(
-                    lc.storage.db, now - int(self.options.notifications_retention_s * 1000)
-                )
-            except Exception:
-                log.exception("maintenance of shard %s failed", lc.shard)
+    def run_maintenance(self, now_ms: int | None = None) -> list[ReplicaTrim]:
+        """One retention check of every replica now."""
+        return self.retention.check(now_ms)
 
     async def hand_off_leaderships(self, drain_s: float) -> None:
         """The first step of a graceful shutdown (see the module docstring): leaderships of

@@ -94,6 +94,12 @@ class FollowerController:
         return self._closed
 
     @property
+    def busy(self) -> bool:
+        """A NewTerm, Truncate or snapshot install is in progress (the storage may be in the
+        middle of a change, in a thread)."""
+        return self._lock.locked()
+
+    @property
     def status_name(self) -> str:
         return str(replication_pb2.ServingStatus.Name(self.status))
 

@@ -6,7 +6,9 @@ the entry's previous CRC, so the follower checks the CRC chain), feeds the
 follower's cumulative acks into the quorum tracker, and retries with
 exponential backoff. When the follower is empty and the leader's log no
 longer starts at 0, or the follower is behind the first retained WAL entry,
-it sends a snapshot first (RocksDB checkpoint, 1 MiB chunks). A follower that
+it sends a snapshot first (RocksDB checkpoint, 1 MiB chunks); a stream whose
+next entry is trimmed meanwhile (retention, see ``retention.py``) ends, and
+the snapshot follows. A follower that
 answers NODE_IS_NOT_MEMBER lost its data (wiped and restarted): the cursor
 resets its ack offset and sends a full snapshot.
 """
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from pyxia._native import EntryNotFound
 from pyxia.errors import NodeIsNotMember
 from pyxia.proto import replication_pb2
 from pyxia.rpc_errors import error_from_rpc
@@ -69,6 +72,8 @@ class FollowerCursor:
         self.errors = 0
         # Set when the follower reported it has no data for the shard.
         self._force_snapshot = force_snapshot
+        # The follower's last GetStatus answered NODE_IS_NOT_MEMBER (see _check_follower).
+        self._not_member_once = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
@@ -131,7 +136,10 @@ class FollowerCursor:
         """After a failed stream, asks the follower what it holds: the error that ended the
         stream may not have reached us (a server that ends a stream while we are still sending
         shows up as INTERNAL here). A follower that is NOT_MEMBER (its storage failed) or that
-        holds less than it acknowledged (it lost its data) gets a snapshot."""
+        holds less than it acknowledged (it lost its data) gets a snapshot. A follower with no
+        controller for the shard answers NODE_IS_NOT_MEMBER whether it lost its data or just
+        restarted and has not opened the shard yet (a Replicate stream opens it from disk):
+        only a second such answer, after another stream attempt, means the data is gone."""
         try:
             call = self._channels.get(self.follower).unary_unary(
                 GET_STATUS,
@@ -145,9 +153,14 @@ class FollowerCursor:
             )
         except grpc.aio.AioRpcError as e:
             if isinstance(error_from_rpc(e), NodeIsNotMember):
-                self._reset(-1)
-                self._force_snapshot = True
+                if self._not_member_once:
+                    self._not_member_once = False
+                    self._reset(-1)
+                    self._force_snapshot = True
+                else:
+                    self._not_member_once = True
             return
+        self._not_member_once = False
         if st.status == replication_pb2.NOT_MEMBER or st.head_offset < self.ack_offset:
             log.warning(
                 "shard %s: follower %s holds up to %d (status %s), acknowledged %d: "
@@ -215,7 +228,21 @@ class FollowerCursor:
                     term=term, commit_offset=leader.commit_offset, heartbeat=heartbeat
                 ).SerializeToString()
             if nxt <= wal.last_offset:
-                entries = wal.read_batch(nxt, max_entries=READ_BATCH)
+                try:
+                    entries = wal.read_batch(nxt, max_entries=READ_BATCH)
+                except EntryNotFound:
+                    if nxt >= wal.first_offset:
+                        raise
+                    # The retention trimmed what this follower needs next: end the stream;
+                    # the cursor sends a snapshot before it reconnects.
+                    log.info(
+                        "shard %s: follower %s needs offset %d, the WAL now starts at %d",
+                        leader.shard,
+                        self.follower,
+                        nxt,
+                        wal.first_offset,
+                    )
+                    return
                 commit = leader.commit_offset
                 for e in entries:
                     yield replication_pb2.Append(

@@ -263,6 +263,9 @@ class LeaderController:
         self.tracker = tracker
         self.confirmations = LeadershipConfirmations(replication_factor)
         self._next_offset = head + 1
+        # Entry timestamps never go back along the log, across terms too: the notification
+        # retention window is computed from them on every replica (server/retention.py).
+        self._last_ts = max(self._last_ts, self._log_clock())
         self._register_reader()
         # Only a leader that needs no follower waits on its own fsync: with followers
         # the loop must stay free to ship the entry while the sync thread flushes.
@@ -308,6 +311,19 @@ class LeaderController:
         self.sessions.start()
         self.applied.notify()
         self.leadership.notify()
+
+    def _log_clock(self) -> int:
+        """The newest timestamp in this replica's log: its head entry's, or after a snapshot
+        (an empty WAL) its newest notification batch's."""
+        head = self.wal.last_offset
+        ts = 0
+        if head >= 0:
+            try:
+                ts = self.wal.read(head).timestamp
+            except EntryNotFound:
+                pass
+        newest = reads.last_notification_batch(self.storage.db)
+        return max(ts, newest[1] if newest is not None else 0)
 
     async def add_follower(self, term: int, name: str, head: replication_pb2.EntryId) -> None:
         """Attaches a follower (a straggler of the election, or a new

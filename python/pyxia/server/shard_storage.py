@@ -8,9 +8,11 @@ restart never reads a DB with the wrong encoding.
 
 Opening recovers: the DB says up to which offset it applied; the WAL is
 opened with that commit offset (a corrupt tail above it is discarded, below
-it is an error). A WAL or DB found damaged, or a DB that is missing while its
-log no longer starts at entry 0, raises :class:`~pyxia.errors.ReplicaCorrupt`
-whose message says how to inspect or repair it; nothing is changed on disk.
+it is an error, and so is a log that starts after it: the retention flushes
+the DB before it deletes a segment, so that never happens). A WAL or DB found
+damaged, or a DB that is missing while its log no longer starts at entry 0,
+raises :class:`~pyxia.errors.ReplicaCorrupt` whose message says how to inspect
+or repair it; nothing is changed on disk.
 Entries between the DB's commit offset and the WAL head are applied later,
 by whoever knows they are committed (the leader once its head is committed
 by a quorum, a follower up to the leader's commit offset).
@@ -21,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,7 @@ from pathlib import Path
 from pyxia._native import CorruptedLog, EntryNotFound, Wal
 from pyxia.common.validation import REBUILDING_HEAD, check_namespace, check_shard_id
 from pyxia.errors import ReplicaCorrupt
+from pyxia.failpoints import failpoint
 from pyxia.proto import replication_pb2
 from pyxia.storage import keys
 from pyxia.storage.apply import DEFAULT_WRITE_LIMITS, StateApplier, WriteLimits
@@ -107,6 +111,14 @@ class ShardStorage:
                 retention_ms=options.wal_retention_ms,
                 commit_offset=self.db.commit_offset(),
             )
+            first = self.wal.first_offset
+            if first > self.db.commit_offset() + 1:
+                # Entries the DB has not applied were deleted: replaying would skip them.
+                self.wal.close()
+                raise CorruptedLog(
+                    f"{self.wal_path}: the log starts at {first} but the DB has applied only "
+                    f"up to {self.db.commit_offset()}: committed entries are missing"
+                )
         except BaseException as e:
             self.db.close()
             if isinstance(e, CorruptedLog):
@@ -127,6 +139,9 @@ class ShardStorage:
         )
         self._closed = False
         self._rebuilding = self.rebuild_marker.exists()
+        # Held (in a worker thread) by a retention step, and by whatever replaces or closes
+        # the DB, so that neither runs under the other.
+        self._maintenance = threading.Lock()
 
     def _corrupt_wal(self, detail: str) -> ReplicaCorrupt:
         hint = repair_hint(self.options.wal_dir, self.namespace, self.shard)
@@ -248,6 +263,21 @@ class ShardStorage:
             nxt = entries[-1].offset + 1
         return applied
 
+    def flush_and_trim(self, keep_from: int, applied: int, db: ShardDB) -> int:
+        """Makes the DB durable up to what it has applied (its own WAL is off), then deletes
+        the WAL segments wholly before ``keep_from``, never one holding an entry above
+        ``applied`` (the commit offset this DB had applied before the call). Does nothing if
+        the replica was closed or its DB replaced (a snapshot) since ``db`` was read. Safe to
+        call from a worker thread. Returns the WAL's first offset."""
+        with self._maintenance:
+            if self._closed or self.db is not db:
+                return -1
+            db.flush()
+            failpoint("retention.after_flush_before_trim")
+            first = self.wal.trim(keep_from, applied)
+            failpoint("retention.after_trim")
+            return first
+
     # -- snapshots --------------------------------------------------------------------------------
 
     def create_snapshot(self) -> Path:
@@ -271,6 +301,10 @@ class ShardStorage:
         the replica is never left without a working DB. The term is
         persisted (with the snapshot's own term options) before returning.
         Returns the snapshot's commit offset."""
+        with self._maintenance:
+            return self._install_snapshot(staged, term)
+
+    def _install_snapshot(self, staged: Path, term: int) -> int:
         marker = staged / ENCODING_MARKER
         encoding = (
             keys.encoding_by_name(marker.read_text().strip()) if marker.exists() else self.encoding
@@ -304,13 +338,14 @@ class ShardStorage:
 
     def close(self) -> None:
         """Closes WAL and DB. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self.wal.close()
-        finally:
-            self.db.close()
+        with self._maintenance:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self.wal.close()
+            finally:
+                self.db.close()
 
     def delete(self) -> None:
         """Closes and removes every file of this replica."""

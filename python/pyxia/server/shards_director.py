@@ -123,6 +123,8 @@ class ShardsDirector:
         # A replica found corrupt when opened is set aside and rebuilt from its peers (a
         # cluster server); without peers (standalone) the ReplicaCorrupt error is raised.
         self.rebuild_corrupt = rebuild_corrupt
+        # Called with each shard storage opened (the retention keeper watches its WAL).
+        self.storage_listeners: list[Callable[[ShardStorage], None]] = []
 
     # -- storage ----------------------------------------------------------------------------------
 
@@ -224,6 +226,8 @@ class ShardsDirector:
                     raise
                 st = self._set_aside(namespace, shard, encoding, e)
             self._storages[shard] = st
+            for listener in self.storage_listeners:
+                listener(st)
         elif st.namespace != namespace:
             raise InvalidArgument(
                 f"oxia: shard {shard} is held here in namespace {st.namespace!r}, "
@@ -290,6 +294,10 @@ class ShardsDirector:
 
     def controller(self, shard: int) -> Controller | None:
         return self.leaders.get(shard) or self.followers.get(shard)
+
+    def replicas(self) -> list[tuple[ShardStorage, Controller | None]]:
+        """Every open shard replica with its controller (None between roles)."""
+        return [(st, self.controller(shard)) for shard, st in self._storages.items()]
 
     def open_leader(self, namespace: str, shard: int, encoding: KeyEncoding) -> LeaderController:
         """Opens (recovering) the shard's storage and a leader controller: the trusted path

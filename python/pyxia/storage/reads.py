@@ -41,6 +41,7 @@ from pyxia.storage.keys import KeyEncoding, ScanBounds
 
 __all__ = [
     "get",
+    "last_notification_batch",
     "last_notification_offset",
     "last_sequence_key",
     "list_keys",
@@ -48,6 +49,7 @@ __all__ = [
     "range_scan",
     "read_notifications",
     "trim_notifications",
+    "trim_notifications_window",
 ]
 
 EQUAL: Final = client_pb2.EQUAL
@@ -543,6 +545,19 @@ def last_notification_offset(db: ShardDB) -> int:
     return keys.parse_notification_key(key)
 
 
+def last_notification_batch(db: ShardDB) -> tuple[int, int] | None:
+    """``(offset, timestamp)`` of the newest stored notification batch, None if there is none."""
+    found = db.seek_le(db.encoding.encode(keys.LAST_NOTIFICATION_KEY))
+    if found is None:
+        return None
+    key = db.encoding.decode(found[0])
+    if not key.startswith(keys.NOTIFICATIONS_PREFIX + "/"):
+        return None
+    return keys.parse_notification_key(key), client_pb2.NotificationBatch.FromString(
+        found[1]
+    ).timestamp
+
+
 def _batch_at_or_after(db: ShardDB, offset: int, upper: bytes) -> tuple[int, int] | None:
     """``(offset, timestamp)`` of the first batch at or after ``offset``, below ``upper``."""
     rng = _notification_range(db, offset)
@@ -563,10 +578,10 @@ def trim_notifications(
     never one with ``offset > keep_after_offset``. Returns how many batches were deleted.
 
     Like Oxia's trimmer, this is a binary search on the timestamps (which the leader stamps in
-    increasing order) and a range delete, and it is **local to each replica**: it does not go
-    through the log, so the replicas' notification records differ, and a crash may undo a trim
-    (the DB's own WAL is off) — the next trim redoes it. Notification batches are never part of
-    the replicated state that matters: readers only ever ask for the batches after an offset."""
+    non-decreasing order, across terms too) and a range delete. It does not go through the log
+    and a crash may undo it (the DB's own WAL is off): the next trim redoes it. Called with a
+    cutoff taken from the log (:func:`trim_notifications_window`), every replica converges to
+    the same window."""
     rng = _notification_range(db, 0)
     assert rng is not None
     lower, upper = rng
@@ -597,6 +612,21 @@ def trim_notifications(
         batch.delete_range(lower, end)
         db.write(batch)
     return count
+
+
+def trim_notifications_window(db: ShardDB, retention_ms: int) -> int:
+    """Trims the notification batches to the log's window: those whose timestamp is not after
+    ``newest batch's timestamp - retention_ms`` are deleted. Returns how many were deleted.
+
+    The cutoff comes from the log (the newest batch's timestamp, stamped by the leader), not
+    from this replica's clock, so the window is a function of the applied entries only: every
+    replica that has applied the same entries keeps the same batches, whenever it trims, and a
+    follower that becomes leader serves the window its predecessor served. While no batch is
+    written the window does not move (nor grow)."""
+    newest = last_notification_batch(db)
+    if newest is None:
+        return 0
+    return trim_notifications(db, newest[1] - retention_ms)
 
 
 # ---------------------------------------------------------------------------------------------

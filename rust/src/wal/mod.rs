@@ -66,6 +66,19 @@ impl Default for Options {
     }
 }
 
+/// One segment as the retention rule sees it (see [`Wal::segments`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub base: i64,
+    pub last_offset: i64,
+    /// Bytes the segment file takes on disk (its preallocated size).
+    pub size_bytes: u64,
+    /// Timestamp of its newest entry (`u64::MAX` when unreadable).
+    pub last_timestamp: u64,
+    /// Closed (read-only) segments are the only ones `trim` may delete.
+    pub closed: bool,
+}
+
 /// A log entry read back from the WAL, with its place in the CRC chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -102,6 +115,19 @@ impl Writable {
 
     fn contains(&self, offset: i64) -> bool {
         offset >= self.seg.base && offset <= self.last_offset()
+    }
+
+    /// Timestamp of the newest entry (`u64::MAX` when there is none or it
+    /// does not decode).
+    fn last_timestamp(&self) -> u64 {
+        match self.positions.last() {
+            Some(&p) => {
+                // SAFETY: callers hold the state lock.
+                let b = unsafe { self.seg.bytes() };
+                segment::record_timestamp(&b[p as usize..self.write_pos])
+            }
+            None => u64::MAX,
+        }
     }
 
     /// Header fields of record `i` (`(payload_len, previous_crc, crc)`).
@@ -189,6 +215,10 @@ struct Inner {
     /// Pipe written once per sync round so an event loop can wake up.
     notify_read: RawFd,
     notify_write: RawFd,
+    /// Pipe written once per sync round that closed a segment (a rolled-over
+    /// segment became durable and read-only): the retention check's trigger.
+    closed_read: RawFd,
+    closed_write: RawFd,
     /// Opt-in test hooks (synced-offset mark, broken ack-before-fsync mode).
     hooks: TestHooks,
 }
@@ -199,6 +229,8 @@ impl Drop for Inner {
         unsafe {
             libc::close(self.notify_read);
             libc::close(self.notify_write);
+            libc::close(self.closed_read);
+            libc::close(self.closed_write);
         }
     }
 }
@@ -332,6 +364,17 @@ impl Wal {
         hooks.attach(&dir)?;
         hooks.set_mark(last)?;
         let (nr, nw) = make_pipe()?;
+        let (cr, cw) = match make_pipe() {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: both descriptors were just created and are owned here.
+                unsafe {
+                    libc::close(nr);
+                    libc::close(nw);
+                }
+                return Err(e);
+            }
+        };
         let inner = Arc::new(Inner {
             dir,
             opts,
@@ -350,6 +393,8 @@ impl Wal {
             stats: Mutex::new(SyncStats::default()),
             notify_read: nr,
             notify_write: nw,
+            closed_read: cr,
+            closed_write: cw,
             hooks,
         });
         let th_inner = inner.clone();
@@ -666,6 +711,42 @@ impl Wal {
         self.inner.notify_read
     }
 
+    /// Descriptor that becomes readable after a sync round that closed a
+    /// segment (only closed segments can be trimmed). The reader drains it.
+    pub fn segment_closed_fd(&self) -> RawFd {
+        self.inner.closed_read
+    }
+
+    /// The segments, oldest first, as retention sees them: closed segments
+    /// (the only ones `trim` may delete), then the ones still written.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let st = self.inner.state.read();
+        let mut out: Vec<SegmentInfo> = st
+            .ro
+            .iter()
+            .map(|s| SegmentInfo {
+                base: s.base,
+                last_offset: s.last_offset(),
+                size_bytes: s.file_len,
+                last_timestamp: s.last_timestamp,
+                closed: true,
+            })
+            .collect();
+        for w in st.pending.iter().chain(st.current.iter()) {
+            if w.positions.is_empty() {
+                continue;
+            }
+            out.push(SegmentInfo {
+                base: w.seg.base,
+                last_offset: w.last_offset(),
+                size_bytes: w.seg.capacity as u64,
+                last_timestamp: w.last_timestamp(),
+                closed: false,
+            });
+        }
+        out
+    }
+
     /// `(rounds, latencies in µs)` of the sync rounds so far (bounded sample).
     pub fn sync_stats(&self) -> (u64, Vec<u32>) {
         let s = self.inner.stats.lock();
@@ -829,15 +910,7 @@ impl Wal {
     pub fn trim_expired(&self, commit_offset: i64, now_ms_opt: Option<u64>) -> Result<i64> {
         let now = now_ms_opt.unwrap_or_else(now_ms);
         let cutoff_ts = now.saturating_sub(self.inner.opts.retention_ms);
-        self.trim_while(|s| {
-            if s.last_offset() > commit_offset {
-                return Ok(false);
-            }
-            let rec = s.read_record(s.positions.len() - 1)?;
-            let e = codec::decode_payload(&rec[HEADER_LEN..])
-                .map_err(|why| corrupted(&s.path, s.end, why))?;
-            Ok(e.timestamp < cutoff_ts)
-        })
+        self.trim_while(|s| Ok(s.last_offset() <= commit_offset && s.last_timestamp < cutoff_ts))
     }
 
     fn trim_while(&self, mut pred: impl FnMut(&RoSegment) -> Result<bool>) -> Result<i64> {
@@ -972,6 +1045,15 @@ impl Inner {
         }
     }
 
+    fn signal_segment_closed(&self) {
+        let b = [1u8];
+        // SAFETY: closed_write is our own non-blocking pipe end; a full pipe
+        // (EAGAIN) already guarantees a pending wake-up.
+        unsafe {
+            libc::write(self.closed_write, b.as_ptr() as *const libc::c_void, 1);
+        }
+    }
+
     fn wait_synced(&self, offset: i64, timeout: Option<Duration>) -> Result<bool> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut g = self.synced_mu.lock();
@@ -1045,6 +1127,7 @@ impl Inner {
             }
         }
         // Close rolled segments that are now wholly durable.
+        let mut closed_any = false;
         while st
             .pending
             .first()
@@ -1060,6 +1143,7 @@ impl Inner {
                 .ctx(|| format!("reopening {}", w.seg.path.display()))?;
             let (_, first_prev, _) = w.header(0);
             let (_, _, last_crc) = w.header(w.positions.len() - 1);
+            let last_timestamp = w.last_timestamp();
             st.ro.push_back(Arc::new(RoSegment {
                 base: w.seg.base,
                 path: w.seg.path.clone(),
@@ -1068,7 +1152,10 @@ impl Inner {
                 end: w.write_pos,
                 first_previous_crc: first_prev,
                 last_crc,
+                file_len: w.seg.capacity as u64,
+                last_timestamp,
             }));
+            closed_any = true;
         }
         if flush {
             self.hooks.set_mark(target)?;
@@ -1078,6 +1165,9 @@ impl Inner {
             self.last_synced.store(target, Ordering::Release);
         }
         drop(st);
+        if closed_any {
+            self.signal_segment_closed();
+        }
         let mut s = self.stats.lock();
         s.rounds += 1;
         if s.samples_us.len() < MAX_SYNC_SAMPLES {

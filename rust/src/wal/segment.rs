@@ -298,6 +298,24 @@ pub struct RoSegment {
     pub end: usize,
     pub first_previous_crc: u32,
     pub last_crc: u32,
+    /// Size of the file on disk (segments stay preallocated when closed).
+    pub file_len: u64,
+    /// Timestamp of the newest entry (`u64::MAX` when it cannot be decoded,
+    /// so that time-based retention never drops it).
+    pub last_timestamp: u64,
+}
+
+/// The timestamp of the record at the start of `rec` (header included), or
+/// `u64::MAX` when the payload does not decode.
+pub fn record_timestamp(rec: &[u8]) -> u64 {
+    if rec.len() < HEADER_LEN {
+        return u64::MAX;
+    }
+    let len = u32::from_be_bytes([rec[0], rec[1], rec[2], rec[3]]) as usize;
+    rec.get(HEADER_LEN..HEADER_LEN.saturating_add(len))
+        .and_then(|p| codec::decode_payload(p).ok())
+        .map(|e| e.timestamp)
+        .unwrap_or(u64::MAX)
 }
 
 impl RoSegment {
@@ -329,6 +347,11 @@ impl RoSegment {
             // Best effort: a failed index write only costs a rescan later.
             let _ = std::fs::write(&idx_path, encode_index(&s.positions));
         }
+        let last_timestamp = s
+            .positions
+            .last()
+            .map(|&p| record_timestamp(&buf[p as usize..s.end]))
+            .unwrap_or(u64::MAX);
         let seg = RoSegment {
             base,
             path,
@@ -337,6 +360,8 @@ impl RoSegment {
             positions: s.positions,
             end: s.end,
             last_crc: s.last_crc,
+            file_len: len as u64,
+            last_timestamp,
         };
         Ok((seg, s.error))
     }
@@ -402,6 +427,8 @@ impl RoSegment {
             end,
             first_previous_crc: first_prev,
             last_crc: info.crc,
+            file_len: file_len as u64,
+            last_timestamp: record_timestamp(&rec),
         })
     }
 
