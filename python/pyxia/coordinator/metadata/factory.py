@@ -5,7 +5,12 @@ builds. Option names follow the command line (``--metadata-dir`` ->
 ``raft_secret_file``, ``--etcd-tls-*`` -> ``etcd_tls`` (a TlsOptions),
 ``--etcd-username`` / ``--etcd-password-file``); anything else is passed to the
 provider's constructor as is. The raft provider is never built without a
-secret; secrets come from files only their owner can access (0600)."""
+secret; secrets come from files only their owner can access (0600).
+
+The raft, etcd and kubernetes providers need packages that a client-only install leaves out
+(the extras ``pyxia[raft]``, ``pyxia[etcd]``, ``pyxia[kubernetes]``): each provider's module
+is imported only when that provider is built, and a missing package is a ValueError naming
+the extra to install."""
 
 from __future__ import annotations
 
@@ -18,6 +23,25 @@ from pyxia.security.tls import TlsOptions
 from .provider import MetadataProvider
 
 PROVIDER_NAMES = ("memory", "file", "raft", "etcd", "kubernetes")
+
+# The top-level modules each optional provider imports, by the extra that installs them.
+EXTRA_MODULES: dict[str, frozenset[str]] = {
+    "raft": frozenset({"pysyncobj"}),
+    "etcd": frozenset({"httpx", "httpcore"}),
+    "kubernetes": frozenset({"kubernetes", "aiohttp", "httpx", "httpcore"}),
+}
+
+
+def missing_extra(error: ModuleNotFoundError, extra: str) -> ValueError:
+    """The one-line error for a provider whose packages are not installed; re-raises
+    ``error`` when the missing module is not one the extra provides (a real bug)."""
+    missing = (error.name or "").split(".")[0]
+    if missing not in EXTRA_MODULES[extra]:
+        raise error
+    return ValueError(
+        f"the {extra} metadata provider needs the {missing!r} package, which a plain install "
+        f"leaves out: pip install 'pyxia[{extra}]'"
+    )
 
 
 def split_addresses(value: str | Sequence[str] | None) -> list[str]:
@@ -60,7 +84,10 @@ def _read_private(path: Path, what: str) -> str:
 def read_raft_secret(path: str | Path) -> bytes:
     """The raft provider's shared secret: a file only its owner can read (0600), at least
     16 bytes once stripped. Raises ValueError naming the file otherwise."""
-    from .raft import MIN_SECRET_BYTES
+    try:
+        from .raft import MIN_SECRET_BYTES
+    except ModuleNotFoundError as e:
+        raise missing_extra(e, "raft") from None
 
     path = Path(path)
     secret = _read_private(path, "raft secret file").encode()
@@ -80,7 +107,10 @@ def _raft(
     metadata_dir: str | None = None,
     **options: Any,
 ) -> MetadataProvider:
-    from .raft import RaftMetadataProvider
+    try:
+        from .raft import RaftMetadataProvider
+    except ModuleNotFoundError as e:
+        raise missing_extra(e, "raft") from None
 
     if not raft_address:
         raise ValueError("the raft metadata provider needs --raft-address")
@@ -104,7 +134,10 @@ def _etcd(
     etcd_password_file: str | Path | None = None,
     **options: Any,
 ) -> MetadataProvider:
-    from .etcd import EtcdMetadataProvider
+    try:
+        from .etcd import EtcdMetadataProvider
+    except ModuleNotFoundError as e:
+        raise missing_extra(e, "etcd") from None
 
     endpoints = split_addresses(etcd_endpoints)
     if not endpoints:
@@ -120,7 +153,10 @@ def _etcd(
 
 
 def _kubernetes(**options: Any) -> MetadataProvider:
-    from .kubernetes import KubernetesMetadataProvider
+    try:
+        from .kubernetes import KubernetesMetadataProvider
+    except ModuleNotFoundError as e:
+        raise missing_extra(e, "kubernetes") from None
 
     return KubernetesMetadataProvider(**options)
 
