@@ -513,9 +513,15 @@ class Cluster:
     async def move_leader(self, namespace: str, shard: int, timeout: float) -> tuple[str, int]:
         """A planned leader move (``PyxiaAdmin/MoveLeader``): the new leader and its term."""
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.coordinator_addr)
+            if self.harness_tls is not None:
+                self._channel = self.harness_tls.secure_channel(self.coordinator_addr, [])
+            else:
+                self._channel = grpc.aio.insecure_channel(self.coordinator_addr)
+        method = "/pyxia.admin.v1.PyxiaAdmin/MoveLeader"
+        # A change of the cluster: the coordinator wants the cluster's proof of membership.
+        proof = (self.secret.sign(method),) if self.secret is not None else None
         call = self._channel.unary_unary(
-            "/pyxia.admin.v1.PyxiaAdmin/MoveLeader",
+            method,
             request_serializer=admin_pb2.MoveLeaderRequest.SerializeToString,
             response_deserializer=admin_pb2.MoveLeaderResponse.FromString,
         )
@@ -524,6 +530,7 @@ class Cluster:
                 namespace=namespace, shard=shard, timeout_ms=int(timeout * 1000)
             ),
             timeout=timeout + 5,
+            metadata=proof,
         )
         return res.leader, int(res.term)
 
