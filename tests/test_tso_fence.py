@@ -137,14 +137,32 @@ class FakeDriver:
             raise self.load_errors.pop(0)
         return self.stored
 
-    async def persist_high_water(self, target: Leading, at_least: int) -> int:
+    async def persist_high_water(
+        self, target: Leading, at_least: int, puts: Any = (), deletes: Any = ()
+    ) -> int:
         if self.persist_errors:
             raise self.persist_errors.pop(0)
         if self.persist_gate is not None:
             await self.persist_gate.wait()
         self.stored = max(self.stored, at_least)
         self.persists.append((target.epoch, at_least))
+        self.marker = False
         return self.stored
+
+    # The rest of the driver (the marker; the sequence and lease records are not used here).
+    marker = False
+
+    def released(self, target: Leading) -> bool:
+        return self.marker
+
+    def release(self, target: Leading) -> None:
+        self.marker = True
+
+    def read(self, target: Leading, key: str) -> bytes | None:
+        return None
+
+    def scan(self, target: Leading, start: str, end: str) -> list[tuple[str, bytes]]:
+        return []
 
 
 class Env:

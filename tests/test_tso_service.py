@@ -108,7 +108,7 @@ async def test_the_leader_grants_and_the_others_hint_it(cluster: Cluster) -> Non
     for other in (n0, n2):
         e = await get_ts_error(cluster, other)
         assert e.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert hint(e) == (n1.public, None)
+        assert hint(e) == (n1.public, term)  # the leader's epoch from the assignments
 
 
 async def test_bad_requests_are_invalid_argument(cluster: Cluster) -> None:
