@@ -125,10 +125,11 @@ async def serves(c: Cluster, node: Node) -> bool:
 
 
 async def elect(c: Cluster, leader: Node) -> int:
+    """Elects ``leader``; returns its epoch on the wire (its term + 1)."""
     term = await c.elect(0, leader, c.nodes)
     await c.push_assignments({0: leader})
     await wait_until(lambda: serves(c, leader), what="the leader to serve")
-    return term
+    return term + 1
 
 
 def epoch(w: tso_pb2.EpochWire) -> int:
@@ -310,8 +311,8 @@ async def test_acquire_is_idempotent_supersedes_and_refuses_older_epochs(
     term = await elect(cluster, n0)
     before = time.time_ns() // 1_000_000
     a = await acquire(cluster, n0, b"group", 5)
-    assert a.lease_id == a.ts_upper_bound and epoch(a.epoch) == term
-    assert a.ts_upper_bound >= before + 5000 - 50
+    assert epoch(a.epoch) == term
+    assert a.ts_upper_bound == a.expires_at_ms  # now + ttl
     assert before + 5000 <= a.expires_at_ms <= time.time_ns() // 1_000_000 + 5000
     again = await acquire(cluster, n0, b"group", 5, ttl_ms=60_000)
     assert again == a  # same holder and epoch: the live lease, unchanged
@@ -335,7 +336,7 @@ async def test_renew_release_and_their_errors(cluster: Cluster) -> None:
     await elect(cluster, n0)
     a = await acquire(cluster, n0, b"g", 1, ttl_ms=5000)
     r = await renew(cluster, n0, a.lease_id)
-    assert r.ts_upper_bound > a.ts_upper_bound and r.expires_at_ms >= a.expires_at_ms
+    assert r.ts_upper_bound >= a.ts_upper_bound and r.expires_at_ms >= a.expires_at_ms
     e = await rpc_error(cluster, n0, "RenewLease", tso_pb2.RenewLeaseRequest(lease_id=12345))
     assert e.code() == grpc.StatusCode.NOT_FOUND
     await release(cluster, n0, a.lease_id)
@@ -344,7 +345,7 @@ async def test_renew_release_and_their_errors(cluster: Cluster) -> None:
     e = await rpc_error(cluster, n0, "RenewLease", tso_pb2.RenewLeaseRequest(lease_id=a.lease_id))
     assert e.code() == grpc.StatusCode.NOT_FOUND
     # Released, the holder gets a fresh lease at the same epoch.
-    assert (await acquire(cluster, n0, b"g", 1)).lease_id > r.ts_upper_bound
+    assert (await acquire(cluster, n0, b"g", 1)).lease_id > a.lease_id
 
 
 @pytest.mark.parametrize(
@@ -392,7 +393,7 @@ async def test_leases_survive_a_leader_change(cluster: Cluster) -> None:
     again = await acquire(cluster, n1, b"survivor", 3)
     assert again.lease_id == a.lease_id and epoch(again.epoch) == term
     r = await renew(cluster, n1, a.lease_id)
-    assert r.ts_upper_bound > a.ts_upper_bound
+    assert r.ts_upper_bound >= a.ts_upper_bound
     e = await rpc_error(cluster, n1, "RenewLease", tso_pb2.RenewLeaseRequest(lease_id=sup.lease_id))
     assert e.code() == grpc.StatusCode.FAILED_PRECONDITION
     e = await rpc_error(

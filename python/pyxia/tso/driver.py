@@ -36,7 +36,7 @@ DB: authoritative for a key this leader has not written in its term, for the rea
 high-water load is linearized. Writes (:meth:`ShardDriver.log`) are appended synchronously
 (raising at once for a non-leader: nothing was logged) and return the commit future.
 
-The epoch of a grant is the TSO shard's term (``epoch_hi`` 0, ``epoch_lo`` term): terms grow
+The epoch of a grant is the TSO shard's term + 1 on the wire (``service.wire_epoch``): terms grow
 with every election, so epochs grow with every leader change.
 """
 

@@ -7,11 +7,16 @@ expired). ``holder_epoch`` orders leases of one holder: an acquire at the live l
 returns it unchanged (idempotent), a strictly higher one supersedes it (the old one stops
 advancing but counts toward the frontier until it expires), a lower one is refused.
 
-The bound of a lease is a high-water the oracle made durable for it (``max(H + 1, now) +
-ttl``), written in the same replicated write as the lease record; ``lease_id`` is that bound,
-unique because the durable high-water only grows, across leaders too. Every mutation writes
-the records it changes and deletes the expired ones, so the shard holds the live set; a new
-leader loads it (records expired by then are dropped) — leases survive failovers.
+The bound of a lease is ``now + ttl`` at acquire (at renew ``max(old bound, now + ttl)``), and
+the high-water is raised to at least the bound in the same replicated write as the lease
+record: every timestamp the oracle grants after a failover is above every bound a holder was
+given. (tsoracle takes ``max(H + 1, now) + ttl`` and uses it as the id too; that moves the
+high-water ``ttl`` further with every lease call — a high-water running ahead of the clock, and
+with it the next failover's floor. pyxia keeps ids apart instead.) ``lease_id`` comes from a
+counter persisted in the same write (``__oxia/tso/lease-id``), never reused, across leaders
+too. Every mutation writes the records it changes and deletes the expired ones, so the shard
+holds the live set; a new leader loads it (records expired by then are dropped) — leases
+survive failovers.
 
 Invariants (property-tested in ``tests/test_tso_leases.py``): at any time a holder has at most
 one live lease that is not superseded; a renewal never lowers a lease's bound; the live count
@@ -41,6 +46,8 @@ LEASE_PREFIX = keys.INTERNAL_KEY_PREFIX + "tso/lease/"
 """A lease record lives at this prefix + its id (20 decimal digits), as JSON."""
 LEASE_SCAN_END = keys.INTERNAL_KEY_PREFIX + "tso/lease/a"
 """The end (exclusive) of a scan over every lease record (ids are digits)."""
+LAST_LEASE_ID_KEY = keys.INTERNAL_KEY_PREFIX + "tso/lease-id"
+"""The last lease id handed out (ASCII decimal)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,15 +139,30 @@ def decode_record(key: str, raw: bytes) -> LeaseRecord:
 class LeaseTable:
     """One leader term's leases by id (see the module docstring)."""
 
-    __slots__ = ("_records", "max_leases")
+    __slots__ = ("_records", "last_id", "max_leases")
 
     def __init__(self, max_leases: int = DEFAULT_MAX_LEASES) -> None:
         self.max_leases = max_leases
         self._records: dict[int, LeaseRecord] = {}
+        self.last_id = 0
 
-    def seed(self, records: Iterable[LeaseRecord], now_ms: int) -> None:
-        """The stored records (expired ones are dropped: they never count again)."""
-        self._records = {r.lease_id: r for r in records if not r.expired(now_ms)}
+    def seed(self, records: Iterable[LeaseRecord], now_ms: int, last_id: int = 0) -> None:
+        """The stored records (expired ones are dropped: they never count again) and the last
+        id handed out."""
+        recs = list(records)
+        self._records = {r.lease_id: r for r in recs if not r.expired(now_ms)}
+        self.last_id = max([last_id, *(r.lease_id for r in recs)])
+
+    def new_record(self, holder: bytes, holder_epoch: int, ttl_ms: int, now_ms: int) -> LeaseRecord:
+        """A fresh lease (the next id; bound ``now + ttl``), not yet in the table."""
+        end = now_ms + ttl_ms
+        return LeaseRecord(self.last_id + 1, holder, holder_epoch, ttl_ms, end, end)
+
+    @staticmethod
+    def renewed(r: LeaseRecord, now_ms: int) -> LeaseRecord:
+        """``r`` renewed at ``now_ms``: its TTL again, a bound that never goes down."""
+        end = now_ms + r.ttl_ms
+        return replace(r, ts_upper_bound=max(r.ts_upper_bound, end), expires_at_ms=end)
 
     def records(self) -> list[LeaseRecord]:
         return sorted(self._records.values(), key=lambda r: r.lease_id)
@@ -222,6 +244,7 @@ class LeaseTable:
             self._records.pop(i, None)
         for r in puts:
             self._records[r.lease_id] = r
+            self.last_id = max(self.last_id, r.lease_id)
 
     def min_unexpired_bound(self, now_ms: int) -> int | None:
         bounds = [r.ts_upper_bound for r in self._records.values() if not r.expired(now_ms)]

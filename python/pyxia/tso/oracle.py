@@ -31,11 +31,16 @@ With one replica nobody else can be elected, and there is no lease.
 counters through the leader's log, answered once it committed. Its safety needs no time lease:
 a deposed leader's write can never commit. Outcome unknown after logging → ``SeqUncertain``.
 
-**Stamping leases** (:mod:`~pyxia.tso.leases`): acquire and renew take a new bound the way a
-window extension does (``max(H + 1, now, last + 1) + ttl``) and write the high-water and the
-lease record in one write; every lease write holds the ``gate`` until its outcome is known (a
-write is never abandoned while this node leads: the table must match the log), even if the
-call's answer gave up waiting (UNAVAILABLE; acquire, renew and release may be retried).
+**Stamping leases** (:mod:`~pyxia.tso.leases`): acquire and renew write the lease record and
+a high-water of at least its bound (``now + ttl``) in one write; every lease write holds the
+``gate`` until its outcome is known (a write is never abandoned while this node leads: the
+table must match the log), even if the call's answer gave up waiting (UNAVAILABLE; acquire,
+renew and release may be retried).
+
+**A leader still fencing holds calls** (up to ``fence_hold_s``) until it serves, instead of
+answering not-leader: its fence lasts a replicated write after a planned handoff, the time
+lease after a failure, and a caller sent to it is at the right node. (tsoracle's client,
+redirected to a leader naming itself, gives up on the call; held, it gets its answer.)
 
 **Reads** (GetCurrentMaxSafe, GetSafeFrontier) are answered only by a serving leader whose
 lease holds (they renew it if needed); anyone else answers 0 with a zero epoch, as tsoracle's
@@ -52,6 +57,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pyxia.errors import PyxiaError
+from pyxia.server.signals import Signal
 from pyxia.storage.apply import ApplyResult
 from pyxia.tso import DEFAULT_NAMESPACE
 from pyxia.tso import metrics as m
@@ -64,6 +70,7 @@ from pyxia.tso.leases import (
     DEFAULT_MAX_LEASES,
     DEFAULT_TTL_CEILING_MS,
     DEFAULT_TTL_FLOOR_MS,
+    LAST_LEASE_ID_KEY,
     LEASE_PREFIX,
     LEASE_SCAN_END,
     LeaseRecord,
@@ -115,6 +122,8 @@ class TsoOptions:
     """A high-water write not committed by then is a transient failure."""
     grant_wait_s: float = 1.0
     """How long a call waits for a needed high-water or lease write before UNAVAILABLE."""
+    fence_hold_s: float = 1.0
+    """How long a call to a leader whose fence runs waits for it to serve."""
     max_seq_count: int = DEFAULT_MAX_SEQ_COUNT
     """The largest block one GetSeq entry may ask for."""
     max_seq_batch_keys: int = DEFAULT_MAX_SEQ_BATCH_KEYS
@@ -175,6 +184,8 @@ class Oracle:
         self._lease_tasks: set[asyncio.Task[Any]] = set()
         self.extensions = 0
         self.releases = 0
+        self.changed = Signal()
+        """Notified on every change of the serving state (calls held during a fence)."""
 
     # -- state (driven by the fence) --------------------------------------------------------------
 
@@ -205,10 +216,12 @@ class Oracle:
         self._leases = None
         if was:
             m.SERVING.set(0)
+        self.changed.notify()
 
     def begin_fence(self, target: Leading) -> None:
         self.step_down()
         self._fencing = target
+        self.changed.notify()
 
     def become_serving(
         self, target: Leading, floor_ms: int, high_water_ms: int, lease_until: float | None
@@ -222,6 +235,7 @@ class Oracle:
         self._serving = target
         m.SERVING.set(1)
         m.HIGH_WATER.set(high_water_ms)
+        self.changed.notify()
 
     def poison(self, err: BaseException) -> None:
         """Stops the oracle on this node for good (a permanent error)."""
@@ -266,6 +280,19 @@ class Oracle:
             # map is stale): pointing clients back here would only make them spin.
             endpoint, epoch = None, None
         return TsoNotLeader("tso: not the leader", leader_endpoint=endpoint, leader_epoch=epoch)
+
+    async def until_serving(self) -> None:
+        """While this node is the leader and its fence runs, waits (up to ``fence_hold_s``) for
+        it to serve; returns at once otherwise."""
+        if self._serving is not None or self._fencing is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.fence_hold_s
+        while self._serving is None and self._fencing is not None:
+            seen = self.changed.generation
+            left = deadline - loop.time()
+            if left <= 0 or not await self.changed.wait(seen, left):
+                return
 
     def _check_serving(self) -> Leading:
         target = self._serving
@@ -314,7 +341,9 @@ class Oracle:
             raise self.not_serving_error() from None
 
     async def grant(self, count: int) -> Grant:
-        """``count`` timestamps, waiting for one high-water write if needed."""
+        """``count`` timestamps, waiting for the fence (:meth:`until_serving`) or one high-water
+        write if needed."""
+        await self.until_serving()
         g = self.try_grant(count)
         if g is not None:
             return g
@@ -343,6 +372,7 @@ class Oracle:
 
     async def _leased(self) -> Leading:
         """The serving target with its time lease holding (renewed first if it lapsed)."""
+        await self.until_serving()
         target = self._check_serving()
         for _ in range(3):
             lease_until = self._lease_until
@@ -404,34 +434,36 @@ class Oracle:
     # -- the safe point and the safe frontier -----------------------------------------------------
 
     def _not_leading_read(self) -> bool:
+        if self._fencing is not None:
+            return False  # held until it serves
         target = self._serving
         return target is None or not self._still_leading(target)
 
-    async def current_max_safe(self) -> tuple[int, int]:
-        """``(max_safe_physical_ms, epoch)``; ``(0, 0)`` unless serving."""
+    async def current_max_safe(self) -> tuple[int, int | None]:
+        """``(max_safe_physical_ms, epoch)``; ``(0, None)`` unless serving."""
         if self._not_leading_read():
-            return 0, 0
+            return 0, None
         try:
             target = await self._leased()
         except TsoNotLeader:
-            return 0, 0
+            return 0, None
         h = self.allocator.high_water
         if h is None:
-            return 0, 0
+            return 0, None
         return max_safe(h, self.options.window_ahead_ms), target.epoch
 
-    async def safe_frontier(self) -> tuple[int, int]:
-        """``(frontier_physical_ms, epoch)``; ``(0, 0)`` unless serving."""
+    async def safe_frontier(self) -> tuple[int, int | None]:
+        """``(frontier_physical_ms, epoch)``; ``(0, None)`` unless serving."""
         if self._not_leading_read():
-            return 0, 0
+            return 0, None
         try:
             target = await self._leased()
             table = self._lease_table(target)
         except TsoNotLeader:
-            return 0, 0
+            return 0, None
         h = self.allocator.high_water
         if h is None:
-            return 0, 0
+            return 0, None
         return safe_frontier(h, table.min_unexpired_bound(self.clock_ms())), target.epoch
 
     # -- dense sequences --------------------------------------------------------------------------
@@ -442,6 +474,7 @@ class Oracle:
         SeqKeysExhausted); once logged, an unknown outcome is SeqUncertain."""
         o = self.options
         check_entries(entries, max_count=o.max_seq_count, max_batch_keys=o.max_seq_batch_keys)
+        await self.until_serving()
         target = self._check_serving()
         table = self._sequences
         if table is None:
@@ -489,7 +522,9 @@ class Oracle:
                 decode_record(k, v)
                 for k, v in self.driver.scan(target, LEASE_PREFIX, LEASE_SCAN_END)
             ]
-            table.seed(records, self.clock_ms())
+            raw = self.driver.read(target, LAST_LEASE_ID_KEY)
+            last_id = decode_counter(raw, "last lease id") if raw is not None else 0
+            table.seed(records, self.clock_ms(), last_id)
             self._leases = table
         return table
 
@@ -500,14 +535,17 @@ class Oracle:
         it."""
         o = self.options
         check_acquire(holder, ttl_ms, o.lease_ttl_floor_ms, o.lease_ttl_ceiling_ms)
+        await self.until_serving()
         target = self._check_serving()
         return await self._lease_call(self._acquire(target, holder, holder_epoch, ttl_ms))
 
     async def renew_lease(self, lease_id: int) -> tuple[LeaseRecord, int]:
+        await self.until_serving()
         target = self._check_serving()
         return await self._lease_call(self._renew(target, lease_id))
 
     async def release_lease(self, lease_id: int) -> int:
+        await self.until_serving()
         target = self._check_serving()
         return await self._lease_call(self._release(target, lease_id))
 
@@ -537,11 +575,9 @@ class Oracle:
             decision = table.prepare_acquire(holder, holder_epoch, now)
             if isinstance(decision, LeaseRecord):
                 return decision, target.epoch
-            ext = self.allocator.prepare_extension(now, ttl_ms)
-            bound = self.driver.planned_high_water(ext.requested)
-            record = LeaseRecord(bound, holder, holder_epoch, ttl_ms, bound, now + ttl_ms)
+            record = table.new_record(holder, holder_epoch, ttl_ms, now)
             mutation = Mutation(upsert=record, supersede=decision)
-            await self._write_lease(target, table, mutation, ext, bound, now)
+            await self._write_lease(target, table, mutation, now)
             m.LEASE_CALLS.labels("acquire").inc()
             return record, target.epoch
 
@@ -550,13 +586,8 @@ class Oracle:
             target = self._same(target)
             table = self._lease_table(target)
             now = self.clock_ms()
-            old = table.prepare_renew(lease_id, now)
-            ext = self.allocator.prepare_extension(now, old.ttl_ms)
-            bound = self.driver.planned_high_water(ext.requested)
-            record = LeaseRecord(
-                lease_id, old.holder, old.holder_epoch, old.ttl_ms, bound, now + old.ttl_ms
-            )
-            await self._write_lease(target, table, Mutation(upsert=record), ext, bound, now)
+            record = table.renewed(table.prepare_renew(lease_id, now), now)
+            await self._write_lease(target, table, Mutation(upsert=record), now)
             m.LEASE_CALLS.labels("renew").inc()
             return record, target.epoch
 
@@ -591,23 +622,28 @@ class Oracle:
         return target
 
     async def _write_lease(
-        self,
-        target: Leading,
-        table: LeaseTable,
-        mutation: Mutation,
-        ext: Extension,
-        bound: int,
-        now: int,
+        self, target: Leading, table: LeaseTable, mutation: Mutation, now: int
     ) -> None:
-        """The high-water ``bound`` and the lease records in one write, awaited until its
-        outcome is known (the gate is held); then the allocator and the table move."""
+        """The lease records, the last id and a high-water of at least the new bound in one
+        write, awaited until its outcome is known (the gate is held); then the allocator and
+        the table move."""
         puts, deletes = table.write_for(mutation, now)
+        record = mutation.upsert
+        assert record is not None and target.epoch == self.allocator.epoch
+        h = self.allocator.high_water
+        assert h is not None
+        value = self.driver.planned_high_water(max(h, record.ts_upper_bound))
+        ext = Extension(target.epoch, value)
+        last_id = max(table.last_id, record.lease_id)
         proposed_at = self.monotonic()
         try:
             fut = self.driver.log_high_water(
                 target,
-                bound,
-                [(record_key(r.lease_id), encode_record(r)) for r in puts],
+                value,
+                [
+                    *((record_key(r.lease_id), encode_record(r)) for r in puts),
+                    (LAST_LEASE_ID_KEY, encode_counter(last_id)),
+                ],
                 [record_key(i) for i in deletes],
             )
         except Exception as e:
@@ -615,7 +651,7 @@ class Oracle:
         await self._outcome(fut, "lease")
         if self._serving is not target:
             raise self.not_serving_error()
-        self._committed(ext, bound, proposed_at)
+        self._committed(ext, value, proposed_at)
         table.apply(mutation, now)
 
     async def _outcome(self, fut: asyncio.Future[ApplyResult], what: str) -> None:

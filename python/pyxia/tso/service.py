@@ -1,7 +1,8 @@
 """``tsoracle.v1.TsoService`` on a data server's public port: every RPC of tsoracle-proto 1.3.x.
 
 Every data server registers it; only the leader of the TSO shard serves (once its fence is
-done). Anyone else answers the leader-only calls (GetTs, GetSeq, GetSeqBatch, AcquireLease,
+done: a call that reaches it during the fence waits for it, up to ``fence_hold_s``). Anyone
+else answers the leader-only calls (GetTs, GetSeq, GetSeqBatch, AcquireLease,
 RenewLease, ReleaseLease) with ``FAILED_PRECONDITION`` and the ``tsoracle-leader-hint-bin``
 trailer: a protobuf ``LeaderHint`` naming the leader's public address (scheme-less
 ``host:port``) and its epoch when known — this node itself while its fence runs, else the
@@ -60,22 +61,29 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 M = TypeVar("M", bound=Message)
 
 
-def epoch_halves(epoch: int) -> tuple[int, int]:
-    """The 128-bit epoch as ``(hi, lo)``."""
+def wire_epoch(term: int | None) -> int:
+    """The epoch on the wire for the TSO shard's ``term``: ``term + 1``, so that 0 (the first
+    term of a fresh shard is 0) keeps tsoracle's meaning of "no epoch" (a follower's reads)."""
+    return 0 if term is None else term + 1
+
+
+def epoch_halves(term: int | None) -> tuple[int, int]:
+    """The 128-bit wire epoch of ``term`` as ``(hi, lo)``."""
+    epoch = wire_epoch(term)
     return (epoch >> 64) & _U64, epoch & _U64
 
 
-def epoch_wire(epoch: int) -> tso_pb2.EpochWire:
-    hi, lo = epoch_halves(epoch)
+def epoch_message(term: int) -> tso_pb2.EpochWire:
+    hi, lo = epoch_halves(term)
     return tso_pb2.EpochWire(hi=hi, lo=lo)
 
 
-def leader_hint_bytes(endpoint: str | None, epoch: int | None) -> bytes:
+def leader_hint_bytes(endpoint: str | None, term: int | None) -> bytes:
     hint = tso_pb2.LeaderHint()
     if endpoint:
         hint.leader_endpoint = endpoint
-    if epoch is not None:
-        hint.leader_epoch.CopyFrom(epoch_wire(epoch))
+    if term is not None:
+        hint.leader_epoch.CopyFrom(epoch_message(term))
     return hint.SerializeToString()
 
 
@@ -164,7 +172,12 @@ class TsoService:
                 raise InvalidArgument(f"tso: count must be between 1 and {MAX_COUNT}, got {count}")
             await afailpoint("service.before_allocate")
             oracle = self.oracle
-            g = oracle.try_grant(count)
+            try:
+                g = oracle.try_grant(count)
+            except TsoNotLeader:
+                if oracle.fencing is None:
+                    raise
+                g = None  # this node leads and fences: hold the call until it serves
             if g is None:
                 g = await oracle.grant(count)
         except PyxiaError as e:
@@ -215,7 +228,7 @@ class TsoService:
             req = _decode(tso_pb2.GetSeqRequest, raw)
             (start,), epoch = await self.oracle.get_seq([SeqEntry(req.key, req.count)])
             return tso_pb2.GetSeqResponse(
-                key=req.key, start=start, count=req.count, epoch=epoch_wire(epoch)
+                key=req.key, start=start, count=req.count, epoch=epoch_message(epoch)
             ).SerializeToString()
 
         return await self._serve(context, "GetSeq", call)
@@ -230,7 +243,7 @@ class TsoService:
                     tso_pb2.SeqGrantEntry(key=e.key, start=s, count=e.count)
                     for e, s in zip(entries, starts, strict=True)
                 ],
-                epoch=epoch_wire(epoch),
+                epoch=epoch_message(epoch),
             ).SerializeToString()
 
         return await self._serve(context, "GetSeqBatch", call)
@@ -245,7 +258,7 @@ class TsoService:
                 lease_id=r.lease_id,
                 ts_upper_bound=r.ts_upper_bound,
                 expires_at_ms=r.expires_at_ms,
-                epoch=epoch_wire(epoch),
+                epoch=epoch_message(epoch),
             ).SerializeToString()
 
         return await self._serve(context, "AcquireLease", call)
@@ -257,7 +270,7 @@ class TsoService:
             return tso_pb2.RenewLeaseResponse(
                 ts_upper_bound=r.ts_upper_bound,
                 expires_at_ms=r.expires_at_ms,
-                epoch=epoch_wire(epoch),
+                epoch=epoch_message(epoch),
             ).SerializeToString()
 
         return await self._serve(context, "RenewLease", call)
