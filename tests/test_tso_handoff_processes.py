@@ -16,7 +16,8 @@ disjoint, lease ids growing with the holder epoch.
 
 Run alone for the medians over more moves (the note's numbers):
 
-    cd tests && PYTHONPATH=../python python test_tso_handoff_processes.py --moves 7 --kills 7
+    cd tests && PYTHONPATH=$(cd ../python && pwd) python test_tso_handoff_processes.py \
+        --moves 7 --kills 7   # an absolute PYTHONPATH: the servers run in other directories
 """
 
 from __future__ import annotations
