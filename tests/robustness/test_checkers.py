@@ -121,7 +121,7 @@ def test_stale_read_fails() -> None:
     h.get(2, 4, 5, "a", 1, 0)  # b completed before this read started
     rep = check_linearizability(h.h)
     assert len(rep.violations) == 1
-    text = "\n".join(rep.violations[0].summarys)
+    text = "\n".join(rep.violations[0].details)
     assert "#2" in text and "'a'" in text
 
 
@@ -286,7 +286,7 @@ def test_minimal_history_of_a_long_failing_history_is_short() -> None:
     h.get(0, t, t + 1, "v150", 151, 150)  # stale
     rep = check_linearizability(h.h)
     assert len(rep.violations) == 1
-    lines = [x for x in rep.violations[0].summarys if x.startswith("  [")]
+    lines = [x for x in rep.violations[0].details if x.startswith("  [")]
     assert 1 <= len(lines) <= 4, lines
 
 
