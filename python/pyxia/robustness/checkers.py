@@ -736,8 +736,8 @@ def check_tso_sequences(calls: list[TsoSeqCall]) -> CheckReport:
                         )
                     )
                     break
-        report.unknown += sum(1 for c in cs if c.start is None)
-    report.checked = f"{len(calls)} calls on {len(by_key)} keys"
+    unknown = sum(1 for c in calls if c.start is None)
+    report.checked = f"{len(calls)} calls on {len(by_key)} keys ({unknown} of unknown outcome)"
     return report
 
 
