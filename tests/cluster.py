@@ -208,6 +208,7 @@ class Cluster:
             nsa.assignments.add(
                 shard=shard,
                 leader=leader,
+                leader_term=self.terms.get(shard, 0) if leader else 0,
                 int32_hash_range=(
                     client_pb2.Int32HashRange(
                         min_hash_inclusive=r.min_inclusive, max_hash_inclusive=r.max_inclusive

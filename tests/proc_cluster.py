@@ -280,7 +280,9 @@ class ProcCluster:
                 return member, int(meta.term)
         raise KeyError(shard)
 
-    def move_leader(self, shard: int, to: str = "", timeout: float = 30.0) -> tuple[str, int]:
+    def move_leader(
+        self, shard: int, to: str = "", timeout: float = 30.0, namespace: str = "default"
+    ) -> tuple[str, int]:
         """A planned leader move (``PyxiaAdmin/MoveLeader``): the new leader's internal address
         and term."""
         tls = self.client_tls()
@@ -299,7 +301,7 @@ class ProcCluster:
                 response_deserializer=admin_pb2.MoveLeaderResponse.FromString,
             )(
                 admin_pb2.MoveLeaderRequest(
-                    namespace="default", shard=shard, to=to, timeout_ms=int(timeout * 1000)
+                    namespace=namespace, shard=shard, to=to, timeout_ms=int(timeout * 1000)
                 ),
                 timeout=timeout + 5,
             )

@@ -385,6 +385,7 @@ NEWER_THAN_CLIENT = {
     "RangeScanRequest.include_internal_keys",
     "ShardAssignments.allowed_authorities",
     "NamespaceShardsAssignment.key_sorting",
+    "ShardAssignment.leader_term",  # pyxia's own (the TSO's leader hints); clients ignore it
 }
 
 

@@ -137,14 +137,33 @@ class FakeDriver:
             raise self.load_errors.pop(0)
         return self.stored
 
-    async def persist_high_water(self, target: Leading, at_least: int) -> int:
+    async def persist_high_water(
+        self, target: Leading, at_least: int, puts: Any = (), deletes: Any = ()
+    ) -> int:
         if self.persist_errors:
             raise self.persist_errors.pop(0)
         if self.persist_gate is not None:
             await self.persist_gate.wait()
         self.stored = max(self.stored, at_least)
         self.persists.append((target.epoch, at_least))
+        self.marker = False
         return self.stored
+
+    # The rest of the driver (the marker; the sequence and lease records are not used here).
+    marker = False
+
+    def released(self, target: Leading) -> bool:
+        return self.marker
+
+    def release(self, target: Leading) -> bool:
+        self.marker = True
+        return True
+
+    def read(self, target: Leading, key: str) -> bytes | None:
+        return None
+
+    def scan(self, target: Leading, start: str, end: str) -> list[tuple[str, bytes]]:
+        return []
 
 
 class Env:
@@ -329,6 +348,32 @@ async def test_with_a_lease_the_fence_waits_and_grants_need_a_live_lease() -> No
             await e.oracle.grant(1)
         e.driver.persist_gate.set()
         assert await e.oracle.grant(1)
+    finally:
+        await e.watch.close()
+
+
+async def test_a_released_lease_is_not_waited_out_and_the_next_write_deletes_the_marker() -> None:
+    e = Env(TsoOptions(lease_s=1.0))
+    e.driver.marker = True  # the last leader released its lease (a planned step-down)
+    e.watch.start()
+    try:
+        t0 = time.monotonic()
+        t = e.lead(1, lease=True)
+        await until(lambda: e.serves(t))
+        assert time.monotonic() - t0 < 0.5  # not the 1.05 s wait
+        assert e.watch.released_fences == 1
+        assert e.driver.marker is False  # the fence's own high-water write deleted it
+        # Released again (a step-down of this leader): it stops granting first.
+        assert e.oracle.release_for_handoff(t.handle, 1)
+        assert e.oracle.serving is None and e.driver.marker is True
+        with pytest.raises(TsoNotLeader):
+            e.oracle.try_grant(1)
+        # A leader still fencing never releases (it may not have waited an older lease out).
+        t2 = e.lead(2, lease=True)
+        e.driver.marker = False
+        e.oracle.begin_fence(t2)
+        assert not e.oracle.release_for_handoff(t2.handle, 2)
+        assert e.driver.marker is False
     finally:
         await e.watch.close()
 

@@ -102,13 +102,13 @@ async def test_the_leader_grants_and_the_others_hint_it(cluster: Cluster) -> Non
     r1 = await get_ts(cluster, n1, 10)
     r2 = await get_ts(cluster, n1, 262_144)
     assert r1.count == 10 and r2.count == 262_144
-    assert (r1.epoch_hi, r1.epoch_lo) == (0, term)
+    assert (r1.epoch_hi, r1.epoch_lo) == (0, term + 1)  # the wire epoch is term + 1
     assert first_ts(r2) > first_ts(r1) + 9
     assert r2.logical_start == 0  # a full millisecond: never split
     for other in (n0, n2):
         e = await get_ts_error(cluster, other)
         assert e.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert hint(e) == (n1.public, None)
+        assert hint(e) == (n1.public, term + 1)  # the leader's epoch from the assignments
 
 
 async def test_bad_requests_are_invalid_argument(cluster: Cluster) -> None:
@@ -132,13 +132,22 @@ async def test_no_tso_namespace_means_no_hint(cluster: Cluster) -> None:
     assert hint(e) == (None, None)
 
 
-async def test_during_the_fence_the_leader_hints_itself(cluster: Cluster) -> None:
+async def test_a_call_during_the_fence_is_held_until_the_leader_serves(cluster: Cluster) -> None:
     n2 = cluster.nodes[2]
-    failpoints.arm("fence.after_load_before_persist", "1*sleep(400)")
+    failpoints.arm("fence.after_load_before_persist", "1*sleep(300)")
     term = await elect(cluster, n2)
-    e = await get_ts_error(cluster, n2)
+    t0 = time.monotonic()
+    r = await get_ts(cluster, n2)  # sent while the fence sleeps: answered when it serves
+    assert r.epoch_lo == term + 1 and time.monotonic() - t0 > 0.1
+
+
+async def test_a_fence_longer_than_the_hold_hints_the_leader_itself(cluster: Cluster) -> None:
+    n2 = cluster.nodes[2]
+    failpoints.arm("fence.after_load_before_persist", "1*sleep(2000)")
+    term = await elect(cluster, n2)
+    e = await get_ts_error(cluster, n2)  # held for fence_hold_s (1 s), then redirected
     assert e.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert hint(e) == (n2.public, term)
+    assert hint(e) == (n2.public, term + 1)
     await wait_until(lambda: serves(cluster, n2), what="the fence to finish")
 
 
@@ -155,7 +164,7 @@ async def test_transient_error_in_the_fence_the_same_leader_recovers(cluster: Cl
     assert tso is not None
     assert tso.watch.transient_retries == 3
     assert failpoints.hits("fence.after_load_before_persist") == hits + 3
-    assert (await get_ts(cluster, n0)).epoch_lo == term
+    assert (await get_ts(cluster, n0)).epoch_lo == term + 1
     assert leader_controller(n0, 0).term == term
 
 
@@ -174,7 +183,7 @@ async def test_not_leader_during_the_fence_the_new_leader_serves(cluster: Cluste
     e = await get_ts_error(cluster, n0)
     assert e.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert hint(e)[0] == n1.public
-    assert (await get_ts(cluster, n1)).epoch_lo == term
+    assert (await get_ts(cluster, n1)).epoch_lo == term + 1
 
 
 async def test_service_failpoint_before_allocate(cluster: Cluster) -> None:

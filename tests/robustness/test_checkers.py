@@ -626,3 +626,69 @@ def test_describe_covers_every_kind() -> None:
     for op in ops:
         assert op.describe()
     assert Op.from_json(ops[0].to_json()) == ops[0]
+
+
+# -- the oracle's sequences and leases -------------------------------------------------------------
+
+
+def test_tso_sequences_clean_and_with_uncertain_gaps() -> None:
+    from pyxia.robustness.checkers import TsoSeqCall, check_tso_sequences
+
+    calls = [
+        TsoSeqCall(1, 0, 10, "k", 3, 0),
+        TsoSeqCall(2, 5, 15, "k", 2, 3),
+        TsoSeqCall(1, 20, 30, "k", 4, None),  # unknown outcome: spent
+        TsoSeqCall(1, 31, 40, "k", 1, 9),
+    ]
+    r = check_tso_sequences(calls)
+    assert r.violations == [] and "1 of unknown outcome" in r.checked
+
+
+def test_tso_sequences_catch_reuse_gaps_and_going_back() -> None:
+    from pyxia.robustness.checkers import TsoSeqCall, check_tso_sequences
+
+    twice = [TsoSeqCall(1, 0, 10, "k", 3, 0), TsoSeqCall(2, 0, 10, "k", 2, 2)]
+    assert "twice" in check_tso_sequences(twice).violations[0].summary
+    gap = [TsoSeqCall(1, 0, 10, "k", 3, 0), TsoSeqCall(2, 11, 20, "k", 2, 5)]
+    assert "never handed out" in check_tso_sequences(gap).violations[0].summary
+    back = [TsoSeqCall(1, 0, 10, "k", 3, 3), TsoSeqCall(2, 11, 20, "k", 3, 0)]
+    assert any("below" in v.summary for v in check_tso_sequences(back).violations)
+
+
+def test_tso_leases_clean_history() -> None:
+    from pyxia.robustness.checkers import TsoLeaseCall, check_tso_leases
+
+    calls = [
+        TsoLeaseCall(1, 0, 10, 1000, "acquire", b"h", 1, 1, 6000, 6000),
+        TsoLeaseCall(1, 20, 30, 1020, "acquire", b"h", 1, 1, 6000, 6000),  # idempotent
+        TsoLeaseCall(1, 40, 50, 1040, "renew", b"h", 1, 1, 6040, 6040),
+        TsoLeaseCall(1, 60, 70, 1060, "acquire", b"h", 2, 2, 6060, 6060),  # supersedes
+        TsoLeaseCall(1, 80, 90, 1080, "release", b"h", 2, 2),
+        TsoLeaseCall(1, 100, 110, 1100, "acquire", b"h", 2, 3, 6100, 6100),  # after release
+    ]
+    assert check_tso_leases(calls).violations == []
+
+
+def test_tso_leases_catch_two_holders() -> None:
+    from pyxia.robustness.checkers import TsoLeaseCall, check_tso_leases
+
+    same_epoch = [
+        TsoLeaseCall(1, 0, 10, 1000, "acquire", b"h", 1, 1, 9000, 9000),
+        TsoLeaseCall(2, 20, 30, 1020, "acquire", b"h", 1, 2, 9020, 9020),
+    ]
+    assert "same epoch was live" in check_tso_leases(same_epoch).violations[0].summary
+    lower = [
+        TsoLeaseCall(1, 0, 10, 1000, "acquire", b"h", 5, 1, 9000, 9000),
+        TsoLeaseCall(2, 20, 30, 1020, "acquire", b"h", 4, 2, 9020, 9020),
+    ]
+    assert "acquired while epoch" in check_tso_leases(lower).violations[0].summary
+    shared = [
+        TsoLeaseCall(1, 0, 10, 1000, "acquire", b"h", 1, 7, 9000, 9000),
+        TsoLeaseCall(2, 0, 10, 1000, "acquire", b"g", 1, 7, 9000, 9000),
+    ]
+    assert "given to" in check_tso_leases(shared).violations[0].summary
+    down = [
+        TsoLeaseCall(1, 0, 10, 1000, "acquire", b"h", 1, 1, 9000, 9000),
+        TsoLeaseCall(1, 20, 30, 1020, "renew", b"h", 1, 1, 8000, 9100),
+    ]
+    assert "went down" in check_tso_leases(down).violations[0].summary

@@ -266,9 +266,9 @@ def check_key_sorting(value: int) -> int:
 
 def check_shard_assignments(a: client_pb2.ShardAssignments) -> None:
     """A pushed assignment map: valid namespace names, shard ids unique across the map,
-    leaders empty (none elected yet) or ``host:port``, hash ranges within ``0..2^32-1`` with
-    ``min <= max`` and no overlap inside a namespace, known key sortings, and allowed
-    authorities that are addresses."""
+    leaders empty (none elected yet) or ``host:port``, leader terms in range, hash ranges
+    within ``0..2^32-1`` with ``min <= max`` and no overlap inside a namespace, known key
+    sortings, and allowed authorities that are addresses."""
     seen: dict[int, str] = {}
     for ns_name, nsa in a.namespaces.items():
         check_namespace(ns_name)
@@ -284,6 +284,7 @@ def check_shard_assignments(a: client_pb2.ShardAssignments) -> None:
             seen[sa.shard] = ns_name
             if sa.leader:
                 check_address(sa.leader, f"leader of shard {sa.shard}")
+            check_term(sa.leader_term, f"leader term of shard {sa.shard}")
             r = sa.int32_hash_range
             lo, hi = r.min_hash_inclusive, r.max_hash_inclusive
             if not 0 <= lo <= hi <= MAX_HASH:

@@ -238,11 +238,11 @@ class Coordinator:
         with: that server answers a retryable NODE_IS_NOT_LEADER until the new map names the
         new one, where an empty leader would make Oxia's Go client fail the write (it dials
         "")."""
-        before: dict[tuple[str, int], str] = {}
+        before: dict[tuple[str, int], tuple[str, int]] = {}
         if self._assignments is not None:
             for name, nsa_before in self._assignments.namespaces.items():
                 for a in nsa_before.assignments:
-                    before[(name, a.shard)] = a.leader
+                    before[(name, a.shard)] = (a.leader, a.leader_term)
         out = client_pb2.ShardAssignments()
         for ns, shard, meta in shards(self.status):
             if meta.status == DELETING:
@@ -251,11 +251,16 @@ class Coordinator:
             nsa.shard_key_router = client_pb2.XXHASH3
             cfg = self.namespace_config(ns)
             nsa.key_sorting = _KEY_SORTING[cfg.key_sorting if cfg else "hierarchical"]
+            # The leader and the term it leads (pyxia's extension field: the TSO's hints).
+            leader, leader_term = (
+                (meta.leader.public, meta.term)
+                if meta.HasField("leader")
+                else before.get((ns, shard), ("", 0))
+            )
             nsa.assignments.add(
                 shard=shard,
-                leader=meta.leader.public
-                if meta.HasField("leader")
-                else before.get((ns, shard), ""),
+                leader=leader,
+                leader_term=leader_term,
                 int32_hash_range=client_pb2.Int32HashRange(
                     min_hash_inclusive=meta.int32_hash_range.min,
                     max_hash_inclusive=meta.int32_hash_range.max,

@@ -245,10 +245,15 @@ class ShardAssignment(_message.Message):
     SHARD_FIELD_NUMBER: _builtins.int
     LEADER_FIELD_NUMBER: _builtins.int
     INT32_HASH_RANGE_FIELD_NUMBER: _builtins.int
+    LEADER_TERM_FIELD_NUMBER: _builtins.int
     shard: _builtins.int
     """Shard ids are unique across the whole cluster."""
     leader: _builtins.str
     """Public address ("host:port") of the shard leader."""
+    leader_term: _builtins.int
+    """pyxia extension: the term `leader` leads (0 = unknown). The TSO's leader
+    hints carry it as the leader's epoch. Oxia's clients ignore the field.
+    """
     @_builtins.property
     def int32_hash_range(self) -> Global___Int32HashRange: ...
     def __init__(
@@ -257,10 +262,11 @@ class ShardAssignment(_message.Message):
         shard: _builtins.int = ...,
         leader: _builtins.str = ...,
         int32_hash_range: Global___Int32HashRange | None = ...,
+        leader_term: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["int32_hash_range", b"int32_hash_range", "shard_boundaries", b"shard_boundaries"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["int32_hash_range", b"int32_hash_range", "leader", b"leader", "shard", b"shard", "shard_boundaries", b"shard_boundaries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["int32_hash_range", b"int32_hash_range", "leader", b"leader", "leader_term", b"leader_term", "shard", b"shard", "shard_boundaries", b"shard_boundaries"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_shard_boundaries: _TypeAlias = _typing.Literal["int32_hash_range"]  # noqa: Y015
     _WhichOneofArgType_shard_boundaries: _TypeAlias = _typing.Literal["shard_boundaries", b"shard_boundaries"]  # noqa: Y015

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15pyxia/proto/tso.proto\x12\x0btsoracle.v1\"\x1d\n\x0cGetTsRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\r\"n\n\rGetTsResponse\x12\x13\n\x0bphysical_ms\x18\x01 \x01(\x04\x12\x15\n\rlogical_start\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x10\n\x08\x65poch_hi\x18\x04 \x01(\x04\x12\x10\n\x08\x65poch_lo\x18\x05 \x01(\x04\"\x82\x01\n\nLeaderHint\x12\x1c\n\x0fleader_endpoint\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x31\n\x0cleader_epoch\x18\x02 \x01(\x0b\x32\x16.tsoracle.v1.EpochWireH\x01\x88\x01\x01\x42\x12\n\x10_leader_endpointB\x0f\n\r_leader_epoch\"#\n\tEpochWire\x12\n\n\x02hi\x18\x01 \x01(\x04\x12\n\n\x02lo\x18\x02 \x01(\x04\x32L\n\nTsoService\x12>\n\x05GetTs\x12\x19.tsoracle.v1.GetTsRequest\x1a\x1a.tsoracle.v1.GetTsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15pyxia/proto/tso.proto\x12\x0btsoracle.v1\"\x1d\n\x0cGetTsRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\r\"n\n\rGetTsResponse\x12\x13\n\x0bphysical_ms\x18\x01 \x01(\x04\x12\x15\n\rlogical_start\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x10\n\x08\x65poch_hi\x18\x04 \x01(\x04\x12\x10\n\x08\x65poch_lo\x18\x05 \x01(\x04\"\x1a\n\x18GetCurrentMaxSafeRequest\"]\n\x19GetCurrentMaxSafeResponse\x12\x1c\n\x14max_safe_physical_ms\x18\x01 \x01(\x04\x12\x10\n\x08\x65poch_hi\x18\x02 \x01(\x04\x12\x10\n\x08\x65poch_lo\x18\x03 \x01(\x04\"+\n\rGetSeqRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"b\n\x0eGetSeqResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x04\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12%\n\x05\x65poch\x18\x04 \x01(\x0b\x32\x16.tsoracle.v1.EpochWire\"-\n\x0fSeqRequestEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"C\n\x12GetSeqBatchRequest\x12-\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1c.tsoracle.v1.SeqRequestEntry\":\n\rSeqGrantEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x04\x12\r\n\x05\x63ount\x18\x03 \x01(\r\"h\n\x13GetSeqBatchResponse\x12*\n\x06grants\x18\x01 \x03(\x0b\x32\x1a.tsoracle.v1.SeqGrantEntry\x12%\n\x05\x65poch\x18\x02 \x01(\x0b\x32\x16.tsoracle.v1.EpochWire\"\x82\x01\n\nLeaderHint\x12\x1c\n\x0fleader_endpoint\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x31\n\x0cleader_epoch\x18\x02 \x01(\x0b\x32\x16.tsoracle.v1.EpochWireH\x01\x88\x01\x01\x42\x12\n\x10_leader_endpointB\x0f\n\r_leader_epoch\"#\n\tEpochWire\x12\n\n\x02hi\x18\x01 \x01(\x04\x12\n\n\x02lo\x18\x02 \x01(\x04\"K\n\x13\x41\x63quireLeaseRequest\x12\x0e\n\x06holder\x18\x01 \x01(\x0c\x12\x14\n\x0cholder_epoch\x18\x02 \x01(\x04\x12\x0e\n\x06ttl_ms\x18\x03 \x01(\x04\"~\n\x14\x41\x63quireLeaseResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\x04\x12\x16\n\x0ets_upper_bound\x18\x02 \x01(\x04\x12\x15\n\rexpires_at_ms\x18\x03 \x01(\x04\x12%\n\x05\x65poch\x18\x04 \x01(\x0b\x32\x16.tsoracle.v1.EpochWire\"%\n\x11RenewLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\x04\"j\n\x12RenewLeaseResponse\x12\x16\n\x0ets_upper_bound\x18\x01 \x01(\x04\x12\x15\n\rexpires_at_ms\x18\x02 \x01(\x04\x12%\n\x05\x65poch\x18\x03 \x01(\x0b\x32\x16.tsoracle.v1.EpochWire\"\'\n\x13ReleaseLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\x04\"\x16\n\x14ReleaseLeaseResponse\"\x18\n\x16GetSafeFrontierRequest\"[\n\x17GetSafeFrontierResponse\x12\x1c\n\x14\x66rontier_physical_ms\x18\x01 \x01(\x04\x12\x10\n\x08\x65poch_hi\x18\x02 \x01(\x04\x12\x10\n\x08\x65poch_lo\x18\x03 \x01(\x04\x32\x9c\x05\n\nTsoService\x12>\n\x05GetTs\x12\x19.tsoracle.v1.GetTsRequest\x1a\x1a.tsoracle.v1.GetTsResponse\x12\x62\n\x11GetCurrentMaxSafe\x12%.tsoracle.v1.GetCurrentMaxSafeRequest\x1a&.tsoracle.v1.GetCurrentMaxSafeResponse\x12\x41\n\x06GetSeq\x12\x1a.tsoracle.v1.GetSeqRequest\x1a\x1b.tsoracle.v1.GetSeqResponse\x12P\n\x0bGetSeqBatch\x12\x1f.tsoracle.v1.GetSeqBatchRequest\x1a .tsoracle.v1.GetSeqBatchResponse\x12S\n\x0c\x41\x63quireLease\x12 .tsoracle.v1.AcquireLeaseRequest\x1a!.tsoracle.v1.AcquireLeaseResponse\x12M\n\nRenewLease\x12\x1e.tsoracle.v1.RenewLeaseRequest\x1a\x1f.tsoracle.v1.RenewLeaseResponse\x12S\n\x0cReleaseLease\x12 .tsoracle.v1.ReleaseLeaseRequest\x1a!.tsoracle.v1.ReleaseLeaseResponse\x12\\\n\x0fGetSafeFrontier\x12#.tsoracle.v1.GetSafeFrontierRequest\x1a$.tsoracle.v1.GetSafeFrontierResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETTSREQUEST']._serialized_end=67
   _globals['_GETTSRESPONSE']._serialized_start=69
   _globals['_GETTSRESPONSE']._serialized_end=179
-  _globals['_LEADERHINT']._serialized_start=182
-  _globals['_LEADERHINT']._serialized_end=312
-  _globals['_EPOCHWIRE']._serialized_start=314
-  _globals['_EPOCHWIRE']._serialized_end=349
-  _globals['_TSOSERVICE']._serialized_start=351
-  _globals['_TSOSERVICE']._serialized_end=427
+  _globals['_GETCURRENTMAXSAFEREQUEST']._serialized_start=181
+  _globals['_GETCURRENTMAXSAFEREQUEST']._serialized_end=207
+  _globals['_GETCURRENTMAXSAFERESPONSE']._serialized_start=209
+  _globals['_GETCURRENTMAXSAFERESPONSE']._serialized_end=302
+  _globals['_GETSEQREQUEST']._serialized_start=304
+  _globals['_GETSEQREQUEST']._serialized_end=347
+  _globals['_GETSEQRESPONSE']._serialized_start=349
+  _globals['_GETSEQRESPONSE']._serialized_end=447
+  _globals['_SEQREQUESTENTRY']._serialized_start=449
+  _globals['_SEQREQUESTENTRY']._serialized_end=494
+  _globals['_GETSEQBATCHREQUEST']._serialized_start=496
+  _globals['_GETSEQBATCHREQUEST']._serialized_end=563
+  _globals['_SEQGRANTENTRY']._serialized_start=565
+  _globals['_SEQGRANTENTRY']._serialized_end=623
+  _globals['_GETSEQBATCHRESPONSE']._serialized_start=625
+  _globals['_GETSEQBATCHRESPONSE']._serialized_end=729
+  _globals['_LEADERHINT']._serialized_start=732
+  _globals['_LEADERHINT']._serialized_end=862
+  _globals['_EPOCHWIRE']._serialized_start=864
+  _globals['_EPOCHWIRE']._serialized_end=899
+  _globals['_ACQUIRELEASEREQUEST']._serialized_start=901
+  _globals['_ACQUIRELEASEREQUEST']._serialized_end=976
+  _globals['_ACQUIRELEASERESPONSE']._serialized_start=978
+  _globals['_ACQUIRELEASERESPONSE']._serialized_end=1104
+  _globals['_RENEWLEASEREQUEST']._serialized_start=1106
+  _globals['_RENEWLEASEREQUEST']._serialized_end=1143
+  _globals['_RENEWLEASERESPONSE']._serialized_start=1145
+  _globals['_RENEWLEASERESPONSE']._serialized_end=1251
+  _globals['_RELEASELEASEREQUEST']._serialized_start=1253
+  _globals['_RELEASELEASEREQUEST']._serialized_end=1292
+  _globals['_RELEASELEASERESPONSE']._serialized_start=1294
+  _globals['_RELEASELEASERESPONSE']._serialized_end=1316
+  _globals['_GETSAFEFRONTIERREQUEST']._serialized_start=1318
+  _globals['_GETSAFEFRONTIERREQUEST']._serialized_end=1342
+  _globals['_GETSAFEFRONTIERRESPONSE']._serialized_start=1344
+  _globals['_GETSAFEFRONTIERRESPONSE']._serialized_end=1435
+  _globals['_TSOSERVICE']._serialized_start=1438
+  _globals['_TSOSERVICE']._serialized_end=2106
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,41 @@ class TsoServiceStub:
                 request_serializer=pyxia_dot_proto_dot_tso__pb2.GetTsRequest.SerializeToString,
                 response_deserializer=pyxia_dot_proto_dot_tso__pb2.GetTsResponse.FromString,
                 _registered_method=True)
+        self.GetCurrentMaxSafe = channel.unary_unary(
+                '/tsoracle.v1.TsoService/GetCurrentMaxSafe',
+                request_serializer=pyxia_dot_proto_dot_tso__pb2.GetCurrentMaxSafeRequest.SerializeToString,
+                response_deserializer=pyxia_dot_proto_dot_tso__pb2.GetCurrentMaxSafeResponse.FromString,
+                _registered_method=True)
+        self.GetSeq = channel.unary_unary(
+                '/tsoracle.v1.TsoService/GetSeq',
+                request_serializer=pyxia_dot_proto_dot_tso__pb2.GetSeqRequest.SerializeToString,
+                response_deserializer=pyxia_dot_proto_dot_tso__pb2.GetSeqResponse.FromString,
+                _registered_method=True)
+        self.GetSeqBatch = channel.unary_unary(
+                '/tsoracle.v1.TsoService/GetSeqBatch',
+                request_serializer=pyxia_dot_proto_dot_tso__pb2.GetSeqBatchRequest.SerializeToString,
+                response_deserializer=pyxia_dot_proto_dot_tso__pb2.GetSeqBatchResponse.FromString,
+                _registered_method=True)
+        self.AcquireLease = channel.unary_unary(
+                '/tsoracle.v1.TsoService/AcquireLease',
+                request_serializer=pyxia_dot_proto_dot_tso__pb2.AcquireLeaseRequest.SerializeToString,
+                response_deserializer=pyxia_dot_proto_dot_tso__pb2.AcquireLeaseResponse.FromString,
+                _registered_method=True)
+        self.RenewLease = channel.unary_unary(
+                '/tsoracle.v1.TsoService/RenewLease',
+                request_serializer=pyxia_dot_proto_dot_tso__pb2.RenewLeaseRequest.SerializeToString,
+                response_deserializer=pyxia_dot_proto_dot_tso__pb2.RenewLeaseResponse.FromString,
+                _registered_method=True)
+        self.ReleaseLease = channel.unary_unary(
+                '/tsoracle.v1.TsoService/ReleaseLease',
+                request_serializer=pyxia_dot_proto_dot_tso__pb2.ReleaseLeaseRequest.SerializeToString,
+                response_deserializer=pyxia_dot_proto_dot_tso__pb2.ReleaseLeaseResponse.FromString,
+                _registered_method=True)
+        self.GetSafeFrontier = channel.unary_unary(
+                '/tsoracle.v1.TsoService/GetSafeFrontier',
+                request_serializer=pyxia_dot_proto_dot_tso__pb2.GetSafeFrontierRequest.SerializeToString,
+                response_deserializer=pyxia_dot_proto_dot_tso__pb2.GetSafeFrontierResponse.FromString,
+                _registered_method=True)
 
 
 class TsoServiceServicer:
@@ -46,8 +81,67 @@ class TsoServiceServicer:
 
     def GetTs(self, request, context):
         """Grants `count` consecutive timestamps, all at one physical_ms, or fails;
-        there are no partial grants. A non-leader answers FAILED_PRECONDITION
-        with a `tsoracle-leader-hint-bin` trailer describing the leader.
+        there are no partial grants.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCurrentMaxSafe(self, request, context):
+        """The safe-point: `high_water - window_ahead_ms - 1` on the leader (every
+        timestamp at or below it is backed by the persisted window); 0 with a zero
+        epoch on a follower or before the leader persisted a window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSeq(self, request, context):
+        """A block of `count` dense ordinals [start, start + count) of `key`: gap-free,
+        never overlapping another block of that key, never reused across leader
+        changes or restarts. Not idempotent: a committed block whose answer is
+        lost is spent; an ambiguous failure is UNAVAILABLE (the client reports it
+        as uncertain and does not retry).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSeqBatch(self, request, context):
+        """Blocks for several distinct keys in one atomic write: all or none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcquireLease(self, request, context):
+        """Acquires (or idempotently re-acquires, same holder and holder_epoch) a
+        stamping lease; a strictly higher holder_epoch supersedes the holder's
+        live lease, a lower one is FAILED_PRECONDITION (without a hint trailer).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewLease(self, request, context):
+        """Advances a live lease's bound and expiry (its acquire-time TTL again).
+        NOT_FOUND for an unknown lease, FAILED_PRECONDITION (no hint trailer) for
+        an expired or superseded one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseLease(self, request, context):
+        """Surrenders a lease; releasing an unknown or expired one succeeds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSafeFrontier(self, request, context):
+        """min(high_water, every unexpired lease's ts_upper_bound); 0 with a zero
+        epoch on a follower.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -60,6 +154,41 @@ def add_TsoServiceServicer_to_server(servicer, server):
                     servicer.GetTs,
                     request_deserializer=pyxia_dot_proto_dot_tso__pb2.GetTsRequest.FromString,
                     response_serializer=pyxia_dot_proto_dot_tso__pb2.GetTsResponse.SerializeToString,
+            ),
+            'GetCurrentMaxSafe': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCurrentMaxSafe,
+                    request_deserializer=pyxia_dot_proto_dot_tso__pb2.GetCurrentMaxSafeRequest.FromString,
+                    response_serializer=pyxia_dot_proto_dot_tso__pb2.GetCurrentMaxSafeResponse.SerializeToString,
+            ),
+            'GetSeq': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSeq,
+                    request_deserializer=pyxia_dot_proto_dot_tso__pb2.GetSeqRequest.FromString,
+                    response_serializer=pyxia_dot_proto_dot_tso__pb2.GetSeqResponse.SerializeToString,
+            ),
+            'GetSeqBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSeqBatch,
+                    request_deserializer=pyxia_dot_proto_dot_tso__pb2.GetSeqBatchRequest.FromString,
+                    response_serializer=pyxia_dot_proto_dot_tso__pb2.GetSeqBatchResponse.SerializeToString,
+            ),
+            'AcquireLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcquireLease,
+                    request_deserializer=pyxia_dot_proto_dot_tso__pb2.AcquireLeaseRequest.FromString,
+                    response_serializer=pyxia_dot_proto_dot_tso__pb2.AcquireLeaseResponse.SerializeToString,
+            ),
+            'RenewLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewLease,
+                    request_deserializer=pyxia_dot_proto_dot_tso__pb2.RenewLeaseRequest.FromString,
+                    response_serializer=pyxia_dot_proto_dot_tso__pb2.RenewLeaseResponse.SerializeToString,
+            ),
+            'ReleaseLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseLease,
+                    request_deserializer=pyxia_dot_proto_dot_tso__pb2.ReleaseLeaseRequest.FromString,
+                    response_serializer=pyxia_dot_proto_dot_tso__pb2.ReleaseLeaseResponse.SerializeToString,
+            ),
+            'GetSafeFrontier': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSafeFrontier,
+                    request_deserializer=pyxia_dot_proto_dot_tso__pb2.GetSafeFrontierRequest.FromString,
+                    response_serializer=pyxia_dot_proto_dot_tso__pb2.GetSafeFrontierResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +218,195 @@ class TsoService:
             '/tsoracle.v1.TsoService/GetTs',
             pyxia_dot_proto_dot_tso__pb2.GetTsRequest.SerializeToString,
             pyxia_dot_proto_dot_tso__pb2.GetTsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCurrentMaxSafe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tsoracle.v1.TsoService/GetCurrentMaxSafe',
+            pyxia_dot_proto_dot_tso__pb2.GetCurrentMaxSafeRequest.SerializeToString,
+            pyxia_dot_proto_dot_tso__pb2.GetCurrentMaxSafeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSeq(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tsoracle.v1.TsoService/GetSeq',
+            pyxia_dot_proto_dot_tso__pb2.GetSeqRequest.SerializeToString,
+            pyxia_dot_proto_dot_tso__pb2.GetSeqResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSeqBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tsoracle.v1.TsoService/GetSeqBatch',
+            pyxia_dot_proto_dot_tso__pb2.GetSeqBatchRequest.SerializeToString,
+            pyxia_dot_proto_dot_tso__pb2.GetSeqBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcquireLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tsoracle.v1.TsoService/AcquireLease',
+            pyxia_dot_proto_dot_tso__pb2.AcquireLeaseRequest.SerializeToString,
+            pyxia_dot_proto_dot_tso__pb2.AcquireLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tsoracle.v1.TsoService/RenewLease',
+            pyxia_dot_proto_dot_tso__pb2.RenewLeaseRequest.SerializeToString,
+            pyxia_dot_proto_dot_tso__pb2.RenewLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tsoracle.v1.TsoService/ReleaseLease',
+            pyxia_dot_proto_dot_tso__pb2.ReleaseLeaseRequest.SerializeToString,
+            pyxia_dot_proto_dot_tso__pb2.ReleaseLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSafeFrontier(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tsoracle.v1.TsoService/GetSafeFrontier',
+            pyxia_dot_proto_dot_tso__pb2.GetSafeFrontierRequest.SerializeToString,
+            pyxia_dot_proto_dot_tso__pb2.GetSafeFrontierResponse.FromString,
             options,
             channel_credentials,
             insecure,

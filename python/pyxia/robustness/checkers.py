@@ -671,3 +671,155 @@ def check_tso(calls: list[TsoCall]) -> CheckReport:
             break
     report.checked = f"{len(calls)} calls"
     return report
+
+
+# -- the oracle's dense sequences and stamping leases ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class TsoSeqCall:
+    process: int
+    invoke: int
+    complete: int
+    key: str
+    count: int
+    start: int | None
+    """The block's start; None for a call whose outcome is unknown (SeqUncertain)."""
+
+
+def check_tso_sequences(calls: list[TsoSeqCall]) -> CheckReport:
+    """Per key: no ordinal handed out twice; a block received before another call was made is
+    below that call's block (real time); and gap-free — every ordinal below the highest one
+    handed out was handed out, except as many as the calls whose outcome was unknown asked
+    for (a committed block whose answer was lost is spent, never reused)."""
+    report = CheckReport("tso-seq")
+    if not calls:
+        report.skipped = "no sequence call"
+        return report
+    by_key: dict[str, list[TsoSeqCall]] = {}
+    for c in calls:
+        by_key.setdefault(c.key, []).append(c)
+    for key, cs in by_key.items():
+        done = [c for c in cs if c.start is not None]
+        uncertain = sum(c.count for c in cs if c.start is None)
+        spans = sorted((c.start, c.start + c.count) for c in done if c.start is not None)
+        for (_, e0), (s1, _) in itertools.pairwise(spans):
+            if s1 < e0:
+                report.violations.append(
+                    Violation("tso-seq", f"{key}: ordinals {s1}..{min(e0, s1 + 1) - 1} twice")
+                )
+                break
+        if spans:
+            holes = spans[0][0] + sum(
+                max(0, s1 - e0) for (_, e0), (s1, _) in itertools.pairwise(spans)
+            )
+            if holes > uncertain:
+                report.violations.append(
+                    Violation(
+                        "tso-seq",
+                        f"{key}: {holes} ordinals below {spans[-1][1]} never handed out, more "
+                        f"than the {uncertain} asked for by calls of unknown outcome",
+                    )
+                )
+        by_complete = sorted(done, key=lambda c: c.complete)
+        for c in done:
+            before = [d for d in by_complete if d.complete < c.invoke]
+            if before and c.start is not None:
+                best = max(before, key=lambda d: d.start or 0)
+                assert best.start is not None
+                if c.start < best.start + best.count:
+                    report.violations.append(
+                        Violation(
+                            "tso-seq",
+                            f"{key}: p{c.process} got {c.start} at {fmt_time(c.invoke)}s, below "
+                            f"{best.start + best.count} received by p{best.process} before",
+                        )
+                    )
+                    break
+    unknown = sum(1 for c in calls if c.start is None)
+    report.checked = f"{len(calls)} calls on {len(by_key)} keys ({unknown} of unknown outcome)"
+    return report
+
+
+@dataclass(frozen=True)
+class TsoLeaseCall:
+    process: int
+    invoke: int
+    complete: int
+    invoke_wall_ms: int
+    """The client's wall clock when the call was made (compared with server expiries)."""
+    kind: str  # "acquire" | "renew" | "release"
+    holder: bytes
+    holder_epoch: int
+    lease_id: int
+    ts_upper_bound: int = 0
+    expires_at_ms: int = 0
+
+
+def check_tso_leases(calls: list[TsoLeaseCall], clock_skew_ms: int = 1000) -> CheckReport:
+    """Never two holders: an acquire at a holder's epoch returns the live lease of that epoch
+    (a different id only once the earlier one expired or was released); an acquire at a lower
+    epoch never succeeds while a higher one's lease is live; an id names one (holder, epoch);
+    a lease's bound never goes down."""
+    report = CheckReport("tso-lease")
+    if not calls:
+        report.skipped = "no lease call"
+        return report
+    owner: dict[int, tuple[bytes, int]] = {}
+    bound: dict[int, int] = {}
+    released: dict[int, int] = {}  # lease id -> when its release completed
+    for c in sorted(calls, key=lambda c: c.complete):
+        if c.kind == "release":
+            released.setdefault(c.lease_id, c.complete)
+            continue
+        who = (c.holder, c.holder_epoch)
+        if owner.setdefault(c.lease_id, who) != who:
+            report.violations.append(
+                Violation(
+                    "tso-lease", f"lease id {c.lease_id} given to {owner[c.lease_id]} and {who}"
+                )
+            )
+        if c.ts_upper_bound < bound.get(c.lease_id, 0):
+            report.violations.append(
+                Violation(
+                    "tso-lease", f"lease {c.lease_id}: its bound went down to {c.ts_upper_bound}"
+                )
+            )
+        bound[c.lease_id] = max(bound.get(c.lease_id, 0), c.ts_upper_bound)
+    acquires = sorted((c for c in calls if c.kind == "acquire"), key=lambda c: c.complete)
+    latest: dict[int, TsoLeaseCall] = {}  # lease id -> its latest answer (acquire or renew)
+    for c in sorted(calls, key=lambda c: c.complete):
+        if c.kind != "release":
+            latest[c.lease_id] = c
+    for a in acquires:
+        for b in acquires:
+            if b is a or b.holder != a.holder or b.complete >= a.invoke:
+                continue
+            # b was answered before a was asked: was b's lease still live then?
+            last = latest.get(b.lease_id, b)
+            live = (
+                last.expires_at_ms > a.invoke_wall_ms + clock_skew_ms
+                and released.get(b.lease_id, a.invoke + 1) > a.invoke
+            )
+            if not live:
+                continue
+            if b.holder_epoch == a.holder_epoch and b.lease_id != a.lease_id:
+                report.violations.append(
+                    Violation(
+                        "tso-lease",
+                        f"{a.holder!r} epoch {a.holder_epoch}: lease {a.lease_id} granted while "
+                        f"lease {b.lease_id} of the same epoch was live",
+                    )
+                )
+            elif a.holder_epoch < b.holder_epoch:
+                report.violations.append(
+                    Violation(
+                        "tso-lease",
+                        f"{a.holder!r}: epoch {a.holder_epoch} acquired while epoch "
+                        f"{b.holder_epoch}'s lease {b.lease_id} was live",
+                    )
+                )
+        if len(report.violations) >= 10:
+            break
+    report.checked = f"{len(calls)} lease calls, {len(owner)} leases"
+    return report

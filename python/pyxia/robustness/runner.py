@@ -189,6 +189,8 @@ async def run(opts: RunOptions, out: TextIO = sys.stdout) -> RunResult:
             )
         )
         result.reports.append(_tso_report(workload, spec.tso))
+        result.reports.append(checkers.check_tso_sequences(workload.tso_seq_calls))
+        result.reports.append(checkers.check_tso_leases(workload.tso_lease_calls))
         result.reports.append(availability)
     finally:
         await injector.stop_watchdog()

@@ -25,7 +25,15 @@ from pyxia.client import (
     Notifications,
     UnexpectedVersion,
 )
-from pyxia.robustness.checkers import Batch, EphemeralOwner, Notif, Subscription, TsoCall
+from pyxia.robustness.checkers import (
+    Batch,
+    EphemeralOwner,
+    Notif,
+    Subscription,
+    TsoCall,
+    TsoLeaseCall,
+    TsoSeqCall,
+)
 from pyxia.robustness.history import (
     CAS,
     CDELETE,
@@ -117,6 +125,8 @@ class Workload:
         self.positions: dict[str, dict[int, int]] = {}
         self.tso_calls: list[TsoCall] = []
         self.tso_errors: list[str] = []
+        self.tso_seq_calls: list[TsoSeqCall] = []
+        self.tso_lease_calls: list[TsoLeaseCall] = []
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._owner_procs: list[asyncio.subprocess.Process] = []
@@ -154,6 +164,10 @@ class Workload:
             self._tasks.append(loop.create_task(self._owners()))
         for i in range(self.o.tso_processes):
             self._tasks.append(loop.create_task(self._tso_process(1000 + i)))
+        if self.o.tso_processes > 0:
+            for i in range(2):
+                self._tasks.append(loop.create_task(self._tso_seq_process(1100 + i)))
+            self._tasks.append(loop.create_task(self._tso_lease_process(1200)))
 
     async def stop(self) -> None:
         """Stops issuing operations; waits for the ones in flight."""
@@ -441,6 +455,109 @@ class Workload:
                 self.tso_calls.append(TsoCall(pid, t0, self.now(), first, count))
                 if self.o.think_ms > 0:
                     await asyncio.sleep(rng.random() * self.o.think_ms / 1000.0)
+        finally:
+            await tso.close()
+
+    async def _tso_seq_process(self, pid: int) -> None:
+        """Asks for dense sequence blocks (one key, or a batch of two) in a loop; records what
+        each call got, or that its outcome is unknown (SeqUncertain)."""
+        from pyxia.tso.client import AsyncTsoClient
+        from pyxia.tso.errors import SeqUncertain
+
+        rng = random.Random(f"pyxia-robustness-tso-seq-{self.seed}-{pid}")
+        k = pid % len(self.addresses)
+        tso = AsyncTsoClient(self.addresses[k:] + self.addresses[:k], timeout_s=5.0, **self._tls_kw)
+        try:
+            while not self._stop.is_set():
+                entries = [("seq-a", rng.randint(1, 5))]
+                if rng.random() < 0.3:
+                    entries.append(("seq-b", rng.randint(1, 3)))
+                t0 = self.now()
+                try:
+                    blocks = await tso.get_seq_batch(entries)
+                except SeqUncertain:
+                    for key, n in entries:
+                        self.tso_seq_calls.append(TsoSeqCall(pid, t0, self.now(), key, n, None))
+                    continue
+                except Exception:
+                    # A definite refusal (nothing spent) or a timeout before sending.
+                    await asyncio.sleep(0.1)
+                    continue
+                t1 = self.now()
+                for b in blocks:
+                    self.tso_seq_calls.append(TsoSeqCall(pid, t0, t1, b.key, b.count, b.start))
+                if self.o.think_ms > 0:
+                    await asyncio.sleep(rng.random() * self.o.think_ms / 1000.0)
+        finally:
+            await tso.close()
+
+    async def _tso_lease_process(self, pid: int) -> None:
+        """Two holder groups acquire, renew, supersede (a higher holder epoch) and release
+        stamping leases; records every answer."""
+        from pyxia.tso.client import AsyncTsoClient
+
+        rng = random.Random(f"pyxia-robustness-tso-lease-{self.seed}-{pid}")
+        tso = AsyncTsoClient(self.addresses, timeout_s=5.0, **self._tls_kw)
+        epochs = {b"holder-0": 1, b"holder-1": 1}
+        try:
+            while not self._stop.is_set():
+                holder = rng.choice(sorted(epochs))
+                if rng.random() < 0.3:
+                    epochs[holder] += 1  # supersede
+                epoch = epochs[holder]
+                t0, w0 = self.now(), time.time_ns() // 1_000_000
+                try:
+                    lease = await tso.acquire_lease(holder, epoch, ttl_s=5.0)
+                except Exception:
+                    await asyncio.sleep(0.1)
+                    continue
+                self.tso_lease_calls.append(
+                    TsoLeaseCall(
+                        pid,
+                        t0,
+                        self.now(),
+                        w0,
+                        "acquire",
+                        holder,
+                        epoch,
+                        lease.lease_id,
+                        lease.ts_upper_bound,
+                        lease.expires_at_ms,
+                    )
+                )
+                for _ in range(rng.randint(0, 2)):
+                    await asyncio.sleep(0.1)
+                    t0, w0 = self.now(), time.time_ns() // 1_000_000
+                    try:
+                        r = await tso.renew_lease(lease.lease_id)
+                    except Exception:
+                        break
+                    self.tso_lease_calls.append(
+                        TsoLeaseCall(
+                            pid,
+                            t0,
+                            self.now(),
+                            w0,
+                            "renew",
+                            holder,
+                            epoch,
+                            lease.lease_id,
+                            r.ts_upper_bound,
+                            r.expires_at_ms,
+                        )
+                    )
+                if rng.random() < 0.4:
+                    t0, w0 = self.now(), time.time_ns() // 1_000_000
+                    try:
+                        await tso.release_lease(lease.lease_id)
+                    except Exception:
+                        continue
+                    self.tso_lease_calls.append(
+                        TsoLeaseCall(
+                            pid, t0, self.now(), w0, "release", holder, epoch, lease.lease_id
+                        )
+                    )
+                await asyncio.sleep(0.05)
         finally:
             await tso.close()
 

@@ -27,8 +27,9 @@ the WAL and is applied by whoever leads next (as is the WAL replay of
 Status machine (Oxia): NOT_MEMBER → FENCED (NewTerm) → LEADER (BecomeLeader). A leader asked to
 step down for a planned move (``step_down``) refuses new writes with a retryable
 NODE_IS_NOT_LEADER and finishes what it logged before the coordinator's NewTerm fences it; the
-rules are in ``handoff.py``. A NewTerm that finds writes still pending (an unplanned change)
-answers them WRITE_INDETERMINATE.
+rules are in ``handoff.py``. Its ``before_step_down`` hooks run first and may still log their
+last writes (the TSO's release marker), which the drain commits. A NewTerm that finds writes
+still pending (an unplanned change) answers them WRITE_INDETERMINATE.
 
 Reads are linearizable: before a read is served, a majority of the ensemble confirms (one
 heartbeat round down the replication streams, shared by every read that arrived meanwhile)
@@ -181,6 +182,9 @@ class LeaderController:
         self.write_limits = storage.options.write_limits
         # Set while this leader steps down for a planned move (see handoff.py).
         self.handoff: handoff.Handoff | None = None
+        # Called (synchronously) when a planned step-down begins, before new writes are
+        # refused: a hook may still log its own last writes, which the drain then commits.
+        self.before_step_down: list[Callable[[LeaderController], None]] = []
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -501,6 +505,11 @@ class LeaderController:
             leader_hint=self.leader_hint,
         )
         if self.handoff is None:
+            for hook in self.before_step_down:
+                try:
+                    hook(self)
+                except Exception:
+                    log.exception("shard %s: a step-down hook failed", self.shard)
             log.info(
                 "shard %s: stepping down from term %d: new writes refused, %d logged ones "
                 "finishing",
@@ -508,6 +517,8 @@ class LeaderController:
                 term,
                 len(self._pending),
             )
+            self.handoff = h
+            self.leadership.notify()  # a leader handing over no longer leads for the TSO
         self.handoff = h
         while not handoff.drained(len(self._pending), self.head_offset, self.commit_offset):
             seen = self.applied.generation

@@ -118,6 +118,9 @@ class ShardsDirector:
         self._closed = False
         # Notified by every leader controller on a leadership change (the TSO's fence).
         self.leadership = Signal()
+        # Called by a leader that begins a planned step-down, before it refuses writes (the
+        # TSO stops granting and logs its release marker there).
+        self.before_step_down: list[Callable[[LeaderController], None]] = []
         # Replicas that failed on their own (storage), watched by the coordinator.
         self.failures = ShardFailures()
         # A replica found corrupt when opened is set aside and rebuilt from its peers (a
@@ -287,6 +290,7 @@ class ShardsDirector:
         lc.leader_hint = self.assignments.leader_of(st.shard)
         lc.call_metadata = self.call_metadata
         lc.on_failure = self._reporter(st.namespace, st.shard, "leader", lambda: lc.term)
+        lc.before_step_down = self.before_step_down
         self.leaders[st.shard] = lc
         return lc
 

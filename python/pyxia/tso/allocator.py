@@ -183,11 +183,16 @@ class Allocator:
 
     def prepare_window_extension(self, now_ms: int) -> Extension:
         """The next high-water to persist: ``max(H + 1, now, last + 1) + window_ahead``."""
+        return self.prepare_extension(now_ms, self.window_ahead_ms)
+
+    def prepare_extension(self, now_ms: int, ahead_ms: int) -> Extension:
+        """A high-water ``max(H + 1, now, last + 1) + ahead_ms``: strictly above ``H``
+        (a stamping lease's bound and id use this with the lease's TTL)."""
         epoch = self._epoch
         if epoch is None:
             raise NotLeader("the allocator is not serving")
         base = max(self._high_water + 1, now_ms, self._last_physical + 1)
-        requested = base + self.window_ahead_ms
+        requested = base + ahead_ms
         if requested > MAX_PHYSICAL:
             raise AdvanceOutOfRange(f"high-water {requested} ms does not fit in 46 bits")
         return Extension(epoch, requested)

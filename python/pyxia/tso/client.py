@@ -1,24 +1,41 @@
 """Timestamp oracle clients: :class:`AsyncTsoClient` (asyncio) and :class:`TsoClient`
-(threads), one core. They speak ``tsoracle.v1.TsoService/GetTs`` (pyxia's data servers or
-tsoracle itself).
+(threads), one core. They speak tsoracle's ``tsoracle.v1.TsoService`` (pyxia's data servers or
+tsoracle itself): every call of tsoracle-proto 1.3.x.
 
     from pyxia import TsoClient
 
     with TsoClient(["host1:6648", "host2:6648", "host3:6648"]) as tso:
         ts = tso.get_ts()                 # one int
         batch = tso.get_ts_batch(100)     # a range of 100 consecutive timestamps
+        block = tso.get_seq("orders", 10) # SeqBlock: dense ordinals, never reused
+        lease = tso.acquire_lease(b"writer-group", 1, ttl_s=10)
+        safe = tso.get_current_max_safe() # MaxSafe(max_safe_physical_ms, epoch)
 
 - **Coalescing**: callers queue up; one driver task sends one ``GetTs`` for everything queued
   (up to 262,144 timestamps per RPC), hands each caller a contiguous slice, and meanwhile the
   next batch forms (one RPC in flight: the batch grows with load, PD's and AtlasDB's scheme).
+  Sequence calls coalesce the same way into one ``GetSeq``/``GetSeqBatch`` (per-key totals up
+  to ``max_seq_count``, 128 keys), each caller getting its slice of its keys' blocks; the two
+  reads (safe point, frontier) share one RPC among the callers waiting for it.
 - **Freshness**: a call is only ever answered by an RPC sent after it was made, so no
   timestamp it gets predates the call — the real-time order the server guarantees carries
   over to callers.
-- **Leader following**: ``FAILED_PRECONDITION`` carries a ``tsoracle-leader-hint-bin``
-  trailer (protobuf ``LeaderHint``; postcard-encoded hints are understood too): the hinted
-  leader is tried next without backoff (a hint whose epoch is older than the leader's last
-  seen epoch is ignored); other failures move to the next endpoint, with full-jitter backoff
-  after every endpoint failed once. ``timeout_s`` bounds a call, ``attempt_timeout_s`` each RPC.
+- **Leader following**: ``FAILED_PRECONDITION`` with a ``tsoracle-leader-hint-bin`` trailer
+  (protobuf ``LeaderHint``; postcard-encoded hints are understood too) is a redirect: the
+  hinted leader is tried next without backoff (a hint whose epoch is older than the leader's
+  last seen epoch, or naming an endpoint that just failed, is ignored; the leader naming
+  itself is asked again within milliseconds); other failures move to the next endpoint. Once
+  every endpoint failed in a pass the client backs off: a few milliseconds when they all
+  answered (a leadership in transition, as in a planned move: callers see no error), full
+  jitter from ``backoff_base_s`` when some could not be reached. ``timeout_s`` bounds a call,
+  ``attempt_timeout_s`` each RPC. ``FAILED_PRECONDITION`` *without* the trailer is a definite
+  refusal (a sequence at 2^64-1, a lease refused) and is raised, as are INVALID_ARGUMENT,
+  RESOURCE_EXHAUSTED and NOT_FOUND.
+- **Sequences are not idempotent**: a GetSeq is only sent on a live connection (a refused
+  connection is known not to have carried it, and is retried elsewhere); a redirect is
+  retried (nothing was written); any other failure after sending raises :class:`SeqUncertain`
+  — the block may be spent, never reused; reconcile before asking again. Lease calls are
+  retried like GetTs (a re-acquire at the same holder epoch returns the same lease).
 - **Fallback tripwire**: every grant must start above the largest timestamp this client
   received before sending that RPC; otherwise :class:`TimestampFallback` is raised to the
   callers of that batch (and counted in ``fallbacks``) and its timestamps are not handed out.
@@ -37,34 +54,68 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from pyxia.client.connections import WithToken, channel_options
 from pyxia.client.errors import ClientClosed, RequestTimeout
 from pyxia.client.options import client_tls
 from pyxia.client.waiter import Waiter
-from pyxia.errors import InvalidArgument, PermissionDenied, PyxiaError, Unauthenticated
+from pyxia.errors import (
+    InvalidArgument,
+    PermissionDenied,
+    PyxiaError,
+    ResourceUnavailable,
+    Unauthenticated,
+)
 from pyxia.proto import tso_pb2
+from pyxia.rpc_errors import _error_info, error_from_rpc
 from pyxia.security.tls import TlsOptions
 from pyxia.security.tokens import TokenSource
 from pyxia.tso.allocator import LOGICAL_BITS, MAX_COUNT
-from pyxia.tso.errors import TimestampFallback
+from pyxia.tso.errors import (
+    LeaseNotFound,
+    LeaseRefused,
+    LeasesExhausted,
+    SeqKeysExhausted,
+    SeqOverflow,
+    SeqUncertain,
+    TimestampFallback,
+    TsoFailed,
+)
+from pyxia.tso.sequences import DEFAULT_MAX_SEQ_BATCH_KEYS, DEFAULT_MAX_SEQ_COUNT, check_key
 
 __all__ = [
     "AsyncTsoClient",
     "GrantInfo",
     "LeaderHint",
+    "Lease",
+    "LeaseRenewal",
+    "MaxSafe",
+    "SafeFrontier",
+    "SeqBlock",
+    "SeqUncertain",
     "TimestampFallback",
     "TsoClient",
     "decode_leader_hint",
 ]
 
-GET_TS = "/tsoracle.v1.TsoService/GetTs"
+_SVC = "/tsoracle.v1.TsoService/"
+GET_TS = _SVC + "GetTs"
+GET_SEQ = _SVC + "GetSeq"
+GET_SEQ_BATCH = _SVC + "GetSeqBatch"
+GET_MAX_SAFE = _SVC + "GetCurrentMaxSafe"
+GET_FRONTIER = _SVC + "GetSafeFrontier"
+ACQUIRE_LEASE = _SVC + "AcquireLease"
+RENEW_LEASE = _SVC + "RenewLease"
+RELEASE_LEASE = _SVC + "ReleaseLease"
 LEADER_HINT_KEY = "tsoracle-leader-hint-bin"
 TSO_MAX_MESSAGE_BYTES = 1024 * 1024
 T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741
+R = TypeVar("R")
 
 
 # -- leader hints ---------------------------------------------------------------------------------
@@ -180,6 +231,194 @@ class GrantInfo:
         return self.first + self.count - 1
 
 
+@dataclass(frozen=True)
+class SeqBlock:
+    """A block of dense ordinals ``[start, start + count)`` of one key, issued at ``epoch``."""
+
+    key: str
+    start: int
+    count: int
+    epoch: int
+
+    @property
+    def ordinals(self) -> range:
+        return range(self.start, self.start + self.count)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A stamping lease: stamp physical milliseconds up to ``ts_upper_bound`` until
+    ``expires_at_ms`` (server clock)."""
+
+    lease_id: int
+    ts_upper_bound: int
+    expires_at_ms: int
+    epoch: int
+
+
+@dataclass(frozen=True)
+class LeaseRenewal:
+    ts_upper_bound: int
+    expires_at_ms: int
+    epoch: int
+
+
+@dataclass(frozen=True)
+class MaxSafe:
+    """The safe point (physical ms); ``(0, 0)``: no leader answered (cold start)."""
+
+    max_safe_physical_ms: int
+    epoch: int
+
+
+@dataclass(frozen=True)
+class SafeFrontier:
+    frontier_physical_ms: int
+    epoch: int
+
+
+_TSO_ERRORS: dict[str, type[PyxiaError]] = {
+    c.reason: c
+    for c in (
+        SeqOverflow,
+        SeqKeysExhausted,
+        SeqUncertain,
+        LeaseNotFound,
+        LeaseRefused,
+        LeasesExhausted,
+        TsoFailed,
+        InvalidArgument,
+    )
+}
+_DEFINITE_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: PyxiaError,
+    grpc.StatusCode.NOT_FOUND: LeaseNotFound,
+    grpc.StatusCode.UNIMPLEMENTED: PyxiaError,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+}
+
+
+def _definite_error(e: grpc.aio.AioRpcError) -> PyxiaError:
+    """The domain error of a definite refusal (its ErrorInfo reason, else by code)."""
+    err = error_from_rpc(e)
+    if isinstance(err, PyxiaError) and type(err) is not PyxiaError:
+        return err
+    info_reason = _reason(e)
+    message = e.details() or e.code().name
+    if info_reason in _TSO_ERRORS:
+        return _TSO_ERRORS[info_reason](message)
+    cls = _DEFINITE_CODES.get(e.code(), PyxiaError)
+    return cls(f"tso: {message}")
+
+
+def _reason(e: grpc.aio.AioRpcError) -> str | None:
+
+    info = _error_info(e.trailing_metadata())
+    return info.reason if info is not None else None
+
+
+def _has_hint(e: grpc.aio.AioRpcError) -> bool:
+    return any(item[0] == LEADER_HINT_KEY for item in e.trailing_metadata() or ())
+
+
+class _Batcher(Generic[I, R]):
+    """Callers queue items; one task sends everything queued at once (``send``), hands each
+    caller its result, and meanwhile the next batch forms. An item is only ever answered by a
+    call sent after it was queued. ``take`` picks the items of one call (a prefix)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        send: Callable[[list[I]], Awaitable[list[R]]],
+        take: Callable[[list[I]], int] = len,
+        name: str = "tso-batcher",
+    ) -> None:
+        self._loop = loop
+        self._send = send
+        self._take = take
+        self._queue: list[tuple[I, _Sink]] = []
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._task = loop.create_task(self._run(), name=name)
+
+    def enqueue(self, item: I, sink: _Sink) -> None:
+        if self._closed:
+            sink.set_exception(ClientClosed("tso: client closed"))
+            return
+        self._queue.append((item, sink))
+        self._wake.set()
+
+    async def __call__(self, item: I) -> R:
+        fut: asyncio.Future[R] = self._loop.create_future()
+        self.enqueue(item, fut)
+        return await fut
+
+    async def _run(self) -> None:
+        while not self._closed:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            pending = [(i, s) for i, s in self._queue if not s.done()]
+            self._queue.clear()
+            if not pending:
+                continue
+            n = max(1, self._take([i for i, _ in pending]))
+            batch, rest = pending[:n], pending[n:]
+            self._queue[:0] = rest
+            try:
+                results = await self._send([i for i, _ in batch])
+            except asyncio.CancelledError:
+                for _, sink in batch:
+                    if not sink.done():
+                        sink.set_exception(ClientClosed("tso: client closed"))
+                raise
+            except Exception as e:
+                for _, sink in batch:
+                    if not sink.done():
+                        sink.set_exception(e)
+                continue
+            for (_, sink), r in zip(batch, results, strict=True):
+                if not sink.done():
+                    sink.set_result(r)
+
+    async def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        for _, sink in self._queue:
+            if not sink.done():
+                sink.set_exception(ClientClosed("tso: client closed"))
+        self._queue.clear()
+
+
+SeqRequest = tuple[tuple[str, int], ...]
+
+
+def _seq_take(max_count: int, max_keys: int) -> Callable[[list[SeqRequest]], int]:
+    """How many queued sequence requests fit one GetSeqBatch: per-key totals within
+    ``max_count``, at most ``max_keys`` keys (a request alone is always sent)."""
+
+    def take(requests: list[SeqRequest]) -> int:
+        totals: dict[str, int] = {}
+        for i, req in enumerate(requests):
+            after = dict(totals)
+            for key, count in req:
+                after[key] = after.get(key, 0) + count
+            if i > 0 and (len(after) > max_keys or any(v > max_count for v in after.values())):
+                return i
+            totals = after
+        return len(requests)
+
+    return take
+
+
 class AsyncTsoClient:
     """A timestamp oracle client for asyncio (see the module docstring). Create it inside a
     running loop; ``async with AsyncTsoClient(...) as tso: ...``."""
@@ -193,6 +432,7 @@ class AsyncTsoClient:
         backoff_base_s: float = 0.05,
         backoff_cap_s: float = 1.0,
         max_queued: int = 4096,
+        max_seq_count: int = DEFAULT_MAX_SEQ_COUNT,
         tls: TlsOptions | bool | None = None,
         auth_token: str | None = None,
         auth_token_file: str | Path | None = None,
@@ -210,9 +450,10 @@ class AsyncTsoClient:
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self.max_queued = max_queued
+        self.max_seq_count = max_seq_count
         self._loop = asyncio.get_running_loop()
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._calls: dict[str, Any] = {}
+        self._calls: dict[tuple[str, str], Any] = {}
         self._queue: collections.deque[_Request] = collections.deque()
         self._queued = 0
         self._wake = asyncio.Event()
@@ -220,7 +461,7 @@ class AsyncTsoClient:
         self._space.set()
         self._closed = False
         self._rr = 0
-        # The leader: the endpoint that last granted, and the highest epoch seen.
+        # The leader: the endpoint that last answered as leader, and the highest epoch seen.
         self.leader: str | None = None
         self.epoch = -1
         self._max_received = -1
@@ -229,6 +470,18 @@ class AsyncTsoClient:
         self.fallbacks = 0
         self.last_grant: GrantInfo | None = None
         self._driver = self._loop.create_task(self._drive(), name="tso-client")
+        self._seq = _Batcher[SeqRequest, list[SeqBlock]](
+            self._loop,
+            self._send_seq,
+            _seq_take(max_seq_count, DEFAULT_MAX_SEQ_BATCH_KEYS),
+            "tso-seq",
+        )
+        self._max_safe = _Batcher[None, MaxSafe](
+            self._loop, self._send_max_safe, name="tso-max-safe"
+        )
+        self._frontier = _Batcher[None, SafeFrontier](
+            self._loop, self._send_frontier, name="tso-frontier"
+        )
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -245,8 +498,48 @@ class AsyncTsoClient:
         await self._enqueue_async(_Request(count, fut, False))
         return await fut
 
+    async def get_seq(self, key: str, count: int = 1) -> SeqBlock:
+        """A block of ``count`` dense ordinals of ``key`` (gap-free, never reused). Raises
+        :class:`SeqUncertain` when the outcome is unknown (the block may be spent): do not
+        retry blindly."""
+        (block,) = await self._seq(self._seq_request([(key, count)]))
+        return block
+
+    async def get_seq_batch(self, entries: Sequence[tuple[str, int]]) -> list[SeqBlock]:
+        """Blocks for several distinct keys, all or none (one atomic write)."""
+        return await self._seq(self._seq_request(entries))
+
+    async def get_current_max_safe(self) -> MaxSafe:
+        """The leader's safe point (coalesced with concurrent callers; asked after the call)."""
+        return await self._max_safe(None)
+
+    async def get_safe_frontier(self) -> SafeFrontier:
+        """The leader's safe frontier: min(high-water, every unexpired lease bound)."""
+        return await self._frontier(None)
+
+    async def acquire_lease(self, holder: bytes, holder_epoch: int, ttl_s: float) -> Lease:
+        """A stamping lease for ``holder`` (idempotent for the same ``holder_epoch``; a higher
+        one supersedes). Retried like GetTs: a lost answer is re-acquired as the same lease."""
+        req = tso_pb2.AcquireLeaseRequest(
+            holder=holder, holder_epoch=holder_epoch, ttl_ms=round(ttl_s * 1000)
+        )
+        raw, _ = await self._rpc(ACQUIRE_LEASE, req.SerializeToString())
+        r = tso_pb2.AcquireLeaseResponse.FromString(raw)
+        return Lease(r.lease_id, r.ts_upper_bound, r.expires_at_ms, _epoch(r.epoch))
+
+    async def renew_lease(self, lease_id: int) -> LeaseRenewal:
+        req = tso_pb2.RenewLeaseRequest(lease_id=lease_id)
+        raw, _ = await self._rpc(RENEW_LEASE, req.SerializeToString())
+        r = tso_pb2.RenewLeaseResponse.FromString(raw)
+        return LeaseRenewal(r.ts_upper_bound, r.expires_at_ms, _epoch(r.epoch))
+
+    async def release_lease(self, lease_id: int) -> None:
+        """Surrenders a lease (an unknown or expired one is fine)."""
+        req = tso_pb2.ReleaseLeaseRequest(lease_id=lease_id)
+        await self._rpc(RELEASE_LEASE, req.SerializeToString())
+
     async def close(self) -> None:
-        """Fails queued calls with ClientClosed, stops the driver, closes channels."""
+        """Fails queued calls with ClientClosed, stops the drivers, closes channels."""
         if self._closed:
             return
         self._closed = True
@@ -257,6 +550,8 @@ class AsyncTsoClient:
         except asyncio.CancelledError:
             pass
         self._fail_queue(ClientClosed("tso: client closed"))
+        for b in (self._seq, self._max_safe, self._frontier):
+            await b.close()
         for ch in self._channels.values():
             await ch.close(grace=None)
         self._channels.clear()
@@ -285,6 +580,18 @@ class AsyncTsoClient:
         self._queued += 1
         self._wake.set()
 
+    def enqueue_seq(self, entries: Sequence[tuple[str, int]], sink: _Sink) -> None:
+        """Queues a sequence call (from the loop's thread)."""
+        try:
+            req = self._seq_request(entries)
+        except InvalidArgument as e:
+            sink.set_exception(e)
+            return
+        self._seq.enqueue(req, sink)
+
+    def enqueue_read(self, which: str, sink: _Sink) -> None:
+        (self._max_safe if which == "max_safe" else self._frontier).enqueue(None, sink)
+
     def _take_batch(self) -> list[_Request]:
         batch: list[_Request] = []
         total = 0
@@ -308,7 +615,7 @@ class AsyncTsoClient:
         self._queued = 0
         self._space.set()
 
-    # -- driver -----------------------------------------------------------------------------------
+    # -- the GetTs driver -------------------------------------------------------------------------
 
     async def _drive(self) -> None:
         while not self._closed:
@@ -342,7 +649,14 @@ class AsyncTsoClient:
         """One GetTs for ``count`` timestamps, following leaders and retrying; checks that the
         grant is above everything received before it was asked for."""
         floor = self._max_received
-        g = await self._call_with_retries(count)
+        req = tso_pb2.GetTsRequest(count=count).SerializeToString()
+        raw, target = await self._rpc(GET_TS, req)
+        res = tso_pb2.GetTsResponse.FromString(raw)
+        if res.count != count:
+            raise PyxiaError(f"tso: {target} granted {res.count} timestamps, not {count}")
+        epoch = (res.epoch_hi << 64) | res.epoch_lo
+        self._seen_leader(target, epoch)
+        g = GrantInfo(res.physical_ms, res.logical_start, res.count, epoch, target)
         if g.first <= floor:
             self.fallbacks += 1
             raise TimestampFallback(
@@ -353,91 +667,234 @@ class AsyncTsoClient:
         self.last_grant = g
         return g
 
-    def _call(self, endpoint: str) -> Any:
-        call = self._calls.get(endpoint)
+    # -- the other drivers ------------------------------------------------------------------------
+
+    def _seq_request(self, entries: Sequence[tuple[str, int]]) -> SeqRequest:
+        if not entries:
+            raise InvalidArgument("tso: a sequence batch needs at least one entry")
+        seen: set[str] = set()
+        for key, count in entries:
+            check_key(key)
+            if key in seen:
+                raise InvalidArgument(f"tso: duplicate key in the batch: {key[:64]!r}")
+            seen.add(key)
+            if not isinstance(count, int) or count < 1:
+                raise InvalidArgument(f"tso: a sequence count must be at least 1, got {count!r}")
+        return tuple((k, n) for k, n in entries)
+
+    async def _send_seq(self, requests: list[SeqRequest]) -> list[list[SeqBlock]]:
+        """One GetSeq (one key) or GetSeqBatch for every queued request; each request gets its
+        slice of its keys' blocks, in queue order."""
+        totals: dict[str, int] = {}
+        for req in requests:
+            for key, count in req:
+                totals[key] = totals.get(key, 0) + count
+        if len(totals) == 1:
+            ((key, count),) = totals.items()
+            raw, target = await self._rpc(
+                GET_SEQ, tso_pb2.GetSeqRequest(key=key, count=count).SerializeToString(), dense=True
+            )
+            r = tso_pb2.GetSeqResponse.FromString(raw)
+            if r.key != key or r.count != count or not r.HasField("epoch"):
+                raise SeqUncertain(f"tso: {target} answered a malformed GetSeq: {r}")
+            starts, epoch = {key: r.start}, _epoch(r.epoch)
+        else:
+            batch = tso_pb2.GetSeqBatchRequest(
+                entries=[tso_pb2.SeqRequestEntry(key=k, count=n) for k, n in totals.items()]
+            )
+            raw, target = await self._rpc(GET_SEQ_BATCH, batch.SerializeToString(), dense=True)
+            rb = tso_pb2.GetSeqBatchResponse.FromString(raw)
+            got = [(g.key, g.count) for g in rb.grants]
+            if got != list(totals.items()) or not rb.HasField("epoch"):
+                raise SeqUncertain(f"tso: {target} answered a malformed GetSeqBatch")
+            starts, epoch = {g.key: g.start for g in rb.grants}, _epoch(rb.epoch)
+        self._seen_leader(target, epoch)
+        out: list[list[SeqBlock]] = []
+        for req in requests:
+            blocks = []
+            for key, count in req:
+                blocks.append(SeqBlock(key, starts[key], count, epoch))
+                starts[key] += count
+            out.append(blocks)
+        return out
+
+    async def _send_max_safe(self, items: list[None]) -> list[MaxSafe]:
+        raw = await self._read(GET_MAX_SAFE, tso_pb2.GetCurrentMaxSafeRequest())
+        r = tso_pb2.GetCurrentMaxSafeResponse.FromString(raw)
+        ms = MaxSafe(r.max_safe_physical_ms, (r.epoch_hi << 64) | r.epoch_lo)
+        return [ms] * len(items)
+
+    async def _send_frontier(self, items: list[None]) -> list[SafeFrontier]:
+        raw = await self._read(GET_FRONTIER, tso_pb2.GetSafeFrontierRequest())
+        r = tso_pb2.GetSafeFrontierResponse.FromString(raw)
+        f = SafeFrontier(r.frontier_physical_ms, (r.epoch_hi << 64) | r.epoch_lo)
+        return [f] * len(items)
+
+    async def _read(self, method: str, req: Message) -> bytes:
+        """A read answered with a zero epoch by non-leaders: the leader first, then every
+        endpoint until one answers with an epoch (all zero: the zero answer)."""
+        raw_req = req.SerializeToString()
+        zero: bytes | None = None
+        order = [self.leader] if self.leader else []
+        order += [e for e in self.endpoints if e not in order]
+        for ep in order:
+            try:
+                raw, target = await self._rpc(method, raw_req, first=ep, single=True)
+            except (PyxiaError, RequestTimeout):
+                continue
+            msg = type(req).__name__.replace("Request", "Response")
+            res = getattr(tso_pb2, msg).FromString(raw)
+            if res.epoch_hi or res.epoch_lo:
+                self._seen_leader(target, (res.epoch_hi << 64) | res.epoch_lo)
+                return raw
+            zero = raw
+        if zero is None:
+            raise RequestTimeout(f"tso: no endpoint answered {method}")
+        return zero
+
+    # -- one call, following leaders --------------------------------------------------------------
+
+    def _seen_leader(self, endpoint: str, epoch: int) -> None:
+        if epoch >= self.epoch:
+            self.epoch = epoch
+            self.leader = endpoint
+
+    def _call(self, method: str, endpoint: str) -> Any:
+        call = self._calls.get((method, endpoint))
         if call is None:
+            ch = self._channel(endpoint)
+            call = ch.unary_unary(method, request_serializer=None, response_deserializer=None)
+            if self._tokens is not None:
+                call = WithToken(call, self._tokens)
+            self._calls[(method, endpoint)] = call
+        return call
+
+    def _channel(self, endpoint: str) -> grpc.aio.Channel:
+        ch = self._channels.get(endpoint)
+        if ch is None:
             options = channel_options(TSO_MAX_MESSAGE_BYTES)
             if self._tls is not None:
                 ch = self._tls.secure_channel(endpoint, options)
             else:
                 ch = grpc.aio.insecure_channel(endpoint, options=options)
             self._channels[endpoint] = ch
-            call = ch.unary_unary(GET_TS, request_serializer=None, response_deserializer=None)
-            if self._tokens is not None:
-                call = WithToken(call, self._tokens)
-            self._calls[endpoint] = call
-        return call
+        return ch
+
+    async def _connected(self, endpoint: str, timeout: float) -> bool:
+        """Whether a connection to ``endpoint`` is up (waits up to ``timeout`` for one): a
+        non-idempotent call is only sent on a live connection, so that a refused connection
+        is known not to have carried it."""
+        ch = self._channel(endpoint)
+        state = ch.get_state(try_to_connect=True)
+        if state == grpc.ChannelConnectivity.READY:
+            return True
+        if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            return False
+        try:
+            await asyncio.wait_for(ch.channel_ready(), timeout)
+        except TimeoutError:
+            return False
+        return ch.get_state() == grpc.ChannelConnectivity.READY
 
     def _next_endpoint(self) -> str:
         ep = self.endpoints[self._rr % len(self.endpoints)]
         self._rr += 1
         return ep
 
-    async def _call_with_retries(self, count: int) -> GrantInfo:
-        req = tso_pb2.GetTsRequest(count=count).SerializeToString()
+    async def _rpc(
+        self,
+        method: str,
+        req: bytes,
+        *,
+        dense: bool = False,
+        first: str | None = None,
+        single: bool = False,
+    ) -> tuple[bytes, str]:
+        """One call, following leader hints and retrying (see the module docstring): the
+        answer and the endpoint that gave it. ``dense``: the call is not idempotent — sent only
+        on a live connection, and any failure after it was sent is SeqUncertain. ``single``:
+        only ``first`` is asked (reads that go round the endpoints themselves)."""
         loop = self._loop
         deadline = loop.time() + self.timeout_s
-        target = self.leader or self._next_endpoint()
+        target = first or self.leader or self._next_endpoint()
         failed_in_pass: set[str] = set()
         hinted_in_pass: set[str] = set()
         passes = 0
+        only_refusals = True  # every failure of this pass was a live server's answer
+        fencing_polls = 0
         last_error: BaseException | None = None
         while True:
             left = deadline - loop.time()
             if left <= 0:
                 raise RequestTimeout(
-                    f"tso: no timestamps within {self.timeout_s}s (last error: {last_error})"
+                    f"tso: no answer within {self.timeout_s}s (last error: {last_error})"
                 )
-            try:
-                self.rpcs += 1
-                raw = await self._call(target)(req, timeout=min(self.attempt_timeout_s, left))
-            except grpc.aio.AioRpcError as e:
-                self.retries += 1
-                code = e.code()
-                last_error = e
-                if code == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise InvalidArgument(e.details() or "tso: invalid argument") from None
-                if code == grpc.StatusCode.UNAUTHENTICATED:
-                    raise Unauthenticated(e.details() or "tso: unauthenticated") from None
-                if code == grpc.StatusCode.PERMISSION_DENIED:
-                    raise PermissionDenied(e.details() or "tso: permission denied") from None
-                if code == grpc.StatusCode.FAILED_PRECONDITION:
-                    hint = _hint_of(e)
-                    if hint is not None and hint.endpoint:
-                        hinted = _strip_scheme(hint.endpoint)
-                        if hint.epoch is not None and hint.epoch < self.epoch:
-                            pass  # stale: older than a leader we already saw
-                        elif hinted == target:
-                            # The leader itself, fence in progress: ask again shortly.
-                            await asyncio.sleep(min(0.01 + random.random() * 0.02, left))
-                            continue
-                        elif hinted not in hinted_in_pass:  # no ping-pong between stale hints
-                            hinted_in_pass.add(hinted)
-                            if hinted not in self.endpoints:
-                                self.endpoints.append(hinted)
-                            target = hinted
-                            continue
+            self.rpcs += 1
+            if dense and not await self._connected(target, min(self.attempt_timeout_s, left)):
+                last_error = ConnectionError(f"tso: no connection to {target}")
+                failed_in_pass.add(target)
+                only_refusals = False
+            else:
+                try:
+                    raw = await self._call(method, target)(
+                        req, timeout=min(self.attempt_timeout_s, left)
+                    )
+                    return raw, target
+                except grpc.aio.AioRpcError as e:
+                    self.retries += 1
+                    last_error = e
+                    code = e.code()
+                    if code == grpc.StatusCode.FAILED_PRECONDITION and _has_hint(e):
+                        hint = _hint_of(e)
+                        hinted = _strip_scheme(hint.endpoint) if hint and hint.endpoint else None
+                        if hinted is not None and not single:
+                            if (
+                                hint is not None
+                                and hint.epoch is not None
+                                and hint.epoch < self.epoch
+                            ):
+                                pass  # stale: older than a leader already seen
+                            elif hinted == target:
+                                # The leader itself, fence still running: ask again shortly.
+                                fencing_polls += 1
+                                delay = min(0.002 * (1 << min(fencing_polls, 5)), 0.05)
+                                await asyncio.sleep(min(delay * (0.5 + random.random()), left))
+                                continue
+                            elif hinted not in hinted_in_pass and hinted not in failed_in_pass:
+                                hinted_in_pass.add(hinted)
+                                if hinted not in self.endpoints:
+                                    self.endpoints.append(hinted)
+                                failed_in_pass.add(target)
+                                target = hinted
+                                continue
+                    elif code == grpc.StatusCode.FAILED_PRECONDITION or code in _DEFINITE_CODES:
+                        raise _definite_error(e) from None
+                    elif dense:
+                        raise SeqUncertain(
+                            f"tso: the outcome of {method.rsplit('/', 1)[-1]} on {target} is "
+                            f"unknown ({code.name}: {e.details()}): the block may be spent"
+                        ) from None
+                    else:
+                        only_refusals = only_refusals and code != grpc.StatusCode.UNAVAILABLE
                 if self.leader == target:
                     self.leader = None
                 failed_in_pass.add(target)
-                untried = self._next_untried(failed_in_pass)
-                if untried is None:  # every endpoint failed once: back off
-                    passes += 1
-                    failed_in_pass.clear()
-                    hinted_in_pass.clear()
-                    cap = min(self.backoff_cap_s, self.backoff_base_s * (1 << min(passes, 10)))
-                    await asyncio.sleep(min(random.random() * cap, max(0.0, left)))
-                    untried = self._next_endpoint()
-                target = untried
-                continue
-            res = tso_pb2.GetTsResponse.FromString(raw)
-            if res.count != count:
-                raise PyxiaError(f"tso: {target} granted {res.count} timestamps, not {count}")
-            epoch = (res.epoch_hi << 64) | res.epoch_lo
-            if epoch >= self.epoch:
-                self.epoch = epoch
-                self.leader = target
-            return GrantInfo(res.physical_ms, res.logical_start, res.count, epoch, target)
+            if single:
+                raise ResourceUnavailable(f"tso: {target}: {last_error}")
+            untried = self._next_untried(failed_in_pass)
+            if untried is None:  # every endpoint failed once: back off
+                passes += 1
+                failed_in_pass.clear()
+                hinted_in_pass.clear()
+                # Live servers refusing (a leadership in transition): look again soon.
+                base = 0.005 if only_refusals else self.backoff_base_s
+                cap = min(self.backoff_cap_s, base * (1 << min(passes, 10)))
+                if only_refusals:
+                    cap = min(cap, 0.1)
+                only_refusals = True
+                await asyncio.sleep(min(random.random() * cap, max(0.0, left)))
+                untried = self._next_endpoint()
+            target = untried
 
     def _next_untried(self, failed: set[str]) -> str | None:
         for _ in range(len(self.endpoints)):
@@ -445,6 +902,10 @@ class AsyncTsoClient:
             if ep not in failed:
                 return ep
         return None
+
+
+def _epoch(w: tso_pb2.EpochWire) -> int:
+    return (w.hi << 64) | w.lo
 
 
 def _check_count(count: int) -> None:
@@ -474,6 +935,7 @@ class TsoClient:
         attempt_timeout_s: float = 2.0,
         backoff_base_s: float = 0.05,
         backoff_cap_s: float = 1.0,
+        max_seq_count: int = DEFAULT_MAX_SEQ_COUNT,
         tls: TlsOptions | bool | None = None,
         auth_token: str | None = None,
         auth_token_file: str | Path | None = None,
@@ -493,6 +955,7 @@ class TsoClient:
                 backoff_base_s=backoff_base_s,
                 backoff_cap_s=backoff_cap_s,
                 max_queued=1 << 30,
+                max_seq_count=max_seq_count,
                 tls=tls,
                 auth_token=auth_token,
                 auth_token_file=auth_token_file,
@@ -535,6 +998,48 @@ class TsoClient:
         self._loop.call_soon_threadsafe(self._core.enqueue, _Request(count, w, False))
         out: range = w.wait(self._wait)
         return out
+
+    def get_seq(self, key: str, count: int = 1) -> SeqBlock:
+        """A block of ``count`` dense ordinals of ``key`` (coalesced with concurrent calls);
+        :class:`SeqUncertain` when its outcome is unknown."""
+        (block,) = self.get_seq_batch([(key, count)])
+        return block
+
+    def get_seq_batch(self, entries: Sequence[tuple[str, int]]) -> list[SeqBlock]:
+        """Blocks for several distinct keys, all or none."""
+        if self._closed:
+            raise ClientClosed("tso: client closed")
+        w = Waiter()
+        self._loop.call_soon_threadsafe(self._core.enqueue_seq, list(entries), w)
+        out: list[SeqBlock] = w.wait(self._wait, "tso")
+        return out
+
+    def get_current_max_safe(self) -> MaxSafe:
+        out = self._read("max_safe")
+        assert isinstance(out, MaxSafe)
+        return out
+
+    def get_safe_frontier(self) -> SafeFrontier:
+        out = self._read("frontier")
+        assert isinstance(out, SafeFrontier)
+        return out
+
+    def _read(self, which: str) -> object:
+        if self._closed:
+            raise ClientClosed("tso: client closed")
+        w = Waiter()
+        self._loop.call_soon_threadsafe(self._core.enqueue_read, which, w)
+        return w.wait(self._wait, "tso")
+
+    def acquire_lease(self, holder: bytes, holder_epoch: int, ttl_s: float) -> Lease:
+        """See :meth:`AsyncTsoClient.acquire_lease`."""
+        return self._run(self._core.acquire_lease(holder, holder_epoch, ttl_s))
+
+    def renew_lease(self, lease_id: int) -> LeaseRenewal:
+        return self._run(self._core.renew_lease(lease_id))
+
+    def release_lease(self, lease_id: int) -> None:
+        self._run(self._core.release_lease(lease_id))
 
     def close(self) -> None:
         """Fails queued calls, closes the channels, stops the loop thread. Idempotent."""

@@ -68,3 +68,66 @@ class TimestampFallback(PyxiaError):
 
     reason = "TSO_TIMESTAMP_FALLBACK"
     grpc_code = "INTERNAL"
+
+
+class TsoStateCorrupt(PyxiaError):
+    """A persisted sequence counter or lease record cannot be parsed (permanent)."""
+
+    reason = "TSO_STATE_CORRUPT"
+    grpc_code = "INTERNAL"
+
+
+# -- dense sequences ------------------------------------------------------------------------------
+
+
+class SeqKeysExhausted(PyxiaError):
+    """A new sequence key would pass the cap on distinct keys; nothing was advanced."""
+
+    reason = "TSO_SEQ_KEYS_EXHAUSTED"
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class SeqOverflow(PyxiaError):
+    """The block would pass 2^64-1; nothing was advanced. FAILED_PRECONDITION without a leader
+    hint (tsoracle's client raises it as a definite error)."""
+
+    reason = "TSO_SEQ_OVERFLOW"
+    grpc_code = "FAILED_PRECONDITION"
+
+
+class SeqUncertain(PyxiaError):
+    """A sequence write was logged but its outcome is unknown here (it timed out, or the
+    leader stepped down before it committed): the block may be spent. On the wire
+    UNAVAILABLE, which tsoracle's client reports as ``SeqUncertain`` and never retries;
+    pyxia's client raises this error. Never retry blindly: a second call spends a second
+    block."""
+
+    reason = "TSO_SEQ_UNCERTAIN"
+    grpc_code = "UNAVAILABLE"
+
+
+# -- leases ---------------------------------------------------------------------------------------
+
+
+class LeaseNotFound(PyxiaError):
+    """RenewLease of a lease id this oracle does not know (never granted, released, or long
+    expired)."""
+
+    reason = "TSO_LEASE_NOT_FOUND"
+    grpc_code = "NOT_FOUND"
+
+
+class LeaseRefused(PyxiaError):
+    """A lease request refused by the lease rules: the holder's live lease has a higher
+    holder epoch, or the lease expired or was superseded. FAILED_PRECONDITION without a leader
+    hint (a definite answer, not a redirect)."""
+
+    reason = "TSO_LEASE_REFUSED"
+    grpc_code = "FAILED_PRECONDITION"
+
+
+class LeasesExhausted(PyxiaError):
+    """A new lease would pass the cap on live leases."""
+
+    reason = "TSO_LEASES_EXHAUSTED"
+    grpc_code = "RESOURCE_EXHAUSTED"

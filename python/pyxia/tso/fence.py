@@ -9,9 +9,12 @@ On observing ``Leading(epoch)`` the fence, in order:
 
 1. publishes not-serving (the allocator forgets its window first);
 2. takes the oracle's ``gate``: every in-flight high-water write of the old term drains;
-3. with a lease (replication factor > 1) waits until ``lease_s`` (+ guard) after it observed
-   its leadership, so that any older leader's lease has lapsed (see ``oracle``);
-4. loads the high-water, linearized (:meth:`ShardDriver.load_high_water`);
+3. loads the high-water, linearized (:meth:`ShardDriver.load_high_water`);
+4. with a lease (replication factor > 1) waits until ``lease_s`` (+ guard) after it observed
+   its leadership, so that any older leader's lease has lapsed (see ``oracle``) — unless the
+   release marker is in the state it loaded: then the last leader that could hold a lease
+   stopped granting before it logged the marker, and every older one's lease lapsed before
+   that leader served (below), so nobody grants from an older window any more;
    — failpoint ``fence.after_load_before_persist``;
 5. ``floor = max(high-water + 1, now)`` (the +1 is load-bearing: the high-water is
    inclusive, an older leader may have granted every logical of that millisecond);
@@ -19,6 +22,20 @@ On observing ``Leading(epoch)`` the fence, in order:
    — failpoint ``fence.after_persist_before_publish``;
 7. checks it still leads at that term, seeds the allocator with ``floor`` and the durable
    value, and publishes serving (the only place that does).
+
+Invariants of the handoff (the marker, ``__oxia/tso/released``):
+
+- a leader logs the marker only while serving at its term, and only after it stopped granting
+  (:meth:`Oracle.release_for_handoff`, called as its planned step-down begins); a leader still
+  fencing never logs it (it may not have waited out an older leader's lease yet);
+- every high-water write deletes the marker in the same atomic write, and a time lease is only
+  ever established or renewed by a committed high-water write, so in the log's order the marker
+  is present exactly when no lease was granted after the last release;
+- a new leader reads the state of every entry that can ever commit from earlier terms (it
+  leads only once it applied them; the others can never commit), so it sees the marker iff
+  the releasing leader's last grant came before it — the new leader's floor (above the
+  high-water) is then above every timestamp any older leader can still hand out.
+So two leaders never serve overlapping or out-of-order timestamps, with or without the wait.
 
 Errors are classified, never fatal to the process (tsoracle's PR #227 → issue #229 → PR #235):
 
@@ -191,6 +208,8 @@ class LeaderWatch:
         self.options = oracle.options
         self.transient_retries = 0
         self.fences = 0
+        self.released_fences = 0
+        """Fences that found the release marker and did not wait the lease out."""
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -242,7 +261,8 @@ class LeaderWatch:
                 o.step_down()
             if o.failed is not None or signal.closed:
                 return
-            await signal.wait(seen)
+            recheck = observed.recheck_s if isinstance(observed, Following) else None
+            await signal.wait(seen, recheck)
 
     def _still(self, target: Leading) -> None:
         if not target.same(self.leadership.current()) or self._closed:
@@ -322,11 +342,14 @@ class LeaderWatch:
         o = self.oracle
         async with o.gate:  # drain the older term's high-water writes
             self._still(target)
-            if target.lease:
-                left = observed_at + lease_wait_s(self.options.lease_s) - o.monotonic()
-                if left > 0 and not await self._wait_racing(left, target):
-                    raise _LeadershipChanged()
             loaded = await self.driver.load_high_water(target)
+            if target.lease:
+                if self.driver.released(target):
+                    self.released_fences += 1
+                else:
+                    left = observed_at + lease_wait_s(self.options.lease_s) - o.monotonic()
+                    if left > 0 and not await self._wait_racing(left, target):
+                        raise _LeadershipChanged()
             self._still(target)
             await afailpoint("fence.after_load_before_persist")
             plan = fence_plan(loaded, o.clock_ms(), self.options.failover_advance_ms)

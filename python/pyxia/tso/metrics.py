@@ -32,3 +32,10 @@ FAILED = Gauge(
     "1 once the oracle stopped on this node after a permanent error (see the log)",
 )
 HIGH_WATER = Gauge("pyxia_tso_high_water_ms", "The committed high-water (ms) while serving")
+SEQ_WRITES = Counter("pyxia_tso_seq_writes", "GetSeq/GetSeqBatch writes logged")
+SEQ_VALUES = Counter("pyxia_tso_seq_values", "Dense sequence ordinals granted")
+LEASE_CALLS = Counter("pyxia_tso_lease_calls", "Stamping-lease writes committed", ["call"])
+RELEASES = Counter(
+    "pyxia_tso_releases", "Planned step-downs that released the time lease (marker logged)"
+)
+CALLS = Counter("pyxia_tso_calls", "Calls answered, by RPC (GetTs is pyxia_tso_grants)", ["rpc"])
