@@ -842,3 +842,98 @@ def test_cli_points_at_a_wrong_port_with_one_line() -> None:
 
     code, out = run_cli(["namespace", "list", "--admin-address", f"127.0.0.1:{free_port()}"])
     assert code == 1 and out.startswith("Error: ") and out.count("\n") == 1, out
+
+
+# -- Oxia's own admin CLI against pyxia's coordinator ---------------------------------------------
+
+OXIA_BINARY = Path("/work/peers/oxia")
+needs_oxia = pytest.mark.skipif(
+    not OXIA_BINARY.exists(), reason=f"Oxia's binary is not at {OXIA_BINARY}"
+)
+
+
+def oxia_admin(admin: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(OXIA_BINARY), "admin", "--admin-address", admin, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@needs_oxia
+async def test_oxias_admin_cli_drives_pyxia(tmp_path: Path) -> None:
+    secret = ClusterSecret(b"s" * 32)
+    # Oxia's CLI sends no proof and speaks no TLS: the coordinator trusts its own host
+    env = await start_env(
+        tmp_path, 4, coordinator=options(cluster_secret=secret), admin_trust_loopback=True
+    )
+    n3 = env.cluster.nodes[3]
+
+    async def oxia(*args: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(oxia_admin, env.admin, *args)
+
+    try:
+        await wait_until(lambda: steady(env, "default"), what="default elected")
+        r = await oxia("namespace", "create", "go-ns", "--initial-shards", "2",
+                       "--replication-factor", "2", "-o", "json")  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert json.loads(r.stdout)["initial_shard_count"] == 2
+        await wait_until(lambda: steady(env, "go-ns"), what="go-ns elected")
+        r = await oxia("namespace", "get", "-o", "yaml")
+        assert r.returncode == 0, r.stderr
+        assert "go-ns" in r.stdout and "default" in r.stdout
+        r = await oxia("namespace", "get", "go-ns")
+        assert r.returncode == 0 and r.stdout.split("\n")[1].split() == ["go-ns", "2", "2"]
+        r = await oxia("namespace", "patch", "go-ns", "--notifications=false", "-o", "json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout).get("notifications_enabled") is False
+        cfg = env.coordinator.namespace_config("go-ns")
+        assert cfg is not None and not cfg.notifications_enabled
+        r = await oxia("dataserver", "create", "go-ds", "--public", n3.public,
+                       "--internal", n3.internal, "--label", "zone=z1")  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert n3.internal in {s.internal for s in env.coordinator.config.servers}
+        r = await oxia("dataserver", "get", "-o", "json")
+        assert r.returncode == 0, r.stderr
+        names = [v["data_server"]["identity"]["name"] for v in json.loads(r.stdout)]
+        assert names[-1] == "go-ds" and len(names) == 4
+        r = await oxia("dataserver", "patch", "go-ds", "--label", "zone=z2", "-o", "json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["metadata"]["labels"] == {"zone": "z2"}
+        r = await oxia("dataserver", "delete", "go-ds")
+        assert r.returncode == 0, r.stderr
+        # refusals come back as errors naming the reason
+        r = await oxia("namespace", "delete", "default")
+        assert r.returncode != 0 and SOURCE in r.stdout + r.stderr
+        r = await oxia("dataserver", "get", "nope")
+        assert r.returncode != 0 and "not found" in r.stdout + r.stderr
+        r = await oxia("shard", "split", "--namespace", "go-ns", "--shard", "999")
+        assert r.returncode != 0 and "not found" in r.stdout + r.stderr
+        r = await oxia("namespace", "delete", "go-ns")
+        assert r.returncode == 0, r.stderr
+        await wait_until(
+            lambda: "go-ns" not in env.coordinator.status.namespaces,
+            timeout=30,
+            what="go-ns deleted",
+        )
+    finally:
+        await env.server.close()
+        await env.cluster.close()
+
+
+@needs_oxia
+async def test_oxias_admin_cli_is_refused_without_trust(tmp_path: Path) -> None:
+    env = await start_env(tmp_path, 3, coordinator=options(cluster_secret=ClusterSecret(b"s" * 32)))
+    try:
+        r = await asyncio.to_thread(
+            oxia_admin, env.admin, "namespace", "create", "x", "--initial-shards", "1",
+            "--replication-factor", "1",
+        )  # fmt: skip
+        assert r.returncode != 0 and "unauthenticated" in (r.stdout + r.stderr).lower()
+        assert "x" not in env.coordinator.status.namespaces
+        r = await asyncio.to_thread(oxia_admin, env.admin, "namespace", "get")
+        assert r.returncode == 0 and "default" in r.stdout, r.stderr  # reads stay open
+    finally:
+        await env.server.close()
+        await env.cluster.close()
