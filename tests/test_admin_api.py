@@ -937,3 +937,52 @@ async def test_oxias_admin_cli_is_refused_without_trust(tmp_path: Path) -> None:
     finally:
         await env.server.close()
         await env.cluster.close()
+
+
+def test_coordinator_process_serves_the_admin_port(tmp_path: Path) -> None:
+    """``pyxia coordinator -p``: the ready line names the admin port; ``pyxia admin`` reaches
+    it; a bad ``--admin-addr`` is one line."""
+    import sys
+
+    from pyxia.common.ports import free_port
+    from servers import cluster_secret_file, wait_for
+
+    cfg = tmp_path / "cluster.yaml"
+    cfg.write_text(
+        "namespaces: [{name: default, initialShardCount: 1, replicationFactor: 1}]\n"
+        f"servers: [{{public: '127.0.0.1:{free_port()}', internal: '127.0.0.1:{free_port()}'}}]\n"
+    )
+    secret = cluster_secret_file(tmp_path)
+    base = [sys.executable, "-m", "pyxia", "coordinator", "-f", str(cfg), "--metadata", "memory",
+            "-i", "127.0.0.1:0", "--metrics-addr", "",
+            "--cluster-secret-file", str(secret)]  # fmt: skip
+    bad = subprocess.run([*base, "-p", "127.0.0.1:99999"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--admin-addr" in bad.stderr and "Traceback" not in bad.stderr
+    proc = subprocess.Popen(
+        [*base, "-p", "127.0.0.1:0"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        stderr = proc.stderr
+        line = wait_for(
+            lambda: (lambda s: s if "coordinator ready" in s else None)(stderr.readline()),
+            timeout=30,
+            what="the ready line",
+        )
+        m = re.search(r"admin=:(\d+)", line)
+        assert m, line
+        admin = f"127.0.0.1:{m.group(1)}"
+        code, out = run_cli(["namespace", "list", "--admin-address", admin])
+        assert code == 0 and out.split("\n")[1].split() == ["default", "1", "1"], out
+        code, out = run_cli(["namespace", "create", "p", "--initial-shards", "1",
+                             "--replication-factor", "1", "--admin-address", admin])  # fmt: skip
+        assert code == 1 and "UNAUTHENTICATED" in out, out
+        code, out = run_cli(["namespace", "create", "p", "--initial-shards", "1",
+                             "--replication-factor", "1", "--admin-address", admin,
+                             "--cluster-secret-file", str(secret)])  # fmt: skip
+        assert code == 0, out
+        code, out = run_cli(["status", "--admin-address", admin])
+        assert code == 0 and "namespace p " in out, out
+    finally:
+        proc.kill()
+        proc.wait(30)
