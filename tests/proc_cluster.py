@@ -221,6 +221,8 @@ class ProcCluster:
                 str(self.base / "coordinator"),
                 "--internal-addr",
                 self.coordinator_addr,
+                "--admin-addr",
+                "127.0.0.1:0",
                 "--metrics-addr",
                 "",
                 *self._security("coordinator", server=False),

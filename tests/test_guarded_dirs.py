@@ -229,6 +229,8 @@ def _coordinator(tmp_path: Path, metadata: str, internal: str) -> list[str]:
         str(tmp_path / "coordinator"),
         "--internal-addr",
         internal,
+        "--admin-addr",
+        "127.0.0.1:0",
         "--metrics-addr",
         "",
         "--cluster-secret-file",

@@ -146,7 +146,14 @@ def test_generated_code_matches_protos(tmp_path: Path) -> None:
         ),
         (
             metadata_pb2.ClusterStatus,
-            {"namespaces": 1, "shard_id_generator": 2, "server_idx": 3, "instance_id": 4},
+            # admin_managed (100): pyxia's, what the admin API manages (docs/admin.md)
+            {
+                "namespaces": 1,
+                "shard_id_generator": 2,
+                "server_idx": 3,
+                "instance_id": 4,
+                "admin_managed": 100,
+            },
         ),
         (
             tso_pb2.GetTsResponse,

@@ -192,6 +192,36 @@ class ResourceExhausted(PyxiaError):
     grpc_code = "RESOURCE_EXHAUSTED"
 
 
+class NotFound(PyxiaError):
+    """An admin request names a namespace, data server or shard the cluster does not have."""
+
+    reason = "NOT_FOUND"
+    grpc_code = "NOT_FOUND"
+
+
+class AlreadyExists(PyxiaError):
+    """An admin request creates a namespace or data server that exists already."""
+
+    reason = "ALREADY_EXISTS"
+    grpc_code = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(PyxiaError):
+    """An admin request is well formed but the cluster's state refuses it (a replication
+    factor above the number of data servers, an item the cluster config file defines, ...);
+    the message says what to change first."""
+
+    reason = "FAILED_PRECONDITION"
+    grpc_code = "FAILED_PRECONDITION"
+
+
+class Unimplemented(PyxiaError):
+    """The request is valid but this build cannot do it (a feature not built in yet)."""
+
+    reason = "UNIMPLEMENTED"
+    grpc_code = "UNIMPLEMENTED"
+
+
 class StorageFailure(PyxiaError):
     """The shard's storage (WAL or DB) failed; the shard stops serving."""
 

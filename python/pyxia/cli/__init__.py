@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from pyxia import __version__
+from pyxia.cli.admin_cmd import COMMANDS as ADMIN_COMMANDS
 from pyxia.cli.certs_cmd import certs
 from pyxia.cli.client_cmd import client
 from pyxia.cli.coordinator_cmd import admin, coordinator, health
@@ -25,6 +26,8 @@ main.add_command(standalone)
 main.add_command(server)
 main.add_command(coordinator)
 main.add_command(admin)
+for _command in ADMIN_COMMANDS:  # namespace, dataserver, shard: Oxia's `oxia admin ...`
+    admin.add_command(_command)
 main.add_command(health)
 main.add_command(client)
 main.add_command(perf)

@@ -87,6 +87,24 @@ log = logging.getLogger("pyxia.cli")
     help="gRPC address: health and the admin API (pyxia admin status).",
 )
 @click.option(
+    "-p",
+    "--admin-addr",
+    "--public-addr",
+    "admin_addr",
+    default="0.0.0.0:6651",
+    show_default=True,
+    help="Admin API address (Oxia's io.oxia.proto.v1.OxiaAdmin, also served on "
+    "--internal-addr; Oxia's --public-addr); empty to disable.",
+)
+@click.option(
+    "--admin-trust-loopback",
+    is_flag=True,
+    default=False,
+    help="Admit admin changes from this host (127.0.0.0/8, ::1) without the cluster's proof: "
+    "lets Oxia's `oxia admin` CLI (no TLS, no proof) change the cluster from the "
+    "coordinator's host. Bind --admin-addr to loopback with it.",
+)
+@click.option(
     "-m",
     "--metrics-addr",
     default="0.0.0.0:8080",
@@ -150,6 +168,7 @@ def coordinator(**kw: Any) -> None:
         raise click.UsageError(str(e)) from e
     try:
         check_addr("--internal-addr", kw["internal_addr"])
+        check_addr("--admin-addr", kw["admin_addr"], allow_empty=True)
         check_addr("--metrics-addr", kw["metrics_addr"], allow_empty=True)
     except StartupError as e:
         fail(str(e))
@@ -194,13 +213,19 @@ def coordinator(**kw: Any) -> None:
                 liveness=LivenessOptions(**liveness),
                 peer_tls=peer_tls if peer_tls.is_enabled else None,
                 cluster_secret=secret,
+                config_source=str(path),
             ),
             tls=listener_tls if listener_tls.is_enabled else None,
+            admin_addr=kw["admin_addr"] or None,
+            admin_trust_loopback=kw["admin_trust_loopback"],
         ),
     )
 
     def ready() -> str:
-        return f"pyxia coordinator ready: internal=:{server.port} metadata={name} config={path}"
+        admin = f" admin=:{server.admin_port}" if server.admin_port else ""
+        return (
+            f"pyxia coordinator ready: internal=:{server.port}{admin} metadata={name} config={path}"
+        )
 
     async def close() -> None:
         await server.close()
@@ -230,10 +255,11 @@ def admin() -> None:
 @admin.command()
 @click.option(
     "--coordinator",
+    "--admin-address",
     "address",
     default="localhost:6649",
     show_default=True,
-    help="The coordinator's internal address.",
+    help="The coordinator's internal (or admin) address.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @client_security_flags("the coordinator", tokens=False)
@@ -290,10 +316,11 @@ def status(address: str, as_json: bool, **security: Any) -> None:
 @admin.command("move-leader")
 @click.option(
     "--coordinator",
+    "--admin-address",
     "address",
     default="localhost:6649",
     show_default=True,
-    help="The coordinator's internal address.",
+    help="The coordinator's internal (or admin) address.",
 )
 @click.option("--namespace", default="default", show_default=True)
 @click.option("--shard", type=click.IntRange(0), required=True)
@@ -320,17 +347,10 @@ def move_leader(
     it (--cluster-secret-file) or a cluster certificate (mutual TLS)."""
     import grpc
 
+    from pyxia.cli.admin_cmd import admin_channel
     from pyxia.proto import admin_pb2
-    from pyxia.security.internal_auth import SigningInterceptor
 
-    tls = client_security_from_flags(security)["tls"]
-    secret = secret_from_flags(security)
-    channel = (
-        tls.sync_secure_channel(address) if tls is not None else grpc.insecure_channel(address)
-    )
-    if secret is not None:
-        channel = grpc.intercept_channel(channel, SigningInterceptor(secret))
-    with channel as ch:
+    with admin_channel(address, security) as ch:
         call = ch.unary_unary(
             "/pyxia.admin.v1.PyxiaAdmin/MoveLeader",
             request_serializer=admin_pb2.MoveLeaderRequest.SerializeToString,

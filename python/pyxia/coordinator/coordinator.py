@@ -2,6 +2,12 @@
 provider, runs one controller per shard and per data server, reconciles
 configuration changes, balances load, pushes shard assignments.
 
+The configuration it applies is the cluster config file's joined with what the admin API
+manages (kept in the status; the file wins for what it defines: see ``admin_config``). A
+reload of the file and an admin change both go through one compare-and-set of the status that
+holds the change and the shards it creates, then the same steps (new servers watched, new
+shards elected, deleted namespaces' shards deleted, removed servers evacuated).
+
 A shard is in the pushed assignments (with no leader yet, as Oxia's coordinator publishes
 leaderless shards) before its first NewTerm: data servers create a replica only for a shard
 the assignments know. Every call to a data server carries the cluster's instance id, after a
@@ -26,13 +32,16 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from pyxia.config import ClusterConfig, NamespaceConfig, ServerAddress
+from pyxia.coordinator import admin_config
 from pyxia.coordinator.dataserver_controller import DataServerController, LivenessOptions
 from pyxia.coordinator.metadata.provider import MetadataProvider, Version
 from pyxia.coordinator.model import (
     DELETING,
     STEADY,
+    Reconciliation,
     identity,
     leader_counts,
     reconcile,
@@ -47,7 +56,13 @@ from pyxia.coordinator.placement import (
     replace_member,
 )
 from pyxia.coordinator.shard_controller import ShardController
-from pyxia.errors import InvalidArgument, MetadataBadVersion, ResourceUnavailable
+from pyxia.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    MetadataBadVersion,
+    NotInitialized,
+    ResourceUnavailable,
+)
 from pyxia.proto import admin_pb2, client_pb2, metadata_pb2
 from pyxia.security.cluster_auth import ClusterSecret
 from pyxia.security.tls import TlsOptions
@@ -56,6 +71,8 @@ from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.signals import Signal
 
 log = logging.getLogger("pyxia.coordinator")
+
+T = TypeVar("T")
 
 _KEY_SORTING = {
     "hierarchical": client_pb2.KEY_SORTING_HIERARCHICAL,
@@ -72,6 +89,8 @@ class CoordinatorOptions:
     # every call carries (--cluster-secret-file); None: plaintext, no proof.
     peer_tls: TlsOptions | None = None
     cluster_secret: ClusterSecret | None = None
+    # Where the cluster config file is, for the admin API's errors ("the file wins").
+    config_source: str = "(-f/--cluster-config)"
 
 
 class Coordinator:
@@ -87,7 +106,11 @@ class Coordinator:
         opts = self.options
         peer_tls = opts.peer_tls.client() if opts.peer_tls is not None else None
         self.channels = ChannelPool(peer_tls, opts.cluster_secret)
-        self.config = load_config()
+        # The cluster config file as last loaded, and the configuration applied: the file's
+        # joined with the admin-managed items in the status (admin_config.effective_config).
+        self.file_config = load_config()
+        self.config = self.file_config
+        self._refused_file: ClusterConfig | None = None
         self.status = metadata_pb2.ClusterStatus()
         self.version = Version("-1")
         self.shard_controllers: dict[int, ShardController] = {}
@@ -115,8 +138,15 @@ class Coordinator:
             else metadata_pb2.ClusterStatus(instance_id=str(uuid.uuid4()))
         )
         work = copy.deepcopy(self.status)
+        taken = admin_config.take_over(work.admin_managed, self.file_config)
+        for note in taken:
+            log.warning("%s", note)
+        self.config = admin_config.effective_config(self.file_config, work.admin_managed)
+        problem = admin_config.config_problem(self.config)
+        if problem is not None:
+            log.warning("the cluster configuration cannot be fully applied: %s", problem)
         rec = reconcile(work, self.config)
-        if fresh or rec.changed:
+        if fresh or rec.changed or taken:
             await self._store(work)
         self._recompute_assignments()
         for s in self.config.servers:
@@ -328,18 +358,62 @@ class Coordinator:
             except Exception as e:
                 log.warning("cluster config not reloaded: %s", e)
                 continue
-            if cfg != self.config:
+            if cfg != self.file_config and cfg != self._refused_file:
                 log.info("cluster config changed: applying")
-                await self.apply_config(cfg)
+                try:
+                    await self.apply_config(cfg)
+                except FailedPrecondition as e:
+                    self._refused_file = cfg  # said once; tried again when the file changes
+                    log.warning("cluster config not reloaded: %s", e)
 
     async def apply_config(self, cfg: ClusterConfig) -> None:
-        self.config = cfg
+        """Applies a new cluster config file, joined with the admin-managed items (those the
+        file now defines are taken over by it, logged). Raises FailedPrecondition, changing
+        nothing, if the result cannot be applied."""
         async with self._update_lock:
             work = copy.deepcopy(self.status)
-            rec = reconcile(work, cfg)
-            if rec.changed:
+            taken = admin_config.take_over(work.admin_managed, cfg)
+            effective = admin_config.effective_config(cfg, work.admin_managed)
+            problem = admin_config.config_problem(effective)
+            if problem is not None:
+                raise FailedPrecondition(f"{problem} (the file and the admin API together)")
+            rec = reconcile(work, effective)
+            if rec.changed or taken:
                 await self._store(work)
+            for note in taken:
+                log.warning("%s", note)
+            self.file_config, self.config = cfg, effective
+        await self._act_on(rec)
+
+    async def change_admin_config(self, change: Callable[[metadata_pb2.ClusterStatus], T]) -> T:
+        """One admin API change: ``change`` validates the request and edits a copy of the
+        status (its ``admin_managed`` part, and shard records if need be), raising a domain
+        error to refuse it; the copy is stored with the shards the new configuration creates
+        or deletes in one compare-and-set, then acted on. Returns what ``change`` returned."""
+        async with self._update_lock:
+            if self._closed or self.failed.is_set():
+                raise NotInitialized("oxia: this coordinator is stepping down")
+            work = copy.deepcopy(self.status)
+            result = change(work)
+            effective = admin_config.effective_config(self.file_config, work.admin_managed)
+            problem = admin_config.config_problem(effective)
+            if problem is not None:
+                raise FailedPrecondition(f"oxia: {problem}")
+            rec = reconcile(work, effective)
+            await self._store(work)
+            self.config = effective
+        await self._act_on(rec)
+        return result
+
+    async def _act_on(self, rec: Reconciliation) -> None:
+        """What follows a stored configuration change: servers watched (or their address
+        updated), new shards elected, deleted namespaces' shards deleted, servers the
+        configuration no longer has evacuated and, once empty, forgotten."""
+        cfg = self.config
         for s in cfg.servers:
+            dc = self.servers.get(s.internal)
+            if dc is not None:
+                dc.server = s
             self._add_server(s)
         # New shards go into the pushed assignments (with no leader yet) before their first
         # NewTerm: a data server creates a replica only for a shard the assignments know.
@@ -358,6 +432,10 @@ class Coordinator:
                 dc = self.servers.pop(node)
                 await dc.close()
         self.assignments_updated()
+
+    def hosts_replicas(self, node: str) -> bool:
+        """Whether the status records any replica (or leftover) of a shard on ``node``."""
+        return self._hosts_anything(node)
 
     def _hosts_anything(self, node: str) -> bool:
         return any(

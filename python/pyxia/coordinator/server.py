@@ -2,6 +2,11 @@
 metadata it reads then, and rebuilds it after losing leadership — without
 exiting.
 
+It serves gRPC health, pyxia's admin service (``pyxia.admin.v1.PyxiaAdmin``) and Oxia's
+(``io.oxia.proto.v1.OxiaAdmin``, :mod:`pyxia.coordinator.admin_service`) on its gRPC port
+(``--internal-addr``) and on its admin port (``--admin-addr``, Oxia's 6651), both with the
+same TLS (``--tls-*``) and the same rule for changes (:class:`AdminAccess`).
+
 Leadership loss is graceful (the lesson of Oxia's panic on a version
 conflict): the current coordinator is closed (every controller stopped, no
 stray task), the server waits to become leader again, and a fresh
@@ -23,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from pyxia.config import ClusterConfig
+from pyxia.coordinator.admin_service import AdminAccess, OxiaAdminService
 from pyxia.coordinator.coordinator import Coordinator, CoordinatorOptions
 from pyxia.coordinator.metadata.provider import LeadershipLost, MetadataProvider
 from pyxia.errors import (
@@ -30,10 +36,8 @@ from pyxia.errors import (
     InvalidArgument,
     NotInitialized,
     PyxiaError,
-    Unauthenticated,
 )
 from pyxia.proto import admin_pb2
-from pyxia.security.internal_auth import proof_of
 from pyxia.security.tls import TlsOptions
 from pyxia.server import grpc_errors
 from pyxia.server.data_server import grpc_options
@@ -48,8 +52,13 @@ class CoordinatorServerOptions:
     internal_addr: str = "0.0.0.0:6649"
     metrics_addr: str | None = "0.0.0.0:8080"
     coordinator: CoordinatorOptions | None = None
-    # TLS of this process's gRPC port (--tls-*; client_auth: mutual TLS); None: plaintext.
+    # TLS of this process's gRPC and admin ports (--tls-*; client_auth: mutual TLS); None:
+    # plaintext.
     tls: TlsOptions | None = None
+    # The admin port (Oxia's OxiaAdmin, also on internal_addr); None: no admin port.
+    admin_addr: str | None = None
+    # Admit admin changes from this host without proof (--admin-trust-loopback).
+    admin_trust_loopback: bool = False
 
 
 class CoordinatorServer:
@@ -65,8 +74,21 @@ class CoordinatorServer:
         self.coordinator: Coordinator | None = None
         self.generation = 0  # coordinators built so far
         self.port = 0
+        self.admin_port = 0
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
+        self._admin_server: grpc.aio.Server | None = None
+        opts = self.options.coordinator or CoordinatorOptions()
+        tls = self.options.tls
+        self.access = AdminAccess(
+            secret=opts.cluster_secret,
+            mutual_tls=tls is not None and tls.is_enabled and tls.client_auth,
+            trust_loopback=self.options.admin_trust_loopback,
+            unsecured=opts.cluster_secret is None and opts.peer_tls is None,
+        )
+        self.oxia_admin = OxiaAdminService(
+            lambda: self.coordinator, self.access, opts.config_source
+        )
         self._metrics: Any = None
         self._health = health_aio.HealthServicer()
         self._main: asyncio.Task[None] | None = None
@@ -80,20 +102,12 @@ class CoordinatorServer:
     async def start(self) -> None:
         load_config = self._load_config
         load_config()  # fail fast on a bad config
-        self._server = grpc.aio.server(options=grpc_options(64 * 1024 * 1024))
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        self._server.add_generic_rpc_handlers([self._admin_handlers()])
-        tls = self.options.tls
-        if tls is not None and tls.is_enabled:
-            port = self._server.add_secure_port(
-                self.options.internal_addr, tls.server_credentials()
-            )
-        else:
-            port = self._server.add_insecure_port(self.options.internal_addr)
-        if port == 0:
-            raise OSError(f"cannot listen on {self.options.internal_addr}")
-        self.port = port
+        self._server, self.port = self._listen(self.options.internal_addr)
+        if self.options.admin_addr:
+            self._admin_server, self.admin_port = self._listen(self.options.admin_addr)
         await self._server.start()
+        if self._admin_server is not None:
+            await self._admin_server.start()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         if self.options.metrics_addr:
             from pyxia.common.metrics_http import MetricsServer
@@ -102,6 +116,19 @@ class CoordinatorServer:
             self.metrics_port = self._metrics.port
         await self.provider.start()
         self._main = asyncio.get_running_loop().create_task(self._run(), name="coordinator-main")
+
+    def _listen(self, addr: str) -> tuple[grpc.aio.Server, int]:
+        server = grpc.aio.server(options=grpc_options(64 * 1024 * 1024))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        server.add_generic_rpc_handlers([self._admin_handlers(), self.oxia_admin.handler()])
+        tls = self.options.tls
+        if tls is not None and tls.is_enabled:
+            port = server.add_secure_port(addr, tls.server_credentials())
+        else:
+            port = server.add_insecure_port(addr)
+        if port == 0:
+            raise OSError(f"cannot listen on {addr}")
+        return server, port
 
     async def _run(self) -> None:
         while not self._closed:
@@ -178,6 +205,8 @@ class CoordinatorServer:
             self.coordinator = None
         if self._server is not None:
             await self._server.stop(0.5)
+        if self._admin_server is not None:
+            await self._admin_server.stop(0.5)
         if self._metrics is not None:
             self._metrics.close()
 
@@ -196,27 +225,11 @@ class CoordinatorServer:
                 )
         return res
 
-    def _check_member(self, context: Any, method: str) -> None:
-        """A call that changes the cluster (not a read of its status) needs the cluster's proof
-        of membership when this coordinator has a cluster secret, unless it came over mutual
-        TLS (the port then admits only holders of the cluster CA's certificates)."""
-        opts = self.options.coordinator
-        secret = opts.cluster_secret if opts is not None else None
-        tls = self.options.tls
-        if secret is None or (tls is not None and tls.is_enabled and tls.client_auth):
-            return
-        reason = secret.verify(method, proof_of(context.invocation_metadata()))
-        if reason is not None:
-            raise Unauthenticated(
-                f"pyxia: {reason} for {method}: changes need the cluster secret "
-                "(--cluster-secret-file) or a cluster certificate"
-            )
-
     async def _move_leader(
         self, req: admin_pb2.MoveLeaderRequest, context: Any
     ) -> admin_pb2.MoveLeaderResponse:
         try:
-            self._check_member(context, "/pyxia.admin.v1.PyxiaAdmin/MoveLeader")
+            self.access.check(context, "/pyxia.admin.v1.PyxiaAdmin/MoveLeader")
             c = self.coordinator
             if c is None:
                 raise NotInitialized("oxia: this coordinator does not lead")

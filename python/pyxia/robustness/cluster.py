@@ -420,6 +420,8 @@ class Cluster:
                 str(self.base / COORDINATOR / "metadata"),
                 "--internal-addr",
                 self.coordinator_addr,
+                "--admin-addr",
+                "127.0.0.1:0",
                 "--metrics-addr",
                 "",
                 *self._security(COORDINATOR),
