@@ -273,6 +273,22 @@ fn corrupted(path: &Path, position: usize, reason: impl Into<String>) -> WalErro
     }
 }
 
+/// Reads up to `buf.len()` bytes from the start of the file; returns how many.
+fn read_prefix(p: &Path, buf: &mut [u8]) -> Result<usize> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(p).ctx(|| format!("opening {}", p.display()))?;
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).ctx(|| format!("reading {}", p.display())),
+        }
+    }
+    Ok(got)
+}
+
 fn delete_segment_files(dir: &Path, base: i64) -> Result<()> {
     // Index first: the data file is what recovery discovers (Oxia #920).
     segment::remove_if_exists(&segment::index_path(dir, base))?;
@@ -297,6 +313,13 @@ fn make_pipe() -> Result<(RawFd, RawFd)> {
         });
     }
     Ok((fds[0], fds[1]))
+}
+
+/// The last non-zero byte of `seg` at or after `from`, read from the file
+/// (not through the mapping: see [`segment::last_nonzero_in_file`]).
+fn tail_garbage(seg: &RwSegment, from: usize) -> Result<Option<usize>> {
+    segment::last_nonzero_in_file(&seg.file, from, seg.capacity)
+        .ctx(|| format!("reading {}", seg.path.display()))
 }
 
 /// Opens the segment at `base` for writing, scanning and repairing its tail.
@@ -324,12 +347,12 @@ fn open_writable(
             }
             Some(*pos)
         }
-        None => segment::last_nonzero(bytes, s.end).map(|_| s.end),
+        None => tail_garbage(&seg, s.end)?.map(|_| s.end),
     };
     if let Some(from) = garbage_from {
         // Discard the torn/corrupt tail: zero everything after the valid
         // prefix, so nothing of it can be mistaken for data later.
-        if let Some(last) = segment::last_nonzero(bytes, from) {
+        if let Some(last) = tail_garbage(&seg, from)? {
             // SAFETY: not shared yet; the range is within the mapping.
             unsafe { seg.bytes_mut(from, last + 1 - from).fill(0) };
             seg.flush(from, last + 1, dir)?;
@@ -440,8 +463,10 @@ impl Wal {
         // creation of a segment file and its preallocation leaves it empty.
         while let Some(&b) = bases.last() {
             let p = segment::data_path(dir, b);
-            let data = std::fs::read(&p).ctx(|| format!("reading {}", p.display()))?;
-            if data[..data.len().min(HEADER_LEN)].iter().all(|&x| x == 0) {
+            // Only the first header matters (not the whole preallocated file).
+            let mut head = [0u8; HEADER_LEN];
+            let got = read_prefix(&p, &mut head)?;
+            if head[..got].iter().all(|&x| x == 0) {
                 if b <= commit {
                     return Err(corrupted(
                         &p,

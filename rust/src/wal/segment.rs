@@ -176,6 +176,26 @@ pub fn last_nonzero(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// [`last_nonzero`] over `[from, len)` of a file, read with `pread` in chunks
+/// rather than through a mapping: checking a segment's zeroed tail at
+/// recovery must not map every page of it into the process (a thousand
+/// shards' preallocated tails would count as resident memory).
+pub fn last_nonzero_in_file(file: &File, from: usize, len: usize) -> std::io::Result<Option<usize>> {
+    const CHUNK: usize = 64 * 1024;
+    let mut buf = vec![0u8; CHUNK];
+    let mut end = len;
+    while end > from {
+        let start = end.saturating_sub(CHUNK).max(from);
+        let chunk = &mut buf[..end - start];
+        file.read_exact_at(chunk, start as u64)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b != 0) {
+            return Ok(Some(start + i));
+        }
+        end = start;
+    }
+    Ok(None)
+}
+
 /// The segment being written: a preallocated, memory-mapped file.
 pub struct RwSegment {
     pub base: i64,
@@ -543,5 +563,14 @@ mod tests {
         b[150_000] = 1;
         assert_eq!(last_nonzero(&b, 0), Some(150_000));
         assert_eq!(last_nonzero(&b, 150_001), None);
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, &b).unwrap();
+        assert_eq!(last_nonzero_in_file(&f, 0, b.len()).unwrap(), Some(150_000));
+        assert_eq!(last_nonzero_in_file(&f, 150_001, b.len()).unwrap(), None);
+        assert_eq!(last_nonzero_in_file(&f, 70_000, 150_000).unwrap(), None);
+        b[3] = 7;
+        let mut g = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut g, &b[..100]).unwrap();
+        assert_eq!(last_nonzero_in_file(&g, 0, 100).unwrap(), Some(3));
     }
 }
