@@ -490,7 +490,8 @@ def standalone(**kw: Any) -> None:
     type=click.IntRange(4096, 2**32 - 1),
     default=64 * 1024 * 1024,
     show_default=True,
-    help="Bytes per WAL segment file (preallocated).",
+    help="Largest WAL segment file (preallocated); a log starts at 1 MiB and sizes each new "
+    "segment for about a minute of its write rate, up to this.",
 )
 @click.option(
     "--enable-test-hooks",
