@@ -12,12 +12,12 @@ from pathlib import Path
 
 import grpc
 
+from pyxia.common.instance_id import INSTANCE_ID_HEADER
 from pyxia.common.ports import free_port
 from pyxia.common.sharding import generate_shards
 from pyxia.proto import client_pb2, replication_pb2
 from pyxia.server.data_server import DataServer, ServerOptions
 from pyxia.server.leader_controller import LEADER
-from pyxia.server.manifest import INSTANCE_ID_HEADER
 
 INSTANCE_ID = "pyxia-test-cluster"
 

@@ -12,12 +12,12 @@ import pytest
 
 import pyxia
 from proc_cluster import Member, ProcCluster
+from pyxia.common.keys import encoding_by_name
 from pyxia.common.sharding import routing_hash
 from pyxia.proto import client_pb2, replication_pb2
 from pyxia.server.shard_storage import ENCODING_MARKER
 from pyxia.storage import reads
 from pyxia.storage.db import ShardDB
-from pyxia.storage.keys import encoding_by_name
 from pyxia.wal_inspect import scan_shard
 from servers import wait_for
 

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rocksdict import Options, Rdict
 
 from cluster import Cluster, leader_controller
+from pyxia.common.keys import HIERARCHICAL
 from pyxia.common.ports import free_port
 from pyxia.errors import AlreadyClosed, WriteIndeterminate
 from pyxia.proto import client_pb2, storage_pb2
@@ -28,7 +29,6 @@ from pyxia.server.leader_controller import LeaderController, log_entry_value
 from pyxia.server.shard_storage import ShardStorage, StorageOptions
 from pyxia.storage.apply import SPLICED_VALUE_SIZE, WriteLimits, storage_entry_bytes
 from pyxia.storage.db import DbResources, ShardDB, TermOptions
-from pyxia.storage.keys import HIERARCHICAL
 from servers import ServerProcess, standalone_args, wait_for
 from stall_probe import MIB, StallResult, batch_next_to_large_value, store_large_value
 

@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 
 from cluster import Cluster, Node, leader_controller, wait_until
+from pyxia.common.keys import HIERARCHICAL
 from pyxia.errors import ReplicaCorrupt
 from pyxia.proto import client_pb2
 from pyxia.server.leader_controller import LEADER, log_entry_value
 from pyxia.server.retention import check_interval_s
 from pyxia.server.shard_storage import ShardStorage, StorageOptions
 from pyxia.storage import reads
-from pyxia.storage.keys import HIERARCHICAL
 from retention_load import VALUE, Samples, overwrite
 
 log = logging.getLogger("test.retention")

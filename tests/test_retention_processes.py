@@ -21,10 +21,10 @@ import pytest
 
 import pyxia
 from proc_cluster import Member, ProcCluster
+from pyxia.common import keys
+from pyxia.common.keys import HIERARCHICAL
 from pyxia.proto import storage_pb2
-from pyxia.storage import keys
 from pyxia.storage.db import ShardDB
-from pyxia.storage.keys import HIERARCHICAL
 from retention_load import KEYS, VALUE, Samples, overwrite
 from servers import wait_for
 

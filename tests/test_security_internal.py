@@ -33,6 +33,7 @@ from prometheus_client import REGISTRY
 from cluster import Cluster, Node, wait_until
 from proc_cluster import ProcCluster, tls_args
 from pyxia.client import AsyncClient
+from pyxia.common.channels import ChannelPool
 from pyxia.common.ports import free_port
 from pyxia.common.sharding import generate_shards, route, routing_hash
 from pyxia.config import ClusterConfig, LoadBalancerConfig, NamespaceConfig, ServerAddress
@@ -48,7 +49,6 @@ from pyxia.security.tls import TlsOptions, fetch_peer_certificate
 from pyxia.server.data_server import DataServer
 from pyxia.server.debug_rpc import debug_handler
 from pyxia.server.internal_rpc import Manifest
-from pyxia.server.rpc_clients import ChannelPool
 from servers import wait_for
 
 NS = "default"

@@ -18,17 +18,17 @@ import grpc
 import pytest
 
 from cluster import Cluster, Node, leader_controller
+from pyxia.common.instance_id import INSTANCE_ID_HEADER
+from pyxia.common.keys import HIERARCHICAL
 from pyxia.common.validation import INT64_MAX, MAX_TERM
 from pyxia.config import NamespaceConfig
 from pyxia.proto import client_pb2, replication_pb2
 from pyxia.server import shards_director
 from pyxia.server.data_server import ServerOptions
 from pyxia.server.leader_controller import FOLLOWER, LEADER
-from pyxia.server.manifest import INSTANCE_ID_HEADER
 from pyxia.server.shard_storage import ENCODING_MARKER
 from pyxia.server.standalone import Standalone
 from pyxia.storage.db import ShardDB
-from pyxia.storage.keys import HIERARCHICAL
 from servers import ServerProcess, standalone_args
 
 COORD = "/replication.OxiaCoordination/"

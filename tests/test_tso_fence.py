@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 
 from pyxia import failpoints
 from pyxia._native import WalError
+from pyxia.common.signals import Signal
 from pyxia.errors import (
     AlreadyClosed,
     InvalidStatus,
@@ -25,7 +26,6 @@ from pyxia.errors import (
     StorageFailure,
 )
 from pyxia.failpoints import FailpointError
-from pyxia.server.signals import Signal
 from pyxia.tso import metrics as tso_metrics
 from pyxia.tso.allocator import MAX_PHYSICAL, AdvanceOutOfRange, pack
 from pyxia.tso.driver import Following, LeaderState, Leading

@@ -27,6 +27,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pyxia.common.channels import ChannelPool
+from pyxia.common.instance_id import INSTANCE_ID_HEADER, CallMetadata
+from pyxia.common.signals import Signal
 from pyxia.config import ClusterConfig, NamespaceConfig, ServerAddress
 from pyxia.coordinator.dataserver_controller import DataServerController, LivenessOptions
 from pyxia.coordinator.metadata.provider import MetadataProvider, Version
@@ -51,9 +54,6 @@ from pyxia.errors import InvalidArgument, MetadataBadVersion, ResourceUnavailabl
 from pyxia.proto import admin_pb2, client_pb2, metadata_pb2
 from pyxia.security.cluster_auth import ClusterSecret
 from pyxia.security.tls import TlsOptions
-from pyxia.server.manifest import INSTANCE_ID_HEADER, CallMetadata
-from pyxia.server.rpc_clients import ChannelPool
-from pyxia.server.signals import Signal
 
 log = logging.getLogger("pyxia.coordinator")
 

@@ -22,6 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from pyxia.common.grpc_options import grpc_server_options
 from pyxia.config import ClusterConfig
 from pyxia.coordinator.coordinator import Coordinator, CoordinatorOptions
 from pyxia.coordinator.metadata.provider import LeadershipLost, MetadataProvider
@@ -36,7 +37,6 @@ from pyxia.proto import admin_pb2
 from pyxia.security.internal_auth import proof_of
 from pyxia.security.tls import TlsOptions
 from pyxia.server import grpc_errors
-from pyxia.server.data_server import grpc_options
 
 log = logging.getLogger("pyxia.coordinator.server")
 
@@ -80,7 +80,7 @@ class CoordinatorServer:
     async def start(self) -> None:
         load_config = self._load_config
         load_config()  # fail fast on a bad config
-        self._server = grpc.aio.server(options=grpc_options(64 * 1024 * 1024))
+        self._server = grpc.aio.server(options=grpc_server_options(64 * 1024 * 1024))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self._server.add_generic_rpc_handlers([self._admin_handlers()])
         tls = self.options.tls

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
+from pyxia.common.signals import Signal
 from pyxia.errors import NamespaceNotFound
 from pyxia.proto import client_pb2
-from pyxia.server.signals import Signal
 
 
 class AssignmentsDispatcher:

@@ -30,6 +30,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from pyxia.common.channels import ChannelPool
+from pyxia.common.grpc_options import grpc_server_options
 from pyxia.dirs import NodeDirs
 from pyxia.proto import client_pb2
 from pyxia.security.cluster_auth import ClusterSecret
@@ -50,7 +52,6 @@ from pyxia.server.retention import (
     WalRetention,
     check_retention_size,
 )
-from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.shard_storage import StorageOptions
 from pyxia.server.shards_director import DEFAULT_MAX_SHARDS, ShardsDirector
 from pyxia.storage.apply import DEFAULT_WRITE_LIMITS, WriteLimits
@@ -126,17 +127,6 @@ def _advertise(bind: str, port: int) -> str:
     if host in ("0.0.0.0", "::", "[::]", ""):
         host = "localhost"
     return f"{host}:{port}"
-
-
-def grpc_options(max_message_bytes: int) -> list[tuple[str, Any]]:
-    return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.so_reuseport", 0),
-    ]
 
 
 class DataServer:
@@ -226,7 +216,7 @@ class DataServer:
             raise
 
     async def _start(self) -> None:
-        opts = grpc_options(self.options.max_message_bytes)
+        opts = grpc_server_options(self.options.max_message_bytes)
         await self.public_access.start()
         self._public = grpc.aio.server(options=opts, interceptors=self.public_access.interceptors())
         client_service = OxiaClientService(self.director, self.assignments, self.public_access)

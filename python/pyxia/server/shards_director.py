@@ -43,6 +43,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pyxia.common.channels import ChannelPool
+from pyxia.common.instance_id import CallMetadata
+from pyxia.common.keys import HIERARCHICAL, KeyEncoding
+from pyxia.common.signals import Signal
 from pyxia.common.validation import is_valid_namespace
 from pyxia.errors import (
     AlreadyClosed,
@@ -60,13 +64,9 @@ from pyxia.proto import replication_pb2
 from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.follower_controller import FollowerController
 from pyxia.server.leader_controller import LEADER, LeaderController
-from pyxia.server.manifest import CallMetadata
-from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.shard_events import ShardFailures
 from pyxia.server.shard_storage import ENCODING_MARKER, ShardStorage, StorageOptions, shard_dir
-from pyxia.server.signals import Signal
 from pyxia.storage.db import TermOptions
-from pyxia.storage.keys import HIERARCHICAL, KeyEncoding
 
 log = logging.getLogger("pyxia.director")
 

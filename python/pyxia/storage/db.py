@@ -46,9 +46,9 @@ from rocksdict import (
     WriteOptions,
 )
 
+from pyxia.common import keys
+from pyxia.common.keys import KeyEncoding
 from pyxia.proto import storage_pb2
-from pyxia.storage import keys
-from pyxia.storage.keys import KeyEncoding
 
 INVALID_TERM = -1
 INVALID_OFFSET = -1

@@ -56,8 +56,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from pyxia.common.signals import Signal
 from pyxia.errors import PyxiaError
-from pyxia.server.signals import Signal
 from pyxia.storage.apply import ApplyResult
 from pyxia.tso import DEFAULT_NAMESPACE
 from pyxia.tso import metrics as m
