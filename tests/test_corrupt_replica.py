@@ -151,8 +151,8 @@ async def test_a_rebuilding_replica_ranks_last_and_refuses_to_lead(tmp_path: Pat
     takes both back once it holds what the leader had committed."""
     from cluster import Cluster, leader_controller
     from cluster import wait_until as until
+    from pyxia.common.grpc_errors import error_from_rpc
     from pyxia.errors import InvalidStatus
-    from pyxia.rpc_errors import error_from_rpc
 
     c = await Cluster.start(tmp_path, 3)
     try:

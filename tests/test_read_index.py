@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cluster import Cluster, leader_controller
-from pyxia.rpc_errors import error_from_rpc
+from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.server.read_index import LeadershipConfirmations
 from test_replication import SHARD, read, write
 

@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from cluster import Cluster, Node, leader_controller, wait_until
+from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.proto import client_pb2, replication_pb2
-from pyxia.rpc_errors import error_from_rpc
 from pyxia.server.leader_controller import FENCED, FOLLOWER, LEADER
 
 SHARD = 0

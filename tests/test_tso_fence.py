@@ -24,6 +24,7 @@ from pyxia.errors import (
     NodeIsNotLeader,
     ResourceUnavailable,
     StorageFailure,
+    Unavailable,
 )
 from pyxia.failpoints import FailpointError
 from pyxia.tso import metrics as tso_metrics
@@ -65,6 +66,7 @@ def _no_failpoints() -> Iterator[None]:
         (TsoNotLeader("x"), Disposition.STEPPED_DOWN),
         (TsoUnavailable("replication timeout"), Disposition.TRANSIENT),
         (ResourceUnavailable("x"), Disposition.TRANSIENT),
+        (Unavailable("peer unreachable"), Disposition.TRANSIENT),
         (TimeoutError(), Disposition.TRANSIENT),
         (ConnectionResetError(), Disposition.TRANSIENT),
         (FailpointError("injected"), Disposition.TRANSIENT),

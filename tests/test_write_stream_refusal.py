@@ -21,11 +21,11 @@ from pyxia.client.connections import Stub
 from pyxia.client.errors import error_from_rpc
 from pyxia.client.ops import WriteOp
 from pyxia.client.writer import _WriteStream, raw_sender
+from pyxia.common import grpc_errors
 from pyxia.common.ports import free_port
 from pyxia.config import NamespaceConfig
 from pyxia.errors import NodeIsNotLeader, PyxiaError
 from pyxia.proto import client_pb2
-from pyxia.server import grpc_errors
 from pyxia.server.data_server import ServerOptions
 from pyxia.server.standalone import Standalone
 

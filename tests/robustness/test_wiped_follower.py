@@ -19,9 +19,9 @@ import grpc
 import pytest
 
 from cluster import Cluster, leader_controller, wait_until
+from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.errors import InvalidStatus
 from pyxia.proto import client_pb2, replication_pb2
-from pyxia.rpc_errors import error_from_rpc
 from pyxia.storage import reads
 
 SHARD = 0

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from pyxia.client.errors import error_from_rpc
 from pyxia.client.shard_map import ShardMap
+from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.errors import NamespaceNotFound, PermissionDenied, PyxiaError, Unauthenticated
 from pyxia.proto import client_pb2
 

@@ -9,9 +9,10 @@ import time
 from typing import TYPE_CHECKING
 
 from pyxia.client.batcher import Batcher
-from pyxia.client.errors import ClientClosed, RequestTimeout, Unavailable, error_from_rpc
+from pyxia.client.errors import ClientClosed, RequestTimeout, Unavailable
 from pyxia.client.ops import ReadOp, fail
 from pyxia.client.policy import Retry, classify, leader_hint
+from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.errors import PyxiaError
 from pyxia.proto import client_pb2
 

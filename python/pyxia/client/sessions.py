@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pyxia.client.errors import ClientClosed, RequestTimeout, error_from_rpc
+from pyxia.client.errors import ClientClosed, RequestTimeout
 from pyxia.client.policy import Retry, classify, leader_hint
 from pyxia.client.results import SessionEvent, SessionState
+from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.errors import PyxiaError, SessionNotFound
 from pyxia.proto import client_pb2
 

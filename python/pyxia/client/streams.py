@@ -12,9 +12,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from pyxia.client.errors import ClientClosed, RequestTimeout, error_from_rpc
+from pyxia.client.errors import ClientClosed, RequestTimeout
 from pyxia.client.policy import Retry, classify, leader_hint
 from pyxia.client.results import NotificationBatch
+from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.errors import PyxiaError
 from pyxia.proto import client_pb2
 

@@ -29,10 +29,10 @@ from pyxia.client.errors import (
     RequestIndeterminate,
     RequestTimeout,
     Unavailable,
-    error_from_rpc,
 )
 from pyxia.client.ops import WriteOp, build_write_request, complete_writes, fail
 from pyxia.client.policy import Retry, classify, leader_hint
+from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.errors import PyxiaError, Unauthenticated
 
 if TYPE_CHECKING:

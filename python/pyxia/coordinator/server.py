@@ -22,6 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from pyxia.common import grpc_errors
 from pyxia.common.grpc_options import grpc_server_options
 from pyxia.config import ClusterConfig
 from pyxia.coordinator.coordinator import Coordinator, CoordinatorOptions
@@ -36,7 +37,6 @@ from pyxia.errors import (
 from pyxia.proto import admin_pb2
 from pyxia.security.internal_auth import proof_of
 from pyxia.security.tls import TlsOptions
-from pyxia.server import grpc_errors
 
 log = logging.getLogger("pyxia.coordinator.server")
 

@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.common.handoff_protocol import STEP_DOWN
 from pyxia.common.signals import Signal
 from pyxia.coordinator.election import Head, choose_leader, majority
 from pyxia.coordinator.model import DELETING, ELECTION, STEADY
 from pyxia.errors import InvalidStatus, MetadataBadVersion, NotInitialized, PyxiaError
 from pyxia.proto import admin_pb2, metadata_pb2, replication_pb2
-from pyxia.rpc_errors import error_from_rpc
 
 if TYPE_CHECKING:
     from pyxia.coordinator.coordinator import Coordinator

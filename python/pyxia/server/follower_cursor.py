@@ -26,9 +26,9 @@ import grpc
 
 from pyxia._native import EntryNotFound
 from pyxia.common.channels import ChannelPool
+from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.errors import NodeIsNotMember
 from pyxia.proto import replication_pb2
-from pyxia.rpc_errors import error_from_rpc
 
 if TYPE_CHECKING:
     from pyxia.server.leader_controller import LeaderController

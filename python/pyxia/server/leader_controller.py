@@ -50,6 +50,7 @@ import grpc
 
 from pyxia._native import EntryNotFound, WalError
 from pyxia.common.channels import ChannelPool
+from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.common.instance_id import CallMetadata
 from pyxia.common.signals import Signal
 from pyxia.common.validation import accepts_term, check_storable_term
@@ -67,7 +68,6 @@ from pyxia.errors import (
 from pyxia.failpoints import failpoint
 from pyxia.metrics import ShardMetrics
 from pyxia.proto import client_pb2, replication_pb2
-from pyxia.rpc_errors import error_from_rpc
 from pyxia.server import handoff
 from pyxia.server.follower_cursor import FollowerCursor
 from pyxia.server.quorum import QuorumAckTracker

@@ -68,6 +68,7 @@ from pyxia.errors import (
     NodeIsNotMember,
     ResourceUnavailable,
     StorageFailure,
+    Unavailable,
     WriteIndeterminate,
 )
 from pyxia.failpoints import FailpointError, afailpoint
@@ -107,6 +108,7 @@ _STEPPED_DOWN: tuple[type[BaseException], ...] = (
 _TRANSIENT: tuple[type[BaseException], ...] = (
     TsoUnavailable,
     ResourceUnavailable,
+    Unavailable,  # a peer unreachable (pyxia.common.grpc_errors' transport failure)
     Cancelled,
     TimeoutError,
     ConnectionError,

@@ -36,12 +36,12 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from pyxia.common import grpc_errors
 from pyxia.errors import InvalidArgument, PyxiaError
 from pyxia.failpoints import FailpointError, afailpoint
 from pyxia.proto import tso_pb2
 from pyxia.security.policy import WRITE
 from pyxia.security.public import PublicAccess
-from pyxia.server import grpc_errors
 from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.leader_controller import LeaderController
 from pyxia.server.shards_director import ShardsDirector
