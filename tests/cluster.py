@@ -15,6 +15,7 @@ import grpc
 from pyxia.common.instance_id import INSTANCE_ID_HEADER
 from pyxia.common.ports import free_port
 from pyxia.common.sharding import generate_shards
+from pyxia.node import data_server
 from pyxia.proto import client_pb2, replication_pb2
 from pyxia.server.data_server import DataServer, ServerOptions
 from pyxia.server.leader_controller import LEADER
@@ -52,7 +53,7 @@ class Node:
         return opts
 
     async def start(self, **overrides: object) -> DataServer:
-        self.server = DataServer(self.options(**overrides))
+        self.server = data_server(self.options(**overrides))
         await self.server.start()
         return self.server
 

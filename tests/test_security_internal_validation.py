@@ -22,6 +22,7 @@ from pyxia.common.instance_id import INSTANCE_ID_HEADER
 from pyxia.common.keys import HIERARCHICAL
 from pyxia.common.validation import INT64_MAX, MAX_TERM
 from pyxia.config import NamespaceConfig
+from pyxia.node import standalone as standalone_node
 from pyxia.proto import client_pb2, replication_pb2
 from pyxia.server import shards_director
 from pyxia.server.data_server import ServerOptions
@@ -333,7 +334,7 @@ async def test_standalone_restarts_on_a_forged_term_in_its_log(tmp_path: Path) -
             )
             assert res.puts[0].status == client_pb2.OK
 
-    node = Standalone(options(), [NamespaceConfig("default", 1)])
+    node = standalone_node(options(), [NamespaceConfig("default", 1)])
     await node.start()
     try:
         lc = node.server.director.leaders[0]
@@ -344,7 +345,7 @@ async def test_standalone_restarts_on_a_forged_term_in_its_log(tmp_path: Path) -
     finally:
         await node.close()
     for _ in range(2):  # and again: it must not creep upwards
-        node = Standalone(options(), [NamespaceConfig("default", 1)])
+        node = standalone_node(options(), [NamespaceConfig("default", 1)])
         await node.start()
         try:
             lc = node.server.director.leaders[0]

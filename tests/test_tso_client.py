@@ -25,7 +25,7 @@ from pyxia.tso import DEFAULT_NAMESPACE
 from pyxia.tso.checker import Record, check
 from pyxia.tso.client import AsyncTsoClient, LeaderHint, TsoClient, decode_leader_hint
 from pyxia.tso.errors import TimestampFallback
-from pyxia.tso.oracle import TsoOptions
+from pyxia.tso.options import TsoOptions
 from servers import ServerProcess, standalone_args
 
 

@@ -16,10 +16,11 @@ import pytest
 
 from cluster import Cluster, Node, leader_controller, wait_until
 from pyxia.errors import InvalidArgument
+from pyxia.node import tso_of
 from pyxia.tso import DEFAULT_NAMESPACE
 from pyxia.tso.client import AsyncTsoClient, SeqBlock, TsoClient
 from pyxia.tso.errors import LeaseNotFound, LeaseRefused, SeqOverflow
-from pyxia.tso.oracle import TsoOptions
+from pyxia.tso.options import TsoOptions
 from pyxia.tso.sequences import U64_MAX, counter_key, encode_counter
 
 OPTIONS = TsoOptions(lease_s=0.1)
@@ -38,7 +39,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
 async def elect(c: Cluster, leader: Node) -> None:
     await c.elect(0, leader, c.nodes)
     await c.push_assignments({0: leader})
-    tso = leader.s.tso
+    tso = tso_of(leader.s)
     assert tso is not None
     await wait_until(lambda: tso.oracle.serving is not None, what="the leader to serve")
 
@@ -105,7 +106,7 @@ async def test_leases_and_reads_through_the_client(cluster: Cluster) -> None:
 async def test_a_counter_at_its_limit_is_a_definite_error(cluster: Cluster) -> None:
     n0 = cluster.nodes[0]
     await elect(cluster, n0)
-    tso0 = n0.s.tso
+    tso0 = tso_of(n0.s)
     assert tso0 is not None and tso0.oracle.serving is not None
     d = tso0.oracle.driver
     await d.wait(d.log(tso0.oracle.serving, [(counter_key("end"), encode_counter(U64_MAX))]), "t")

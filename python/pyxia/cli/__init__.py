@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from pyxia import __version__
 from pyxia.cli.certs_cmd import certs
 from pyxia.cli.client_cmd import client
 from pyxia.cli.coordinator_cmd import admin, coordinator, health
@@ -12,6 +11,7 @@ from pyxia.cli.perf_cmd import perf
 from pyxia.cli.server_cmd import server, standalone
 from pyxia.cli.wal_cmd import wal
 from pyxia.robustness.cli import robustness
+from pyxia.version import __version__
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -44,7 +44,7 @@ from pyxia.server.shards_director import DEFAULT_MAX_SHARDS
 from pyxia.storage.apply import DEFAULT_WRITE_LIMITS, WriteLimits
 from pyxia.storage.db import DEFAULT_CACHE_SIZE_MB
 from pyxia.tso import DEFAULT_NAMESPACE as DEFAULT_TSO_NAMESPACE
-from pyxia.tso.oracle import TsoOptions
+from pyxia.tso.options import TsoOptions
 
 log = logging.getLogger("pyxia.cli")
 
@@ -424,7 +424,7 @@ async def run_until_signalled(
 )
 def standalone(**kw: Any) -> None:
     """Run a single-node pyxia (RF=1, in-process coordinator)."""
-    from pyxia.server.standalone import Standalone
+    from pyxia.node import standalone
 
     logs.setup(kw["log_level"], kw["log_format"])
     if kw["config_file"] is not None:
@@ -448,7 +448,7 @@ def standalone(**kw: Any) -> None:
         ]
     try:
         options = build_options(kw)
-        node = Standalone(options, namespaces, config_file=kw["config_file"])
+        node = standalone(options, namespaces, config_file=kw["config_file"])
     except (StartupError, ValueError) as e:
         fail(str(e))
     guard_dirs(node.open_dirs, kw["data_dir"], kw["wal_dir"])
@@ -501,7 +501,7 @@ def standalone(**kw: Any) -> None:
 )
 def server(**kw: Any) -> None:
     """Run a data server of a cluster (shards are assigned by `pyxia coordinator`)."""
-    from pyxia.server.data_server import DataServer
+    from pyxia.node import data_server
 
     logs.setup(kw["log_level"], kw["log_format"])
     try:
@@ -516,7 +516,7 @@ def server(**kw: Any) -> None:
         fail(str(e))
     options.wal_segment_size = kw["wal_segment_size"]
     options.max_shards = kw["max_shards"]
-    node = DataServer(options)
+    node = data_server(options)
     guard_dirs(node.open_dirs, kw["data_dir"], kw["wal_dir"])
     if kw["enable_test_hooks"]:
         from pyxia.server.debug_rpc import debug_handler

@@ -18,13 +18,13 @@ from pyxia.errors import NamespaceNotFound, PermissionDenied, PyxiaError, Unauth
 from pyxia.proto import client_pb2
 
 if TYPE_CHECKING:
-    from pyxia.client.core import ClientCore
+    from pyxia.client.context import ClientContext
 
 log = logging.getLogger("pyxia.client")
 
 
 class AssignmentsWatcher:
-    def __init__(self, core: ClientCore, on_update: Callable[[ShardMap], None]) -> None:
+    def __init__(self, core: ClientContext, on_update: Callable[[ShardMap], None]) -> None:
         self.core = core
         self.on_update = on_update
         self.ready: asyncio.Future[None] = core.loop.create_future()

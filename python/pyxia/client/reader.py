@@ -17,13 +17,13 @@ from pyxia.errors import PyxiaError
 from pyxia.proto import client_pb2
 
 if TYPE_CHECKING:
-    from pyxia.client.core import ClientCore
+    from pyxia.client.context import ClientContext
 
 log = logging.getLogger("pyxia.client")
 
 
 class ShardReader:
-    def __init__(self, core: ClientCore, shard: int) -> None:
+    def __init__(self, core: ClientContext, shard: int) -> None:
         self.core = core
         self.shard = shard
         o = core.options

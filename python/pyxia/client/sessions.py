@@ -23,7 +23,7 @@ from pyxia.errors import PyxiaError, SessionNotFound
 from pyxia.proto import client_pb2
 
 if TYPE_CHECKING:
-    from pyxia.client.core import ClientCore
+    from pyxia.client.context import ClientContext
 
 log = logging.getLogger("pyxia.client.sessions")
 
@@ -144,7 +144,7 @@ class ClientSession:
 
 
 class SessionManager:
-    def __init__(self, core: ClientCore) -> None:
+    def __init__(self, core: ClientContext) -> None:
         self.core = core
         self._by_shard: dict[int, ClientSession] = {}
         self._listeners: list[SessionListener] = []

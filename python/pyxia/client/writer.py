@@ -37,7 +37,7 @@ from pyxia.errors import PyxiaError, Unauthenticated
 
 if TYPE_CHECKING:
     from pyxia.client.connections import Stub
-    from pyxia.client.core import ClientCore
+    from pyxia.client.context import ClientContext
 
 log = logging.getLogger("pyxia.client")
 
@@ -197,7 +197,7 @@ class _WriteStream:
 
 
 class ShardWriter:
-    def __init__(self, core: ClientCore, shard: int) -> None:
+    def __init__(self, core: ClientContext, shard: int) -> None:
         self.core = core
         self.shard = shard
         o = core.options

@@ -15,16 +15,22 @@ in a replicated shard, as planned moves; whatever it still leads after ``shutdow
 writes refused with a retryable NODE_IS_NOT_LEADER, logged ones finished while the followers
 are still there); then it keeps answering for ``shutdown_linger_s`` so that clients still
 routing here learn where the leader went, and only then stops. The whole shutdown takes at most
-``shutdown_handoff_s + shutdown_linger_s + 2 * grace`` (10 + 1 + 2 * 2 s by default)."""
+``shutdown_handoff_s + shutdown_linger_s + 2 * grace`` (10 + 1 + 2 * 2 s by default).
+
+Services built on top of the data server (the timestamp oracle, ``pyxia.tso``) are
+:class:`ServerExtension`s: this module never imports them; the composition root
+(:mod:`pyxia.node`) builds a data server with the ones its options ask for. An extension is
+served on the public port, started once the ports listen, closed before they stop."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -56,8 +62,7 @@ from pyxia.server.shard_storage import StorageOptions
 from pyxia.server.shards_director import DEFAULT_MAX_SHARDS, ShardsDirector
 from pyxia.storage.apply import DEFAULT_WRITE_LIMITS, WriteLimits
 from pyxia.storage.db import DEFAULT_CACHE_SIZE_MB, DbResources, DbTuning
-from pyxia.tso.oracle import TsoOptions
-from pyxia.tso.service import TsoService
+from pyxia.tso.options import TsoOptions
 
 log = logging.getLogger("pyxia.server")
 
@@ -122,6 +127,25 @@ class ServerOptions:
         )
 
 
+class ServerExtension(Protocol):
+    """A service built on the data server and served on its public port."""
+
+    def generic_handler(self) -> grpc.GenericRpcHandler: ...
+
+    def start(self) -> None:
+        """Called once the ports listen."""
+        ...
+
+    async def close(self) -> None:
+        """Called before the ports stop. Idempotent."""
+        ...
+
+
+ExtensionFactory = Callable[["DataServer"], ServerExtension]
+"""Builds an extension on a data server under construction (its director, assignments and
+public access exist; nothing is started)."""
+
+
 def _advertise(bind: str, port: int) -> str:
     host = bind.rsplit(":", 1)[0]
     if host in ("0.0.0.0", "::", "[::]", ""):
@@ -130,9 +154,10 @@ def _advertise(bind: str, port: int) -> str:
 
 
 class DataServer:
-    """Owns the gRPC servers, the shards director and background tasks."""
+    """Owns the gRPC servers, the shards director, background tasks and its extensions (a
+    whole node with its timestamp oracle: :func:`pyxia.node.data_server`)."""
 
-    def __init__(self, options: ServerOptions) -> None:
+    def __init__(self, options: ServerOptions, extensions: Sequence[ExtensionFactory] = ()) -> None:
         self.options = options
         # "server" (a cluster member) or "standalone" (coordinated in-process): recorded in
         # the data dir's manifest; only a cluster member rebuilds a corrupt replica from its
@@ -170,13 +195,11 @@ class DataServer:
         self.extra_internal_handlers: list[grpc.GenericRpcHandler] = []
         self.extra_public_handlers: list[grpc.GenericRpcHandler] = []
         self.public_access = PublicAccess.from_options(options.public_auth)
-        self.tso: TsoService | None = None
-        if options.tso is not None:
-            self.tso = TsoService.for_data_server(
-                self.director, self.assignments, lambda: self.public_address, options.tso
-            )
-            self.tso.access = self.public_access
-            self.extra_public_handlers.append(self.tso.generic_handler())
+        self.extensions: list[ServerExtension] = []
+        for build in extensions:
+            ext = build(self)
+            self.extensions.append(ext)
+            self.extra_public_handlers.append(ext.generic_handler())
 
     @property
     def public_address(self) -> str:
@@ -256,8 +279,8 @@ class DataServer:
         await self._health.set(READINESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.options.metrics_addr:
             self._start_metrics(self.options.metrics_addr)
-        if self.tso is not None:
-            self.tso.start()
+        for ext in self.extensions:
+            ext.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._maintenance()))
 
     def _bind(
@@ -360,8 +383,8 @@ class DataServer:
             await self.hand_off_leaderships(grace)
         await self._health.enter_graceful_shutdown()
         self.assignments.close()
-        if self.tso is not None:
-            await self.tso.close()
+        for ext in self.extensions:
+            await ext.close()
         servers = [s for s in (self._public, self._internal) if s is not None]
         # New RPCs are refused from now on; in-flight ones get `grace` seconds.
         stopping = asyncio.gather(*(s.stop(grace) for s in servers), return_exceptions=True)
