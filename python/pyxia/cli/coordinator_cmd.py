@@ -19,8 +19,15 @@ from pyxia.cli.security_flags import (
     tls_flags,
     tls_from_flags,
 )
-from pyxia.cli.server_cmd import guard_dirs, make_dirs_private, run_until_signalled
-from pyxia.cli.startup import StartupError, check_addr, fail, run
+from pyxia.cli.startup import (
+    StartupError,
+    check_addr,
+    fail,
+    guard_dirs,
+    make_dirs_private,
+    run,
+    run_until_signalled,
+)
 from pyxia.config import ConfigError, load_cluster_config
 from pyxia.dirs import MetadataDir
 
