@@ -6,7 +6,6 @@ a shard is in the pushed assignments (leaderless) before its first NewTerm."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -252,21 +251,6 @@ class Cluster:
         self.channels.clear()
         for node in self.nodes:
             await node.stop()
-
-
-async def wait_until(cond, timeout: float = 20.0, what: str = "condition") -> object:  # type: ignore[no-untyped-def]
-    """Polls ``cond`` (sync or async) until truthy or the deadline passes."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        v = cond()
-        if asyncio.iscoroutine(v):
-            v = await v
-        if v:
-            return v
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def leader_controller(node: Node, shard: int):  # type: ignore[no-untyped-def]

@@ -30,7 +30,7 @@ from cryptography import x509
 from grpc_health.v1 import health_pb2
 from prometheus_client import REGISTRY
 
-from cluster import Cluster, Node, wait_until
+from cluster import Cluster, Node
 from proc_cluster import ProcCluster, tls_args
 from pyxia.client import AsyncClient
 from pyxia.common.channels import ChannelPool
@@ -49,7 +49,7 @@ from pyxia.security.pki import CertificateAuthority
 from pyxia.security.tls import TlsOptions, fetch_peer_certificate
 from pyxia.server.debug_rpc import debug_handler
 from pyxia.server.internal_rpc import Manifest
-from servers import wait_for
+from servers import wait_for, wait_until
 
 NS = "default"
 SHARDS = 2

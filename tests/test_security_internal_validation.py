@@ -11,8 +11,9 @@ import asyncio
 import json
 import os
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -40,12 +41,8 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = await Cluster.start(tmp_path, 2)
-    try:
-        yield c
-    finally:
-        await c.close()
+def cluster_options() -> dict[str, Any]:
+    return {"nodes": 2}
 
 
 # -- raw calls (an attacker's view: bytes and headers) --------------------------------------------

@@ -9,12 +9,11 @@ import asyncio
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 
-from cluster import Cluster, Node, leader_controller, wait_until
+from cluster import Cluster, Node, leader_controller
 from pyxia.errors import InvalidArgument
 from pyxia.node import tso_of
 from pyxia.tso import DEFAULT_NAMESPACE
@@ -22,18 +21,14 @@ from pyxia.tso.client import AsyncTsoClient, SeqBlock, TsoClient
 from pyxia.tso.errors import LeaseNotFound, LeaseRefused, SeqOverflow
 from pyxia.tso.options import TsoOptions
 from pyxia.tso.sequences import U64_MAX, counter_key, encode_counter
+from servers import wait_until
 
 OPTIONS = TsoOptions(lease_s=0.1)
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = await Cluster.start(tmp_path, 3, tso=OPTIONS)
-    c.namespace = DEFAULT_NAMESPACE
-    try:
-        yield c
-    finally:
-        await c.close()
+def cluster_options() -> dict[str, Any]:
+    return {"tso": OPTIONS, "namespace": DEFAULT_NAMESPACE}
 
 
 async def elect(c: Cluster, leader: Node) -> None:
@@ -170,7 +165,8 @@ async def test_a_planned_handoff_costs_callers_no_error(cluster: Cluster) -> Non
         ]
         gaps = []
         for old, new in ((n0, n1), (n1, n2)):
-            await asyncio.sleep(0.3)
+            n = len(grants)
+            await wait_until(lambda n=n: len(grants) > n + 50, what="grants before the move")
             lc = leader_controller(old, 0)
             t0 = time.monotonic()
             await lc.step_down(lc.term, 5.0)

@@ -11,15 +11,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import TypeVar
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 import grpc
 import pytest
 from google.protobuf.message import Message
 
-from cluster import Cluster, Node, leader_controller, wait_until
+from cluster import Cluster, Node, leader_controller
 from pyxia import failpoints
 from pyxia.node import tso_of
 from pyxia.proto import tso_pb2
@@ -28,6 +27,7 @@ from pyxia.tso.client import decode_leader_hint
 from pyxia.tso.driver import RELEASED_KEY, Leading
 from pyxia.tso.options import TsoOptions
 from pyxia.tso.sequences import U64_MAX, counter_key, encode_counter
+from servers import wait_until
 
 OPTIONS = TsoOptions(lease_s=0.2, max_seq_keys=20, max_leases=4, window_ahead_s=0.2)
 SVC = "/tsoracle.v1.TsoService/"
@@ -43,13 +43,8 @@ def _no_failpoints() -> Iterator[None]:
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = await Cluster.start(tmp_path, 3, tso=OPTIONS)
-    c.namespace = DEFAULT_NAMESPACE
-    try:
-        yield c
-    finally:
-        await c.close()
+def cluster_options() -> dict[str, Any]:
+    return {"tso": OPTIONS, "namespace": DEFAULT_NAMESPACE}
 
 
 async def rpc(c: Cluster, node: Node, method: str, req: Message, out: type[R]) -> R:

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from cluster import Cluster, Node, leader_controller, wait_until
+from cluster import Cluster, Node, leader_controller
 from pyxia import failpoints
 from pyxia.config import ConfigError, NamespaceConfig, parse_cluster_config
 from pyxia.node import standalone, tso_of
@@ -28,6 +29,7 @@ from pyxia.tso.checker import Record, check
 from pyxia.tso.client import decode_leader_hint
 from pyxia.tso.driver import HIGH_WATER_KEY, DirectorLeadership, Leading
 from pyxia.tso.options import TsoOptions
+from servers import wait_until
 
 GET_TS = "/tsoracle.v1.TsoService/GetTs"
 OPTIONS = TsoOptions(lease_s=0.1)
@@ -41,13 +43,8 @@ def _no_failpoints() -> Iterator[None]:
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = await Cluster.start(tmp_path, 3, tso=OPTIONS)
-    c.namespace = DEFAULT_NAMESPACE
-    try:
-        yield c
-    finally:
-        await c.close()
+def cluster_options() -> dict[str, Any]:
+    return {"tso": OPTIONS, "namespace": DEFAULT_NAMESPACE}
 
 
 def stub(c: Cluster, node: Node) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
@@ -231,12 +228,15 @@ async def test_deposed_unaware_leader_never_overlaps_its_successor(
                 continue
             records.append(Record(client, t0, time.monotonic(), first_ts(r), first_ts(r)))
 
+    def answered(client: int) -> int:
+        return sum(1 for r in records if r.client == client)
+
     tasks = [asyncio.get_running_loop().create_task(hammer(n0, 0))]
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: answered(0) >= 20, what="n0 to answer")
     await cluster.elect(0, n1, [n1, n2])  # n0 keeps believing it leads
     tasks.append(asyncio.get_running_loop().create_task(hammer(n1, 1)))
-    await wait_until(lambda: any(r.client == 1 for r in records), what="n1 to serve")
-    await asyncio.sleep(0.3)
+    # Both hammer on while n1 serves: without the lease n0 goes on granting meanwhile.
+    await wait_until(lambda: answered(1) >= 100, what="n1 to answer")
     stop.set()
     await asyncio.gather(*tasks)
     violations = check(records)

@@ -15,7 +15,6 @@ from typing import Any
 import grpc
 import pytest
 
-from cluster import wait_until
 from pyxia.client import AsyncClient
 from pyxia.client.connections import Stub
 from pyxia.client.errors import error_from_rpc
@@ -28,6 +27,7 @@ from pyxia.errors import NodeIsNotLeader, PyxiaError
 from pyxia.node import standalone
 from pyxia.proto import client_pb2
 from pyxia.server.data_server import ServerOptions
+from servers import wait_until
 
 SERVICE = "io.oxia.proto.v1.OxiaClient"
 

@@ -129,9 +129,6 @@ class LeaderAlreadyConnected(PyxiaError):
     legacy_code = 105
 
 
-ResourceConflict = LeaderAlreadyConnected
-
-
 class NodeIsNotLeader(PyxiaError):
     """This node does not lead the shard; ``leader_hint`` names one that may."""
 

@@ -448,12 +448,6 @@ class ShardController:
                     t.cancel()
         return dict(heads)
 
-    def _stragglers_dead(
-        self, targets: list[str], heads: dict[str, Head], failed: set[str]
-    ) -> bool:
-        pending = [n for n in targets if n not in heads and n not in failed]
-        return all(not self.c.is_available(n) for n in pending)
-
     async def _add_follower(self, node: str) -> bool:
         meta = self.meta
         if meta.status != STEADY or not meta.HasField("leader"):

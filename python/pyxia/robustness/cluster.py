@@ -60,10 +60,6 @@ MARK_FILE = "synced-offset.mark"
 COORDINATOR = "coord"
 
 
-def now_ns(t0: int) -> int:
-    return time.monotonic_ns() - t0
-
-
 @dataclass
 class Node:
     """One process of the cluster (a data server or the coordinator)."""

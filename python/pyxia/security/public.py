@@ -69,11 +69,6 @@ REFUSED = Counter(
 _CALLER: ContextVar[Principal | None] = ContextVar("pyxia_public_caller", default=None)
 
 
-def current_caller() -> Principal | None:
-    """The authenticated caller of the RPC being handled (None without authentication)."""
-    return _CALLER.get()
-
-
 @dataclass(frozen=True)
 class PublicAuthOptions:
     """The public port's authentication and authorization settings (Oxia's
@@ -178,9 +173,6 @@ class PublicAccess:
 
     def has_any(self, namespace: str) -> bool:
         return bool(self.grants(namespace))
-
-    def may(self, namespace: str, action: str) -> bool:
-        return action in self.grants(namespace)
 
     def check(self, namespace: str, action: str) -> None:
         """Raises :class:`PermissionDenied` unless the caller may do ``action`` in

@@ -46,10 +46,6 @@ class AssignmentsDispatcher:
         entry = self._index.get(shard)
         return (entry[1] or None) if entry is not None else None
 
-    def namespace_of(self, shard: int) -> str | None:
-        entry = self._index.get(shard)
-        return entry[0] if entry is not None else None
-
     def knows(self, namespace: str, shard: int) -> bool:
         """Whether the latest map assigns ``shard`` to ``namespace`` (with a leader or not yet):
         only then may a data server create a replica of it."""

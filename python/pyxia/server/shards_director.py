@@ -47,7 +47,6 @@ from pyxia.common.channels import ChannelPool
 from pyxia.common.instance_id import CallMetadata
 from pyxia.common.keys import HIERARCHICAL, KeyEncoding
 from pyxia.common.signals import Signal
-from pyxia.common.validation import is_valid_namespace
 from pyxia.errors import (
     AlreadyClosed,
     InvalidArgument,
@@ -148,16 +147,6 @@ class ShardsDirector:
         opts = self.storage_options
         bases = (opts.data_dir, opts.wal_dir)
         return any(shard_dir(base, namespace, shard).exists() for base in bases)
-
-    def namespace_on_disk(self, shard: int) -> str | None:
-        base = self.storage_options.data_dir
-        if not base.exists():
-            return None
-        for ns_dir in base.iterdir():
-            name = ns_dir.name
-            if is_valid_namespace(name) and self.on_disk(name, shard):
-                return name
-        return None
 
     def holds(self, namespace: str, shard: int) -> bool:
         """Whether this server holds a replica of ``shard`` (open, or on disk in ``namespace``).

@@ -211,11 +211,6 @@ class ShardDB:
         finally:
             del it
 
-    def seek_ge(self, ekey: bytes) -> tuple[bytes, bytes] | None:
-        for kv in self.scan(ekey, None):
-            return kv
-        return None
-
     def seek_le(self, ekey: bytes) -> tuple[bytes, bytes] | None:
         it = self.db.iter()
         try:

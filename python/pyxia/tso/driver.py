@@ -199,9 +199,6 @@ class DirectorLeadership:
                 return str(a.leader), (int(a.leader_term) or None)
         return None, None
 
-    def assigned_leader(self) -> str | None:
-        return self.assigned()[0]
-
 
 def controller_leads(target: Leading) -> bool:
     """Whether the target's controller still leads at its epoch (a few attribute reads: the
