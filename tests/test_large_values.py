@@ -162,7 +162,7 @@ def test_storage_flags(monkeypatch: pytest.MonkeyPatch) -> None:
         seen.append(options)
         raise Stop
 
-    monkeypatch.setattr("pyxia.server.standalone.Standalone", capture)
+    monkeypatch.setattr("pyxia.node.standalone", capture)
     args = ["--db-cache-size-mb", "33", "--max-key-size", "100", "--max-value-size", "200"]
     res = CliRunner().invoke(standalone, [*args, "--max-write-operations", "300"])
     assert isinstance(res.exception, Stop), res.output
