@@ -19,7 +19,7 @@ import grpc
 import pytest
 import yaml
 
-from cluster import Cluster, Node, wait_until
+from cluster import Cluster, Node
 from pyxia.config import ClusterConfig, LoadBalancerConfig, NamespaceConfig, ServerAddress
 from pyxia.coordinator import admin_config
 from pyxia.coordinator.admin_service import AdminAccess, is_loopback_peer
@@ -35,6 +35,7 @@ from pyxia.proto import client_pb2, metadata_pb2
 from pyxia.proto import oxia_admin_pb2 as pb
 from pyxia.security.cluster_auth import ClusterSecret
 from pyxia.security.internal_auth import SigningInterceptor
+from servers import wait_until
 
 SERVICE = "io.oxia.proto.v1.OxiaAdmin"
 SOURCE = "/etc/pyxia/cluster.yaml"

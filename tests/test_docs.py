@@ -235,7 +235,8 @@ def test_the_systemd_units_use_real_flags(unit: Path, tmp_path: Path) -> None:
     # Parses the arguments exactly as the command would (unknown flags, bad values fail).
     group = pyxia_cli
     assert isinstance(group, click.Group)
-    command = group.commands[argv[1]]
+    command = group.get_command(click.Context(group), argv[1])
+    assert command is not None
     command.make_context(f"pyxia {argv[1]}", argv[2:], resilient_parsing=False)
 
 

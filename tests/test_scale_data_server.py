@@ -8,9 +8,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benches" / "scale"))
 from data_server import measure  # noqa: E402
+
+pytestmark = pytest.mark.slow  # starts pyxia processes
 
 SHARDS = 40
 MIB = 1 << 20

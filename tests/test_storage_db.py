@@ -8,14 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pyxia.common.keys import HierarchicalEncoding
 from pyxia.storage.db import ShardDB, TermOptions
-from pyxia.storage.keys import HierarchicalEncoding
 
 WRITER = """
 import os, sys
 from pathlib import Path
 from pyxia.storage.db import ShardDB, TermOptions
-from pyxia.storage.keys import HierarchicalEncoding
+from pyxia.common.keys import HierarchicalEncoding
 db = ShardDB(Path(sys.argv[1]), HierarchicalEncoding())
 b = db.new_batch(); db.put_commit_offset(b, 7); db.write(b); db.flush()
 b = db.new_batch(); db.put_commit_offset(b, 9); db.write(b)

@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
+from pyxia.common.keys import KeyEncoding, encoding_by_name
 from pyxia.common.validation import MAX_REPLICATION_FACTOR, address_problem, namespace_problem
-from pyxia.storage.keys import KeyEncoding, encoding_by_name
 
 
 class ConfigError(ValueError):

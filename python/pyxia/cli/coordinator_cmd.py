@@ -19,8 +19,15 @@ from pyxia.cli.security_flags import (
     tls_flags,
     tls_from_flags,
 )
-from pyxia.cli.server_cmd import guard_dirs, make_dirs_private, run_until_signalled
-from pyxia.cli.startup import StartupError, check_addr, fail, run
+from pyxia.cli.startup import (
+    StartupError,
+    check_addr,
+    fail,
+    guard_dirs,
+    make_dirs_private,
+    run,
+    run_until_signalled,
+)
 from pyxia.config import ConfigError, load_cluster_config
 from pyxia.dirs import MetadataDir
 
@@ -397,3 +404,15 @@ def health(address: str, service: str, timeout: float, **security: Any) -> None:
     name = health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
     click.echo(f"{address}: {name}")
     sys.exit(0 if r.status == health_pb2.HealthCheckResponse.SERVING else 1)
+
+
+def _attach_admin_commands() -> None:
+    """``pyxia admin namespace|dataserver|shard`` (Oxia's ``oxia admin ...``) live in
+    :mod:`pyxia.cli.admin_cmd`; they join the ``admin`` group when this module loads."""
+    from pyxia.cli.admin_cmd import COMMANDS as ADMIN_COMMANDS
+
+    for command in ADMIN_COMMANDS:
+        admin.add_command(command)
+
+
+_attach_admin_commands()

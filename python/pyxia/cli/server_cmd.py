@@ -13,10 +13,8 @@ accepts no coordination or replication calls on it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,10 +29,17 @@ from pyxia.cli.security_flags import (
     tls_flags,
     tls_from_flags,
 )
-from pyxia.cli.startup import StartupError, check_addr, fail, run, standalone_config_note
+from pyxia.cli.startup import (
+    StartupError,
+    check_addr,
+    fail,
+    guard_dirs,
+    run,
+    run_until_signalled,
+    standalone_config_note,
+)
 from pyxia.common.validation import namespace_problem
 from pyxia.config import ConfigError, NamespaceConfig, load_cluster_config
-from pyxia.dirs import DirError
 from pyxia.security.oidc import AuthConfigError
 from pyxia.security.public import PublicAccess, PublicAuthOptions
 from pyxia.security.tls import TlsOptions
@@ -44,7 +49,7 @@ from pyxia.server.shards_director import DEFAULT_MAX_SHARDS
 from pyxia.storage.apply import DEFAULT_WRITE_LIMITS, WriteLimits
 from pyxia.storage.db import DEFAULT_CACHE_SIZE_MB
 from pyxia.tso import DEFAULT_NAMESPACE as DEFAULT_TSO_NAMESPACE
-from pyxia.tso.oracle import TsoOptions
+from pyxia.tso.options import TsoOptions
 
 log = logging.getLogger("pyxia.cli")
 
@@ -293,34 +298,6 @@ def _build_options(kw: dict[str, Any]) -> ServerOptions:
     )
 
 
-def make_dirs_private(*dirs: Path | None) -> None:
-    """The process's files private (umask 0o077) and its directories 0700 (existing ones
-    tightened); a directory that cannot be created ends the command with one line."""
-    from pyxia.security.file_modes import make_private
-
-    try:
-        make_private(dirs)
-    except OSError as e:
-        fail(f"cannot prepare directory: {e}")
-
-
-def guard_dirs(open_dirs: Callable[[], T], *dirs: Path | None) -> T:
-    """How a process that owns directories takes them, once its flags are checked: what it
-    creates is private from now on (umask 0o077); ``open_dirs`` locks and checks them
-    (``pyxia.dirs``: a directory in use, of another kind or contradicting what is asked is
-    refused before anything in it is touched); only then are their modes tightened
-    (:func:`make_dirs_private`). A refusal ends the command with one line."""
-    from pyxia.security.file_modes import use_private_umask
-
-    use_private_umask()
-    try:
-        opened = open_dirs()
-    except DirError as e:
-        fail(str(e))
-    make_dirs_private(*dirs)
-    return opened
-
-
 def public_auth_from_flags(kw: dict[str, Any]) -> PublicAuthOptions:
     """The public port's auth options; a usage error when they cannot work."""
     opts = PublicAuthOptions(
@@ -334,45 +311,6 @@ def public_auth_from_flags(kw: dict[str, Any]) -> PublicAuthOptions:
     except AuthConfigError as e:
         raise click.UsageError(str(e)) from None
     return opts
-
-
-async def run_until_signalled(
-    start: Callable[[], Awaitable[None]],
-    close: Callable[[], Awaitable[None]],
-    ready_line: Callable[[], str],
-) -> None:
-    """Starts, logs one ready line, waits for SIGINT/SIGTERM, closes. A signal while starting
-    (a standalone replaying its WAL) cancels the start and closes at once; a start that fails
-    closes what it started before the error goes on."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
-    async def start_and_announce() -> None:
-        await start()
-        log.info(ready_line())  # in the same step: nothing else runs in between
-
-    starting = loop.create_task(start_and_announce(), name="start")
-    signalled = loop.create_task(stop.wait(), name="signalled")
-    await asyncio.wait((starting, signalled), return_when=asyncio.FIRST_COMPLETED)
-    if not starting.done():
-        log.info("shutting down while starting")
-        starting.cancel()
-        await asyncio.wait((starting,))
-        if not starting.cancelled() and starting.exception() is not None:
-            log.warning("the interrupted start failed: %s", starting.exception())
-        await close()
-        log.info("stopped")
-        return
-    signalled.cancel()
-    if starting.cancelled() or starting.exception() is not None:
-        await close()  # nothing started may outlive the loop (and print noise after the error)
-    starting.result()  # a start that failed raises here
-    await stop.wait()
-    log.info("shutting down")
-    await close()
-    log.info("stopped")
 
 
 @click.command()
@@ -424,7 +362,7 @@ async def run_until_signalled(
 )
 def standalone(**kw: Any) -> None:
     """Run a single-node pyxia (RF=1, in-process coordinator)."""
-    from pyxia.server.standalone import Standalone
+    from pyxia.node import standalone
 
     logs.setup(kw["log_level"], kw["log_format"])
     if kw["config_file"] is not None:
@@ -448,7 +386,7 @@ def standalone(**kw: Any) -> None:
         ]
     try:
         options = build_options(kw)
-        node = Standalone(options, namespaces, config_file=kw["config_file"])
+        node = standalone(options, namespaces, config_file=kw["config_file"])
     except (StartupError, ValueError) as e:
         fail(str(e))
     guard_dirs(node.open_dirs, kw["data_dir"], kw["wal_dir"])
@@ -502,7 +440,7 @@ def standalone(**kw: Any) -> None:
 )
 def server(**kw: Any) -> None:
     """Run a data server of a cluster (shards are assigned by `pyxia coordinator`)."""
-    from pyxia.server.data_server import DataServer
+    from pyxia.node import data_server
 
     logs.setup(kw["log_level"], kw["log_format"])
     try:
@@ -517,7 +455,7 @@ def server(**kw: Any) -> None:
         fail(str(e))
     options.wal_segment_size = kw["wal_segment_size"]
     options.max_shards = kw["max_shards"]
-    node = DataServer(options)
+    node = data_server(options)
     guard_dirs(node.open_dirs, kw["data_dir"], kw["wal_dir"])
     if kw["enable_test_hooks"]:
         from pyxia.server.debug_rpc import debug_handler

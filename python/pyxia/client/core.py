@@ -45,8 +45,8 @@ from pyxia.client.streams import (
     shard_scan,
 )
 from pyxia.client.writer import ShardWriter
+from pyxia.common.keys import INTERNAL_KEY_PREFIX, MAX_SEQUENCE_VALUE
 from pyxia.proto import client_pb2
-from pyxia.storage.keys import INTERNAL_KEY_PREFIX, MAX_SEQUENCE_VALUE
 
 log = logging.getLogger("pyxia.client")
 

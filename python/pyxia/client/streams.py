@@ -12,14 +12,15 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from pyxia.client.errors import ClientClosed, RequestTimeout, error_from_rpc
+from pyxia.client.errors import ClientClosed, RequestTimeout
 from pyxia.client.policy import Retry, classify, leader_hint
 from pyxia.client.results import NotificationBatch
+from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.errors import PyxiaError
 from pyxia.proto import client_pb2
 
 if TYPE_CHECKING:
-    from pyxia.client.core import ClientCore
+    from pyxia.client.context import ClientContext
     from pyxia.client.shard_map import ShardMap
 
 log = logging.getLogger("pyxia.client")
@@ -31,7 +32,7 @@ def _err(e: BaseException) -> PyxiaError:
     return e if isinstance(e, PyxiaError) else error_from_rpc(e)
 
 
-async def _retry_wait(core: ClientCore, shard: int, err: PyxiaError, attempt: int) -> None:
+async def _retry_wait(core: ClientContext, shard: int, err: PyxiaError, attempt: int) -> None:
     hint = leader_hint(err)
     if hint:
         core.set_leader_hint(shard, hint)
@@ -42,7 +43,7 @@ async def _retry_wait(core: ClientCore, shard: int, err: PyxiaError, attempt: in
 
 
 async def shard_scan(
-    core: ClientCore,
+    core: ClientContext,
     shard: int,
     range_scan: bool,
     start: str,
@@ -191,7 +192,7 @@ class NotificationsFeed:
     per shard: pass it as ``start_after`` to a later feed to pick up exactly there."""
 
     def __init__(
-        self, core: ClientCore, start_after: Mapping[int, int] | None, max_buffered: int = 1000
+        self, core: ClientContext, start_after: Mapping[int, int] | None, max_buffered: int = 1000
     ) -> None:
         self.core = core
         self._offsets: dict[int, int] = dict(start_after or {})
@@ -295,7 +296,7 @@ class SequenceUpdatesFeed:
     """The highest key of a sequence (``prefix`` within ``partition_key``'s shard), each time it
     changes; re-established after failures (a value already delivered is not repeated)."""
 
-    def __init__(self, core: ClientCore, prefix: str, partition_key: str) -> None:
+    def __init__(self, core: ClientContext, prefix: str, partition_key: str) -> None:
         self.core = core
         self.prefix = prefix
         self.partition_key = partition_key

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
+from pyxia.common import grpc_errors
 from pyxia.coordinator import admin_config
 from pyxia.errors import (
     InvalidArgument,
@@ -47,7 +48,6 @@ from pyxia.errors import (
 from pyxia.proto import metadata_pb2, oxia_admin_pb2
 from pyxia.security.cluster_auth import ClusterSecret
 from pyxia.security.internal_auth import proof_of
-from pyxia.server import grpc_errors
 
 if TYPE_CHECKING:
     from pyxia.coordinator.coordinator import Coordinator

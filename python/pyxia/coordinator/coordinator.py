@@ -34,6 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from pyxia.common.channels import ChannelPool
+from pyxia.common.instance_id import INSTANCE_ID_HEADER, CallMetadata
+from pyxia.common.signals import Signal
 from pyxia.config import ClusterConfig, NamespaceConfig, ServerAddress
 from pyxia.coordinator import admin_config
 from pyxia.coordinator.dataserver_controller import DataServerController, LivenessOptions
@@ -66,9 +69,6 @@ from pyxia.errors import (
 from pyxia.proto import admin_pb2, client_pb2, metadata_pb2
 from pyxia.security.cluster_auth import ClusterSecret
 from pyxia.security.tls import TlsOptions
-from pyxia.server.manifest import INSTANCE_ID_HEADER, CallMetadata
-from pyxia.server.rpc_clients import ChannelPool
-from pyxia.server.signals import Signal
 
 log = logging.getLogger("pyxia.coordinator")
 

@@ -33,11 +33,11 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2
 
+from pyxia.common.channels import ChannelPool
+from pyxia.common.instance_id import INSTANCE_ID_HEADER, CallMetadata
+from pyxia.common.signals import Signal
 from pyxia.config import ServerAddress
 from pyxia.proto import admin_pb2, client_pb2, replication_pb2
-from pyxia.server.manifest import INSTANCE_ID_HEADER, CallMetadata
-from pyxia.server.rpc_clients import ChannelPool
-from pyxia.server.signals import Signal
 
 log = logging.getLogger("pyxia.coordinator.dataserver")
 

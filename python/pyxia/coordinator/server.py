@@ -27,6 +27,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from pyxia.common import grpc_errors
+from pyxia.common.grpc_options import grpc_server_options
 from pyxia.config import ClusterConfig
 from pyxia.coordinator.admin_service import AdminAccess, OxiaAdminService
 from pyxia.coordinator.coordinator import Coordinator, CoordinatorOptions
@@ -39,8 +41,6 @@ from pyxia.errors import (
 )
 from pyxia.proto import admin_pb2
 from pyxia.security.tls import TlsOptions
-from pyxia.server import grpc_errors
-from pyxia.server.data_server import grpc_options
 
 log = logging.getLogger("pyxia.coordinator.server")
 
@@ -118,7 +118,7 @@ class CoordinatorServer:
         self._main = asyncio.get_running_loop().create_task(self._run(), name="coordinator-main")
 
     def _listen(self, addr: str) -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server(options=grpc_options(64 * 1024 * 1024))
+        server = grpc.aio.server(options=grpc_server_options(64 * 1024 * 1024))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         server.add_generic_rpc_handlers([self._admin_handlers(), self.oxia_admin.handler()])
         tls = self.options.tls

@@ -23,20 +23,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 import grpc
 
+from pyxia.common.channels import ChannelPool
+from pyxia.common.grpc_errors import error_from_rpc
+from pyxia.common.handoff_protocol import STEP_DOWN
+from pyxia.common.instance_id import CallMetadata
+from pyxia.common.signals import Signal
+from pyxia.config import NamespaceConfig
 from pyxia.coordinator.election import Head, choose_leader, majority
 from pyxia.coordinator.model import DELETING, ELECTION, STEADY
 from pyxia.errors import InvalidStatus, MetadataBadVersion, NotInitialized, PyxiaError
 from pyxia.proto import admin_pb2, metadata_pb2, replication_pb2
-from pyxia.rpc_errors import error_from_rpc
-from pyxia.server.handoff import STEP_DOWN
-from pyxia.server.signals import Signal
-
-if TYPE_CHECKING:
-    from pyxia.coordinator.coordinator import Coordinator
 
 log = logging.getLogger("pyxia.coordinator.shard")
 
@@ -47,8 +48,48 @@ HANDOFF_DRAIN_S = 5.0
 """How long a planned election waits for the leader to finish its logged writes."""
 
 
+class ShardCoordinator(Protocol):
+    """What a shard controller uses of the coordinator that owns it
+    (:class:`pyxia.coordinator.coordinator.Coordinator` satisfies it; this module never imports
+    that one, which builds the shard controllers)."""
+
+    status: metadata_pb2.ClusterStatus
+    """The cluster status last stored (read only here: changes go through update_shard)."""
+    channels: ChannelPool
+    leaving: set[str]
+    """Servers being drained: no leadership goes to them."""
+    pending_leaders: dict[int, str]
+    """Leaders chosen by elections not yet stored, by shard (counted by leader_counts)."""
+
+    def call_metadata(self) -> CallMetadata: ...
+
+    async def ensure_bound(self, node: str) -> None:
+        """Handshakes ``node`` (the cluster's instance id) unless it already is."""
+        ...
+
+    def forget_binding(self, node: str) -> None: ...
+
+    def namespace_config(self, name: str) -> NamespaceConfig | None: ...
+
+    def is_available(self, node: str) -> bool: ...
+
+    def leader_counts(self) -> dict[str, int]: ...
+
+    async def update_shard(
+        self, namespace: str, shard: int, fn: Callable[[metadata_pb2.ShardMetadata], None]
+    ) -> None:
+        """Stores the status with ``fn`` applied to the shard's metadata (compare-and-set)."""
+        ...
+
+    async def remove_shard(self, namespace: str, shard: int) -> None: ...
+
+    def assignments_updated(self) -> None:
+        """Pushes the new assignments to the servers and clients."""
+        ...
+
+
 class ShardController:
-    def __init__(self, coordinator: Coordinator, namespace: str, shard: int) -> None:
+    def __init__(self, coordinator: ShardCoordinator, namespace: str, shard: int) -> None:
         self.c = coordinator
         self.namespace = namespace
         self.shard = shard
@@ -406,12 +447,6 @@ class ShardController:
                 if not t.done():
                     t.cancel()
         return dict(heads)
-
-    def _stragglers_dead(
-        self, targets: list[str], heads: dict[str, Head], failed: set[str]
-    ) -> bool:
-        pending = [n for n in targets if n not in heads and n not in failed]
-        return all(not self.c.is_available(n) for n in pending)
 
     async def _add_follower(self, node: str) -> bool:
         meta = self.meta

@@ -442,7 +442,7 @@ class SequenceFinal:
 
 
 def _seq_number(prefix: str, key: str) -> int | None:
-    from pyxia.storage.keys import parse_sequence_suffix
+    from pyxia.common.keys import parse_sequence_suffix
 
     try:
         parts = parse_sequence_suffix(prefix, key)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
+from pyxia.common.signals import Signal
 from pyxia.errors import NamespaceNotFound
 from pyxia.proto import client_pb2
-from pyxia.server.signals import Signal
 
 
 class AssignmentsDispatcher:
@@ -45,10 +45,6 @@ class AssignmentsDispatcher:
         """The advertised leader of ``shard``, if known."""
         entry = self._index.get(shard)
         return (entry[1] or None) if entry is not None else None
-
-    def namespace_of(self, shard: int) -> str | None:
-        entry = self._index.get(shard)
-        return entry[0] if entry is not None else None
 
     def knows(self, namespace: str, shard: int) -> bool:
         """Whether the latest map assigns ``shard`` to ``namespace`` (with a leader or not yet):

@@ -33,6 +33,7 @@ from pathlib import Path
 from google.protobuf.message import DecodeError
 
 from pyxia._native import CrcMismatch, InvalidNextOffset, WalError
+from pyxia.common.signals import Signal
 from pyxia.common.validation import accepts_term, check_storable_term
 from pyxia.errors import (
     AlreadyClosed,
@@ -48,7 +49,6 @@ from pyxia.failpoints import afailpoint
 from pyxia.proto import replication_pb2
 from pyxia.server.leader_controller import FENCED, FOLLOWER, NOT_MEMBER
 from pyxia.server.shard_storage import ShardStorage
-from pyxia.server.signals import Signal
 from pyxia.storage.db import TermOptions
 from pyxia.storage.steps import APPLY_SLICE_S, Abandoned, Steps, run_sliced
 

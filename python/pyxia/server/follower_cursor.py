@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 import grpc
 
 from pyxia._native import EntryNotFound
+from pyxia.common.channels import ChannelPool
+from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.errors import NodeIsNotMember
 from pyxia.proto import replication_pb2
-from pyxia.rpc_errors import error_from_rpc
-from pyxia.server.rpc_clients import ChannelPool
 
 if TYPE_CHECKING:
     from pyxia.server.leader_controller import LeaderController

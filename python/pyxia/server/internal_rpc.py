@@ -32,6 +32,9 @@ from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
+from pyxia.common import grpc_errors
+from pyxia.common.instance_id import INSTANCE_ID_HEADER
+from pyxia.common.keys import encoding_for_key_sorting
 from pyxia.common.validation import (
     check_address,
     check_entry_id,
@@ -53,13 +56,11 @@ from pyxia.errors import (
     Unauthenticated,
 )
 from pyxia.proto import admin_pb2, client_pb2, replication_pb2
-from pyxia.server import grpc_errors
 from pyxia.server.follower_controller import FollowerController
-from pyxia.server.manifest import INSTANCE_ID_HEADER, Manifest
+from pyxia.server.manifest import Manifest
 from pyxia.server.public_rpc import Ctx, _serialize, _streaming, _unary
 from pyxia.server.shards_director import ShardsDirector
 from pyxia.storage.db import TermOptions
-from pyxia.storage.keys import encoding_for_key_sorting
 
 __all__ = [
     "COORDINATION",

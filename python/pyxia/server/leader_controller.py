@@ -49,6 +49,10 @@ from dataclasses import dataclass, field
 import grpc
 
 from pyxia._native import EntryNotFound, WalError
+from pyxia.common.channels import ChannelPool
+from pyxia.common.grpc_errors import error_from_rpc
+from pyxia.common.instance_id import CallMetadata
+from pyxia.common.signals import Signal
 from pyxia.common.validation import accepts_term, check_storable_term
 from pyxia.errors import (
     AlreadyClosed,
@@ -64,16 +68,12 @@ from pyxia.errors import (
 from pyxia.failpoints import failpoint
 from pyxia.metrics import ShardMetrics
 from pyxia.proto import client_pb2, replication_pb2
-from pyxia.rpc_errors import error_from_rpc
 from pyxia.server import handoff
 from pyxia.server.follower_cursor import FollowerCursor
-from pyxia.server.manifest import CallMetadata
 from pyxia.server.quorum import QuorumAckTracker
 from pyxia.server.read_index import LeadershipConfirmations
-from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.session_manager import SessionManager
 from pyxia.server.shard_storage import ShardStorage
-from pyxia.server.signals import Signal
 from pyxia.server.sync_policy import SyncPolicy
 from pyxia.storage import reads
 from pyxia.storage.apply import (

@@ -30,11 +30,11 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
+from pyxia.common import grpc_errors
 from pyxia.errors import InvalidArgument, PyxiaError
 from pyxia.proto import client_pb2
 from pyxia.security.policy import INTERNAL_KEYS, MIGRATE, READ, WRITE
 from pyxia.security.public import PublicAccess
-from pyxia.server import grpc_errors
 from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.leader_controller import LeaderController
 from pyxia.server.shards_director import ShardsDirector

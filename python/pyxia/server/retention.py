@@ -48,10 +48,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pyxia.common.signals import Signal
 from pyxia.metrics import WAL_SIZE_BYTES, WAL_TRIMMED_SEGMENTS
 from pyxia.server.follower_controller import FollowerController
 from pyxia.server.leader_controller import LEADER, LeaderController
-from pyxia.server.signals import Signal
 from pyxia.storage import reads
 
 if TYPE_CHECKING:

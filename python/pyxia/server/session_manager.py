@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pyxia.common import keys
 from pyxia.errors import InvalidSessionTimeout, PyxiaError, SessionNotFound
 from pyxia.proto import client_pb2, storage_pb2
-from pyxia.storage import keys
 from pyxia.storage.apply import ApplyResult
 
 if TYPE_CHECKING:

@@ -29,14 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyxia._native import CorruptedLog, EntryNotFound, Wal
+from pyxia.common import keys
+from pyxia.common.keys import KeyEncoding
 from pyxia.common.validation import REBUILDING_HEAD, check_namespace, check_shard_id
 from pyxia.errors import ReplicaCorrupt
 from pyxia.failpoints import failpoint
 from pyxia.proto import replication_pb2
-from pyxia.storage import keys
 from pyxia.storage.apply import DEFAULT_WRITE_LIMITS, StateApplier, WriteLimits
 from pyxia.storage.db import INVALID_OFFSET, INVALID_TERM, DbResources, ShardDB, TermOptions
-from pyxia.storage.keys import KeyEncoding
 from pyxia.storage.steps import Steps, run_steps
 from pyxia.wal_inspect import repair_hint, segment_files
 

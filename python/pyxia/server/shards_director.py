@@ -43,7 +43,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pyxia.common.validation import is_valid_namespace
+from pyxia.common.channels import ChannelPool
+from pyxia.common.instance_id import CallMetadata
+from pyxia.common.keys import HIERARCHICAL, KeyEncoding
+from pyxia.common.signals import Signal
 from pyxia.errors import (
     AlreadyClosed,
     InvalidArgument,
@@ -60,13 +63,9 @@ from pyxia.proto import replication_pb2
 from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.follower_controller import FollowerController
 from pyxia.server.leader_controller import LEADER, LeaderController
-from pyxia.server.manifest import CallMetadata
-from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.shard_events import ShardFailures
 from pyxia.server.shard_storage import ENCODING_MARKER, ShardStorage, StorageOptions, shard_dir
-from pyxia.server.signals import Signal
 from pyxia.storage.db import TermOptions
-from pyxia.storage.keys import HIERARCHICAL, KeyEncoding
 
 log = logging.getLogger("pyxia.director")
 
@@ -151,16 +150,6 @@ class ShardsDirector:
         opts = self.storage_options
         bases = (opts.data_dir, opts.wal_dir)
         return any(shard_dir(base, namespace, shard).exists() for base in bases)
-
-    def namespace_on_disk(self, shard: int) -> str | None:
-        base = self.storage_options.data_dir
-        if not base.exists():
-            return None
-        for ns_dir in base.iterdir():
-            name = ns_dir.name
-            if is_valid_namespace(name) and self.on_disk(name, shard):
-                return name
-        return None
 
     def holds(self, namespace: str, shard: int) -> bool:
         """Whether this server holds a replica of ``shard`` (open, or on disk in ``namespace``).

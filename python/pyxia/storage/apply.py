@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 
 from rocksdict import WriteBatch
 
+from pyxia.common import keys
+from pyxia.common.keys import ScanBounds
 from pyxia.errors import InvalidArgument, PyxiaError
 from pyxia.proto import client_pb2, storage_pb2
-from pyxia.storage import keys
 from pyxia.storage.db import ShardDB
-from pyxia.storage.keys import ScanBounds
 from pyxia.storage.notifications import Notifications
 from pyxia.storage.steps import Steps, run_steps
 

@@ -58,9 +58,9 @@ from rocksdict import (
     WriteOptions,
 )
 
+from pyxia.common import keys
+from pyxia.common.keys import KeyEncoding
 from pyxia.proto import storage_pb2
-from pyxia.storage import keys
-from pyxia.storage.keys import KeyEncoding
 
 INVALID_TERM = -1
 INVALID_OFFSET = -1
@@ -247,11 +247,6 @@ class ShardDB:
                     it.next()
         finally:
             del it
-
-    def seek_ge(self, ekey: bytes) -> tuple[bytes, bytes] | None:
-        for kv in self.scan(ekey, None):
-            return kv
-        return None
 
     def seek_le(self, ekey: bytes) -> tuple[bytes, bytes] | None:
         it = self.db.iter()

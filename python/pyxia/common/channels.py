@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from pyxia.common.grpc_options import grpc_client_options
 from pyxia.security.cluster_auth import ClusterSecret
 from pyxia.security.tls import ClientTls
-from pyxia.server.data_server_options import grpc_client_options
 from pyxia.test_hooks import dial
 
 log = logging.getLogger("pyxia.channels")
