@@ -259,5 +259,6 @@ def test_the_site_builds_strict(tmp_path: Path) -> None:
     for flag in ("--cluster-secret-file", "--db-cache-size-mb", "--metadata", "--k8s-namespace"):
         assert flag in reference
     assert (
-        "pyxia_server_write_latency_seconds" in (tmp_path / "site/metrics/index.html").read_text()
+        "oxia_server_leader_write_latency_milliseconds"
+        in (tmp_path / "site/metrics/index.html").read_text()
     )
