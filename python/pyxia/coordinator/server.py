@@ -22,9 +22,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from pyxia.common.grpc_metrics import GrpcServerMetrics
 from pyxia.config import ClusterConfig
 from pyxia.coordinator.coordinator import Coordinator, CoordinatorOptions
 from pyxia.coordinator.metadata.provider import LeadershipLost, MetadataProvider
+from pyxia.coordinator.metrics import instrument_provider
 from pyxia.errors import (
     AlreadyClosed,
     InvalidArgument,
@@ -60,6 +62,7 @@ class CoordinatorServer:
         options: CoordinatorServerOptions | None = None,
     ) -> None:
         self.provider = provider
+        instrument_provider(provider)  # Oxia's oxia_coordinator_metadata_* metrics
         self._load_config = load_config
         self.options = options or CoordinatorServerOptions()
         self.coordinator: Coordinator | None = None
@@ -80,7 +83,9 @@ class CoordinatorServer:
     async def start(self) -> None:
         load_config = self._load_config
         load_config()  # fail fast on a bad config
-        self._server = grpc.aio.server(options=grpc_options(64 * 1024 * 1024))
+        self._server = grpc.aio.server(
+            options=grpc_options(64 * 1024 * 1024), interceptors=[GrpcServerMetrics()]
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self._server.add_generic_rpc_handlers([self._admin_handlers()])
         tls = self.options.tls
