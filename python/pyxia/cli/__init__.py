@@ -8,6 +8,7 @@ from pyxia import __version__
 from pyxia.cli.certs_cmd import certs
 from pyxia.cli.client_cmd import client
 from pyxia.cli.coordinator_cmd import admin, coordinator, health
+from pyxia.cli.oxia_flags import add_global_flags
 from pyxia.cli.perf_cmd import perf
 from pyxia.cli.server_cmd import server, standalone
 from pyxia.cli.wal_cmd import wal
@@ -30,3 +31,5 @@ main.add_command(client)
 main.add_command(perf)
 main.add_command(robustness)
 main.add_command(certs)
+# Oxia's persistent flags (-l/--log-level, -j/--log-json, ...): on the group and every command.
+add_global_flags(main)
