@@ -29,7 +29,7 @@ def wait_for(
         time.sleep(interval)
 
 
-READY = re.compile(r"ready: public=(\S+) internal=(\S+)(?: metrics=:(\d+))?")
+READY = re.compile(r"ready: public=(\S+) internal=(\S+)(?: metrics=(?:\S*:(\d+)|off))?")
 
 
 class ServerProcess:

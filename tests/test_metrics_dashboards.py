@@ -82,10 +82,8 @@ def metric_selectors(expr: str) -> Iterator[tuple[str, set[str]]]:
         name, j = word.group(0), word.end()
         rest = expr[j:].lstrip()
         if name in _KEYWORDS:
-            if rest.startswith("("):  # by (...): labels, not metrics
-                i = expr.index(")", j) + 1
-            else:
-                i = j
+            # by (...): labels, not metrics
+            i = expr.index(")", j) + 1 if rest.startswith("(") else j
             continue
         if rest.startswith("(") or re.match(r"(by|without)\s*\(", rest):
             i = j  # a function, or an aggregation with its grouping first
@@ -112,9 +110,7 @@ def grouping_labels(expr: str) -> set[str]:
 
 
 def not_exported(name: str) -> bool:
-    return any(
-        name.startswith(key) if key.endswith("_") else name == key for key in NOT_EXPORTED
-    )
+    return any(name.startswith(key) if key.endswith("_") else name == key for key in NOT_EXPORTED)
 
 
 def test_the_query_parser_reads_names_and_labels() -> None:
@@ -207,9 +203,7 @@ def test_every_metric_of_oxias_dashboards_is_exported(
         names = dict(metric_selectors(expr))
         for name, labels in names.items():
             if not_exported(name):
-                used_exclusions.update(
-                    k for k in NOT_EXPORTED if name.startswith(k) or name == k
-                )
+                used_exclusions.update(k for k in NOT_EXPORTED if name.startswith(k) or name == k)
                 assert name not in exported, f"{name} is exported: drop it from NOT_EXPORTED"
                 continue
             checked += 1
