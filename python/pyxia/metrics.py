@@ -575,3 +575,57 @@ def count_controllers(leaders: Callable[[], int], followers: Callable[[], int]) 
     """The process's leader and follower counts, read at scrape time."""
     LEADERS.set_function(lambda: float(leaders()))
     FOLLOWERS.set_function(lambda: float(followers()))
+
+
+# -- the reference (docs/metrics.md is generated from it) ------------------------------------------
+
+METRIC_MODULES = (
+    "pyxia.metrics",
+    "pyxia.common.grpc_metrics",
+    "pyxia.coordinator.metrics",
+    "pyxia.tso.metrics",
+    "pyxia.security.public",
+)
+"""Every module that registers metrics (imported by :func:`metric_reference`)."""
+
+
+def _unit(name: str) -> str:
+    for suffix, unit in (("_milliseconds", "ms"), ("_bytes", "bytes"), ("_seconds", "s")):
+        if name.endswith(suffix):
+            return unit
+    if name.endswith("_ms"):
+        return "ms"
+    return "-"
+
+
+def metric_reference() -> list[tuple[str, str, str, tuple[str, ...], str]]:
+    """``(exposition name, type, unit, labels, meaning)`` of every metric pyxia registers,
+    sorted by name: the name a query uses (``_total`` for a counter; a histogram's
+    ``_bucket``/``_sum``/``_count`` series share the name given)."""
+    import importlib
+
+    for module in METRIC_MODULES:
+        importlib.import_module(module)
+    rows: dict[str, tuple[str, str, str, tuple[str, ...], str]] = {}
+    for collector in list(REGISTRY._collector_to_names):
+        name = getattr(collector, "_name", None)
+        if name is not None:  # a metric of prometheus_client
+            kind = str(getattr(collector, "_type", "untyped"))
+            labels = tuple(getattr(collector, "_labelnames", ()))
+            doc = str(getattr(collector, "_documentation", ""))
+            shown = name + ("_total" if kind == "counter" else "")
+            rows[shown] = (shown, kind, _unit(name), labels, doc)
+            continue
+        describe = getattr(collector, "describe", None)
+        if describe is None or not type(collector).__module__.startswith("pyxia"):
+            continue
+        for family in describe():
+            labels = tuple(getattr(family, "_labelnames", ()))
+            rows[family.name] = (
+                family.name,
+                family.type,
+                _unit(family.name),
+                labels,
+                family.documentation,
+            )
+    return [rows[k] for k in sorted(rows)]
