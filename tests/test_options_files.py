@@ -146,7 +146,7 @@ def test_a_server_runs_from_its_file_and_the_command_line_wins(tmp_path: Path) -
         assert p.public == public and p.internal == internal
         ready = next(line for line in p.log if "ready:" in line)
         assert f"metrics={flag_metrics} " in ready  # the flag won over the file
-        start = json.loads(next(line for line in p.log if "starting" in line))
+        start = json.loads(next(line for line in p.log if "effective configuration" in line))
         assert start["version"] and start["config"]["wal_retention_time"] == 7200.0
         assert start["config"]["data_dir"] == str(tmp_path / "d")
         assert start["time"].endswith("Z") and "T" in start["time"]  # ISO-8601

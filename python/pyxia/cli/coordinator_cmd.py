@@ -285,9 +285,9 @@ def coordinator(**kw: Any) -> None:
         ),
     )
 
-    log_start("coordinator", {**kw, "cluster_config": path, "metadata": name})
-
     def ready() -> str:
+        # Once up (a failed start says one line only): the version and effective config.
+        log_start("coordinator", {**kw, "cluster_config": path, "metadata": name})
         return (
             f"pyxia coordinator ready: "
             f"internal={bound_address(kw['internal_addr'], server.port)} "

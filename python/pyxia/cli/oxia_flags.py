@@ -13,7 +13,8 @@
   equivalent (hidden from ``--help``).
 - :func:`apply_options_file`: an Oxia options file (``--sconfig``) fills the parameters that the
   command line did not set (the command line wins).
-- :func:`log_start`: the version and the effective configuration, logged once at start.
+- :func:`log_start`: the version and the effective configuration, logged once the process is
+  up, just before its ready line (a start that fails prints its one line and nothing else).
 
 Invariants: nothing here opens a port or a file other than the options file it is given; a
 bad value is a usage error (one line, exit status 2), never a traceback.
@@ -299,15 +300,15 @@ def apply_options_file(
 
 
 def log_start(command: str, settings: Mapping[str, Any]) -> None:
-    """The version and the effective configuration, once at start (secrets are never in it:
-    only the paths of the files that hold them)."""
+    """The version and the effective configuration, once when started (secrets are never in
+    it: only the paths of the files that hold them)."""
     shown = {
         k: (str(v) if isinstance(v, Path) else v)
         for k, v in sorted(settings.items())
         if not k.startswith("_")
     }
     log.info(
-        "pyxia %s %s starting",
+        "pyxia %s %s: effective configuration",
         __version__,
         command,
         extra={"version": __version__, "config": shown},

@@ -466,9 +466,10 @@ def standalone(**kw: Any) -> None:
     except (StartupError, ValueError) as e:
         fail(str(e))
     guard_dirs(node.open_dirs, kw["data_dir"], kw["wal_dir"])
-    log_start("standalone", {**kw, "wal_sync_data": options.wal_sync_data})
 
     def ready() -> str:
+        # Once up (a failed start says one line only): the version and effective config.
+        log_start("standalone", {**kw, "wal_sync_data": options.wal_sync_data})
         s = node.server
         total = sum(n.initial_shard_count for n in node.namespaces)
         return (
@@ -542,9 +543,9 @@ def server(**kw: Any) -> None:
         log.warning("test hooks enabled: pyxia.debug.v1.Debug is served on the internal port")
         node.extra_internal_handlers.append(debug_handler())
 
-    log_start("server", {**kw, "wal_sync_data": options.wal_sync_data})
-
     def ready() -> str:
+        # Once up (a failed start says one line only): the version and effective config.
+        log_start("server", {**kw, "wal_sync_data": options.wal_sync_data})
         return (
             f"pyxia server ready: public={node.public_address} "
             f"internal={node.internal_address} "
