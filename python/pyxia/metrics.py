@@ -122,6 +122,10 @@ KV_BATCH_COUNT = Histogram(
     SHARD,
     buckets=COUNT_BUCKETS,
 )
+KV_MAX_CACHE_SIZE = Gauge(
+    "oxia_server_kv_pebble_max_cache_size_bytes",
+    "The max size configured for the block cache in bytes (--db-cache-size-mb)",
+)
 KV_WRITE_BYTES = Counter(
     "oxia_server_kv_write_bytes", "The amount of bytes written into the database", SHARD
 )

@@ -46,6 +46,7 @@ from rocksdict import (
     WriteOptions,
 )
 
+from pyxia.metrics import KV_MAX_CACHE_SIZE, rocksdb_statistics
 from pyxia.proto import storage_pb2
 from pyxia.storage import keys
 from pyxia.storage.keys import KeyEncoding
@@ -80,6 +81,7 @@ class DbResources:
     def __init__(self, tuning: DbTuning | None = None) -> None:
         self.tuning = tuning or DbTuning()
         self.block_cache = Cache(self.tuning.cache_size_mb * 1024 * 1024)
+        KV_MAX_CACHE_SIZE.set(self.tuning.cache_size_mb * 1024 * 1024)
 
     def options(self) -> Options:
         """Options for one shard DB (raw bytes mode)."""
@@ -282,8 +284,6 @@ class ShardDB:
     def gauges(self) -> dict[str, int]:
         """RocksDB's numbers that the metrics export (``pyxia.metrics.ReplicaGauges``), read
         now. Safe from another thread: a DB closed meanwhile raises ``DbClosedError``."""
-        from pyxia.metrics import rocksdb_statistics
-
         db = self.db
         prop = db.property_int_value
         stats = rocksdb_statistics(self._opts.get_statistics() or "")
