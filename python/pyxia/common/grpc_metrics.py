@@ -10,7 +10,9 @@ server, so that calls its other interceptors refuse are counted too.
 
 Invariants:
 - A method's children are bound on its first call and reused: per call one dictionary lookup,
-  per message one increment (a stream's messages pass through one extra async generator step).
+  per message one increment of a lock-free counter (``pyxia.common.fast_metrics``: every call
+  runs on the event loop's thread); a stream's messages pass through one extra async generator
+  step.
 - The code of a call is the one its handler set (``context.abort``/``set_code``), OK when it
   returned normally, Unknown when it raised anything else, Canceled when the client went away.
 - The interceptor never changes what a handler answers.
@@ -24,7 +26,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from prometheus_client import Counter
+
+from pyxia.common.fast_metrics import FastCounter as Counter
 
 _LABELS = ("grpc_type", "grpc_service", "grpc_method")
 
