@@ -130,14 +130,50 @@ def test_the_query_parser_reads_names_and_labels() -> None:
     assert dict(metric_selectors(q)) == {"x_bucket": {"a"}}
 
 
-def scrape(port: int) -> dict[str, set[str]]:
-    """``{sample name: label names}`` of one process's exposition."""
+def scrape(port: int, totals: dict[str, float] | None = None) -> dict[str, set[str]]:
+    """``{sample name: label names}`` of one process's exposition; ``totals`` gets the sum of
+    each sample name's values added."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     out: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             out.setdefault(sample.name, set()).update(sample.labels)
+            if totals is not None:
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
     return out
+
+
+CHARTED = (
+    "oxia_server_leader_write_latency_milliseconds_count",
+    "oxia_server_wal_append_latency_milliseconds_count",
+    "oxia_server_wal_sync_latency_milliseconds_count",
+    "oxia_server_wal_read_latency_milliseconds_count",
+    "oxia_server_wal_append_bytes_total",
+    "oxia_server_wal_read_bytes_total",
+    "oxia_server_wal_entries",
+    "oxia_server_db_puts_total",
+    "oxia_server_db_gets_total",
+    "oxia_server_db_lists_total",
+    "oxia_server_db_deletes_total",
+    "oxia_server_db_delete_ranges_total",
+    "oxia_server_kv_batch_commit_latency_milliseconds_count",
+    "oxia_server_kv_write_bytes_total",
+    "oxia_server_kv_pebble_memtable_size_bytes",
+    "oxia_server_leader_commit_offset",
+    "oxia_server_follower_ack_offset",
+    "oxia_server_sessions_created_total",
+    "oxia_server_notifications_read_total",
+    "oxia_coordinator_node_running",
+    "oxia_coordinator_leader_election_latency_milliseconds_count",
+    "oxia_coordinator_metadata_store_latency_milliseconds_count",
+    "oxia_coordinator_metadata_size_bytes",
+    "grpc_server_handled_total",
+    "grpc_client_handled_total",
+    "grpc_client_msg_sent_total",
+    "grpc_client_msg_received_total",
+)
+"""Series the dashboards chart that the workload must have moved above zero (the panels show
+data, not only empty series)."""
 
 
 @pytest.fixture
@@ -175,7 +211,7 @@ def workload(c: ProcCluster) -> None:
         list(client.range_scan("k000", "k999"))
         client.delete("k000")
         client.delete_range("k001", "k005")
-        wait_for(lambda: notifications.get(timeout=1) is not None, 30, "a notification")
+        wait_for(lambda: notifications.get(timeout=1) is not None, 30, what="a notification")
         notifications.close()
 
 
@@ -195,7 +231,21 @@ def test_every_metric_of_oxias_dashboards_is_exported(
             "grpc_code" in labels for n, labels in exported.items() if n.startswith("grpc_")
         )
 
-    wait_for(gathered, 30, "every process's metrics")
+    wait_for(gathered, 30, interval=0.5, what="every process's metrics")
+    totals: dict[str, float] = {}
+
+    def moved() -> bool:
+        totals.clear()
+        for port in ports:
+            scrape(port, totals)
+        return all(totals.get(name, 0) > 0 for name in CHARTED)
+
+    try:
+        wait_for(moved, 30, interval=0.5, what="the charted series above zero")
+    except Exception:
+        zero = [name for name in CHARTED if totals.get(name, 0) <= 0]
+        raise AssertionError(f"series still at zero after the workload: {zero}") from None
+    assert totals["oxia_coordinator_node_running"] == 3
     missing: list[str] = []
     used_exclusions: set[str] = set()
     checked = 0
