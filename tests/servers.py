@@ -57,7 +57,8 @@ async def wait_until(
 
 
 READY = re.compile(
-    r"ready: public=(?P<public>\S+) internal=(?P<internal>\S+)(?: metrics=:(?P<metrics>\d+))?"
+    r"ready: public=(?P<public>\S+) internal=(?P<internal>\S+)"
+    r"(?: metrics=(?:\S*:(?P<metrics>\d+)|off))?"
 )
 """The ready line of ``pyxia standalone`` and ``pyxia server``."""
 COORDINATOR_READY = re.compile(r"coordinator ready: internal=(?P<internal>\S+)")

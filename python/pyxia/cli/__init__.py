@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from pyxia.cli.oxia_flags import add_global_flags
 from pyxia.version import __version__
 
 COMMANDS: dict[str, str] = {
@@ -34,6 +35,9 @@ def _load(name: str) -> click.Command:
     command = getattr(importlib.import_module(COMMANDS[name]), name)
     if not isinstance(command, click.Command):  # pragma: no cover - a wrong table entry
         raise TypeError(f"{COMMANDS[name]}.{name} is not a click command")
+    # Oxia's persistent flags (-l/--log-level, -j/--log-json, ...) on every command; adding
+    # them twice is a no-op.
+    add_global_flags(command)
     return command
 
 
@@ -53,6 +57,9 @@ class _LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="pyxia")
 def main() -> None:
     """pyxia: a sharded, replicated metadata store speaking Oxia's protocol."""
+
+
+add_global_flags(main)
 
 
 def __getattr__(name: str) -> Any:

@@ -20,8 +20,16 @@ from typing import Any, TypeVar
 
 import click
 
-from pyxia import logs
 from pyxia._native import DEFAULT_SEGMENT_SIZE
+from pyxia.cli.oxia_flags import (
+    GO_DURATION,
+    apply_options_file,
+    bool_flag,
+    bool_value,
+    log_start,
+    options_file_flag,
+    setup_logging,
+)
 from pyxia.cli.security_flags import (
     cluster_secret_flag,
     require_membership_proof,
@@ -31,6 +39,7 @@ from pyxia.cli.security_flags import (
 )
 from pyxia.cli.startup import (
     StartupError,
+    bound_address,
     check_addr,
     fail,
     guard_dirs,
@@ -39,7 +48,7 @@ from pyxia.cli.startup import (
     standalone_config_note,
 )
 from pyxia.common.validation import namespace_problem
-from pyxia.config import ConfigError, NamespaceConfig, load_cluster_config
+from pyxia.config import SERVER_FILE_KEYS, ConfigError, NamespaceConfig, load_cluster_config
 from pyxia.security.oidc import AuthConfigError
 from pyxia.security.public import PublicAccess, PublicAuthOptions
 from pyxia.security.tls import TlsOptions
@@ -108,19 +117,18 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="Write-ahead logs.",
         ),
-        click.option(
-            "--wal-sync-data/--no-wal-sync-data",
+        bool_flag(
+            "--wal-sync-data",
             default=True,
-            show_default=True,
-            help="fsync the WAL before acknowledging writes.",
+            help="fsync the WAL before acknowledging writes (--wal-sync-data=false: don't).",
         ),
         click.option(
             "--wal-retention-time",
-            type=float,
-            default=3600.0,
+            type=GO_DURATION,
+            default="1h",
             show_default=True,
-            help="Seconds of WAL kept (never past the commit offset), on every replica; "
-            "checked every 1/20 of it (0.1 s to 60 s) and whenever a segment closes.",
+            help="WAL kept (Go duration, or seconds), never past the commit offset, on every "
+            "replica; checked every 1/20 of it (0.1 s to 60 s) and whenever a segment closes.",
         ),
         click.option(
             "--wal-retention-size-mb",
@@ -133,10 +141,10 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--notifications-retention-time",
-            type=float,
-            default=3600.0,
+            type=GO_DURATION,
+            default="1h",
             show_default=True,
-            help="Seconds of notifications kept.",
+            help="Notifications kept (Go duration, or seconds).",
         ),
         click.option(
             "--tso-namespace",
@@ -146,18 +154,6 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Namespace (one shard) whose leader serves the timestamp oracle "
             "(tsoracle.v1.TsoService/GetTs on the public port); empty to disable. A cluster "
             "declares it in its config with tso: true.",
-        ),
-        click.option(
-            "--log-level",
-            default="info",
-            show_default=True,
-            type=click.Choice(["debug", "info", "warning", "error"]),
-        ),
-        click.option(
-            "--log-format",
-            default="logfmt",
-            show_default=True,
-            type=click.Choice(["logfmt", "json"]),
         ),
     ]
     for o in reversed(opts + storage_limit_options()):
@@ -284,7 +280,7 @@ def _build_options(kw: dict[str, Any]) -> ServerOptions:
         advertised_internal_addr=kw["advertised_internal_addr"],
         data_dir=kw["data_dir"],
         wal_dir=kw["wal_dir"],
-        wal_sync_data=kw["wal_sync_data"],
+        wal_sync_data=bool_value(click.get_current_context(silent=True), kw, "wal_sync_data"),
         wal_retention_s=kw["wal_retention_time"],
         wal_retention_size=retention_size,
         notifications_retention_s=kw["notifications_retention_time"],
@@ -340,11 +336,17 @@ def public_auth_from_flags(kw: dict[str, Any]) -> PublicAuthOptions:
     callback=_namespace_names,
     help="Namespace(s) to create (repeatable).",
 )
+@bool_flag(
+    "--notifications-enabled",
+    default=True,
+    help="Notifications on the namespaces (--notifications-enabled=false: off).",
+)
 @click.option(
     "--notifications/--no-notifications",
-    default=True,
-    show_default=True,
-    help="Enable notifications on the namespaces.",
+    "legacy_notifications",
+    default=None,
+    hidden=True,
+    help="pyxia's older spelling of --notifications-enabled.",
 )
 @click.option(
     "--key-sorting",
@@ -364,7 +366,11 @@ def standalone(**kw: Any) -> None:
     """Run a single-node pyxia (RF=1, in-process coordinator)."""
     from pyxia.node import standalone
 
-    logs.setup(kw["log_level"], kw["log_format"])
+    setup_logging()
+    ctx = click.get_current_context()
+    notifications = bool_value(ctx, kw, "notifications_enabled")
+    if kw["legacy_notifications"] is not None:
+        notifications = kw["legacy_notifications"]
     if kw["config_file"] is not None:
         try:
             cfg = load_cluster_config(kw["config_file"], require_servers=False)
@@ -381,7 +387,7 @@ def standalone(**kw: Any) -> None:
         ]
     else:
         namespaces = [
-            NamespaceConfig(name, kw["shards"], 1, kw["notifications"], kw["key_sorting"])
+            NamespaceConfig(name, kw["shards"], 1, notifications, kw["key_sorting"])
             for name in dict.fromkeys(kw["namespaces"])
         ]
     try:
@@ -392,13 +398,15 @@ def standalone(**kw: Any) -> None:
     guard_dirs(node.open_dirs, kw["data_dir"], kw["wal_dir"])
 
     def ready() -> str:
+        # Once up (a failed start says one line only): the version and effective config.
+        log_start("standalone", {**kw, "wal_sync_data": options.wal_sync_data})
         s = node.server
         total = sum(n.initial_shard_count for n in node.namespaces)
         return (
             f"pyxia standalone ready: public={s.public_address} "
             f"internal={s.internal_address or 'off'} "
-            + (f"metrics=:{s.metrics_port} " if s.metrics_port else "")
-            + f"namespaces={','.join(n.name for n in node.namespaces)} shards={total} "
+            f"metrics={bound_address(options.metrics_addr, s.metrics_port)} "
+            f"namespaces={','.join(n.name for n in node.namespaces)} shards={total} "
             f"data-dir={options.data_dir} wal-dir={options.wal_dir}"
         )
 
@@ -431,10 +439,12 @@ def standalone(**kw: Any) -> None:
     help="Largest WAL segment file (preallocated); a log starts at 1 MiB and sizes each new "
     "segment for about a minute of its write rate, up to this.",
 )
+@options_file_flag("Data server")
 @click.option(
     "--enable-test-hooks",
     is_flag=True,
     default=False,
+    hidden=True,
     help="TESTING ONLY, off by default: serve pyxia.debug.v1.Debug on the internal port "
     "(arms failpoints in this process at runtime).",
 )
@@ -442,7 +452,8 @@ def server(**kw: Any) -> None:
     """Run a data server of a cluster (shards are assigned by `pyxia coordinator`)."""
     from pyxia.node import data_server
 
-    logs.setup(kw["log_level"], kw["log_format"])
+    setup_logging()
+    apply_options_file(click.get_current_context(), kw, kw["sconfig"], SERVER_FILE_KEYS)
     try:
         options = build_options(kw)
         require_membership_proof(
@@ -464,11 +475,13 @@ def server(**kw: Any) -> None:
         node.extra_internal_handlers.append(debug_handler())
 
     def ready() -> str:
+        # Once up (a failed start says one line only): the version and effective config.
+        log_start("server", {**kw, "wal_sync_data": options.wal_sync_data})
         return (
             f"pyxia server ready: public={node.public_address} "
             f"internal={node.internal_address} "
-            + (f"metrics=:{node.metrics_port} " if node.metrics_port else "")
-            + f"data-dir={options.data_dir} wal-dir={options.wal_dir}"
+            f"metrics={bound_address(options.metrics_addr, node.metrics_port)} "
+            f"data-dir={options.data_dir} wal-dir={options.wal_dir}"
         )
 
     run(run_until_signalled(node.start, node.close, ready))

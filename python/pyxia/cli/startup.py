@@ -112,6 +112,15 @@ def standalone_config_note(cfg: ClusterConfig, path: Path) -> str | None:
     )
 
 
+def bound_address(addr: str | None, port: int) -> str:
+    """``addr`` (host:port) with the port the listener got (``:0`` asks for any); ``off`` for no
+    listener."""
+    if not addr or not port:
+        return "off"
+    host = addr.rpartition(":")[0] or "0.0.0.0"
+    return f"{host}:{port}"
+
+
 def make_dirs_private(*dirs: Path | None) -> None:
     """The process's files private (umask 0o077) and its directories 0700 (existing ones
     tightened); a directory that cannot be created ends the command with one line."""

@@ -28,11 +28,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from pyxia.common import grpc_errors
+from pyxia.common.grpc_metrics import GrpcServerMetrics
 from pyxia.common.grpc_options import grpc_server_options
 from pyxia.config import ClusterConfig
 from pyxia.coordinator.admin_service import AdminAccess, OxiaAdminService
 from pyxia.coordinator.coordinator import Coordinator, CoordinatorOptions
 from pyxia.coordinator.metadata.provider import LeadershipLost, MetadataProvider
+from pyxia.coordinator.metrics import instrument_provider
 from pyxia.errors import (
     AlreadyClosed,
     InvalidArgument,
@@ -69,6 +71,7 @@ class CoordinatorServer:
         options: CoordinatorServerOptions | None = None,
     ) -> None:
         self.provider = provider
+        instrument_provider(provider)  # Oxia's oxia_coordinator_metadata_* metrics
         self._load_config = load_config
         self.options = options or CoordinatorServerOptions()
         self.coordinator: Coordinator | None = None
@@ -118,7 +121,9 @@ class CoordinatorServer:
         self._main = asyncio.get_running_loop().create_task(self._run(), name="coordinator-main")
 
     def _listen(self, addr: str) -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server(options=grpc_server_options(64 * 1024 * 1024))
+        server = grpc.aio.server(
+            options=grpc_server_options(64 * 1024 * 1024), interceptors=[GrpcServerMetrics()]
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         server.add_generic_rpc_handlers([self._admin_handlers(), self.oxia_admin.handler()])
         tls = self.options.tls

@@ -35,6 +35,7 @@ from pyxia.common.instance_id import CallMetadata
 from pyxia.common.signals import Signal
 from pyxia.config import NamespaceConfig
 from pyxia.coordinator.election import Head, choose_leader, majority
+from pyxia.coordinator.metrics import ShardElectionMetrics
 from pyxia.coordinator.model import DELETING, ELECTION, STEADY
 from pyxia.errors import InvalidStatus, MetadataBadVersion, NotInitialized, PyxiaError
 from pyxia.proto import admin_pb2, metadata_pb2, replication_pb2
@@ -111,12 +112,14 @@ class ShardController:
         self.elections = 0
         self._fence_seconds = 0.0
         self.last_election_seconds = 0.0
+        self.metrics = ShardElectionMetrics(namespace, shard)
 
     @property
     def meta(self) -> metadata_pb2.ShardMetadata:
         return self.c.status.namespaces[self.namespace].shards[self.shard]
 
     def start(self, *, elect: bool) -> None:
+        self.metrics.term.set(self.meta.term)
         self._elect_requested = elect
         self._verify_requested = not elect
         self._task = asyncio.get_running_loop().create_task(
@@ -125,6 +128,7 @@ class ShardController:
 
     async def close(self) -> None:
         self._closed = True
+        self.metrics.close()
         self._wake.close()
         task, self._task = self._task, None
         if task is not None:
@@ -209,7 +213,7 @@ class ShardController:
                     return
                 if self._elect_requested:
                     self._elect_requested = False
-                    await self._elect()
+                    await self._measured_election()
                     backoff = 0.05
                     continue
                 if self._verify_requested:
@@ -331,6 +335,18 @@ class ShardController:
             (time.monotonic() - started) * 1000,
         )
 
+    async def _measured_election(self) -> None:
+        """:meth:`_elect`, timed (Oxia's election metrics); a failure is counted."""
+        started = time.perf_counter()
+        try:
+            await self._elect()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.metrics.failed.inc()
+            raise
+        self.metrics.latency.observe((time.perf_counter() - started) * 1000.0)
+
     async def _elect(self) -> None:
         planned, self._planned = self._planned, False
         if planned:
@@ -350,6 +366,7 @@ class ShardController:
         targets = list(dict.fromkeys(ensemble + removed))
         heads = await self._fence(targets, term)
         self._fence_seconds = time.monotonic() - started
+        self.metrics.new_term_quorum.observe(self._fence_seconds * 1000.0)
         ens_heads = {n: h for n, h in heads.items() if n in ensemble}
         if len(ens_heads) < majority(len(ensemble)):
             raise PyxiaError(
@@ -402,6 +419,8 @@ class ShardController:
             del m.removed_nodes[:]
 
         await self.c.update_shard(self.namespace, self.shard, finish)
+        self.metrics.become_leader.observe((time.monotonic() - started) * 1000.0)
+        self.metrics.term.set(term)
         self.c.assignments_updated()
         self.elections += 1
         self.last_election_seconds = time.monotonic() - started + self._fence_seconds

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 
 from pyxia.common.signals import Signal
 from pyxia.errors import NamespaceNotFound
+from pyxia.metrics import ASSIGNMENT_CLIENTS
 from pyxia.proto import client_pb2
 
 
@@ -78,12 +79,16 @@ class AssignmentsDispatcher:
         """Yields the assignments now (once known) and after every change. With no
         ``namespace``, every namespace (those ``visible`` accepts, when given)."""
         sent = -1
-        while not self.changed.closed:
-            seen = self.changed.generation
-            if self._current is not None and seen != sent:
-                sent = seen
-                yield self._view(namespace, visible)
-            await self.changed.wait(seen)
+        ASSIGNMENT_CLIENTS.inc()
+        try:
+            while not self.changed.closed:
+                seen = self.changed.generation
+                if self._current is not None and seen != sent:
+                    sent = seen
+                    yield self._view(namespace, visible)
+                await self.changed.wait(seen)
+        finally:
+            ASSIGNMENT_CLIENTS.dec()
 
     def close(self) -> None:
         self.changed.close()

@@ -37,6 +37,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from pyxia.common.channels import ChannelPool
+from pyxia.common.grpc_metrics import GrpcServerMetrics
 from pyxia.common.grpc_options import grpc_server_options
 from pyxia.dirs import NodeDirs
 from pyxia.proto import client_pb2
@@ -190,6 +191,7 @@ class DataServer:
         self._internal: grpc.aio.Server | None = None
         self._metrics_server: Any = None
         self._health = health_aio.HealthServicer()
+        self.grpc_metrics = GrpcServerMetrics()  # first interceptor of both ports
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self.extra_internal_handlers: list[grpc.GenericRpcHandler] = []
@@ -241,7 +243,9 @@ class DataServer:
     async def _start(self) -> None:
         opts = grpc_server_options(self.options.max_message_bytes)
         await self.public_access.start()
-        self._public = grpc.aio.server(options=opts, interceptors=self.public_access.interceptors())
+        self._public = grpc.aio.server(
+            options=opts, interceptors=[self.grpc_metrics, *self.public_access.interceptors()]
+        )
         client_service = OxiaClientService(self.director, self.assignments, self.public_access)
         self._public.add_generic_rpc_handlers(client_service.generic_handlers())
         for h in self.extra_public_handlers:
@@ -253,7 +257,9 @@ class DataServer:
 
         if self.options.internal_addr is not None:
             secret = self.options.cluster_secret
-            interceptors = [ClusterAuthInterceptor(secret)] if secret is not None else []
+            interceptors: list[grpc.aio.ServerInterceptor] = [self.grpc_metrics]
+            if secret is not None:
+                interceptors.append(ClusterAuthInterceptor(secret))
             self._internal = grpc.aio.server(options=opts, interceptors=interceptors)
             internal = InternalService(
                 self.director,

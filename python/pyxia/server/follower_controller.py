@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -321,13 +322,18 @@ class FollowerController:
             pass  # duplicate: already held, re-acknowledged
         else:
             prev = a.previous_entry_crc if a.HasField("previous_entry_crc") else None
+            m = self.storage.metrics
+            started = time.perf_counter()
             try:
                 wal.append(e.term, e.offset, e.value, e.timestamp, prev)
             except (InvalidNextOffset, CrcMismatch) as err:
                 raise InvalidArgument(f"oxia: {err}", shard=self.shard) from err
             except WalError as err:
+                m.wal_write_errors.inc()
                 self._storage_failed(err)
                 raise StorageFailure(str(err), shard=self.shard) from err
+            m.wal_appended(started, len(e.value))
+            m.follower_write_latency.observe((time.perf_counter() - started) * 1000.0)
             wal.request_sync()
         self._follow_commit(a)
         return int(e.offset)
@@ -346,6 +352,7 @@ class FollowerController:
         failure = self.storage.wal.failure
         if failure is not None:
             self._storage_failed(RuntimeError(failure))
+        self.storage.metrics.wal_synced()
         self.durable.notify()
         self._apply_wanted.notify()
 

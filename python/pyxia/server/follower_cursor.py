@@ -18,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 
-from pyxia._native import EntryNotFound
+from pyxia._native import EntryNotFound, WalError
 from pyxia.common.channels import ChannelPool
 from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.errors import NodeIsNotMember
@@ -228,6 +229,8 @@ class FollowerCursor:
                     term=term, commit_offset=leader.commit_offset, heartbeat=heartbeat
                 ).SerializeToString()
             if nxt <= wal.last_offset:
+                m = leader.metrics
+                started = time.perf_counter()
                 try:
                     entries = wal.read_batch(nxt, max_entries=READ_BATCH)
                 except EntryNotFound:
@@ -243,6 +246,11 @@ class FollowerCursor:
                         wal.first_offset,
                     )
                     return
+                except WalError:
+                    m.wal_read_errors.inc()
+                    raise
+                m.wal_read_latency.observe((time.perf_counter() - started) * 1000.0)
+                m.wal_read_bytes.inc(sum(len(e.value) for e in entries))
                 commit = leader.commit_offset
                 for e in entries:
                     yield replication_pb2.Append(
@@ -262,20 +270,16 @@ class FollowerCursor:
 
     async def _send_snapshot(self) -> None:
         leader = self.leader
-        snap = leader.storage.create_snapshot()
+        m = leader.metrics
+        m.snapshots_started.inc()
+        started = time.perf_counter()
         try:
-            ch = self._channels.get(self.follower)
-            call = ch.stream_unary(
-                SEND_SNAPSHOT,
-                request_serializer=_ident,
-                response_deserializer=replication_pb2.SnapshotResponse.FromString,
-            )
-            try:
-                resp = await call(self._chunks(snap), metadata=self._metadata())
-            except grpc.aio.AioRpcError as e:
-                raise error_from_rpc(e) from e
-        finally:
-            shutil.rmtree(snap, ignore_errors=True)
+            resp = await self._transfer_snapshot()
+        except BaseException:
+            m.snapshots_failed.inc()
+            raise
+        m.snapshots_completed.inc()
+        m.snapshots_transfer_time.observe((time.perf_counter() - started) * 1000.0)
         self.snapshots_sent += 1
         self._force_snapshot = False
         log.info(
@@ -290,12 +294,33 @@ class FollowerCursor:
             tracker.reset_follower(self.follower, resp.ack_offset)
             leader.on_follower_ack(self.follower, resp.ack_offset)
 
+    async def _transfer_snapshot(self) -> replication_pb2.SnapshotResponse:
+        leader = self.leader
+        snap = leader.storage.create_snapshot()
+        try:
+            ch = self._channels.get(self.follower)
+            call = ch.stream_unary(
+                SEND_SNAPSHOT,
+                request_serializer=_ident,
+                response_deserializer=replication_pb2.SnapshotResponse.FromString,
+            )
+            try:
+                resp: replication_pb2.SnapshotResponse = await call(
+                    self._chunks(snap), metadata=self._metadata()
+                )
+            except grpc.aio.AioRpcError as e:
+                raise error_from_rpc(e) from e
+        finally:
+            shutil.rmtree(snap, ignore_errors=True)
+        return resp
+
     async def _chunks(self, snap_dir: Path) -> AsyncIterator[bytes]:
         term = self.leader.term
         for f, size in await asyncio.to_thread(_list_files, snap_dir):
             count = max(1, -(-size // SNAPSHOT_CHUNK))
             for i in range(count):
                 content = await asyncio.to_thread(_read_chunk, f, i * SNAPSHOT_CHUNK)
+                self.leader.metrics.snapshots_sent_bytes.inc(len(content))
                 yield replication_pb2.SnapshotChunk(
                     term=term, name=f.name, content=content, chunk_index=i, chunk_count=count
                 ).SerializeToString()

@@ -66,7 +66,7 @@ from pyxia.errors import (
     WriteIndeterminate,
 )
 from pyxia.failpoints import failpoint
-from pyxia.metrics import ShardMetrics
+from pyxia.metrics import SHARDS
 from pyxia.proto import client_pb2, replication_pb2
 from pyxia.server import handoff
 from pyxia.server.follower_cursor import FollowerCursor
@@ -157,7 +157,8 @@ class LeaderController:
         # Bumped after every apply: notification and sequence streams wait on it.
         self.applied = Signal()
         self._sequence_watches: dict[str, list[SequenceWatch]] = {}
-        self.metrics = ShardMetrics(self.shard)
+        self.metrics = storage.metrics
+        SHARDS.add_leader(self)  # its offsets are exported while it leads
         self.sessions = SessionManager(self, check_interval=session_check_interval)
         self.leader_hint: str | None = None
         # Bumped on every append: follower cursors wait on it.
@@ -574,6 +575,7 @@ class LeaderController:
         if self._closed:
             return
         self._closed = True
+        SHARDS.remove_leader(self)
         self._unregister_reader()
         self._step_down(NodeIsNotLeader(f"oxia: shard {self.shard} is closing", shard=self.shard))
         self.handoff = None
@@ -589,6 +591,14 @@ class LeaderController:
     @property
     def status_name(self) -> str:
         return str(replication_pb2.ServingStatus.Name(self.status))
+
+    def leader_offsets(self) -> tuple[int, int, dict[str, int]] | None:
+        """Head and commit offsets and the followers' acknowledged offsets while leading (the
+        metrics read them at scrape time, from another thread: a snapshot of plain ints)."""
+        tracker = self.tracker
+        if self.status != LEADER or tracker is None:
+            return None
+        return tracker.head_offset, tracker.commit_offset, tracker.followers
 
     def _check_open(self) -> None:
         if self._closed:
@@ -651,11 +661,14 @@ class LeaderController:
         now = int(time.time() * 1000)
         ts = now if now > self._last_ts else self._last_ts
         self._last_ts = ts
+        started = time.perf_counter()
         try:
             self.wal.append(self.term, offset, value, ts)
         except WalError as e:
+            self.metrics.wal_write_errors.inc()
             self._storage_failed(e)
             raise StorageFailure(f"oxia: WAL append failed: {e}", shard=self.shard) from e
+        self.metrics.wal_appended(started, len(value))
         self._next_offset = offset + 1
         fut: asyncio.Future[ApplyResult] = self._loop.create_future()
         self._pending.append(Proposal(offset, request, ts, fut, on_applied, time.monotonic()))
@@ -690,6 +703,7 @@ class LeaderController:
         if failure is not None:
             self._storage_failed(RuntimeError(failure))
             return
+        self.metrics.wal_synced()
         if self.sync_policy is not None:
             self.sync_policy.round_done()
         if self.tracker is None:
@@ -746,7 +760,6 @@ class LeaderController:
         target = self._apply_target
         m = self.metrics
         n_requests = 0
-        n_ops = 0
         finished = True
         while True:
             current = self._applying
@@ -778,15 +791,9 @@ class LeaderController:
                 p.on_applied(res)
             if not p.future.done():
                 p.future.set_result(res)
-            req = p.request
             n_requests += 1
-            n_ops += len(req.puts) + len(req.deletes) + len(req.delete_ranges)
-            m.write_latency.observe(time.monotonic() - p.proposed_at)
+            m.leader_write_latency.observe((time.monotonic() - p.proposed_at) * 1000.0)
         if n_requests:
-            m.write_requests.inc(n_requests)
-            m.write_ops.inc(n_ops)
-            m.commit_offset.set(target)
-            m.head_offset.set(self.wal.last_offset)
             self.applied.notify()
         return finished
 
@@ -865,8 +872,12 @@ class LeaderController:
 
     async def get(self, req: client_pb2.GetRequest) -> client_pb2.GetResponse:
         await self.confirm_leadership()
-        self.metrics.read_ops.inc()
-        return reads.get(self.storage.db, req)
+        m = self.metrics
+        started = time.perf_counter()
+        res = reads.get(self.storage.db, req)
+        m.db_get_latency.observe((time.perf_counter() - started) * 1000.0)
+        m.db_gets.inc()
+        return res
 
     def notifications_enabled(self) -> bool:
         return self.term_options.notifications_enabled

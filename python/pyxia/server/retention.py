@@ -49,7 +49,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pyxia.common.signals import Signal
-from pyxia.metrics import WAL_SIZE_BYTES, WAL_TRIMMED_SEGMENTS
 from pyxia.server.follower_controller import FollowerController
 from pyxia.server.leader_controller import LEADER, LeaderController
 from pyxia.storage import reads
@@ -361,9 +360,8 @@ class RetentionKeeper:
         storage = step.storage
         segments = storage.wal.segments()
         deleted = sum(1 for s in step.segments if s.last_offset < first) if first >= 0 else 0
-        label = str(storage.shard)
         if deleted:
-            WAL_TRIMMED_SEGMENTS.labels(label).inc(deleted)
+            storage.metrics.wal_trimmed_segments.inc(deleted)
             log.debug(
                 "shard %s (%s): WAL trimmed to %d, %d segment(s) deleted",
                 storage.shard,
@@ -378,7 +376,7 @@ class RetentionKeeper:
                 name,
             )
         wal_bytes = sum(s[2] for s in segments)
-        WAL_SIZE_BYTES.labels(label).set(wal_bytes)
+        storage.metrics.wal_size_bytes.set(wal_bytes)
         notified = 0
         if storage.db is step.db:
             notified = reads.trim_notifications_window(storage.db, self.notifications_retention_ms)

@@ -34,6 +34,7 @@ from pyxia.common.keys import KeyEncoding
 from pyxia.common.validation import REBUILDING_HEAD, check_namespace, check_shard_id
 from pyxia.errors import ReplicaCorrupt
 from pyxia.failpoints import failpoint
+from pyxia.metrics import SHARDS, ReplicaGauges, ShardMetrics
 from pyxia.proto import replication_pb2
 from pyxia.storage.apply import DEFAULT_WRITE_LIMITS, StateApplier, WriteLimits
 from pyxia.storage.db import INVALID_OFFSET, INVALID_TERM, DbResources, ShardDB, TermOptions
@@ -134,14 +135,19 @@ class ShardStorage:
             self.wal.close()
             self.db.close()
             raise
+        self.metrics = ShardMetrics(namespace, shard)
         self.applier = StateApplier(
-            self.db, shard, notifications_enabled=term_options.notifications_enabled
+            self.db,
+            shard,
+            notifications_enabled=term_options.notifications_enabled,
+            metrics=self.metrics,
         )
         self._closed = False
         self._rebuilding = self.rebuild_marker.exists()
         # Held (in a worker thread) by a retention step, and by whatever replaces or closes
         # the DB, so that neither runs under the other.
         self._maintenance = threading.Lock()
+        SHARDS.add(self)
 
     def _corrupt_wal(self, detail: str) -> ReplicaCorrupt:
         hint = repair_hint(self.options.wal_dir, self.namespace, self.shard)
@@ -323,6 +329,7 @@ class ShardStorage:
                 self.db,
                 self.shard,
                 notifications_enabled=self.db.read_term()[1].notifications_enabled,
+                metrics=self.metrics,
             )
             raise
         shutil.rmtree(backup, ignore_errors=True)
@@ -331,10 +338,26 @@ class ShardStorage:
         _, options = db.read_term()
         db.update_term(term, options)
         self.applier = StateApplier(
-            db, self.shard, notifications_enabled=options.notifications_enabled
+            db,
+            self.shard,
+            notifications_enabled=options.notifications_enabled,
+            metrics=self.metrics,
         )
         self.wal.clear()
         return self.applier.commit_offset
+
+    def scrape(self) -> ReplicaGauges | None:
+        """The replica's gauges for the metrics (called from the scrape thread); None once
+        closed. A DB or WAL closing meanwhile raises, and the scrape skips the replica."""
+        if self._closed:
+            return None
+        wal = self.wal
+        return ReplicaGauges(
+            wal_entries=max(0, wal.last_synced_offset - wal.first_offset + 1)
+            if wal.last_synced_offset >= 0
+            else 0,
+            **self.db.gauges(),
+        )
 
     def close(self) -> None:
         """Closes WAL and DB. Idempotent."""
@@ -342,6 +365,7 @@ class ShardStorage:
             if self._closed:
                 return
             self._closed = True
+            SHARDS.remove(self)
             try:
                 self.wal.close()
             finally:

@@ -59,6 +59,7 @@ from pyxia.errors import (
     ResourceExhausted,
     ShardNotFound,
 )
+from pyxia.metrics import count_controllers
 from pyxia.proto import replication_pb2
 from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.follower_controller import FollowerController
@@ -114,6 +115,7 @@ class ShardsDirector:
         self.channels = channels or ChannelPool()
         self.leaders: dict[int, LeaderController] = {}
         self.followers: dict[int, FollowerController] = {}
+        count_controllers(lambda: len(self.leaders), lambda: len(self.followers))
         self._storages: dict[int, ShardStorage] = {}
         self._session_check_interval = session_check_interval
         self._locks: dict[int, asyncio.Lock] = {}
