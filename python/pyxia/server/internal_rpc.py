@@ -287,8 +287,11 @@ class InternalService:
             )
         res = c.get_status()
         st = self.director._storages.get(req.shard)
+        res.split_parent_term = -1
         if st is not None:
             res.shard_stats.db_size_bytes = st.db.size_bytes()
+            if st.split_filter is not None:
+                res.split_parent_term = st.split_filter.parent_term
         return res
 
     @_unary
