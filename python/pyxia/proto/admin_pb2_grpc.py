@@ -44,6 +44,11 @@ class PyxiaAdminStub:
                 request_serializer=pyxia_dot_proto_dot_admin__pb2.MoveLeaderRequest.SerializeToString,
                 response_deserializer=pyxia_dot_proto_dot_admin__pb2.MoveLeaderResponse.FromString,
                 _registered_method=True)
+        self.SplitShard = channel.unary_unary(
+                '/pyxia.admin.v1.PyxiaAdmin/SplitShard',
+                request_serializer=pyxia_dot_proto_dot_admin__pb2.SplitShardRequest.SerializeToString,
+                response_deserializer=pyxia_dot_proto_dot_admin__pb2.SplitShardResponse.FromString,
+                _registered_method=True)
 
 
 class PyxiaAdminServicer:
@@ -65,6 +70,14 @@ class PyxiaAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SplitShard(self, request, context):
+        """Splits a shard in two (see docs/operations.md, "Splitting a shard"): answers with the
+        children's ids once the split started, or, with `wait`, once it ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PyxiaAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +90,11 @@ def add_PyxiaAdminServicer_to_server(servicer, server):
                     servicer.MoveLeader,
                     request_deserializer=pyxia_dot_proto_dot_admin__pb2.MoveLeaderRequest.FromString,
                     response_serializer=pyxia_dot_proto_dot_admin__pb2.MoveLeaderResponse.SerializeToString,
+            ),
+            'SplitShard': grpc.unary_unary_rpc_method_handler(
+                    servicer.SplitShard,
+                    request_deserializer=pyxia_dot_proto_dot_admin__pb2.SplitShardRequest.FromString,
+                    response_serializer=pyxia_dot_proto_dot_admin__pb2.SplitShardResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -133,6 +151,33 @@ class PyxiaAdmin:
             '/pyxia.admin.v1.PyxiaAdmin/MoveLeader',
             pyxia_dot_proto_dot_admin__pb2.MoveLeaderRequest.SerializeToString,
             pyxia_dot_proto_dot_admin__pb2.MoveLeaderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SplitShard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pyxia.admin.v1.PyxiaAdmin/SplitShard',
+            pyxia_dot_proto_dot_admin__pb2.SplitShardRequest.SerializeToString,
+            pyxia_dot_proto_dot_admin__pb2.SplitShardResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,10 @@ class PyxiaAdminStub:
     finishes what it logged and hands over; clients see only retryable answers). Answers once
     the new leader serves.
     """
+    SplitShard: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SplitShardRequest, _admin_pb2.SplitShardResponse]
+    """Splits a shard in two (see docs/operations.md, "Splitting a shard"): answers with the
+    children's ids once the split started, or, with `wait`, once it ended.
+    """
 
 @_typing.type_check_only
 class PyxiaAdminAsyncStub(PyxiaAdminStub):
@@ -48,6 +52,10 @@ class PyxiaAdminAsyncStub(PyxiaAdminStub):
     """Moves a shard's leadership to another ensemble member, as a planned move (the leader
     finishes what it logged and hands over; clients see only retryable answers). Answers once
     the new leader serves.
+    """
+    SplitShard: _aio.UnaryUnaryMultiCallable[_admin_pb2.SplitShardRequest, _admin_pb2.SplitShardResponse]  # type: ignore[assignment]
+    """Splits a shard in two (see docs/operations.md, "Splitting a shard"): answers with the
+    children's ids once the split started, or, with `wait`, once it ended.
     """
 
 class PyxiaAdminServicer(metaclass=_abc_1.ABCMeta):
@@ -68,6 +76,16 @@ class PyxiaAdminServicer(metaclass=_abc_1.ABCMeta):
         """Moves a shard's leadership to another ensemble member, as a planned move (the leader
         finishes what it logged and hands over; clients see only retryable answers). Answers once
         the new leader serves.
+        """
+
+    @_abc_1.abstractmethod
+    def SplitShard(
+        self,
+        request: _admin_pb2.SplitShardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SplitShardResponse, _abc.Awaitable[_admin_pb2.SplitShardResponse]]:
+        """Splits a shard in two (see docs/operations.md, "Splitting a shard"): answers with the
+        children's ids once the split started, or, with `wait`, once it ended.
         """
 
 def add_PyxiaAdminServicer_to_server(servicer: PyxiaAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
