@@ -36,6 +36,7 @@ from typing import TypeVar
 
 from pyxia.config import ClusterConfig, NamespaceConfig, ServerAddress
 from pyxia.coordinator import split_rules
+from pyxia.coordinator.autosplit import AutoSplitter
 from pyxia.coordinator.dataserver_controller import DataServerController, LivenessOptions
 from pyxia.coordinator.metadata.provider import MetadataProvider, Version
 from pyxia.coordinator.model import (
@@ -107,6 +108,7 @@ class Coordinator:
         # Splits in progress, by parent shard; and how the latest of each parent ended.
         self.split_controllers: dict[int, SplitController] = {}
         self.splits_ended: dict[int, SplitController] = {}
+        self.auto_splitter = AutoSplitter(self)
         self.pending_leaders: dict[int, str] = {}
         self.servers: dict[str, DataServerController] = {}
         self._assignments: client_pb2.ShardAssignments | None = None
@@ -156,6 +158,7 @@ class Coordinator:
         self._tasks.append(loop.create_task(self._config_loop(), name="coordinator-config"))
         if self.options.balance:
             self._tasks.append(loop.create_task(self._balance_loop(), name="coordinator-balance"))
+        self._tasks.append(loop.create_task(self.auto_splitter.run(), name="coordinator-autosplit"))
         log.info(
             "coordinator started: %d namespaces, %d shards, %d servers",
             len(self.status.namespaces),
@@ -575,6 +578,12 @@ class Coordinator:
         sc = self.shard_controllers.get(shard)
         if sc is None or sc.namespace != namespace:
             raise InvalidArgument(f"oxia: no shard {shard} in namespace {namespace!r}")
+        ns_tso = self.namespace_config(namespace)
+        if ns_tso is not None and ns_tso.tso:
+            raise InvalidArgument(
+                f"oxia: namespace {namespace!r} holds the timestamp oracle: its one shard "
+                "cannot be split"
+            )
         max_shards = self.config.auto_split.max_shards_per_namespace
         ns_cfg = self.namespace_config(namespace)
 

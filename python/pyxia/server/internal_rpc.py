@@ -95,6 +95,15 @@ def term_options(opts: replication_pb2.NewTermOptions) -> TermOptions:
     return TermOptions(notifications_enabled=opts.enable_notifications, key_sorting=enc.name)
 
 
+def _counter_value(counter: Any) -> int:
+    """The value of a Prometheus counter child (its ``_total`` sample)."""
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                return int(sample.value)
+    return 0
+
+
 def decode(message_type: type[M], raw: bytes) -> M:
     """``raw`` as a ``message_type``; INVALID_ARGUMENT if it is not one."""
     try:
@@ -288,6 +297,10 @@ class InternalService:
         res = c.get_status()
         st = self.director._storages.get(req.shard)
         res.split_parent_term = -1
+        if isinstance(c, LeaderController):
+            # Since this process started (auto-split takes a rate between two samples).
+            res.shard_stats.read_ops_total = _counter_value(c.metrics.read_ops)
+            res.shard_stats.write_ops_total = _counter_value(c.metrics.write_ops)
         if st is not None:
             res.shard_stats.db_size_bytes = st.db.size_bytes()
             if st.split_filter is not None:
