@@ -187,3 +187,88 @@ async def test_a_new_coordinator_resumes_a_split(env: Env, stop_at: str) -> None
     )
     with contextlib.suppress(KeyError):
         assert all(m.status == STEADY for _, _, m in shards(c2.status))
+
+
+async def test_guarantees_across_a_split(env: Env) -> None:
+    """What a split keeps, as docs/operations.md defines it:
+
+    - notifications: a feed that followed the parent goes on from the parent's offset on each
+      child; every change is delivered exactly once;
+    - sequence keys: a sequence (one partition key, so one side) goes on from the parent's
+      last key, strictly increasing;
+    - secondary indexes: every record is found through its index exactly once, on its side;
+    - versions: a record keeps the version the parent gave it; conditional writes on it work;
+    - sessions: a session lived on the parent; its ephemeral records survive the cutover and
+      are deleted once the session times out (its keep-alives named the parent), so none
+      lingers."""
+    c = env.coordinator
+    parent = only_shard(env)
+    async with AsyncClient(
+        env.cluster.nodes[0].public, request_timeout_s=20, session_timeout_s=2.0
+    ) as client:
+        feed = await client.get_notifications()
+        await feed.wait_connected()
+        seq_before = [
+            (await client.put("seq", b"", partition_key="p", sequence_key_deltas=[1])).key
+            for _ in range(5)
+        ]
+        before = [f"n{i}" for i in range(30)]
+        versions = {}
+        for k in before:
+            r = await client.put(k, k.encode(), secondary_indexes={"by-value": f"v-{k}"})
+            versions[k] = r.version.version_id
+        await client.put("eph", b"e", ephemeral=True)
+        await c.split_shard("default", parent)
+        assert await c.wait_split(parent, timeout=60) == "done"
+        after = [f"m{i}" for i in range(30)]
+        for k in after:
+            await client.put(k, k.encode(), secondary_indexes={"by-value": f"v-{k}"})
+        seq_after = [
+            (await client.put("seq", b"", partition_key="p", sequence_key_deltas=[1])).key
+            for _ in range(5)
+        ]
+        # Versions and conditional writes.
+        for k in before:
+            assert (await client.get(k)).version.version_id == versions[k]
+        await client.put(
+            before[0],
+            b"again",
+            expected_version_id=versions[before[0]],
+            secondary_indexes={"by-value": f"v-{before[0]}"},
+        )
+        # Sequence keys go on increasing, none repeated.
+        seq = seq_before + seq_after
+        assert seq == sorted(seq) and len(set(seq)) == len(seq)
+        # Secondary indexes: every record found once.
+        found = await client.list("v-", "v-~", use_index="by-value")
+        assert sorted(found) == sorted(before + after)
+        # Notifications: every key created exactly once, across the parent and the children.
+        created: dict[str, int] = {}
+        wanted = set(before + after)
+        deadline = asyncio.get_running_loop().time() + 30
+        while not wanted <= set(created):
+            left = deadline - asyncio.get_running_loop().time()
+            assert left > 0, f"missing notifications: {sorted(wanted - set(created))[:5]}"
+            b = await feed.get(timeout=left)
+            if b is None:
+                continue
+            for n in b:
+                if n.key in wanted and n.type.name == "KEY_CREATED":
+                    created[n.key] = created.get(n.key, 0) + 1
+        assert all(v == 1 for v in created.values())
+        await feed.close()
+        # The ephemeral record is still there right after the cutover, and goes with its
+        # session's timeout (its keep-alives named the parent, which is gone).
+        await wait_until(
+            lambda: _absent(client, "eph"), timeout=20, what="the ephemeral record expired"
+        )
+
+
+async def _absent(client: AsyncClient, key: str) -> bool:
+    from pyxia.client.errors import KeyNotFound
+
+    try:
+        await client.get(key)
+    except KeyNotFound:
+        return True
+    return False

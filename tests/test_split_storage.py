@@ -19,6 +19,7 @@ from pyxia.storage.steps import run_steps
 from test_storage_apply import ENCODINGS, Shard, put
 
 MID = MAX_HASH // 2
+CHILD = 9
 LEFT = SplitFilter(0, MID, 3)
 RIGHT = SplitFilter(MID + 1, MAX_HASH, 3)
 
@@ -38,7 +39,7 @@ def cut(shard: Shard, flt: SplitFilter) -> int:
     write_filter(shard.db, flt)
     from pyxia.storage.split import cut_steps
 
-    return run_steps(cut_steps(shard.db, flt))
+    return run_steps(cut_steps(shard.db, flt, CHILD))
 
 
 @pytest.fixture(params=ENCODINGS, ids=lambda e: e.name)
@@ -117,6 +118,8 @@ def test_notifications_are_cut_per_key_and_ranges_stay(shard: Shard) -> None:
     shard.write(ranges=[client_pb2.DeleteRangeRequest(start_inclusive="zz", end_exclusive="zzz")])
     cut(shard, LEFT)
     assert [k for k, _ in shard.notes(both)] == [a]
+    batch = shard.batch(both)
+    assert batch is not None and batch.shard == CHILD  # kept batches name the child
     assert shard.batch(right_only) is None
     assert shard.notes(ranged) == [("zz", client_pb2.KEY_RANGE_DELETED)]
     shard.close()
@@ -130,13 +133,13 @@ def test_cut_is_idempotent_after_a_crash_halfway(shard: Shard) -> None:
         shard.write([put(k) for k in right[i : i + 500]])
     shard.write([put(k) for k in left])
     write_filter(shard.db, LEFT)
-    steps = cut_steps(shard.db, LEFT)
+    steps = cut_steps(shard.db, LEFT, CHILD)
     next(steps)
     next(steps)  # a chunk or more written, then the process "dies"
     steps.close()
     assert read_filter(shard.db) == LEFT  # still to do
     shard.reopen()
-    run_steps(cut_steps(shard.db, read_filter(shard.db) or LEFT))
+    run_steps(cut_steps(shard.db, read_filter(shard.db) or LEFT, CHILD))
     assert sorted(shard.user_keys()) == sorted(left)
     shard.close()
 

@@ -291,7 +291,7 @@ class ShardStorage:
         flt = self.split_filter
         if flt is None:
             return 0
-        deleted = yield from cut_steps(self.db, flt)
+        deleted = yield from cut_steps(self.db, flt, self.shard)
         self.split_filter = None
         log.info(
             "shard %s/%s: cut down to hashes %d..%d after the split (%d keys deleted)",

@@ -22,7 +22,8 @@ key's when it was written with one, else its key's — how clients route it):
 - a session's shadow keys and secondary index entries only where their record stayed;
 - notification batches filtered entry by entry: a key notification stays where its record
   stayed (when the record is in neither DB any more, where the key alone hashes), a range
-  deletion stays in both; an emptied batch is deleted;
+  deletion stays in both; an emptied batch is deleted; every kept batch names the child (a
+  subscriber that followed the parent goes on from the parent's offset on each child);
 - every other internal record (commit offset, version counter, term, features);
 - the DB checksum is deleted (it no longer describes the data).
 
@@ -134,9 +135,10 @@ class _Writer:
             self.pending = 0
 
 
-def cut_steps(db: ShardDB, flt: SplitFilter) -> Steps[int]:
+def cut_steps(db: ShardDB, flt: SplitFilter, shard: int) -> Steps[int]:
     """Cuts the DB down to ``flt``'s range (see the module docstring), a step per chunk of
-    keys looked at; the filter record goes in the last batch. Returns the keys deleted."""
+    keys looked at; the filter record goes in the last batch. ``shard``: the child's id, which
+    the kept notification batches take. Returns the keys deleted."""
     enc = db.encoding
     decode = enc.decode
     w = _Writer(db)
@@ -160,7 +162,7 @@ def cut_steps(db: ShardDB, flt: SplitFilter) -> Steps[int]:
         elif key.startswith(keys.INDEX_PREFIX + "/"):
             _cut_index_entry(db, w, ekey, key)
         elif key.startswith(keys.NOTIFICATIONS_PREFIX + "/"):
-            _cut_notifications(db, w, flt, ekey, raw)
+            _cut_notifications(db, w, flt, shard, ekey, raw)
         elif key == keys.CHECKSUM_KEY:
             w.delete(ekey)
         n += 1
@@ -195,7 +197,9 @@ def _cut_index_entry(db: ShardDB, w: _Writer, ekey: bytes, key: str) -> None:
         w.delete(ekey)
 
 
-def _cut_notifications(db: ShardDB, w: _Writer, flt: SplitFilter, ekey: bytes, raw: bytes) -> None:
+def _cut_notifications(
+    db: ShardDB, w: _Writer, flt: SplitFilter, shard: int, ekey: bytes, raw: bytes
+) -> None:
     try:
         nb = client_pb2.NotificationBatch.FromString(raw)
     except DecodeError:
@@ -208,11 +212,11 @@ def _cut_notifications(db: ShardDB, w: _Writer, flt: SplitFilter, ekey: bytes, r
             if not flt.owns(h):
                 continue
         kept.append(entry)
-    if len(kept) == len(nb.notifications):
+    if len(kept) == len(nb.notifications) and nb.shard == shard:
         return
     if not kept:
         w.delete(ekey)
         return
-    out = client_pb2.NotificationBatch(shard=nb.shard, offset=nb.offset, timestamp=nb.timestamp)
+    out = client_pb2.NotificationBatch(shard=shard, offset=nb.offset, timestamp=nb.timestamp)
     out.notifications.extend(kept)
     w.put(ekey, out.SerializeToString())
