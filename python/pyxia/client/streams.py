@@ -203,8 +203,8 @@ class NotificationsFeed:
         self._queue: asyncio.Queue[NotificationBatch | BaseException] = asyncio.Queue(max_buffered)
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._connected: dict[int, asyncio.Event] = {}
-        # The hash range of every shard seen (a split parent's too, once it left the map).
-        self._ranges: dict[int, tuple[int, int]] = {}
+        # The hash range of every shard the client saw (a split parent's too, once it left).
+        self._ranges = core.shard_ranges_seen
         self.closed = False
         self._remove_listener = core.add_map_listener(self._on_map)
         if core.shard_map is not None:
@@ -218,7 +218,9 @@ class NotificationsFeed:
             if shard not in ranges:
                 task.cancel()  # the shard is gone (split: its children take over below)
                 del self._tasks[shard]
-                self._connected.pop(shard, None)
+                gone = self._connected.pop(shard, None)
+                if gone is not None:
+                    gone.set()  # nothing to wait for on it any more
         for shard in m.shards:
             if shard not in self._tasks:
                 lo, hi = ranges[shard]
@@ -231,7 +233,6 @@ class NotificationsFeed:
                 self._tasks[shard] = self.core.loop.create_task(
                     self._follow(shard), name=f"pyxia-notifications-{shard}"
                 )
-        self._ranges.update(ranges)
 
     async def wait_connected(self) -> None:
         """Waits until every shard's stream has started (its position is known): a change made

@@ -79,6 +79,7 @@ class SplitController:
         # How long the parent refused writes (frozen, then fenced) before the children served.
         self.frozen_seconds: float | None = None
         self._frozen_at: float | None = None
+        self._snapshot_followers: dict[int, bool] = {}
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -202,10 +203,11 @@ class SplitController:
             enable_notifications=ns.notifications_enabled if ns else True, key_sorting=sorting
         )
 
-    async def _new_term(self, node: str, shard: int, term: int) -> bool:
-        """Fences ``node``'s replica of ``shard`` at ``term``; whether it holds that term now."""
+    async def _new_term(self, node: str, shard: int, term: int) -> replication_pb2.EntryId | None:
+        """Fences ``node``'s replica of ``shard`` at ``term``: its head, ``{-1, -1}`` if it is
+        past the fence at this term already (following it), None if it did not answer."""
         try:
-            await self._call(
+            res = await self._call(
                 node,
                 "NewTerm",
                 replication_pb2.NewTermRequest(
@@ -213,16 +215,19 @@ class SplitController:
                 ),
                 replication_pb2.NewTermResponse,
             )
-            return True
+            head: replication_pb2.EntryId = res.head_entry_id
+            return head
         except InvalidStatus:
-            return True  # already past the fence at this term (following it)
+            return replication_pb2.EntryId(term=-1, offset=-1)
         except PyxiaError as e:
             log.debug("split of %d: NewTerm(%d, %d) on %s: %s", self.parent, shard, term, node, e)
-            return False
+            return None
 
-    async def _fence_all(self, shard: int, term: int, members: list[str]) -> list[str]:
-        ok = await asyncio.gather(*(self._new_term(m, shard, term) for m in members))
-        return [m for m, good in zip(members, ok, strict=True) if good]
+    async def _fence_all(
+        self, shard: int, term: int, members: list[str]
+    ) -> dict[str, replication_pb2.EntryId]:
+        heads = await asyncio.gather(*(self._new_term(m, shard, term) for m in members))
+        return {m: h for m, h in zip(members, heads, strict=True) if h is not None}
 
     async def _replica(self, node: str, shard: int) -> rules.ChildReplica | None:
         try:
@@ -422,8 +427,7 @@ class SplitController:
                 f"oxia: only {len(fenced)} of {len(members)} replicas of split parent "
                 f"{self.parent} answered NewTerm"
             )
-        for child in self.children:
-            await self._elect_child(child, parent_term, head)
+        await asyncio.gather(*(self._elect_child(c, parent_term, head) for c in self.children))
         await afailpoint("split.before_publish")
 
         def publish(st: metadata_pb2.ClusterStatus) -> None:
@@ -468,22 +472,34 @@ class SplitController:
             )
         counts = self.c.leader_counts()
         leader = min(candidates, key=lambda m: (-eligible[m].head_offset, counts.get(m, 0), m))
-        # Followers start over from the leader's snapshot: a replica seeded by an earlier
-        # leader of the parent may hold a tail the parent's log no longer has.
-        followers = {m: replication_pb2.EntryId(term=-1, offset=-1) for m in fenced if m != leader}
-        await self._call(
-            leader,
-            "BecomeLeader",
-            replication_pb2.BecomeLeaderRequest(
-                namespace=self.namespace,
-                shard=child,
-                term=term,
-                replication_factor=len(members),
-                follower_maps=followers,
-            ),
-            replication_pb2.BecomeLeaderResponse,
-            timeout=120,
-        )
+        # A counted follower holds a prefix of the parent's final log (seeded by its last
+        # leader): it keeps it. Any other starts over from the leader's snapshot: a replica
+        # seeded by an earlier leader of the parent may hold a tail the parent's log no longer
+        # has. After a failed attempt (a leader whose log is only a snapshot cannot check a
+        # follower's entries), every follower starts over.
+        empty = replication_pb2.EntryId(term=-1, offset=-1)
+        followers = {
+            m: h if m in eligible and not self._snapshot_followers.get(child) else empty
+            for m, h in fenced.items()
+            if m != leader
+        }
+        try:
+            await self._call(
+                leader,
+                "BecomeLeader",
+                replication_pb2.BecomeLeaderRequest(
+                    namespace=self.namespace,
+                    shard=child,
+                    term=term,
+                    replication_factor=len(members),
+                    follower_maps=followers,
+                ),
+                replication_pb2.BecomeLeaderResponse,
+                timeout=120,
+            )
+        except PyxiaError:
+            self._snapshot_followers[child] = True
+            raise
         by_internal = {m.internal: m for m in meta.ensemble}
 
         def done(st: metadata_pb2.ClusterStatus) -> None:

@@ -150,20 +150,32 @@ class VersionSighting:
     where: str
 
 
-def version_sightings(
-    history: History, shard_of: Callable[[str], int]
-) -> Iterable[VersionSighting]:
+def version_sightings(history: History, shard_of: Callable[..., int]) -> Iterable[VersionSighting]:
+    """Every version seen, on the shard that holds the key in the *final* map (``shard_of``):
+    a split's children go on with their parent's version counter, so a key's versions form
+    one sequence on its final shard (each final shard's keys lived in one shard at every
+    moment), while two children may hand out the same version number to different keys."""
     for op in history.ops:
         if op.status != OK:
             continue
         if op.kind in (PUT, CAS, SEQ) and op.result == "ok" and op.version is not None:
             key = op.result_key if op.kind == SEQ and op.result_key else op.key
             yield VersionSighting(
-                op.shard, op.version, key, op.value, op.mod_count, f"#{op.id} {op.kind}"
+                shard_of(op.key, op.partition_key),
+                op.version,
+                key,
+                op.value,
+                op.mod_count,
+                f"#{op.id} {op.kind}",
             )
         elif op.kind == GET and op.result == "found" and op.version is not None:
             yield VersionSighting(
-                op.shard, op.version, op.key, op.read_value, op.mod_count, f"#{op.id} get"
+                shard_of(op.key, op.partition_key),
+                op.version,
+                op.key,
+                op.read_value,
+                op.mod_count,
+                f"#{op.id} get",
             )
         elif op.kind == SCAN:
             for r in op.records or ():
@@ -174,7 +186,7 @@ def version_sightings(
 
 def check_versions(
     history: History,
-    shard_of: Callable[[str], int],
+    shard_of: Callable[..., int],
     extra: Iterable[VersionSighting] = (),
 ) -> CheckReport:
     report = CheckReport("versions")
@@ -221,7 +233,7 @@ def check_versions(
             and op.version is not None
             and op.complete is not None
         ):
-            writes.setdefault(op.shard, []).append(op)
+            writes.setdefault(shard_of(op.key, op.partition_key), []).append(op)
     for shard, ws in writes.items():
         by_complete = sorted(ws, key=lambda o: o.complete or 0)
         completes = [o.complete or 0 for o in by_complete]
