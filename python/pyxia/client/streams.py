@@ -225,10 +225,14 @@ class NotificationsFeed:
             if shard not in self._tasks:
                 lo, hi = ranges[shard]
                 if shard not in self._offsets:
-                    for old, (plo, phi) in self._ranges.items():
-                        if old not in ranges and old in self._offsets and plo <= lo <= hi <= phi:
-                            self._offsets[shard] = self._offsets[old]
-                            break
+                    # The latest position on its lineage: offsets grow from parent to child.
+                    inherited = [
+                        self._offsets[old]
+                        for old, (plo, phi) in self._ranges.items()
+                        if old not in ranges and old in self._offsets and plo <= lo <= hi <= phi
+                    ]
+                    if inherited:
+                        self._offsets[shard] = max(inherited)
                 self._connected[shard] = asyncio.Event()
                 self._tasks[shard] = self.core.loop.create_task(
                     self._follow(shard), name=f"pyxia-notifications-{shard}"
