@@ -543,8 +543,8 @@ def test_a_parents_change_may_be_notified_by_its_child() -> None:
     h.put(0, 3, 4, "b", 11, 1)
     via_child = _sub("s", [(0, 100, [(K, 10)]), (7, 101, [(K, 11)])])
     assert not check_notifications(h.h, [via_child]).violations
-    wrong_version = _sub("s", [(0, 100, [(K, 10)]), (7, 101, [(K, 12)])])
-    assert check_notifications(h.h, [wrong_version]).violations
+    lost = _sub("s", [(0, 100, [(K, 10)]), (7, 101, [("/lin/k009", 11)])])
+    assert check_notifications(h.h, [lost]).violations
 
 
 def test_notifications_of_one_entry_hold_one_change_per_key() -> None:

@@ -387,7 +387,7 @@ def check_notifications(history: History, subs: list[Subscription]) -> CheckRepo
                 key = op.result_key if op.kind == SEQ and op.result_key else op.key
                 if (key, op.version) in delivered:
                     continue
-                if any(coalesced(sh, op.version, key) for sh in shards_of_key.get(key, ())):
+                if coalesced(frozenset(shards_of_key.get(key, ())), op.version, key):
                     continue
                 missing.append(op)
         if missing:
@@ -406,18 +406,25 @@ def check_notifications(history: History, subs: list[Subscription]) -> CheckRepo
     return report
 
 
-def _coalesced(batches: list[Batch]) -> Callable[[int, int, str], bool]:
+def _coalesced(batches: list[Batch]) -> Callable[[frozenset[int], int, str], bool]:
     """A batch holds one notification per key: a key written twice in one log entry (or
     written, then deleted) is notified once, with its last change. Whether version ``v`` of
     ``key`` can be such a superseded change: a delivered batch notifies ``key`` and ``v`` lies
     between the versions of the batches before it and those after it (versions grow with the
-    log, so ``v`` was assigned in that batch's entry)."""
+    log, so ``v`` was assigned in that batch's entry).
+
+    The log is that of the shards whose batches notified the key (``shards``): one shard, or
+    a split parent and its descendants, whose logs continue one another (offsets and versions
+    grow along the lineage), merged in offset order."""
     by_shard: dict[int, list[Batch]] = {}
     for b in batches:
         by_shard.setdefault(b.shard, []).append(b)
-    index: dict[int, tuple[list[int], list[float], dict[str, list[tuple[int, float]]]]] = {}
-    for shard, bs in by_shard.items():
-        bs.sort(key=lambda b: b.offset)
+    index: dict[
+        frozenset[int], tuple[list[int], list[float], dict[str, list[tuple[int, float]]]]
+    ] = {}
+
+    def build(shards: frozenset[int]) -> None:
+        bs = sorted((b for s in shards for b in by_shard.get(s, ())), key=lambda b: b.offset)
         versions = [[n.version for n in b.notifications if n.version is not None] for b in bs]
         pre_max: list[int] = []
         m = -1
@@ -435,12 +442,14 @@ def _coalesced(batches: list[Batch]) -> Callable[[int, int, str], bool]:
                 # the key's last change in the entry: a later version, or a deletion
                 last = float("inf") if n.version is None else n.version
                 keys.setdefault(n.key, []).append((i, last))
-        index[shard] = (pre_max, post_min, keys)
+        index[shards] = (pre_max, post_min, keys)
 
-    def check(shard: int, v: int, key: str) -> bool:
-        if shard not in index:
+    def check(shards: frozenset[int], v: int, key: str) -> bool:
+        if not shards:
             return False
-        pre_max, post_min, keys = index[shard]
+        if shards not in index:
+            build(shards)
+        pre_max, post_min, keys = index[shards]
         return any(pre_max[i] < v < post_min[i] and v < last for i, last in keys.get(key, ()))
 
     return check
