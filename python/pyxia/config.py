@@ -275,28 +275,32 @@ def parse_auto_split(raw: Any) -> AutoSplitConfig:
     if not isinstance(enabled, bool):
         raise ConfigError("autoSplit.enabled must be true or false")
 
-    def count(key: str, default: int) -> int:
-        v = d.get(key, 0)
+    def count(key: str, v: Any, default: int) -> int:
+        if v is None:
+            return default
         if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 2**32 - 1:
             raise ConfigError(f"autoSplit.{key} must be an integer in 0..{2**32 - 1}")
         return v or default
 
-    def duration(key: str, default: float) -> float:
-        v = d.get(key)
+    def duration(key: str, v: Any, default: float) -> float:
         if v is None or v == "":
             return default
         return parse_duration(v, f"autoSplit.{key}")
 
-    interval = duration("collectionInterval", dflt.collection_interval)
+    interval = duration("collectionInterval", d.get("collectionInterval"), dflt.collection_interval)
     if interval <= 0:
         raise ConfigError("autoSplit.collectionInterval must be positive")
     return AutoSplitConfig(
         enabled,
-        count("maxShardSizeMb", dflt.max_shard_size_mb),
-        count("maxThroughputOps", dflt.max_throughput_ops),
-        duration("stabilizationPeriod", dflt.stabilization_period),
-        duration("cooldownPeriod", dflt.cooldown_period),
-        count("maxShardsPerNamespace", dflt.max_shards_per_namespace),
+        count("maxShardSizeMb", d.get("maxShardSizeMb"), dflt.max_shard_size_mb),
+        count("maxThroughputOps", d.get("maxThroughputOps"), dflt.max_throughput_ops),
+        duration("stabilizationPeriod", d.get("stabilizationPeriod"), dflt.stabilization_period),
+        duration("cooldownPeriod", d.get("cooldownPeriod"), dflt.cooldown_period),
+        count(
+            "maxShardsPerNamespace",
+            d.get("maxShardsPerNamespace"),
+            dflt.max_shards_per_namespace,
+        ),
         interval,
     )
 
