@@ -306,6 +306,37 @@ class ProcCluster:
             )
         return res.leader, int(res.term)
 
+    def split_shard(
+        self,
+        shard: int,
+        *,
+        namespace: str = "default",
+        split_point: int | None = None,
+        wait: bool = False,
+        timeout: float = 120.0,
+    ) -> admin_pb2.SplitShardResponse:
+        """A shard split (``PyxiaAdmin/SplitShard``): the children's ids (``wait``: and how it
+        ended, with the time of each phase)."""
+        tls = self.client_tls()
+        channel = (
+            tls.sync_secure_channel(self.coordinator_addr)
+            if tls is not None
+            else grpc.insecure_channel(self.coordinator_addr)
+        )
+        secret = self.cluster_secret()
+        if secret is not None:
+            channel = grpc.intercept_channel(channel, SigningInterceptor(secret))
+        req = admin_pb2.SplitShardRequest(namespace=namespace, shard=shard, wait=wait)
+        if split_point is not None:
+            req.split_point = split_point
+        with channel as ch:
+            res: admin_pb2.SplitShardResponse = ch.unary_unary(
+                "/pyxia.admin.v1.PyxiaAdmin/SplitShard",
+                request_serializer=admin_pb2.SplitShardRequest.SerializeToString,
+                response_deserializer=admin_pb2.SplitShardResponse.FromString,
+            )(req, timeout=timeout + 130 if wait else 30)
+        return res
+
     def replica_status(self, m: Member, shard: int) -> replication_pb2.GetStatusResponse:
         """GetStatus of ``m``'s replica, asked as the coordinator asks (with the cluster's
         instance id, which the data servers require)."""

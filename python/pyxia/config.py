@@ -16,6 +16,14 @@ servers:
 loadBalancer:
   scheduleInterval: 30s
   quarantineTime: 5m
+autoSplit:                        # Oxia 0.17's keys and defaults
+  enabled: false
+  maxShardSizeMb: 1024
+  maxThroughputOps: 10000
+  stabilizationPeriod: 1m
+  cooldownPeriod: 5m
+  maxShardsPerNamespace: 64
+  collectionInterval: 30s
 """
 
 from __future__ import annotations
@@ -127,12 +135,28 @@ class LoadBalancerConfig:
 
 
 @dataclass(frozen=True)
+class AutoSplitConfig:
+    """Oxia's ``autoSplit``: split a shard whose DB size or operation rate stays over its
+    limit for ``stabilization_period``, at most one split per ``cooldown_period``, never past
+    ``max_shards_per_namespace`` (also the limit of a manual split)."""
+
+    enabled: bool = False
+    max_shard_size_mb: int = 1024
+    max_throughput_ops: int = 10000
+    stabilization_period: float = 60.0
+    cooldown_period: float = 300.0
+    max_shards_per_namespace: int = 64
+    collection_interval: float = 30.0
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     namespaces: tuple[NamespaceConfig, ...]
     servers: tuple[ServerAddress, ...] = ()
     load_balancer: LoadBalancerConfig = field(default_factory=LoadBalancerConfig)
     # server name (or internal address) -> labels, for anti-affinity
     server_labels: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    auto_split: AutoSplitConfig = field(default_factory=AutoSplitConfig)
 
     def labels_by_internal(self) -> dict[str, dict[str, str]]:
         named = {k: dict(v) for k, v in self.server_labels}
@@ -220,6 +244,7 @@ def parse_cluster_config(raw: Any, *, require_servers: bool = True) -> ClusterCo
         "loadBalancer",
         "allowExtraAuthorities",
         "serverMetadata",
+        "autoSplit",
     }
     if unknown:
         raise ConfigError(f"cluster config: unknown field(s) {sorted(unknown)}")
@@ -269,7 +294,58 @@ def parse_cluster_config(raw: Any, *, require_servers: bool = True) -> ClusterCo
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in lab.items()):
             raise ConfigError(f"{mw}.labels: labels must map strings to strings")
         labels.append((str(key), tuple(sorted(lab.items()))))
-    return ClusterConfig(namespaces, tuple(servers), lb, tuple(sorted(labels)))
+    auto_split = parse_auto_split(d.get("autoSplit", {}) or {})
+    return ClusterConfig(namespaces, tuple(servers), lb, tuple(sorted(labels)), auto_split)
+
+
+def parse_auto_split(raw: Any) -> AutoSplitConfig:
+    """Oxia's ``autoSplit`` section; absent or zero values take Oxia's defaults."""
+    d = _expect(raw, dict, "autoSplit")
+    known = {
+        "enabled",
+        "maxShardSizeMb",
+        "maxThroughputOps",
+        "stabilizationPeriod",
+        "cooldownPeriod",
+        "maxShardsPerNamespace",
+        "collectionInterval",
+    }
+    unknown = set(d) - known
+    if unknown:
+        raise ConfigError(f"autoSplit: unknown field(s) {sorted(unknown)}")
+    dflt = AutoSplitConfig()
+    enabled = d.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise ConfigError("autoSplit.enabled must be true or false")
+
+    def count(key: str, v: Any, default: int) -> int:
+        if v is None:
+            return default
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 2**32 - 1:
+            raise ConfigError(f"autoSplit.{key} must be an integer in 0..{2**32 - 1}")
+        return v or default
+
+    def duration(key: str, v: Any, default: float) -> float:
+        if v is None or v == "":
+            return default
+        return parse_duration(v, f"autoSplit.{key}")
+
+    interval = duration("collectionInterval", d.get("collectionInterval"), dflt.collection_interval)
+    if interval <= 0:
+        raise ConfigError("autoSplit.collectionInterval must be positive")
+    return AutoSplitConfig(
+        enabled,
+        count("maxShardSizeMb", d.get("maxShardSizeMb"), dflt.max_shard_size_mb),
+        count("maxThroughputOps", d.get("maxThroughputOps"), dflt.max_throughput_ops),
+        duration("stabilizationPeriod", d.get("stabilizationPeriod"), dflt.stabilization_period),
+        duration("cooldownPeriod", d.get("cooldownPeriod"), dflt.cooldown_period),
+        count(
+            "maxShardsPerNamespace",
+            d.get("maxShardsPerNamespace"),
+            dflt.max_shards_per_namespace,
+        ),
+        interval,
+    )
 
 
 def load_cluster_config(path: Path, *, require_servers: bool = True) -> ClusterConfig:

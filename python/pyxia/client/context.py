@@ -34,6 +34,8 @@ class ClientContext(Protocol):
     """The client is closed (new requests fail)."""
     draining: bool
     """Closing, but still finishing the requests already accepted."""
+    shard_ranges_seen: dict[int, tuple[int, int]]
+    """The hash range of every shard the client saw (a split parent's too, once it left)."""
 
     def add_map_listener(self, fn: Callable[[ShardMap], None]) -> Callable[[], None]:
         """Calls ``fn`` with every new shard map; returns the function that stops it."""

@@ -132,7 +132,8 @@ class _WriteStream:
                     entry.sent = False  # refused before sending: the call had just ended
                     raise
                 write = raw
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # GeneratorExit: the task is being garbage-collected; it must not await.
             raise
         except BaseException as e:
             self._break(await self._ended_with(e))

@@ -307,6 +307,13 @@ def check_key_sorting(value: int) -> int:
 # -- assignments ----------------------------------------------------------------------------------
 
 
+def check_hash_range(lo: int, hi: int, what: str = "hash range") -> tuple[int, int]:
+    """An inclusive key-hash range: ``0 <= lo <= hi <= 2^32-1``."""
+    if not 0 <= lo <= hi <= MAX_HASH:
+        raise InvalidArgument(f"oxia: invalid {what} {lo}..{hi}")
+    return lo, hi
+
+
 def check_shard_assignments(a: client_pb2.ShardAssignments) -> None:
     """A pushed assignment map: valid namespace names, shard ids unique across the map,
     leaders empty (none elected yet) or ``host:port``, leader terms in range, hash ranges
@@ -341,6 +348,32 @@ def check_shard_assignments(a: client_pb2.ShardAssignments) -> None:
                 raise InvalidArgument(
                     f"oxia: shards {s1} and {s2} of namespace {ns_name!r} have overlapping "
                     "hash ranges"
+                )
+        # Children of a split in progress (pyxia's extension): they overlap their parent by
+        # design, never each other, and have no leader yet.
+        pending: list[tuple[int, int, int]] = []
+        for sa in nsa.pending_split_assignments:
+            check_shard_id(sa.shard)
+            if sa.shard in seen:
+                raise InvalidArgument(f"oxia: shard {sa.shard} is assigned twice")
+            seen[sa.shard] = ns_name
+            if sa.leader:
+                raise InvalidArgument(
+                    f"oxia: pending split shard {sa.shard} cannot have a leader yet"
+                )
+            r = sa.int32_hash_range
+            lo, hi = r.min_hash_inclusive, r.max_hash_inclusive
+            if not 0 <= lo <= hi <= MAX_HASH:
+                raise InvalidArgument(
+                    f"oxia: shard {sa.shard} has an invalid hash range {lo}..{hi}"
+                )
+            pending.append((lo, hi, sa.shard))
+        pending.sort()
+        for (_, hi, s1), (lo, _, s2) in itertools.pairwise(pending):
+            if lo <= hi:
+                raise InvalidArgument(
+                    f"oxia: pending split shards {s1} and {s2} of namespace {ns_name!r} have "
+                    "overlapping hash ranges"
                 )
     for authority in a.allowed_authorities:
         check_address(authority, "allowed authority")

@@ -30,6 +30,7 @@ from grpc_health.v1.health import aio as health_aio
 from pyxia.common import grpc_errors
 from pyxia.common.grpc_metrics import GrpcServerMetrics
 from pyxia.common.grpc_options import grpc_server_options
+from pyxia.common.validation import check_namespace, check_shard_id
 from pyxia.config import ClusterConfig
 from pyxia.coordinator.admin_service import AdminAccess, OxiaAdminService
 from pyxia.coordinator.coordinator import Coordinator, CoordinatorOptions
@@ -47,6 +48,7 @@ from pyxia.security.tls import TlsOptions
 log = logging.getLogger("pyxia.coordinator.server")
 
 MAX_MOVE_TIMEOUT_MS = 600_000
+MAX_SPLIT_TIMEOUT_MS = 3_600_000
 
 
 @dataclass
@@ -254,6 +256,44 @@ class CoordinatorServer:
             raise  # unreachable: abort raises
         return admin_pb2.MoveLeaderResponse(leader=leader, term=term)
 
+    async def _split_shard(
+        self, req: admin_pb2.SplitShardRequest, context: Any
+    ) -> admin_pb2.SplitShardResponse:
+        res = admin_pb2.SplitShardResponse()
+        try:
+            self.access.check(context, "/pyxia.admin.v1.PyxiaAdmin/SplitShard")
+            c = self.coordinator
+            if c is None:
+                raise NotInitialized("oxia: this coordinator does not lead")
+            namespace = check_namespace(req.namespace or "default")
+            check_shard_id(req.shard)
+            if not 0 <= req.timeout_ms <= MAX_SPLIT_TIMEOUT_MS:
+                raise InvalidArgument(
+                    f"oxia: SplitShard timeout {req.timeout_ms} ms is out of "
+                    f"[0, {MAX_SPLIT_TIMEOUT_MS}]"
+                )
+            timeout = req.timeout_ms / 1000.0 if req.timeout_ms else None
+            left, right = await c.split_shard(
+                namespace,
+                req.shard,
+                req.split_point if req.HasField("split_point") else None,
+                timeout=timeout,
+            )
+            res.left_shard, res.right_shard = left, right
+            if req.wait:
+                budget = (timeout or c.options.split_timeout) + 120.0
+                res.outcome = await c.wait_split(req.shard, budget)
+                ended = c.splits_ended.get(req.shard)
+                if ended is not None:
+                    for name, seconds in ended.phase_seconds.items():
+                        res.phase_ms[name] = seconds * 1000.0
+                    if ended.frozen_seconds is not None:
+                        res.frozen_ms = ended.frozen_seconds * 1000.0
+        except PyxiaError as e:
+            await grpc_errors.abort(context, e)
+            raise  # unreachable: abort raises
+        return res
+
     def _admin_handlers(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
             "pyxia.admin.v1.PyxiaAdmin",
@@ -267,6 +307,11 @@ class CoordinatorServer:
                     self._move_leader,
                     request_deserializer=admin_pb2.MoveLeaderRequest.FromString,
                     response_serializer=admin_pb2.MoveLeaderResponse.SerializeToString,
+                ),
+                "SplitShard": grpc.unary_unary_rpc_method_handler(
+                    self._split_shard,
+                    request_deserializer=admin_pb2.SplitShardRequest.FromString,
+                    response_serializer=admin_pb2.SplitShardResponse.SerializeToString,
                 ),
             },
         )

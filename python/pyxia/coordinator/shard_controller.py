@@ -37,6 +37,7 @@ from pyxia.config import NamespaceConfig
 from pyxia.coordinator.election import Head, choose_leader, majority
 from pyxia.coordinator.metrics import ShardElectionMetrics
 from pyxia.coordinator.model import DELETING, ELECTION, STEADY
+from pyxia.coordinator.split_rules import parent_fenced
 from pyxia.errors import InvalidStatus, MetadataBadVersion, NotInitialized, PyxiaError
 from pyxia.proto import admin_pb2, metadata_pb2, replication_pb2
 
@@ -211,6 +212,12 @@ class ShardController:
                 if self._delete_requested or self.meta.status == DELETING:
                     await self._delete()
                     return
+                if parent_fenced(self.meta):
+                    # A split past its point of no return owns this shard until it ends.
+                    self._elect_requested = self._verify_requested = False
+                    self._followers_to_add.clear()
+                    await self._wake.wait(seen, 1.0)
+                    continue
                 if self._elect_requested:
                     self._elect_requested = False
                     await self._measured_election()

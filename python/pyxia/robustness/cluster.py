@@ -532,6 +532,31 @@ class Cluster:
         )
         return res.leader, int(res.term)
 
+    async def split_shard(
+        self, namespace: str, shard: int, *, wait: bool, timeout: float
+    ) -> admin_pb2.SplitShardResponse:
+        """A shard split (``PyxiaAdmin/SplitShard``), answered once started (``wait``: ended)."""
+        if self._channel is None:
+            if self.harness_tls is not None:
+                self._channel = self.harness_tls.secure_channel(self.coordinator_addr, [])
+            else:
+                self._channel = grpc.aio.insecure_channel(self.coordinator_addr)
+        method = "/pyxia.admin.v1.PyxiaAdmin/SplitShard"
+        proof = (self.secret.sign(method),) if self.secret is not None else None
+        call = self._channel.unary_unary(
+            method,
+            request_serializer=admin_pb2.SplitShardRequest.SerializeToString,
+            response_deserializer=admin_pb2.SplitShardResponse.FromString,
+        )
+        res: admin_pb2.SplitShardResponse = await call(
+            admin_pb2.SplitShardRequest(
+                namespace=namespace, shard=shard, wait=wait, timeout_ms=int(timeout * 1000)
+            ),
+            timeout=timeout + 150 if wait else 30,
+            metadata=proof,
+        )
+        return res
+
     async def leaders(self) -> dict[int, tuple[Node | None, int]]:
         """shard -> (leader node or None, term), from one status snapshot ({} if unknown)."""
         st = await self.status()

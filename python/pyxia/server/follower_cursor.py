@@ -11,6 +11,12 @@ next entry is trimmed meanwhile (retention, see ``retention.py``) ends, and
 the snapshot follows. A follower that
 answers NODE_IS_NOT_MEMBER lost its data (wiped and restarted): the cursor
 resets its ack offset and sends a full snapshot.
+
+An *observer* cursor (shard split) feeds a replica of a child shard (``target_shard``) from the
+parent's leader: its streams name the child shard and carry the child's hash range in the
+metadata (``split-hash-range-min``/``-max``, as Oxia's), it always starts with a snapshot (a
+child replica may hold a tail of an earlier parent term that this leader's log does not), and
+its acks never count towards the parent's quorum nor answer its leadership confirmations.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ log = logging.getLogger("pyxia.cursor")
 REPLICATE = "/replication.OxiaLogReplication/Replicate"
 SEND_SNAPSHOT = "/replication.OxiaLogReplication/SendSnapshot"
 GET_STATUS = "/replication.OxiaCoordination/GetStatus"
+SPLIT_MIN_HEADER = "split-hash-range-min"
+SPLIT_MAX_HEADER = "split-hash-range-max"
 SNAPSHOT_CHUNK = 1024 * 1024
 READ_BATCH = 256
 
@@ -60,9 +68,15 @@ class FollowerCursor:
         initial_backoff: float = 0.05,
         max_backoff: float = 2.0,
         force_snapshot: bool = False,
+        target_shard: int | None = None,
+        split_range: tuple[int, int] | None = None,
     ) -> None:
         self.leader = leader
         self.follower = follower
+        # A split observer feeds a child shard's replica (see the module docstring).
+        self.observer = target_shard is not None
+        self.target_shard = target_shard if target_shard is not None else leader.shard
+        self.split_range = split_range
         self.ack_offset = ack_offset
         self._channels = channels
         self._initial_backoff = initial_backoff
@@ -72,7 +86,7 @@ class FollowerCursor:
         self.snapshots_sent = 0
         self.errors = 0
         # Set when the follower reported it has no data for the shard.
-        self._force_snapshot = force_snapshot
+        self._force_snapshot = force_snapshot or self.observer
         # The follower's last GetStatus answered NODE_IS_NOT_MEMBER (see _check_follower).
         self._not_member_once = False
 
@@ -92,10 +106,17 @@ class FollowerCursor:
                 pass
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
+        split: tuple[tuple[str, str], ...] = ()
+        if self.split_range is not None:
+            split = (
+                (SPLIT_MIN_HEADER, str(self.split_range[0])),
+                (SPLIT_MAX_HEADER, str(self.split_range[1])),
+            )
         return (
             ("namespace", self.leader.namespace),
-            ("shard-id", str(self.leader.shard)),
+            ("shard-id", str(self.target_shard)),
             ("term", str(self.leader.term)),
+            *split,
             *self.leader.call_metadata(),
         )
 
@@ -148,7 +169,7 @@ class FollowerCursor:
                 response_deserializer=replication_pb2.GetStatusResponse.FromString,
             )
             st = await call(
-                replication_pb2.GetStatusRequest(shard=self.leader.shard),
+                replication_pb2.GetStatusRequest(shard=self.target_shard),
                 timeout=5,
                 metadata=self.leader.call_metadata(),
             )
@@ -178,7 +199,7 @@ class FollowerCursor:
     def _reset(self, ack_offset: int) -> None:
         self.ack_offset = ack_offset
         tracker = self.leader.tracker
-        if tracker is not None:
+        if tracker is not None and not self.observer:
             tracker.reset_follower(self.follower, ack_offset)
 
     def _needs_snapshot(self) -> bool:
@@ -205,8 +226,9 @@ class FollowerCursor:
             async for ack in call:
                 if ack.offset > self.ack_offset:
                     self.ack_offset = ack.offset
-                    self.leader.on_follower_ack(self.follower, ack.offset)
-                if ack.heartbeat:
+                    if not self.observer:
+                        self.leader.on_follower_ack(self.follower, ack.offset)
+                if ack.heartbeat and not self.observer:
                     self.leader.on_follower_heartbeat(self.follower, ack.heartbeat)
         except grpc.aio.AioRpcError as e:
             raise error_from_rpc(e) from e
@@ -221,7 +243,7 @@ class FollowerCursor:
         heartbeat = 0  # the newest confirmation round sent on this stream
         while not self._closed and not leader.closed and leader.term == term:
             seen = leader.appended.generation
-            rc = leader.confirmations
+            rc = None if self.observer else leader.confirmations
             if rc is not None and rc.to_send(heartbeat):
                 heartbeat = rc.requested
                 rc.on_sent(heartbeat)
@@ -290,7 +312,7 @@ class FollowerCursor:
         )
         self.ack_offset = resp.ack_offset
         tracker = leader.tracker
-        if tracker is not None:
+        if tracker is not None and not self.observer:
             tracker.reset_follower(self.follower, resp.ack_offset)
             leader.on_follower_ack(self.follower, resp.ack_offset)
 

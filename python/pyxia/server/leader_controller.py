@@ -31,6 +31,16 @@ rules are in ``handoff.py``. Its ``before_step_down`` hooks run first and may st
 last writes (the TSO's release marker), which the drain commits. A NewTerm that finds writes
 still pending (an unplanned change) answers them WRITE_INDETERMINATE.
 
+Shard split (the parent's side): ``add_observer`` attaches an observer cursor that seeds a
+child shard's replica with this shard's snapshot and log (``follower_cursor.py``); its acks
+never count towards this shard's quorum. ``freeze`` stops new writes (a retryable
+NODE_IS_NOT_LEADER) without fencing, so the observers keep streaming, and answers once every
+logged write is committed and answered: the head it returns is final, and no write is left in
+flight. A freeze lasts until ``freeze(frozen=False)`` or a new term; it never lapses by itself
+(the coordinator fences the parent right after the children hold that head: a write taken
+after a lapse would be lost). A split child's replica cuts its copy of the parent's data down
+to its own range before it leads (``storage/split.py``).
+
 Reads are linearizable: before a read is served, a majority of the ensemble confirms (one
 heartbeat round down the replication streams, shared by every read that arrived meanwhile)
 that this replica still leads its term; see ``read_index.py``.
@@ -62,6 +72,7 @@ from pyxia.errors import (
     NodeIsNotLeader,
     NotificationsNotEnabled,
     PyxiaError,
+    ResourceUnavailable,
     StorageFailure,
     WriteIndeterminate,
 )
@@ -91,6 +102,9 @@ NOT_MEMBER = replication_pb2.NOT_MEMBER
 FENCED = replication_pb2.FENCED
 FOLLOWER = replication_pb2.FOLLOWER
 LEADER = replication_pb2.LEADER
+
+MAX_OBSERVERS = 16
+"""Split observers one leader feeds at most (two children times their replication factor)."""
 
 READ_CONFIRM_TIMEOUT_S = 3.0
 """How long a read waits for a majority to confirm this leader before it is refused."""
@@ -165,6 +179,10 @@ class LeaderController:
         self.appended = Signal()
         self._channels = channels
         self.cursors: dict[str, FollowerCursor] = {}
+        # Split observers, by (follower, child shard).
+        self.observers: dict[tuple[str, int], FollowerCursor] = {}
+        # Set while the shard is frozen for a split's cutover (see the module docstring).
+        self.frozen = False
         # Notified when this replica becomes leader and when it stops leading; the
         # director shares one among its controllers (the TSO's fence waits on it).
         self.leadership = leadership if leadership is not None else Signal()
@@ -232,6 +250,7 @@ class LeaderController:
             NodeIsNotLeader(f"oxia: shard {self.shard} is changing term", shard=self.shard)
         )
         self.handoff = None
+        self.frozen = False
         await self._stop_cursors()
         self.storage.update_term(term, options)
         self.term = term
@@ -310,6 +329,20 @@ class LeaderController:
             raise AlreadyClosed(shard=self.shard)
         if applied:
             log.info("shard %s: applied %d committed entries from the WAL", self.shard, applied)
+        flt = self.storage.split_filter
+        if flt is not None and term > flt.parent_term:
+            # A split child's first term: its copy of the parent's data is cut down first.
+            cut = self._replay = self.storage.cut_steps()
+            try:
+                await run_sliced(cut, self.apply_slice_s, lambda: self._replay is cut)
+            except Abandoned:
+                raise AlreadyClosed(shard=self.shard) from None
+            finally:
+                if self._replay is cut:
+                    self._replay = None
+            if self._closed or self.term != term or self.tracker is not tracker:
+                raise AlreadyClosed(shard=self.shard)
+        self.frozen = False
         self.applier = self.storage.applier
         self.status = LEADER
         self.sessions.load(reads.load_sessions(self.storage.db))
@@ -450,8 +483,116 @@ class LeaderController:
 
     async def _stop_cursors(self) -> None:
         cursors, self.cursors = self.cursors, {}
-        for c in cursors.values():
+        observers, self.observers = self.observers, {}
+        for c in [*cursors.values(), *observers.values()]:
             await c.close()
+
+    # -- shard split (parent side) ----------------------------------------------------------------
+
+    async def add_observer(
+        self, term: int, name: str, target_shard: int, split_range: tuple[int, int]
+    ) -> None:
+        """Attaches a split observer: ``name``'s replica of child ``target_shard`` gets this
+        shard's snapshot and log, and keeps ``split_range``. Idempotent."""
+        self._check_open()
+        if term != self.term:
+            raise InvalidTerm(
+                f"oxia: AddFollower (observer) for term {term}, the shard is at {self.term}",
+                shard=self.shard,
+            )
+        if self.status != LEADER:
+            raise InvalidStatus(f"oxia: AddFollower while {self.status_name}", shard=self.shard)
+        if target_shard == self.shard:
+            raise InvalidArgument(
+                f"oxia: a split observer of shard {self.shard} must target another shard",
+                shard=self.shard,
+            )
+        key = (name, target_shard)
+        existing = self.observers.get(key)
+        if existing is not None and existing.split_range == split_range:
+            return
+        if existing is None and len(self.observers) >= MAX_OBSERVERS:
+            raise InvalidArgument(
+                f"oxia: shard {self.shard} already feeds {len(self.observers)} split observers",
+                shard=self.shard,
+            )
+        if self._channels is None:
+            raise InvalidArgument("oxia: this server cannot replicate (no channels)")
+        if existing is not None:
+            del self.observers[key]
+            await existing.close()
+            self._check_open()
+        cursor = FollowerCursor(
+            self,
+            name,
+            -1,
+            self._channels,
+            target_shard=target_shard,
+            split_range=split_range,
+        )
+        self.observers[key] = cursor
+        cursor.start()
+        log.info(
+            "shard %s: feeding split child %d on %s (hashes %d..%d)",
+            self.shard,
+            target_shard,
+            name,
+            *split_range,
+        )
+
+    async def remove_observer(self, name: str, target_shard: int) -> None:
+        """Detaches a split observer (nothing to do if there is none)."""
+        self._check_open()
+        cursor = self.observers.pop((name, target_shard), None)
+        if cursor is not None:
+            await cursor.close()
+
+    def observer_acks(self) -> dict[tuple[str, int], int]:
+        """What each split observer acknowledged, by (follower, child shard)."""
+        return {k: c.ack_offset for k, c in self.observers.items()}
+
+    async def freeze(self, term: int, frozen: bool, drain_s: float) -> int:
+        """Freezes (or thaws) the shard for a split's cutover. Frozen, it refuses new writes
+        with a retryable NODE_IS_NOT_LEADER and answers once every logged write is committed
+        and answered: the returned head offset is then final. Raises ResourceUnavailable
+        (still frozen) if the writes do not drain within ``drain_s``."""
+        self._check_open()
+        if term != self.term:
+            raise InvalidTerm(
+                f"oxia: FreezeShard for term {term}, the shard is at {self.term}",
+                shard=self.shard,
+            )
+        if self.status != LEADER:
+            raise InvalidStatus(f"oxia: FreezeShard while {self.status_name}", shard=self.shard)
+        if not frozen:
+            if self.frozen:
+                log.info("shard %s: thawed (the split did not cut over)", self.shard)
+            self.frozen = False
+            return self.head_offset
+        if not self.frozen:
+            log.info(
+                "shard %s: frozen for a split: new writes refused, %d logged ones finishing",
+                self.shard,
+                len(self._pending),
+            )
+        self.frozen = True
+        deadline = time.monotonic() + drain_s
+        while not handoff.drained(len(self._pending), self.head_offset, self.commit_offset):
+            seen = self.applied.generation
+            if self._closed or self.term != term or self.status != LEADER:
+                raise InvalidTerm(
+                    f"oxia: shard {self.shard} left term {term} while freezing",
+                    shard=self.shard,
+                )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ResourceUnavailable(
+                    f"oxia: shard {self.shard}: {len(self._pending)} logged writes not "
+                    f"committed within {drain_s:g}s of the freeze",
+                    shard=self.shard,
+                )
+            await self.applied.wait(seen, left)
+        return self.head_offset
 
     def get_status(self) -> replication_pb2.GetStatusResponse:
         self._check_open()
@@ -553,6 +694,11 @@ class LeaderController:
     def _check_writable(self) -> None:
         """Raises NodeIsNotLeader unless this replica leads and takes new writes."""
         self.check_leader()
+        if self.frozen:
+            raise NodeIsNotLeader(
+                f"oxia: shard {self.shard} is being split: its writes move to its children",
+                shard=self.shard,
+            )
         h = self.handoff
         if h is None:
             return
