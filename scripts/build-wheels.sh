@@ -19,7 +19,8 @@
 #        apt-get install rustc-web libstd-rust-web-dev:arm64
 #      This is the way when rustup cannot download targets (an offline or filtered mirror).
 # A target with neither is skipped with a message unless it was named in TARGETS, where it is
-# an error. Exit status: 0 when every wheel built and passed auditwheel.
+# an error. PLAN_ONLY=1 prints which rustc would build each target ("plan: TARGET RUSTC") and
+# builds nothing. Exit status: 0 when every wheel built and passed auditwheel.
 #
 # scripts/test-aarch64-wheel.sh runs the aarch64 wheel under qemu-user in an arm64 Debian root.
 set -euo pipefail
@@ -29,13 +30,11 @@ out="${OUT:-dist}"
 compat="${MANYLINUX:-manylinux_2_28}"
 explicit_targets="${TARGETS:-}"
 targets="${TARGETS:-x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu}"
-
-for tool in maturin auditwheel cargo "${RUSTC:-rustc}"; do
-    command -v "$tool" >/dev/null || { echo "build-wheels: $tool not found (pip install -e '.[release]'; Rust >= 1.83)" >&2; exit 2; }
-done
-python -c 'import ziglang' 2>/dev/null || { echo "build-wheels: the ziglang package is not installed (pip install ziglang)" >&2; exit 2; }
-
+default_rustc="${RUSTC:-rustc}"
 debian_rustc="${DEBIAN_RUSTC:-/usr/bin/rustc}"
+plan_only="${PLAN_ONLY:-0}" # 1: print which rustc would build each target, build nothing
+
+command -v "$default_rustc" >/dev/null || { echo "build-wheels: $default_rustc not found (Rust >= 1.83)" >&2; exit 2; }
 probe_dir="$(mktemp -d)"
 trap 'rm -rf "$probe_dir"' EXIT
 
@@ -56,28 +55,45 @@ debian_std_for() {
         has_std "$debian_rustc" --target "$1" && has_std "$debian_rustc"
 }
 
-mkdir -p "$out"
-
-built=0
+# The plan: "TARGET RUSTC" per buildable target, RUSTC "-" for the default one.
+plan=()
 for target in $targets; do
-    rustc_for_target=""
-    if ! has_std "${RUSTC:-rustc}" --target "$target"; then
-        if debian_std_for "$target"; then
-            rustc_for_target="$debian_rustc"
-        elif [ -n "$explicit_targets" ]; then
-            echo "build-wheels: no Rust standard library for $target (rustup target add $target; on Debian: apt-get install libstd-rust-web-dev:<arch> rustc-web, see this script's header)" >&2
-            exit 2
-        else
-            echo "build-wheels: skipping $target: no Rust standard library for it (rustup target add $target, or Debian's libstd-rust-web-dev:<arch>)"
-            continue
-        fi
+    if has_std "$default_rustc" --target "$target"; then
+        plan+=("$target -")
+    elif debian_std_for "$target"; then
+        plan+=("$target $debian_rustc")
+    elif [ -n "$explicit_targets" ]; then
+        echo "build-wheels: no Rust standard library for $target (rustup target add $target; on Debian: apt-get install libstd-rust-web-dev:<arch> rustc-web, see this script's header)" >&2
+        exit 2
+    else
+        echo "build-wheels: skipping $target: no Rust standard library for it (rustup target add $target, or Debian's libstd-rust-web-dev:<arch>)"
     fi
-    if [ -n "$rustc_for_target" ]; then
+done
+[ "${#plan[@]}" -gt 0 ] || { echo "build-wheels: no target could be built" >&2; exit 2; }
+if [ "$plan_only" = 1 ]; then
+    for entry in "${plan[@]}"; do
+        read -r target rustc_for_target <<<"$entry"
+        [ "$rustc_for_target" = - ] && rustc_for_target="$default_rustc"
+        echo "plan: $target $rustc_for_target"
+    done
+    exit 0
+fi
+
+for tool in maturin auditwheel cargo; do
+    command -v "$tool" >/dev/null || { echo "build-wheels: $tool not found (pip install -e '.[release]'; Rust >= 1.83)" >&2; exit 2; }
+done
+python -c 'import ziglang' 2>/dev/null || { echo "build-wheels: the ziglang package is not installed (pip install ziglang)" >&2; exit 2; }
+
+mkdir -p "$out"
+built=0
+for entry in "${plan[@]}"; do
+    read -r target rustc_for_target <<<"$entry"
+    if [ "$rustc_for_target" != - ]; then
         echo "== wheel for $target ($compat) with $("$rustc_for_target" --version) at $rustc_for_target: the default rustc has no std for $target, Debian's $("$rustc_for_target" --print sysroot)/lib/rustlib/$target does"
         RUSTC="$rustc_for_target" maturin build --release --locked --strip --zig \
             --compatibility "$compat" --target "$target" --out "$out"
     else
-        echo "== wheel for $target ($compat) with $("${RUSTC:-rustc}" --version)"
+        echo "== wheel for $target ($compat) with $("$default_rustc" --version)"
         maturin build --release --locked --strip --zig --compatibility "$compat" \
             --target "$target" --out "$out"
     fi
