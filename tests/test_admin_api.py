@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 from collections.abc import AsyncIterator
@@ -35,6 +36,9 @@ from pyxia.proto import client_pb2, metadata_pb2
 from pyxia.proto import oxia_admin_pb2 as pb
 from pyxia.security.cluster_auth import ClusterSecret
 from pyxia.security.internal_auth import SigningInterceptor
+from pyxia.security.pki import CertificateAuthority
+from pyxia.security.tls import TlsOptions
+from test_go_client_interop import interop_binary  # noqa: F401 - the fixture
 
 SERVICE = "io.oxia.proto.v1.OxiaAdmin"
 SOURCE = "/etc/pyxia/cluster.yaml"
@@ -934,6 +938,109 @@ async def test_oxias_admin_cli_is_refused_without_trust(tmp_path: Path) -> None:
         assert "x" not in env.coordinator.status.namespaces
         r = await asyncio.to_thread(oxia_admin, env.admin, "namespace", "get")
         assert r.returncode == 0 and "default" in r.stdout, r.stderr  # reads stay open
+    finally:
+        await env.server.close()
+        await env.cluster.close()
+
+
+# -- Oxia's Go admin client (tests/go/interop, `interop admin`) against pyxia's coordinator -------
+
+
+async def go_admin(binary: Path, env: Env, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    """Runs the Go admin checks (tests/go/interop/admin.go) against ``env``'s admin port; the
+    data server they create is the cluster's node outside the config file."""
+    spare = env.cluster.nodes[3]
+    args = [str(binary), "admin", env.admin, env.cluster.nodes[0].public,
+            spare.public, spare.internal]  # fmt: skip
+    return await asyncio.to_thread(
+        subprocess.run,
+        args,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **extra_env},
+    )
+
+
+async def check_go_admin_run(env: Env, r: subprocess.CompletedProcess[str]) -> None:
+    assert r.returncode == 0 and r.stdout.strip().endswith("ADMIN OK"), r.stdout + r.stderr
+    if hasattr(env.coordinator, "split_shard"):
+        assert "split: children" in r.stdout, r.stdout
+    else:
+        assert "split: unimplemented" in r.stdout, r.stdout
+    # what the Go client deleted is gone from the coordinator and its persisted status
+    await wait_until(
+        lambda: "go-admin" not in env.coordinator.status.namespaces,
+        timeout=30,
+        what="go-admin's shards deleted",
+    )
+    spare = env.cluster.nodes[3]
+    assert spare.internal not in {s.internal for s in env.coordinator.config.servers}
+    assert not env.coordinator.status.admin_managed.namespaces
+    assert not env.coordinator.status.admin_managed.servers
+
+
+async def test_oxias_go_admin_client_drives_pyxia(
+    tmp_path: Path,
+    interop_binary: Path,  # noqa: F811 - the imported fixture
+) -> None:
+    # the Go client sends no cluster proof: the coordinator trusts its own host
+    env = await start_env(
+        tmp_path, 4, coordinator=options(cluster_secret=ClusterSecret(b"s" * 32)),
+        admin_trust_loopback=True,
+    )  # fmt: skip
+    try:
+        await wait_until(lambda: steady(env, "default"), what="default elected")
+        await check_go_admin_run(env, await go_admin(interop_binary, env))
+    finally:
+        await env.server.close()
+        await env.cluster.close()
+
+
+async def test_oxias_go_admin_client_over_mutual_tls(
+    tmp_path: Path,
+    interop_binary: Path,  # noqa: F811 - the imported fixture
+) -> None:
+    """The admin port demands client certificates of the cluster's CA: Oxia's Go admin client
+    with one (its tls.Config) may change the cluster, without loopback trust or a proof."""
+    ca = CertificateAuthority.create()
+    ca_files = ca.save(tmp_path / "ca")
+    server = ca.issue_files(tmp_path, "coordinator")
+    client = ca.issue_files(tmp_path, "go-admin")
+    tls = TlsOptions(
+        cert_file=server.cert,
+        key_file=server.key,
+        trusted_ca_file=ca_files.cert,
+        client_auth=True,
+    )
+    env = await start_env(
+        tmp_path, 4, coordinator=options(cluster_secret=ClusterSecret(b"s" * 32)), tls=tls
+    )
+    try:
+        assert env.server.access.mutual_tls and not env.server.access.trust_loopback
+        await wait_until(lambda: steady(env, "default"), what="default elected")
+        r = await go_admin(
+            interop_binary,
+            env,
+            INTEROP_TLS_CA=str(ca_files.cert),
+            INTEROP_TLS_CERT=str(client.cert),
+            INTEROP_TLS_KEY=str(client.key),
+        )
+        await check_go_admin_run(env, r)
+    finally:
+        await env.server.close()
+        await env.cluster.close()
+
+
+async def test_oxias_go_admin_client_is_refused_without_trust(
+    tmp_path: Path,
+    interop_binary: Path,  # noqa: F811 - the imported fixture
+) -> None:
+    env = await start_env(tmp_path, 4, coordinator=options(cluster_secret=ClusterSecret(b"s" * 32)))
+    try:
+        r = await go_admin(interop_binary, env, INTEROP_EXPECT_UNAUTHENTICATED="1")
+        assert r.returncode == 0 and "REFUSED OK" in r.stdout, r.stdout + r.stderr
+        assert "refused" not in env.coordinator.status.namespaces
     finally:
         await env.server.close()
         await env.cluster.close()
