@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import subprocess
@@ -755,7 +756,16 @@ async def test_changes_survive_a_coordinator_failover_and_a_file_reload(tmp_path
         await cluster.close()
 
 
-async def test_a_reload_that_breaks_an_api_namespace_is_refused(env: Env) -> None:
+async def test_a_reload_that_breaks_an_api_namespace_is_refused(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused file is said once, kept as it was, and tried again after each admin change
+    (which may have made it fit) — not only when the file changes."""
+
+    def refusals() -> int:
+        return sum("cluster config not reloaded" in r.getMessage() for r in caplog.records)
+
+    caplog.set_level(logging.WARNING, logger="pyxia.coordinator")
     n3 = env.cluster.nodes[3]
     await env.acall(
         "CreateDataServer",
@@ -775,6 +785,29 @@ async def test_a_reload_that_breaks_an_api_namespace_is_refused(env: Env) -> Non
     )
     assert env.coordinator.file_config == file_before
     assert len(env.coordinator.config.servers) == 4
+    assert refusals() == 1
+    # an admin change that still leaves the file unfit: tried again, refused again
+    await env.acall(
+        "PatchDataServer",
+        pb.PatchDataServerRequest(data_server=data_server("d4", n3, zone="b")),
+        pb.PatchDataServerResponse,
+    )
+    await wait_until(lambda: refusals() == 2, what="the reload tried and refused again")
+    assert env.coordinator._refused_file == env.config[0]
+    assert env.coordinator.file_config == file_before
+    # an admin change that makes the file fit: the refused file applies without being edited
+    await env.acall(
+        "DeleteNamespace", pb.DeleteNamespaceRequest(namespace="wide"), pb.DeleteNamespaceResponse
+    )
+    await wait_until(
+        lambda: env.coordinator.file_config == env.config[0],
+        what="the refused file applied after the admin change",
+    )
+    assert env.coordinator._refused_file is None
+    assert [admin_config.server_key(s) for s in env.coordinator.config.servers] == [
+        *(admin_config.server_key(s) for s in env.config[0].servers),
+        "d4",
+    ]
 
 
 # -- pyxia admin ... ------------------------------------------------------------------------------

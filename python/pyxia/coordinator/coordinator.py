@@ -363,7 +363,8 @@ class Coordinator:
                 try:
                     await self.apply_config(cfg)
                 except FailedPrecondition as e:
-                    self._refused_file = cfg  # said once; tried again when the file changes
+                    # said once; tried again when the file or the admin API changes something
+                    self._refused_file = cfg
                     log.warning("cluster config not reloaded: %s", e)
 
     async def apply_config(self, cfg: ClusterConfig) -> None:
@@ -402,6 +403,9 @@ class Coordinator:
             rec = reconcile(work, effective)
             await self._store(work)
             self.config = effective
+            # a file refused before may fit now (say, a server it lacks was added): the next
+            # poll tries it again
+            self._refused_file = None
         await self._act_on(rec)
         return result
 
