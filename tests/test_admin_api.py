@@ -32,7 +32,13 @@ from pyxia.coordinator.metadata.memory import MemoryMetadataProvider
 from pyxia.coordinator.metadata.provider import MetadataProvider
 from pyxia.coordinator.model import STEADY, shards
 from pyxia.coordinator.server import CoordinatorServer, CoordinatorServerOptions
-from pyxia.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from pyxia.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceUnavailable,
+)
 from pyxia.proto import client_pb2, metadata_pb2
 from pyxia.proto import oxia_admin_pb2 as pb
 from pyxia.security.cluster_auth import ClusterSecret
@@ -362,6 +368,44 @@ def test_requests_are_validated_before_anything_changes() -> None:
     assert managed == metadata_pb2.ClusterConfiguration()  # nothing was changed
 
 
+def test_split_requests_are_checked_against_the_namespace_and_the_shard() -> None:
+    cfg = replace(
+        _file(), namespaces=(NamespaceConfig("default", 2, 1), NamespaceConfig("b", 1, 1))
+    )
+    status = metadata_pb2.ClusterStatus()
+    for ns, shard, lo, hi in (("default", 0, 0, 0x7FFFFFFF), ("default", 1, 0x80000000, 0xFFFFFFFF),
+                              ("b", 2, 0, 0xFFFFFFFF), ("b", 3, 5, 5)):  # fmt: skip
+        r = status.namespaces[ns].shards[shard].int32_hash_range
+        r.min, r.max = lo, hi
+    # a namespace being deleted (gone from the configuration, shards left) is not found
+    status.namespaces["leaving"].shards[9].int32_hash_range.max = 10
+
+    def check(ns: str, shard: int, point: int | None) -> None:
+        admin_config.check_split_request(cfg, status, ns, shard, point)
+
+    refused: list[tuple[str, int, int | None, type[Exception], str]] = [
+        ("", 0, None, InvalidArgument, "must not be empty"),
+        ("bad/name", 0, None, InvalidArgument, "path separator"),
+        ("nope", 0, None, NotFound, "namespace 'nope' not found"),
+        ("leaving", 9, None, NotFound, "namespace 'leaving' not found"),
+        ("default", -1, None, InvalidArgument, "out of range"),
+        ("default", 7, None, NotFound, "shard 7 not found in namespace 'default'"),
+        ("default", 2, None, NotFound, "shard 2 not found in namespace 'default'"),  # b's
+        ("b", 3, None, InvalidArgument, "too small to split"),
+        ("b", 3, 5, InvalidArgument, "too small to split"),
+        ("default", 1, 0x7FFFFFFF, InvalidArgument, "outside shard 1's hash range"),  # below
+        ("default", 1, 0xFFFFFFFF, InvalidArgument, "below 4294967295"),  # the range's end
+        ("default", 0, 0x7FFFFFFF, InvalidArgument, "outside"),
+    ]
+    for ns, shard, point, err, why in refused:
+        with pytest.raises(err, match=re.escape(why)):
+            check(ns, shard, point)
+    # Oxia's rule: min <= point < max (left child [min, point], right child [point+1, max])
+    for ns, shard, point in (("default", 0, None), ("default", 0, 0), ("default", 0, 0x7FFFFFFE),
+                             ("default", 1, 0x80000000), ("b", 2, 0xFFFFFFFE)):  # fmt: skip
+        check(ns, shard, point)
+
+
 def test_a_server_hosting_replicas_keeps_its_internal_address() -> None:
     managed = metadata_pb2.ClusterConfiguration()
     f = _file()
@@ -520,36 +564,63 @@ async def test_bad_requests_get_clear_codes_and_change_nothing(env: Env) -> None
 
 
 async def test_split_shard_is_wired_to_the_coordinator(env: Env) -> None:
+    """SplitShard checks the request at the boundary and hands only a valid one to the
+    coordinator's ``split_shard`` (a fake here), whose refusals come back with their codes;
+    without the method the RPC is UNIMPLEMENTED."""
     await wait_until(lambda: steady(env, "default"), what="default elected")
     shard0 = min(env.coordinator.status.namespaces["default"].shards)
     r = env.coordinator.status.namespaces["default"].shards[shard0].int32_hash_range
+
+    async def split(req: pb.SplitShardRequest) -> pb.SplitShardResponse:
+        res: pb.SplitShardResponse = await env.acall("SplitShard", req, pb.SplitShardResponse)
+        return res
+
+    async def refused(req: pb.SplitShardRequest) -> tuple[grpc.StatusCode, str]:
+        e = await env.refused("SplitShard", req, pb.SplitShardResponse)
+        return e.code(), e.details() or ""
+
     if not hasattr(env.coordinator, "split_shard"):
-        e = await env.refused(
-            "SplitShard",
-            pb.SplitShardRequest(namespace="default", shard=shard0),
-            pb.SplitShardResponse,
-        )
-        assert e.code() == grpc.StatusCode.UNIMPLEMENTED and "split" in (e.details() or "")
-    e = await env.refused(
-        "SplitShard",
-        pb.SplitShardRequest(namespace="default", shard=shard0, split_point=r.max),
-        pb.SplitShardResponse,
-    )
-    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "outside" in (e.details() or "")
+        code, why = await refused(pb.SplitShardRequest(namespace="default", shard=shard0))
+        assert code == grpc.StatusCode.UNIMPLEMENTED and "split" in why
     calls: list[tuple[str, int, int | None]] = []
+    answer: list[BaseException | tuple[int, int]] = [(100, 101)]
 
     async def split_shard(ns: str, shard: int, split_point: int | None) -> tuple[int, int]:
         calls.append((ns, shard, split_point))
-        return 100, 101
+        if isinstance(answer[0], BaseException):
+            raise answer[0]
+        return answer[0]
 
-    env.coordinator.split_shard = split_shard  # type: ignore[attr-defined]
-    res = await env.acall(
-        "SplitShard", pb.SplitShardRequest(namespace="default", shard=shard0), pb.SplitShardResponse
-    )
+    vars(env.coordinator)["split_shard"] = split_shard  # the coordinator's method, faked
+    bad = [
+        (pb.SplitShardRequest(namespace="", shard=shard0), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.SplitShardRequest(namespace="../x", shard=shard0), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.SplitShardRequest(namespace="nope", shard=shard0), grpc.StatusCode.NOT_FOUND),
+        (pb.SplitShardRequest(namespace="default", shard=-1), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.SplitShardRequest(namespace="default", shard=9999), grpc.StatusCode.NOT_FOUND),
+        (pb.SplitShardRequest(namespace="default", shard=shard0, split_point=r.max),
+         grpc.StatusCode.INVALID_ARGUMENT),
+    ]  # fmt: skip
+    if r.min > 0:
+        req = pb.SplitShardRequest(namespace="default", shard=shard0, split_point=r.min - 1)
+        bad.append((req, grpc.StatusCode.INVALID_ARGUMENT))
+    for req, code in bad:
+        got, why = await refused(req)
+        assert got == code and why.startswith("oxia: "), (req, got, why)
+    assert calls == []  # nothing invalid reached the coordinator
+    res = await split(pb.SplitShardRequest(namespace="default", shard=shard0))
     assert (res.left_child_shard, res.right_child_shard) == (100, 101)
-    req = pb.SplitShardRequest(namespace="default", shard=shard0, split_point=r.min + 5)
-    await env.acall("SplitShard", req, pb.SplitShardResponse)
-    assert calls == [("default", shard0, None), ("default", shard0, r.min + 5)]
+    await split(pb.SplitShardRequest(namespace="default", shard=shard0, split_point=r.min))
+    await split(pb.SplitShardRequest(namespace="default", shard=shard0, split_point=r.max - 1))
+    assert calls == [
+        ("default", shard0, None),
+        ("default", shard0, r.min),
+        ("default", shard0, r.max - 1),
+    ]
+    # what the coordinator refuses (a shard not steady now, say) comes back with its code
+    answer[0] = ResourceUnavailable(f"oxia: shard {shard0} is not in steady state")
+    code, why = await refused(pb.SplitShardRequest(namespace="default", shard=shard0))
+    assert code == grpc.StatusCode.UNAVAILABLE and "steady" in why
 
 
 async def test_data_server_added_is_used_and_removed_is_evacuated(tmp_path: Path) -> None:
@@ -643,6 +714,9 @@ async def test_changes_need_the_cluster_proof(tmp_path: Path) -> None:
         assert e.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "--cluster-secret-file" in (e.details() or "")
         assert "guarded" not in env.coordinator.status.namespaces
+        # SplitShard too, before its request is even looked at
+        e = await env.refused("SplitShard", pb.SplitShardRequest(), pb.SplitShardResponse)
+        assert e.code() == grpc.StatusCode.UNAUTHENTICATED
         other = ClusterSecret(b"o" * 32)
         e = await env.refused("CreateNamespace", req, pb.CreateNamespaceResponse, secret=other)
         assert e.code() == grpc.StatusCode.UNAUTHENTICATED

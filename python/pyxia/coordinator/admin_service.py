@@ -38,7 +38,6 @@ import grpc
 from pyxia.coordinator import admin_config
 from pyxia.errors import (
     InvalidArgument,
-    NotFound,
     NotInitialized,
     PyxiaError,
     Unauthenticated,
@@ -281,19 +280,8 @@ class OxiaAdminService:
         self, req: oxia_admin_pb2.SplitShardRequest, context: Any
     ) -> oxia_admin_pb2.SplitShardResponse:
         c = self._leader()
-        admin_config.find_namespace(c.config, req.namespace)
-        if req.shard < 0:
-            raise InvalidArgument(f"oxia: shard id {req.shard} is out of range (0 .. 2^63-1)")
-        ns_status = c.status.namespaces.get(req.namespace)
-        if ns_status is None or req.shard not in ns_status.shards:
-            raise NotFound(f"oxia: shard {req.shard} not found in namespace {req.namespace!r}")
-        r = ns_status.shards[req.shard].int32_hash_range
         split_point = req.split_point if req.HasField("split_point") else None
-        if split_point is not None and not r.min <= split_point < r.max:
-            raise InvalidArgument(
-                f"oxia: split point {split_point} is outside shard {req.shard}'s hash range "
-                f"[{r.min}, {r.max})"
-            )
+        admin_config.check_split_request(c.config, c.status, req.namespace, req.shard, split_point)
         split = getattr(c, "split_shard", None)
         if split is None:
             raise Unimplemented(
