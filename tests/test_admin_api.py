@@ -29,7 +29,7 @@ from pyxia.coordinator.coordinator import Coordinator, CoordinatorOptions
 from pyxia.coordinator.dataserver_controller import LivenessOptions
 from pyxia.coordinator.metadata.file import FileMetadataProvider
 from pyxia.coordinator.metadata.memory import MemoryMetadataProvider
-from pyxia.coordinator.metadata.provider import MetadataProvider
+from pyxia.coordinator.metadata.provider import NOT_EXISTS, MetadataProvider
 from pyxia.coordinator.model import STEADY, shards
 from pyxia.coordinator.server import CoordinatorServer, CoordinatorServerOptions
 from pyxia.errors import (
@@ -893,6 +893,8 @@ def run_cli(args: list[str]) -> tuple[int, str]:
     from pyxia.cli import main
 
     r = CliRunner().invoke(main, ["admin", *args])
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception  # a bug, not a refusal: show it
     return r.exit_code, r.output
 
 
@@ -1151,6 +1153,90 @@ async def test_oxias_go_admin_client_is_refused_without_trust(
     finally:
         await env.server.close()
         await env.cluster.close()
+
+
+# -- a coordinator that does not lead points at the one that does --------------------------------
+
+
+async def test_a_standby_coordinator_points_admin_clients_at_the_leader(
+    tmp_path: Path,
+    interop_binary: Path,  # noqa: F811 - the imported fixture
+) -> None:
+    """As Oxia's: NODE_IS_NOT_LEADER (ABORTED) with the leader's admin address in the
+    "coordinator-leader" ErrorInfo metadata, which Oxia's Go admin client and ``pyxia admin``
+    follow; the standby that takes over records itself."""
+    from pyxia.rpc_errors import coordinator_leader_hint
+
+    secret = ClusterSecret(b"s" * 32)
+    cluster = await Cluster.start(tmp_path / "nodes", 4)
+    meta_dir = tmp_path / "metadata"
+    a = await start_env(
+        tmp_path, cluster=cluster, provider=FileMetadataProvider(meta_dir),
+        coordinator=options(cluster_secret=secret), admin_trust_loopback=True,
+    )  # fmt: skip
+    standby = CoordinatorServer(
+        FileMetadataProvider(meta_dir),
+        lambda: a.config[0],
+        CoordinatorServerOptions(
+            internal_addr="127.0.0.1:0",
+            metrics_addr=None,
+            admin_addr="127.0.0.1:0",
+            coordinator=options(cluster_secret=secret),
+            admin_trust_loopback=True,
+        ),
+    )
+    await standby.start()
+    b = Env(cluster, standby, a.config, standby.provider)
+    try:
+        await wait_until(lambda: steady(a, "default"), what="default elected")
+        assert not standby.is_leader
+        assert a.coordinator.status.leader_coordinator.public_address == a.admin
+        e = await b.refused("ListNamespaces", pb.ListNamespacesRequest(), pb.ListNamespacesResponse)
+        assert e.code() == grpc.StatusCode.ABORTED and a.admin in (e.details() or "")
+        assert coordinator_leader_hint(e.trailing_metadata()) == a.admin
+        # Oxia's Go admin client, pointed at the standby, does everything on the leader
+        await check_go_admin_run(a, await go_admin(interop_binary, b))
+        # and so does pyxia admin
+        code, out = await asyncio.to_thread(
+            run_cli, ["namespace", "list", "--admin-address", b.admin]
+        )
+        assert code == 0 and out.split("\n")[1].split()[0] == "default", out
+        # the leader goes: the standby leads, records itself, answers
+        await a.server.close()
+        await standby.wait_leading()
+        assert b.coordinator.status.leader_coordinator.public_address == b.admin
+        listed = await b.acall(
+            "ListNamespaces", pb.ListNamespacesRequest(), pb.ListNamespacesResponse
+        )
+        assert [v.namespace.name for v in listed.namespaces] == ["default"]
+    finally:
+        await standby.close()
+        await a.server.close()
+        await cluster.close()
+
+
+async def test_a_standby_without_a_known_leader_is_not_initialized() -> None:
+    from pyxia.errors import CoordinatorIsNotLeader, NotInitialized
+    from pyxia.proto.metadata_pb2 import ClusterStatus, CoordinatorInfo
+
+    async def standby(recorded: str | None) -> CoordinatorServer:
+        """A coordinator server that does not lead (never started), advertising me:6651,
+        over a status that records ``recorded`` as the leader's admin address."""
+        provider = MemoryMetadataProvider()
+        if recorded is not None:
+            status = ClusterStatus(leader_coordinator=CoordinatorInfo(public_address=recorded))
+            await provider.store(status, NOT_EXISTS)
+        server = CoordinatorServer(provider, _file, CoordinatorServerOptions(metrics_addr=None))
+        server.admin_advertised = "me:6651"
+        return server
+
+    assert isinstance(await (await standby(None)).not_leading(), NotInitialized)  # no status
+    assert isinstance(await (await standby("")).not_leading(), NotInitialized)  # no leader
+    assert isinstance(await (await standby("me:6651")).not_leading(), NotInitialized)  # itself
+    err = await (await standby("other:6651")).not_leading()
+    assert isinstance(err, CoordinatorIsNotLeader) and err.metadata == {
+        "coordinator-leader": "other:6651"
+    }
 
 
 def test_coordinator_process_serves_the_admin_port(tmp_path: Path) -> None:

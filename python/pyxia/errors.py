@@ -105,6 +105,23 @@ class NodeIsNotLeader(PyxiaError):
         return md
 
 
+class CoordinatorIsNotLeader(PyxiaError):
+    """This coordinator does not lead; ``leader_hint`` is the admin address of the one that
+    does (Oxia's ``coordinator-leader`` ErrorInfo metadata, which its admin client follows)."""
+
+    reason = "NODE_IS_NOT_LEADER"
+    grpc_code = "ABORTED"
+    retryable = True
+
+    def __init__(self, message: str = "", *, leader_hint: str) -> None:
+        super().__init__(message)
+        self.leader_hint = leader_hint
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {"coordinator-leader": self.leader_hint}
+
+
 class NodeIsNotFollower(PyxiaError):
     reason = "NODE_IS_NOT_FOLLOWER"
     grpc_code = "FAILED_PRECONDITION"

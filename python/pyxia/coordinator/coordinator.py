@@ -91,6 +91,9 @@ class CoordinatorOptions:
     cluster_secret: ClusterSecret | None = None
     # Where the cluster config file is, for the admin API's errors ("the file wins").
     config_source: str = "(-f/--cluster-config)"
+    # This coordinator (its admin address), recorded in the status when it begins to lead so
+    # that the others can point admin clients at it; None: nothing recorded.
+    leader_info: metadata_pb2.CoordinatorInfo | None = None
 
 
 class Coordinator:
@@ -146,7 +149,12 @@ class Coordinator:
         if problem is not None:
             log.warning("the cluster configuration cannot be fully applied: %s", problem)
         rec = reconcile(work, self.config)
-        if fresh or rec.changed or taken:
+        me = self.options.leader_info
+        claim = False
+        if me is not None and work.leader_coordinator != me:
+            work.leader_coordinator.CopyFrom(me)  # where the others point admin clients
+            claim = True
+        if fresh or rec.changed or taken or claim:
             await self._store(work)
         self._recompute_assignments()
         for s in self.config.servers:
