@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
+from cluster import wait_until
 from pyxia import AsyncClient, Client, KeyNotFound, RequestTimeout, SessionState
 from pyxia.client.recipes import LeaderElection, Lock, SyncCache, SyncLeaderElection
 from pyxia.client.results import NotificationBatch, NotificationType
 from restartable import Restartable
-from servers import wait_for, wait_until
+from servers import wait_for
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,13 @@ timestamp oracle's clients (``pyxia.TsoClient``, ``pyxia.AsyncTsoClient``).
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from pyxia.version import __version__
+try:
+    __version__ = version("pyxia")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
 
 if TYPE_CHECKING:
     from pyxia.client import (

@@ -17,10 +17,7 @@ Lifecycle rules (the lessons of Oxia's follower-controller refactor):
   progress (nothing of it was written; it is applied again afterwards), so the
   lock holder has the storage to itself;
 - Truncate only while FENCED and with no stream; a snapshot's term is checked
-  before anything is destroyed, and a failed install restores the old DB;
-- a split child observing its parent (streams that carry the child's hash range) records the
-  range and the parent's term before it takes anything (``storage/split.py``): the parent's
-  data is kept whole until the child's own first term cuts it down.
+  before anything is destroyed, and a failed install restores the old DB.
 """
 
 from __future__ import annotations
@@ -30,14 +27,12 @@ import contextlib
 import logging
 import os
 import shutil
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
 from pyxia._native import CrcMismatch, InvalidNextOffset, WalError
-from pyxia.common.signals import Signal
 from pyxia.common.validation import accepts_term, check_storable_term
 from pyxia.errors import (
     AlreadyClosed,
@@ -53,8 +48,8 @@ from pyxia.failpoints import afailpoint
 from pyxia.proto import replication_pb2
 from pyxia.server.leader_controller import FENCED, FOLLOWER, NOT_MEMBER
 from pyxia.server.shard_storage import ShardStorage
+from pyxia.server.signals import Signal
 from pyxia.storage.db import TermOptions
-from pyxia.storage.split import SplitFilter
 from pyxia.storage.steps import APPLY_SLICE_S, Abandoned, Steps, run_sliced
 
 log = logging.getLogger("pyxia.follower")
@@ -110,12 +105,10 @@ class FollowerController:
 
     def get_status(self) -> replication_pb2.GetStatusResponse:
         self._check_open()
-        # After a snapshot the log is empty until the next entry: the replica holds up to the
-        # snapshot's offset all the same (a split child seeded from a frozen parent stays so).
         return replication_pb2.GetStatusResponse(
             term=self.term,
             status=self.status,
-            head_offset=max(self.storage.wal.last_offset, self.storage.commit_offset),
+            head_offset=self.storage.wal.last_offset,
             commit_offset=self.storage.commit_offset,
         )
 
@@ -191,20 +184,11 @@ class FollowerController:
 
     # -- replication stream -----------------------------------------------------------------------
 
-    def _observe_split(self, term: int, split: tuple[int, int] | None) -> None:
-        """A stream from a split parent (``split``: the hash range this child keeps) at
-        ``term``, the parent's: recorded before anything of the stream is taken."""
-        if split is not None:
-            self.storage.set_split_filter(SplitFilter(split[0], split[1], term))
-
     async def replicate(
-        self,
-        term: int,
-        appends: AsyncIterator[bytes],
-        split: tuple[int, int] | None = None,
+        self, term: int, appends: AsyncIterator[bytes]
     ) -> AsyncIterator[replication_pb2.Ack]:
         """Serves one Replicate stream: appends entries, yields cumulative
-        acks of durable offsets. ``split``: the stream comes from a split parent."""
+        acks of durable offsets."""
         self._check_open()
         if self.status == NOT_MEMBER:
             raise NodeIsNotMember(
@@ -221,7 +205,6 @@ class FollowerController:
             )
         if self._lock.locked():
             raise InvalidStatus(f"oxia: shard {self.shard} is busy", shard=self.shard)
-        self._observe_split(term, split)
         self._stream_active = True
         self._stream_generation += 1
         generation = self._stream_generation
@@ -338,18 +321,13 @@ class FollowerController:
             pass  # duplicate: already held, re-acknowledged
         else:
             prev = a.previous_entry_crc if a.HasField("previous_entry_crc") else None
-            m = self.storage.metrics
-            started = time.perf_counter()
             try:
                 wal.append(e.term, e.offset, e.value, e.timestamp, prev)
             except (InvalidNextOffset, CrcMismatch) as err:
                 raise InvalidArgument(f"oxia: {err}", shard=self.shard) from err
             except WalError as err:
-                m.wal_write_errors.inc()
                 self._storage_failed(err)
                 raise StorageFailure(str(err), shard=self.shard) from err
-            m.wal_appended(started, len(e.value))
-            m.follower_write_latency.observe((time.perf_counter() - started) * 1000.0)
             wal.request_sync()
         self._follow_commit(a)
         return int(e.offset)
@@ -368,7 +346,6 @@ class FollowerController:
         failure = self.storage.wal.failure
         if failure is not None:
             self._storage_failed(RuntimeError(failure))
-        self.storage.metrics.wal_synced()
         self.durable.notify()
         self._apply_wanted.notify()
 
@@ -422,15 +399,9 @@ class FollowerController:
 
     # -- snapshots --------------------------------------------------------------------------------
 
-    async def install_snapshot(
-        self,
-        term: int,
-        chunks: AsyncIterator[bytes],
-        split: tuple[int, int] | None = None,
-    ) -> int:
+    async def install_snapshot(self, term: int, chunks: AsyncIterator[bytes]) -> int:
         """Receives a DB snapshot and makes it this replica's state. Returns
-        the snapshot's commit offset (the leader's next entry follows it). ``split``: the
-        snapshot is a split parent's, of which this child keeps that hash range."""
+        the snapshot's commit offset (the leader's next entry follows it)."""
         async with self._exclusive():
             self._check_open()
             # The term is checked before anything is destroyed.
@@ -445,8 +416,7 @@ class FollowerController:
                 await self._receive_chunks(term, chunks, staged)
                 await afailpoint("snapshot.after_receive_before_install")
                 self._check_open()
-                flt = SplitFilter(split[0], split[1], term) if split is not None else None
-                commit = await asyncio.to_thread(self.storage.install_snapshot, staged, term, flt)
+                commit = await asyncio.to_thread(self.storage.install_snapshot, staged, term)
             except BaseException:
                 shutil.rmtree(staged, ignore_errors=True)
                 raise

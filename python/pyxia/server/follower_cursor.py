@@ -11,12 +11,6 @@ next entry is trimmed meanwhile (retention, see ``retention.py``) ends, and
 the snapshot follows. A follower that
 answers NODE_IS_NOT_MEMBER lost its data (wiped and restarted): the cursor
 resets its ack offset and sends a full snapshot.
-
-An *observer* cursor (shard split) feeds a replica of a child shard (``target_shard``) from the
-parent's leader: its streams name the child shard and carry the child's hash range in the
-metadata (``split-hash-range-min``/``-max``, as Oxia's), it always starts with a snapshot (a
-child replica may hold a tail of an earlier parent term that this leader's log does not), and
-its acks never count towards the parent's quorum nor answer its leadership confirmations.
 """
 
 from __future__ import annotations
@@ -24,18 +18,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 
-from pyxia._native import EntryNotFound, WalError
-from pyxia.common.channels import ChannelPool
-from pyxia.common.grpc_errors import error_from_rpc
+from pyxia._native import EntryNotFound
 from pyxia.errors import NodeIsNotMember
 from pyxia.proto import replication_pb2
+from pyxia.rpc_errors import error_from_rpc
+from pyxia.server.rpc_clients import ChannelPool
 
 if TYPE_CHECKING:
     from pyxia.server.leader_controller import LeaderController
@@ -45,8 +38,6 @@ log = logging.getLogger("pyxia.cursor")
 REPLICATE = "/replication.OxiaLogReplication/Replicate"
 SEND_SNAPSHOT = "/replication.OxiaLogReplication/SendSnapshot"
 GET_STATUS = "/replication.OxiaCoordination/GetStatus"
-SPLIT_MIN_HEADER = "split-hash-range-min"
-SPLIT_MAX_HEADER = "split-hash-range-max"
 SNAPSHOT_CHUNK = 1024 * 1024
 READ_BATCH = 256
 
@@ -68,15 +59,9 @@ class FollowerCursor:
         initial_backoff: float = 0.05,
         max_backoff: float = 2.0,
         force_snapshot: bool = False,
-        target_shard: int | None = None,
-        split_range: tuple[int, int] | None = None,
     ) -> None:
         self.leader = leader
         self.follower = follower
-        # A split observer feeds a child shard's replica (see the module docstring).
-        self.observer = target_shard is not None
-        self.target_shard = target_shard if target_shard is not None else leader.shard
-        self.split_range = split_range
         self.ack_offset = ack_offset
         self._channels = channels
         self._initial_backoff = initial_backoff
@@ -86,7 +71,7 @@ class FollowerCursor:
         self.snapshots_sent = 0
         self.errors = 0
         # Set when the follower reported it has no data for the shard.
-        self._force_snapshot = force_snapshot or self.observer
+        self._force_snapshot = force_snapshot
         # The follower's last GetStatus answered NODE_IS_NOT_MEMBER (see _check_follower).
         self._not_member_once = False
 
@@ -106,17 +91,10 @@ class FollowerCursor:
                 pass
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
-        split: tuple[tuple[str, str], ...] = ()
-        if self.split_range is not None:
-            split = (
-                (SPLIT_MIN_HEADER, str(self.split_range[0])),
-                (SPLIT_MAX_HEADER, str(self.split_range[1])),
-            )
         return (
             ("namespace", self.leader.namespace),
-            ("shard-id", str(self.target_shard)),
+            ("shard-id", str(self.leader.shard)),
             ("term", str(self.leader.term)),
-            *split,
             *self.leader.call_metadata(),
         )
 
@@ -169,7 +147,7 @@ class FollowerCursor:
                 response_deserializer=replication_pb2.GetStatusResponse.FromString,
             )
             st = await call(
-                replication_pb2.GetStatusRequest(shard=self.target_shard),
+                replication_pb2.GetStatusRequest(shard=self.leader.shard),
                 timeout=5,
                 metadata=self.leader.call_metadata(),
             )
@@ -199,7 +177,7 @@ class FollowerCursor:
     def _reset(self, ack_offset: int) -> None:
         self.ack_offset = ack_offset
         tracker = self.leader.tracker
-        if tracker is not None and not self.observer:
+        if tracker is not None:
             tracker.reset_follower(self.follower, ack_offset)
 
     def _needs_snapshot(self) -> bool:
@@ -226,9 +204,8 @@ class FollowerCursor:
             async for ack in call:
                 if ack.offset > self.ack_offset:
                     self.ack_offset = ack.offset
-                    if not self.observer:
-                        self.leader.on_follower_ack(self.follower, ack.offset)
-                if ack.heartbeat and not self.observer:
+                    self.leader.on_follower_ack(self.follower, ack.offset)
+                if ack.heartbeat:
                     self.leader.on_follower_heartbeat(self.follower, ack.heartbeat)
         except grpc.aio.AioRpcError as e:
             raise error_from_rpc(e) from e
@@ -243,7 +220,7 @@ class FollowerCursor:
         heartbeat = 0  # the newest confirmation round sent on this stream
         while not self._closed and not leader.closed and leader.term == term:
             seen = leader.appended.generation
-            rc = None if self.observer else leader.confirmations
+            rc = leader.confirmations
             if rc is not None and rc.to_send(heartbeat):
                 heartbeat = rc.requested
                 rc.on_sent(heartbeat)
@@ -251,8 +228,6 @@ class FollowerCursor:
                     term=term, commit_offset=leader.commit_offset, heartbeat=heartbeat
                 ).SerializeToString()
             if nxt <= wal.last_offset:
-                m = leader.metrics
-                started = time.perf_counter()
                 try:
                     entries = wal.read_batch(nxt, max_entries=READ_BATCH)
                 except EntryNotFound:
@@ -268,11 +243,6 @@ class FollowerCursor:
                         wal.first_offset,
                     )
                     return
-                except WalError:
-                    m.wal_read_errors.inc()
-                    raise
-                m.wal_read_latency.observe((time.perf_counter() - started) * 1000.0)
-                m.wal_read_bytes.inc(sum(len(e.value) for e in entries))
                 commit = leader.commit_offset
                 for e in entries:
                     yield replication_pb2.Append(
@@ -292,16 +262,20 @@ class FollowerCursor:
 
     async def _send_snapshot(self) -> None:
         leader = self.leader
-        m = leader.metrics
-        m.snapshots_started.inc()
-        started = time.perf_counter()
+        snap = leader.storage.create_snapshot()
         try:
-            resp = await self._transfer_snapshot()
-        except BaseException:
-            m.snapshots_failed.inc()
-            raise
-        m.snapshots_completed.inc()
-        m.snapshots_transfer_time.observe((time.perf_counter() - started) * 1000.0)
+            ch = self._channels.get(self.follower)
+            call = ch.stream_unary(
+                SEND_SNAPSHOT,
+                request_serializer=_ident,
+                response_deserializer=replication_pb2.SnapshotResponse.FromString,
+            )
+            try:
+                resp = await call(self._chunks(snap), metadata=self._metadata())
+            except grpc.aio.AioRpcError as e:
+                raise error_from_rpc(e) from e
+        finally:
+            shutil.rmtree(snap, ignore_errors=True)
         self.snapshots_sent += 1
         self._force_snapshot = False
         log.info(
@@ -312,29 +286,9 @@ class FollowerCursor:
         )
         self.ack_offset = resp.ack_offset
         tracker = leader.tracker
-        if tracker is not None and not self.observer:
+        if tracker is not None:
             tracker.reset_follower(self.follower, resp.ack_offset)
             leader.on_follower_ack(self.follower, resp.ack_offset)
-
-    async def _transfer_snapshot(self) -> replication_pb2.SnapshotResponse:
-        leader = self.leader
-        snap = leader.storage.create_snapshot()
-        try:
-            ch = self._channels.get(self.follower)
-            call = ch.stream_unary(
-                SEND_SNAPSHOT,
-                request_serializer=_ident,
-                response_deserializer=replication_pb2.SnapshotResponse.FromString,
-            )
-            try:
-                resp: replication_pb2.SnapshotResponse = await call(
-                    self._chunks(snap), metadata=self._metadata()
-                )
-            except grpc.aio.AioRpcError as e:
-                raise error_from_rpc(e) from e
-        finally:
-            shutil.rmtree(snap, ignore_errors=True)
-        return resp
 
     async def _chunks(self, snap_dir: Path) -> AsyncIterator[bytes]:
         term = self.leader.term
@@ -342,7 +296,6 @@ class FollowerCursor:
             count = max(1, -(-size // SNAPSHOT_CHUNK))
             for i in range(count):
                 content = await asyncio.to_thread(_read_chunk, f, i * SNAPSHOT_CHUNK)
-                self.leader.metrics.snapshots_sent_bytes.inc(len(content))
                 yield replication_pb2.SnapshotChunk(
                     term=term, name=f.name, content=content, chunk_index=i, chunk_count=count
                 ).SerializeToString()

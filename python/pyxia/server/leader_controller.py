@@ -31,16 +31,6 @@ rules are in ``handoff.py``. Its ``before_step_down`` hooks run first and may st
 last writes (the TSO's release marker), which the drain commits. A NewTerm that finds writes
 still pending (an unplanned change) answers them WRITE_INDETERMINATE.
 
-Shard split (the parent's side): ``add_observer`` attaches an observer cursor that seeds a
-child shard's replica with this shard's snapshot and log (``follower_cursor.py``); its acks
-never count towards this shard's quorum. ``freeze`` stops new writes (a retryable
-NODE_IS_NOT_LEADER) without fencing, so the observers keep streaming, and answers once every
-logged write is committed and answered: the head it returns is final, and no write is left in
-flight. A freeze lasts until ``freeze(frozen=False)`` or a new term; it never lapses by itself
-(the coordinator fences the parent right after the children hold that head: a write taken
-after a lapse would be lost). A split child's replica cuts its copy of the parent's data down
-to its own range before it leads (``storage/split.py``).
-
 Reads are linearizable: before a read is served, a majority of the ensemble confirms (one
 heartbeat round down the replication streams, shared by every read that arrived meanwhile)
 that this replica still leads its term; see ``read_index.py``.
@@ -59,10 +49,6 @@ from dataclasses import dataclass, field
 import grpc
 
 from pyxia._native import EntryNotFound, WalError
-from pyxia.common.channels import ChannelPool
-from pyxia.common.grpc_errors import error_from_rpc
-from pyxia.common.instance_id import CallMetadata
-from pyxia.common.signals import Signal
 from pyxia.common.validation import accepts_term, check_storable_term
 from pyxia.errors import (
     AlreadyClosed,
@@ -72,19 +58,22 @@ from pyxia.errors import (
     NodeIsNotLeader,
     NotificationsNotEnabled,
     PyxiaError,
-    ResourceUnavailable,
     StorageFailure,
     WriteIndeterminate,
 )
 from pyxia.failpoints import failpoint
-from pyxia.metrics import SHARDS
+from pyxia.metrics import ShardMetrics
 from pyxia.proto import client_pb2, replication_pb2
+from pyxia.rpc_errors import error_from_rpc
 from pyxia.server import handoff
 from pyxia.server.follower_cursor import FollowerCursor
+from pyxia.server.manifest import CallMetadata
 from pyxia.server.quorum import QuorumAckTracker
 from pyxia.server.read_index import LeadershipConfirmations
+from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.session_manager import SessionManager
 from pyxia.server.shard_storage import ShardStorage
+from pyxia.server.signals import Signal
 from pyxia.server.sync_policy import SyncPolicy
 from pyxia.storage import reads
 from pyxia.storage.apply import (
@@ -102,9 +91,6 @@ NOT_MEMBER = replication_pb2.NOT_MEMBER
 FENCED = replication_pb2.FENCED
 FOLLOWER = replication_pb2.FOLLOWER
 LEADER = replication_pb2.LEADER
-
-MAX_OBSERVERS = 16
-"""Split observers one leader feeds at most (two children times their replication factor)."""
 
 READ_CONFIRM_TIMEOUT_S = 3.0
 """How long a read waits for a majority to confirm this leader before it is refused."""
@@ -171,18 +157,13 @@ class LeaderController:
         # Bumped after every apply: notification and sequence streams wait on it.
         self.applied = Signal()
         self._sequence_watches: dict[str, list[SequenceWatch]] = {}
-        self.metrics = storage.metrics
-        SHARDS.add_leader(self)  # its offsets are exported while it leads
+        self.metrics = ShardMetrics(self.shard)
         self.sessions = SessionManager(self, check_interval=session_check_interval)
         self.leader_hint: str | None = None
         # Bumped on every append: follower cursors wait on it.
         self.appended = Signal()
         self._channels = channels
         self.cursors: dict[str, FollowerCursor] = {}
-        # Split observers, by (follower, child shard).
-        self.observers: dict[tuple[str, int], FollowerCursor] = {}
-        # Set while the shard is frozen for a split's cutover (see the module docstring).
-        self.frozen = False
         # Notified when this replica becomes leader and when it stops leading; the
         # director shares one among its controllers (the TSO's fence waits on it).
         self.leadership = leadership if leadership is not None else Signal()
@@ -250,7 +231,6 @@ class LeaderController:
             NodeIsNotLeader(f"oxia: shard {self.shard} is changing term", shard=self.shard)
         )
         self.handoff = None
-        self.frozen = False
         await self._stop_cursors()
         self.storage.update_term(term, options)
         self.term = term
@@ -329,20 +309,6 @@ class LeaderController:
             raise AlreadyClosed(shard=self.shard)
         if applied:
             log.info("shard %s: applied %d committed entries from the WAL", self.shard, applied)
-        flt = self.storage.split_filter
-        if flt is not None and term > flt.parent_term:
-            # A split child's first term: its copy of the parent's data is cut down first.
-            cut = self._replay = self.storage.cut_steps()
-            try:
-                await run_sliced(cut, self.apply_slice_s, lambda: self._replay is cut)
-            except Abandoned:
-                raise AlreadyClosed(shard=self.shard) from None
-            finally:
-                if self._replay is cut:
-                    self._replay = None
-            if self._closed or self.term != term or self.tracker is not tracker:
-                raise AlreadyClosed(shard=self.shard)
-        self.frozen = False
         self.applier = self.storage.applier
         self.status = LEADER
         self.sessions.load(reads.load_sessions(self.storage.db))
@@ -483,116 +449,8 @@ class LeaderController:
 
     async def _stop_cursors(self) -> None:
         cursors, self.cursors = self.cursors, {}
-        observers, self.observers = self.observers, {}
-        for c in [*cursors.values(), *observers.values()]:
+        for c in cursors.values():
             await c.close()
-
-    # -- shard split (parent side) ----------------------------------------------------------------
-
-    async def add_observer(
-        self, term: int, name: str, target_shard: int, split_range: tuple[int, int]
-    ) -> None:
-        """Attaches a split observer: ``name``'s replica of child ``target_shard`` gets this
-        shard's snapshot and log, and keeps ``split_range``. Idempotent."""
-        self._check_open()
-        if term != self.term:
-            raise InvalidTerm(
-                f"oxia: AddFollower (observer) for term {term}, the shard is at {self.term}",
-                shard=self.shard,
-            )
-        if self.status != LEADER:
-            raise InvalidStatus(f"oxia: AddFollower while {self.status_name}", shard=self.shard)
-        if target_shard == self.shard:
-            raise InvalidArgument(
-                f"oxia: a split observer of shard {self.shard} must target another shard",
-                shard=self.shard,
-            )
-        key = (name, target_shard)
-        existing = self.observers.get(key)
-        if existing is not None and existing.split_range == split_range:
-            return
-        if existing is None and len(self.observers) >= MAX_OBSERVERS:
-            raise InvalidArgument(
-                f"oxia: shard {self.shard} already feeds {len(self.observers)} split observers",
-                shard=self.shard,
-            )
-        if self._channels is None:
-            raise InvalidArgument("oxia: this server cannot replicate (no channels)")
-        if existing is not None:
-            del self.observers[key]
-            await existing.close()
-            self._check_open()
-        cursor = FollowerCursor(
-            self,
-            name,
-            -1,
-            self._channels,
-            target_shard=target_shard,
-            split_range=split_range,
-        )
-        self.observers[key] = cursor
-        cursor.start()
-        log.info(
-            "shard %s: feeding split child %d on %s (hashes %d..%d)",
-            self.shard,
-            target_shard,
-            name,
-            *split_range,
-        )
-
-    async def remove_observer(self, name: str, target_shard: int) -> None:
-        """Detaches a split observer (nothing to do if there is none)."""
-        self._check_open()
-        cursor = self.observers.pop((name, target_shard), None)
-        if cursor is not None:
-            await cursor.close()
-
-    def observer_acks(self) -> dict[tuple[str, int], int]:
-        """What each split observer acknowledged, by (follower, child shard)."""
-        return {k: c.ack_offset for k, c in self.observers.items()}
-
-    async def freeze(self, term: int, frozen: bool, drain_s: float) -> int:
-        """Freezes (or thaws) the shard for a split's cutover. Frozen, it refuses new writes
-        with a retryable NODE_IS_NOT_LEADER and answers once every logged write is committed
-        and answered: the returned head offset is then final. Raises ResourceUnavailable
-        (still frozen) if the writes do not drain within ``drain_s``."""
-        self._check_open()
-        if term != self.term:
-            raise InvalidTerm(
-                f"oxia: FreezeShard for term {term}, the shard is at {self.term}",
-                shard=self.shard,
-            )
-        if self.status != LEADER:
-            raise InvalidStatus(f"oxia: FreezeShard while {self.status_name}", shard=self.shard)
-        if not frozen:
-            if self.frozen:
-                log.info("shard %s: thawed (the split did not cut over)", self.shard)
-            self.frozen = False
-            return self.head_offset
-        if not self.frozen:
-            log.info(
-                "shard %s: frozen for a split: new writes refused, %d logged ones finishing",
-                self.shard,
-                len(self._pending),
-            )
-        self.frozen = True
-        deadline = time.monotonic() + drain_s
-        while not handoff.drained(len(self._pending), self.head_offset, self.commit_offset):
-            seen = self.applied.generation
-            if self._closed or self.term != term or self.status != LEADER:
-                raise InvalidTerm(
-                    f"oxia: shard {self.shard} left term {term} while freezing",
-                    shard=self.shard,
-                )
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ResourceUnavailable(
-                    f"oxia: shard {self.shard}: {len(self._pending)} logged writes not "
-                    f"committed within {drain_s:g}s of the freeze",
-                    shard=self.shard,
-                )
-            await self.applied.wait(seen, left)
-        return self.head_offset
 
     def get_status(self) -> replication_pb2.GetStatusResponse:
         self._check_open()
@@ -694,11 +552,6 @@ class LeaderController:
     def _check_writable(self) -> None:
         """Raises NodeIsNotLeader unless this replica leads and takes new writes."""
         self.check_leader()
-        if self.frozen:
-            raise NodeIsNotLeader(
-                f"oxia: shard {self.shard} is being split: its writes move to its children",
-                shard=self.shard,
-            )
         h = self.handoff
         if h is None:
             return
@@ -721,7 +574,6 @@ class LeaderController:
         if self._closed:
             return
         self._closed = True
-        SHARDS.remove_leader(self)
         self._unregister_reader()
         self._step_down(NodeIsNotLeader(f"oxia: shard {self.shard} is closing", shard=self.shard))
         self.handoff = None
@@ -737,14 +589,6 @@ class LeaderController:
     @property
     def status_name(self) -> str:
         return str(replication_pb2.ServingStatus.Name(self.status))
-
-    def leader_offsets(self) -> tuple[int, int, dict[str, int]] | None:
-        """Head and commit offsets and the followers' acknowledged offsets while leading (the
-        metrics read them at scrape time, from another thread: a snapshot of plain ints)."""
-        tracker = self.tracker
-        if self.status != LEADER or tracker is None:
-            return None
-        return tracker.head_offset, tracker.commit_offset, tracker.followers
 
     def _check_open(self) -> None:
         if self._closed:
@@ -807,14 +651,11 @@ class LeaderController:
         now = int(time.time() * 1000)
         ts = now if now > self._last_ts else self._last_ts
         self._last_ts = ts
-        started = time.perf_counter()
         try:
             self.wal.append(self.term, offset, value, ts)
         except WalError as e:
-            self.metrics.wal_write_errors.inc()
             self._storage_failed(e)
             raise StorageFailure(f"oxia: WAL append failed: {e}", shard=self.shard) from e
-        self.metrics.wal_appended(started, len(value))
         self._next_offset = offset + 1
         fut: asyncio.Future[ApplyResult] = self._loop.create_future()
         self._pending.append(Proposal(offset, request, ts, fut, on_applied, time.monotonic()))
@@ -849,7 +690,6 @@ class LeaderController:
         if failure is not None:
             self._storage_failed(RuntimeError(failure))
             return
-        self.metrics.wal_synced()
         if self.sync_policy is not None:
             self.sync_policy.round_done()
         if self.tracker is None:
@@ -906,6 +746,7 @@ class LeaderController:
         target = self._apply_target
         m = self.metrics
         n_requests = 0
+        n_ops = 0
         finished = True
         while True:
             current = self._applying
@@ -937,9 +778,15 @@ class LeaderController:
                 p.on_applied(res)
             if not p.future.done():
                 p.future.set_result(res)
+            req = p.request
             n_requests += 1
-            m.leader_write_latency.observe((time.monotonic() - p.proposed_at) * 1000.0)
+            n_ops += len(req.puts) + len(req.deletes) + len(req.delete_ranges)
+            m.write_latency.observe(time.monotonic() - p.proposed_at)
         if n_requests:
+            m.write_requests.inc(n_requests)
+            m.write_ops.inc(n_ops)
+            m.commit_offset.set(target)
+            m.head_offset.set(self.wal.last_offset)
             self.applied.notify()
         return finished
 
@@ -1018,12 +865,8 @@ class LeaderController:
 
     async def get(self, req: client_pb2.GetRequest) -> client_pb2.GetResponse:
         await self.confirm_leadership()
-        m = self.metrics
-        started = time.perf_counter()
-        res = reads.get(self.storage.db, req)
-        m.db_get_latency.observe((time.perf_counter() - started) * 1000.0)
-        m.db_gets.inc()
-        return res
+        self.metrics.read_ops.inc()
+        return reads.get(self.storage.db, req)
 
     def notifications_enabled(self) -> bool:
         return self.term_options.notifications_enabled

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pyxia.common import keys
 from pyxia.errors import InvalidSessionTimeout, PyxiaError, SessionNotFound
 from pyxia.proto import client_pb2, storage_pb2
+from pyxia.storage import keys
 from pyxia.storage.apply import ApplyResult
 
 if TYPE_CHECKING:
@@ -131,7 +131,6 @@ class SessionManager:
             # Registered at apply time, so keep-alives can follow the reply.
             if res.error is None:
                 self._add(offset_box[0], timeout_ms, identity, self._clock())
-                self._leader.metrics.sessions_created.inc()
 
         res = await self._leader.propose_internal(build, on_applied)
         if res.error is not None:
@@ -150,7 +149,6 @@ class SessionManager:
         if s is None or s.closing:
             raise SessionNotFound(f"oxia: session {session_id} not found", shard=self._leader.shard)
         await self._delete(s)
-        self._leader.metrics.sessions_closed.inc()
 
     async def _delete(self, s: Session) -> None:
         res = await self._propose_delete(s)

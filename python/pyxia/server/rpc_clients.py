@@ -25,14 +25,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from pyxia.common.grpc_metrics import CountedResponses, client_metrics, count_client_call
-from pyxia.common.grpc_options import grpc_client_options
 from pyxia.security.cluster_auth import ClusterSecret
 from pyxia.security.tls import ClientTls
+from pyxia.server.data_server_options import grpc_client_options
 from pyxia.test_hooks import dial
 
 log = logging.getLogger("pyxia.channels")
@@ -235,8 +234,6 @@ class _UnaryUnary(_Signed, _UnaryUnaryBase):
             compression=compression,
         )
         self._pool._started(self._conn, call)
-        m = client_metrics("unary", self._method)
-        count_client_call(m, call, unary_request=True, unary_response=True)
         return call
 
 
@@ -260,9 +257,7 @@ class _UnaryStream(_Signed, _UnaryStreamBase):
             compression=compression,
         )
         self._pool._started(self._conn, call)
-        m = client_metrics("server_stream", self._method)
-        count_client_call(m, call, unary_request=True, unary_response=False)
-        return cast("grpc.aio.UnaryStreamCall[Any, Any]", CountedResponses(call, m))
+        return call
 
 
 class _StreamUnary(_Signed, _StreamUnaryBase):
@@ -275,9 +270,6 @@ class _StreamUnary(_Signed, _StreamUnaryBase):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> grpc.aio.StreamUnaryCall[Any, Any]:
-        m = client_metrics("client_stream", self._method)
-        if request_iterator is not None:
-            request_iterator = m.counted_requests(request_iterator)
         call: grpc.aio.StreamUnaryCall[Any, Any] = self._inner(
             request_iterator,
             timeout=timeout,
@@ -287,7 +279,6 @@ class _StreamUnary(_Signed, _StreamUnaryBase):
             compression=compression,
         )
         self._pool._started(self._conn, call)
-        count_client_call(m, call, unary_request=False, unary_response=True)
         return call
 
 
@@ -301,9 +292,6 @@ class _StreamStream(_Signed, _StreamStreamBase):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> grpc.aio.StreamStreamCall[Any, Any]:
-        m = client_metrics("bidi_stream", self._method)
-        if request_iterator is not None:
-            request_iterator = m.counted_requests(request_iterator)
         call: grpc.aio.StreamStreamCall[Any, Any] = self._inner(
             request_iterator,
             timeout=timeout,
@@ -313,5 +301,4 @@ class _StreamStream(_Signed, _StreamStreamBase):
             compression=compression,
         )
         self._pool._started(self._conn, call)
-        count_client_call(m, call, unary_request=False, unary_response=False)
-        return cast("grpc.aio.StreamStreamCall[Any, Any]", CountedResponses(call, m))
+        return call
