@@ -176,11 +176,13 @@ async def test_without_a_new_term_the_leader_takes_writes_again(env: Env) -> Non
     lc = node.s.director.leaders[shard]
     now = time.monotonic()
     put = client_pb2.WriteRequest(puts=[client_pb2.PutRequest(key="/x", value=b"v")])
-    lc.handoff = handoff.Handoff(lc.term, now, now + 3600, lc.leader_hint)
+    tenure = lc.replica.tenure
+    assert tenure is not None
+    tenure.handoff = handoff.Handoff(lc.term, now, now + 3600, lc.leader_hint)
     with pytest.raises(NodeIsNotLeader):
         lc.propose(put)
     # the refusal period is over and no NewTerm came (the coordinator died in between)
-    lc.handoff = handoff.Handoff(lc.term, now - 2, now - 1, lc.leader_hint)
+    tenure.handoff = handoff.Handoff(lc.term, now - 2, now - 1, lc.leader_hint)
     res = await lc.propose(put)
     assert res.error is None and lc.handoff is None
 

@@ -784,6 +784,12 @@ class Replica:
         return t.confirmations if t is not None else None
 
     @property
+    def next_offset(self) -> int:
+        """The offset the next write will have (-1: this replica does not lead)."""
+        t = self.tenure
+        return t.next_offset if t is not None else -1
+
+    @property
     def replication_factor(self) -> int:
         t = self.tenure
         return t.replication_factor if t is not None else 1

@@ -378,14 +378,9 @@ class ShardsDirector:
             if fc is not None:
                 self.holds(namespace, shard)
                 return fc
-            lead = self.leaders.get(shard)
-            leading = lead.term if lead is not None and lead.status == LEADER else None
-            if term is not None and leading is not None and term <= leading:
-                raise InvalidTerm(
-                    f"oxia: shard {shard} is led here at term {leading}, not following term {term}",
-                    shard=shard,
-                )
             lc = self.leaders.get(shard)
+            if term is not None and lc is not None:
+                lc.replica.check_may_follow(term)
             if lc is not None:
                 self.holds(namespace, shard)
                 self.leaders.pop(shard, None)
