@@ -70,7 +70,9 @@ async def test_nothing_after_a_refused_write_is_logged(tmp_path: Path) -> None:
             assert isinstance(error_from_rpc(e.value), NodeIsNotLeader)
             assert lc.head_offset == head  # none of the three was logged
             # once the handoff is over (no new term came), nothing of the old stream appears
-            lc.handoff = None
+            tenure = lc.replica.tenure
+            assert tenure is not None
+            tenure.handoff = None
             r = await lc.get(client_pb2.GetRequest(key="/after1"))
             assert r.status == client_pb2.KEY_NOT_FOUND
     finally:
