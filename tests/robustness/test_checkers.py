@@ -659,36 +659,98 @@ def test_tso_leases_clean_history() -> None:
     from pyxia.robustness.checkers import TsoLeaseCall, check_tso_leases
 
     calls = [
-        TsoLeaseCall(1, 0, 10, 1000, "acquire", b"h", 1, 1, 6000, 6000),
-        TsoLeaseCall(1, 20, 30, 1020, "acquire", b"h", 1, 1, 6000, 6000),  # idempotent
-        TsoLeaseCall(1, 40, 50, 1040, "renew", b"h", 1, 1, 6040, 6040),
-        TsoLeaseCall(1, 60, 70, 1060, "acquire", b"h", 2, 2, 6060, 6060),  # supersedes
-        TsoLeaseCall(1, 80, 90, 1080, "release", b"h", 2, 2),
-        TsoLeaseCall(1, 100, 110, 1100, "acquire", b"h", 2, 3, 6100, 6100),  # after release
+        TsoLeaseCall(1, 0, 10, 1000, 1010, "acquire", b"h", 1, 1, 6000, 6000),
+        TsoLeaseCall(1, 20, 30, 1020, 1030, "acquire", b"h", 1, 1, 6000, 6000),  # idempotent
+        TsoLeaseCall(1, 40, 50, 1040, 1050, "renew", b"h", 1, 1, 6040, 6040),
+        TsoLeaseCall(1, 60, 70, 1060, 1070, "acquire", b"h", 2, 2, 6060, 6060),  # supersedes
+        TsoLeaseCall(1, 80, 90, 1080, 1090, "release", b"h", 2, 2),
+        TsoLeaseCall(1, 100, 110, 1100, 1110, "acquire", b"h", 2, 3, 6100, 6100),  # after release
     ]
     assert check_tso_leases(calls).violations == []
+
+
+def test_tso_leases_judge_an_acquire_by_its_answer_not_its_invoke() -> None:
+    """Seed 3 under load: lease 106 (epoch 28) expired at E on the server; the next acquire at
+    epoch 28 was sent 1.3 s before E but waited behind the oracle's writes and was decided
+    after E, as a fresh lease 109. Not two holders: 106 was gone when 109 was granted."""
+    from pyxia.robustness.checkers import TsoLeaseCall, check_tso_leases
+
+    e = 1_796_429_529_533
+    ms = 1_000_000  # history times are ns
+    expired_during_the_call = [
+        TsoLeaseCall(
+            1, 0, 10 * ms, e - 8_700, e - 8_690, "acquire", b"h", 28, 106, e - 3_700, e - 3_700
+        ),
+        TsoLeaseCall(1, 20 * ms, 30 * ms, e - 5_300, e - 5_000, "renew", b"h", 28, 106, e, e),
+        TsoLeaseCall(
+            1,
+            40 * ms,
+            2_000 * ms,
+            e - 1_300,
+            e + 600,
+            "acquire",
+            b"h",
+            28,
+            109,
+            e + 5_500,
+            e + 5_500,
+        ),
+    ]
+    assert check_tso_leases(expired_during_the_call).violations == []
+    # The same acquire answered while 106 still had 1.5 s to run is two holders.
+    answered_early = [*expired_during_the_call[:2]]
+    answered_early.append(
+        TsoLeaseCall(
+            1,
+            40 * ms,
+            200 * ms,
+            e - 1_700,
+            e - 1_500,
+            "acquire",
+            b"h",
+            28,
+            109,
+            e + 3_300,
+            e + 3_300,
+        )
+    )
+    (v,) = check_tso_leases(answered_early).violations
+    assert "lease 109 granted while lease 106 of the same epoch was live" in v.summary
+
+
+def test_tso_leases_a_release_of_unknown_outcome_may_have_happened() -> None:
+    from pyxia.robustness.checkers import TsoLeaseCall, check_tso_leases
+
+    calls = [
+        TsoLeaseCall(1, 0, 10, 1000, 1010, "acquire", b"h", 1, 1, 9000, 9000),
+        TsoLeaseCall(1, 20, 5020, 1020, 6020, "release-unknown", b"h", 1, 1),
+        TsoLeaseCall(1, 5030, 5040, 6030, 6040, "acquire", b"h", 1, 2, 11030, 11030),
+    ]
+    assert check_tso_leases(calls).violations == []
+    answered = [calls[0], calls[2]]  # no release sent: lease 1 was live (until 9000)
+    assert "same epoch was live" in check_tso_leases(answered).violations[0].summary
 
 
 def test_tso_leases_catch_two_holders() -> None:
     from pyxia.robustness.checkers import TsoLeaseCall, check_tso_leases
 
     same_epoch = [
-        TsoLeaseCall(1, 0, 10, 1000, "acquire", b"h", 1, 1, 9000, 9000),
-        TsoLeaseCall(2, 20, 30, 1020, "acquire", b"h", 1, 2, 9020, 9020),
+        TsoLeaseCall(1, 0, 10, 1000, 1010, "acquire", b"h", 1, 1, 9000, 9000),
+        TsoLeaseCall(2, 20, 30, 1020, 1030, "acquire", b"h", 1, 2, 9020, 9020),
     ]
     assert "same epoch was live" in check_tso_leases(same_epoch).violations[0].summary
     lower = [
-        TsoLeaseCall(1, 0, 10, 1000, "acquire", b"h", 5, 1, 9000, 9000),
-        TsoLeaseCall(2, 20, 30, 1020, "acquire", b"h", 4, 2, 9020, 9020),
+        TsoLeaseCall(1, 0, 10, 1000, 1010, "acquire", b"h", 5, 1, 9000, 9000),
+        TsoLeaseCall(2, 20, 30, 1020, 1030, "acquire", b"h", 4, 2, 9020, 9020),
     ]
     assert "acquired while epoch" in check_tso_leases(lower).violations[0].summary
     shared = [
-        TsoLeaseCall(1, 0, 10, 1000, "acquire", b"h", 1, 7, 9000, 9000),
-        TsoLeaseCall(2, 0, 10, 1000, "acquire", b"g", 1, 7, 9000, 9000),
+        TsoLeaseCall(1, 0, 10, 1000, 1010, "acquire", b"h", 1, 7, 9000, 9000),
+        TsoLeaseCall(2, 0, 10, 1000, 1010, "acquire", b"g", 1, 7, 9000, 9000),
     ]
     assert "given to" in check_tso_leases(shared).violations[0].summary
     down = [
-        TsoLeaseCall(1, 0, 10, 1000, "acquire", b"h", 1, 1, 9000, 9000),
-        TsoLeaseCall(1, 20, 30, 1020, "renew", b"h", 1, 1, 8000, 9100),
+        TsoLeaseCall(1, 0, 10, 1000, 1010, "acquire", b"h", 1, 1, 9000, 9000),
+        TsoLeaseCall(1, 20, 30, 1020, 1030, "renew", b"h", 1, 1, 8000, 9100),
     ]
     assert "went down" in check_tso_leases(down).violations[0].summary

@@ -747,8 +747,11 @@ class TsoLeaseCall:
     invoke: int
     complete: int
     invoke_wall_ms: int
-    """The client's wall clock when the call was made (compared with server expiries)."""
-    kind: str  # "acquire" | "renew" | "release"
+    """The client's wall clock when the call was made."""
+    complete_wall_ms: int
+    """The client's wall clock when the answer (or the failure) came back (compared with server
+    expiries)."""
+    kind: str  # "acquire" | "renew" | "release" | "release-unknown" (failed: may have happened)
     holder: bytes
     holder_epoch: int
     lease_id: int
@@ -760,17 +763,23 @@ def check_tso_leases(calls: list[TsoLeaseCall], clock_skew_ms: int = 1000) -> Ch
     """Never two holders: an acquire at a holder's epoch returns the live lease of that epoch
     (a different id only once the earlier one expired or was released); an acquire at a lower
     epoch never succeeds while a higher one's lease is live; an id names one (holder, epoch);
-    a lease's bound never goes down."""
+    a lease's bound never goes down.
+
+    The server decides an acquire at some instant between its invoke and its answer (under
+    load, seconds after the invoke: it waits for the oracle's earlier writes), so an earlier
+    lease counts as live against it only if it was live for the whole call: unexpired at the
+    acquire's *answer* (client wall clock, give or take ``clock_skew_ms``) and no release of it
+    (answered or of unknown outcome) sent before that answer."""
     report = CheckReport("tso-lease")
     if not calls:
         report.skipped = "no lease call"
         return report
     owner: dict[int, tuple[bytes, int]] = {}
     bound: dict[int, int] = {}
-    released: dict[int, int] = {}  # lease id -> when its release completed
+    released: dict[int, int] = {}  # lease id -> when its first release was sent
     for c in sorted(calls, key=lambda c: c.complete):
-        if c.kind == "release":
-            released.setdefault(c.lease_id, c.complete)
+        if c.kind in ("release", "release-unknown"):
+            released[c.lease_id] = min(released.get(c.lease_id, c.invoke), c.invoke)
             continue
         who = (c.holder, c.holder_epoch)
         if owner.setdefault(c.lease_id, who) != who:
@@ -789,17 +798,17 @@ def check_tso_leases(calls: list[TsoLeaseCall], clock_skew_ms: int = 1000) -> Ch
     acquires = sorted((c for c in calls if c.kind == "acquire"), key=lambda c: c.complete)
     latest: dict[int, TsoLeaseCall] = {}  # lease id -> its latest answer (acquire or renew)
     for c in sorted(calls, key=lambda c: c.complete):
-        if c.kind != "release":
+        if c.kind in ("acquire", "renew"):
             latest[c.lease_id] = c
     for a in acquires:
         for b in acquires:
             if b is a or b.holder != a.holder or b.complete >= a.invoke:
                 continue
-            # b was answered before a was asked: was b's lease still live then?
+            # b was answered before a was asked: was b's lease live for the whole of a's call?
             last = latest.get(b.lease_id, b)
             live = (
-                last.expires_at_ms > a.invoke_wall_ms + clock_skew_ms
-                and released.get(b.lease_id, a.invoke + 1) > a.invoke
+                last.expires_at_ms > a.complete_wall_ms + clock_skew_ms
+                and released.get(b.lease_id, a.complete + 1) > a.complete
             )
             if not live:
                 continue
