@@ -192,7 +192,8 @@ def _parse_args(argv: list[str], tmp_path: Path) -> click.Context:
             argv[argv.index(flag) + 1] = str(path)
     group = pyxia_cli
     assert isinstance(group, click.Group)
-    command = group.commands[argv[0]]
+    command = group.get_command(click.Context(group), argv[0])
+    assert command is not None
     return command.make_context(f"pyxia {argv[0]}", argv[1:], resilient_parsing=False)
 
 

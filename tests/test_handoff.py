@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cluster import Cluster, Node, wait_until
+from cluster import Cluster, Node
 from pyxia.client import AsyncClient
 from pyxia.config import NamespaceConfig
 from pyxia.coordinator.metadata.memory import MemoryMetadataProvider
@@ -27,6 +27,7 @@ from pyxia.errors import InvalidTerm, NodeIsNotLeader
 from pyxia.proto import admin_pb2, client_pb2
 from pyxia.server import handoff
 from pyxia.server.leader_controller import LEADER
+from servers import wait_until
 from test_coordinator import FAST, Env, leader_of, make_config, steady
 
 SHARDS = 2

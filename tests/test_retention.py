@@ -14,20 +14,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from cluster import Cluster, Node, leader_controller, wait_until
+from cluster import Cluster, Node, leader_controller
+from pyxia.common.keys import HIERARCHICAL
 from pyxia.errors import ReplicaCorrupt
 from pyxia.proto import client_pb2
 from pyxia.server.leader_controller import LEADER, log_entry_value
 from pyxia.server.retention import check_interval_s
 from pyxia.server.shard_storage import ShardStorage, StorageOptions
 from pyxia.storage import reads
-from pyxia.storage.keys import HIERARCHICAL
 from retention_load import VALUE, Samples, overwrite
+from servers import wait_until
 
 log = logging.getLogger("test.retention")
 
@@ -83,20 +84,14 @@ def window(node: Node) -> list[int]:
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = await Cluster.start(
-        tmp_path,
-        3,
-        wal_segment_size=SEGMENT,
-        wal_retention_size=RETENTION_SIZE,
-        wal_retention_s=RETENTION_S,
-        notifications_retention_s=RETENTION_S,
-        maintenance_interval_s=None,
-    )
-    try:
-        yield c
-    finally:
-        await c.close()
+def cluster_options() -> dict[str, Any]:
+    return {
+        "wal_segment_size": SEGMENT,
+        "wal_retention_size": RETENTION_SIZE,
+        "wal_retention_s": RETENTION_S,
+        "notifications_retention_s": RETENTION_S,
+        "maintenance_interval_s": None,
+    }
 
 
 async def test_every_replica_stays_bounded_and_serves_the_same_notification_window(

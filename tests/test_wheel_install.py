@@ -3,14 +3,16 @@ serves: ``pyxia standalone`` from that venv, then a put and a get through the ve
 client. The wheel's tags are checked too (abi3, a manylinux platform tag), and the install has
 none of the metadata providers' extras.
 
-The wheel comes from ``$PYXIA_WHEEL`` or the newest ``dist/pyxia-<version>-*.whl`` of this
-checkout (``scripts/build-wheels.sh`` makes it; CI builds one before running the tests). The
-test is skipped when there is none: building one takes minutes, the install needs PyPI for
-the dependencies."""
+The wheel comes from ``$PYXIA_WHEEL`` or the newest ``dist/pyxia-<version>-*_<machine>.whl``
+of this checkout for this machine's architecture (``scripts/build-wheels.sh`` makes it; CI
+builds one before running the tests; the aarch64 wheel built on an x86_64 machine is
+tests/test_aarch64_wheel.py's). The test is skipped when there is none: building one takes
+minutes, the install needs PyPI for the dependencies."""
 
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -35,13 +37,17 @@ def _wheel() -> Path | None:
     given = os.environ.get("PYXIA_WHEEL")
     if given:
         return Path(given)
-    found = sorted((ROOT / "dist").glob(f"pyxia-{VERSION}-*.whl"), key=lambda p: p.stat().st_mtime)
+    machine = platform.machine()
+    found = sorted(
+        (ROOT / "dist").glob(f"pyxia-{VERSION}-*_{machine}.whl"), key=lambda p: p.stat().st_mtime
+    )
     return found[-1] if found else None
 
 
 WHEEL = _wheel()
 pytestmark = pytest.mark.skipif(
-    WHEEL is None, reason="no built wheel in dist/ (scripts/build-wheels.sh makes one)"
+    WHEEL is None,
+    reason="no built wheel for this machine in dist/ (scripts/build-wheels.sh makes one)",
 )
 
 

@@ -108,7 +108,11 @@ class Wal:
         sync_data: bool = True,
         retention_ms: int = ...,
         commit_offset: int = ...,
-    ) -> Wal: ...
+        min_segment_size: int = ...,
+    ) -> Wal:
+        """``segment_size`` bounds a new segment (64 MiB by default); the first one gets
+        ``min_segment_size`` (1 MiB, capped at ``segment_size``) and each next one about a
+        minute of the log's write rate, within those bounds."""
     def append(
         self,
         term: int,
@@ -143,6 +147,8 @@ class Wal:
     def dir(self) -> Path: ...
     @property
     def segment_size(self) -> int: ...
+    @property
+    def min_segment_size(self) -> int: ...
     @property
     def sync_data(self) -> bool: ...
     @property

@@ -87,7 +87,8 @@ struct PyWal {
 impl PyWal {
     #[new]
     #[pyo3(signature = (dir, *, segment_size = wal::DEFAULT_SEGMENT_SIZE, sync_data = true,
-                        retention_ms = wal::DEFAULT_RETENTION_MS, commit_offset = -1))]
+                        retention_ms = wal::DEFAULT_RETENTION_MS, commit_offset = -1,
+                        min_segment_size = wal::DEFAULT_MIN_SEGMENT_SIZE))]
     fn new(
         py: Python<'_>,
         dir: PathBuf,
@@ -95,9 +96,11 @@ impl PyWal {
         sync_data: bool,
         retention_ms: u64,
         commit_offset: i64,
+        min_segment_size: usize,
     ) -> PyResult<Self> {
         let opts = Options {
             segment_size,
+            min_segment_size,
             sync_data,
             retention_ms,
             commit_offset,
@@ -244,6 +247,11 @@ impl PyWal {
     #[getter]
     fn segment_size(&self) -> usize {
         self.wal.options().segment_size
+    }
+
+    #[getter]
+    fn min_segment_size(&self) -> usize {
+        self.wal.options().min_segment_size
     }
 
     #[getter]

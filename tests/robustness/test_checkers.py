@@ -464,22 +464,44 @@ def test_versions_unique_per_shard() -> None:
     h = H()
     h.put(0, 0, 1, "a", 7, 0)
     h.op(1, PUT, 2, 3, key="/lin/k001", value="b", result="ok", version=7, mod_count=0)
-    assert check_versions(h.h, lambda k: 0).violations
+    assert check_versions(h.h, one_shard).violations
     h2 = H()
     h2.put(0, 0, 1, "a", 7, 0)
-    h2.op(1, PUT, 2, 3, key="/lin/k001", value="b", result="ok", version=7, mod_count=0, shard=1)
-    assert not check_versions(h2.h, lambda k: 0).violations
+    h2.op(1, PUT, 2, 3, key="/lin/k001", value="b", result="ok", version=7, mod_count=0)
+    assert not check_versions(h2.h, k001_apart).violations
+
+
+def one_shard(key: str, partition_key: str | None = None) -> int:
+    return 0
+
+
+def k001_apart(key: str, partition_key: str | None = None) -> int:
+    """The final map: ``/lin/k001`` on shard 1, every other key on shard 0."""
+    return 1 if key == "/lin/k001" else 0
+
+
+def test_versions_follow_the_final_map_across_a_split() -> None:
+    """Two writes went to one parent shard; after a split their keys live on two children,
+    which go on with the parent's counter: the same version on both sides is no violation,
+    and each child's versions grow in real time on their own."""
+    h = H()
+    h.put(0, 0, 1, "a", 7, 0)  # on the parent (shard 0 at the time)
+    h.op(1, PUT, 2, 3, key="/lin/k001", value="b", result="ok", version=8, mod_count=0)
+    h.op(2, PUT, 4, 5, key="/lin/k001", value="c", result="ok", version=9, mod_count=1)
+    h.op(3, PUT, 6, 7, key=h.h.ops[0].key, value="d", result="ok", version=9, mod_count=1)
+    assert not check_versions(h.h, k001_apart).violations
+    assert check_versions(h.h, one_shard).violations
 
 
 def test_versions_increase_with_real_time_per_shard() -> None:
     h = H()
     h.put(0, 0, 1, "a", 7, 0)
     h.op(1, PUT, 2, 3, key="/lin/k001", value="b", result="ok", version=5, mod_count=0)
-    assert check_versions(h.h, lambda k: 0).violations
+    assert check_versions(h.h, one_shard).violations
     h2 = H()
     h2.put(0, 0, 5, "a", 7, 0)  # concurrent: any order
     h2.op(1, PUT, 2, 3, key="/lin/k001", value="b", result="ok", version=5, mod_count=0)
-    assert not check_versions(h2.h, lambda k: 0).violations
+    assert not check_versions(h2.h, one_shard).violations
 
 
 # -- notifications -------------------------------------------------------------------------------
@@ -511,6 +533,18 @@ def test_notifications_complete_and_ordered() -> None:
     late = _sub("s", [(0, 100, [(K, 10)]), (0, 101, [(K, 11)])])
     late.caught_up = False
     assert check_notifications(h.h, [late]).violations
+
+
+def test_a_parents_change_may_be_notified_by_its_child() -> None:
+    """A write answered by a split parent whose batch a subscriber got from a child (the
+    child's log continues the parent's; its kept batches name the child)."""
+    h = H()
+    h.put(0, 1, 2, "a", 10, 0)
+    h.put(0, 3, 4, "b", 11, 1)
+    via_child = _sub("s", [(0, 100, [(K, 10)]), (7, 101, [(K, 11)])])
+    assert not check_notifications(h.h, [via_child]).violations
+    lost = _sub("s", [(0, 100, [(K, 10)]), (7, 101, [("/lin/k009", 11)])])
+    assert check_notifications(h.h, [lost]).violations
 
 
 def test_notifications_of_one_entry_hold_one_change_per_key() -> None:

@@ -2,6 +2,12 @@
 provider, runs one controller per shard and per data server, reconciles
 configuration changes, balances load, pushes shard assignments.
 
+The configuration it applies is the cluster config file's joined with what the admin API
+manages (kept in the status; the file wins for what it defines: see ``admin_config``). A
+reload of the file and an admin change both go through one compare-and-set of the status that
+holds the change and the shards it creates, then the same steps (new servers watched, new
+shards elected, deleted namespaces' shards deleted, removed servers evacuated).
+
 A shard is in the pushed assignments (with no leader yet, as Oxia's coordinator publishes
 leaderless shards) before its first NewTerm: data servers create a replica only for a shard
 the assignments know. Every call to a data server carries the cluster's instance id, after a
@@ -10,6 +16,12 @@ Handshake (see ``dataserver_controller``).
 Leader moves it makes on purpose (rebalancing, ensemble changes, evacuating a server removed
 from the config, a server shutting down, ``MoveLeader``) are planned elections: the leader hands
 over gracefully first (see ``shard_controller``).
+
+Shard splits (``split_shard``) run in their own controllers (``split.py``), their phases in the
+status: the children of a split in progress get no shard controller and reach the data servers
+only as pending (never served to clients) until the cutover publishes them; the parent's
+controller elects nothing once the split passed its point of no return; the balancer leaves
+both alone. A coordinator that becomes leader resumes every split in its status.
 
 It is built from the metadata it reads when it becomes leader and is thrown
 away when leadership is lost: it never retries a write that lost a
@@ -26,13 +38,20 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+from pyxia.common.channels import ChannelPool
+from pyxia.common.instance_id import INSTANCE_ID_HEADER, CallMetadata
+from pyxia.common.signals import Signal
 from pyxia.config import ClusterConfig, NamespaceConfig, ServerAddress
+from pyxia.coordinator import admin_config, split_rules
+from pyxia.coordinator.autosplit import AutoSplitter
 from pyxia.coordinator.dataserver_controller import DataServerController, LivenessOptions
 from pyxia.coordinator.metadata.provider import MetadataProvider, Version
 from pyxia.coordinator.model import (
     DELETING,
     STEADY,
+    Reconciliation,
     identity,
     leader_counts,
     reconcile,
@@ -47,15 +66,21 @@ from pyxia.coordinator.placement import (
     replace_member,
 )
 from pyxia.coordinator.shard_controller import ShardController
-from pyxia.errors import InvalidArgument, MetadataBadVersion, ResourceUnavailable
+from pyxia.coordinator.split import DEFAULT_SPLIT_TIMEOUT_S, SplitController
+from pyxia.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    MetadataBadVersion,
+    NotInitialized,
+    ResourceUnavailable,
+)
 from pyxia.proto import admin_pb2, client_pb2, metadata_pb2
 from pyxia.security.cluster_auth import ClusterSecret
 from pyxia.security.tls import TlsOptions
-from pyxia.server.manifest import INSTANCE_ID_HEADER, CallMetadata
-from pyxia.server.rpc_clients import ChannelPool
-from pyxia.server.signals import Signal
 
 log = logging.getLogger("pyxia.coordinator")
+
+T = TypeVar("T")
 
 _KEY_SORTING = {
     "hierarchical": client_pb2.KEY_SORTING_HIERARCHICAL,
@@ -72,6 +97,10 @@ class CoordinatorOptions:
     # every call carries (--cluster-secret-file); None: plaintext, no proof.
     peer_tls: TlsOptions | None = None
     cluster_secret: ClusterSecret | None = None
+    # Where the cluster config file is, for the admin API's errors ("the file wins").
+    config_source: str = "(-f/--cluster-config)"
+    # A split that has not cut over within this is aborted (Oxia: 5 minutes).
+    split_timeout: float = DEFAULT_SPLIT_TIMEOUT_S
 
 
 class Coordinator:
@@ -87,10 +116,18 @@ class Coordinator:
         opts = self.options
         peer_tls = opts.peer_tls.client() if opts.peer_tls is not None else None
         self.channels = ChannelPool(peer_tls, opts.cluster_secret)
-        self.config = load_config()
+        # The cluster config file as last loaded, and the configuration applied: the file's
+        # joined with the admin-managed items in the status (admin_config.effective_config).
+        self.file_config = load_config()
+        self.config = self.file_config
+        self._refused_file: ClusterConfig | None = None
         self.status = metadata_pb2.ClusterStatus()
         self.version = Version("-1")
         self.shard_controllers: dict[int, ShardController] = {}
+        # Splits in progress, by parent shard; and how the latest of each parent ended.
+        self.split_controllers: dict[int, SplitController] = {}
+        self.splits_ended: dict[int, SplitController] = {}
+        self.auto_splitter = AutoSplitter(self)
         self.pending_leaders: dict[int, str] = {}
         self.servers: dict[str, DataServerController] = {}
         self._assignments: client_pb2.ShardAssignments | None = None
@@ -115,22 +152,39 @@ class Coordinator:
             else metadata_pb2.ClusterStatus(instance_id=str(uuid.uuid4()))
         )
         work = copy.deepcopy(self.status)
+        taken = admin_config.take_over(work.admin_managed, self.file_config)
+        for note in taken:
+            log.warning("%s", note)
+        self.config = admin_config.effective_config(self.file_config, work.admin_managed)
+        problem = admin_config.config_problem(self.config)
+        if problem is not None:
+            log.warning("the cluster configuration cannot be fully applied: %s", problem)
         rec = reconcile(work, self.config)
-        if fresh or rec.changed:
+        if fresh or rec.changed or taken:
             await self._store(work)
         self._recompute_assignments()
         for s in self.config.servers:
             self._add_server(s)
         for ns, shard_id, meta in shards(self.status):
+            if split_rules.is_split_child(meta):
+                continue  # its split controller drives it until the cutover
             self._add_shard(
-                ns, shard_id, elect=meta.status != STEADY or not meta.HasField("leader")
+                ns,
+                shard_id,
+                elect=(meta.status != STEADY or not meta.HasField("leader"))
+                and not split_rules.parent_fenced(meta),
             )
+        for ns, shard_id, meta in shards(self.status):
+            if split_rules.is_split_parent(meta):
+                log.info("resuming the split of shard %d (%s)", shard_id, meta.split.phase)
+                self._start_split(ns, shard_id)
         for node in rec.removed_servers:
             self._evacuate(node)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._config_loop(), name="coordinator-config"))
         if self.options.balance:
             self._tasks.append(loop.create_task(self._balance_loop(), name="coordinator-balance"))
+        self._tasks.append(loop.create_task(self.auto_splitter.run(), name="coordinator-autosplit"))
         log.info(
             "coordinator started: %d namespaces, %d shards, %d servers",
             len(self.status.namespaces),
@@ -151,6 +205,8 @@ class Coordinator:
             except (asyncio.CancelledError, Exception):
                 pass
         self._tasks.clear()
+        for split in list(self.split_controllers.values()):
+            await split.close()
         for sc in list(self.shard_controllers.values()):
             await sc.close()
         for dc in list(self.servers.values()):
@@ -178,6 +234,16 @@ class Coordinator:
             work = copy.deepcopy(self.status)
             fn(work.namespaces[namespace].shards[shard])
             await self._store(work)
+
+    async def update_status(self, fn: Callable[[metadata_pb2.ClusterStatus], T]) -> T:
+        """Applies ``fn`` to a copy of the status and stores it (compare-and-set)."""
+        async with self._update_lock:
+            if self._closed or self.failed.is_set():
+                raise MetadataBadVersion("the coordinator is stepping down")
+            work = copy.deepcopy(self.status)
+            result = fn(work)
+            await self._store(work)
+            return result
 
     async def remove_shard(self, namespace: str, shard: int) -> None:
         async with self._update_lock:
@@ -248,6 +314,16 @@ class Coordinator:
             if meta.status == DELETING:
                 continue
             nsa = out.namespaces[ns]
+            if split_rules.is_split_child(meta):
+                # Known to the data servers (they create its replicas), never to clients.
+                nsa.pending_split_assignments.add(
+                    shard=shard,
+                    int32_hash_range=client_pb2.Int32HashRange(
+                        min_hash_inclusive=meta.int32_hash_range.min,
+                        max_hash_inclusive=meta.int32_hash_range.max,
+                    ),
+                )
+                continue
             nsa.shard_key_router = client_pb2.XXHASH3
             cfg = self.namespace_config(ns)
             nsa.key_sorting = _KEY_SORTING[cfg.key_sorting if cfg else "hierarchical"]
@@ -328,18 +404,62 @@ class Coordinator:
             except Exception as e:
                 log.warning("cluster config not reloaded: %s", e)
                 continue
-            if cfg != self.config:
+            if cfg != self.file_config and cfg != self._refused_file:
                 log.info("cluster config changed: applying")
-                await self.apply_config(cfg)
+                try:
+                    await self.apply_config(cfg)
+                except FailedPrecondition as e:
+                    self._refused_file = cfg  # said once; tried again when the file changes
+                    log.warning("cluster config not reloaded: %s", e)
 
     async def apply_config(self, cfg: ClusterConfig) -> None:
-        self.config = cfg
+        """Applies a new cluster config file, joined with the admin-managed items (those the
+        file now defines are taken over by it, logged). Raises FailedPrecondition, changing
+        nothing, if the result cannot be applied."""
         async with self._update_lock:
             work = copy.deepcopy(self.status)
-            rec = reconcile(work, cfg)
-            if rec.changed:
+            taken = admin_config.take_over(work.admin_managed, cfg)
+            effective = admin_config.effective_config(cfg, work.admin_managed)
+            problem = admin_config.config_problem(effective)
+            if problem is not None:
+                raise FailedPrecondition(f"{problem} (the file and the admin API together)")
+            rec = reconcile(work, effective)
+            if rec.changed or taken:
                 await self._store(work)
+            for note in taken:
+                log.warning("%s", note)
+            self.file_config, self.config = cfg, effective
+        await self._act_on(rec)
+
+    async def change_admin_config(self, change: Callable[[metadata_pb2.ClusterStatus], T]) -> T:
+        """One admin API change: ``change`` validates the request and edits a copy of the
+        status (its ``admin_managed`` part, and shard records if need be), raising a domain
+        error to refuse it; the copy is stored with the shards the new configuration creates
+        or deletes in one compare-and-set, then acted on. Returns what ``change`` returned."""
+        async with self._update_lock:
+            if self._closed or self.failed.is_set():
+                raise NotInitialized("oxia: this coordinator is stepping down")
+            work = copy.deepcopy(self.status)
+            result = change(work)
+            effective = admin_config.effective_config(self.file_config, work.admin_managed)
+            problem = admin_config.config_problem(effective)
+            if problem is not None:
+                raise FailedPrecondition(f"oxia: {problem}")
+            rec = reconcile(work, effective)
+            await self._store(work)
+            self.config = effective
+        await self._act_on(rec)
+        return result
+
+    async def _act_on(self, rec: Reconciliation) -> None:
+        """What follows a stored configuration change: servers watched (or their address
+        updated), new shards elected, deleted namespaces' shards deleted, servers the
+        configuration no longer has evacuated and, once empty, forgotten."""
+        cfg = self.config
         for s in cfg.servers:
+            dc = self.servers.get(s.internal)
+            if dc is not None:
+                dc.server = s
             self._add_server(s)
         # New shards go into the pushed assignments (with no leader yet) before their first
         # NewTerm: a data server creates a replica only for a shard the assignments know.
@@ -358,6 +478,10 @@ class Coordinator:
                 dc = self.servers.pop(node)
                 await dc.close()
         self.assignments_updated()
+
+    def hosts_replicas(self, node: str) -> bool:
+        """Whether the status records any replica (or leftover) of a shard on ``node``."""
+        return self._hosts_anything(node)
 
     def _hosts_anything(self, node: str) -> bool:
         return any(
@@ -468,7 +592,11 @@ class Coordinator:
         """One balancing step: a replica move, else a leadership move."""
         now = time.monotonic()
         quarantined = {s for s, until in self._quarantine.items() if until > now}
-        steady = {shard: meta for _, shard, meta in shards(self.status) if meta.status == STEADY}
+        steady = {
+            shard: meta
+            for _, shard, meta in shards(self.status)
+            if meta.status == STEADY and not meta.HasField("split")
+        }
         replicas = {s: [m.internal for m in meta.ensemble] for s, meta in steady.items()}
         servers = [
             s.internal
@@ -504,3 +632,92 @@ class Coordinator:
                 sc.request_move(prefer=target)
                 return True
         return False
+
+    # -- shard split ------------------------------------------------------------------------------
+
+    async def split_shard(
+        self,
+        namespace: str,
+        shard: int,
+        split_point: int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> tuple[int, int]:
+        """Starts splitting ``shard`` of ``namespace`` at ``split_point`` (default: the middle
+        of its hash range) into two shards; returns their ids at once (the split goes on in
+        its controller: see :meth:`wait_split`). Refuses a shard that is not steady, one
+        already splitting, a point outside its range, and a namespace at its shard limit."""
+        if split_point is not None and not 0 <= split_point <= 0xFFFFFFFF:
+            raise InvalidArgument(f"oxia: split point {split_point} is not a uint32")
+        sc = self.shard_controllers.get(shard)
+        if sc is None or sc.namespace != namespace:
+            raise InvalidArgument(f"oxia: no shard {shard} in namespace {namespace!r}")
+        ns_tso = self.namespace_config(namespace)
+        if ns_tso is not None and ns_tso.tso:
+            raise InvalidArgument(
+                f"oxia: namespace {namespace!r} holds the timestamp oracle: its one shard "
+                "cannot be split"
+            )
+        max_shards = self.config.auto_split.max_shards_per_namespace
+        ns_cfg = self.namespace_config(namespace)
+
+        def plan(st: metadata_pb2.ClusterStatus) -> tuple[int, int]:
+            return split_rules.plan_split(
+                st,
+                namespace,
+                shard,
+                split_point,
+                self.config.servers,
+                rules=rules_of(ns_cfg),
+                labels=self.config.labels_by_internal(),
+                max_shards=max_shards,
+            )
+
+        left, right = await self.update_status(plan)
+        log.info("splitting shard %d of %s into %d and %d", shard, namespace, left, right)
+        # The children are pushed (pending) before their replicas are fenced.
+        self.assignments_updated()
+        self._start_split(namespace, shard, timeout)
+        return left, right
+
+    def _start_split(self, namespace: str, parent: int, timeout: float | None = None) -> None:
+        if parent in self.split_controllers:
+            return
+        split = SplitController(
+            self,
+            namespace,
+            parent,
+            timeout=self.options.split_timeout if timeout is None else timeout,
+            on_end=self._split_ended,
+        )
+        self.split_controllers[parent] = split
+        split.start()
+
+    def _split_ended(self, split: SplitController) -> None:
+        """A split controller finished (done or aborted): its controllers and the map follow."""
+        self.split_controllers.pop(split.parent, None)
+        self.splits_ended[split.parent] = split
+        if self._closed:
+            return
+        if split.outcome == "done":
+            for child in split.children:
+                self._add_shard(split.namespace, child, elect=False)
+            sc = self.shard_controllers.get(split.parent)
+            if sc is not None:
+                sc.request_delete()
+        self.assignments_updated()
+
+    async def wait_split(self, parent: int, timeout: float = 60.0) -> str:
+        """Waits for the split of ``parent`` to end; returns "done" or "aborted"."""
+        split = self.split_controllers.get(parent) or self.splits_ended.get(parent)
+        if split is None:
+            raise InvalidArgument(f"oxia: shard {parent} has no split")
+        try:
+            await asyncio.wait_for(split.ended.wait(), timeout)
+        except TimeoutError:
+            raise ResourceUnavailable(
+                f"oxia: the split of shard {parent} did not end within {timeout:g}s"
+            ) from None
+        if split.outcome is None:
+            raise ResourceUnavailable(f"oxia: the split of shard {parent} was interrupted")
+        return split.outcome

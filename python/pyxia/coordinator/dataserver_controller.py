@@ -33,11 +33,12 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2
 
+from pyxia.common.channels import ChannelPool
+from pyxia.common.instance_id import INSTANCE_ID_HEADER, CallMetadata
+from pyxia.common.signals import Signal
 from pyxia.config import ServerAddress
+from pyxia.coordinator.metrics import NodeMetrics
 from pyxia.proto import admin_pb2, client_pb2, replication_pb2
-from pyxia.server.manifest import INSTANCE_ID_HEADER, CallMetadata
-from pyxia.server.rpc_clients import ChannelPool
-from pyxia.server.signals import Signal
 
 log = logging.getLogger("pyxia.coordinator.dataserver")
 
@@ -87,6 +88,7 @@ class DataServerController:
         self._consecutive_failures = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self.metrics = NodeMetrics(self.internal)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -99,6 +101,7 @@ class DataServerController:
 
     async def close(self) -> None:
         self._closed = True
+        self.metrics.close()
         tasks, self._tasks = self._tasks, []
         for t in tasks:
             t.cancel()
@@ -114,6 +117,7 @@ class DataServerController:
         if available == self.available or self._closed:
             return
         self.available = available
+        self.metrics.running.set(1 if available else 0)
         log.info(
             "data server %s is %s (%s)",
             self.internal,
@@ -208,6 +212,7 @@ class DataServerController:
                 self._consecutive_failures = 0
                 await self._set(True, "probe")
             else:
+                self.metrics.failed_checks.inc()
                 self._consecutive_failures += 1
                 if self._consecutive_failures >= self.options.failures:
                     await self._set(False, f"{self._consecutive_failures} failed probes")

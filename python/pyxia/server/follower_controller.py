@@ -24,7 +24,10 @@ Lifecycle rules (the lessons of Oxia's follower-controller refactor):
   progress (nothing of it was written; it is applied again afterwards), so the
   lock holder has the storage to itself;
 - Truncate only while FENCED and with no stream; a snapshot's term is checked
-  before anything is destroyed, and a failed install restores the old DB.
+  before anything is destroyed, and a failed install restores the old DB;
+- a split child observing its parent (streams that carry the child's hash range) records the
+  range and the parent's term before it takes anything (``storage/split.py``): the parent's
+  data is kept whole until the child's own first term cuts it down.
 """
 
 from __future__ import annotations
@@ -34,12 +37,14 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
 from pyxia._native import CrcMismatch, InvalidNextOffset, WalError
+from pyxia.common.signals import Signal
 from pyxia.errors import InvalidArgument, InvalidTerm, PyxiaError, StorageFailure
 from pyxia.failpoints import afailpoint
 from pyxia.proto import replication_pb2
@@ -47,8 +52,8 @@ from pyxia.server import replica as rsm
 from pyxia.server.replica import EntryId, Replica
 from pyxia.server.replica_log import StorageLog
 from pyxia.server.shard_storage import ShardStorage
-from pyxia.server.signals import Signal
 from pyxia.storage.db import TermOptions
+from pyxia.storage.split import SplitFilter
 from pyxia.storage.steps import APPLY_SLICE_S, Abandoned, Steps, run_sliced
 
 log = logging.getLogger("pyxia.follower")
@@ -118,10 +123,12 @@ class FollowerController:
 
     def get_status(self) -> replication_pb2.GetStatusResponse:
         self._check_open()
+        # After a snapshot the log is empty until the next entry: the replica holds up to the
+        # snapshot's offset all the same (a split child seeded from a frozen parent stays so).
         return replication_pb2.GetStatusResponse(
             term=self.term,
             status=self.status,
-            head_offset=self.storage.wal.last_offset,
+            head_offset=max(self.storage.wal.last_offset, self.storage.commit_offset),
             commit_offset=self.storage.commit_offset,
         )
 
@@ -186,14 +193,28 @@ class FollowerController:
 
     # -- replication stream -----------------------------------------------------------------------
 
+    def _observe_split(self, term: int, split: tuple[int, int] | None) -> None:
+        """A stream from a split parent (``split``: the hash range this child keeps) at
+        ``term``, the parent's: recorded before anything of the stream is taken."""
+        if split is not None:
+            self.storage.set_split_filter(SplitFilter(split[0], split[1], term))
+
     async def replicate(
-        self, term: int, appends: AsyncIterator[bytes]
+        self,
+        term: int,
+        appends: AsyncIterator[bytes],
+        split: tuple[int, int] | None = None,
     ) -> AsyncIterator[replication_pb2.Ack]:
         """Serves one Replicate stream: appends entries, yields cumulative
-        acks of durable offsets."""
+        acks of durable offsets. ``split``: the stream comes from a split parent."""
         (opened,) = self.replica.step(rsm.OpenStream(term))
         assert isinstance(opened, rsm.StreamOpened)
         stream = opened.stream
+        try:
+            self._observe_split(term, split)
+        except BaseException:
+            self.replica.step(rsm.StreamClosed(stream))
+            raise
         failure: list[BaseException] = []
 
         async def pump() -> None:
@@ -249,13 +270,18 @@ class FollowerController:
         e = a.entry
         prev = a.previous_entry_crc if a.HasField("previous_entry_crc") else None
         wal = self.storage.wal
+        m = self.storage.metrics
+        started = time.perf_counter()
         try:
             wal.append(e.term, e.offset, e.value, e.timestamp, prev)
         except (InvalidNextOffset, CrcMismatch) as err:
             raise InvalidArgument(f"oxia: {err}", shard=self.shard) from err
         except WalError as err:
+            m.wal_write_errors.inc()
             self._storage_failed(err)
             raise StorageFailure(str(err), shard=self.shard) from err
+        m.wal_appended(started, len(e.value))
+        m.follower_write_latency.observe((time.perf_counter() - started) * 1000.0)
         wal.request_sync()
 
     def _on_wal_round(self) -> None:
@@ -268,6 +294,7 @@ class FollowerController:
         failure = wal.failure
         if failure is not None:
             self._storage_failed(RuntimeError(failure))
+        self.storage.metrics.wal_synced()
         self._carry_out(self.replica.step(rsm.Synced(wal.last_synced_offset)))
 
     # -- applying committed entries ---------------------------------------------------------------
@@ -324,9 +351,15 @@ class FollowerController:
 
     # -- snapshots --------------------------------------------------------------------------------
 
-    async def install_snapshot(self, term: int, chunks: AsyncIterator[bytes]) -> int:
+    async def install_snapshot(
+        self,
+        term: int,
+        chunks: AsyncIterator[bytes],
+        split: tuple[int, int] | None = None,
+    ) -> int:
         """Receives a DB snapshot and makes it this replica's state. Returns
-        the snapshot's commit offset (the leader's next entry follows it)."""
+        the snapshot's commit offset (the leader's next entry follows it). ``split``: the
+        snapshot is a split parent's, of which this child keeps that hash range."""
         async with self._exclusive():
             # The term is checked before anything is destroyed.
             self._carry_out(self.replica.step(rsm.SnapshotBegin(term)))
@@ -335,7 +368,8 @@ class FollowerController:
                 await self._receive_chunks(term, chunks, staged)
                 await afailpoint("snapshot.after_receive_before_install")
                 self._check_open()
-                commit = await asyncio.to_thread(self.storage.install_snapshot, staged, term)
+                flt = SplitFilter(split[0], split[1], term) if split is not None else None
+                commit = await asyncio.to_thread(self.storage.install_snapshot, staged, term, flt)
             except BaseException:
                 shutil.rmtree(staged, ignore_errors=True)
                 raise

@@ -16,6 +16,13 @@ The cursor sees its leader only through :class:`ReplicationSource`, one leadersh
 interface (what to send next; acks, heartbeat answers, snapshots and follower statuses in):
 the decisions (what an ack commits, when a snapshot is needed, what a status answer means)
 are the replica state machine's (``replica.py``). A cursor whose leadership is over stops.
+
+An *observer* cursor (shard split) feeds a replica of a child shard from the parent's leader:
+its source's streams name the child shard (``stream_shard``) and carry the child's hash range
+in the metadata (``split-hash-range-min``/``-max``, as Oxia's); the machine starts it with a
+snapshot (a child replica may hold a tail of an earlier parent term that this leader's log does
+not), and its acks never count towards the parent's quorum nor answer its leadership
+confirmations.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -30,18 +38,21 @@ from typing import Protocol
 import grpc
 
 from pyxia._native import WalEntry
+from pyxia.common.channels import ChannelPool
+from pyxia.common.grpc_errors import error_from_rpc
+from pyxia.common.instance_id import CallMetadata
+from pyxia.common.signals import Signal
 from pyxia.errors import NodeIsNotMember
+from pyxia.metrics import ShardMetrics
 from pyxia.proto import replication_pb2
-from pyxia.rpc_errors import error_from_rpc
-from pyxia.server.manifest import CallMetadata
-from pyxia.server.rpc_clients import ChannelPool
-from pyxia.server.signals import Signal
 
 log = logging.getLogger("pyxia.cursor")
 
 REPLICATE = "/replication.OxiaLogReplication/Replicate"
 SEND_SNAPSHOT = "/replication.OxiaLogReplication/SendSnapshot"
 GET_STATUS = "/replication.OxiaCoordination/GetStatus"
+SPLIT_MIN_HEADER = "split-hash-range-min"
+SPLIT_MAX_HEADER = "split-hash-range-max"
 SNAPSHOT_CHUNK = 1024 * 1024
 READ_BATCH = 256
 
@@ -54,7 +65,15 @@ class ReplicationSource(Protocol):
     """One leadership as its follower cursors see it (``leader_controller.TenureSource``)."""
 
     @property
-    def shard(self) -> int: ...
+    def shard(self) -> int:
+        """The leader's shard."""
+
+    @property
+    def stream_shard(self) -> int:
+        """The shard the follower's replica is of (a split observer's: a child shard)."""
+
+    @property
+    def metrics(self) -> ShardMetrics: ...
 
     @property
     def term(self) -> int:
@@ -189,7 +208,7 @@ class FollowerCursor:
                 response_deserializer=replication_pb2.GetStatusResponse.FromString,
             )
             st = await call(
-                replication_pb2.GetStatusRequest(shard=self.leader.shard),
+                replication_pb2.GetStatusRequest(shard=self.leader.stream_shard),
                 timeout=5,
                 metadata=self.leader.call_metadata(),
             )
@@ -264,6 +283,21 @@ class FollowerCursor:
 
     async def _send_snapshot(self) -> None:
         leader = self.leader
+        m = leader.metrics
+        m.snapshots_started.inc()
+        started = time.perf_counter()
+        try:
+            resp = await self._transfer_snapshot()
+        except BaseException:
+            m.snapshots_failed.inc()
+            raise
+        m.snapshots_completed.inc()
+        m.snapshots_transfer_time.observe((time.perf_counter() - started) * 1000.0)
+        self.snapshots_sent += 1
+        leader.on_snapshot_sent(self.follower, resp.ack_offset)
+
+    async def _transfer_snapshot(self) -> replication_pb2.SnapshotResponse:
+        leader = self.leader
         snap = leader.create_snapshot()
         try:
             ch = self._channels.get(self.follower)
@@ -273,13 +307,14 @@ class FollowerCursor:
                 response_deserializer=replication_pb2.SnapshotResponse.FromString,
             )
             try:
-                resp = await call(self._chunks(snap), metadata=leader.stream_metadata())
+                resp: replication_pb2.SnapshotResponse = await call(
+                    self._chunks(snap), metadata=leader.stream_metadata()
+                )
             except grpc.aio.AioRpcError as e:
                 raise error_from_rpc(e) from e
         finally:
             shutil.rmtree(snap, ignore_errors=True)
-        self.snapshots_sent += 1
-        leader.on_snapshot_sent(self.follower, resp.ack_offset)
+        return resp
 
     async def _chunks(self, snap_dir: Path) -> AsyncIterator[bytes]:
         term = self.leader.term
@@ -287,6 +322,7 @@ class FollowerCursor:
             count = max(1, -(-size // SNAPSHOT_CHUNK))
             for i in range(count):
                 content = await asyncio.to_thread(_read_chunk, f, i * SNAPSHOT_CHUNK)
+                self.leader.metrics.snapshots_sent_bytes.inc(len(content))
                 yield replication_pb2.SnapshotChunk(
                     term=term, name=f.name, content=content, chunk_index=i, chunk_count=count
                 ).SerializeToString()

@@ -35,6 +35,16 @@ rules are in ``handoff.py``. Its ``before_step_down`` hooks run first and may st
 last writes (the TSO's release marker), which the drain commits. A NewTerm that finds writes
 still pending (an unplanned change) answers them WRITE_INDETERMINATE.
 
+Shard split (the parent's side): ``add_observer`` attaches an observer cursor that seeds a
+child shard's replica with this shard's snapshot and log (``follower_cursor.py``); the machine
+never counts its acks towards this shard's quorum. ``freeze`` stops new writes (a retryable
+NODE_IS_NOT_LEADER) without fencing, so the observers keep streaming, and answers once every
+logged write is committed and answered: the head it returns is final, and no write is left in
+flight. A freeze lasts until ``freeze(frozen=False)`` or a new term; it never lapses by itself
+(the coordinator fences the parent right after the children hold that head: a write taken
+after a lapse would be lost). A split child's replica cuts its copy of the parent's data down
+to its own range before it leads (``storage/split.py``).
+
 Reads are linearizable: before a read is served, a majority of the ensemble confirms (one
 heartbeat round down the replication streams, shared by every read that arrived meanwhile)
 that this replica still leads its term; see ``read_index.py``.
@@ -54,30 +64,41 @@ from pathlib import Path
 import grpc
 
 from pyxia._native import EntryNotFound, WalEntry, WalError
+from pyxia.common.channels import ChannelPool
+from pyxia.common.grpc_errors import error_from_rpc
+from pyxia.common.instance_id import CallMetadata
+from pyxia.common.signals import Signal
 from pyxia.errors import (
     AlreadyClosed,
     InvalidArgument,
     InvalidTerm,
     NodeIsNotLeader,
     NotificationsNotEnabled,
+    ResourceUnavailable,
     StorageFailure,
 )
 from pyxia.failpoints import failpoint
-from pyxia.metrics import ShardMetrics
+from pyxia.metrics import SHARDS, ShardMetrics
 from pyxia.proto import client_pb2, replication_pb2
-from pyxia.rpc_errors import error_from_rpc
 from pyxia.server import replica as rsm
-from pyxia.server.follower_cursor import FollowerCursor
+from pyxia.server.follower_cursor import SPLIT_MAX_HEADER, SPLIT_MIN_HEADER, FollowerCursor
 from pyxia.server.handoff import Handoff
-from pyxia.server.manifest import CallMetadata
 from pyxia.server.quorum import QuorumAckTracker
 from pyxia.server.read_index import LeadershipConfirmations
-from pyxia.server.replica import FENCED, FOLLOWER, LEADER, NOT_MEMBER, EntryId, Replica, Tenure
+from pyxia.server.replica import (
+    FENCED,
+    FOLLOWER,
+    LEADER,
+    MAX_OBSERVERS,
+    NOT_MEMBER,
+    EntryId,
+    ObserverKey,
+    Replica,
+    Tenure,
+)
 from pyxia.server.replica_log import StorageLog
-from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.session_manager import SessionManager
 from pyxia.server.shard_storage import ShardStorage
-from pyxia.server.signals import Signal
 from pyxia.server.sync_policy import SyncPolicy
 from pyxia.storage import reads
 from pyxia.storage.apply import (
@@ -93,6 +114,7 @@ __all__ = [
     "FENCED",
     "FOLLOWER",
     "LEADER",
+    "MAX_OBSERVERS",
     "NOT_MEMBER",
     "LeaderController",
     "Proposal",
@@ -135,18 +157,32 @@ class SequenceWatch:
 
 
 class TenureSource:
-    """One leadership as its follower cursors see it (``follower_cursor.ReplicationSource``):
-    what to send next, and the followers' acks, heartbeat answers, snapshots and statuses in,
+    """One leadership as one follower cursor sees it (``follower_cursor.ReplicationSource``):
+    what to send next, and the follower's acks, heartbeat answers, snapshots and statuses in,
     fed to the replica state machine. Once the leadership is over it answers ``leads`` False
-    and its inputs change nothing."""
+    and its inputs change nothing. With ``split`` (a child shard and the hash range it keeps)
+    it is a split observer's: its streams name the child shard and carry the range, and the
+    machine keeps its acks out of the quorum."""
 
-    __slots__ = ("_lc", "_tenure", "shard", "term")
+    __slots__ = ("_lc", "_split_headers", "_tenure", "metrics", "shard", "target_shard", "term")
 
-    def __init__(self, lc: LeaderController, tenure: Tenure) -> None:
+    def __init__(
+        self, lc: LeaderController, tenure: Tenure, split: tuple[int, tuple[int, int]] | None = None
+    ) -> None:
         self._lc = lc
         self._tenure = tenure
         self.shard = lc.shard
         self.term = tenure.term
+        self.metrics: ShardMetrics = lc.metrics
+        self.target_shard: int | None = None
+        self._split_headers: CallMetadata = ()
+        if split is not None:
+            self.target_shard, (lo, hi) = split
+            self._split_headers = ((SPLIT_MIN_HEADER, str(lo)), (SPLIT_MAX_HEADER, str(hi)))
+
+    @property
+    def stream_shard(self) -> int:
+        return self.shard if self.target_shard is None else self.target_shard
 
     @property
     def leads(self) -> bool:
@@ -164,8 +200,9 @@ class TenureSource:
         lc = self._lc
         return (
             ("namespace", lc.namespace),
-            ("shard-id", str(self.shard)),
+            ("shard-id", str(self.stream_shard)),
             ("term", str(self.term)),
+            *self._split_headers,
             *lc.call_metadata(),
         )
 
@@ -173,13 +210,14 @@ class TenureSource:
         return self._lc.call_metadata()
 
     def ack_offset(self, follower: str) -> int:
-        return self._lc.replica.follower_ack(self._tenure, follower)
+        return self._lc.replica.follower_ack(self._tenure, follower, self.target_shard)
 
     def needs_snapshot(self, follower: str) -> bool:
-        return self._lc.replica.needs_snapshot(self._tenure, follower)
+        return self._lc.replica.needs_snapshot(self._tenure, follower, self.target_shard)
 
     def heartbeat_due(self, last_sent: int) -> tuple[int, int] | None:
-        for e in self._lc.replica.step(rsm.HeartbeatDue(self._tenure, last_sent)):
+        due = rsm.HeartbeatDue(self._tenure, last_sent, self.target_shard)
+        for e in self._lc.replica.step(due):
             if isinstance(e, rsm.SendHeartbeat):
                 return e.round_id, e.commit_offset
         return None
@@ -188,37 +226,42 @@ class TenureSource:
         wal = self._lc.wal
         if offset > wal.last_offset:
             return ()
+        m = self.metrics
+        started = time.perf_counter()
         try:
-            return wal.read_batch(offset, max_entries=max_entries)
+            entries = wal.read_batch(offset, max_entries=max_entries)
         except EntryNotFound:
             if offset >= wal.first_offset:
                 raise
             return None
+        except WalError:
+            m.wal_read_errors.inc()
+            raise
+        m.wal_read_latency.observe((time.perf_counter() - started) * 1000.0)
+        m.wal_read_bytes.inc(sum(len(e.value) for e in entries))
+        return entries
 
     def create_snapshot(self) -> Path:
         return self._lc.storage.create_snapshot()
 
+    def _feed(self, message: rsm.Input) -> None:
+        self._lc.carry_out(self._lc.replica.step(message))
+
     def on_ack(self, follower: str, offset: int) -> None:
-        self._lc.carry_out(self._lc.replica.step(rsm.FollowerAck(self._tenure, follower, offset)))
+        self._feed(rsm.FollowerAck(self._tenure, follower, offset, self.target_shard))
 
     def on_heartbeat(self, follower: str, round_id: int) -> None:
-        self._lc.carry_out(
-            self._lc.replica.step(rsm.HeartbeatAck(self._tenure, follower, round_id))
-        )
+        self._feed(rsm.HeartbeatAck(self._tenure, follower, round_id, self.target_shard))
 
     def on_snapshot_sent(self, follower: str, ack_offset: int) -> None:
-        self._lc.carry_out(
-            self._lc.replica.step(rsm.SnapshotSent(self._tenure, follower, ack_offset))
-        )
+        self._feed(rsm.SnapshotSent(self._tenure, follower, ack_offset, self.target_shard))
 
     def on_lost_data(self, follower: str) -> None:
-        self._lc.carry_out(self._lc.replica.step(rsm.FollowerLostData(self._tenure, follower)))
+        self._feed(rsm.FollowerLostData(self._tenure, follower, self.target_shard))
 
     def on_follower_status(self, follower: str, status: int | None, head_offset: int) -> None:
         st = None if status is None else replication_pb2.ServingStatus.ValueType(status)
-        self._lc.carry_out(
-            self._lc.replica.step(rsm.FollowerStatus(self._tenure, follower, st, head_offset))
-        )
+        self._feed(rsm.FollowerStatus(self._tenure, follower, st, head_offset, self.target_shard))
 
 
 class LeaderController:
@@ -248,12 +291,15 @@ class LeaderController:
         # Bumped after every apply: notification and sequence streams wait on it.
         self.applied = Signal()
         self._sequence_watches: dict[str, list[SequenceWatch]] = {}
-        self.metrics = ShardMetrics(self.shard)
+        self.metrics = storage.metrics
+        SHARDS.add_leader(self)  # its offsets are exported while it leads
         self.sessions = SessionManager(self, check_interval=session_check_interval)
         # Bumped on every append and confirmation round: follower cursors wait on it.
         self.appended = Signal()
         self._channels = channels
         self.cursors: dict[str, FollowerCursor] = {}
+        # Split observers' cursors, by (follower, child shard).
+        self.observers: dict[ObserverKey, FollowerCursor] = {}
         # Notified when this replica becomes leader and when it stops leading; the
         # director shares one among its controllers (the TSO's fence waits on it).
         self.leadership = leadership if leadership is not None else Signal()
@@ -333,9 +379,22 @@ class LeaderController:
         return self.wal.last_offset
 
     @property
+    def frozen(self) -> bool:
+        """Set while the shard is frozen for a split's cutover (see the module docstring)."""
+        return self.replica.frozen
+
+    @property
     def handing_off(self) -> bool:
         """Whether this leader refuses new writes now (it is stepping down)."""
         return self.replica.handing_off(time.monotonic())
+
+    def leader_offsets(self) -> tuple[int, int, dict[str, int]] | None:
+        """Head and commit offsets and the followers' acknowledged offsets while leading (the
+        metrics read them at scrape time, from another thread: a snapshot of plain ints)."""
+        tracker = self.tracker
+        if self.status != LEADER or tracker is None:
+            return None
+        return tracker.head_offset, tracker.commit_offset, tracker.followers
 
     def _check_open(self) -> None:
         self.replica.check_open()
@@ -371,6 +430,8 @@ class LeaderController:
                 self._start_tenure(e.tenure)
             elif isinstance(e, rsm.StartCursor):
                 self._start_cursor(e.tenure, e.follower)
+            elif isinstance(e, rsm.StartObserver):
+                self._start_observer(e)
             elif isinstance(e, rsm.StartServing):
                 self.sessions.load(reads.load_sessions(self.storage.db))
                 self.sessions.start()
@@ -394,6 +455,10 @@ class LeaderController:
                 await self._stop_cursors()
             elif isinstance(e, rsm.StopCursor):
                 c = self.cursors.pop(e.follower, None)
+                if c is not None:
+                    await c.close()
+            elif isinstance(e, rsm.StopObserver):
+                c = self.observers.pop((e.follower, e.target_shard), None)
                 if c is not None:
                     await c.close()
             elif isinstance(e, rsm.SyncLog):
@@ -443,6 +508,14 @@ class LeaderController:
         self.cursors[follower] = cursor
         cursor.start()
 
+    def _start_observer(self, e: rsm.StartObserver) -> None:
+        self.replica.check_tenure(e.tenure)
+        assert self._channels is not None
+        source = TenureSource(self, e.tenure, (e.target_shard, e.split_range))
+        cursor = FollowerCursor(source, e.follower, self._channels)
+        self.observers[(e.follower, e.target_shard)] = cursor
+        cursor.start()
+
     # -- coordination -----------------------------------------------------------------------------
 
     async def new_term(self, term: int, options: TermOptions) -> replication_pb2.EntryId:
@@ -490,6 +563,18 @@ class LeaderController:
         self.replica.check_tenure(tenure)
         if applied:
             log.info("shard %s: applied %d committed entries from the WAL", self.shard, applied)
+        flt = self.storage.split_filter
+        if flt is not None and term > flt.parent_term:
+            # A split child's first term: its copy of the parent's data is cut down first.
+            cut = self._replay = self.storage.cut_steps()
+            try:
+                await run_sliced(cut, self.apply_slice_s, lambda: self._replay is cut)
+            except Abandoned:
+                raise AlreadyClosed(shard=self.shard) from None
+            finally:
+                if self._replay is cut:
+                    self._replay = None
+            self.replica.check_tenure(tenure)
         self.applier = self.storage.applier
         self.carry_out(self.replica.step(rsm.Replayed(tenure)))
 
@@ -526,8 +611,56 @@ class LeaderController:
 
     async def _stop_cursors(self) -> None:
         cursors, self.cursors = self.cursors, {}
-        for c in cursors.values():
+        observers, self.observers = self.observers, {}
+        for c in [*cursors.values(), *observers.values()]:
             await c.close()
+
+    # -- shard split (parent side) ----------------------------------------------------------------
+
+    async def add_observer(
+        self, term: int, name: str, target_shard: int, split_range: tuple[int, int]
+    ) -> None:
+        """Attaches a split observer: ``name``'s replica of child ``target_shard`` gets this
+        shard's snapshot and log, and keeps ``split_range``. Idempotent."""
+        if self._channels is None:
+            self._check_open()
+            raise InvalidArgument("oxia: this server cannot replicate (no channels)")
+        effects = self.replica.step(rsm.AddObserver(term, name, target_shard, split_range))
+        await self._carry_out_async(effects)
+
+    async def remove_observer(self, name: str, target_shard: int) -> None:
+        """Detaches a split observer (nothing to do if there is none)."""
+        await self._carry_out_async(self.replica.step(rsm.RemoveObserver(name, target_shard)))
+
+    def observer_acks(self) -> dict[ObserverKey, int]:
+        """What each split observer acknowledged, by (follower, child shard)."""
+        return self.replica.observer_acks()
+
+    async def freeze(self, term: int, frozen: bool, drain_s: float) -> int:
+        """Freezes (or thaws) the shard for a split's cutover. Frozen, it refuses new writes
+        with a retryable NODE_IS_NOT_LEADER and answers once every logged write is committed
+        and answered: the returned head offset is then final. Raises ResourceUnavailable
+        (still frozen) if the writes do not drain within ``drain_s``."""
+        self.replica.step(rsm.Freeze(term, frozen))
+        if not frozen:
+            return self.head_offset
+        deadline = time.monotonic() + drain_s
+        while not self.replica.drained(len(self._pending)):
+            seen = self.applied.generation
+            if self.closed or self.term != term or self.status != LEADER:
+                raise InvalidTerm(
+                    f"oxia: shard {self.shard} left term {term} while freezing",
+                    shard=self.shard,
+                )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ResourceUnavailable(
+                    f"oxia: shard {self.shard}: {len(self._pending)} logged writes not "
+                    f"committed within {drain_s:g}s of the freeze",
+                    shard=self.shard,
+                )
+            await self.applied.wait(seen, left)
+        return self.head_offset
 
     def _register_reader(self) -> None:
         if not self._reader_registered and self._loop is not None:
@@ -592,6 +725,7 @@ class LeaderController:
         if self.closed:
             return
         effects = self.replica.step(rsm.Close())
+        SHARDS.remove_leader(self)
         self._unregister_reader()
         # StopLeading (if it led) fails the pending writes at once, before the cursors stop.
         await self._carry_out_async(effects)
@@ -652,11 +786,14 @@ class LeaderController:
         (a,) = self.replica.step(rsm.Propose(time.monotonic(), int(time.time() * 1000)))
         assert isinstance(a, rsm.Append)
         offset, ts = a.offset, a.timestamp
+        started = time.perf_counter()
         try:
             self.wal.append(a.term, offset, value, ts)
         except WalError as e:
+            self.metrics.wal_write_errors.inc()
             self._storage_failed(e)
             raise StorageFailure(f"oxia: WAL append failed: {e}", shard=self.shard) from e
+        self.metrics.wal_appended(started, len(value))
         fut: asyncio.Future[ApplyResult] = self._loop.create_future()
         self._pending.append(Proposal(offset, request, ts, fut, on_applied, time.monotonic()))
         self.appended.notify()
@@ -690,6 +827,7 @@ class LeaderController:
         if failure is not None:
             self._storage_failed(RuntimeError(failure))
             return
+        self.metrics.wal_synced()
         if self.sync_policy is not None:
             self.sync_policy.round_done()
         self.carry_out(self.replica.step(rsm.Synced(self.wal.last_synced_offset)))
@@ -727,7 +865,6 @@ class LeaderController:
         target = self._apply_target
         m = self.metrics
         n_requests = 0
-        n_ops = 0
         finished = True
         while True:
             current = self._applying
@@ -759,15 +896,9 @@ class LeaderController:
                 p.on_applied(res)
             if not p.future.done():
                 p.future.set_result(res)
-            req = p.request
             n_requests += 1
-            n_ops += len(req.puts) + len(req.deletes) + len(req.delete_ranges)
-            m.write_latency.observe(time.monotonic() - p.proposed_at)
+            m.leader_write_latency.observe((time.monotonic() - p.proposed_at) * 1000.0)
         if n_requests:
-            m.write_requests.inc(n_requests)
-            m.write_ops.inc(n_ops)
-            m.commit_offset.set(target)
-            m.head_offset.set(self.wal.last_offset)
             self.applied.notify()
         return finished
 
@@ -831,8 +962,12 @@ class LeaderController:
 
     async def get(self, req: client_pb2.GetRequest) -> client_pb2.GetResponse:
         await self.confirm_leadership()
-        self.metrics.read_ops.inc()
-        return reads.get(self.storage.db, req)
+        m = self.metrics
+        started = time.perf_counter()
+        res = reads.get(self.storage.db, req)
+        m.db_get_latency.observe((time.perf_counter() - started) * 1000.0)
+        m.db_gets.inc()
+        return res
 
     def notifications_enabled(self) -> bool:
         return self.term_options.notifications_enabled

@@ -30,11 +30,11 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
+from pyxia.common import grpc_errors
 from pyxia.errors import InvalidArgument, PyxiaError
 from pyxia.proto import client_pb2
 from pyxia.security.policy import INTERNAL_KEYS, MIGRATE, READ, WRITE
 from pyxia.security.public import PublicAccess
-from pyxia.server import grpc_errors
 from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.leader_controller import LeaderController
 from pyxia.server.shards_director import ShardsDirector
@@ -311,21 +311,26 @@ class OxiaClientService:
         await leader.confirm_leadership()
         db = leader.storage.db
         get_into = reads.get_into
-        leader.metrics.read_ops.inc(len(req.gets))
+        m = leader.metrics
+        m.db_gets.inc(len(req.gets))
         resp = client_pb2.ReadResponse()
         add = resp.gets.add
         size = 0
+        started = time.perf_counter()
         for g in req.gets:
             gr = add()
             get_into(db, g, gr)
             size += len(gr.value) + 64
             if size >= MAX_CHUNK_BYTES:
+                m.db_get_latency.observe((time.perf_counter() - started) * 1000.0)
                 yield resp
+                started = time.perf_counter()
                 resp = client_pb2.ReadResponse()
                 add = resp.gets.add
                 size = 0
                 await asyncio.sleep(0)
                 leader.check_leader()
+        m.db_get_latency.observe((time.perf_counter() - started) * 1000.0)
         yield resp
 
     @_streaming_of(client_pb2.ListRequest)
@@ -335,6 +340,9 @@ class OxiaClientService:
         leader = self._leader(req.shard if req.HasField("shard") else None)
         self._check_scan(leader.namespace, req.include_internal_keys)
         await leader.confirm_leadership()
+        m = leader.metrics
+        m.db_lists.inc()
+        started = time.perf_counter()
         chunk: list[str] = []
         size = 0
         for key in reads.list_keys(leader.storage.db, req):
@@ -345,6 +353,7 @@ class OxiaClientService:
                 chunk, size = [], 0
                 await asyncio.sleep(0)
                 leader.check_leader()
+        m.db_list_latency.observe((time.perf_counter() - started) * 1000.0)
         yield client_pb2.ListResponse(keys=chunk)
 
     @_streaming_of(client_pb2.RangeScanRequest)
@@ -354,6 +363,7 @@ class OxiaClientService:
         leader = self._leader(req.shard if req.HasField("shard") else None)
         self._check_scan(leader.namespace, req.include_internal_keys)
         await leader.confirm_leadership()
+        leader.metrics.db_range_scans.inc()
         chunk: list[client_pb2.GetResponse] = []
         size = 0
         for rec in reads.range_scan(leader.storage.db, req):
@@ -382,6 +392,7 @@ class OxiaClientService:
         leader = self._leader(req.shard)
         self.access.check(leader.namespace, READ)
         leader.check_leader()
+        leader.metrics.db_get_sequence_updates.inc()
         w = leader.watch_sequence(req.key)
         sent: str | None = None
         try:
@@ -415,6 +426,11 @@ class OxiaClientService:
             seen = leader.applied.generation
             leader.check_leader()
             batches = reads.read_notifications(db, after, 100)
+            if batches:
+                m = leader.metrics
+                m.notifications_read_batches.inc(len(batches))
+                m.notifications_read.inc(sum(len(b.notifications) for b in batches))
+                m.notifications_read_bytes.inc(sum(b.ByteSize() for b in batches))
             for b in batches:
                 yield b
                 after = b.offset

@@ -45,6 +45,13 @@ Status (Oxia's)::
   goes up to the leader's commit offset, never past what is durable here. Truncate only while
   FENCED, with no stream, never below what is applied. A snapshot's term is checked before
   anything is destroyed.
+- **Shard split** (the parent's side): :class:`AddObserver` attaches a split observer, a
+  follower of another shard (a child's replica) that gets this shard's snapshot and log; it
+  starts with a snapshot (a child replica may hold a tail of an earlier parent term that this
+  log does not), never counts towards the quorum and never answers a confirmation round.
+  :class:`Freeze` refuses new writes (a retryable NODE_IS_NOT_LEADER) without fencing, so the
+  observers keep streaming, until it is thawed or the leadership ends (never by itself: the
+  coordinator fences the parent right after the children hold its final head).
 - **Follower progress** (on the leader): what each follower acknowledged, whether it needs a
   snapshot (it lost its data, or needs entries the WAL no longer holds), what its GetStatus
   answers mean (NODE_IS_NOT_MEMBER twice: its data is gone).
@@ -178,6 +185,25 @@ class FollowerProgress:
     """Its last GetStatus answered NODE_IS_NOT_MEMBER (a second time means its data is gone)."""
 
 
+@dataclass(slots=True)
+class ObserverProgress:
+    """A split observer as its leader sees it: it keeps ``split_range`` of this shard's hashes
+    on its replica of another shard; its acknowledged offset never counts towards the quorum."""
+
+    split_range: tuple[int, int]
+    ack: int = -1
+    snapshot: bool = True
+    """Its next connection starts with a snapshot (always its first one)."""
+    not_member_once: bool = False
+
+
+ObserverKey = tuple[str, int]
+"""A split observer: (follower, child shard)."""
+
+MAX_OBSERVERS = 16
+"""Split observers one leader feeds at most (two children times their replication factor)."""
+
+
 @dataclass(eq=False, slots=True)
 class Tenure:
     """One leadership: from BecomeLeader until the replica stops leading (compared by
@@ -191,8 +217,11 @@ class Tenure:
     confirmations: LeadershipConfirmations
     next_offset: int
     followers: dict[str, FollowerProgress] = field(default_factory=dict)
+    observers: dict[ObserverKey, ObserverProgress] = field(default_factory=dict)
     serving: bool = False
     handoff: Handoff | None = None
+    frozen: bool = False
+    """Frozen for a split's cutover: new writes are refused (see :class:`Freeze`)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -274,9 +303,13 @@ class Synced:
 
 @dataclass(frozen=True, slots=True)
 class FollowerAck:
+    """``follower`` acknowledged ``offset`` (``target_shard``: a split observer's ack, for
+    its replica of that shard; the same for every follower input below)."""
+
     tenure: Tenure
     follower: str
     offset: int
+    target_shard: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +319,7 @@ class HeartbeatAck:
     tenure: Tenure
     follower: str
     round_id: int
+    target_shard: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +328,7 @@ class HeartbeatDue:
 
     tenure: Tenure
     last_sent: int
+    target_shard: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +341,7 @@ class SnapshotSent:
     tenure: Tenure
     follower: str
     ack_offset: int
+    target_shard: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +350,7 @@ class FollowerLostData:
 
     tenure: Tenure
     follower: str
+    target_shard: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +362,32 @@ class FollowerStatus:
     follower: str
     status: Status | None
     head_offset: int = -1
+    target_shard: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AddObserver:
+    """Attach a split observer: ``follower``'s replica of ``target_shard`` keeps
+    ``split_range`` of this shard's hashes."""
+
+    term: int
+    follower: str
+    target_shard: int
+    split_range: tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveObserver:
+    follower: str
+    target_shard: int
+
+
+@dataclass(frozen=True, slots=True)
+class Freeze:
+    """Freeze (``frozen``) or thaw the shard for a split's cutover."""
+
+    term: int
+    frozen: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,6 +504,9 @@ Input = (
     | SnapshotSent
     | FollowerLostData
     | FollowerStatus
+    | AddObserver
+    | RemoveObserver
+    | Freeze
     | StepDown
     | HandoffStarted
     | StepDownAnswered
@@ -516,6 +582,22 @@ class StartCursor:
 @dataclass(frozen=True, slots=True)
 class StopCursor:
     follower: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartObserver:
+    """Start a cursor that feeds split observer ``follower``'s replica of ``target_shard``."""
+
+    tenure: Tenure
+    follower: str
+    target_shard: int
+    split_range: tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class StopObserver:
+    follower: str
+    target_shard: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -654,6 +736,8 @@ Effect = (
     | TruncateFollower
     | StartCursor
     | StopCursor
+    | StartObserver
+    | StopObserver
     | Committed
     | CaughtUp
     | StartServing
@@ -738,6 +822,9 @@ class Replica:
             SnapshotSent: self._snapshot_sent,
             FollowerLostData: self._follower_lost_data,
             FollowerStatus: self._follower_status,
+            AddObserver: self._add_observer,
+            RemoveObserver: self._remove_observer,
+            Freeze: self._freeze,
             StepDown: self._step_down,
             HandoffStarted: self._handoff_started,
             StepDownAnswered: self._step_down_answered,
@@ -814,6 +901,11 @@ class Replica:
         self.check_leader()
         t = self.tenure
         assert t is not None
+        if t.frozen:
+            raise NodeIsNotLeader(
+                f"oxia: shard {self.shard} is being split: its writes move to its children",
+                shard=self.shard,
+            )
         h = t.handoff
         if h is None:
             return
@@ -863,20 +955,44 @@ class Replica:
         """Every logged write is committed, applied and answered (``pending`` writes are not)."""
         return handoff.drained(pending, self.log.last_offset, self.commit_offset)
 
-    def follower_ack(self, tenure: Tenure, follower: str) -> int:
-        """What ``follower`` acknowledged (-1: nothing, or not a follower of ``tenure``)."""
+    @property
+    def frozen(self) -> bool:
+        t = self.tenure
+        return t is not None and t.frozen
+
+    def follower_ack(self, tenure: Tenure, follower: str, target_shard: int | None = None) -> int:
+        """What ``follower`` (with ``target_shard``: that split observer) acknowledged (-1:
+        nothing, or not a follower of ``tenure``)."""
+        if target_shard is not None:
+            o = tenure.observers.get((follower, target_shard))
+            return o.ack if o is not None else -1
         return tenure.tracker.followers.get(follower, -1)
 
-    def needs_snapshot(self, tenure: Tenure, follower: str) -> bool:
-        """Whether ``follower``'s next connection starts with a snapshot: it lost its data, or
-        the WAL no longer holds the entries after what it acknowledged (for an empty follower:
-        the WAL no longer starts at 0 and something was committed)."""
-        p = tenure.followers.get(follower)
+    def observer_acks(self) -> dict[ObserverKey, int]:
+        """What each split observer acknowledged, by (follower, child shard)."""
+        t = self.tenure
+        return {} if t is None else {k: o.ack for k, o in t.observers.items()}
+
+    def _progress(
+        self, tenure: Tenure, follower: str, target_shard: int | None
+    ) -> FollowerProgress | ObserverProgress | None:
+        if target_shard is not None:
+            return tenure.observers.get((follower, target_shard))
+        return tenure.followers.get(follower)
+
+    def needs_snapshot(
+        self, tenure: Tenure, follower: str, target_shard: int | None = None
+    ) -> bool:
+        """Whether ``follower``'s next connection starts with a snapshot: it lost its data (or
+        is a split observer that got none yet), or the WAL no longer holds the entries after
+        what it acknowledged (for an empty follower: the WAL no longer starts at 0 and something
+        was committed)."""
+        p = self._progress(tenure, follower, target_shard)
         if p is None:
             return False
         if p.snapshot:
             return True
-        ack = self.follower_ack(tenure, follower)
+        ack = self.follower_ack(tenure, follower, target_shard)
         first = self.log.first_offset
         if ack < 0:
             return self.commit_offset >= 0 and first != 0
@@ -1140,6 +1256,11 @@ class Replica:
         t = m.tenure
         if t is not self.tenure:
             return NONE
+        if m.target_shard is not None:  # a split observer: never part of the quorum
+            o = t.observers.get((m.follower, m.target_shard))
+            if o is not None and m.offset > o.ack:
+                o.ack = m.offset
+            return NONE
         before = t.tracker.commit_offset
         return self._committed(t, before, t.tracker.ack(m.follower, m.offset))
 
@@ -1159,8 +1280,8 @@ class Replica:
 
     def _heartbeat_due(self, m: HeartbeatDue) -> Effects:
         t = m.tenure
-        if t is not self.tenure:
-            return NONE
+        if t is not self.tenure or m.target_shard is not None:
+            return NONE  # (a split observer never confirms this leadership)
         rc = t.confirmations
         if not rc.to_send(m.last_sent):
             return NONE
@@ -1170,7 +1291,7 @@ class Replica:
 
     def _heartbeat_ack(self, m: HeartbeatAck) -> Effects:
         t = m.tenure
-        if t is not self.tenure:
+        if t is not self.tenure or m.target_shard is not None:
             return NONE
         t.confirmations.ack(m.follower, m.round_id)
         return (CONFIRMED,)
@@ -1181,19 +1302,33 @@ class Replica:
         t = m.tenure
         if t is not self.tenure:
             return NONE
-        p = t.followers.get(m.follower)
+        p = self._progress(t, m.follower, m.target_shard)
         if p is not None:
             p.snapshot = False
-        log.info("shard %s: snapshot sent to %s (offset %d)", self.shard, m.follower, m.ack_offset)
+        log.info(
+            "shard %s: snapshot sent to %s%s (offset %d)",
+            self.shard,
+            m.follower,
+            "" if m.target_shard is None else f" for split child {m.target_shard}",
+            m.ack_offset,
+        )
+        if isinstance(p, ObserverProgress):
+            p.ack = m.ack_offset
+            return NONE
+        if m.target_shard is not None:
+            return NONE
         tracker = t.tracker
         tracker.reset_follower(m.follower, m.ack_offset)
         before = tracker.commit_offset
         return self._committed(t, before, tracker.ack(m.follower, m.ack_offset))
 
-    def _start_over(self, t: Tenure, follower: str) -> None:
+    def _start_over(self, t: Tenure, follower: str, target_shard: int | None = None) -> None:
         """``follower`` lost its data: it holds nothing, its next connection sends a snapshot."""
-        t.tracker.reset_follower(follower, -1)
-        p = t.followers.get(follower)
+        p = self._progress(t, follower, target_shard)
+        if isinstance(p, ObserverProgress):
+            p.ack = -1
+        elif target_shard is None:
+            t.tracker.reset_follower(follower, -1)
         if p is not None:
             p.snapshot = True
 
@@ -1202,7 +1337,7 @@ class Replica:
         if t is not self.tenure:
             return NONE
         log.warning("shard %s: follower %s has no data, sending a snapshot", self.shard, m.follower)
-        self._start_over(t, m.follower)
+        self._start_over(t, m.follower, m.target_shard)
         return NONE
 
     def _follower_status(self, m: FollowerStatus) -> Effects:
@@ -1214,18 +1349,18 @@ class Replica:
         opens it from disk): only a second such answer, after another stream, means the data
         is gone."""
         t = m.tenure
-        p = t.followers.get(m.follower)
+        p = self._progress(t, m.follower, m.target_shard)
         if t is not self.tenure or p is None:
             return NONE
         if m.status is None:
             if p.not_member_once:
                 p.not_member_once = False
-                self._start_over(t, m.follower)
+                self._start_over(t, m.follower, m.target_shard)
             else:
                 p.not_member_once = True
             return NONE
         p.not_member_once = False
-        acked = self.follower_ack(t, m.follower)
+        acked = self.follower_ack(t, m.follower, m.target_shard)
         if m.status == NOT_MEMBER or m.head_offset < acked:
             log.warning(
                 "shard %s: follower %s holds up to %d (status %s), acknowledged %d: "
@@ -1236,7 +1371,66 @@ class Replica:
                 status_name(m.status),
                 acked,
             )
-            self._start_over(t, m.follower)
+            self._start_over(t, m.follower, m.target_shard)
+        return NONE
+
+    # -- shard split (the parent's side) ----------------------------------------------------------
+
+    def _check_leads_term(self, what: str, term: int) -> Tenure:
+        self.check_open()
+        if term != self.term:
+            raise InvalidTerm(
+                f"oxia: {what} for term {term}, the shard is at {self.term}", shard=self.shard
+            )
+        if self.status != LEADER:
+            raise InvalidStatus(f"oxia: {what} while {self.status_name}", shard=self.shard)
+        t = self.tenure
+        assert t is not None
+        return t
+
+    def _add_observer(self, m: AddObserver) -> Effects:
+        t = self._check_leads_term("AddFollower (observer)", m.term)
+        if m.target_shard == self.shard:
+            raise InvalidArgument(
+                f"oxia: a split observer of shard {self.shard} must target another shard",
+                shard=self.shard,
+            )
+        key = (m.follower, m.target_shard)
+        existing = t.observers.get(key)
+        if existing is not None and existing.split_range == m.split_range:
+            return NONE  # a retried AddFollower
+        if existing is None and len(t.observers) >= MAX_OBSERVERS:
+            raise InvalidArgument(
+                f"oxia: shard {self.shard} already feeds {len(t.observers)} split observers",
+                shard=self.shard,
+            )
+        log.info(
+            "shard %s: feeding split child %d on %s (hashes %d..%d)",
+            self.shard,
+            m.target_shard,
+            m.follower,
+            *m.split_range,
+        )
+        t.observers[key] = ObserverProgress(m.split_range)
+        start = StartObserver(t, m.follower, m.target_shard, m.split_range)
+        if existing is not None:  # another range: the old cursor goes first
+            return (StopObserver(m.follower, m.target_shard), start)
+        return (start,)
+
+    def _remove_observer(self, m: RemoveObserver) -> Effects:
+        self.check_open()
+        t = self.tenure
+        if t is None or t.observers.pop((m.follower, m.target_shard), None) is None:
+            return NONE
+        return (StopObserver(m.follower, m.target_shard),)
+
+    def _freeze(self, m: Freeze) -> Effects:
+        t = self._check_leads_term("FreezeShard", m.term)
+        if m.frozen and not t.frozen:
+            log.info("shard %s: frozen for a split: new writes refused", self.shard)
+        elif not m.frozen and t.frozen:
+            log.info("shard %s: thawed (the split did not cut over)", self.shard)
+        t.frozen = m.frozen
         return NONE
 
     # -- planned step-down ------------------------------------------------------------------------

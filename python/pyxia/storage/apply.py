@@ -25,18 +25,23 @@ operations, so that no single entry can make one step, or the entry's atomic DB 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from rocksdict import WriteBatch
 
+from pyxia.common import keys
+from pyxia.common.keys import ScanBounds
 from pyxia.errors import InvalidArgument, PyxiaError
 from pyxia.proto import client_pb2, storage_pb2
-from pyxia.storage import keys
 from pyxia.storage.db import ShardDB
-from pyxia.storage.keys import ScanBounds
 from pyxia.storage.notifications import Notifications
 from pyxia.storage.steps import Steps, run_steps
+
+if TYPE_CHECKING:
+    from pyxia.metrics import ShardMetrics
 
 OK = client_pb2.OK
 KEY_NOT_FOUND = client_pb2.KEY_NOT_FOUND
@@ -159,10 +164,19 @@ class _Stage:
 class StateApplier:
     """Applies entries of one shard to its DB."""
 
-    def __init__(self, db: ShardDB, shard: int, *, notifications_enabled: bool = True) -> None:
+    def __init__(
+        self,
+        db: ShardDB,
+        shard: int,
+        *,
+        notifications_enabled: bool = True,
+        metrics: ShardMetrics | None = None,
+    ) -> None:
         self.db = db
         self.shard = shard
         self.notifications_enabled = notifications_enabled
+        # Counted once per write request (its operations, its batch), never per operation.
+        self.metrics = metrics
         self.encoding = db.encoding
         self.last_version_id = db.last_version_id()
         self.commit_offset = db.commit_offset()
@@ -205,6 +219,7 @@ class StateApplier:
     ) -> Steps[ApplyResult]:
         """:meth:`apply_write` in steps: one per operation, then the DB write. Closed before
         its last step, it leaves the DB and this applier as they were."""
+        started = time.perf_counter()
         stage = _Stage(self.db)
         notifications = (
             Notifications(self.shard, offset, timestamp) if self.notifications_enabled else None
@@ -248,12 +263,22 @@ class StateApplier:
                 notifications.seal_bytes(),
             )
             notified = True
+        m = self.metrics
+        if m is not None:  # a written batch is consumed: measured before
+            m.kv_batch(batch.size_in_bytes(), batch.len())
+        committing = time.perf_counter()
         try:
             self.db.write(batch)
         except BaseException:
             self.last_version_id = base_version
+            if m is not None:
+                m.kv_write_errors.inc()
             raise
         self.commit_offset = offset
+        if m is not None:
+            m.db_applied(
+                len(req.puts), len(req.deletes), len(req.delete_ranges), started, committing
+            )
         return ApplyResult(res, None, seq_updates, notified)
 
     # -- operations -------------------------------------------------------------------------------
