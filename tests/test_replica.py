@@ -173,6 +173,8 @@ def snapshot(m: Replica) -> tuple[Any, ...]:
         t.tracker.commit_offset if t else None,
         dict(t.followers) if t else None,
         t.handoff if t else None,
+        dict(t.observers) if t else None,
+        t.frozen if t else None,
     )
 
 
@@ -684,6 +686,103 @@ def test_drained() -> None:
     assert not m.drained(1)
 
 
+# -- shard split (the parent's side) --------------------------------------------------------------
+
+
+def test_a_split_observer_starts_with_a_snapshot_and_never_counts_towards_the_quorum() -> None:
+    m, t = _leader_with_followers()
+    effects = m.step(r.AddObserver(3, "c", 8, (0, 99)))
+    assert effects == (r.StartObserver(t, "c", 8, (0, 99)),)
+    assert m.needs_snapshot(t, "c", 8)  # always first: a child may hold an older parent tail
+    assert not m.needs_snapshot(t, "c")  # not a follower of this shard
+    assert m.step(r.SnapshotSent(t, "c", 2, 8)) == ()
+    assert not m.needs_snapshot(t, "c", 8) and m.follower_ack(t, "c", 8) == 2
+    # Its acks are its own: no commit, no quorum membership, no confirmation round.
+    m.step(r.Propose(0.0, 1))
+    m.step(r.Synced(3))
+    assert m.step(r.FollowerAck(t, "c", 3, 8)) == ()
+    assert m.commit_offset == 2 and "c" not in t.tracker.followers
+    assert m.observer_acks() == {("c", 8): 3}
+    assert m.step(r.HeartbeatDue(t, 0, 8)) == ()
+    assert m.step(r.HeartbeatAck(t, "c", 1, 8)) == ()
+    # A follower's ack still commits.
+    assert m.step(r.FollowerAck(t, "a", 3)) == (r.Committed(3),)
+
+
+def test_add_observer_is_idempotent_replaces_another_range_and_is_bounded() -> None:
+    m, t = _leader_with_followers()
+    m.step(r.AddObserver(3, "c", 8, (0, 99)))
+    assert m.step(r.AddObserver(3, "c", 8, (0, 99))) == ()  # a retried call
+    assert m.step(r.AddObserver(3, "c", 8, (0, 49))) == (
+        r.StopObserver("c", 8),
+        r.StartObserver(t, "c", 8, (0, 49)),
+    )
+    for i in range(r.MAX_OBSERVERS - 1):
+        m.step(r.AddObserver(3, f"n{i}", 8, (0, 49)))
+    before = snapshot(m)
+    with pytest.raises(InvalidArgument):
+        m.step(r.AddObserver(3, "one-too-many", 8, (0, 49)))
+    assert snapshot(m) == before
+    assert m.step(r.RemoveObserver("c", 8)) == (r.StopObserver("c", 8),)
+    assert m.step(r.RemoveObserver("c", 8)) == ()  # nothing to do
+
+
+@pytest.mark.parametrize(
+    ("start", "message", "error"),
+    [
+        (_leader, r.AddObserver(2, "c", 8, (0, 9)), InvalidTerm),
+        (_fenced, r.AddObserver(3, "c", 8, (0, 9)), InvalidStatus),
+        (_leader, r.AddObserver(3, "c", SHARD, (0, 9)), InvalidArgument),
+        (_leader, r.Freeze(4, True), InvalidTerm),
+        (_follower, r.Freeze(3, True), InvalidStatus),
+    ],
+)
+def test_split_inputs_refused(
+    start: Callable[[], Replica], message: r.Input, error: type[PyxiaError]
+) -> None:
+    m = start()
+    before = snapshot(m)
+    with pytest.raises(error):
+        m.step(message)
+    assert snapshot(m) == before
+
+
+def test_an_observers_lost_data_and_status_answers_restart_it_with_a_snapshot() -> None:
+    m, t = _leader_with_followers()
+    m.step(r.AddObserver(3, "c", 8, (0, 99)))
+    m.step(r.SnapshotSent(t, "c", 2, 8))
+    m.step(r.FollowerLostData(t, "c", 8))
+    assert m.needs_snapshot(t, "c", 8) and m.follower_ack(t, "c", 8) == -1
+    assert m.follower_ack(t, "a") == 2  # the follower of the same name is untouched
+    m.step(r.SnapshotSent(t, "c", 2, 8))
+    m.step(r.FollowerStatus(t, "c", FOLLOWER, 1, 8))  # holds less than it acknowledged
+    assert m.needs_snapshot(t, "c", 8)
+
+
+def test_freeze_refuses_new_writes_until_thawed_or_the_tenure_ends() -> None:
+    m = _leader()
+    m.step(r.Propose(0.0, 1))
+    assert m.step(r.Freeze(3, True)) == ()
+    assert m.frozen and not m.drained(1)  # the logged write still finishes
+    with pytest.raises(NodeIsNotLeader, match="being split"):
+        m.step(r.Propose(0.0, 2))
+    m.step(r.Freeze(3, True))  # a retried freeze
+    m.step(r.Freeze(3, False))
+    assert not m.frozen and kinds(m.step(r.Propose(0.0, 3))) == [r.Append]
+    m.step(r.Freeze(3, True))
+    fence(m, 4)  # a new term ends the freeze with the leadership
+    lead(m)
+    assert not m.frozen and kinds(m.step(r.Propose(0.0, 4))) == [r.Append]
+
+
+def test_a_new_term_stops_the_observers_with_the_cursors() -> None:
+    m, t = _leader_with_followers()
+    m.step(r.AddObserver(3, "c", 8, (0, 99)))
+    assert r.STOP_CURSORS in fence(m, 4)
+    assert m.observer_acks() == {}
+    assert m.step(r.FollowerAck(t, "c", 5, 8)) == ()  # the deposed tenure's observer
+
+
 # -- following: Replicate streams -----------------------------------------------------------------
 
 
@@ -938,6 +1037,11 @@ def _inputs(m: Replica) -> list[r.Input]:
         r.FollowerStatus(t, "x", None),
         r.StepDown(3, 1.0, 0.0),
         r.StepDownAnswered(3, 0.0),
+        r.AddObserver(3, "x", 9, (0, 99)),
+        r.RemoveObserver("x", 9),
+        r.Freeze(3, True),
+        r.FollowerAck(t, "x", 1, 9),
+        r.SnapshotSent(t, "x", 1, 9),
         r.Truncate(3, NO_ENTRY),
         r.OpenStream(3),
         r.Received(s, append_msg(3, 3, 0)),
