@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import re
 import subprocess
 from collections.abc import AsyncIterator
@@ -27,15 +29,24 @@ from pyxia.coordinator.coordinator import Coordinator, CoordinatorOptions
 from pyxia.coordinator.dataserver_controller import LivenessOptions
 from pyxia.coordinator.metadata.file import FileMetadataProvider
 from pyxia.coordinator.metadata.memory import MemoryMetadataProvider
-from pyxia.coordinator.metadata.provider import MetadataProvider
+from pyxia.coordinator.metadata.provider import NOT_EXISTS, MetadataProvider
 from pyxia.coordinator.model import STEADY, shards
 from pyxia.coordinator.server import CoordinatorServer, CoordinatorServerOptions
-from pyxia.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from pyxia.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceUnavailable,
+)
 from pyxia.proto import client_pb2, metadata_pb2
 from pyxia.proto import oxia_admin_pb2 as pb
 from pyxia.security.cluster_auth import ClusterSecret
 from pyxia.security.internal_auth import SigningInterceptor
+from pyxia.security.pki import CertificateAuthority
+from pyxia.security.tls import TlsOptions
 from servers import wait_until
+from test_go_client_interop import interop_binary  # noqa: F401 - the fixture
 
 SERVICE = "io.oxia.proto.v1.OxiaAdmin"
 SOURCE = "/etc/pyxia/cluster.yaml"
@@ -358,6 +369,44 @@ def test_requests_are_validated_before_anything_changes() -> None:
     assert managed == metadata_pb2.ClusterConfiguration()  # nothing was changed
 
 
+def test_split_requests_are_checked_against_the_namespace_and_the_shard() -> None:
+    cfg = replace(
+        _file(), namespaces=(NamespaceConfig("default", 2, 1), NamespaceConfig("b", 1, 1))
+    )
+    status = metadata_pb2.ClusterStatus()
+    for ns, shard, lo, hi in (("default", 0, 0, 0x7FFFFFFF), ("default", 1, 0x80000000, 0xFFFFFFFF),
+                              ("b", 2, 0, 0xFFFFFFFF), ("b", 3, 5, 5)):  # fmt: skip
+        r = status.namespaces[ns].shards[shard].int32_hash_range
+        r.min, r.max = lo, hi
+    # a namespace being deleted (gone from the configuration, shards left) is not found
+    status.namespaces["leaving"].shards[9].int32_hash_range.max = 10
+
+    def check(ns: str, shard: int, point: int | None) -> None:
+        admin_config.check_split_request(cfg, status, ns, shard, point)
+
+    refused: list[tuple[str, int, int | None, type[Exception], str]] = [
+        ("", 0, None, InvalidArgument, "must not be empty"),
+        ("bad/name", 0, None, InvalidArgument, "path separator"),
+        ("nope", 0, None, NotFound, "namespace 'nope' not found"),
+        ("leaving", 9, None, NotFound, "namespace 'leaving' not found"),
+        ("default", -1, None, InvalidArgument, "out of range"),
+        ("default", 7, None, NotFound, "shard 7 not found in namespace 'default'"),
+        ("default", 2, None, NotFound, "shard 2 not found in namespace 'default'"),  # b's
+        ("b", 3, None, InvalidArgument, "too small to split"),
+        ("b", 3, 5, InvalidArgument, "too small to split"),
+        ("default", 1, 0x7FFFFFFF, InvalidArgument, "outside shard 1's hash range"),  # below
+        ("default", 1, 0xFFFFFFFF, InvalidArgument, "below 4294967295"),  # the range's end
+        ("default", 0, 0x7FFFFFFF, InvalidArgument, "outside"),
+    ]
+    for ns, shard, point, err, why in refused:
+        with pytest.raises(err, match=re.escape(why)):
+            check(ns, shard, point)
+    # Oxia's rule: min <= point < max (left child [min, point], right child [point+1, max])
+    for ns, shard, point in (("default", 0, None), ("default", 0, 0), ("default", 0, 0x7FFFFFFE),
+                             ("default", 1, 0x80000000), ("b", 2, 0xFFFFFFFE)):  # fmt: skip
+        check(ns, shard, point)
+
+
 def test_a_server_hosting_replicas_keeps_its_internal_address() -> None:
     managed = metadata_pb2.ClusterConfiguration()
     f = _file()
@@ -516,36 +565,59 @@ async def test_bad_requests_get_clear_codes_and_change_nothing(env: Env) -> None
 
 
 async def test_split_shard_is_wired_to_the_coordinator(env: Env) -> None:
+    """SplitShard checks the request at the boundary and hands only a valid one to the
+    coordinator's ``split_shard`` (a fake here), whose refusals come back with their codes."""
     await wait_until(lambda: steady(env, "default"), what="default elected")
     shard0 = min(env.coordinator.status.namespaces["default"].shards)
     r = env.coordinator.status.namespaces["default"].shards[shard0].int32_hash_range
-    if not hasattr(env.coordinator, "split_shard"):
-        e = await env.refused(
-            "SplitShard",
-            pb.SplitShardRequest(namespace="default", shard=shard0),
-            pb.SplitShardResponse,
-        )
-        assert e.code() == grpc.StatusCode.UNIMPLEMENTED and "split" in (e.details() or "")
-    e = await env.refused(
-        "SplitShard",
-        pb.SplitShardRequest(namespace="default", shard=shard0, split_point=r.max),
-        pb.SplitShardResponse,
-    )
-    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "outside" in (e.details() or "")
+
+    async def split(req: pb.SplitShardRequest) -> pb.SplitShardResponse:
+        res: pb.SplitShardResponse = await env.acall("SplitShard", req, pb.SplitShardResponse)
+        return res
+
+    async def refused(req: pb.SplitShardRequest) -> tuple[grpc.StatusCode, str]:
+        e = await env.refused("SplitShard", req, pb.SplitShardResponse)
+        return e.code(), e.details() or ""
+
     calls: list[tuple[str, int, int | None]] = []
+    answer: list[BaseException | tuple[int, int]] = [(100, 101)]
 
     async def split_shard(ns: str, shard: int, split_point: int | None) -> tuple[int, int]:
         calls.append((ns, shard, split_point))
-        return 100, 101
+        if isinstance(answer[0], BaseException):
+            raise answer[0]
+        return answer[0]
 
-    env.coordinator.split_shard = split_shard  # type: ignore[attr-defined]
-    res = await env.acall(
-        "SplitShard", pb.SplitShardRequest(namespace="default", shard=shard0), pb.SplitShardResponse
-    )
+    vars(env.coordinator)["split_shard"] = split_shard  # the coordinator's method, faked
+    bad = [
+        (pb.SplitShardRequest(namespace="", shard=shard0), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.SplitShardRequest(namespace="../x", shard=shard0), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.SplitShardRequest(namespace="nope", shard=shard0), grpc.StatusCode.NOT_FOUND),
+        (pb.SplitShardRequest(namespace="default", shard=-1), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.SplitShardRequest(namespace="default", shard=9999), grpc.StatusCode.NOT_FOUND),
+        (pb.SplitShardRequest(namespace="default", shard=shard0, split_point=r.max),
+         grpc.StatusCode.INVALID_ARGUMENT),
+    ]  # fmt: skip
+    if r.min > 0:
+        req = pb.SplitShardRequest(namespace="default", shard=shard0, split_point=r.min - 1)
+        bad.append((req, grpc.StatusCode.INVALID_ARGUMENT))
+    for req, code in bad:
+        got, why = await refused(req)
+        assert got == code and why.startswith("oxia: "), (req, got, why)
+    assert calls == []  # nothing invalid reached the coordinator
+    res = await split(pb.SplitShardRequest(namespace="default", shard=shard0))
     assert (res.left_child_shard, res.right_child_shard) == (100, 101)
-    req = pb.SplitShardRequest(namespace="default", shard=shard0, split_point=r.min + 5)
-    await env.acall("SplitShard", req, pb.SplitShardResponse)
-    assert calls == [("default", shard0, None), ("default", shard0, r.min + 5)]
+    await split(pb.SplitShardRequest(namespace="default", shard=shard0, split_point=r.min))
+    await split(pb.SplitShardRequest(namespace="default", shard=shard0, split_point=r.max - 1))
+    assert calls == [
+        ("default", shard0, None),
+        ("default", shard0, r.min),
+        ("default", shard0, r.max - 1),
+    ]
+    # what the coordinator refuses (a shard not steady now, say) comes back with its code
+    answer[0] = ResourceUnavailable(f"oxia: shard {shard0} is not in steady state")
+    code, why = await refused(pb.SplitShardRequest(namespace="default", shard=shard0))
+    assert code == grpc.StatusCode.UNAVAILABLE and "steady" in why
 
 
 async def test_data_server_added_is_used_and_removed_is_evacuated(tmp_path: Path) -> None:
@@ -639,6 +711,9 @@ async def test_changes_need_the_cluster_proof(tmp_path: Path) -> None:
         assert e.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "--cluster-secret-file" in (e.details() or "")
         assert "guarded" not in env.coordinator.status.namespaces
+        # SplitShard too, before its request is even looked at
+        e = await env.refused("SplitShard", pb.SplitShardRequest(), pb.SplitShardResponse)
+        assert e.code() == grpc.StatusCode.UNAUTHENTICATED
         other = ClusterSecret(b"o" * 32)
         e = await env.refused("CreateNamespace", req, pb.CreateNamespaceResponse, secret=other)
         assert e.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -752,7 +827,16 @@ async def test_changes_survive_a_coordinator_failover_and_a_file_reload(tmp_path
         await cluster.close()
 
 
-async def test_a_reload_that_breaks_an_api_namespace_is_refused(env: Env) -> None:
+async def test_a_reload_that_breaks_an_api_namespace_is_refused(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused file is said once, kept as it was, and tried again after each admin change
+    (which may have made it fit) — not only when the file changes."""
+
+    def refusals() -> int:
+        return sum("cluster config not reloaded" in r.getMessage() for r in caplog.records)
+
+    caplog.set_level(logging.WARNING, logger="pyxia.coordinator")
     n3 = env.cluster.nodes[3]
     await env.acall(
         "CreateDataServer",
@@ -772,6 +856,29 @@ async def test_a_reload_that_breaks_an_api_namespace_is_refused(env: Env) -> Non
     )
     assert env.coordinator.file_config == file_before
     assert len(env.coordinator.config.servers) == 4
+    assert refusals() == 1
+    # an admin change that still leaves the file unfit: tried again, refused again
+    await env.acall(
+        "PatchDataServer",
+        pb.PatchDataServerRequest(data_server=data_server("d4", n3, zone="b")),
+        pb.PatchDataServerResponse,
+    )
+    await wait_until(lambda: refusals() == 2, what="the reload tried and refused again")
+    assert env.coordinator._refused_file == env.config[0]
+    assert env.coordinator.file_config == file_before
+    # an admin change that makes the file fit: the refused file applies without being edited
+    await env.acall(
+        "DeleteNamespace", pb.DeleteNamespaceRequest(namespace="wide"), pb.DeleteNamespaceResponse
+    )
+    await wait_until(
+        lambda: env.coordinator.file_config == env.config[0],
+        what="the refused file applied after the admin change",
+    )
+    assert env.coordinator._refused_file is None
+    assert [admin_config.server_key(s) for s in env.coordinator.config.servers] == [
+        *(admin_config.server_key(s) for s in env.config[0].servers),
+        "d4",
+    ]
 
 
 # -- pyxia admin ... ------------------------------------------------------------------------------
@@ -783,6 +890,8 @@ def run_cli(args: list[str]) -> tuple[int, str]:
     from pyxia.cli import main
 
     r = CliRunner().invoke(main, ["admin", *args])
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception  # a bug, not a refusal: show it
     return r.exit_code, r.output
 
 
@@ -832,8 +941,7 @@ async def test_cli_mirrors_oxia_admin(env: Env) -> None:
     code, out = await cli("dataserver", "get", "d4")
     assert code == 1 and "NOT_FOUND" in out
     code, out = await cli("shard", "split", "--shard", "0", "--split-point", "1")
-    if not hasattr(env.coordinator, "split_shard"):
-        assert code == 1 and "UNIMPLEMENTED" in out, out
+    assert code == 0 and "LEFT_CHILD_SHARD" in out, out
     code, out = await cli("namespace", "delete", "cli-ns")
     assert code == 0, out
 
@@ -938,6 +1046,193 @@ async def test_oxias_admin_cli_is_refused_without_trust(tmp_path: Path) -> None:
     finally:
         await env.server.close()
         await env.cluster.close()
+
+
+# -- Oxia's Go admin client (tests/go/interop, `interop admin`) against pyxia's coordinator -------
+
+
+async def go_admin(binary: Path, env: Env, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    """Runs the Go admin checks (tests/go/interop/admin.go) against ``env``'s admin port; the
+    data server they create is the cluster's node outside the config file."""
+    spare = env.cluster.nodes[3]
+    args = [str(binary), "admin", env.admin, env.cluster.nodes[0].public,
+            spare.public, spare.internal]  # fmt: skip
+    return await asyncio.to_thread(
+        subprocess.run,
+        args,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **extra_env},
+    )
+
+
+async def check_go_admin_run(env: Env, r: subprocess.CompletedProcess[str]) -> None:
+    assert r.returncode == 0 and r.stdout.strip().endswith("ADMIN OK"), r.stdout + r.stderr
+    if hasattr(env.coordinator, "split_shard"):
+        assert "split: children" in r.stdout, r.stdout
+    else:
+        assert "split: unimplemented" in r.stdout, r.stdout
+    # what the Go client deleted is gone from the coordinator and its persisted status
+    await wait_until(
+        lambda: "go-admin" not in env.coordinator.status.namespaces,
+        timeout=30,
+        what="go-admin's shards deleted",
+    )
+    spare = env.cluster.nodes[3]
+    assert spare.internal not in {s.internal for s in env.coordinator.config.servers}
+    assert not env.coordinator.status.admin_managed.namespaces
+    assert not env.coordinator.status.admin_managed.servers
+
+
+async def test_oxias_go_admin_client_drives_pyxia(
+    tmp_path: Path,
+    interop_binary: Path,  # noqa: F811 - the imported fixture
+) -> None:
+    # the Go client sends no cluster proof: the coordinator trusts its own host
+    env = await start_env(
+        tmp_path, 4, coordinator=options(cluster_secret=ClusterSecret(b"s" * 32)),
+        admin_trust_loopback=True,
+    )  # fmt: skip
+    try:
+        await wait_until(lambda: steady(env, "default"), what="default elected")
+        await check_go_admin_run(env, await go_admin(interop_binary, env))
+    finally:
+        await env.server.close()
+        await env.cluster.close()
+
+
+async def test_oxias_go_admin_client_over_mutual_tls(
+    tmp_path: Path,
+    interop_binary: Path,  # noqa: F811 - the imported fixture
+) -> None:
+    """The admin port demands client certificates of the cluster's CA: Oxia's Go admin client
+    with one (its tls.Config) may change the cluster, without loopback trust or a proof."""
+    ca = CertificateAuthority.create()
+    ca_files = ca.save(tmp_path / "ca")
+    server = ca.issue_files(tmp_path, "coordinator")
+    client = ca.issue_files(tmp_path, "go-admin")
+    tls = TlsOptions(
+        cert_file=server.cert,
+        key_file=server.key,
+        trusted_ca_file=ca_files.cert,
+        client_auth=True,
+    )
+    env = await start_env(
+        tmp_path, 4, coordinator=options(cluster_secret=ClusterSecret(b"s" * 32)), tls=tls
+    )
+    try:
+        assert env.server.access.mutual_tls and not env.server.access.trust_loopback
+        await wait_until(lambda: steady(env, "default"), what="default elected")
+        r = await go_admin(
+            interop_binary,
+            env,
+            INTEROP_TLS_CA=str(ca_files.cert),
+            INTEROP_TLS_CERT=str(client.cert),
+            INTEROP_TLS_KEY=str(client.key),
+        )
+        await check_go_admin_run(env, r)
+    finally:
+        await env.server.close()
+        await env.cluster.close()
+
+
+async def test_oxias_go_admin_client_is_refused_without_trust(
+    tmp_path: Path,
+    interop_binary: Path,  # noqa: F811 - the imported fixture
+) -> None:
+    env = await start_env(tmp_path, 4, coordinator=options(cluster_secret=ClusterSecret(b"s" * 32)))
+    try:
+        r = await go_admin(interop_binary, env, INTEROP_EXPECT_UNAUTHENTICATED="1")
+        assert r.returncode == 0 and "REFUSED OK" in r.stdout, r.stdout + r.stderr
+        assert "refused" not in env.coordinator.status.namespaces
+    finally:
+        await env.server.close()
+        await env.cluster.close()
+
+
+# -- a coordinator that does not lead points at the one that does --------------------------------
+
+
+async def test_a_standby_coordinator_points_admin_clients_at_the_leader(
+    tmp_path: Path,
+    interop_binary: Path,  # noqa: F811 - the imported fixture
+) -> None:
+    """As Oxia's: NODE_IS_NOT_LEADER (ABORTED) with the leader's admin address in the
+    "coordinator-leader" ErrorInfo metadata, which Oxia's Go admin client and ``pyxia admin``
+    follow; the standby that takes over records itself."""
+    from pyxia.common.grpc_errors import coordinator_leader_hint
+
+    secret = ClusterSecret(b"s" * 32)
+    cluster = await Cluster.start(tmp_path / "nodes", 4)
+    meta_dir = tmp_path / "metadata"
+    a = await start_env(
+        tmp_path, cluster=cluster, provider=FileMetadataProvider(meta_dir),
+        coordinator=options(cluster_secret=secret), admin_trust_loopback=True,
+    )  # fmt: skip
+    standby = CoordinatorServer(
+        FileMetadataProvider(meta_dir),
+        lambda: a.config[0],
+        CoordinatorServerOptions(
+            internal_addr="127.0.0.1:0",
+            metrics_addr=None,
+            admin_addr="127.0.0.1:0",
+            coordinator=options(cluster_secret=secret),
+            admin_trust_loopback=True,
+        ),
+    )
+    await standby.start()
+    b = Env(cluster, standby, a.config, standby.provider)
+    try:
+        await wait_until(lambda: steady(a, "default"), what="default elected")
+        assert not standby.is_leader
+        assert a.coordinator.status.leader_coordinator.public_address == a.admin
+        e = await b.refused("ListNamespaces", pb.ListNamespacesRequest(), pb.ListNamespacesResponse)
+        assert e.code() == grpc.StatusCode.ABORTED and a.admin in (e.details() or "")
+        assert coordinator_leader_hint(e.trailing_metadata()) == a.admin
+        # Oxia's Go admin client, pointed at the standby, does everything on the leader
+        await check_go_admin_run(a, await go_admin(interop_binary, b))
+        # and so does pyxia admin
+        code, out = await asyncio.to_thread(
+            run_cli, ["namespace", "list", "--admin-address", b.admin]
+        )
+        assert code == 0 and out.split("\n")[1].split()[0] == "default", out
+        # the leader goes: the standby leads, records itself, answers
+        await a.server.close()
+        await standby.wait_leading()
+        assert b.coordinator.status.leader_coordinator.public_address == b.admin
+        listed = await b.acall(
+            "ListNamespaces", pb.ListNamespacesRequest(), pb.ListNamespacesResponse
+        )
+        assert [v.namespace.name for v in listed.namespaces] == ["default"]
+    finally:
+        await standby.close()
+        await a.server.close()
+        await cluster.close()
+
+
+async def test_a_standby_without_a_known_leader_is_not_initialized() -> None:
+    from pyxia.errors import CoordinatorIsNotLeader, NotInitialized
+    from pyxia.proto.metadata_pb2 import ClusterStatus, CoordinatorInfo
+
+    async def standby(recorded: str | None) -> CoordinatorServer:
+        """A coordinator server that does not lead (never started), advertising me:6651,
+        over a status that records ``recorded`` as the leader's admin address."""
+        provider = MemoryMetadataProvider()
+        if recorded is not None:
+            status = ClusterStatus(leader_coordinator=CoordinatorInfo(public_address=recorded))
+            await provider.store(status, NOT_EXISTS)
+        server = CoordinatorServer(provider, _file, CoordinatorServerOptions(metrics_addr=None))
+        server.admin_advertised = "me:6651"
+        return server
+
+    assert isinstance(await (await standby(None)).not_leading(), NotInitialized)  # no status
+    assert isinstance(await (await standby("")).not_leading(), NotInitialized)  # no leader
+    assert isinstance(await (await standby("me:6651")).not_leading(), NotInitialized)  # itself
+    err = await (await standby("other:6651")).not_leading()
+    assert isinstance(err, CoordinatorIsNotLeader) and err.metadata == {
+        "coordinator-leader": "other:6651"
+    }
 
 
 def test_coordinator_process_serves_the_admin_port(tmp_path: Path) -> None:

@@ -213,6 +213,10 @@ def test_the_containers_run_real_pyxia_commands(
         assert init["command"][:3] == ["install", "-m", "0600"]
         assert spec["securityContext"]["runAsNonRoot"] is True
     assert s.params["advertised_internal_addr"].endswith(".pyxia-server.store.svc:6649")
+    # a coordinator that does not lead points admin clients at the leader's pod
+    assert c.params["admin_advertised_address"] == "$(POD_IP):6651"
+    env = {e["name"]: e for e in coordinator["containers"][0]["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     probe = server["containers"][0]["readinessProbe"]
     if name == "tls":
         assert s.params["internal_tls_client_auth"] is True

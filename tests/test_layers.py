@@ -45,6 +45,8 @@ FLOORS: list[list[list[str]]] = [
             "pyxia.failpoints",
             "pyxia.logs",
             "pyxia.metrics",
+            # prometheus_client only: the lock-free hot-path types pyxia.metrics builds on.
+            "pyxia.common.fast_metrics",
         ]
     ],
     # Shared pieces and pure rules: keys, validation, signals, gRPC options and error

@@ -153,13 +153,15 @@ def test_generated_code_matches_protos(tmp_path: Path) -> None:
         ),
         (
             metadata_pb2.ClusterStatus,
-            # admin_managed (100): pyxia's, what the admin API manages (docs/admin.md)
+            # admin_managed (100): pyxia's, what the admin API manages (docs/admin.md);
+            # leader_coordinator (101): pyxia's, where standbys point admin clients
             {
                 "namespaces": 1,
                 "shard_id_generator": 2,
                 "server_idx": 3,
                 "instance_id": 4,
                 "admin_managed": 100,
+                "leader_coordinator": 101,
             },
         ),
         (

@@ -155,6 +155,20 @@ class NodeIsNotLeader(PyxiaError):
         return md
 
 
+class CoordinatorIsNotLeader(NodeIsNotLeader):
+    """This coordinator does not lead; ``leader_hint`` is the admin address of the one that
+    does (Oxia's ``coordinator-leader`` ErrorInfo metadata, which its admin client follows).
+    NODE_IS_NOT_LEADER on the wire: it decodes as :class:`NodeIsNotLeader`, and
+    :func:`pyxia.common.grpc_errors.coordinator_leader_hint` reads the hint."""
+
+    def __init__(self, message: str = "", *, leader_hint: str) -> None:
+        super().__init__(message, leader_hint=leader_hint)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {"coordinator-leader": self.leader_hint or ""}
+
+
 class NodeIsNotFollower(PyxiaError):
     reason = "NODE_IS_NOT_FOLLOWER"
     grpc_code = "FAILED_PRECONDITION"

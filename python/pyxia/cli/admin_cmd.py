@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import yaml
@@ -59,9 +59,9 @@ def admin_flags(f: F) -> F:
     )(f)
 
 
-def admin_channel(address: str, kw: dict[str, Any]) -> Any:
-    """A blocking channel to the coordinator with the flags' TLS; calls carry the cluster's
-    proof when ``--cluster-secret-file`` is given."""
+def admin_dialer(kw: dict[str, Any]) -> Callable[[str], Any]:
+    """Opens blocking channels to coordinators with the flags' TLS (the flags are read once,
+    here); calls carry the cluster's proof when ``--cluster-secret-file`` is given."""
     import grpc
 
     from pyxia.security.internal_auth import SigningInterceptor
@@ -69,41 +69,74 @@ def admin_channel(address: str, kw: dict[str, Any]) -> Any:
     tls = client_security_from_flags(kw)["tls"]
     secret = secret_from_flags(kw)
     dialer = tls.client() if tls is not None else None
-    channel = (
-        dialer.sync_secure_channel(address)
-        if dialer is not None
-        else grpc.insecure_channel(address)
-    )
-    if secret is not None:
-        channel = grpc.intercept_channel(channel, SigningInterceptor(secret))
-    return channel
+
+    def dial(address: str) -> Any:
+        channel = (
+            dialer.sync_secure_channel(address)
+            if dialer is not None
+            else grpc.insecure_channel(address)
+        )
+        if secret is not None:
+            channel = grpc.intercept_channel(channel, SigningInterceptor(secret))
+        return channel
+
+    return dial
+
+
+def admin_channel(address: str, kw: dict[str, Any]) -> Any:
+    """A blocking channel to the coordinator at ``address`` (see :func:`admin_dialer`)."""
+    return admin_dialer(kw)(address)
+
+
+MAX_REDIRECTS = 3
+"""Hops to the leading coordinator that one call follows (as Oxia's admin client does)."""
 
 
 def call(kw: dict[str, Any], method: str, request: Message, response_type: type[Message]) -> Any:
     """One OxiaAdmin call with the flags' TLS and cluster secret; a ClickException (one line)
-    on any failure."""
+    on any failure. A coordinator that does not lead names the one that does (its
+    "coordinator-leader" hint): the call goes there, as Oxia's admin client does."""
     import grpc
 
+    from pyxia.common.grpc_errors import coordinator_leader_hint
+
     address = kw["admin_address"]
-    with admin_channel(address, kw) as ch:
-        stub = ch.unary_unary(
-            f"/{SERVICE}/{method}",
-            request_serializer=type(request).SerializeToString,
-            response_deserializer=response_type.FromString,
-        )
-        try:
-            return stub(request, timeout=TIMEOUT_S)
-        except grpc.RpcError as e:
-            if isinstance(e, grpc.Call):
-                if e.code() == grpc.StatusCode.UNIMPLEMENTED and "Method not found" in (
-                    e.details() or ""
-                ):
-                    raise click.ClickException(
-                        f"{address} does not serve Oxia's admin API: point --admin-address at a "
-                        "coordinator's admin (or internal) address"
-                    ) from None
-                raise click.ClickException(f"{address}: {e.code().name}: {e.details()}") from None
-            raise click.ClickException(f"{address}: {e}") from None
+    dial = admin_dialer(kw)
+    for _ in range(MAX_REDIRECTS + 1):
+        with dial(address) as ch:
+            stub = ch.unary_unary(
+                f"/{SERVICE}/{method}",
+                request_serializer=type(request).SerializeToString,
+                response_deserializer=response_type.FromString,
+            )
+            try:
+                return stub(request, timeout=TIMEOUT_S)
+            except grpc.RpcError as e:
+                hint = (
+                    coordinator_leader_hint(e.trailing_metadata())
+                    if isinstance(e, grpc.Call)
+                    else None
+                )
+                if hint is None or hint == address:
+                    _fail(address, e)
+                address = hint
+    raise click.ClickException(
+        f"{address}: the coordinators named other leaders {MAX_REDIRECTS} times over: try again "
+        "once the election settles"
+    )
+
+
+def _fail(address: str, e: Any) -> NoReturn:
+    import grpc
+
+    if isinstance(e, grpc.Call):
+        if e.code() == grpc.StatusCode.UNIMPLEMENTED and "Method not found" in (e.details() or ""):
+            raise click.ClickException(
+                f"{address} does not serve Oxia's admin API: point --admin-address at a "
+                "coordinator's admin (or internal) address"
+            ) from None
+        raise click.ClickException(f"{address}: {e.code().name}: {e.details()}") from None
+    raise click.ClickException(f"{address}: {e}") from None
 
 
 # -- output ---------------------------------------------------------------------------------------

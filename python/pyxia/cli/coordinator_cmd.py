@@ -179,6 +179,13 @@ def _file_param(name: str, value: Any) -> tuple[str, Any]:
     "coordinator's host. Bind --admin-addr to loopback with it.",
 )
 @click.option(
+    "--admin-advertised-address",
+    default=None,
+    help="host:port where admin clients reach this coordinator; the coordinators that do not "
+    "lead point Oxia's admin client here while this one leads (default: --admin-addr, with "
+    "this host's name for 0.0.0.0).",
+)
+@click.option(
     "-m",
     "--metrics-addr",
     default="0.0.0.0:8080",
@@ -248,6 +255,7 @@ def coordinator(**kw: Any) -> None:
     try:
         check_addr("--internal-addr", kw["internal_addr"])
         check_addr("--admin-addr", kw["admin_addr"], allow_empty=True)
+        check_addr("--admin-advertised-address", kw["admin_advertised_address"], allow_empty=True)
         check_addr("--metrics-addr", kw["metrics_addr"], allow_empty=True)
     except StartupError as e:
         fail(str(e))
@@ -307,6 +315,7 @@ def coordinator(**kw: Any) -> None:
             tls=listener_tls if listener_tls.is_enabled else None,
             admin_addr=kw["admin_addr"] or None,
             admin_trust_loopback=kw["admin_trust_loopback"],
+            admin_advertised_address=kw["admin_advertised_address"] or None,
         ),
     )
 

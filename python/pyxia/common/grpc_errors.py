@@ -100,6 +100,15 @@ def error_info(trailers: Any) -> error_details_pb2.ErrorInfo | None:
     return None
 
 
+def coordinator_leader_hint(trailers: Any) -> str | None:
+    """The leading coordinator's admin address that a coordinator which does not lead sends
+    with NODE_IS_NOT_LEADER (Oxia's "coordinator-leader" ErrorInfo metadata), if any."""
+    info = error_info(trailers)
+    if info is None or info.reason != "NODE_IS_NOT_LEADER":
+        return None
+    return info.metadata.get("coordinator-leader") or None
+
+
 def error_from_status(
     code: grpc.StatusCode,
     details: str | None,

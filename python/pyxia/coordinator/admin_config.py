@@ -477,6 +477,41 @@ def find_namespace(cfg: ClusterConfig, name: str) -> NamespaceConfig:
     raise NotFound(f"oxia: namespace {name!r} not found")
 
 
+MAX_SHARD_ID: Final = 2**63 - 1
+
+
+def check_split_request(
+    cfg: ClusterConfig,
+    status: metadata_pb2.ClusterStatus,
+    namespace: str,
+    shard: int,
+    split_point: int | None,
+) -> None:
+    """What SplitShard can tell from the request alone, before the coordinator plans the
+    split: the namespace is configured (else NOT_FOUND), the shard is one of its shards (else
+    NOT_FOUND), its hash range holds two values at least, and an explicit split point lies in
+    that range below its end — Oxia's rule: ranges are inclusive, the left child keeps
+    ``[min, point]`` and the right one ``[point + 1, max]``. Whether the shard can be split
+    *now* (steady, no split or ensemble change under way) is the coordinator's to say."""
+    find_namespace(cfg, namespace)
+    if not 0 <= shard <= MAX_SHARD_ID:
+        raise InvalidArgument(f"oxia: shard id {shard} is out of range (0 .. 2^63-1)")
+    ns_status = status.namespaces.get(namespace)
+    if ns_status is None or shard not in ns_status.shards:
+        raise NotFound(f"oxia: shard {shard} not found in namespace {namespace!r}")
+    r = ns_status.shards[shard].int32_hash_range
+    if r.max <= r.min:
+        raise InvalidArgument(
+            f"oxia: shard {shard}'s hash range [{r.min}, {r.max}] is too small to split"
+        )
+    if split_point is not None and not r.min <= split_point < r.max:
+        raise InvalidArgument(
+            f"oxia: split point {split_point} is outside shard {shard}'s hash range "
+            f"[{r.min}, {r.max}]: it must be at least {r.min} and below {r.max} (the left "
+            "child keeps [min, point], the right one [point+1, max])"
+        )
+
+
 def rewrite_identities(
     status: metadata_pb2.ClusterStatus, before: ServerAddress, after: ServerAddress
 ) -> None:

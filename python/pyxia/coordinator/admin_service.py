@@ -5,8 +5,11 @@ Every RPC checks its request at the boundary (:mod:`pyxia.coordinator.admin_conf
 rules, pure) before anything is touched; a refused request changes nothing and the coordinator
 keeps serving. Domain errors become gRPC statuses here and only here: INVALID_ARGUMENT,
 NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION (which includes "the cluster config file
-defines this"), UNAVAILABLE (``NOT_INITIALIZED``: this coordinator does not lead),
-UNAUTHENTICATED, UNIMPLEMENTED (SplitShard before the coordinator can split).
+defines this"), UNAUTHENTICATED, UNIMPLEMENTED (SplitShard before the coordinator can split).
+While this coordinator does not lead, every RPC gets the error ``not_leading()`` makes (the
+server's: ABORTED ``NODE_IS_NOT_LEADER`` with the leader's admin address in the
+``coordinator-leader`` ErrorInfo metadata, which Oxia's admin client follows, or UNAVAILABLE
+``NOT_INITIALIZED`` while no leader is known).
 
 **Who may change the cluster** (:class:`AdminAccess`). Reads (List*/Get*) are open to whoever
 reaches the port (its TLS decides who that is). A change (Create*/Patch*/Delete*, SplitShard,
@@ -38,12 +41,11 @@ import grpc
 from pyxia.common import grpc_errors
 from pyxia.coordinator import admin_config
 from pyxia.errors import (
+    FailedPrecondition,
     InvalidArgument,
-    NotFound,
     NotInitialized,
     PyxiaError,
     Unauthenticated,
-    Unimplemented,
 )
 from pyxia.proto import metadata_pb2, oxia_admin_pb2
 from pyxia.security.cluster_auth import ClusterSecret
@@ -142,16 +144,23 @@ class OxiaAdminService:
     """The OxiaAdmin handlers over whichever coordinator leads now (``current()``)."""
 
     def __init__(
-        self, current: Callable[[], Coordinator | None], access: AdminAccess, source: str
+        self,
+        current: Callable[[], Coordinator | None],
+        access: AdminAccess,
+        source: str,
+        not_leading: Callable[[], Awaitable[PyxiaError]] | None = None,
     ) -> None:
         self._current = current
         self.access = access
         self.source = source  # the cluster config file, named in "the file wins" errors
+        self._not_leading = not_leading  # the error while this coordinator does not lead
 
-    def _leader(self) -> Coordinator:
+    async def _leader(self) -> Coordinator:
         c = self._current()
         if c is None:
-            raise NotInitialized("oxia: this coordinator does not lead (try the leading one)")
+            if self._not_leading is not None:
+                raise await self._not_leading()
+            raise NotInitialized("oxia: this coordinator does not lead")
         return c
 
     # -- reads ------------------------------------------------------------------------------------
@@ -159,7 +168,7 @@ class OxiaAdminService:
     async def list_data_servers(
         self, req: oxia_admin_pb2.ListDataServersRequest, context: Any
     ) -> oxia_admin_pb2.ListDataServersResponse:
-        c = self._leader()
+        c = await self._leader()
         return oxia_admin_pb2.ListDataServersResponse(
             data_servers=[data_server_view(c, admin_config.server_key(s)) for s in c.config.servers]
         )
@@ -167,7 +176,7 @@ class OxiaAdminService:
     async def get_data_server(
         self, req: oxia_admin_pb2.GetDataServerRequest, context: Any
     ) -> oxia_admin_pb2.GetDataServerResponse:
-        c = self._leader()
+        c = await self._leader()
         return oxia_admin_pb2.GetDataServerResponse(
             data_server=data_server_view(c, req.data_server)
         )
@@ -175,7 +184,7 @@ class OxiaAdminService:
     async def list_namespaces(
         self, req: oxia_admin_pb2.ListNamespacesRequest, context: Any
     ) -> oxia_admin_pb2.ListNamespacesResponse:
-        c = self._leader()
+        c = await self._leader()
         return oxia_admin_pb2.ListNamespacesResponse(
             namespaces=[namespace_view(c, n.name) for n in c.config.namespaces]
         )
@@ -183,7 +192,7 @@ class OxiaAdminService:
     async def get_namespace(
         self, req: oxia_admin_pb2.GetNamespaceRequest, context: Any
     ) -> oxia_admin_pb2.GetNamespaceResponse:
-        c = self._leader()
+        c = await self._leader()
         return oxia_admin_pb2.GetNamespaceResponse(namespace=namespace_view(c, req.namespace))
 
     # -- changes ----------------------------------------------------------------------------------
@@ -191,7 +200,7 @@ class OxiaAdminService:
     async def create_data_server(
         self, req: oxia_admin_pb2.CreateDataServerRequest, context: Any
     ) -> oxia_admin_pb2.CreateDataServerResponse:
-        c = self._leader()
+        c = await self._leader()
         if not req.HasField("data_server"):
             raise InvalidArgument("oxia: data server must not be empty")
         created = await c.change_admin_config(
@@ -205,7 +214,7 @@ class OxiaAdminService:
     async def patch_data_server(
         self, req: oxia_admin_pb2.PatchDataServerRequest, context: Any
     ) -> oxia_admin_pb2.PatchDataServerResponse:
-        c = self._leader()
+        c = await self._leader()
         if not req.HasField("data_server"):
             raise InvalidArgument("oxia: data server must not be empty")
 
@@ -225,7 +234,7 @@ class OxiaAdminService:
     async def delete_data_server(
         self, req: oxia_admin_pb2.DeleteDataServerRequest, context: Any
     ) -> oxia_admin_pb2.DeleteDataServerResponse:
-        c = self._leader()
+        c = await self._leader()
         deleted = await c.change_admin_config(
             lambda st: admin_config.delete_data_server(
                 st.admin_managed, c.file_config, req.data_server, self.source
@@ -240,7 +249,7 @@ class OxiaAdminService:
     async def create_namespace(
         self, req: oxia_admin_pb2.CreateNamespaceRequest, context: Any
     ) -> oxia_admin_pb2.CreateNamespaceResponse:
-        c = self._leader()
+        c = await self._leader()
         if not req.HasField("namespace"):
             raise InvalidArgument("oxia: namespace must not be empty")
         created = await c.change_admin_config(
@@ -254,7 +263,7 @@ class OxiaAdminService:
     async def patch_namespace(
         self, req: oxia_admin_pb2.PatchNamespaceRequest, context: Any
     ) -> oxia_admin_pb2.PatchNamespaceResponse:
-        c = self._leader()
+        c = await self._leader()
         if not req.HasField("namespace"):
             raise InvalidArgument("oxia: namespace must not be empty")
         patched = await c.change_admin_config(
@@ -268,7 +277,19 @@ class OxiaAdminService:
     async def delete_namespace(
         self, req: oxia_admin_pb2.DeleteNamespaceRequest, context: Any
     ) -> oxia_admin_pb2.DeleteNamespaceResponse:
-        c = self._leader()
+        c = await self._leader()
+        splitting = sorted(
+            parent
+            for parent, split in c.split_controllers.items()
+            if split.namespace == req.namespace
+        )
+        if splitting:
+            # A split's children would outlive the namespace: it ends (cut over or aborted) in
+            # its timeout at most; the deletion is refused until then.
+            raise FailedPrecondition(
+                f"oxia: namespace {req.namespace!r} has a split in progress (shard "
+                f"{', '.join(map(str, splitting))}); delete it once the split ended"
+            )
         deleted = await c.change_admin_config(
             lambda st: admin_config.delete_namespace(
                 st.admin_managed, c.file_config, req.namespace, self.source
@@ -280,27 +301,12 @@ class OxiaAdminService:
     async def split_shard(
         self, req: oxia_admin_pb2.SplitShardRequest, context: Any
     ) -> oxia_admin_pb2.SplitShardResponse:
-        c = self._leader()
-        admin_config.find_namespace(c.config, req.namespace)
-        if req.shard < 0:
-            raise InvalidArgument(f"oxia: shard id {req.shard} is out of range (0 .. 2^63-1)")
-        ns_status = c.status.namespaces.get(req.namespace)
-        if ns_status is None or req.shard not in ns_status.shards:
-            raise NotFound(f"oxia: shard {req.shard} not found in namespace {req.namespace!r}")
-        r = ns_status.shards[req.shard].int32_hash_range
+        c = await self._leader()
         split_point = req.split_point if req.HasField("split_point") else None
-        if split_point is not None and not r.min <= split_point < r.max:
-            raise InvalidArgument(
-                f"oxia: split point {split_point} is outside shard {req.shard}'s hash range "
-                f"[{r.min}, {r.max})"
-            )
-        split = getattr(c, "split_shard", None)
-        if split is None:
-            raise Unimplemented(
-                "pyxia: this coordinator cannot split shards (shard split is not built into "
-                "this version of pyxia)"
-            )
-        left, right = await split(req.namespace, req.shard, split_point)
+        admin_config.check_split_request(c.config, c.status, req.namespace, req.shard, split_point)
+        # Returns the children's ids once the split started (it goes on in its controller,
+        # docs/split.md), as Oxia's SplitShard does.
+        left, right = await c.split_shard(req.namespace, req.shard, split_point)
         log.info(
             "shard %d of namespace %s split through the admin API: children %d and %d",
             req.shard,

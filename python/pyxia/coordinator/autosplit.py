@@ -24,20 +24,48 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import grpc
 
+from pyxia.common.channels import ChannelPool
 from pyxia.common.grpc_errors import error_from_rpc
-from pyxia.config import AutoSplitConfig
+from pyxia.common.instance_id import CallMetadata
+from pyxia.config import AutoSplitConfig, ClusterConfig, NamespaceConfig
 from pyxia.coordinator.model import DELETING, STEADY, shards
 from pyxia.errors import MetadataBadVersion, PyxiaError
-from pyxia.proto import replication_pb2
-
-if TYPE_CHECKING:
-    from pyxia.coordinator.coordinator import Coordinator
+from pyxia.proto import metadata_pb2, replication_pb2
 
 log = logging.getLogger("pyxia.coordinator.autosplit")
+
+
+class AutoSplitCoordinator(Protocol):
+    """What the auto-splitter uses of the coordinator that owns it
+    (:class:`pyxia.coordinator.coordinator.Coordinator` satisfies it; this module never imports
+    that one, which builds the auto-splitter)."""
+
+    status: metadata_pb2.ClusterStatus
+    config: ClusterConfig
+    channels: ChannelPool
+
+    @property
+    def split_controllers(self) -> Mapping[int, object]: ...
+
+    def call_metadata(self) -> CallMetadata: ...
+
+    async def ensure_bound(self, node: str) -> None: ...
+
+    def namespace_config(self, name: str) -> NamespaceConfig | None: ...
+
+    async def split_shard(
+        self,
+        namespace: str,
+        shard: int,
+        split_point: int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> tuple[int, int]: ...
+
 
 MIB = 1024 * 1024
 
@@ -89,7 +117,7 @@ def pick(overshoots: Mapping[tuple[str, int], float]) -> list[tuple[str, int]]:
 class AutoSplitter:
     """The monitor loop of one coordinator (see the module docstring)."""
 
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(self, coordinator: AutoSplitCoordinator) -> None:
         self.c = coordinator
         self.trackers: dict[tuple[str, int], ShardTracker] = {}
         self.last_split_at: float | None = None

@@ -101,6 +101,9 @@ class CoordinatorOptions:
     config_source: str = "(-f/--cluster-config)"
     # A split that has not cut over within this is aborted (Oxia: 5 minutes).
     split_timeout: float = DEFAULT_SPLIT_TIMEOUT_S
+    # This coordinator (its admin address), recorded in the status when it begins to lead so
+    # that the others can point admin clients at it; None: nothing recorded.
+    leader_info: metadata_pb2.CoordinatorInfo | None = None
 
 
 class Coordinator:
@@ -160,7 +163,12 @@ class Coordinator:
         if problem is not None:
             log.warning("the cluster configuration cannot be fully applied: %s", problem)
         rec = reconcile(work, self.config)
-        if fresh or rec.changed or taken:
+        me = self.options.leader_info
+        claim = False
+        if me is not None and work.leader_coordinator != me:
+            work.leader_coordinator.CopyFrom(me)  # where the others point admin clients
+            claim = True
+        if fresh or rec.changed or taken or claim:
             await self._store(work)
         self._recompute_assignments()
         for s in self.config.servers:
@@ -409,7 +417,8 @@ class Coordinator:
                 try:
                     await self.apply_config(cfg)
                 except FailedPrecondition as e:
-                    self._refused_file = cfg  # said once; tried again when the file changes
+                    # said once; tried again when the file or the admin API changes something
+                    self._refused_file = cfg
                     log.warning("cluster config not reloaded: %s", e)
 
     async def apply_config(self, cfg: ClusterConfig) -> None:
@@ -448,6 +457,9 @@ class Coordinator:
             rec = reconcile(work, effective)
             await self._store(work)
             self.config = effective
+            # a file refused before may fit now (say, a server it lacks was added): the next
+            # poll tries it again
+            self._refused_file = None
         await self._act_on(rec)
         return result
 

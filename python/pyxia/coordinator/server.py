@@ -7,6 +7,11 @@ It serves gRPC health, pyxia's admin service (``pyxia.admin.v1.PyxiaAdmin``) and
 (``--internal-addr``) and on its admin port (``--admin-addr``, Oxia's 6651), both with the
 same TLS (``--tls-*``) and the same rule for changes (:class:`AdminAccess`).
 
+Each coordinator records its admin address (``--admin-advertised-address``) in the cluster
+status when it begins to lead; one that does not lead reads it back (at most once per
+``LEADER_HINT_TTL``) and answers admin calls as Oxia's does: NODE_IS_NOT_LEADER with that
+address as the ``coordinator-leader`` hint, NOT_INITIALIZED while no other leader is known.
+
 Leadership loss is graceful (the lesson of Oxia's panic on a version
 conflict): the current coordinator is closed (every controller stopped, no
 stray task), the server waits to become leader again, and a fresh
@@ -18,7 +23,10 @@ recreated during shutdown.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,11 +46,12 @@ from pyxia.coordinator.metadata.provider import LeadershipLost, MetadataProvider
 from pyxia.coordinator.metrics import instrument_provider
 from pyxia.errors import (
     AlreadyClosed,
+    CoordinatorIsNotLeader,
     InvalidArgument,
     NotInitialized,
     PyxiaError,
 )
-from pyxia.proto import admin_pb2
+from pyxia.proto import admin_pb2, metadata_pb2
 from pyxia.security.tls import TlsOptions
 
 log = logging.getLogger("pyxia.coordinator.server")
@@ -63,6 +72,23 @@ class CoordinatorServerOptions:
     admin_addr: str | None = None
     # Admit admin changes from this host without proof (--admin-trust-loopback).
     admin_trust_loopback: bool = False
+    # Where admin clients reach this coordinator (--admin-advertised-address), which the others
+    # point them at while it leads; None: the admin port's bind address (this host's name for
+    # an unspecified host such as 0.0.0.0) with the port it got.
+    admin_advertised_address: str | None = None
+
+
+LEADER_HINT_TTL = 1.0
+"""Seconds a non-leader reuses the leader it read from the metadata (bounds the reads that
+admin calls to a standby cause)."""
+
+
+def advertised_address(bind: str, port: int) -> str:
+    """The address to give clients for a listener bound to ``bind`` that got ``port``."""
+    host = bind.rpartition(":")[0].strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.getfqdn()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class CoordinatorServer:
@@ -92,8 +118,12 @@ class CoordinatorServer:
             unsecured=opts.cluster_secret is None and opts.peer_tls is None,
         )
         self.oxia_admin = OxiaAdminService(
-            lambda: self.coordinator, self.access, opts.config_source
+            lambda: self.coordinator, self.access, opts.config_source, self.not_leading
         )
+        self._coordinator_options = opts
+        self.admin_advertised = ""  # set once listening
+        self._hint: tuple[float, str | None] = (float("-inf"), None)
+        self._hint_lock = asyncio.Lock()
         self._metrics: Any = None
         self._health = health_aio.HealthServicer()
         self._main: asyncio.Task[None] | None = None
@@ -110,6 +140,18 @@ class CoordinatorServer:
         self._server, self.port = self._listen(self.options.internal_addr)
         if self.options.admin_addr:
             self._admin_server, self.admin_port = self._listen(self.options.admin_addr)
+        self.admin_advertised = self.options.admin_advertised_address or (
+            advertised_address(self.options.admin_addr, self.admin_port)
+            if self.options.admin_addr
+            else advertised_address(self.options.internal_addr, self.port)
+        )
+        self._coordinator_options = dataclasses.replace(
+            self._coordinator_options,
+            leader_info=metadata_pb2.CoordinatorInfo(
+                identity=f"{socket.gethostname()}/{os.getpid()}",
+                public_address=self.admin_advertised,
+            ),
+        )
         await self._server.start()
         if self._admin_server is not None:
             await self._admin_server.start()
@@ -146,7 +188,7 @@ class CoordinatorServer:
             if self._closed:
                 return
             status, version = await self.provider.get()
-            coordinator = Coordinator(self.provider, self._load_config, self.options.coordinator)
+            coordinator = Coordinator(self.provider, self._load_config, self._coordinator_options)
             try:
                 await coordinator.start(status, version)
             except Exception as e:
@@ -219,6 +261,34 @@ class CoordinatorServer:
 
     # -- admin API --------------------------------------------------------------------------------
 
+    async def leader_hint(self) -> str | None:
+        """The admin address the leading coordinator recorded in the status (read from the
+        metadata provider at most once per LEADER_HINT_TTL); None if none can be read."""
+        async with self._hint_lock:
+            now = asyncio.get_running_loop().time()
+            read_at, hint = self._hint
+            if now - read_at >= LEADER_HINT_TTL:
+                try:
+                    status, _ = await self.provider.get()
+                except Exception as e:  # the backing store is down: no hint, say why in the log
+                    log.debug("no coordinator leader hint: %s", e)
+                    status = None
+                hint = (status.leader_coordinator.public_address or None) if status else None
+                self._hint = (now, hint)
+            return hint
+
+    async def not_leading(self) -> PyxiaError:
+        """The answer of a coordinator that does not lead (Oxia's): NODE_IS_NOT_LEADER with the
+        leader's admin address ("coordinator-leader"), which Oxia's admin client follows, or
+        NOT_INITIALIZED while no other coordinator is known to lead."""
+        hint = await self.leader_hint()
+        if hint and hint != self.admin_advertised:
+            return CoordinatorIsNotLeader(
+                f"oxia: this coordinator does not lead: the leading one is at {hint}",
+                leader_hint=hint,
+            )
+        return NotInitialized("oxia: this coordinator does not lead (no leader is known yet)")
+
     async def _get_status(
         self, req: admin_pb2.GetClusterStatusRequest, context: Any
     ) -> admin_pb2.GetClusterStatusResponse:
@@ -239,7 +309,7 @@ class CoordinatorServer:
             self.access.check(context, "/pyxia.admin.v1.PyxiaAdmin/MoveLeader")
             c = self.coordinator
             if c is None:
-                raise NotInitialized("oxia: this coordinator does not lead")
+                raise await self.not_leading()
             if not 0 <= req.timeout_ms <= MAX_MOVE_TIMEOUT_MS:
                 raise InvalidArgument(
                     f"oxia: MoveLeader timeout {req.timeout_ms} ms is out of "

@@ -20,11 +20,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
+from pyxia.common.channels import ChannelPool
 from pyxia.common.grpc_errors import error_from_rpc
+from pyxia.common.instance_id import CallMetadata
+from pyxia.config import NamespaceConfig
 from pyxia.coordinator import split_rules as rules
 from pyxia.coordinator.election import majority
 from pyxia.coordinator.model import ELECTION, STEADY
@@ -38,10 +41,33 @@ from pyxia.errors import (
 from pyxia.failpoints import afailpoint
 from pyxia.proto import client_pb2, metadata_pb2, replication_pb2
 
-if TYPE_CHECKING:
-    from pyxia.coordinator.coordinator import Coordinator
-
 log = logging.getLogger("pyxia.coordinator.split")
+
+T = TypeVar("T")
+
+
+class SplitCoordinator(Protocol):
+    """What a split controller uses of the coordinator that owns it
+    (:class:`pyxia.coordinator.coordinator.Coordinator` satisfies it; this module never imports
+    that one, which builds the split controllers)."""
+
+    status: metadata_pb2.ClusterStatus
+    channels: ChannelPool
+
+    def call_metadata(self) -> CallMetadata: ...
+
+    async def ensure_bound(self, node: str) -> None: ...
+
+    def forget_binding(self, node: str) -> None: ...
+
+    def leader_counts(self) -> dict[str, int]: ...
+
+    def namespace_config(self, name: str) -> NamespaceConfig | None: ...
+
+    async def update_status(self, fn: Callable[[metadata_pb2.ClusterStatus], T]) -> T: ...
+
+    def assignments_updated(self) -> None: ...
+
 
 COORD = "/replication.OxiaCoordination/"
 DEFAULT_SPLIT_TIMEOUT_S = 300.0
@@ -60,7 +86,7 @@ class SplitController:
 
     def __init__(
         self,
-        coordinator: Coordinator,
+        coordinator: SplitCoordinator,
         namespace: str,
         parent: int,
         *,

@@ -632,6 +632,7 @@ class ClusterStatus(_message.Message):
     SERVER_IDX_FIELD_NUMBER: _builtins.int
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     ADMIN_MANAGED_FIELD_NUMBER: _builtins.int
+    LEADER_COORDINATOR_FIELD_NUMBER: _builtins.int
     shard_id_generator: _builtins.int
     server_idx: _builtins.int
     instance_id: _builtins.str
@@ -646,6 +647,13 @@ class ClusterStatus(_message.Message):
         in here (the file wins for what it defines; see docs/admin.md).
         """
 
+    @_builtins.property
+    def leader_coordinator(self) -> Global___CoordinatorInfo:
+        """pyxia: the coordinator that leads, as it recorded itself when it began to lead: its
+        identity and the address of its admin port. A coordinator that does not lead points
+        admin clients there (NODE_IS_NOT_LEADER with the "coordinator-leader" hint, as Oxia).
+        """
+
     def __init__(
         self,
         *,
@@ -654,10 +662,11 @@ class ClusterStatus(_message.Message):
         server_idx: _builtins.int = ...,
         instance_id: _builtins.str = ...,
         admin_managed: Global___ClusterConfiguration | None = ...,
+        leader_coordinator: Global___CoordinatorInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["admin_managed", b"admin_managed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["admin_managed", b"admin_managed", "leader_coordinator", b"leader_coordinator"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin_managed", b"admin_managed", "instance_id", b"instance_id", "namespaces", b"namespaces", "server_idx", b"server_idx", "shard_id_generator", b"shard_id_generator"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin_managed", b"admin_managed", "instance_id", b"instance_id", "leader_coordinator", b"leader_coordinator", "namespaces", b"namespaces", "server_idx", b"server_idx", "shard_id_generator", b"shard_id_generator"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
