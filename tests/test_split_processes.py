@@ -99,7 +99,8 @@ def test_split_under_load_survives_a_coordinator_killed_mid_split(
         res = cluster.split_shard(parent)
         left, right = res.left_shard, res.right_shard
         assert cluster.coordinator is not None
-        cluster.coordinator.wait(60)  # killed by the failpoint
+        coordinator = cluster.coordinator
+        wait_for(lambda: not coordinator.alive(), timeout=60, what="killed by the failpoint")
         cluster.start_coordinator()  # resumes the split
 
         def done() -> bool:
