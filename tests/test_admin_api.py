@@ -307,6 +307,26 @@ def test_the_file_wins_for_what_it_defines_and_a_reload_keeps_the_rest() -> None
     assert not managed.namespaces and not managed.servers and not managed.server_metadata
 
 
+def test_the_effective_config_keeps_every_other_setting_of_the_file() -> None:
+    """Only namespaces, servers and labels are merged; the file's auto-split and balancer
+    settings stay (the merge once rebuilt the config and dropped auto-split: never split)."""
+    from pyxia.config import AutoSplitConfig
+
+    file = replace(
+        _file(),
+        auto_split=AutoSplitConfig(enabled=True, max_throughput_ops=5),
+        load_balancer=LoadBalancerConfig(),
+    )
+    managed = metadata_pb2.ClusterConfiguration()
+    admin_config.create_namespace(
+        managed, file, metadata_pb2.ClusterStatus(), namespace("api", 1, 1), SOURCE
+    )
+    eff = admin_config.effective_config(file, managed)
+    assert eff.auto_split == file.auto_split
+    assert eff.load_balancer == file.load_balancer
+    assert [n.name for n in eff.namespaces] == ["default", "api"]
+
+
 def test_requests_are_validated_before_anything_changes() -> None:
     managed = metadata_pb2.ClusterConfiguration()
     status = metadata_pb2.ClusterStatus()

@@ -78,6 +78,7 @@ class Writers:
                 self.acked[key] = res.version.version_id
             except Exception as e:
                 self.failures.append(e)
+                await asyncio.sleep(0)  # a put that fails at once must not starve the loop
 
     async def stop(self) -> None:
         self._stop.set()

@@ -33,6 +33,8 @@ a new internal address (create a new server and delete this one: its shards are 
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
@@ -137,10 +139,12 @@ def effective_config(file: ClusterConfig, managed: Managed) -> ClusterConfig:
         md = managed.server_metadata.get(identity_key(ident))
         if md is not None and md.labels:
             labels[server_key(s)] = tuple(sorted(md.labels.items()))
-    return ClusterConfig(
+    # replace(), not a new ClusterConfig: every other setting of the file (auto-split, load
+    # balancer, any added later) carries over.
+    return dataclasses.replace(
+        file,
         namespaces=tuple(namespaces),
         servers=tuple(servers),
-        load_balancer=file.load_balancer,
         server_labels=tuple(sorted(labels.items())),
     )
 
