@@ -187,3 +187,75 @@ async def test_a_write_to_a_server_that_is_gone_was_never_sent(tmp_path: Path) -
             assert r.version.modifications_count == 0
     finally:
         await node.close()
+
+
+async def _server_refusing_writes(code: grpc.StatusCode) -> tuple[grpc.aio.Server, str]:
+    """Assigns one shard to itself and refuses every write stream at once with ``code`` and
+    no headers (as an authorizing interceptor does), before any write is read."""
+    address: list[str] = []
+
+    async def assignments(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        ns = client_pb2.NamespaceShardsAssignment(
+            assignments=[
+                client_pb2.ShardAssignment(
+                    shard=0,
+                    leader=address[0],
+                    int32_hash_range=client_pb2.Int32HashRange(
+                        min_hash_inclusive=0, max_hash_inclusive=0xFFFFFFFF
+                    ),
+                )
+            ],
+            shard_key_router=client_pb2.XXHASH3,
+        )
+        yield client_pb2.ShardAssignments(namespaces={"default": ns}).SerializeToString()
+        await asyncio.Event().wait()  # the stream stays open, as a server's does
+
+    async def write_stream(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        await context.abort(code, "user 'bob' may not write namespace 'default'")
+        yield b""  # pragma: no cover - a generator that never yields
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                SERVICE,
+                {
+                    "GetShardAssignments": grpc.unary_stream_rpc_method_handler(assignments),
+                    "WriteStream": grpc.stream_stream_rpc_method_handler(write_stream),
+                },
+            )
+        ]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    address.append(f"127.0.0.1:{port}")
+    await server.start()
+    return server, address[0]
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        (grpc.StatusCode.PERMISSION_DENIED, "PermissionDenied"),
+        (grpc.StatusCode.UNAUTHENTICATED, "Unauthenticated"),
+    ],
+)
+async def test_a_refused_write_stream_fails_the_write_at_once(
+    code: grpc.StatusCode, error: str
+) -> None:
+    """A stream refused before the write went out (the refusal raced the send) must fail the
+    write with the refusal, not resend it until the request timeout: the refusal holds for
+    every write on the stream (seen in CI as a RequestTimeout after 40 s instead of
+    PermissionDenied)."""
+    server, address = await _server_refusing_writes(code)
+    try:
+        async with AsyncClient(address, request_timeout_s=30) as client:
+            for _ in range(5):  # whether or not the write was sent before the refusal came
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                with pytest.raises(PyxiaError) as e:
+                    await client.put("/y", b"1")
+                assert type(e.value).__name__ == error, repr(e.value)
+                assert "may not write" in str(e.value)
+                assert loop.time() - started < 10  # answered, not timed out after 30 s
+    finally:
+        await server.stop(0)

@@ -33,7 +33,7 @@ from pyxia.client.errors import (
 from pyxia.client.ops import WriteOp, build_write_request, complete_writes, fail
 from pyxia.client.policy import Retry, classify, leader_hint
 from pyxia.common.grpc_errors import error_from_rpc
-from pyxia.errors import PyxiaError, Unauthenticated
+from pyxia.errors import NamespaceNotFound, PermissionDenied, PyxiaError, Unauthenticated
 
 if TYPE_CHECKING:
     from pyxia.client.connections import Stub
@@ -311,6 +311,12 @@ class ShardWriter:
             # The server refused the stream's (old) token and applied nothing it did not
             # answer: send again with the new one.
             kind = Retry.ALWAYS
+        # A refusal of the stream itself (who the client is, what it may do, a namespace that
+        # is gone) holds for every batch on it, sent or not: none was applied, and sending
+        # them again would only be refused again until the deadline.
+        refused_stream = kind is Retry.NEVER and isinstance(
+            err, (Unauthenticated, PermissionDenied, NamespaceNotFound)
+        )
         hint = leader_hint(err)
         if hint:
             self.core.set_leader_hint(self.shard, hint)
@@ -320,6 +326,9 @@ class ShardWriter:
             keep: list[WriteOp] = []
             for op in entry.ops:
                 if op.target.done():
+                    continue
+                if refused_stream:
+                    op.target.set_exception(err)
                     continue
                 if not entry.sent or kind is Retry.ALWAYS:
                     retry = True
