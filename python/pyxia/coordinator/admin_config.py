@@ -34,7 +34,6 @@ a new internal address (create a new server and delete this one: its shards are 
 from __future__ import annotations
 
 import dataclasses
-
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
