@@ -592,10 +592,14 @@ class Coordinator:
         leadership move."""
         now = time.monotonic()
         quarantined = {s for s, until in self._quarantine.items() if until > now}
-        steady = {shard: meta for _, shard, meta in shards(self.status) if meta.status == STEADY}
-        # A replica move under way (ensemble changed, election not finished): not another.
-        quarantined.update(s for s, meta in steady.items() if meta.removed_nodes)
-        replicas = {s: [m.internal for m in meta.ensemble] for s, meta in steady.items()}
+        live = {shard: meta for _, shard, meta in shards(self.status) if meta.status != DELETING}
+        steady = {shard: meta for shard, meta in live.items() if meta.status == STEADY}
+        # The load counts every replica; only a steady shard with no replica move under way
+        # (ensemble changed, election not finished) may move one.
+        quarantined.update(
+            s for s, meta in live.items() if meta.status != STEADY or meta.removed_nodes
+        )
+        replicas = {s: [m.internal for m in meta.ensemble] for s, meta in live.items()}
         servers = [
             s.internal
             for s in self.config.servers
@@ -629,6 +633,8 @@ class Coordinator:
                 *(self.change_ensemble(m.shard, m.source, m.target) for m in allowed)
             )
             return True
+        if len(steady) < len(live):
+            return False  # leaderships are counted once no election is under way
         leaders = {s: meta.leader.internal for s, meta in steady.items() if meta.HasField("leader")}
         lead_move = plan_leader_rebalance(leaders, replicas, quarantined)
         if lead_move is not None:
