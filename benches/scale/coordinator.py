@@ -14,7 +14,7 @@ shard edits batched into them) and the assignment pushes the data servers receiv
    metadata (the file provider has no standby: the next process takes over): until it leads
    with every shard steady, and until it verified every replica (its first GetStatus round);
 4. ``remove_servers``: ``--change`` servers leave the config: every replica moves off them;
-5. ``add_servers``: ``--change`` new servers join, the balancer moves replicas onto them, for
+5. ``add_servers``: ``--change`` new servers join, the balancer (every second) moves replicas onto them, for
    at most ``--balance-seconds``: replica moves made, and whether it balanced.
 
     PYTHONPATH=python python benches/scale/coordinator.py --servers 100 --shards 10000
@@ -441,7 +441,7 @@ class Harness:
         new = self.sim.cmd("start", count=count)["servers"]
         first = len(self.addresses)
         self.addresses.extend(new)
-        self.balance_interval = "50ms"
+        self.balance_interval = "1s"
 
         def spread() -> tuple[int, int]:
             st = self.status() or metadata_pb2.ClusterStatus()

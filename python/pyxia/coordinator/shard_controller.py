@@ -211,7 +211,8 @@ class ShardController:
             response_deserializer=resp_type.FromString,  # type: ignore[attr-defined]
         )
         try:
-            return await call(req, timeout=timeout, metadata=self.c.call_metadata())
+            async with self.c.call_slots(node):
+                return await call(req, timeout=timeout, metadata=self.c.call_metadata())
         except grpc.aio.AioRpcError as e:
             err = error_from_rpc(e)
             if isinstance(err, NotInitialized):
