@@ -43,7 +43,10 @@ def test_the_coordinator_scales_against_simulated_servers(tmp_path: Path) -> Non
     assert dies.extra["leaderships"] > 0
     assert dies.rpcs["BecomeLeader"] == dies.extra["leaderships"]
     assert dies.status_writes * 4 <= dies.shard_edits, dies
-    assert phases["server_back"].rpcs["AddFollower"] == dies.extra["replicas"]
+    # Back, its replicas follow again (a leadership the balancer moves back to it makes one of
+    # them lead instead).
+    back = phases["server_back"].rpcs["AddFollower"]
+    assert dies.extra["replicas"] - dies.extra["leaderships"] <= back <= dies.extra["replicas"]
 
     failover = phases["coordinator_failover"]
     # Nothing re-elected, and no NewTerm per follower: one GetStatus per replica verifies.

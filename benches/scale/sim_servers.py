@@ -349,8 +349,9 @@ class SimulatedCluster:
             "push_bytes": sum(s.push_bytes for s in self.servers),
             "last_push_bytes": max((s.last_push_bytes for s in self.servers), default=0),
             "leaders_per_server": [leaders.get(s.address, 0) for s in self.servers],
-            "followers_per_server": [
-                sum(1 for r in s.replicas.values() if r.status == FOLLOWER) for s in self.servers
+            "serving_per_server": [
+                sum(1 for r in s.replicas.values() if r.status in (FOLLOWER, LEADER))
+                for s in self.servers
             ],
             "replicas_per_server": [
                 sum(1 for r in s.replicas.values() if r.status != NOT_MEMBER) for s in self.servers

@@ -133,6 +133,8 @@ class Coordinator:
         self._assignments_stale = False
         self._assignments_payload: bytes | None = None
         self.assignments_changed = Signal()
+        # Wakes the balancer before its interval: the configuration changed (servers added).
+        self._balance_wake = Signal()
         self._tasks: list[asyncio.Task[None]] = []
         self._quarantine: dict[int, float] = {}
         # Servers shutting down gracefully (they asked for their leaderships to be moved): no
@@ -203,6 +205,7 @@ class Coordinator:
         for dc in list(self.servers.values()):
             await dc.close()
         self.assignments_changed.close()
+        self._balance_wake.close()
         await self.channels.close()
 
     # -- status persistence -----------------------------------------------------------------------
@@ -397,6 +400,7 @@ class Coordinator:
                 # soon as it is available. No NewTerm per replica here.
                 self._seen_available.add(node)
                 return
+            self._balance_wake.notify()  # back: it may take leaderships again
         for sc in list(self.shard_controllers.values()):
             if available:
                 sc.node_available(node)
@@ -487,6 +491,7 @@ class Coordinator:
                 dc = self.servers.pop(node)
                 await dc.close()
         self.assignments_updated()
+        self._balance_wake.notify()
 
     def hosts_replicas(self, node: str) -> bool:
         """Whether the status records any replica (or leftover) of a shard on ``node``."""
@@ -593,7 +598,8 @@ class Coordinator:
     async def _balance_loop(self) -> None:
         while not self._closed:
             # Read each time: a reloaded config may change the interval.
-            await asyncio.sleep(self.config.load_balancer.schedule_interval)
+            seen = self._balance_wake.generation
+            await self._balance_wake.wait(seen, self.config.load_balancer.schedule_interval)
             try:
                 await self.balance_once()
             except MetadataBadVersion:
