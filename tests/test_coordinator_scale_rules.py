@@ -189,3 +189,14 @@ def test_new_servers_fill_up_in_parallel() -> None:
     assert {m.target for m in moves} == {"n8", "n9"}
     assert len(moves) == 8  # one off each loaded server, in one step
     assert plan_rebalance_moves({0: ["n0", "n1"], 1: ["n1", "n0"]}, ["n0", "n1"]) == []
+
+
+async def test_closing_fails_waiting_edits_and_refuses_new_ones() -> None:
+    store, _, _ = await store_of(3)
+    waiting = asyncio.ensure_future(store.update_shard("default", 0, set_term(1)))
+    await asyncio.sleep(0)  # queued; the writer is storing it (the store takes 10 ms)
+    await store.close()
+    with pytest.raises(MetadataBadVersion):
+        await waiting
+    with pytest.raises(MetadataBadVersion):
+        await store.update_shard("default", 1, set_term(1))

@@ -133,7 +133,8 @@ class Coordinator:
         self._assignments_stale = False
         self._assignments_payload: bytes | None = None
         self.assignments_changed = Signal()
-        # Wakes the balancer before its interval: the configuration changed (servers added).
+        # Wakes the balancer before its interval: the configuration changed (not when a server
+        # comes back: moving leaderships to it while it catches up is churn).
         self._balance_wake = Signal()
         self._tasks: list[asyncio.Task[None]] = []
         self._quarantine: dict[int, float] = {}
@@ -400,7 +401,6 @@ class Coordinator:
                 # soon as it is available. No NewTerm per replica here.
                 self._seen_available.add(node)
                 return
-            self._balance_wake.notify()  # back: it may take leaderships again
         for sc in list(self.shard_controllers.values()):
             if available:
                 sc.node_available(node)

@@ -105,14 +105,17 @@ class StatusStore:
         await done
 
     async def close(self) -> None:
-        """Fails what is queued; a write in flight finishes (its edits stay consistent)."""
+        """Fails what is queued and stops the writer (a store already handed to the provider
+        may still land: the next leader reads whatever is stored)."""
+        self._lost = True  # nothing more is accepted
         self._fail_queued(MetadataBadVersion("the coordinator is closing"))
         writer = self._writer
         if writer is not None:
+            writer.cancel()
             try:
                 await writer
-            except Exception:
-                log.debug("the status writer ended with an error", exc_info=True)
+            except (asyncio.CancelledError, Exception):
+                log.debug("the status writer stopped", exc_info=True)
 
     def _lose(self) -> None:
         if not self._lost:
@@ -163,6 +166,11 @@ class StatusStore:
             return
         try:
             await self.store(work)
+        except asyncio.CancelledError:  # closing
+            for q in applied:
+                if not q.done.done():
+                    q.done.set_exception(MetadataBadVersion("the coordinator is closing"))
+            raise
         except Exception as e:
             for q in applied:
                 if not q.done.done():
