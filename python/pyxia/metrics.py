@@ -226,6 +226,19 @@ WAL_TRIMMED_SEGMENTS = FastCounter(
     "pyxia_server_wal_trimmed_segments", "WAL segments deleted by the retention", SHARD
 )
 
+COORDINATOR_STATUS_WRITES = Counter(
+    "pyxia_coordinator_status_writes",
+    "Cluster status writes to the metadata provider (shard edits are batched into them)",
+)
+COORDINATOR_STATUS_WRITE_BYTES = Counter(
+    "pyxia_coordinator_status_write_bytes",
+    "Bytes of the cluster statuses written (protobuf size; the provider's encoding may differ)",
+)
+COORDINATOR_STATUS_EDITS = Counter(
+    "pyxia_coordinator_status_shard_edits",
+    "Shard record edits persisted (elections started and finished, replicas forgotten)",
+)
+
 
 def ms_since(start: float) -> float:
     """Milliseconds from ``start`` (a ``time.perf_counter()``) to now."""

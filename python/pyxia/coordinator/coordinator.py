@@ -51,9 +51,9 @@ from pyxia.coordinator.metadata.provider import MetadataProvider, Version
 from pyxia.coordinator.model import (
     DELETING,
     STEADY,
+    PendingLeaders,
     Reconciliation,
     identity,
-    leader_counts,
     reconcile,
     replica_load,
     rules_of,
@@ -62,11 +62,12 @@ from pyxia.coordinator.model import (
 from pyxia.coordinator.placement import (
     PlacementError,
     plan_leader_rebalance,
-    plan_rebalance,
+    plan_rebalance_moves,
     replace_member,
 )
 from pyxia.coordinator.shard_controller import ShardController
 from pyxia.coordinator.split import DEFAULT_SPLIT_TIMEOUT_S, SplitController
+from pyxia.coordinator.status_store import ShardEdit, StatusStore
 from pyxia.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -86,6 +87,12 @@ _KEY_SORTING = {
     "hierarchical": client_pb2.KEY_SORTING_HIERARCHICAL,
     "natural": client_pb2.KEY_SORTING_NATURAL,
 }
+
+
+MAX_CALLS_PER_SERVER = 64
+"""Coordination calls in flight to one data server; more wait their turn. A cold start of
+10,000 shards started 30,000 NewTerm calls at once (peak RSS near 1 GiB), and a server that
+hangs holds only its own calls."""
 
 
 @dataclass
@@ -124,24 +131,36 @@ class Coordinator:
         self.file_config = load_config()
         self.config = self.file_config
         self._refused_file: ClusterConfig | None = None
-        self.status = metadata_pb2.ClusterStatus()
-        self.version = Version("-1")
+        self.failed = asyncio.Event()  # a compare-and-set was lost
+        # The status as stored; shard edits are batched into its writes (status_store).
+        self._statuses = StatusStore(
+            provider, metadata_pb2.ClusterStatus(), Version("-1"), self.failed.set
+        )
         self.shard_controllers: dict[int, ShardController] = {}
         # Splits in progress, by parent shard; and how the latest of each parent ended.
         self.split_controllers: dict[int, SplitController] = {}
         self.splits_ended: dict[int, SplitController] = {}
         self.auto_splitter = AutoSplitter(self)
-        self.pending_leaders: dict[int, str] = {}
+        # Elections that chose a leader not persisted yet (counted as leaderships).
+        self.pending_leaders = PendingLeaders()
         self.servers: dict[str, DataServerController] = {}
+        # The map pushed to data servers, rebuilt lazily (once per change that is read, not
+        # once per shard event) and serialized once for every push stream.
         self._assignments: client_pb2.ShardAssignments | None = None
+        self._assignments_stale = False
+        self._assignments_payload: bytes | None = None
         self.assignments_changed = Signal()
-        self._update_lock = asyncio.Lock()
+        # Wakes the balancer before its interval: the configuration changed (not when a server
+        # comes back: moving leaderships to it while it catches up is churn).
+        self._balance_wake = Signal()
         self._tasks: list[asyncio.Task[None]] = []
         self._quarantine: dict[int, float] = {}
         # Servers shutting down gracefully (they asked for their leaderships to be moved): no
         # leadership goes to them until they come back.
         self.leaving: set[str] = set()
-        self.failed = asyncio.Event()  # a compare-and-set was lost
+        self._call_slots: dict[str, asyncio.Semaphore] = {}
+        # Servers this coordinator has seen available at least once.
+        self._seen_available: set[str] = set()
         self._closed = False
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -217,31 +236,49 @@ class Coordinator:
             await split.close()
         for sc in list(self.shard_controllers.values()):
             await sc.close()
+        await self._statuses.close()
         for dc in list(self.servers.values()):
             await dc.close()
         self.assignments_changed.close()
+        self._balance_wake.close()
         await self.channels.close()
 
     # -- status persistence -----------------------------------------------------------------------
 
-    async def _store(self, new_status: metadata_pb2.ClusterStatus) -> None:
-        try:
-            self.version = await self.provider.store(new_status, self.version)
-        except MetadataBadVersion:
-            log.warning("lost a compare-and-set on the cluster status: stepping down")
-            self.failed.set()
-            raise
-        self.status = new_status
+    @property
+    def status(self) -> metadata_pb2.ClusterStatus:
+        """The cluster status as stored (replaced, never edited in place, by each write)."""
+        return self._statuses.status
 
-    async def update_shard(
-        self, namespace: str, shard: int, fn: Callable[[metadata_pb2.ShardMetadata], None]
-    ) -> None:
-        async with self._update_lock:
-            if self._closed or self.failed.is_set():
-                raise MetadataBadVersion("the coordinator is stepping down")
-            work = copy.deepcopy(self.status)
-            fn(work.namespaces[namespace].shards[shard])
-            await self._store(work)
+    @status.setter
+    def status(self, value: metadata_pb2.ClusterStatus) -> None:
+        self._statuses.status = value
+
+    @property
+    def version(self) -> Version:
+        return self._statuses.version
+
+    @version.setter
+    def version(self, value: Version) -> None:
+        self._statuses.version = value
+
+    @property
+    def _update_lock(self) -> asyncio.Lock:
+        """Held around every status write: whole-status changes take it around their
+        read-copy-store, the batched shard edits while they are stored."""
+        return self._statuses.lock
+
+    async def _store(self, new_status: metadata_pb2.ClusterStatus) -> None:
+        """Stores a whole new status (hold ``_update_lock``); a lost compare-and-set makes
+        this coordinator step down."""
+        await self._statuses.store(new_status)
+
+    async def update_shard(self, namespace: str, shard: int, fn: ShardEdit) -> None:
+        """Applies ``fn`` to the shard's record; returns once it is durable. Edits made
+        meanwhile by other shards go into the same write (``status_store``)."""
+        if self._closed or self.failed.is_set():
+            raise MetadataBadVersion("the coordinator is stepping down")
+        await self._statuses.update_shard(namespace, shard, fn)
 
     async def update_status(self, fn: Callable[[metadata_pb2.ClusterStatus], T]) -> T:
         """Applies ``fn`` to a copy of the status and stores it (compare-and-set)."""
@@ -273,13 +310,7 @@ class Coordinator:
     def leader_counts(self) -> dict[str, int]:
         """Leaderships per server, counting elections that chose a leader
         but have not persisted it yet (concurrent elections spread out)."""
-        counts = leader_counts(self.status)
-        for shard, node in self.pending_leaders.items():
-            for _, s, meta in shards(self.status):
-                if s == shard and meta.HasField("leader"):
-                    counts[meta.leader.internal] -= 1
-            counts[node] += 1
-        return dict(counts)
+        return self.pending_leaders.counts(self.status)
 
     # -- identity ---------------------------------------------------------------------------------
 
@@ -293,6 +324,13 @@ class Coordinator:
         dc = self.servers.get(node)
         if dc is not None:
             await dc.ensure_bound()
+
+    def call_slots(self, node: str) -> asyncio.Semaphore:
+        """Held by each coordination call to ``node`` (``MAX_CALLS_PER_SERVER``)."""
+        slots = self._call_slots.get(node)
+        if slots is None:
+            slots = self._call_slots[node] = asyncio.Semaphore(MAX_CALLS_PER_SERVER)
+        return slots
 
     def forget_binding(self, node: str) -> None:
         dc = self.servers.get(node)
@@ -308,10 +346,10 @@ class Coordinator:
     # -- assignments ------------------------------------------------------------------------------
 
     def _recompute_assignments(self) -> None:
-        """The map clients get. A shard being elected keeps the leader it was last published
-        with: that server answers a retryable NODE_IS_NOT_LEADER until the new map names the
-        new one, where an empty leader would make Oxia's Go client fail the write (it dials
-        "")."""
+        """Rebuilds the map clients get, now. A shard being elected keeps the leader it was
+        last published with: that server answers a retryable NODE_IS_NOT_LEADER until the new
+        map names the new one, where an empty leader would make Oxia's Go client fail the
+        write (it dials "")."""
         before: dict[tuple[str, int], tuple[str, int]] = {}
         if self._assignments is not None:
             for name, nsa_before in self._assignments.namespaces.items():
@@ -351,12 +389,27 @@ class Coordinator:
                 ),
             )
         self._assignments = out
+        self._assignments_stale = False
+        self._assignments_payload = None
 
     def assignments(self) -> client_pb2.ShardAssignments | None:
+        if self._assignments_stale:
+            self._recompute_assignments()
         return self._assignments
 
+    def assignments_payload(self) -> bytes | None:
+        """The current map serialized (once for every push stream)."""
+        current = self.assignments()
+        if current is None:
+            return None
+        if self._assignments_payload is None:
+            self._assignments_payload = current.SerializeToString()
+        return self._assignments_payload
+
     def assignments_updated(self) -> None:
-        self._recompute_assignments()
+        """The status changed what clients see: the map is rebuilt when next read (the push
+        streams read it once they wake up), so changes made together cost one rebuild."""
+        self._assignments_stale = True
         self.assignments_changed.notify()
 
     # -- controllers ------------------------------------------------------------------------------
@@ -368,7 +421,7 @@ class Coordinator:
             s,
             self.channels,
             self.status.instance_id,
-            self.assignments,
+            self.assignments_payload,
             self.assignments_changed,
             self._on_server_change,
             self.options.liveness,
@@ -396,6 +449,12 @@ class Coordinator:
     async def _on_server_change(self, node: str, available: bool) -> None:
         if available:
             self.leaving.discard(node)  # back (restarted)
+            if node not in self._seen_available:
+                # First seen by this coordinator: every shard's first check (or election)
+                # covers its replicas, and one that found it unreachable adds it back as
+                # soon as it is available. No NewTerm per replica here.
+                self._seen_available.add(node)
+                return
         for sc in list(self.shard_controllers.values()):
             if available:
                 sc.node_available(node)
@@ -490,6 +549,7 @@ class Coordinator:
                 dc = self.servers.pop(node)
                 await dc.close()
         self.assignments_updated()
+        self._balance_wake.notify()
 
     def hosts_replicas(self, node: str) -> bool:
         """Whether the status records any replica (or leftover) of a shard on ``node``."""
@@ -505,6 +565,8 @@ class Coordinator:
     def _evacuate(self, node: str) -> None:
         """Moves every replica off a server removed from the config."""
         servers = [s.internal for s in self.config.servers]
+        load = replica_load(self.status)  # kept up to date with the moves planned here
+        labels = self.config.labels_by_internal()
         for _ns, shard, meta in shards(self.status):
             if meta.status == DELETING or not any(m.internal == node for m in meta.ensemble):
                 continue
@@ -513,13 +575,15 @@ class Coordinator:
                     [m.internal for m in meta.ensemble],
                     node,
                     servers,
-                    replica_load(self.status),
+                    load,
                     rules=rules_of(self.namespace_config(_ns)),
-                    labels=self.config.labels_by_internal(),
+                    labels=labels,
                 )
             except PlacementError as e:
                 log.warning("shard %d: cannot move its replica off %s: %s", shard, node, e)
                 continue
+            load[target] += 1
+            load[node] -= 1
             sc = self.shard_controllers.get(shard)
             if sc is not None:
                 self._tasks.append(
@@ -590,9 +654,10 @@ class Coordinator:
     # -- load balancing ---------------------------------------------------------------------------
 
     async def _balance_loop(self) -> None:
-        lb = self.config.load_balancer
         while not self._closed:
-            await asyncio.sleep(lb.schedule_interval)
+            # Read each time: a reloaded config may change the interval.
+            seen = self._balance_wake.generation
+            await self._balance_wake.wait(seen, self.config.load_balancer.schedule_interval)
             try:
                 await self.balance_once()
             except MetadataBadVersion:
@@ -601,39 +666,58 @@ class Coordinator:
                 log.exception("load balancing failed")
 
     async def balance_once(self) -> bool:
-        """One balancing step: a replica move, else a leadership move."""
+        """One balancing step: replica moves (at most one off each server, once the previous
+        step's are done), else a leadership move."""
         now = time.monotonic()
         quarantined = {s for s, until in self._quarantine.items() if until > now}
+        live = {shard: meta for _, shard, meta in shards(self.status) if meta.status != DELETING}
         steady = {
             shard: meta
-            for _, shard, meta in shards(self.status)
+            for shard, meta in live.items()
             if meta.status == STEADY and not meta.HasField("split")
         }
-        replicas = {s: [m.internal for m in meta.ensemble] for s, meta in steady.items()}
+        # The load counts every replica; only a steady shard (not splitting) may move one.
+        quarantined.update(s for s in live if s not in steady)
+        replicas = {s: [m.internal for m in meta.ensemble] for s, meta in live.items()}
         servers = [
             s.internal
             for s in self.config.servers
             if self.is_available(s.internal) and s.internal not in self.leaving
         ]
-        move = plan_rebalance(replicas, servers, quarantined)
+        if any(meta.removed_nodes for meta in live.values()):
+            # Replica moves under way: the next ones once their elections finished, as
+            # Oxia's balancer waits for a round's swaps.
+            return False
+        moves = plan_rebalance_moves(replicas, servers, quarantined)
         qt = self.config.load_balancer.quarantine_time
-        if move is not None:
-            ns = self.shard_controllers[move.shard].namespace
-            try:  # the move must respect the namespace's strict anti-affinity
-                replace_member(
-                    replicas[move.shard],
-                    move.source,
-                    [move.target],
-                    replica_load(self.status),
-                    rules=rules_of(self.namespace_config(ns)),
-                    labels=self.config.labels_by_internal(),
-                )
-            except PlacementError:
+        if moves:
+            load = replica_load(self.status)
+            labels = self.config.labels_by_internal()
+            allowed = []
+            for move in moves:
                 self._quarantine[move.shard] = now + qt
+                ns = self.shard_controllers[move.shard].namespace
+                try:  # the move must respect the namespace's strict anti-affinity
+                    replace_member(
+                        replicas[move.shard],
+                        move.source,
+                        [move.target],
+                        load,
+                        rules=rules_of(self.namespace_config(ns)),
+                        labels=labels,
+                    )
+                except PlacementError:
+                    continue
+                allowed.append(move)
+            if not allowed:
                 return False
-            self._quarantine[move.shard] = now + qt
-            await self.change_ensemble(move.shard, move.source, move.target)
+            # Their ensemble changes go into one status write; the elections run on.
+            await asyncio.gather(
+                *(self.change_ensemble(m.shard, m.source, m.target) for m in allowed)
+            )
             return True
+        if len(steady) < len(live):
+            return False  # leaderships are counted once no election is under way
         leaders = {s: meta.leader.internal for s, meta in steady.items() if meta.HasField("leader")}
         lead_move = plan_leader_rebalance(leaders, replicas, quarantined)
         if lead_move is not None:

@@ -17,10 +17,11 @@ it (once, under a lock) before the assignment push and the event stream open, an
 controllers call it before their first coordination call. A watch stream that breaks (the
 server may have restarted with a wiped data directory) makes the next probe handshake again.
 
-It also keeps a ``PushShardAssignments`` stream to the server, re-sending the
-full assignment map whenever it changes, and a ``ShardEvents/Watch`` stream from it: replicas
-of the server that failed on their own (a leader whose disk filled up), handed to the
-coordinator so it re-elects at once.
+It also keeps a ``PushShardAssignments`` stream to the server, re-sending the full
+assignment map whenever it changes (the latest one when the stream wakes up: changes made
+meanwhile are not sent one by one; the coordinator serializes it once for every stream), and a
+``ShardEvents/Watch`` stream from it: replicas of the server that failed on their own (a leader
+whose disk filled up), handed to the coordinator so it re-elects at once.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from pyxia.common.instance_id import INSTANCE_ID_HEADER, CallMetadata
 from pyxia.common.signals import Signal
 from pyxia.config import ServerAddress
 from pyxia.coordinator.metrics import NodeMetrics
-from pyxia.proto import admin_pb2, client_pb2, replication_pb2
+from pyxia.proto import admin_pb2, replication_pb2
 
 log = logging.getLogger("pyxia.coordinator.dataserver")
 
@@ -66,7 +67,7 @@ class DataServerController:
         server: ServerAddress,
         channels: ChannelPool,
         instance_id: str,
-        assignments: Callable[[], client_pb2.ShardAssignments | None],
+        assignments: Callable[[], bytes | None],
         assignments_changed: Signal,
         on_change: Callable[[str, bool], Awaitable[None]],
         options: LivenessOptions | None = None,
@@ -258,7 +259,7 @@ class DataServerController:
             ch = self._channels.get(self.internal)
             call = ch.stream_unary(
                 PUSH_ASSIGNMENTS,
-                request_serializer=client_pb2.ShardAssignments.SerializeToString,
+                request_serializer=None,  # serialized already (bytes)
                 response_deserializer=replication_pb2.CoordinationShardAssignmentsResponse.FromString,
             )
             try:
@@ -270,7 +271,7 @@ class DataServerController:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
-    async def _stream(self) -> AsyncIterator[client_pb2.ShardAssignments]:
+    async def _stream(self) -> AsyncIterator[bytes]:
         sent = -1
         while not self._closed:
             seen = self._assignments_changed.generation

@@ -36,7 +36,7 @@ from pyxia.common.signals import Signal
 from pyxia.config import NamespaceConfig
 from pyxia.coordinator.election import Head, choose_leader, majority
 from pyxia.coordinator.metrics import ShardElectionMetrics
-from pyxia.coordinator.model import DELETING, ELECTION, STEADY
+from pyxia.coordinator.model import DELETING, ELECTION, STEADY, PendingLeaders
 from pyxia.coordinator.split_rules import parent_fenced
 from pyxia.errors import InvalidStatus, MetadataBadVersion, NotInitialized, PyxiaError
 from pyxia.proto import admin_pb2, metadata_pb2, replication_pb2
@@ -60,10 +60,14 @@ class ShardCoordinator(Protocol):
     channels: ChannelPool
     leaving: set[str]
     """Servers being drained: no leadership goes to them."""
-    pending_leaders: dict[int, str]
+    pending_leaders: PendingLeaders
     """Leaders chosen by elections not yet stored, by shard (counted by leader_counts)."""
 
     def call_metadata(self) -> CallMetadata: ...
+
+    def call_slots(self, node: str) -> asyncio.Semaphore:
+        """Bounds the coordination calls in flight to ``node``."""
+        ...
 
     async def ensure_bound(self, node: str) -> None:
         """Handshakes ``node`` (the cluster's instance id) unless it already is."""
@@ -263,7 +267,8 @@ class ShardController:
             response_deserializer=resp_type.FromString,  # type: ignore[attr-defined]
         )
         try:
-            return await call(req, timeout=timeout, metadata=self.c.call_metadata())
+            async with self.c.call_slots(node):
+                return await call(req, timeout=timeout, metadata=self.c.call_metadata())
         except grpc.aio.AioRpcError as e:
             err = error_from_rpc(e)
             if isinstance(err, NotInitialized):
