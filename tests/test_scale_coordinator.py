@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benches" / "scale"))
 from coordinator import Phase, run  # noqa: E402
@@ -18,6 +20,7 @@ SHARDS = 300
 RF = 3
 
 
+@pytest.mark.slow  # a coordinator process against simulated servers
 def test_the_coordinator_scales_against_simulated_servers(tmp_path: Path) -> None:
     phases = {
         p.name: p
@@ -53,7 +56,8 @@ def test_the_coordinator_scales_against_simulated_servers(tmp_path: Path) -> Non
     assert "BecomeLeader" not in failover.rpcs, failover
     assert "NewTerm" not in failover.rpcs, failover
     assert failover.rpcs["GetStatus"] >= SHARDS * RF
-    assert failover.status_writes == 0
+    # One write: the new leader records itself (where standbys point admin clients).
+    assert failover.status_writes <= 1, failover
 
     removed = phases["remove_servers"]
     assert removed.rpcs["BecomeLeader"] >= 1

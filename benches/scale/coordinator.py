@@ -114,7 +114,7 @@ class Simulator:
 class CoordinatorProcess:
     """A ``pyxia coordinator`` process on the file provider."""
 
-    READY = re.compile(r"coordinator ready: internal=:(\d+)")
+    READY = re.compile(r"coordinator ready: internal=\S*?:(\d+)\s")
 
     def __init__(self, config: Path, metadata_dir: Path, secret: Path, log: Path) -> None:
         self.metrics_port = free_port()

@@ -46,6 +46,9 @@ import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
+from pyxia.common import grpc_errors
+from pyxia.common.grpc_options import grpc_server_options
+from pyxia.common.instance_id import INSTANCE_ID_HEADER
 from pyxia.errors import (
     InvalidStatus,
     InvalidTerm,
@@ -58,10 +61,7 @@ from pyxia.errors import (
 from pyxia.proto import admin_pb2, replication_pb2
 from pyxia.security.cluster_auth import ClusterSecret
 from pyxia.security.internal_auth import ClusterAuthInterceptor
-from pyxia.server import grpc_errors
-from pyxia.server.data_server import grpc_options
 from pyxia.server.internal_rpc import COORDINATION, SHARD_EVENTS, health_handler
-from pyxia.server.manifest import INSTANCE_ID_HEADER
 
 NOT_MEMBER = replication_pb2.NOT_MEMBER
 FENCED = replication_pb2.FENCED
@@ -110,7 +110,7 @@ class SimulatedServer:
         interceptors = (
             [ClusterAuthInterceptor(self.cluster.secret)] if self.cluster.secret is not None else []
         )
-        server = grpc.aio.server(interceptors=interceptors, options=grpc_options(64 << 20))
+        server = grpc.aio.server(interceptors=interceptors, options=grpc_server_options(64 << 20))
         server.add_generic_rpc_handlers(self._handlers())
         port = server.add_insecure_port(f"127.0.0.1:{self.port}")
         if port == 0:
