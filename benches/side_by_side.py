@@ -22,6 +22,10 @@ the machine's state: the 1-minute load average and the cores that other processe
 the window (/proc/stat busy time less this run's processes). Before each run the harness waits
 (at most ``--quiet-wait`` s) for the others to use less than ``--quiet-cores`` cores.
 
+``--py-spy DIR`` records every pyxia server during its window into ``DIR/*.folded`` (py-spy's
+raw format; ``--py-spy-native`` adds the native frames); the profiler's own CPU counts as the
+others' load, not the server's.
+
 Comparisons are per round (pyxia ÷ Oxia, measured back to back, the order alternating between
 rounds) and the summary gives the median of the per-round ratios, as issue 19 asks.
 
