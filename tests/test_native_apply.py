@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from pyxia._native import apply_puts, read_gets, write_request_shape
 from pyxia.common.keys import HIERARCHICAL, NATURAL, KeyEncoding
 from pyxia.errors import InvalidArgument
+from pyxia.metrics import ShardMetrics
 from pyxia.proto import client_pb2
 from pyxia.storage import reads
 from pyxia.storage.apply import (
@@ -129,6 +130,38 @@ def test_plain_puts_are_applied_natively(db: ShardDB) -> None:
     assert override.version.version_id == 40
     assert applier.last_version_id == 1
     assert res.notified
+
+
+def test_the_native_path_is_counted_as_the_python_path(tmp_path: Path) -> None:
+    # The shard's write metrics feed GetStatus's write_ops_total (auto-split) and the
+    # dashboards: a write must count the same whichever path applied it.
+    req = client_pb2.WriteRequest(
+        puts=[client_pb2.PutRequest(key=f"/k/{i}", value=b"v" * i) for i in range(5)]
+    )
+    counted = []
+    for native in (True, False):
+        db = ShardDB(tmp_path / str(native), HIERARCHICAL)
+        try:
+            m = ShardMetrics("test-native-metrics", int(native))
+            applier = StateApplier(db, SHARD, metrics=m, native=native)
+            res = applier.apply_write(req, 0, 1_000)
+            assert (res.wire is not None) == native
+            counted.append(
+                (
+                    m.db_puts.value,
+                    m.kv_write_ops.value,
+                    m.kv_write_bytes.value,
+                    sum(m.kv_batch_size.counts),
+                    sum(m.kv_batch_count.counts),
+                    sum(m.db_batch_write_latency.counts),
+                    sum(m.kv_batch_commit_latency.counts),
+                    m.kv_write_errors.value,
+                )
+            )
+        finally:
+            db.close()
+    assert counted[0] == counted[1]
+    assert counted[0][0] == 5 and counted[0][3] == 1
 
 
 def test_only_plain_puts_take_the_native_path(db: ShardDB) -> None:
