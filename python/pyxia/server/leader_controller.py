@@ -760,7 +760,7 @@ class LeaderController:
         if raw is None:
             raw = request.SerializeToString()
         if validate:
-            validate_write_request(request, self.write_limits, len(raw))
+            validate_write_request(request, self.write_limits, len(raw), raw)
             if override_fields_used(request, raw) and check_overrides is not None:
                 check_overrides(self.namespace)
         return self._append(request, log_entry_value(raw), None)

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
+from pyxia._native import read_gets
 from pyxia.common import grpc_errors
 from pyxia.errors import InvalidArgument, PyxiaError
 from pyxia.proto import client_pb2
@@ -46,6 +47,8 @@ SERVICE_NAMES = ("io.oxia.proto.v1.OxiaClient", "io.streamnative.oxia.proto.Oxia
 MAX_CHUNK_BYTES = 2 * 1024 * 1024
 MAX_CHUNK_RECORDS = 1000
 MAX_PENDING_WRITES_PER_STREAM = 1024
+MAX_NATIVE_GETS = 1000
+"""A Read of at most this many gets may be answered in one native call (a few ms at most)."""
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
@@ -132,7 +135,8 @@ def _streaming_of(
 ) -> Callable[
     [Callable[[Any, Any, Ctx], AsyncIterator[T]]], Callable[[Any, bytes, Ctx], AsyncIterator[T]]
 ]:
-    """A server-streaming handler taking the request's bytes, decoded as ``cls``."""
+    """A server-streaming handler taking the request's bytes, decoded as ``cls`` (None: kept
+    raw)."""
 
     def decorate(
         fn: Callable[[Any, Any, Ctx], AsyncIterator[T]],
@@ -140,7 +144,7 @@ def _streaming_of(
         @functools.wraps(fn)
         async def wrapper(self: Any, raw: bytes, context: Ctx) -> AsyncIterator[T]:
             try:
-                request = _parse(cls, raw)
+                request = raw if cls is None else _parse(cls, raw)
                 async for item in fn(self, request, context):
                     yield item
             except PyxiaError as e:
@@ -211,8 +215,9 @@ class OxiaClientService:
 
     async def write_stream(
         self, requests: AsyncIterator[bytes], context: Ctx
-    ) -> AsyncIterator[client_pb2.WriteResponse]:
-        """Each request is one log entry; responses go back in request order."""
+    ) -> AsyncIterator[client_pb2.WriteResponse | bytes]:
+        """Each request is one log entry; responses go back in request order (as the applier's
+        wire bytes when it has them: no message is built only to be serialized)."""
         try:
             md = _metadata(context)
             if "shard-id" not in md:
@@ -283,12 +288,15 @@ class OxiaClientService:
                     break
                 try:
                     res = await fut
+                    resp: client_pb2.WriteResponse | bytes
                     if isinstance(res, client_pb2.WriteResponse):
                         resp = res
                     elif isinstance(res.error, InvalidArgument) and res.request is not None:
                         resp = invalid_argument_response(res.request)  # a rejected write
+                    elif res.error is not None:
+                        raise res.error
                     else:
-                        resp = leader.result_to_response(res)
+                        resp = res.response_bytes()
                 except PyxiaError as e:
                     await grpc_errors.abort(context, e)
                     return
@@ -302,21 +310,31 @@ class OxiaClientService:
 
     # -- reads ------------------------------------------------------------------------------------
 
-    @_streaming_of(client_pb2.ReadRequest)
+    @_streaming_of(None)
     async def read(
-        self, req: client_pb2.ReadRequest, context: Ctx
-    ) -> AsyncIterator[client_pb2.ReadResponse]:
+        self, raw: bytes, context: Ctx
+    ) -> AsyncIterator[client_pb2.ReadResponse | bytes]:
+        """A batch of gets: EQUAL gets of user keys in one native call (``read_gets``: one
+        multi-get, the response's bytes built natively); anything else get by get."""
+        req = _parse(client_pb2.ReadRequest, raw)
         leader = self._leader(req.shard if req.HasField("shard") else None)
         self.access.check(leader.namespace, READ)
         await leader.confirm_leadership()
         db = leader.storage.db
-        get_into = reads.get_into
+        n_gets = len(req.gets)
         m = leader.metrics
-        m.db_gets.inc(len(req.gets))
+        m.db_gets.inc(n_gets)
+        started = time.perf_counter()
+        if n_gets <= MAX_NATIVE_GETS:
+            answered = read_gets(raw, db.encoding.name == "hierarchical", db.db.get)
+            if answered is not None and len(answered) < MAX_CHUNK_BYTES:
+                m.db_get_latency.observe((time.perf_counter() - started) * 1000.0)
+                yield answered
+                return
+        get_into = reads.get_into
         resp = client_pb2.ReadResponse()
         add = resp.gets.add
         size = 0
-        started = time.perf_counter()
         for g in req.gets:
             gr = add()
             get_into(db, g, gr)
@@ -538,5 +556,8 @@ def invalid_argument_response(req: client_pb2.WriteRequest) -> client_pb2.WriteR
 
 
 def _serialize(msg: Any) -> bytes:
+    """A response message's bytes (a handler may hand over bytes it already has)."""
+    if isinstance(msg, bytes):
+        return msg
     out: bytes = msg.SerializeToString()
     return out
