@@ -108,9 +108,11 @@ async def test_every_replica_stays_bounded_and_serves_the_same_notification_wind
     wal_written = writes * 20 * 1024
     assert wal_written > 3 * RETENTION_SIZE, "the load must overwrite the bound several times"
 
-    # The bound: the size bound plus two segments (the segments written while a trim runs: it
-    # flushes the DB first, in a worker thread) plus the index files; leaders and followers.
-    wal_bound = RETENTION_SIZE + 2 * SEGMENT + 64 * 1024
+    # The bound: the size bound plus the segments written while a trim runs (it flushes the
+    # DB first, in a worker thread: two segments on a quiet machine, a third at a load average
+    # of 28 in CI, so four are allowed) plus the index files; leaders and followers. Without
+    # trimming a replica would hold everything written (over three times the size bound).
+    wal_bound = RETENTION_SIZE + 4 * SEGMENT + 64 * 1024
     for name in samples.dirs:
         assert samples.max_wal(name) <= wal_bound, (name, samples.max_wal(name))
     # The DB: 1,000 live keys of 1 KiB, the notifications of the last 2 s and what RocksDB
