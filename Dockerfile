@@ -9,7 +9,8 @@
 # Ports (document what you publish; docs/deployment.md):
 #   6648  public: Oxia's client API, the timestamp oracle, gRPC health (data servers)
 #   6649  internal: replication and coordination (data servers); the coordinator's port
-#         (coordination, `pyxia admin`; Oxia serves its admin API on 6651 instead)
+#         (coordination, `pyxia admin`)
+#   6651  the coordinator's admin port: Oxia's admin API (`oxia admin`, `pyxia admin`)
 #   8080  Prometheus metrics at /metrics (every process)
 #
 # Stages: `build` compiles the wheel (Rust + maturin); `runtime` installs it with every
@@ -56,6 +57,6 @@ RUN --mount=type=bind,from=wheel,source=/dist,target=/dist \
     && useradd --system --uid 10001 --user-group --home-dir /var/lib/pyxia --create-home pyxia
 USER 10001:10001
 WORKDIR /var/lib/pyxia
-EXPOSE 6648 6649 8080
+EXPOSE 6648 6649 6651 8080
 ENTRYPOINT ["pyxia"]
 CMD ["standalone", "--data-dir", "/var/lib/pyxia/data", "--wal-dir", "/var/lib/pyxia/wal"]

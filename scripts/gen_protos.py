@@ -3,8 +3,10 @@
 
 Runs ``grpc_tools.protoc`` over every ``.proto`` under ``proto/`` with the
 ``protoc-gen-mypy``/``protoc-gen-mypy_grpc`` plugins of mypy-protobuf, producing
-``*_pb2.py``, ``*_pb2_grpc.py`` and their ``.pyi`` stubs, plus the package's
-``__init__.py``.
+``*_pb2.py`` and their ``.pyi`` stubs, plus the package's ``__init__.py``. The gRPC stub
+modules (``*_pb2_grpc.py``) are kept only for the services in ``GRPC_STUBS``: the product
+registers its services with generic handlers and calls its peers through channel methods, so
+only the tests and benchmarks use stubs, and only of those services.
 
     python scripts/gen_protos.py              # rewrite python/pyxia/proto
     python scripts/gen_protos.py --out DIR    # write DIR/pyxia/proto instead
@@ -39,11 +41,23 @@ Sources are in ``proto/pyxia/proto``:
 - ``replication``: coordinator and log-replication services (``replication``).
 - ``storage``: database records and log entry values (``proto``).
 - ``metadata``: cluster configuration and status (``io.oxia.proto.v1``).
+- ``oxia_admin``: Oxia's coordinator admin API (``io.oxia.proto.v1.OxiaAdmin``).
+- ``admin``: pyxia's own admin and data-server event services (``pyxia.admin.v1``).
 - ``tso``: timestamp oracle (``tsoracle.v1``).
 """
 '''
 
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
+GRPC_STUBS = frozenset({"client", "client_compat", "replication"})
+"""The .proto files whose gRPC stub modules are kept (the tests' and benchmarks' clients)."""
+
+
+def _kept(name: str) -> bool:
+    """Whether a generated file is part of the package."""
+    for suffix in ("_pb2_grpc.py", "_pb2_grpc.pyi"):
+        if name.endswith(suffix):
+            return name.removesuffix(suffix) in GRPC_STUBS
+    return True
 
 
 def _plugin(name: str) -> str:
@@ -98,6 +112,8 @@ def generate(out_root: Path) -> list[Path]:
                 old.unlink()
         written = []
         for src in produced:
+            if not _kept(src.name):
+                continue
             target = dest / src.name
             target.write_bytes(src.read_bytes())
             written.append(target)

@@ -2,8 +2,8 @@
 so that the site cannot drift from it.
 
 - ``<!-- pyxia:metrics -->`` in a page becomes the table of every Prometheus metric pyxia
-  registers (name, type, labels, help), read from the registry after importing the modules
-  that define them (:func:`metrics_table`).
+  registers (name, type, unit, labels, help), from ``pyxia.metrics.metric_reference``
+  (:func:`metrics_table`).
 - The CLI flag tables come from the click commands themselves through the ``mkdocs-click``
   extension (``::: mkdocs-click`` blocks in docs/configuration.md).
 - ``changelog.md`` is the repository's CHANGELOG.md, its ``docs/`` links made site-relative.
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-METRIC_MODULES = ("pyxia.metrics", "pyxia.tso.metrics", "pyxia.security.public")
 METRICS_MARKER = "<!-- pyxia:metrics -->"
 OPTIONAL_PAGES = ("operations.md", "retention.md")
 
@@ -37,28 +36,16 @@ def _import_pyxia() -> None:
 
 
 def metrics_table() -> str:
-    """A Markdown table of pyxia's own metrics (``pyxia_*``), sorted by name."""
+    """A Markdown table of every metric pyxia exports (Oxia's, gRPC's and its own), by name."""
     _import_pyxia()
-    from prometheus_client import REGISTRY
+    from pyxia.metrics import metric_reference
 
-    for module in METRIC_MODULES:
-        importlib.import_module(module)
-    rows: dict[str, tuple[str, str, str]] = {}
-    for collector in list(REGISTRY._collector_to_names):
-        describe = getattr(collector, "describe", None)
-        if describe is None:
-            continue
-        labels = ", ".join(f"`{name}`" for name in getattr(collector, "_labelnames", ()))
-        for family in describe():
-            if not family.name.startswith("pyxia_"):
-                continue
-            name = family.name + ("_total" if family.type == "counter" else "")
-            help_text = family.documentation.replace("|", "\\|")
-            rows[name] = (family.type, labels or "-", help_text)
-    lines = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
-    for name in sorted(rows):
-        kind, labels, help_text = rows[name]
-        lines.append(f"| `{name}` | {kind} | {labels} | {help_text} |")
+    lines = ["| metric | type | unit | labels | meaning |", "|---|---|---|---|---|"]
+    for name, kind, unit, labels, doc in metric_reference():
+        shown = ", ".join(f"`{label}`" for label in labels) or "-"
+        lines.append(
+            f"| `{name}` | {kind} | {unit} | {shown} | {doc.replace('|', chr(92) + '|')} |"
+        )
     return "\n".join(lines)
 
 

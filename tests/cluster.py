@@ -6,18 +6,18 @@ a shard is in the pushed assignments (leaderless) before its first NewTerm."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
+from pyxia.common.instance_id import INSTANCE_ID_HEADER
 from pyxia.common.ports import free_port
 from pyxia.common.sharding import generate_shards
+from pyxia.node import data_server
 from pyxia.proto import client_pb2, replication_pb2
 from pyxia.server.data_server import DataServer, ServerOptions
 from pyxia.server.leader_controller import LEADER
-from pyxia.server.manifest import INSTANCE_ID_HEADER
 
 INSTANCE_ID = "pyxia-test-cluster"
 
@@ -52,7 +52,7 @@ class Node:
         return opts
 
     async def start(self, **overrides: object) -> DataServer:
-        self.server = DataServer(self.options(**overrides))
+        self.server = data_server(self.options(**overrides))
         await self.server.start()
         return self.server
 
@@ -251,21 +251,6 @@ class Cluster:
         self.channels.clear()
         for node in self.nodes:
             await node.stop()
-
-
-async def wait_until(cond, timeout: float = 20.0, what: str = "condition") -> object:  # type: ignore[no-untyped-def]
-    """Polls ``cond`` (sync or async) until truthy or the deadline passes."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        v = cond()
-        if asyncio.iscoroutine(v):
-            v = await v
-        if v:
-            return v
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def leader_controller(node: Node, shard: int):  # type: ignore[no-untyped-def]

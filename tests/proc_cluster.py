@@ -11,8 +11,7 @@ peer connections and the coordinator's port, and the public ports when this buil
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from pyxia.security.cluster_auth import ClusterSecret, generate_secret_file
 from pyxia.security.internal_auth import SigningInterceptor, internal_channel
 from pyxia.security.pki import CertificateAuthority
 from pyxia.security.tls import ClientTls, TlsOptions
-from servers import ServerProcess, wait_for
+from servers import COORDINATOR_READY, ServerProcess, wait_for
 
 
 def tls_args(prefix: str, pki: Path, name: str, *, client_auth: bool = False) -> list[str]:
@@ -95,7 +94,7 @@ class ProcCluster:
     members: list[Member]
     namespaces: list[dict[str, object]]
     coordinator_addr: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
-    coordinator: subprocess.Popen[str] | None = None
+    coordinator: ServerProcess | None = None
     metadata: str = "file"
     extra_coordinator_args: tuple[str, ...] = ()
     secret: bool = True
@@ -185,7 +184,10 @@ class ProcCluster:
         secret: bool = True,
         tls: bool = False,
         server_env: dict[str, str] | None = None,
+        server_args: Sequence[str] = (),
     ) -> ProcCluster:
+        """Writes the config, starts ``n`` servers (with ``server_args``) and the coordinator,
+        and waits for every shard to be steady; leaves nothing running if that fails."""
         c = ProcCluster(
             base,
             [Member(base / f"s{i}", env=server_env) for i in range(n)],
@@ -197,7 +199,7 @@ class ProcCluster:
         c.write_config()
         try:
             for m in c.members:
-                m.start()
+                m.start(*server_args)
             c.start_coordinator()
             c.wait_steady()
         except BaseException:
@@ -206,12 +208,8 @@ class ProcCluster:
         return c
 
     def start_coordinator(self) -> None:
-        log = open(self.base / "coordinator.log", "a")  # noqa: SIM115 - lives with the process
-        self.coordinator = subprocess.Popen(
+        self.coordinator = ServerProcess(
             [
-                sys.executable,
-                "-m",
-                "pyxia",
                 "coordinator",
                 "--cluster-config",
                 str(self.config_path),
@@ -221,20 +219,21 @@ class ProcCluster:
                 str(self.base / "coordinator"),
                 "--internal-addr",
                 self.coordinator_addr,
+                "--admin-addr",
+                "127.0.0.1:0",
                 "--metrics-addr",
                 "",
                 *self._security("coordinator", server=False),
                 *self.extra_coordinator_args,
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            text=True,
-        )
+            self.base,
+            ready=COORDINATOR_READY,
+            log_path=self.base / "coordinator.log",
+        ).start(wait_ready=False)
 
     def kill_coordinator(self) -> None:
-        if self.coordinator is not None and self.coordinator.poll() is None:
+        if self.coordinator is not None:
             self.coordinator.kill()
-            self.coordinator.wait(30)
 
     def status(self) -> admin_pb2.GetClusterStatusResponse | None:
         tls = self.client_tls()
@@ -306,6 +305,37 @@ class ProcCluster:
                 timeout=timeout + 5,
             )
         return res.leader, int(res.term)
+
+    def split_shard(
+        self,
+        shard: int,
+        *,
+        namespace: str = "default",
+        split_point: int | None = None,
+        wait: bool = False,
+        timeout: float = 120.0,
+    ) -> admin_pb2.SplitShardResponse:
+        """A shard split (``PyxiaAdmin/SplitShard``): the children's ids (``wait``: and how it
+        ended, with the time of each phase)."""
+        tls = self.client_tls()
+        channel = (
+            tls.sync_secure_channel(self.coordinator_addr)
+            if tls is not None
+            else grpc.insecure_channel(self.coordinator_addr)
+        )
+        secret = self.cluster_secret()
+        if secret is not None:
+            channel = grpc.intercept_channel(channel, SigningInterceptor(secret))
+        req = admin_pb2.SplitShardRequest(namespace=namespace, shard=shard, wait=wait)
+        if split_point is not None:
+            req.split_point = split_point
+        with channel as ch:
+            res: admin_pb2.SplitShardResponse = ch.unary_unary(
+                "/pyxia.admin.v1.PyxiaAdmin/SplitShard",
+                request_serializer=admin_pb2.SplitShardRequest.SerializeToString,
+                response_deserializer=admin_pb2.SplitShardResponse.FromString,
+            )(req, timeout=timeout + 130 if wait else 30)
+        return res
 
     def replica_status(self, m: Member, shard: int) -> replication_pb2.GetStatusResponse:
         """GetStatus of ``m``'s replica, asked as the coordinator asks (with the cluster's

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import grpc
 
 from pyxia.config import NamespaceConfig
+from pyxia.node import standalone
 from pyxia.security.public import PublicAuthOptions
 from pyxia.security.tls import TlsOptions
 from pyxia.server.data_server import ServerOptions
@@ -59,7 +60,7 @@ class ServerThread:
 
     @staticmethod
     async def _make(options: ServerOptions, nss: list[NamespaceConfig]) -> Standalone:
-        return Standalone(options, nss)
+        return standalone(options, nss)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)

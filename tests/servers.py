@@ -1,5 +1,9 @@
 """Real pyxia processes for tests: started on loopback ports chosen at
-runtime (port 0; the ready line tells which), always killed at teardown."""
+runtime (port 0; the ready line tells which), always killed at teardown.
+
+The one launcher of ``pyxia`` processes (:class:`ServerProcess`: data servers, standalone
+nodes, coordinators) and the waits on conditions with a deadline that every test uses
+(:func:`wait_for` in a thread, :func:`wait_until` in an event loop): never a fixed sleep."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +33,59 @@ def wait_for(
         time.sleep(interval)
 
 
-READY = re.compile(r"ready: public=(\S+) internal=(\S+)(?: metrics=:(\d+))?")
+async def wait_until(
+    cond: Callable[[], Any | Awaitable[Any]],
+    timeout: float = 20.0,
+    what: str = "condition",
+    interval: float = 0.005,
+) -> Any:
+    """Awaits ``cond`` (a function, or a coroutine function) until it returns a truthy value
+    or the deadline passes; returns that value."""
+    import asyncio
+    import inspect
+
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if inspect.isawaitable(v):
+            v = await v
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+READY = re.compile(
+    r"ready: public=(?P<public>\S+) internal=(?P<internal>\S+)"
+    r"(?: metrics=(?:\S*:(?P<metrics>\d+)|off))?"
+)
+"""The ready line of ``pyxia standalone`` and ``pyxia server``."""
+COORDINATOR_READY = re.compile(r"coordinator ready: internal=(?P<internal>\S+)")
+"""The ready line of ``pyxia coordinator``."""
 
 
 class ServerProcess:
-    """A ``pyxia standalone`` (or other server command) child process."""
+    """A ``pyxia`` child process (``standalone``, ``server``, ``coordinator``): ``ready`` is
+    the pattern of its ready line (its named groups ``public``, ``internal`` and ``metrics``
+    become the addresses below); ``log_path``: every line of its stderr is also appended
+    there (kept for a post-mortem)."""
 
-    def __init__(self, args: Sequence[str], workdir: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        args: Sequence[str],
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        *,
+        ready: re.Pattern[str] = READY,
+        log_path: Path | None = None,
+    ):
         self.args = list(args)
         self.workdir = workdir
         self.env = env
+        self.ready = ready
+        self.log_path = log_path
+        self.ready_line: re.Match[str] | None = None
         self.proc: subprocess.Popen[str] | None = None
         self.public = ""
         self.internal = ""
@@ -59,23 +106,34 @@ class ServerProcess:
         )
         ready = threading.Event()
         proc = self.proc
+        log_file = open(self.log_path, "a") if self.log_path is not None else None  # noqa: SIM115
 
         def pump() -> None:
             assert proc.stderr is not None
-            for line in proc.stderr:
-                with self._lock:
-                    self.log.append(line.rstrip())
-                m = READY.search(line)
-                if m and not ready.is_set():
-                    self.public, self.internal = m.group(1), m.group(2)
-                    self.metrics_port = int(m.group(3) or 0)
-                    ready.set()
-            ready.set()
+            try:
+                for line in proc.stderr:
+                    with self._lock:
+                        self.log.append(line.rstrip())
+                    if log_file is not None:
+                        log_file.write(line)
+                        log_file.flush()
+                    m = self.ready.search(line)
+                    if m and not ready.is_set():
+                        found = m.groupdict()
+                        self.public = found.get("public") or ""
+                        self.internal = found.get("internal") or ""
+                        self.metrics_port = int(found.get("metrics") or 0)
+                        self.ready_line = m
+                        ready.set()
+            finally:
+                if log_file is not None:
+                    log_file.close()
+                ready.set()
 
         threading.Thread(target=pump, daemon=True).start()
         if not wait_ready:
             return self
-        if not ready.wait(timeout) or not self.public:
+        if not ready.wait(timeout) or self.ready_line is None:
             self.kill()
             raise RuntimeError("server did not become ready:\n" + self.output())
         return self

@@ -192,7 +192,8 @@ def _parse_args(argv: list[str], tmp_path: Path) -> click.Context:
             argv[argv.index(flag) + 1] = str(path)
     group = pyxia_cli
     assert isinstance(group, click.Group)
-    command = group.commands[argv[0]]
+    command = group.get_command(click.Context(group), argv[0])
+    assert command is not None
     return command.make_context(f"pyxia {argv[0]}", argv[1:], resilient_parsing=False)
 
 
@@ -212,6 +213,10 @@ def test_the_containers_run_real_pyxia_commands(
         assert init["command"][:3] == ["install", "-m", "0600"]
         assert spec["securityContext"]["runAsNonRoot"] is True
     assert s.params["advertised_internal_addr"].endswith(".pyxia-server.store.svc:6649")
+    # a coordinator that does not lead points admin clients at the leader's pod
+    assert c.params["admin_advertised_address"] == "$(POD_IP):6651"
+    env = {e["name"]: e for e in coordinator["containers"][0]["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     probe = server["containers"][0]["readinessProbe"]
     if name == "tls":
         assert s.params["internal_tls_client_auth"] is True

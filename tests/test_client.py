@@ -25,8 +25,8 @@ from pyxia import (
     SessionState,
     UnexpectedVersion,
 )
+from pyxia.common.keys import HIERARCHICAL
 from pyxia.errors import NamespaceNotFound
-from pyxia.storage.keys import HIERARCHICAL
 from servers import ServerProcess, standalone_args
 
 CT = ComparisonType

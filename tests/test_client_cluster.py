@@ -11,10 +11,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import pytest
+from collections.abc import Callable
 
 import pyxia
 from proc_cluster import Member, ProcCluster
@@ -22,15 +19,6 @@ from pyxia.client.errors import KeyNotFound, RequestIndeterminate
 from pyxia.client.recipes.lock import SyncLock
 from pyxia.client.results import NotificationBatch, NotificationType
 from servers import wait_for
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[ProcCluster]:
-    c = ProcCluster.start(tmp_path)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def key_on_shard(client: pyxia.Client, shard: int, prefix: str) -> str:
@@ -50,28 +38,28 @@ def holds_for(cond: Callable[[], bool], seconds: float) -> None:
         time.sleep(0.1)
 
 
-def kill_leader(cluster: ProcCluster, shard: int) -> Member:
+def kill_leader(proc_cluster: ProcCluster, shard: int) -> Member:
     """kill -9 the leader of ``shard``; returns once another server leads it
     at a higher term."""
-    victim, term = cluster.shard_leader(shard)
+    victim, term = proc_cluster.shard_leader(shard)
     assert victim is not None
     victim.kill()
 
     def new_leader() -> bool:
-        member, t = cluster.shard_leader(shard)
+        member, t = proc_cluster.shard_leader(shard)
         return member is not None and member is not victim and t > term
 
     wait_for(new_leader, timeout=60, interval=0.05, what=f"a new leader for shard {shard}")
     return victim
 
 
-def test_notifications_and_sequences_across_leader_change(cluster: ProcCluster) -> None:
+def test_notifications_and_sequences_across_leader_change(proc_cluster: ProcCluster) -> None:
     batches: list[NotificationBatch] = []
     acked: list[str] = []
     errors: list[BaseException] = []
     stop = threading.Event()
 
-    with pyxia.Client(cluster.service_addresses, request_timeout_s=30.0) as client:
+    with pyxia.Client(proc_cluster.service_addresses, request_timeout_s=30.0) as client:
         feed = client.get_notifications()
         feed.wait_connected(30)
 
@@ -116,7 +104,7 @@ def test_notifications_and_sequences_across_leader_change(cluster: ProcCluster) 
             t.start()
         try:
             wait_for(lambda: len(acked) >= 200 and len(seq_acked) >= 50, timeout=60)
-            kill_leader(cluster, seq_shard)
+            kill_leader(proc_cluster, seq_shard)
             n, s = len(acked), len(seq_acked)
             wait_for(
                 lambda: len(acked) >= n + 200 and len(seq_acked) >= s + 50,
@@ -175,12 +163,12 @@ HOLDER = textwrap.dedent(
 
 
 def test_session_survives_leader_change_and_expires_with_its_client(
-    cluster: ProcCluster,
+    proc_cluster: ProcCluster,
 ) -> None:
-    with pyxia.Client(cluster.service_addresses, request_timeout_s=30.0) as client:
+    with pyxia.Client(proc_cluster.service_addresses, request_timeout_s=30.0) as client:
         key = key_on_shard(client, 0, "/eph/")
         holder = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, ",".join(cluster.service_addresses), key],
+            [sys.executable, "-c", HOLDER, ",".join(proc_cluster.service_addresses), key],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -190,10 +178,10 @@ def test_session_survives_leader_change_and_expires_with_its_client(
             assert holder.stdout.readline().strip() == "ready"
             assert client.get(key).version.is_ephemeral
 
-            kill_leader(cluster, 0)
+            kill_leader(proc_cluster, 0)
             # The new leader restored the session; the holder's keep-alives reach it and the
             # record stays for well over a session timeout.
-            wait_for(lambda: cluster.steady(), timeout=60, interval=0.05)
+            wait_for(lambda: proc_cluster.steady(), timeout=60, interval=0.05)
             holds_for(lambda: client.get(key).value == b"alive", seconds=8.0)
             assert holder.poll() is None
 
@@ -215,10 +203,10 @@ def test_session_survives_leader_change_and_expires_with_its_client(
                 holder.wait(30)
 
 
-def test_lock_held_across_leader_change(cluster: ProcCluster) -> None:
+def test_lock_held_across_leader_change(proc_cluster: ProcCluster) -> None:
     with (
-        pyxia.Client(cluster.service_addresses, session_timeout_s=5.0) as a,
-        pyxia.Client(cluster.service_addresses, session_timeout_s=5.0) as b,
+        pyxia.Client(proc_cluster.service_addresses, session_timeout_s=5.0) as a,
+        pyxia.Client(proc_cluster.service_addresses, session_timeout_s=5.0) as b,
     ):
         key = key_on_shard(a, 1, "/locks/")
         lock_a = SyncLock(a, key)
@@ -226,8 +214,8 @@ def test_lock_held_across_leader_change(cluster: ProcCluster) -> None:
         lock_b = SyncLock(b, key)
         assert not lock_b.try_acquire()
 
-        kill_leader(cluster, 1)
-        wait_for(lambda: cluster.steady(), timeout=60, interval=0.05)
+        kill_leader(proc_cluster, 1)
+        wait_for(lambda: proc_cluster.steady(), timeout=60, interval=0.05)
         # The owner keeps it through the change (no loss within two session timeouts) ...
         assert not lock_a.wait_lost(timeout=10)
         assert lock_a.held and lock_a.fencing_token == token

@@ -27,9 +27,9 @@ from pyxia.client.policy import (
 from pyxia.client.results import ComparisonType, GetResult, Version
 from pyxia.client.shard_map import KeyOrder
 from pyxia.client.streams import merge_sorted
+from pyxia.common.keys import HIERARCHICAL
 from pyxia.errors import InvalidArgument, NodeIsNotLeader, SessionNotFound
 from pyxia.proto import client_pb2
-from pyxia.storage.keys import HIERARCHICAL
 
 
 @given(st.lists(st.sampled_from([PUT, DELETE, DELETE_RANGE]), max_size=30))

@@ -15,12 +15,11 @@ from typing import Any
 
 import pytest
 
-from cluster import wait_until
 from pyxia import AsyncClient, Client, KeyNotFound, RequestTimeout, SessionState
 from pyxia.client.recipes import LeaderElection, Lock, SyncCache, SyncLeaderElection
 from pyxia.client.results import NotificationBatch, NotificationType
 from restartable import Restartable
-from servers import wait_for
+from servers import wait_for, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ import pytest
 
 from pyxia import AsyncClient, Client, KeyNotFound, SessionState
 from pyxia.client.recipes import Cache, LeaderElection, Lock, SyncLock
+from pyxia.common import grpc_errors
 from pyxia.errors import NodeIsNotLeader
 from pyxia.proto import client_pb2
-from pyxia.server import grpc_errors
 from restartable import Restartable
 
 

@@ -1,4 +1,4 @@
-"""A real cluster: three ``pyxia server`` processes and ``pyxia coordinator``
+"""A real proc_cluster: three ``pyxia server`` processes and ``pyxia coordinator``
 (file metadata), RF=3. kill -9 the leader of a shard under a write load:
 a new leader serves, no acknowledged write is lost, and the killed server
 returns as a follower."""
@@ -6,24 +6,11 @@ returns as a follower."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 import pyxia
 from proc_cluster import ProcCluster
 from pyxia.proto import replication_pb2
 from servers import wait_for
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[ProcCluster]:
-    c = ProcCluster.start(tmp_path)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def writer(
@@ -42,40 +29,40 @@ def writer(
             i += 1
 
 
-def test_kill_leader_under_load(cluster: ProcCluster) -> None:
+def test_kill_leader_under_load(proc_cluster: ProcCluster) -> None:
     acked: list[str] = []
     errors: list[BaseException] = []
     stop = threading.Event()
-    t = threading.Thread(target=writer, args=(cluster.service_addresses, acked, stop, errors))
+    t = threading.Thread(target=writer, args=(proc_cluster.service_addresses, acked, stop, errors))
     t.start()
     try:
         wait_for(lambda: len(acked) >= 200, timeout=60, what="writes before the kill")
-        victim, term = cluster.shard_leader(0)
+        victim, term = proc_cluster.shard_leader(0)
         victim.kill()
         n = len(acked)
         wait_for(
-            lambda: cluster.steady() and cluster.shard_leader(0)[0] is not victim,
+            lambda: proc_cluster.steady() and proc_cluster.shard_leader(0)[0] is not victim,
             timeout=60,
             interval=0.05,
             what="a new leader for shard 0",
         )
-        assert cluster.shard_leader(0)[1] > term
+        assert proc_cluster.shard_leader(0)[1] > term
         wait_for(lambda: len(acked) >= n + 300, timeout=60, what="writes after the failover")
     finally:
         stop.set()
         t.join(60)
     assert not errors, errors[:3]
     # every acknowledged write is there
-    with pyxia.Client(cluster.service_addresses) as client:
+    with pyxia.Client(proc_cluster.service_addresses) as client:
         missing = [k for k in acked if client.get(k).value != k.encode()]
     assert not missing, missing[:5]
     # the killed server returns and follows again
     victim.start()
 
     def follows() -> bool:
-        _, term = cluster.shard_leader(0)
+        _, term = proc_cluster.shard_leader(0)
         try:
-            st = cluster.replica_status(victim, 0)
+            st = proc_cluster.replica_status(victim, 0)
         except Exception:
             return False
         return st.status == replication_pb2.FOLLOWER and st.term == term

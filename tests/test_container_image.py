@@ -1,6 +1,6 @@
 """The container image's Dockerfile: hadolint finds nothing, and the image is what the docs
 say (non-root uid 10001, ``pyxia`` as entry point, ``pyxia standalone`` by default, ports
-6648/6649/8080, the wheel installed with every metadata provider).
+6648/6649/6651/8080, the wheel installed with every metadata provider).
 
 Building and running the image needs a container builder and base images;
 scripts/test-container-image.sh does that with buildah (LOCAL_BASE=1 makes the base from
@@ -52,7 +52,7 @@ def test_the_image_runs_pyxia_as_a_non_root_user() -> None:
     assert _instruction("USER")[-1].strip() == "10001:10001"
     assert json.loads(_instruction("ENTRYPOINT")[-1]) == ["pyxia"]
     assert json.loads(_instruction("CMD")[-1])[0] == "standalone"
-    assert set(_instruction("EXPOSE")[-1].split()) == {"6648", "6649", "8080"}
+    assert set(_instruction("EXPOSE")[-1].split()) == {"6648", "6649", "6651", "8080"}
     assert '"${wheel}[all]"' in DOCKERFILE
     # The runtime stage is the last one: it is what `docker build` tags.
     assert _instruction("FROM")[-1].endswith("AS runtime")

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cluster import Cluster, Node, wait_until
+from cluster import Cluster, Node
 from pyxia.config import ClusterConfig, LoadBalancerConfig, NamespaceConfig, ServerAddress
 from pyxia.coordinator.coordinator import CoordinatorOptions
 from pyxia.coordinator.dataserver_controller import LivenessOptions
@@ -20,6 +20,7 @@ from pyxia.coordinator.metadata.memory import MemoryMetadataProvider
 from pyxia.coordinator.model import STEADY, shards
 from pyxia.coordinator.server import CoordinatorServer, CoordinatorServerOptions
 from pyxia.proto import client_pb2
+from servers import wait_until
 
 FAST = CoordinatorOptions(
     liveness=LivenessOptions(probe_interval=0.2, probe_timeout=1.0, failures=2),

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import httpx
 
-from cluster import Cluster, wait_until
+from cluster import Cluster
 from pyxia.config import NamespaceConfig
 from pyxia.coordinator.metadata.etcd import EtcdMetadataProvider
 from pyxia.coordinator.server import CoordinatorServer, CoordinatorServerOptions
+from servers import wait_until
 from test_coordinator import FAST, leader_of, make_config, steady, write
 from test_metadata_providers import etcd_server  # noqa: F401 - fixture
 

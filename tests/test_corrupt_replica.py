@@ -4,20 +4,20 @@ replica is rebuilt from its peers (it cannot lead meanwhile), holding every key 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 import pyxia
 from proc_cluster import Member, ProcCluster
+from pyxia.common.keys import encoding_by_name
 from pyxia.common.sharding import routing_hash
 from pyxia.proto import client_pb2, replication_pb2
 from pyxia.server.shard_storage import ENCODING_MARKER
 from pyxia.storage import reads
 from pyxia.storage.db import ShardDB
-from pyxia.storage.keys import encoding_by_name
 from pyxia.wal_inspect import scan_shard
 from servers import wait_for
 
@@ -25,16 +25,10 @@ SHARDS = 3
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[ProcCluster]:
-    c = ProcCluster.start(
-        tmp_path,
-        3,
-        [{"name": "default", "initialShardCount": SHARDS, "replicationFactor": 3}],
-    )
-    try:
-        yield c
-    finally:
-        c.close()
+def proc_cluster_options() -> dict[str, Any]:
+    return {
+        "namespaces": [{"name": "default", "initialShardCount": SHARDS, "replicationFactor": 3}]
+    }
 
 
 def status(c: ProcCluster, m: Member, shard: int) -> replication_pb2.GetStatusResponse | None:
@@ -44,8 +38,8 @@ def status(c: ProcCluster, m: Member, shard: int) -> replication_pb2.GetStatusRe
         return None
 
 
-def test_a_corrupt_replica_is_set_aside_and_rebuilt(cluster: ProcCluster) -> None:
-    c = cluster
+def test_a_corrupt_replica_is_set_aside_and_rebuilt(proc_cluster: ProcCluster) -> None:
+    c = proc_cluster
     keys = [f"/key-{i:03d}" for i in range(90)]
     with pyxia.Client(c.service_addresses) as client:
         for k in keys:
@@ -150,9 +144,9 @@ async def test_a_rebuilding_replica_ranks_last_and_refuses_to_lead(tmp_path: Pat
     failure, answers NewTerm with a head below an empty replica's, refuses BecomeLeader, and
     takes both back once it holds what the leader had committed."""
     from cluster import Cluster, leader_controller
-    from cluster import wait_until as until
+    from pyxia.common.grpc_errors import error_from_rpc
     from pyxia.errors import InvalidStatus
-    from pyxia.rpc_errors import error_from_rpc
+    from servers import wait_until as until
 
     c = await Cluster.start(tmp_path, 3)
     try:

@@ -178,8 +178,9 @@ def test_instance_id_written_by_the_coordinator_keeps_the_manifest(tmp_path: Pat
 
 
 def test_the_instance_id_is_a_field_of_the_one_manifest_read_once(tmp_path: Path) -> None:
+    from pyxia.common.instance_id import INSTANCE_ID_HEADER
     from pyxia.errors import StorageFailure
-    from pyxia.server.manifest import INSTANCE_ID_HEADER, MANIFEST_FILE, Manifest
+    from pyxia.server.manifest import MANIFEST_FILE, Manifest
 
     dirs = NodeDirs.open(tmp_path / "db", tmp_path / "wal", "server")
     path = tmp_path / "db" / MANIFEST_FILE

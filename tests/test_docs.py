@@ -13,7 +13,9 @@ How a fenced block is treated, by its language and the HTML comment on the line 
 - ``bash``/``sh``: run with ``bash -euo pipefail`` in a temporary directory, with the same
   address substitution.
 - ``yaml``: parsed; a cluster config (``namespaces``) must pass pyxia's validation, an
-  authorization policy (``rules``) pyxia's policy parser.
+  authorization policy (``rules``) pyxia's policy parser, an options file (``--sconfig``: a
+  data server's with ``storage``, a coordinator's with ``metadata``) pyxia's reader of Oxia's
+  keys, with no key ignored.
 - ``text``: diagrams and output, not code.
 - anything else must carry one of the two markers.
 """
@@ -122,13 +124,21 @@ def test_a_block_shown_from_a_file_is_that_file(block: Block) -> None:
 
 
 @pytest.mark.parametrize("block", _blocks("yaml"), ids=lambda b: b.id)
-def test_yaml_examples_are_valid(block: Block) -> None:
+def test_yaml_examples_are_valid(block: Block, tmp_path: Path) -> None:
+    from pyxia.config import COORDINATOR_FILE_KEYS, SERVER_FILE_KEYS, load_options_file
+
     doc = yaml.safe_load(block.code)
     assert isinstance(doc, dict), "a YAML example is a mapping"
     if "namespaces" in doc:
         parse_cluster_config(doc, require_servers="servers" in doc)
     elif "rules" in doc:
         parse_policy(doc, block.id)
+    elif "storage" in doc or "metadata" in doc:
+        path = tmp_path / "options.yaml"
+        path.write_text(block.code)
+        keys = SERVER_FILE_KEYS if "storage" in doc else COORDINATOR_FILE_KEYS
+        _, ignored = load_options_file(path, keys)
+        assert not ignored, ignored
     else:
         pytest.fail(f"{block.id}: no validator for a YAML block with keys {sorted(doc)}")
 
@@ -235,7 +245,8 @@ def test_the_systemd_units_use_real_flags(unit: Path, tmp_path: Path) -> None:
     # Parses the arguments exactly as the command would (unknown flags, bad values fail).
     group = pyxia_cli
     assert isinstance(group, click.Group)
-    command = group.commands[argv[1]]
+    command = group.get_command(click.Context(group), argv[1])
+    assert command is not None
     command.make_context(f"pyxia {argv[1]}", argv[2:], resilient_parsing=False)
 
 
@@ -259,5 +270,6 @@ def test_the_site_builds_strict(tmp_path: Path) -> None:
     for flag in ("--cluster-secret-file", "--db-cache-size-mb", "--metadata", "--k8s-namespace"):
         assert flag in reference
     assert (
-        "pyxia_server_write_latency_seconds" in (tmp_path / "site/metrics/index.html").read_text()
+        "oxia_server_leader_write_latency_milliseconds"
+        in (tmp_path / "site/metrics/index.html").read_text()
     )

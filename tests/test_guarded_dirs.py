@@ -14,7 +14,13 @@ import yaml
 import pyxia
 from cli_runs import last_line, one_line, run
 from pyxia.common.ports import free_port
-from servers import ServerProcess, cluster_secret_file, standalone_args, wait_for
+from servers import (
+    COORDINATOR_READY,
+    ServerProcess,
+    cluster_secret_file,
+    standalone_args,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -229,6 +235,8 @@ def _coordinator(tmp_path: Path, metadata: str, internal: str) -> list[str]:
         str(tmp_path / "coordinator"),
         "--internal-addr",
         internal,
+        "--admin-addr",
+        "127.0.0.1:0",
         "--metrics-addr",
         "",
         "--cluster-secret-file",
@@ -239,23 +247,13 @@ def _coordinator(tmp_path: Path, metadata: str, internal: str) -> list[str]:
 def test_a_coordinators_metadata_dir_is_locked_and_keeps_its_provider(
     tmp_path: Path, started: list[ServerProcess]
 ) -> None:
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pyxia",
-            *_coordinator(tmp_path, "file", f"127.0.0.1:{free_port()}"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = ServerProcess(
+        _coordinator(tmp_path, "file", f"127.0.0.1:{free_port()}"),
+        tmp_path,
+        ready=COORDINATOR_READY,
+    ).start(timeout=30)
+    started.append(proc)
     try:
-        assert proc.stderr is not None
-        wait_for(lambda: "coordinator ready" in proc.stderr.readline(), timeout=30, what="ready")
         wait_for(
             lambda: (tmp_path / "coordinator" / "cluster-status.json").exists(),
             timeout=30,
@@ -266,7 +264,6 @@ def test_a_coordinators_metadata_dir_is_locked_and_keeps_its_provider(
         assert r.returncode == 1
         assert one_line(r) == f"pyxia: metadata dir {meta} is in use by pid {proc.pid}"
         proc.kill()
-        proc.wait(10)
         r = run(*_coordinator(tmp_path, "raft", f"127.0.0.1:{free_port()}"), cwd=tmp_path)
         assert r.returncode == 1
         assert one_line(r) == (
@@ -275,9 +272,6 @@ def test_a_coordinators_metadata_dir_is_locked_and_keeps_its_provider(
         )
     finally:
         proc.kill()
-        proc.wait(10)
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 def test_a_refused_dir_is_refused_before_its_mode_is_touched(tmp_path: Path) -> None:

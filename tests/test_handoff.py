@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cluster import Cluster, Node, wait_until
+from cluster import Cluster, Node
 from pyxia.client import AsyncClient
 from pyxia.config import NamespaceConfig
 from pyxia.coordinator.metadata.memory import MemoryMetadataProvider
@@ -27,6 +27,7 @@ from pyxia.errors import InvalidTerm, NodeIsNotLeader
 from pyxia.proto import admin_pb2, client_pb2
 from pyxia.server import handoff
 from pyxia.server.leader_controller import LEADER
+from servers import wait_until
 from test_coordinator import FAST, Env, leader_of, make_config, steady
 
 SHARDS = 2
@@ -176,11 +177,13 @@ async def test_without_a_new_term_the_leader_takes_writes_again(env: Env) -> Non
     lc = node.s.director.leaders[shard]
     now = time.monotonic()
     put = client_pb2.WriteRequest(puts=[client_pb2.PutRequest(key="/x", value=b"v")])
-    lc.handoff = handoff.Handoff(lc.term, now, now + 3600, lc.leader_hint)
+    tenure = lc.replica.tenure
+    assert tenure is not None
+    tenure.handoff = handoff.Handoff(lc.term, now, now + 3600, lc.leader_hint)
     with pytest.raises(NodeIsNotLeader):
         lc.propose(put)
     # the refusal period is over and no NewTerm came (the coordinator died in between)
-    lc.handoff = handoff.Handoff(lc.term, now - 2, now - 1, lc.leader_hint)
+    tenure.handoff = handoff.Handoff(lc.term, now - 2, now - 1, lc.leader_hint)
     res = await lc.propose(put)
     assert res.error is None and lc.handoff is None
 

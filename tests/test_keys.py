@@ -1,4 +1,4 @@
-"""Key formats and key orders (pyxia.storage.keys) against Oxia's own test vectors, Go's
+"""Key formats and key orders (pyxia.common.keys) against Oxia's own test vectors, Go's
 net/url outputs, the official Python client's comparator and independent models."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pyxia.common import keys as k
+from pyxia.common.keys import HIERARCHICAL, NATURAL, KeyEncoding
 from pyxia.errors import InvalidArgument
-from pyxia.storage import keys as k
-from pyxia.storage.keys import HIERARCHICAL, NATURAL, KeyEncoding
 
 ENCODINGS = [HIERARCHICAL, NATURAL]
 

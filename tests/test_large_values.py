@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rocksdict import Options, Rdict
 
 from cluster import Cluster, leader_controller
+from pyxia.common.keys import HIERARCHICAL
 from pyxia.common.ports import free_port
 from pyxia.errors import AlreadyClosed, WriteIndeterminate
 from pyxia.proto import client_pb2, storage_pb2
@@ -28,8 +29,7 @@ from pyxia.server.leader_controller import LeaderController, log_entry_value
 from pyxia.server.shard_storage import ShardStorage, StorageOptions
 from pyxia.storage.apply import SPLICED_VALUE_SIZE, WriteLimits, storage_entry_bytes
 from pyxia.storage.db import DbResources, ShardDB, TermOptions
-from pyxia.storage.keys import HIERARCHICAL
-from servers import ServerProcess, standalone_args, wait_for
+from servers import ServerProcess, standalone_args, wait_for, wait_until
 from stall_probe import MIB, StallResult, batch_next_to_large_value, store_large_value
 
 SHARD = 0
@@ -162,7 +162,7 @@ def test_storage_flags(monkeypatch: pytest.MonkeyPatch) -> None:
         seen.append(options)
         raise Stop
 
-    monkeypatch.setattr("pyxia.server.standalone.Standalone", capture)
+    monkeypatch.setattr("pyxia.node.standalone", capture)
     args = ["--db-cache-size-mb", "33", "--max-key-size", "100", "--max-value-size", "200"]
     res = CliRunner().invoke(standalone, [*args, "--max-write-operations", "300"])
     assert isinstance(res.exception, Stop), res.output
@@ -354,6 +354,9 @@ class LoopWatch:
 
 
 async def test_replay_runs_in_slices(storage: ShardStorage) -> None:
+    # The step machinery itself: the Python path (the native one applies an entry of plain puts
+    # in one step, ~1 ms per 1,000 puts).
+    storage.applier.native = False
     entries, puts = 100, 1000
     log_unapplied(storage, entries, puts)
     lc = LeaderController(storage)
@@ -382,7 +385,7 @@ async def test_closing_abandons_the_replay_between_entries_steps(storage: ShardS
     lc.apply_slice_s = 0.0  # one step per slice
     await lc.new_term(2, TermOptions())
     becoming = asyncio.get_running_loop().create_task(lc.become_leader(2, 1))
-    await wait_until_async(lambda: storage.commit_offset >= 2)
+    await wait_until(lambda: storage.commit_offset >= 2, timeout=30.0, interval=0.001)
     assert not becoming.done()
     await lc.close()
     with pytest.raises(AlreadyClosed):
@@ -404,6 +407,9 @@ async def test_closing_abandons_the_replay_between_entries_steps(storage: ShardS
 
 
 async def test_stepping_down_abandons_an_entry_halfway(storage: ShardStorage) -> None:
+    # The step machinery itself: the Python path (the native one applies an entry of plain puts
+    # in one step, ~1 ms per 1,000 puts).
+    storage.applier.native = False
     lc = LeaderController(storage)
     try:
         await lc.new_term(1, TermOptions())
@@ -412,7 +418,7 @@ async def test_stepping_down_abandons_an_entry_halfway(storage: ShardStorage) ->
         first = await lc.propose(batch(0, 10))
         assert first.error is None
         fut = lc.propose(batch(1, 2000))
-        await wait_until_async(lambda: lc._applying is not None)
+        await wait_until(lambda: lc._applying is not None, timeout=30.0, interval=0.001)
         assert not fut.done()
         await lc.new_term(2, TermOptions())
         with pytest.raises(WriteIndeterminate):
@@ -438,25 +444,16 @@ async def test_follower_lock_holder_abandons_the_apply(storage: ShardStorage) ->
         fc.apply_slice_s = 0.0
         fc.leader_commit_offset = entries - 1
         fc._apply_wanted.notify()
-        await wait_until_async(lambda: storage.commit_offset >= 1)
+        await wait_until(lambda: storage.commit_offset >= 1, timeout=30.0, interval=0.001)
         assert storage.commit_offset < entries - 1
         # NewTerm takes the lock: the entry in progress is dropped, the term written, and the
         # applier goes on afterwards from the DB's commit offset.
         await fc.new_term(2, TermOptions())
-        await wait_until_async(lambda: storage.commit_offset == entries - 1)
+        await wait_until(lambda: storage.commit_offset == entries - 1, timeout=30.0, interval=0.001)
         assert stored_versions(storage, entries, puts) == list(range(entries * puts))
         assert storage.read_term()[0] == 2
     finally:
         await fc.close()
-
-
-async def wait_until_async(cond: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    assert callable(cond)
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for a condition")
-        await asyncio.sleep(0.001)
 
 
 # ---------------------------------------------------------------------------------------------

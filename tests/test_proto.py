@@ -113,7 +113,14 @@ def test_generated_code_matches_protos(tmp_path: Path) -> None:
         ),
         (
             replication_pb2.GetStatusResponse,
-            {"term": 1, "status": 2, "head_offset": 3, "commit_offset": 4, "shard_stats": 5},
+            {
+                "term": 1,
+                "status": 2,
+                "head_offset": 3,
+                "commit_offset": 4,
+                "shard_stats": 5,
+                "split_parent_term": 1000,  # pyxia's own (shard split)
+            },
         ),
         (
             storage_pb2.StorageEntry,
@@ -146,7 +153,16 @@ def test_generated_code_matches_protos(tmp_path: Path) -> None:
         ),
         (
             metadata_pb2.ClusterStatus,
-            {"namespaces": 1, "shard_id_generator": 2, "server_idx": 3, "instance_id": 4},
+            # admin_managed (100): pyxia's, what the admin API manages (docs/admin.md);
+            # leader_coordinator (101): pyxia's, where standbys point admin clients
+            {
+                "namespaces": 1,
+                "shard_id_generator": 2,
+                "server_idx": 3,
+                "instance_id": 4,
+                "admin_managed": 100,
+                "leader_coordinator": 101,
+            },
         ),
         (
             tso_pb2.GetTsResponse,
@@ -386,6 +402,9 @@ NEWER_THAN_CLIENT = {
     "ShardAssignments.allowed_authorities",
     "NamespaceShardsAssignment.key_sorting",
     "ShardAssignment.leader_term",  # pyxia's own (the TSO's leader hints); clients ignore it
+    # pyxia's own: the children of a split in progress, for the data servers (stripped from what
+    # clients get)
+    "NamespaceShardsAssignment.pending_split_assignments",
 }
 
 

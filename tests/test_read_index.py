@@ -3,16 +3,13 @@ after the read arrived, that it still leads its term (read_index.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import grpc
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from cluster import Cluster, leader_controller
-from pyxia.rpc_errors import error_from_rpc
+from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.server.read_index import LeadershipConfirmations
 from test_replication import SHARD, read, write
 
@@ -90,15 +87,6 @@ def test_a_confirmed_read_had_a_majority_answer_a_round_sent_after_it_arrived(
 
 
 # -- in-process: 3 data servers driven through the coordination RPCs ----------------------------
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = await Cluster.start(tmp_path, 3)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def test_a_fenced_majority_makes_the_old_leader_refuse_reads(cluster: Cluster) -> None:

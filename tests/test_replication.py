@@ -5,27 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from cluster import Cluster, Node, leader_controller, wait_until
+from cluster import Cluster, Node, leader_controller
+from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.proto import client_pb2, replication_pb2
-from pyxia.rpc_errors import error_from_rpc
 from pyxia.server.leader_controller import FENCED, FOLLOWER, LEADER
+from servers import wait_until
 
 SHARD = 0
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = await Cluster.start(tmp_path, 3)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def write(

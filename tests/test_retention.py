@@ -14,20 +14,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from cluster import Cluster, Node, leader_controller, wait_until
+from cluster import Cluster, Node, leader_controller
+from pyxia.common.keys import HIERARCHICAL
 from pyxia.errors import ReplicaCorrupt
 from pyxia.proto import client_pb2
 from pyxia.server.leader_controller import LEADER, log_entry_value
 from pyxia.server.retention import check_interval_s
 from pyxia.server.shard_storage import ShardStorage, StorageOptions
 from pyxia.storage import reads
-from pyxia.storage.keys import HIERARCHICAL
 from retention_load import VALUE, Samples, overwrite
+from servers import wait_until
 
 log = logging.getLogger("test.retention")
 
@@ -83,20 +84,14 @@ def window(node: Node) -> list[int]:
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = await Cluster.start(
-        tmp_path,
-        3,
-        wal_segment_size=SEGMENT,
-        wal_retention_size=RETENTION_SIZE,
-        wal_retention_s=RETENTION_S,
-        notifications_retention_s=RETENTION_S,
-        maintenance_interval_s=None,
-    )
-    try:
-        yield c
-    finally:
-        await c.close()
+def cluster_options() -> dict[str, Any]:
+    return {
+        "wal_segment_size": SEGMENT,
+        "wal_retention_size": RETENTION_SIZE,
+        "wal_retention_s": RETENTION_S,
+        "notifications_retention_s": RETENTION_S,
+        "maintenance_interval_s": None,
+    }
 
 
 async def test_every_replica_stays_bounded_and_serves_the_same_notification_window(
@@ -113,9 +108,11 @@ async def test_every_replica_stays_bounded_and_serves_the_same_notification_wind
     wal_written = writes * 20 * 1024
     assert wal_written > 3 * RETENTION_SIZE, "the load must overwrite the bound several times"
 
-    # The bound: the size bound plus two segments (the segments written while a trim runs: it
-    # flushes the DB first, in a worker thread) plus the index files; leaders and followers.
-    wal_bound = RETENTION_SIZE + 2 * SEGMENT + 64 * 1024
+    # The bound: the size bound plus the segments written while a trim runs (it flushes the
+    # DB first, in a worker thread: two segments on a quiet machine, a third at a load average
+    # of 28 in CI, so four are allowed) plus the index files; leaders and followers. Without
+    # trimming a replica would hold everything written (over three times the size bound).
+    wal_bound = RETENTION_SIZE + 4 * SEGMENT + 64 * 1024
     for name in samples.dirs:
         assert samples.max_wal(name) <= wal_bound, (name, samples.max_wal(name))
     # The DB: 1,000 live keys of 1 KiB, the notifications of the last 2 s and what RocksDB

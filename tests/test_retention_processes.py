@@ -13,18 +13,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 import pyxia
 from proc_cluster import Member, ProcCluster
+from pyxia.common import keys
+from pyxia.common.keys import HIERARCHICAL
 from pyxia.proto import storage_pb2
-from pyxia.storage import keys
 from pyxia.storage.db import ShardDB
-from pyxia.storage.keys import HIERARCHICAL
 from retention_load import KEYS, VALUE, Samples, overwrite
 from servers import wait_for
 
@@ -51,21 +51,12 @@ DB_BOUND = 8 * 2**20
 
 
 def start_cluster(base: Path, server_args: tuple[str, ...]) -> ProcCluster:
-    c = ProcCluster(
+    """One RF=3 shard on three servers started with ``server_args``."""
+    return ProcCluster.start(
         base,
-        [Member(base / f"s{i}") for i in range(3)],
-        [{"name": "default", "initialShardCount": 1, "replicationFactor": 3}],
+        namespaces=[{"name": "default", "initialShardCount": 1, "replicationFactor": 3}],
+        server_args=server_args,
     )
-    c.write_config()
-    try:
-        for m in c.members:
-            m.start(*server_args)
-        c.start_coordinator()
-        c.wait_steady()
-    except BaseException:
-        c.close()
-        raise
-    return c
 
 
 def replica_dirs(c: ProcCluster) -> dict[str, tuple[Path, Path]]:
@@ -134,19 +125,18 @@ async def run_load(
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[ProcCluster]:
-    c = start_cluster(tmp_path, RETENTION_ARGS)
-    try:
-        yield c
-    finally:
-        c.close()
+def proc_cluster_options() -> dict[str, Any]:
+    return {
+        "namespaces": [{"name": "default", "initialShardCount": 1, "replicationFactor": 3}],
+        "server_args": RETENTION_ARGS,
+    }
 
 
 async def test_every_replica_wal_stays_bounded_through_leader_and_follower_kills(
-    cluster: ProcCluster,
+    proc_cluster: ProcCluster,
 ) -> None:
     seconds = 8 * RETENTION_S
-    samples, acked, writes = await run_load(cluster, RETENTION_ARGS, seconds, faults=True)
+    samples, acked, writes = await run_load(proc_cluster, RETENTION_ARGS, seconds, faults=True)
     log.info(
         "%d x 20 puts of 1 KiB in %.0f s; WAL and DB of each replica (MiB) over time:\n%s",
         writes,

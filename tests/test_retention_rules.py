@@ -17,6 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pyxia.common import keys
+from pyxia.common.keys import HIERARCHICAL
 from pyxia.server.retention import (
     MAX_CHECK_INTERVAL_S,
     MIN_CHECK_INTERVAL_S,
@@ -27,9 +29,8 @@ from pyxia.server.retention import (
     check_retention_size,
     plan_wal_trim,
 )
-from pyxia.storage import keys, reads
+from pyxia.storage import reads
 from pyxia.storage.db import ShardDB
-from pyxia.storage.keys import HIERARCHICAL
 from pyxia.storage.notifications import Notifications
 
 

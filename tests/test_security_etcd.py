@@ -306,6 +306,8 @@ def test_coordinator_cli_leads_through_etcd_over_mutual_tls(
             str(pki.ca),
             "--internal-addr",
             "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
             "--metrics-addr",
             "",
             "--cluster-secret-file",

@@ -22,7 +22,7 @@ from conftest import wait_for
 from pyxia.common.ports import free_port
 from pyxia.proto import client_pb2, client_pb2_grpc
 from pyxia.security.file_modes import make_private, tighten_dir
-from servers import ServerProcess, cluster_secret_file, standalone_args
+from servers import COORDINATOR_READY, ServerProcess, cluster_secret_file, standalone_args
 
 CLUSTER_CONFIG = (
     "namespaces:\n  - name: default\n    initialShardCount: 2\n    replicationFactor: 1\n"
@@ -80,11 +80,8 @@ def test_coordinator_file_provider_leaves_no_file_readable_by_others(
     config = tmp_path / "cluster.yaml"
     config.write_text(CLUSTER_CONFIG)
     meta = tmp_path / "meta"
-    proc = subprocess.Popen(
+    proc = ServerProcess(
         [
-            sys.executable,
-            "-m",
-            "pyxia",
             "coordinator",
             "--cluster-config",
             str(config),
@@ -96,11 +93,14 @@ def test_coordinator_file_provider_leaves_no_file_readable_by_others(
             str(meta),
             "--internal-addr",
             "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
             "--metrics-addr",
             "",
         ],
-        stderr=subprocess.DEVNULL,
-    )
+        tmp_path,
+        ready=COORDINATOR_READY,
+    ).start(wait_ready=False)
     try:
         wait_for(
             lambda: (meta / "cluster-status.json").exists(),
@@ -110,7 +110,6 @@ def test_coordinator_file_provider_leaves_no_file_readable_by_others(
         )
     finally:
         proc.kill()
-        proc.wait(timeout=10)
     # A status write in progress may add its temporary file: what must be there, and private.
     assert {".cluster-status.json.lock", "cluster-status.json", "coordinator.lock"} <= {
         p.name for p in meta.iterdir()
@@ -289,11 +288,8 @@ def test_standalone_and_coordinator_serve_metrics_only(tmp_path: Path) -> None:
     config = tmp_path / "cluster.yaml"
     config.write_text(CLUSTER_CONFIG)
     port = free_port()
-    proc = subprocess.Popen(
+    proc = ServerProcess(
         [
-            sys.executable,
-            "-m",
-            "pyxia",
             "coordinator",
             "--cluster-config",
             str(config),
@@ -303,11 +299,14 @@ def test_standalone_and_coordinator_serve_metrics_only(tmp_path: Path) -> None:
             "memory",
             "--internal-addr",
             "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
             "--metrics-addr",
             f"127.0.0.1:{port}",
         ],
-        stderr=subprocess.DEVNULL,
-    )
+        tmp_path,
+        ready=COORDINATOR_READY,
+    ).start(wait_ready=False)
 
     def answers() -> bool:
         try:
@@ -320,4 +319,3 @@ def test_standalone_and_coordinator_serve_metrics_only(tmp_path: Path) -> None:
         _check_metrics_endpoint(port, "python_info")
     finally:
         proc.kill()
-        proc.wait(timeout=10)

@@ -30,9 +30,10 @@ from cryptography import x509
 from grpc_health.v1 import health_pb2
 from prometheus_client import REGISTRY
 
-from cluster import Cluster, Node, wait_until
+from cluster import Cluster, Node
 from proc_cluster import ProcCluster, tls_args
 from pyxia.client import AsyncClient
+from pyxia.common.channels import ChannelPool
 from pyxia.common.ports import free_port
 from pyxia.common.sharding import generate_shards, route, routing_hash
 from pyxia.config import ClusterConfig, LoadBalancerConfig, NamespaceConfig, ServerAddress
@@ -41,15 +42,14 @@ from pyxia.coordinator.dataserver_controller import LivenessOptions
 from pyxia.coordinator.metadata.memory import MemoryMetadataProvider
 from pyxia.coordinator.model import STEADY
 from pyxia.coordinator.server import CoordinatorServer, CoordinatorServerOptions
+from pyxia.node import data_server
 from pyxia.proto import admin_pb2, client_pb2, replication_pb2
 from pyxia.security.cluster_auth import ClusterSecret, generate_secret_file
 from pyxia.security.pki import CertificateAuthority
 from pyxia.security.tls import TlsOptions, fetch_peer_certificate
-from pyxia.server.data_server import DataServer
 from pyxia.server.debug_rpc import debug_handler
 from pyxia.server.internal_rpc import Manifest
-from pyxia.server.rpc_clients import ChannelPool
-from servers import wait_for
+from servers import wait_for, wait_until
 
 NS = "default"
 SHARDS = 2
@@ -452,7 +452,7 @@ async def test_only_health_is_open_on_the_internal_port(env: Env, tmp_path: Path
     # Services added later (the test hooks) sit behind the same gate.
     path = secret_file(tmp_path)
     hooked = Node(8, tmp_path / "hooked", free_port(), free_port())
-    hooked.server = DataServer(hooked.options(cluster_secret=ClusterSecret.from_file(path)))
+    hooked.server = data_server(hooked.options(cluster_secret=ClusterSecret.from_file(path)))
     hooked.server.extra_internal_handlers.append(debug_handler())
     await hooked.server.start()
     try:
@@ -625,10 +625,10 @@ async def test_mtls_and_a_secret_together(tmp_path: Path, pki: Pki) -> None:
 async def test_public_port_with_tls(tmp_path: Path, pki: Pki) -> None:
     """The public listener's TLS (ServerOptions.public_tls): TLS clients are served, plaintext
     ones are not."""
-    from pyxia.server.standalone import Standalone
+    from pyxia.node import standalone
 
     node = Node(0, tmp_path / "pub", free_port(), free_port())
-    sa = Standalone(
+    sa = standalone(
         node.options(
             public_tls=TlsOptions(cert_file=pki.dir / "n0.crt", key_file=pki.dir / "n0.key"),
             tso=None,

@@ -11,24 +11,26 @@ import asyncio
 import json
 import os
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from cluster import Cluster, Node, leader_controller
+from pyxia.common.instance_id import INSTANCE_ID_HEADER
+from pyxia.common.keys import HIERARCHICAL
 from pyxia.common.validation import INT64_MAX, MAX_TERM
 from pyxia.config import NamespaceConfig
+from pyxia.node import standalone as standalone_node
 from pyxia.proto import client_pb2, replication_pb2
 from pyxia.server import shards_director
 from pyxia.server.data_server import ServerOptions
 from pyxia.server.leader_controller import FOLLOWER, LEADER
-from pyxia.server.manifest import INSTANCE_ID_HEADER
 from pyxia.server.shard_storage import ENCODING_MARKER
 from pyxia.server.standalone import Standalone
 from pyxia.storage.db import ShardDB
-from pyxia.storage.keys import HIERARCHICAL
 from servers import ServerProcess, standalone_args
 
 COORD = "/replication.OxiaCoordination/"
@@ -39,12 +41,8 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = await Cluster.start(tmp_path, 2)
-    try:
-        yield c
-    finally:
-        await c.close()
+def cluster_options() -> dict[str, Any]:
+    return {"nodes": 2}
 
 
 # -- raw calls (an attacker's view: bytes and headers) --------------------------------------------
@@ -333,7 +331,7 @@ async def test_standalone_restarts_on_a_forged_term_in_its_log(tmp_path: Path) -
             )
             assert res.puts[0].status == client_pb2.OK
 
-    node = Standalone(options(), [NamespaceConfig("default", 1)])
+    node = standalone_node(options(), [NamespaceConfig("default", 1)])
     await node.start()
     try:
         lc = node.server.director.leaders[0]
@@ -344,7 +342,7 @@ async def test_standalone_restarts_on_a_forged_term_in_its_log(tmp_path: Path) -
     finally:
         await node.close()
     for _ in range(2):  # and again: it must not creep upwards
-        node = Standalone(options(), [NamespaceConfig("default", 1)])
+        node = standalone_node(options(), [NamespaceConfig("default", 1)])
         await node.start()
         try:
             lc = node.server.director.leaders[0]

@@ -17,7 +17,7 @@ import grpc
 import pytest
 from cryptography import x509
 
-from cluster import wait_until
+from pyxia.common.channels import ChannelPool
 from pyxia.security import cluster_auth, tls
 from pyxia.security.cluster_auth import (
     MAX_SKEW_MS,
@@ -29,7 +29,7 @@ from pyxia.security.cluster_auth import (
 from pyxia.security.internal_auth import RefusalLog, proof_of, reason_label
 from pyxia.security.pki import CertFiles, CertificateAuthority
 from pyxia.security.tls import TlsConfigError, TlsOptions, fetch_peer_certificate
-from pyxia.server.rpc_clients import ChannelPool
+from servers import wait_until
 
 METHOD = "/replication.OxiaCoordination/DeleteShard"
 OTHER = "/replication.OxiaCoordination/GetStatus"

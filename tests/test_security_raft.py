@@ -301,6 +301,8 @@ def _coordinator(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str
             f"127.0.0.1:{free_port()}",
             "--internal-addr",
             "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
             "--metrics-addr",
             "",
             *extra,

@@ -171,10 +171,11 @@ def test_metrics_endpoint(server: ServerProcess, stub: client_pb2_grpc.OxiaClien
     still_serving(stub)  # at least one write on shard 0
     body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics").read()
     text = body.decode()
-    assert 'pyxia_server_write_requests_total{shard="0"}' in text
-    assert 'pyxia_server_write_ops_total{shard="0"}' in text
-    assert "pyxia_server_write_latency_seconds_bucket" in text
-    assert 'pyxia_server_leader_commit_offset{shard="0"}' in text
+    shard0 = 'oxia_namespace="default",shard="0"'
+    assert f"oxia_server_leader_write_latency_milliseconds_count{{{shard0}}}" in text
+    assert f"oxia_server_db_puts_total{{{shard0}}}" in text
+    assert f"oxia_server_leader_commit_offset{{{shard0}}}" in text
+    assert f"oxia_server_wal_entries{{{shard0}}}" in text
 
 
 def test_write_stream_answers_bad_requests_per_operation(

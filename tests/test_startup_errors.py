@@ -80,6 +80,8 @@ def test_metrics_port_in_use_is_one_line_without_noise(tmp_path: Path) -> None:
             "memory",
             "-i",
             f"127.0.0.1:{free_port()}",
+            "--admin-addr",
+            "127.0.0.1:0",
             "-m",
             addr,
             "--cluster-secret-file",
@@ -111,6 +113,8 @@ def test_coordinator_address_checks(tmp_path: Path) -> None:
         "memory",
         "-i",
         "127.0.0.1:70000",
+        "--admin-addr",
+        "127.0.0.1:0",
         "--cluster-secret-file",
         str(secret),
     )

@@ -14,9 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pyxia.common import keys
+from pyxia.common.keys import HIERARCHICAL, NATURAL, KeyEncoding
 from pyxia.errors import InvalidArgument
 from pyxia.proto import client_pb2, storage_pb2
-from pyxia.storage import keys
 from pyxia.storage.apply import (
     ApplyResult,
     RejectedWrite,
@@ -25,7 +26,6 @@ from pyxia.storage.apply import (
     validate_write_request,
 )
 from pyxia.storage.db import ShardDB
-from pyxia.storage.keys import HIERARCHICAL, NATURAL, KeyEncoding
 from pyxia.storage.steps import run_steps
 
 ENCODINGS = [HIERARCHICAL, NATURAL]

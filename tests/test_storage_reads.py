@@ -13,11 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pyxia.common import keys
+from pyxia.common.keys import HIERARCHICAL, NATURAL, KeyEncoding
 from pyxia.proto import client_pb2, storage_pb2
-from pyxia.storage import keys, reads
+from pyxia.storage import reads
 from pyxia.storage.apply import StateApplier
 from pyxia.storage.db import ShardDB
-from pyxia.storage.keys import HIERARCHICAL, NATURAL, KeyEncoding
 
 ENCODINGS = [HIERARCHICAL, NATURAL]
 

@@ -10,8 +10,9 @@ import signal
 import threading
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -25,7 +26,7 @@ from pyxia.tso import DEFAULT_NAMESPACE
 from pyxia.tso.checker import Record, check
 from pyxia.tso.client import AsyncTsoClient, LeaderHint, TsoClient, decode_leader_hint
 from pyxia.tso.errors import TimestampFallback
-from pyxia.tso.oracle import TsoOptions
+from pyxia.tso.options import TsoOptions
 from servers import ServerProcess, standalone_args
 
 
@@ -184,13 +185,8 @@ def test_timestamps_keep_growing_across_restarts_and_a_crash_before_publish(
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = await Cluster.start(tmp_path, 3, tso=TsoOptions(lease_s=0.05))
-    c.namespace = DEFAULT_NAMESPACE
-    try:
-        yield c
-    finally:
-        await c.close()
+def cluster_options() -> dict[str, Any]:
+    return {"tso": TsoOptions(lease_s=0.05), "namespace": DEFAULT_NAMESPACE}
 
 
 async def test_client_follows_the_leader_hint(cluster: Cluster) -> None:

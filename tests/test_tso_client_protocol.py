@@ -9,36 +9,32 @@ import asyncio
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 
-from cluster import Cluster, Node, leader_controller, wait_until
+from cluster import Cluster, Node, leader_controller
 from pyxia.errors import InvalidArgument
+from pyxia.node import tso_of
 from pyxia.tso import DEFAULT_NAMESPACE
 from pyxia.tso.client import AsyncTsoClient, SeqBlock, TsoClient
 from pyxia.tso.errors import LeaseNotFound, LeaseRefused, SeqOverflow
-from pyxia.tso.oracle import TsoOptions
+from pyxia.tso.options import TsoOptions
 from pyxia.tso.sequences import U64_MAX, counter_key, encode_counter
+from servers import wait_until
 
 OPTIONS = TsoOptions(lease_s=0.1)
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = await Cluster.start(tmp_path, 3, tso=OPTIONS)
-    c.namespace = DEFAULT_NAMESPACE
-    try:
-        yield c
-    finally:
-        await c.close()
+def cluster_options() -> dict[str, Any]:
+    return {"tso": OPTIONS, "namespace": DEFAULT_NAMESPACE}
 
 
 async def elect(c: Cluster, leader: Node) -> None:
     await c.elect(0, leader, c.nodes)
     await c.push_assignments({0: leader})
-    tso = leader.s.tso
+    tso = tso_of(leader.s)
     assert tso is not None
     await wait_until(lambda: tso.oracle.serving is not None, what="the leader to serve")
 
@@ -105,7 +101,7 @@ async def test_leases_and_reads_through_the_client(cluster: Cluster) -> None:
 async def test_a_counter_at_its_limit_is_a_definite_error(cluster: Cluster) -> None:
     n0 = cluster.nodes[0]
     await elect(cluster, n0)
-    tso0 = n0.s.tso
+    tso0 = tso_of(n0.s)
     assert tso0 is not None and tso0.oracle.serving is not None
     d = tso0.oracle.driver
     await d.wait(d.log(tso0.oracle.serving, [(counter_key("end"), encode_counter(U64_MAX))]), "t")
@@ -169,7 +165,8 @@ async def test_a_planned_handoff_costs_callers_no_error(cluster: Cluster) -> Non
         ]
         gaps = []
         for old, new in ((n0, n1), (n1, n2)):
-            await asyncio.sleep(0.3)
+            n = len(grants)
+            await wait_until(lambda n=n: len(grants) > n + 50, what="grants before the move")
             lc = leader_controller(old, 0)
             t0 = time.monotonic()
             await lc.step_down(lc.term, 5.0)

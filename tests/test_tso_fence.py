@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 
 from pyxia import failpoints
 from pyxia._native import WalError
+from pyxia.common.signals import Signal
 from pyxia.errors import (
     AlreadyClosed,
     InvalidStatus,
@@ -23,9 +24,9 @@ from pyxia.errors import (
     NodeIsNotLeader,
     ResourceUnavailable,
     StorageFailure,
+    Unavailable,
 )
 from pyxia.failpoints import FailpointError
-from pyxia.server.signals import Signal
 from pyxia.tso import metrics as tso_metrics
 from pyxia.tso.allocator import MAX_PHYSICAL, AdvanceOutOfRange, pack
 from pyxia.tso.driver import Following, LeaderState, Leading
@@ -41,6 +42,7 @@ from pyxia.tso.fence import (
     should_warn,
 )
 from pyxia.tso.oracle import Oracle, TsoOptions
+from servers import wait_until
 
 NOW = 1_800_000_000_000
 
@@ -65,6 +67,7 @@ def _no_failpoints() -> Iterator[None]:
         (TsoNotLeader("x"), Disposition.STEPPED_DOWN),
         (TsoUnavailable("replication timeout"), Disposition.TRANSIENT),
         (ResourceUnavailable("x"), Disposition.TRANSIENT),
+        (Unavailable("peer unreachable"), Disposition.TRANSIENT),
         (TimeoutError(), Disposition.TRANSIENT),
         (ConnectionResetError(), Disposition.TRANSIENT),
         (FailpointError("injected"), Disposition.TRANSIENT),
@@ -193,14 +196,6 @@ class Env:
         return self.oracle.serving is target
 
 
-async def until(cond: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.002)
-
-
 @pytest.fixture
 async def env() -> Any:
     e = Env()
@@ -218,7 +213,7 @@ async def env() -> Any:
 async def test_fence_serves_strictly_above_the_stored_high_water(env: Env) -> None:
     env.driver.stored = NOW + 5000  # an old leader's window reached past our clock
     t = env.lead(1)
-    await until(lambda: env.serves(t), what="serving")
+    await wait_until(lambda: env.serves(t), what="serving")
     assert env.driver.persists == [(1, NOW + 5001 + 1000)]
     g = env.oracle.try_grant(3)
     assert g is not None and g.epoch == 1
@@ -229,7 +224,7 @@ async def test_transient_errors_are_retried_by_the_same_leader(env: Env) -> None
     env.driver.persist_errors = [TsoUnavailable("quorum blip")] * 3
     t0 = time.monotonic()
     t = env.lead(1)
-    await until(lambda: env.serves(t), what="serving after retries")
+    await wait_until(lambda: env.serves(t), what="serving after retries")
     assert env.watch.transient_retries == 3
     assert time.monotonic() - t0 >= 0.025 + 0.05 + 0.1 - 0.01  # the backoff was honoured
     assert env.published == [1]
@@ -238,29 +233,29 @@ async def test_transient_errors_are_retried_by_the_same_leader(env: Env) -> None
 async def test_a_leadership_change_ends_a_retrying_fence_at_once(env: Env) -> None:
     env.driver.persist_errors = [TsoUnavailable("down")] * 10_000
     env.lead(1)
-    await until(lambda: env.watch.transient_retries >= 6, what="retries at the cap")
+    await wait_until(lambda: env.watch.transient_retries >= 6, what="retries at the cap")
     env.leadership.set(Following("other:1"))
     t0 = time.monotonic()
-    await until(lambda: env.oracle.fencing is None, what="the fence to end")
+    await wait_until(lambda: env.oracle.fencing is None, what="the fence to end")
     assert time.monotonic() - t0 < 0.2
     assert env.oracle.serving is None
     env.driver.persist_errors.clear()
     t2 = env.lead(2)
-    await until(lambda: env.serves(t2), what="serving at the next term")
+    await wait_until(lambda: env.serves(t2), what="serving at the next term")
     assert env.published == [2]
 
 
 async def test_not_leader_during_the_fence_steps_down_and_waits(env: Env) -> None:
     env.driver.persist_errors = [NodeIsNotLeader("term moved")]
     t1 = env.lead(1)
-    await until(lambda: env.driver.persist_errors == [], what="the refused persist")
+    await wait_until(lambda: env.driver.persist_errors == [], what="the refused persist")
     env.leadership.set(Following("new-leader:1"))  # the controller stepped down
-    await until(lambda: env.oracle.fencing is None)
+    await wait_until(lambda: env.oracle.fencing is None)
     assert env.oracle.serving is None and not env.serves(t1)
     with pytest.raises(TsoNotLeader):
         env.oracle.try_grant(1)
     t2 = env.lead(2)
-    await until(lambda: env.serves(t2))
+    await wait_until(lambda: env.serves(t2))
     assert env.published == [2]
 
 
@@ -268,20 +263,20 @@ async def test_refused_while_still_leading_is_retried_not_abandoned(env: Env) ->
     """tsoracle #229: a still-elected leader that gave up would get no new event."""
     env.driver.persist_errors = [InvalidStatus("blip")] * 2
     t = env.lead(1)
-    await until(lambda: env.serves(t), what="serving despite the refusals")
+    await wait_until(lambda: env.serves(t), what="serving despite the refusals")
     assert env.watch.transient_retries == 2
 
 
 async def test_permanent_error_stops_the_oracle_on_this_node(env: Env) -> None:
     env.driver.load_errors = [HighWaterCorrupt("garbage")]
     env.lead(1)
-    await until(lambda: env.oracle.failed is not None, what="the oracle to stop")
-    await until(lambda: not env.watch.running, what="the watch to end")
+    await wait_until(lambda: env.oracle.failed is not None, what="the oracle to stop")
+    await wait_until(lambda: not env.watch.running, what="the watch to end")
     assert REGISTRY.get_sample_value("pyxia_tso_failed") == 1
     with pytest.raises(TsoFailed):
         env.oracle.try_grant(1)
-    env.lead(2)  # later leadership does not revive it
-    await asyncio.sleep(0.05)
+    env.lead(2)  # later leadership does not revive it: nothing is left to act on it
+    assert not env.watch.running and env.oracle.failed is not None
     assert env.oracle.serving is None and env.published == []
     tso_metrics.FAILED.set(0)
 
@@ -289,11 +284,10 @@ async def test_permanent_error_stops_the_oracle_on_this_node(env: Env) -> None:
 async def test_never_publishes_serving_at_a_stale_epoch(env: Env) -> None:
     env.driver.persist_gate = asyncio.Event()
     env.lead(1)
-    await until(lambda: env.driver.loads == 1, what="the first fence to load")
+    await wait_until(lambda: env.driver.loads == 1, what="the first fence to load")
     t2 = env.lead(2)  # leadership moves while the epoch-1 persist is in flight
-    await asyncio.sleep(0.01)
     env.driver.persist_gate.set()
-    await until(lambda: env.serves(t2), what="serving at epoch 2")
+    await wait_until(lambda: env.serves(t2), what="serving at epoch 2")
     assert env.published == [2]
 
 
@@ -302,19 +296,22 @@ async def test_fence_drains_the_old_terms_extension_first() -> None:
     e.watch.start()
     try:
         t1 = e.lead(1)
-        await until(lambda: e.serves(t1))
+        await wait_until(lambda: e.serves(t1))
         e.driver.persist_gate = asyncio.Event()
         e.clock[0] = NOW + 60_000  # past the window: the next grant needs an extension
         waiter = asyncio.get_running_loop().create_task(e.oracle.grant(1))
-        await until(lambda: e.oracle.gate.locked(), what="the extension to hold the gate")
+        await wait_until(lambda: e.oracle.gate.locked(), what="the extension to hold the gate")
         loads = e.driver.loads
         t2 = e.lead(2)
-        await asyncio.sleep(0.02)
+        # The epoch-2 fence began (not serving) and waits for the gate, which the extension
+        # holds: it may not load before the extension is done.
+        await wait_until(lambda: e.oracle.fencing is t2, what="the epoch-2 fence to begin")
+        assert e.oracle.gate.locked()
         assert e.driver.loads == loads, "the fence loaded while an old extension was in flight"
         e.driver.persist_gate.set()
         with pytest.raises(TsoNotLeader):
             await waiter
-        await until(lambda: e.serves(t2))
+        await wait_until(lambda: e.serves(t2))
         ext_value = next(v for epoch, v in e.driver.persists if epoch == 1 and v > NOW + 60_000)
         g = e.oracle.try_grant(1)
         assert g is not None and g.physical_ms > ext_value
@@ -328,7 +325,7 @@ async def test_with_a_lease_the_fence_waits_and_grants_need_a_live_lease() -> No
     try:
         t0 = time.monotonic()
         t = e.lead(1, lease=True)
-        await until(lambda: e.serves(t))
+        await wait_until(lambda: e.serves(t))
         assert time.monotonic() - t0 >= lease_wait_s(0.1) - 0.005
         assert e.oracle.try_grant(1) is not None
         # Under load the lease is renewed in the background (one write per ~lease/2).
@@ -359,7 +356,7 @@ async def test_a_released_lease_is_not_waited_out_and_the_next_write_deletes_the
     try:
         t0 = time.monotonic()
         t = e.lead(1, lease=True)
-        await until(lambda: e.serves(t))
+        await wait_until(lambda: e.serves(t))
         assert time.monotonic() - t0 < 0.5  # not the 1.05 s wait
         assert e.watch.released_fences == 1
         assert e.driver.marker is False  # the fence's own high-water write deleted it
@@ -381,7 +378,7 @@ async def test_a_released_lease_is_not_waited_out_and_the_next_write_deletes_the
 async def test_fence_failpoint_after_load_is_a_transient_error(env: Env) -> None:
     failpoints.arm("fence.after_load_before_persist", "2*raise")
     t = env.lead(1)
-    await until(lambda: env.serves(t))
+    await wait_until(lambda: env.serves(t))
     assert env.watch.transient_retries == 2
     assert env.driver.persists == [(1, NOW + 1000)]
 
@@ -390,7 +387,7 @@ async def test_fence_failpoint_after_persist_re_fences_above_the_first_persist(e
     failpoints.arm("fence.after_persist_before_publish", "1*raise")
     env.clock[0] = NOW
     t = env.lead(1)
-    await until(lambda: env.serves(t))
+    await wait_until(lambda: env.serves(t))
     (e1, first), (e2, second) = env.driver.persists
     assert e1 == e2 == 1 and second > first  # the retry loaded the first persist
     g = env.oracle.try_grant(1)
@@ -399,7 +396,7 @@ async def test_fence_failpoint_after_persist_re_fences_above_the_first_persist(e
 
 async def test_close_is_idempotent_and_stops_serving(env: Env) -> None:
     t = env.lead(1)
-    await until(lambda: env.serves(t))
+    await wait_until(lambda: env.serves(t))
     await env.watch.close()
     await env.watch.close()
     assert env.oracle.serving is None
@@ -409,7 +406,7 @@ async def test_close_is_idempotent_and_stops_serving(env: Env) -> None:
 
 async def test_a_clock_past_46_bits_stops_the_oracle(env: Env) -> None:
     t = env.lead(1)
-    await until(lambda: env.serves(t))
+    await wait_until(lambda: env.serves(t))
     env.clock[0] = MAX_PHYSICAL + 5
     with pytest.raises(TsoFailed):
         env.oracle.try_grant(1)
@@ -419,13 +416,13 @@ async def test_a_clock_past_46_bits_stops_the_oracle(env: Env) -> None:
 
 async def test_a_bug_in_the_watch_stops_serving_instead_of_hanging(env: Env) -> None:
     t = env.lead(1)
-    await until(lambda: env.serves(t))
+    await wait_until(lambda: env.serves(t))
 
     def broken() -> LeaderState:
         raise RuntimeError("a bug")
 
     env.leadership.current = broken  # type: ignore[method-assign]
     env.leadership.signal.notify()
-    await until(lambda: env.oracle.failed is not None, what="the oracle to stop")
+    await wait_until(lambda: env.oracle.failed is not None, what="the oracle to stop")
     assert env.oracle.serving is None
     tso_metrics.FAILED.set(0)

@@ -144,7 +144,8 @@ def measure(base: Path, moves: int, kills: int) -> HandoffReport:
         probe.start()
         wait_for(lambda: len(probe.probe_ok) > 100, timeout=60, what="the probe to run")
         for _ in range(moves):
-            time.sleep(0.5)
+            ok = len(probe.probe_ok)
+            wait_for(lambda ok=ok: len(probe.probe_ok) > ok + 300, timeout=60, what="probes")
             t0 = time.monotonic()
             cluster.move_leader(0, namespace=DEFAULT_NAMESPACE)
             wait_for(lambda t0=t0: probe.gap_after(t0) is not None, timeout=30, interval=0.01)
@@ -152,7 +153,8 @@ def measure(base: Path, moves: int, kills: int) -> HandoffReport:
             assert gap is not None
             planned.append(gap * 1000)
         for _ in range(kills):
-            time.sleep(0.5)
+            ok = len(probe.probe_ok)
+            wait_for(lambda ok=ok: len(probe.probe_ok) > ok + 300, timeout=60, what="probes")
             victim, _ = cluster.shard_leader(0)
             assert victim is not None
             t0 = time.monotonic()

@@ -11,22 +11,23 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import TypeVar
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 import grpc
 import pytest
 from google.protobuf.message import Message
 
-from cluster import Cluster, Node, leader_controller, wait_until
+from cluster import Cluster, Node, leader_controller
 from pyxia import failpoints
+from pyxia.node import tso_of
 from pyxia.proto import tso_pb2
 from pyxia.tso import DEFAULT_NAMESPACE
 from pyxia.tso.client import decode_leader_hint
 from pyxia.tso.driver import RELEASED_KEY, Leading
-from pyxia.tso.oracle import TsoOptions
+from pyxia.tso.options import TsoOptions
 from pyxia.tso.sequences import U64_MAX, counter_key, encode_counter
+from servers import wait_until
 
 OPTIONS = TsoOptions(lease_s=0.2, max_seq_keys=20, max_leases=4, window_ahead_s=0.2)
 SVC = "/tsoracle.v1.TsoService/"
@@ -42,13 +43,8 @@ def _no_failpoints() -> Iterator[None]:
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = await Cluster.start(tmp_path, 3, tso=OPTIONS)
-    c.namespace = DEFAULT_NAMESPACE
-    try:
-        yield c
-    finally:
-        await c.close()
+def cluster_options() -> dict[str, Any]:
+    return {"tso": OPTIONS, "namespace": DEFAULT_NAMESPACE}
 
 
 async def rpc(c: Cluster, node: Node, method: str, req: Message, out: type[R]) -> R:
@@ -238,7 +234,7 @@ async def test_the_key_cap_is_resource_exhausted_and_changes_nothing(cluster: Cl
 async def test_a_counter_never_passes_2_64(cluster: Cluster) -> None:
     n0 = cluster.nodes[0]
     await elect(cluster, n0)
-    tso = n0.s.tso
+    tso = tso_of(n0.s)
     assert tso is not None and isinstance(tso.oracle.serving, Leading)
     target = tso.oracle.serving
     await tso.oracle.driver.wait(
@@ -411,7 +407,7 @@ async def test_leases_survive_a_leader_change(cluster: Cluster) -> None:
 async def test_the_safe_point_and_the_frontier(cluster: Cluster) -> None:
     n0 = cluster.nodes[0]
     term = await elect(cluster, n0)
-    tso = n0.s.tso
+    tso = tso_of(n0.s)
     assert tso is not None
     ms = await max_safe(cluster, n0)
     h = tso.oracle.allocator.high_water
@@ -445,7 +441,7 @@ async def test_a_planned_step_down_releases_the_lease_and_the_next_leader_does_n
     lc = leader_controller(n0, 0)
     _, drained = await lc.step_down(lc.term, 5.0)  # what the coordinator's StepDown does
     assert drained
-    tso0 = n0.s.tso
+    tso0 = tso_of(n0.s)
     assert tso0 is not None and tso0.oracle.releases == 1 and tso0.oracle.serving is None
     assert tso0.oracle.driver.read(Leading(lc.term, lc, True), RELEASED_KEY) is not None
     e = await rpc_error(cluster, n0, "GetTs", tso_pb2.GetTsRequest(count=1))
@@ -453,7 +449,7 @@ async def test_a_planned_step_down_releases_the_lease_and_the_next_leader_does_n
     assert hint(e) == (None, None)  # the map still names n0: no hint back to itself
     e = await rpc_error(cluster, n0, "GetSeq", tso_pb2.GetSeqRequest(key="handoff", count=1))
     assert e.code() == grpc.StatusCode.FAILED_PRECONDITION and hint(e) is not None
-    tso1 = n1.s.tso
+    tso1 = tso_of(n1.s)
     assert tso1 is not None
     t0 = time.monotonic()
     await cluster.elect(0, n1, cluster.nodes)
@@ -481,5 +477,5 @@ async def test_an_abandoned_step_down_serves_again(
     await lc.step_down(lc.term, 1.0)
     assert not await serves(cluster, n0)
     await wait_until(lambda: serves(cluster, n0), timeout=10, what="n0 to serve again")
-    tso = n0.s.tso
+    tso = tso_of(n0.s)
     assert tso is not None and tso.watch.released_fences == 1

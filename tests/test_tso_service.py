@@ -8,25 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from cluster import Cluster, Node, leader_controller, wait_until
+from cluster import Cluster, Node, leader_controller
 from pyxia import failpoints
 from pyxia.config import ConfigError, NamespaceConfig, parse_cluster_config
+from pyxia.node import standalone, tso_of
 from pyxia.proto import client_pb2, tso_pb2
 from pyxia.server.data_server import ServerOptions
-from pyxia.server.standalone import Standalone, with_tso_namespace
+from pyxia.server.standalone import with_tso_namespace
 from pyxia.tso import DEFAULT_NAMESPACE
 from pyxia.tso import metrics as tso_metrics
 from pyxia.tso.checker import Record, check
 from pyxia.tso.client import decode_leader_hint
 from pyxia.tso.driver import HIGH_WATER_KEY, DirectorLeadership, Leading
-from pyxia.tso.oracle import TsoOptions
+from pyxia.tso.options import TsoOptions
+from servers import wait_until
 
 GET_TS = "/tsoracle.v1.TsoService/GetTs"
 OPTIONS = TsoOptions(lease_s=0.1)
@@ -40,13 +43,8 @@ def _no_failpoints() -> Iterator[None]:
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    c = await Cluster.start(tmp_path, 3, tso=OPTIONS)
-    c.namespace = DEFAULT_NAMESPACE
-    try:
-        yield c
-    finally:
-        await c.close()
+def cluster_options() -> dict[str, Any]:
+    return {"tso": OPTIONS, "namespace": DEFAULT_NAMESPACE}
 
 
 def stub(c: Cluster, node: Node) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
@@ -160,7 +158,7 @@ async def test_transient_error_in_the_fence_the_same_leader_recovers(cluster: Cl
     failpoints.arm("fence.after_load_before_persist", "3*raise")
     term = await elect(cluster, n0)
     await wait_until(lambda: serves(cluster, n0), what="the same leader to serve")
-    tso = n0.s.tso
+    tso = tso_of(n0.s)
     assert tso is not None
     assert tso.watch.transient_retries == 3
     assert failpoints.hits("fence.after_load_before_persist") == hits + 3
@@ -176,7 +174,7 @@ async def test_not_leader_during_the_fence_the_new_leader_serves(cluster: Cluste
     await wait_until(lambda: failpoints.hits("fence.after_load_before_persist") > hits)
     term = await elect(cluster, n1)  # n0 is fenced while its fence sleeps
     await wait_until(lambda: serves(cluster, n1), what="the new leader to serve")
-    tso0 = n0.s.tso
+    tso0 = tso_of(n0.s)
     assert tso0 is not None
     await wait_until(lambda: tso0.oracle.fencing is None, what="n0's fence to give up")
     assert tso0.watch.fences == 0 and tso0.oracle.serving is None
@@ -230,12 +228,15 @@ async def test_deposed_unaware_leader_never_overlaps_its_successor(
                 continue
             records.append(Record(client, t0, time.monotonic(), first_ts(r), first_ts(r)))
 
+    def answered(client: int) -> int:
+        return sum(1 for r in records if r.client == client)
+
     tasks = [asyncio.get_running_loop().create_task(hammer(n0, 0))]
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: answered(0) >= 20, what="n0 to answer")
     await cluster.elect(0, n1, [n1, n2])  # n0 keeps believing it leads
     tasks.append(asyncio.get_running_loop().create_task(hammer(n1, 1)))
-    await wait_until(lambda: any(r.client == 1 for r in records), what="n1 to serve")
-    await asyncio.sleep(0.3)
+    # Both hammer on while n1 serves: without the lease n0 goes on granting meanwhile.
+    await wait_until(lambda: answered(1) >= 100, what="n1 to answer")
     stop.set()
     await asyncio.gather(*tasks)
     violations = check(records)
@@ -262,11 +263,11 @@ async def test_permanent_error_stops_the_oracle_not_the_server(tmp_path: Path) -
         data_dir=tmp_path / "db",
         wal_dir=tmp_path / "wal",
     )
-    node = Standalone(opts, [NamespaceConfig("default", 1)])
+    node = standalone(opts, [NamespaceConfig("default", 1)])
     await node.start()
     try:
         server = node.server
-        tso = server.tso
+        tso = tso_of(server)
         assert tso is not None
         addr = server.public_address
         async with grpc.aio.insecure_channel(addr) as ch:

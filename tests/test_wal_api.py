@@ -199,3 +199,28 @@ def test_repr_and_entry_repr(tmp_path: Path) -> None:
         wal.append(1, 0, b"abc", 0)
         assert "last_offset=0" in repr(wal)
         assert "offset=0" in repr(wal.read(0))
+
+
+def test_a_new_log_starts_with_a_small_segment_and_grows_with_its_write_rate(
+    tmp_path: Path,
+) -> None:
+    # Defaults: segments of at most 64 MiB, the first of 1 MiB (a thousand quiet shards must
+    # not reserve 64 GiB).
+    with Wal(tmp_path) as wal:
+        assert (wal.segment_size, wal.min_segment_size) == (64 << 20, 1 << 20)
+        fill(wal, 0, 10)
+        wal.sync()
+        assert [s[2] for s in wal.segments()] == [1 << 20]
+    with Wal(tmp_path / "busy", segment_size=1 << 20, min_segment_size=64 << 10) as wal:
+        value = b"x" * 1000
+        offset = 0
+        while len(wal.segments()) < 2:
+            wal.append_batch([(1, o, value, 0) for o in range(offset, offset + 10)])
+            offset += 10
+        # 64 KiB filled within a minute: the next segment is sized for a minute of that rate.
+        assert [s[2] for s in wal.segments()] == [64 << 10, 1 << 20]
+    with pytest.raises(ValueError, match="minimum segment size"):
+        Wal(tmp_path / "bad", min_segment_size=100)
+    # Capped at the segment size: a log of small fixed segments stays one.
+    with Wal(tmp_path / "fixed", segment_size=4096) as wal:
+        assert wal.min_segment_size == 4096

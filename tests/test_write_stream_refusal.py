@@ -15,19 +15,19 @@ from typing import Any
 import grpc
 import pytest
 
-from cluster import wait_until
 from pyxia.client import AsyncClient
 from pyxia.client.connections import Stub
 from pyxia.client.errors import error_from_rpc
 from pyxia.client.ops import WriteOp
 from pyxia.client.writer import _WriteStream, raw_sender
+from pyxia.common import grpc_errors
 from pyxia.common.ports import free_port
 from pyxia.config import NamespaceConfig
 from pyxia.errors import NodeIsNotLeader, PyxiaError
+from pyxia.node import standalone
 from pyxia.proto import client_pb2
-from pyxia.server import grpc_errors
 from pyxia.server.data_server import ServerOptions
-from pyxia.server.standalone import Standalone
+from servers import wait_until
 
 SERVICE = "io.oxia.proto.v1.OxiaClient"
 
@@ -39,7 +39,7 @@ def put(key: str) -> bytes:
 
 
 async def test_nothing_after_a_refused_write_is_logged(tmp_path: Path) -> None:
-    node = Standalone(
+    node = standalone(
         ServerOptions(
             public_addr="127.0.0.1:0",
             internal_addr="127.0.0.1:0",
@@ -70,7 +70,9 @@ async def test_nothing_after_a_refused_write_is_logged(tmp_path: Path) -> None:
             assert isinstance(error_from_rpc(e.value), NodeIsNotLeader)
             assert lc.head_offset == head  # none of the three was logged
             # once the handoff is over (no new term came), nothing of the old stream appears
-            lc.handoff = None
+            tenure = lc.replica.tenure
+            assert tenure is not None
+            tenure.handoff = None
             r = await lc.get(client_pb2.GetRequest(key="/after1"))
             assert r.status == client_pb2.KEY_NOT_FOUND
     finally:
@@ -155,7 +157,7 @@ async def test_a_write_to_a_server_that_is_gone_was_never_sent(tmp_path: Path) -
     """The shard's leader as the client knows it refuses connections (it stopped): a create-
     only put is resent, never reported indeterminate, and succeeds once the client learns the
     real leader."""
-    node = Standalone(
+    node = standalone(
         ServerOptions(
             public_addr="127.0.0.1:0",
             internal_addr="127.0.0.1:0",

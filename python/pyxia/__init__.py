@@ -8,13 +8,9 @@ timestamp oracle's clients (``pyxia.TsoClient``, ``pyxia.AsyncTsoClient``).
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("pyxia")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+from pyxia.version import __version__
 
 if TYPE_CHECKING:
     from pyxia.client import (

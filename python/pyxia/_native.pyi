@@ -1,6 +1,6 @@
 """Type stubs for pyxia's native extension (the Rust write-ahead log)."""
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
@@ -22,10 +22,13 @@ __all__ = [
     "WalReader",
     "WalReverseReader",
     "__version__",
+    "apply_puts",
     "chained_crc",
     "encode_hierarchical",
     "encode_notification_batch",
+    "read_gets",
     "scan_segment",
+    "write_request_shape",
 ]
 
 __version__: Final[str]
@@ -108,7 +111,11 @@ class Wal:
         sync_data: bool = True,
         retention_ms: int = ...,
         commit_offset: int = ...,
-    ) -> Wal: ...
+        min_segment_size: int = ...,
+    ) -> Wal:
+        """``segment_size`` bounds a new segment (64 MiB by default); the first one gets
+        ``min_segment_size`` (1 MiB, capped at ``segment_size``) and each next one about a
+        minute of the log's write rate, within those bounds."""
     def append(
         self,
         term: int,
@@ -143,6 +150,8 @@ class Wal:
     def dir(self) -> Path: ...
     @property
     def segment_size(self) -> int: ...
+    @property
+    def min_segment_size(self) -> int: ...
     @property
     def sync_data(self) -> bool: ...
     @property
@@ -185,3 +194,34 @@ def encode_notification_batch(
     timestamp: int,
     items: list[tuple[str, tuple[int, int | None, str | None]]],
 ) -> bytes: ...
+def apply_puts(
+    request: bytes,
+    hierarchical: bool,
+    get: Callable[..., object],
+    last_version_id: int,
+    timestamp: int,
+    notifications: tuple[int, int] | None = None,
+) -> tuple[list[tuple[bytes, bytes]], int, bytes, bytes | None] | None:
+    """Applies a serialized ``WriteRequest`` of plain puts (no delete, session, sequence delta
+    or secondary index) in one call: decodes it, encodes its keys (hierarchical or natural),
+    calls ``get`` once with every encoded key (rocksdict's ``Rdict.get``) and returns
+    ``(records, last_version_id, response, notification_batch)``: the ``(encoded key,
+    StorageEntry bytes)`` to write in order, the new version counter, the ``WriteResponse``
+    bytes and the ``NotificationBatch`` bytes (``notifications`` = ``(shard, offset)``; None
+    without it or when nothing is notified). None: the request is not for this path, or a put
+    replaces a record with a session or secondary indexes (or one that does not decode): the
+    caller applies it in Python. Writes nothing."""
+
+def write_request_shape(request: bytes) -> tuple[bool, bool]:
+    """``(plain, overrides)`` of a serialized ``WriteRequest``, in one pass over its bytes:
+    ``plain`` when every put and delete has a non-empty key outside ``__oxia/`` and no put has
+    a sequence delta or secondary indexes (no per-operation check can fail but the size
+    limits); ``overrides`` when a put sets ``override_version_id`` or
+    ``override_modifications_count``. ``(False, True)`` for bytes that do not decode."""
+
+def read_gets(request: bytes, hierarchical: bool, get: Callable[..., object]) -> bytes | None:
+    """The serialized ``ReadResponse`` of a serialized ``ReadRequest`` whose gets are all EQUAL
+    gets of user keys (no secondary index, nothing under ``__oxia/``): the keys encoded
+    (hierarchical or natural), ``get`` called once with all of them (rocksdict's
+    ``Rdict.get``), each answered as the Read RPC's Python path answers it. None when the
+    request is not for this path or a stored record does not decode: answer it in Python."""

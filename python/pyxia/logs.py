@@ -1,5 +1,6 @@
 """Structured logging: one line per event, ``key=value`` pairs (logfmt) or
-JSON. Quiet by default on the hot path: nothing is logged per request."""
+JSON, both with an ISO-8601 UTC time (``2026-01-02T03:04:05.678Z``). Quiet by default on the hot
+path: nothing is logged per request. Levels are Oxia's (``warn`` is Python's ``warning``)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,16 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _RESERVED}
 
 
+def iso_time(record: logging.LogRecord) -> str:
+    """The record's time, ISO-8601 in UTC with milliseconds."""
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    return f"{ts}.{int(record.msecs):03d}Z"
+
+
 class LogfmtFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         parts = [
-            f"time={ts}.{int(record.msecs):03d}Z",
+            f"time={iso_time(record)}",
             f"level={record.levelname.lower()}",
             f"logger={record.name}",
             f"msg={json.dumps(record.getMessage())}",
@@ -35,7 +41,7 @@ class LogfmtFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         d: dict[str, Any] = {
-            "time": record.created,
+            "time": iso_time(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -52,7 +58,7 @@ def setup(level: str = "info", fmt: str = "logfmt") -> None:
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel({"warn": "WARNING"}.get(level.lower(), level.upper()))
     # grpc and asyncio are chatty at debug level.
     logging.getLogger("asyncio").setLevel(max(logging.WARNING, root.level))
     from pyxia import test_hooks

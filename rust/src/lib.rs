@@ -1,10 +1,14 @@
 //! pyxia's native core.
 //!
 //! The write-ahead log lives in [`wal`] as plain Rust with no Python
-//! dependency, so `cargo test` exercises it directly. The Python bindings
+//! dependency, so `cargo test` exercises it directly; so do the per-operation
+//! hot paths of the shard DB: [`apply`] (a request of plain puts in one call)
+//! and [`reads`] (a batch of EQUAL gets in one call). The Python bindings
 //! (`pyxia._native`) are compiled only with the `python` feature, which
 //! maturin turns on.
 
+pub mod apply;
+pub mod reads;
 pub mod wal;
 
 #[cfg(feature = "python")]

@@ -14,8 +14,10 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyBytes, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyTuple};
 
+use crate::apply::{write_shape, KeySorting, PutBatch};
+use crate::reads::EqualGets;
 use crate::wal::{self, Entry, NewEntry, Options, Reader, ReverseReader, Wal};
 
 create_exception!(_native, WalError, PyException, "Base class of every WAL error.");
@@ -87,7 +89,8 @@ struct PyWal {
 impl PyWal {
     #[new]
     #[pyo3(signature = (dir, *, segment_size = wal::DEFAULT_SEGMENT_SIZE, sync_data = true,
-                        retention_ms = wal::DEFAULT_RETENTION_MS, commit_offset = -1))]
+                        retention_ms = wal::DEFAULT_RETENTION_MS, commit_offset = -1,
+                        min_segment_size = wal::DEFAULT_MIN_SEGMENT_SIZE))]
     fn new(
         py: Python<'_>,
         dir: PathBuf,
@@ -95,9 +98,11 @@ impl PyWal {
         sync_data: bool,
         retention_ms: u64,
         commit_offset: i64,
+        min_segment_size: usize,
     ) -> PyResult<Self> {
         let opts = Options {
             segment_size,
+            min_segment_size,
             sync_data,
             retention_ms,
             commit_offset,
@@ -244,6 +249,11 @@ impl PyWal {
     #[getter]
     fn segment_size(&self) -> usize {
         self.wal.options().segment_size
+    }
+
+    #[getter]
+    fn min_segment_size(&self) -> usize {
+        self.wal.options().min_segment_size
     }
 
     #[getter]
@@ -424,7 +434,7 @@ fn scan_segment(
     ))
 }
 
-/// Oxia's hierarchical key encoding (see `pyxia.storage.keys`): a 2-byte
+/// Oxia's hierarchical key encoding (see `pyxia.common.keys`): a 2-byte
 /// big-endian count of '/' (a trailing "//" opens no level; capped at
 /// 0x7FFF; bit 15 set for `__oxia/` keys), then the key with '/' → 0xFF.
 /// Native because it runs for every key of every request.
@@ -515,6 +525,101 @@ fn encode_notification_batch<'py>(
     PyBytes::new(py, &out)
 }
 
+/// What `apply_puts` returns: the records to write as `(encoded key, StorageEntry bytes)`, the
+/// new last version id, the `WriteResponse` bytes and the `NotificationBatch` bytes (or None).
+type AppliedPuts<'py> = (Bound<'py, PyList>, i64, Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>);
+
+/// Applies a plain-put `WriteRequest` (see `crate::apply`) in one call: decodes it, encodes its
+/// keys, fetches the stored records with one call of `get` (rocksdict's `Rdict.get` with a
+/// list of keys) and builds the records, the response and the notification batch. None when
+/// the request is not for this path (the caller applies it in Python); nothing is written here.
+#[pyfunction]
+#[pyo3(signature = (request, hierarchical, get, last_version_id, timestamp, notifications = None))]
+fn apply_puts<'py>(
+    py: Python<'py>,
+    request: PyBackedBytes,
+    hierarchical: bool,
+    get: &Bound<'py, PyAny>,
+    last_version_id: i64,
+    timestamp: u64,
+    notifications: Option<(i64, i64)>,
+) -> PyResult<Option<AppliedPuts<'py>>> {
+    let sorting = if hierarchical { KeySorting::Hierarchical } else { KeySorting::Natural };
+    let Ok(Some(batch)) = PutBatch::parse(&request, sorting) else {
+        return Ok(None); // not plain puts, or bytes only the Python decoder may judge
+    };
+    let keys: Vec<Bound<'py, PyBytes>> =
+        batch.encoded_keys.iter().map(|k| PyBytes::new(py, k)).collect();
+    let applied = multi_get(py, get, &keys, |stored| {
+        batch.apply(stored, last_version_id, timestamp, notifications)
+    })?;
+    let Some(applied) = applied else {
+        return Ok(None);
+    };
+    let records = PyList::empty(py);
+    for (i, rec) in &applied.records {
+        records.append((keys[*i].clone(), PyBytes::new(py, rec)))?;
+    }
+    Ok(Some((
+        records,
+        applied.last_version_id,
+        PyBytes::new(py, &applied.response),
+        applied.notification_batch.map(|n| PyBytes::new(py, &n)),
+    )))
+}
+
+/// Fetches the records under `keys` with one call of `get` (rocksdict's `Rdict.get` with a
+/// list of keys); they stay owned by Python while `use` borrows their bytes.
+fn multi_get<'py, T>(
+    py: Python<'py>,
+    get: &Bound<'py, PyAny>,
+    keys: &[Bound<'py, PyBytes>],
+    use_records: impl FnOnce(&[Option<&[u8]>]) -> T,
+) -> PyResult<T> {
+    let found = get.call1((PyList::new(py, keys)?,))?;
+    let found = found.cast_into::<PyList>().map_err(PyErr::from)?;
+    if found.len() != keys.len() {
+        return Err(PyValueError::new_err("get returned a list of another length"));
+    }
+    let mut held: Vec<Option<Bound<'py, PyBytes>>> = Vec::with_capacity(keys.len());
+    for item in found.iter() {
+        held.push(if item.is_none() { None } else { Some(item.cast_into::<PyBytes>()?) });
+    }
+    let stored: Vec<Option<&[u8]>> = held.iter().map(|b| b.as_ref().map(|b| b.as_bytes())).collect();
+    Ok(use_records(&stored))
+}
+
+/// Answers a `ReadRequest` of EQUAL gets of user keys (see `crate::reads`) in one call: the
+/// serialized `ReadResponse`, with one call of `get` for every record. None when the request
+/// is not for this path, or a stored record does not decode: the caller answers it in Python.
+#[pyfunction]
+fn read_gets<'py>(
+    py: Python<'py>,
+    request: PyBackedBytes,
+    hierarchical: bool,
+    get: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    let sorting = if hierarchical { KeySorting::Hierarchical } else { KeySorting::Natural };
+    let Ok(Some(gets)) = EqualGets::parse(&request, sorting) else {
+        return Ok(None);
+    };
+    let keys: Vec<Bound<'py, PyBytes>> =
+        gets.encoded_keys.iter().map(|k| PyBytes::new(py, k)).collect();
+    let out = multi_get(py, get, &keys, |stored| gets.respond(stored))?;
+    Ok(out.map(|b| PyBytes::new(py, &b)))
+}
+
+/// `(plain, overrides)` of a serialized `WriteRequest` (see `crate::apply::WriteShape`):
+/// whether no per-operation check can fail but the size limits, and whether a put sets an
+/// override field; `(False, True)` for bytes the caller must look at itself.
+#[pyfunction]
+fn write_request_shape(request: PyBackedBytes) -> (bool, bool) {
+    match write_shape(&request) {
+        Ok(s) => (s.plain, s.overrides),
+        Err(_) => (false, true),
+    }
+}
+
 /// The chained, masked CRC-32C the WAL uses (for tests and tools).
 #[pyfunction]
 fn chained_crc(previous: u32, payload: &[u8]) -> u32 {
@@ -532,6 +637,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(chained_crc, m)?)?;
     m.add_function(wrap_pyfunction!(encode_hierarchical, m)?)?;
     m.add_function(wrap_pyfunction!(encode_notification_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(apply_puts, m)?)?;
+    m.add_function(wrap_pyfunction!(write_request_shape, m)?)?;
+    m.add_function(wrap_pyfunction!(read_gets, m)?)?;
     m.add("WalError", py.get_type::<WalError>())?;
     m.add("EntryNotFound", py.get_type::<EntryNotFound>())?;
     m.add("InvalidNextOffset", py.get_type::<InvalidNextOffset>())?;

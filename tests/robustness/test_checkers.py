@@ -464,22 +464,44 @@ def test_versions_unique_per_shard() -> None:
     h = H()
     h.put(0, 0, 1, "a", 7, 0)
     h.op(1, PUT, 2, 3, key="/lin/k001", value="b", result="ok", version=7, mod_count=0)
-    assert check_versions(h.h, lambda k: 0).violations
+    assert check_versions(h.h, one_shard).violations
     h2 = H()
     h2.put(0, 0, 1, "a", 7, 0)
-    h2.op(1, PUT, 2, 3, key="/lin/k001", value="b", result="ok", version=7, mod_count=0, shard=1)
-    assert not check_versions(h2.h, lambda k: 0).violations
+    h2.op(1, PUT, 2, 3, key="/lin/k001", value="b", result="ok", version=7, mod_count=0)
+    assert not check_versions(h2.h, k001_apart).violations
+
+
+def one_shard(key: str, partition_key: str | None = None) -> int:
+    return 0
+
+
+def k001_apart(key: str, partition_key: str | None = None) -> int:
+    """The final map: ``/lin/k001`` on shard 1, every other key on shard 0."""
+    return 1 if key == "/lin/k001" else 0
+
+
+def test_versions_follow_the_final_map_across_a_split() -> None:
+    """Two writes went to one parent shard; after a split their keys live on two children,
+    which go on with the parent's counter: the same version on both sides is no violation,
+    and each child's versions grow in real time on their own."""
+    h = H()
+    h.put(0, 0, 1, "a", 7, 0)  # on the parent (shard 0 at the time)
+    h.op(1, PUT, 2, 3, key="/lin/k001", value="b", result="ok", version=8, mod_count=0)
+    h.op(2, PUT, 4, 5, key="/lin/k001", value="c", result="ok", version=9, mod_count=1)
+    h.op(3, PUT, 6, 7, key=h.h.ops[0].key, value="d", result="ok", version=9, mod_count=1)
+    assert not check_versions(h.h, k001_apart).violations
+    assert check_versions(h.h, one_shard).violations
 
 
 def test_versions_increase_with_real_time_per_shard() -> None:
     h = H()
     h.put(0, 0, 1, "a", 7, 0)
     h.op(1, PUT, 2, 3, key="/lin/k001", value="b", result="ok", version=5, mod_count=0)
-    assert check_versions(h.h, lambda k: 0).violations
+    assert check_versions(h.h, one_shard).violations
     h2 = H()
     h2.put(0, 0, 5, "a", 7, 0)  # concurrent: any order
     h2.op(1, PUT, 2, 3, key="/lin/k001", value="b", result="ok", version=5, mod_count=0)
-    assert not check_versions(h2.h, lambda k: 0).violations
+    assert not check_versions(h2.h, one_shard).violations
 
 
 # -- notifications -------------------------------------------------------------------------------
@@ -511,6 +533,18 @@ def test_notifications_complete_and_ordered() -> None:
     late = _sub("s", [(0, 100, [(K, 10)]), (0, 101, [(K, 11)])])
     late.caught_up = False
     assert check_notifications(h.h, [late]).violations
+
+
+def test_a_parents_change_may_be_notified_by_its_child() -> None:
+    """A write answered by a split parent whose batch a subscriber got from a child (the
+    child's log continues the parent's; its kept batches name the child)."""
+    h = H()
+    h.put(0, 1, 2, "a", 10, 0)
+    h.put(0, 3, 4, "b", 11, 1)
+    via_child = _sub("s", [(0, 100, [(K, 10)]), (7, 101, [(K, 11)])])
+    assert not check_notifications(h.h, [via_child]).violations
+    lost = _sub("s", [(0, 100, [(K, 10)]), (7, 101, [("/lin/k009", 11)])])
+    assert check_notifications(h.h, [lost]).violations
 
 
 def test_notifications_of_one_entry_hold_one_change_per_key() -> None:
@@ -659,36 +693,98 @@ def test_tso_leases_clean_history() -> None:
     from pyxia.robustness.checkers import TsoLeaseCall, check_tso_leases
 
     calls = [
-        TsoLeaseCall(1, 0, 10, 1000, "acquire", b"h", 1, 1, 6000, 6000),
-        TsoLeaseCall(1, 20, 30, 1020, "acquire", b"h", 1, 1, 6000, 6000),  # idempotent
-        TsoLeaseCall(1, 40, 50, 1040, "renew", b"h", 1, 1, 6040, 6040),
-        TsoLeaseCall(1, 60, 70, 1060, "acquire", b"h", 2, 2, 6060, 6060),  # supersedes
-        TsoLeaseCall(1, 80, 90, 1080, "release", b"h", 2, 2),
-        TsoLeaseCall(1, 100, 110, 1100, "acquire", b"h", 2, 3, 6100, 6100),  # after release
+        TsoLeaseCall(1, 0, 10, 1000, 1010, "acquire", b"h", 1, 1, 6000, 6000),
+        TsoLeaseCall(1, 20, 30, 1020, 1030, "acquire", b"h", 1, 1, 6000, 6000),  # idempotent
+        TsoLeaseCall(1, 40, 50, 1040, 1050, "renew", b"h", 1, 1, 6040, 6040),
+        TsoLeaseCall(1, 60, 70, 1060, 1070, "acquire", b"h", 2, 2, 6060, 6060),  # supersedes
+        TsoLeaseCall(1, 80, 90, 1080, 1090, "release", b"h", 2, 2),
+        TsoLeaseCall(1, 100, 110, 1100, 1110, "acquire", b"h", 2, 3, 6100, 6100),  # after release
     ]
     assert check_tso_leases(calls).violations == []
+
+
+def test_tso_leases_judge_an_acquire_by_its_answer_not_its_invoke() -> None:
+    """Seed 3 under load: lease 106 (epoch 28) expired at E on the server; the next acquire at
+    epoch 28 was sent 1.3 s before E but waited behind the oracle's writes and was decided
+    after E, as a fresh lease 109. Not two holders: 106 was gone when 109 was granted."""
+    from pyxia.robustness.checkers import TsoLeaseCall, check_tso_leases
+
+    e = 1_796_429_529_533
+    ms = 1_000_000  # history times are ns
+    expired_during_the_call = [
+        TsoLeaseCall(
+            1, 0, 10 * ms, e - 8_700, e - 8_690, "acquire", b"h", 28, 106, e - 3_700, e - 3_700
+        ),
+        TsoLeaseCall(1, 20 * ms, 30 * ms, e - 5_300, e - 5_000, "renew", b"h", 28, 106, e, e),
+        TsoLeaseCall(
+            1,
+            40 * ms,
+            2_000 * ms,
+            e - 1_300,
+            e + 600,
+            "acquire",
+            b"h",
+            28,
+            109,
+            e + 5_500,
+            e + 5_500,
+        ),
+    ]
+    assert check_tso_leases(expired_during_the_call).violations == []
+    # The same acquire answered while 106 still had 1.5 s to run is two holders.
+    answered_early = [*expired_during_the_call[:2]]
+    answered_early.append(
+        TsoLeaseCall(
+            1,
+            40 * ms,
+            200 * ms,
+            e - 1_700,
+            e - 1_500,
+            "acquire",
+            b"h",
+            28,
+            109,
+            e + 3_300,
+            e + 3_300,
+        )
+    )
+    (v,) = check_tso_leases(answered_early).violations
+    assert "lease 109 granted while lease 106 of the same epoch was live" in v.summary
+
+
+def test_tso_leases_a_release_of_unknown_outcome_may_have_happened() -> None:
+    from pyxia.robustness.checkers import TsoLeaseCall, check_tso_leases
+
+    calls = [
+        TsoLeaseCall(1, 0, 10, 1000, 1010, "acquire", b"h", 1, 1, 9000, 9000),
+        TsoLeaseCall(1, 20, 5020, 1020, 6020, "release-unknown", b"h", 1, 1),
+        TsoLeaseCall(1, 5030, 5040, 6030, 6040, "acquire", b"h", 1, 2, 11030, 11030),
+    ]
+    assert check_tso_leases(calls).violations == []
+    answered = [calls[0], calls[2]]  # no release sent: lease 1 was live (until 9000)
+    assert "same epoch was live" in check_tso_leases(answered).violations[0].summary
 
 
 def test_tso_leases_catch_two_holders() -> None:
     from pyxia.robustness.checkers import TsoLeaseCall, check_tso_leases
 
     same_epoch = [
-        TsoLeaseCall(1, 0, 10, 1000, "acquire", b"h", 1, 1, 9000, 9000),
-        TsoLeaseCall(2, 20, 30, 1020, "acquire", b"h", 1, 2, 9020, 9020),
+        TsoLeaseCall(1, 0, 10, 1000, 1010, "acquire", b"h", 1, 1, 9000, 9000),
+        TsoLeaseCall(2, 20, 30, 1020, 1030, "acquire", b"h", 1, 2, 9020, 9020),
     ]
     assert "same epoch was live" in check_tso_leases(same_epoch).violations[0].summary
     lower = [
-        TsoLeaseCall(1, 0, 10, 1000, "acquire", b"h", 5, 1, 9000, 9000),
-        TsoLeaseCall(2, 20, 30, 1020, "acquire", b"h", 4, 2, 9020, 9020),
+        TsoLeaseCall(1, 0, 10, 1000, 1010, "acquire", b"h", 5, 1, 9000, 9000),
+        TsoLeaseCall(2, 20, 30, 1020, 1030, "acquire", b"h", 4, 2, 9020, 9020),
     ]
     assert "acquired while epoch" in check_tso_leases(lower).violations[0].summary
     shared = [
-        TsoLeaseCall(1, 0, 10, 1000, "acquire", b"h", 1, 7, 9000, 9000),
-        TsoLeaseCall(2, 0, 10, 1000, "acquire", b"g", 1, 7, 9000, 9000),
+        TsoLeaseCall(1, 0, 10, 1000, 1010, "acquire", b"h", 1, 7, 9000, 9000),
+        TsoLeaseCall(2, 0, 10, 1000, 1010, "acquire", b"g", 1, 7, 9000, 9000),
     ]
     assert "given to" in check_tso_leases(shared).violations[0].summary
     down = [
-        TsoLeaseCall(1, 0, 10, 1000, "acquire", b"h", 1, 1, 9000, 9000),
-        TsoLeaseCall(1, 20, 30, 1020, "renew", b"h", 1, 1, 8000, 9100),
+        TsoLeaseCall(1, 0, 10, 1000, 1010, "acquire", b"h", 1, 1, 9000, 9000),
+        TsoLeaseCall(1, 20, 30, 1020, 1030, "renew", b"h", 1, 1, 8000, 9100),
     ]
     assert "went down" in check_tso_leases(down).violations[0].summary

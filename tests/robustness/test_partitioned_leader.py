@@ -25,6 +25,8 @@ import pyxia
 from pyxia.robustness.cluster import Cluster, ClusterSpec, Node
 from pyxia.test_hooks import set_dial_map
 
+pytestmark = pytest.mark.slow  # the robustness cluster: real processes behind proxies
+
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:

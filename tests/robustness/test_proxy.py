@@ -12,6 +12,8 @@ import pytest
 from pyxia.robustness.proxy import ProxyControl
 from pyxia.test_hooks import dial, format_dial_map, parse_dial_map, set_dial_map
 
+pytestmark = pytest.mark.slow  # the proxy is a process of its own
+
 
 async def _echo_server() -> tuple[asyncio.Server, str]:
     async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:

@@ -74,9 +74,10 @@ async def test_follower_recovers_once_its_disk_has_room(tmp_path: Path) -> None:
     the replica stayed failed after the disk had room again. The leader's cursor now asks a
     follower for its status after a failed stream, and sends a snapshot to a follower that is
     NOT_MEMBER or holds less than it acknowledged."""
-    from cluster import Cluster, leader_controller, wait_until
+    from cluster import Cluster, leader_controller
     from pyxia.proto import client_pb2
     from pyxia.server.leader_controller import FOLLOWER
+    from servers import wait_until
 
     mount = TmpfsMount(tmp_path / "n2" / "wal", size_bytes=8 * 1024 * 1024)
     mount.mount()

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from pyxia.cli.oxia_flags import GO_DURATION
 from pyxia.cli.security_flags import client_security_flags, client_security_from_flags
 from pyxia.client import Client, ComparisonType, GetResult, PyxiaError, Version
 
@@ -67,7 +68,13 @@ def _client(ctx: click.Context) -> Iterator[Client]:
     help="Service address(es), comma-separated.",
 )
 @click.option("-n", "--namespace", default="default", show_default=True)
-@click.option("--request-timeout", type=float, default=30.0, show_default=True, help="Seconds.")
+@click.option(
+    "--request-timeout",
+    type=GO_DURATION,
+    default="30s",
+    show_default=True,
+    help="Go duration or seconds.",
+)
 @client_security_flags()
 @click.pass_context
 def client(

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
-from pyxia import logs
+from pyxia.cli.oxia_flags import (
+    GO_DURATION,
+    apply_options_file,
+    log_start,
+    options_file_flag,
+    refused,
+    setup_logging,
+)
 from pyxia.cli.security_flags import (
     client_security_flags,
     client_security_from_flags,
@@ -19,12 +27,53 @@ from pyxia.cli.security_flags import (
     tls_flags,
     tls_from_flags,
 )
-from pyxia.cli.server_cmd import guard_dirs, make_dirs_private, run_until_signalled
-from pyxia.cli.startup import StartupError, check_addr, fail, run
-from pyxia.config import ConfigError, load_cluster_config
+from pyxia.cli.startup import (
+    StartupError,
+    bound_address,
+    check_addr,
+    fail,
+    guard_dirs,
+    make_dirs_private,
+    run,
+    run_until_signalled,
+)
+from pyxia.config import COORDINATOR_FILE_KEYS, ConfigError, load_cluster_config
 from pyxia.dirs import MetadataDir
 
 log = logging.getLogger("pyxia.cli")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def deprecated_alias(flag: str, dest: str, instead: str) -> Callable[[F], F]:
+    """Oxia's deprecated spelling ``flag`` of ``instead``: accepted, hidden, with a warning."""
+
+    def warn(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None:
+            click.echo(f"Flag {flag} has been deprecated, use {instead}", err=True)
+        return value
+
+    return click.option(
+        flag,
+        dest,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        hidden=True,
+        callback=warn,
+        help=f"Deprecated: {instead}.",
+    )
+
+
+def _file_param(name: str, value: Any) -> tuple[str, Any]:
+    """Oxia's coordinator file parameters under this command's names."""
+    if name == "raft_bootstrap_nodes":
+        return name, ",".join(value)
+    if name == "file_clusters_status_path":
+        raise click.UsageError(
+            "metadata.file.statusName is not supported: the file provider keeps the cluster "
+            "status in --metadata-dir (metadata.file.dir)"
+        )
+    return name, value
 
 
 @click.command()
@@ -33,16 +82,41 @@ log = logging.getLogger("pyxia.cli")
     "--cluster-config",
     "cluster_config",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    required=True,
+    default=None,
     help="Cluster config YAML (namespaces, servers, loadBalancer); changes are "
-    "picked up while running.",
+    "picked up while running. Required (here or as cluster.configPath in --sconfig).",
 )
+@deprecated_alias("--conf", "cluster_config_conf", "--cluster-config")
+@deprecated_alias("--cconfig", "cluster_config_cconfig", "--cluster-config")
+@options_file_flag("Coordinator")
 @click.option(
     "--metadata",
-    type=click.Choice(["memory", "file", "raft", "etcd", "kubernetes"]),
+    type=click.Choice(["memory", "file", "raft", "etcd", "kubernetes", "configmap"]),
     default="file",
     show_default=True,
-    help="Where the cluster status lives.",
+    help="Where the cluster status lives (configmap: Oxia's name of kubernetes).",
+)
+@click.option(
+    "--k8s-configmap-name",
+    default=None,
+    help="ConfigMap holding the cluster status (kubernetes provider) "
+    "[default: oxia-cluster-status].",
+)
+@click.option(
+    "--raft-bootstrap-nodes",
+    default=None,
+    help="Every coordinator's raft address H:P,... (Oxia's form: this one's is left out, "
+    "the rest are --raft-peers).",
+)
+@click.option(
+    "--raft-data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Raft provider's directory (Oxia's name; default --metadata-dir).",
+)
+@refused(
+    "--file-clusters-status-path",
+    equivalent="the file provider keeps the cluster status in --metadata-dir",
 )
 @click.option(
     "--metadata-dir",
@@ -87,20 +161,36 @@ log = logging.getLogger("pyxia.cli")
     help="gRPC address: health and the admin API (pyxia admin status).",
 )
 @click.option(
+    "-p",
+    "--admin-addr",
+    "--public-addr",
+    "admin_addr",
+    default="0.0.0.0:6651",
+    show_default=True,
+    help="Admin API address (Oxia's io.oxia.proto.v1.OxiaAdmin, also served on "
+    "--internal-addr; Oxia's --public-addr); empty to disable.",
+)
+@click.option(
+    "--admin-trust-loopback",
+    is_flag=True,
+    default=False,
+    help="Admit admin changes from this host (127.0.0.0/8, ::1) without the cluster's proof: "
+    "lets Oxia's `oxia admin` CLI (no TLS, no proof) change the cluster from the "
+    "coordinator's host. Bind --admin-addr to loopback with it.",
+)
+@click.option(
+    "--admin-advertised-address",
+    default=None,
+    help="host:port where admin clients reach this coordinator; the coordinators that do not "
+    "lead point Oxia's admin client here while this one leads (default: --admin-addr, with "
+    "this host's name for 0.0.0.0).",
+)
+@click.option(
     "-m",
     "--metrics-addr",
     default="0.0.0.0:8080",
     show_default=True,
     help="Prometheus /metrics address; empty to disable.",
-)
-@click.option(
-    "--log-level",
-    default="info",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
-)
-@click.option(
-    "--log-format", default="logfmt", show_default=True, type=click.Choice(["logfmt", "json"])
 )
 @click.option(
     "--liveness-probe-interval",
@@ -131,8 +221,20 @@ def coordinator(**kw: Any) -> None:
     from pyxia.coordinator.metadata.factory import create_provider
     from pyxia.coordinator.server import CoordinatorServer, CoordinatorServerOptions
 
-    logs.setup(kw["log_level"], kw["log_format"])
-    path: Path = kw["cluster_config"]
+    setup_logging()
+    ctx = click.get_current_context()
+    apply_options_file(ctx, kw, kw["sconfig"], COORDINATOR_FILE_KEYS, _file_param)
+    path: Path | None = (
+        kw["cluster_config"] or kw["cluster_config_conf"] or kw["cluster_config_cconfig"]
+    )
+    if path is None:
+        raise click.UsageError(
+            "a cluster config is required: -f/--cluster-config (or cluster.configPath in "
+            "--sconfig)",
+            ctx,
+        )
+    if kw["metadata"] == "configmap":
+        kw["metadata"] = "kubernetes"
     listener_tls = tls_from_flags(kw, "", listener=True)
     peer_tls = tls_from_flags(kw, "peer", listener=False)
     secret = secret_from_flags(kw)
@@ -141,8 +243,10 @@ def coordinator(**kw: Any) -> None:
     except StartupError as e:
         fail(str(e))
 
+    cluster_config: Path = path
+
     def load() -> Any:
-        return load_cluster_config(path)
+        return load_cluster_config(cluster_config)
 
     try:
         load()
@@ -150,6 +254,8 @@ def coordinator(**kw: Any) -> None:
         raise click.UsageError(str(e)) from e
     try:
         check_addr("--internal-addr", kw["internal_addr"])
+        check_addr("--admin-addr", kw["admin_addr"], allow_empty=True)
+        check_addr("--admin-advertised-address", kw["admin_advertised_address"], allow_empty=True)
         check_addr("--metrics-addr", kw["metrics_addr"], allow_empty=True)
     except StartupError as e:
         fail(str(e))
@@ -172,9 +278,19 @@ def coordinator(**kw: Any) -> None:
     if name == "raft":
         options["raft_address"] = kw["raft_address"]
         options["raft_peers"] = kw["raft_peers"]
+        if kw["raft_bootstrap_nodes"] and not kw["raft_peers"]:
+            options["raft_peers"] = ",".join(
+                n.strip()
+                for n in kw["raft_bootstrap_nodes"].split(",")
+                if n.strip() and n.strip() != kw["raft_address"]
+            )
         options["raft_secret_file"] = kw["raft_secret_file"]
+        if kw["raft_data_dir"] is not None:
+            options["data_dir"] = str(kw["raft_data_dir"])
     if name == "kubernetes":
         options["namespace"] = kw["k8s_namespace"]
+        if kw["k8s_configmap_name"]:
+            options["status_name"] = kw["k8s_configmap_name"]
     liveness = {
         field: kw[f"liveness_{field}"]
         for field in ("probe_interval", "probe_timeout", "failures")
@@ -194,13 +310,29 @@ def coordinator(**kw: Any) -> None:
                 liveness=LivenessOptions(**liveness),
                 peer_tls=peer_tls if peer_tls.is_enabled else None,
                 cluster_secret=secret,
+                config_source=str(path),
             ),
             tls=listener_tls if listener_tls.is_enabled else None,
+            admin_addr=kw["admin_addr"] or None,
+            admin_trust_loopback=kw["admin_trust_loopback"],
+            admin_advertised_address=kw["admin_advertised_address"] or None,
         ),
     )
 
     def ready() -> str:
-        return f"pyxia coordinator ready: internal=:{server.port} metadata={name} config={path}"
+        # Once up (a failed start says one line only): the version and effective config.
+        log_start("coordinator", {**kw, "cluster_config": path, "metadata": name})
+        admin = (
+            f" admin={bound_address(kw['admin_addr'], server.admin_port)}"
+            if server.admin_port
+            else ""
+        )
+        return (
+            f"pyxia coordinator ready: "
+            f"internal={bound_address(kw['internal_addr'], server.port)}{admin} "
+            f"metrics={bound_address(kw['metrics_addr'], server.metrics_port)} "
+            f"metadata={name} config={path}"
+        )
 
     async def close() -> None:
         await server.close()
@@ -230,10 +362,11 @@ def admin() -> None:
 @admin.command()
 @click.option(
     "--coordinator",
+    "--admin-address",
     "address",
     default="localhost:6649",
     show_default=True,
-    help="The coordinator's internal address.",
+    help="The coordinator's internal (or admin) address.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @client_security_flags("the coordinator", tokens=False)
@@ -290,10 +423,11 @@ def status(address: str, as_json: bool, **security: Any) -> None:
 @admin.command("move-leader")
 @click.option(
     "--coordinator",
+    "--admin-address",
     "address",
     default="localhost:6649",
     show_default=True,
-    help="The coordinator's internal address.",
+    help="The coordinator's internal (or admin) address.",
 )
 @click.option("--namespace", default="default", show_default=True)
 @click.option("--shard", type=click.IntRange(0), required=True)
@@ -320,17 +454,10 @@ def move_leader(
     it (--cluster-secret-file) or a cluster certificate (mutual TLS)."""
     import grpc
 
+    from pyxia.cli.admin_cmd import admin_channel
     from pyxia.proto import admin_pb2
-    from pyxia.security.internal_auth import SigningInterceptor
 
-    tls = client_security_from_flags(security)["tls"]
-    secret = secret_from_flags(security)
-    channel = (
-        tls.sync_secure_channel(address) if tls is not None else grpc.insecure_channel(address)
-    )
-    if secret is not None:
-        channel = grpc.intercept_channel(channel, SigningInterceptor(secret))
-    with channel as ch:
+    with admin_channel(address, security) as ch:
         call = ch.unary_unary(
             "/pyxia.admin.v1.PyxiaAdmin/MoveLeader",
             request_serializer=admin_pb2.MoveLeaderRequest.SerializeToString,
@@ -350,17 +477,42 @@ def move_leader(
 @click.command()
 @click.option(
     "--address",
-    default="localhost:6648",
-    show_default=True,
-    help="Any pyxia gRPC port (data server public/internal, coordinator).",
+    default=None,
+    help="Any pyxia gRPC port (data server public/internal, coordinator), host:port "
+    "[default: localhost:6648].",
+)
+@click.option("--host", default=None, help="Host to probe (Oxia's form, with --port).")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port to probe (Oxia's form; with only --host: 6649, Oxia's default).",
 )
 @click.option("--service", default="", help="Health service name ('' = the server).")
-@click.option("--timeout", type=float, default=5.0, show_default=True)
+@click.option(
+    "--timeout", type=GO_DURATION, default="5s", show_default=True, help="Go duration or seconds."
+)
 @client_security_flags("the port", tokens=False)
-def health(address: str, service: str, timeout: float, **security: Any) -> None:
+def health(
+    address: str | None,
+    host: str | None,
+    port: int | None,
+    service: str,
+    timeout: float,
+    **security: Any,
+) -> None:
     """Probe a pyxia port with the standard gRPC health check."""
     import grpc
     from grpc_health.v1 import health_pb2
+
+    if address is not None and (host is not None or port is not None):
+        raise click.UsageError("give --address, or --host/--port, not both")
+    if address is None:
+        if host is None and port is None:
+            address = "localhost:6648"
+        else:
+            h = host or "localhost"
+            address = f"[{h}]:{port or 6649}" if ":" in h else f"{h}:{port or 6649}"
 
     with _sync_channel(address, security) as ch:
         check = ch.unary_unary(
@@ -377,3 +529,15 @@ def health(address: str, service: str, timeout: float, **security: Any) -> None:
     name = health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
     click.echo(f"{address}: {name}")
     sys.exit(0 if r.status == health_pb2.HealthCheckResponse.SERVING else 1)
+
+
+def _attach_admin_commands() -> None:
+    """``pyxia admin namespace|dataserver|shard`` (Oxia's ``oxia admin ...``) live in
+    :mod:`pyxia.cli.admin_cmd`; they join the ``admin`` group when this module loads."""
+    from pyxia.cli.admin_cmd import COMMANDS as ADMIN_COMMANDS
+
+    for command in ADMIN_COMMANDS:
+        admin.add_command(command)
+
+
+_attach_admin_commands()

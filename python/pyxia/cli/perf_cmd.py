@@ -4,30 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import sys
 from typing import Any
 
 import click
 
+from pyxia.cli.oxia_flags import GO_DURATION
 from pyxia.cli.security_flags import client_security_flags, client_security_from_flags
 from pyxia.client.perf import PerfConfig, report_text, run_perf
-
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """Go-style durations ("5ms", "1m30s", "10s"); a bare number means seconds."""
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise click.BadParameter(f"invalid duration {text!r}")
-    return sum(float(n) * _UNITS[u] for n, u in parts)
 
 
 @click.command()
@@ -52,11 +37,17 @@ def parse_duration(text: str) -> float:
 @click.option("--keys-cardinality", type=int, default=1000, show_default=True)
 @click.option("-s", "--value-size", type=int, default=128, show_default=True)
 @click.option("--random-payload", is_flag=True, help="A random value for each write.")
-@click.option("--batch-linger", default="5ms", show_default=True)
+@click.option("--batch-linger", type=GO_DURATION, default="5ms", show_default=True)
 @click.option("--max-requests-per-batch", type=int, default=1000, show_default=True)
-@click.option("--request-timeout", default="30s", show_default=True)
-@click.option("--duration", default="0", show_default=True, help="Run time (0: until Ctrl-C).")
-@click.option("--report-interval", default="5s", show_default=True)
+@click.option("--request-timeout", type=GO_DURATION, default="30s", show_default=True)
+@click.option(
+    "--duration",
+    type=GO_DURATION,
+    default="0",
+    show_default=True,
+    help="Run time (0: until Ctrl-C).",
+)
+@click.option("--report-interval", type=GO_DURATION, default="5s", show_default=True)
 @click.option(
     "--max-outstanding",
     type=int,
@@ -74,11 +65,11 @@ def perf(
     keys_cardinality: int,
     value_size: int,
     random_payload: bool,
-    batch_linger: str,
+    batch_linger: float,
     max_requests_per_batch: int,
-    request_timeout: str,
-    duration: str,
-    report_interval: str,
+    request_timeout: float,
+    duration: float,
+    report_interval: float,
     max_outstanding: int,
     as_json: bool,
     **security: Any,
@@ -92,11 +83,11 @@ def perf(
         keys_cardinality=keys_cardinality,
         value_size=value_size,
         random_payload=random_payload,
-        batch_linger_s=parse_duration(batch_linger),
+        batch_linger_s=batch_linger,
         max_requests_per_batch=max_requests_per_batch,
-        request_timeout_s=parse_duration(request_timeout),
-        duration_s=parse_duration(duration),
-        report_interval_s=parse_duration(report_interval),
+        request_timeout_s=request_timeout,
+        duration_s=duration,
+        report_interval_s=report_interval,
         max_outstanding=max_outstanding,
         security=client_security_from_flags(security),
     )

@@ -13,17 +13,23 @@ accepts no coordination or replication calls on it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from pyxia import logs
 from pyxia._native import DEFAULT_SEGMENT_SIZE
+from pyxia.cli.oxia_flags import (
+    GO_DURATION,
+    apply_options_file,
+    bool_flag,
+    bool_value,
+    log_start,
+    options_file_flag,
+    setup_logging,
+)
 from pyxia.cli.security_flags import (
     cluster_secret_flag,
     require_membership_proof,
@@ -31,10 +37,18 @@ from pyxia.cli.security_flags import (
     tls_flags,
     tls_from_flags,
 )
-from pyxia.cli.startup import StartupError, check_addr, fail, run, standalone_config_note
+from pyxia.cli.startup import (
+    StartupError,
+    bound_address,
+    check_addr,
+    fail,
+    guard_dirs,
+    run,
+    run_until_signalled,
+    standalone_config_note,
+)
 from pyxia.common.validation import namespace_problem
-from pyxia.config import ConfigError, NamespaceConfig, load_cluster_config
-from pyxia.dirs import DirError
+from pyxia.config import SERVER_FILE_KEYS, ConfigError, NamespaceConfig, load_cluster_config
 from pyxia.security.oidc import AuthConfigError
 from pyxia.security.public import PublicAccess, PublicAuthOptions
 from pyxia.security.tls import TlsOptions
@@ -44,7 +58,7 @@ from pyxia.server.shards_director import DEFAULT_MAX_SHARDS
 from pyxia.storage.apply import DEFAULT_WRITE_LIMITS, WriteLimits
 from pyxia.storage.db import DEFAULT_CACHE_SIZE_MB
 from pyxia.tso import DEFAULT_NAMESPACE as DEFAULT_TSO_NAMESPACE
-from pyxia.tso.oracle import TsoOptions
+from pyxia.tso.options import TsoOptions
 
 log = logging.getLogger("pyxia.cli")
 
@@ -103,19 +117,18 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="Write-ahead logs.",
         ),
-        click.option(
-            "--wal-sync-data/--no-wal-sync-data",
+        bool_flag(
+            "--wal-sync-data",
             default=True,
-            show_default=True,
-            help="fsync the WAL before acknowledging writes.",
+            help="fsync the WAL before acknowledging writes (--wal-sync-data=false: don't).",
         ),
         click.option(
             "--wal-retention-time",
-            type=float,
-            default=3600.0,
+            type=GO_DURATION,
+            default="1h",
             show_default=True,
-            help="Seconds of WAL kept (never past the commit offset), on every replica; "
-            "checked every 1/20 of it (0.1 s to 60 s) and whenever a segment closes.",
+            help="WAL kept (Go duration, or seconds), never past the commit offset, on every "
+            "replica; checked every 1/20 of it (0.1 s to 60 s) and whenever a segment closes.",
         ),
         click.option(
             "--wal-retention-size-mb",
@@ -128,10 +141,10 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--notifications-retention-time",
-            type=float,
-            default=3600.0,
+            type=GO_DURATION,
+            default="1h",
             show_default=True,
-            help="Seconds of notifications kept.",
+            help="Notifications kept (Go duration, or seconds).",
         ),
         click.option(
             "--tso-namespace",
@@ -141,18 +154,6 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Namespace (one shard) whose leader serves the timestamp oracle "
             "(tsoracle.v1.TsoService/GetTs on the public port); empty to disable. A cluster "
             "declares it in its config with tso: true.",
-        ),
-        click.option(
-            "--log-level",
-            default="info",
-            show_default=True,
-            type=click.Choice(["debug", "info", "warning", "error"]),
-        ),
-        click.option(
-            "--log-format",
-            default="logfmt",
-            show_default=True,
-            type=click.Choice(["logfmt", "json"]),
         ),
     ]
     for o in reversed(opts + storage_limit_options()):
@@ -279,7 +280,7 @@ def _build_options(kw: dict[str, Any]) -> ServerOptions:
         advertised_internal_addr=kw["advertised_internal_addr"],
         data_dir=kw["data_dir"],
         wal_dir=kw["wal_dir"],
-        wal_sync_data=kw["wal_sync_data"],
+        wal_sync_data=bool_value(click.get_current_context(silent=True), kw, "wal_sync_data"),
         wal_retention_s=kw["wal_retention_time"],
         wal_retention_size=retention_size,
         notifications_retention_s=kw["notifications_retention_time"],
@@ -291,34 +292,6 @@ def _build_options(kw: dict[str, Any]) -> ServerOptions:
         public_auth=public_auth_from_flags(kw),
         **storage_limits_from_flags(kw),
     )
-
-
-def make_dirs_private(*dirs: Path | None) -> None:
-    """The process's files private (umask 0o077) and its directories 0700 (existing ones
-    tightened); a directory that cannot be created ends the command with one line."""
-    from pyxia.security.file_modes import make_private
-
-    try:
-        make_private(dirs)
-    except OSError as e:
-        fail(f"cannot prepare directory: {e}")
-
-
-def guard_dirs(open_dirs: Callable[[], T], *dirs: Path | None) -> T:
-    """How a process that owns directories takes them, once its flags are checked: what it
-    creates is private from now on (umask 0o077); ``open_dirs`` locks and checks them
-    (``pyxia.dirs``: a directory in use, of another kind or contradicting what is asked is
-    refused before anything in it is touched); only then are their modes tightened
-    (:func:`make_dirs_private`). A refusal ends the command with one line."""
-    from pyxia.security.file_modes import use_private_umask
-
-    use_private_umask()
-    try:
-        opened = open_dirs()
-    except DirError as e:
-        fail(str(e))
-    make_dirs_private(*dirs)
-    return opened
 
 
 def public_auth_from_flags(kw: dict[str, Any]) -> PublicAuthOptions:
@@ -334,45 +307,6 @@ def public_auth_from_flags(kw: dict[str, Any]) -> PublicAuthOptions:
     except AuthConfigError as e:
         raise click.UsageError(str(e)) from None
     return opts
-
-
-async def run_until_signalled(
-    start: Callable[[], Awaitable[None]],
-    close: Callable[[], Awaitable[None]],
-    ready_line: Callable[[], str],
-) -> None:
-    """Starts, logs one ready line, waits for SIGINT/SIGTERM, closes. A signal while starting
-    (a standalone replaying its WAL) cancels the start and closes at once; a start that fails
-    closes what it started before the error goes on."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
-    async def start_and_announce() -> None:
-        await start()
-        log.info(ready_line())  # in the same step: nothing else runs in between
-
-    starting = loop.create_task(start_and_announce(), name="start")
-    signalled = loop.create_task(stop.wait(), name="signalled")
-    await asyncio.wait((starting, signalled), return_when=asyncio.FIRST_COMPLETED)
-    if not starting.done():
-        log.info("shutting down while starting")
-        starting.cancel()
-        await asyncio.wait((starting,))
-        if not starting.cancelled() and starting.exception() is not None:
-            log.warning("the interrupted start failed: %s", starting.exception())
-        await close()
-        log.info("stopped")
-        return
-    signalled.cancel()
-    if starting.cancelled() or starting.exception() is not None:
-        await close()  # nothing started may outlive the loop (and print noise after the error)
-    starting.result()  # a start that failed raises here
-    await stop.wait()
-    log.info("shutting down")
-    await close()
-    log.info("stopped")
 
 
 @click.command()
@@ -402,11 +336,17 @@ async def run_until_signalled(
     callback=_namespace_names,
     help="Namespace(s) to create (repeatable).",
 )
+@bool_flag(
+    "--notifications-enabled",
+    default=True,
+    help="Notifications on the namespaces (--notifications-enabled=false: off).",
+)
 @click.option(
     "--notifications/--no-notifications",
-    default=True,
-    show_default=True,
-    help="Enable notifications on the namespaces.",
+    "legacy_notifications",
+    default=None,
+    hidden=True,
+    help="pyxia's older spelling of --notifications-enabled.",
 )
 @click.option(
     "--key-sorting",
@@ -424,9 +364,13 @@ async def run_until_signalled(
 )
 def standalone(**kw: Any) -> None:
     """Run a single-node pyxia (RF=1, in-process coordinator)."""
-    from pyxia.server.standalone import Standalone
+    from pyxia.node import standalone
 
-    logs.setup(kw["log_level"], kw["log_format"])
+    setup_logging()
+    ctx = click.get_current_context()
+    notifications = bool_value(ctx, kw, "notifications_enabled")
+    if kw["legacy_notifications"] is not None:
+        notifications = kw["legacy_notifications"]
     if kw["config_file"] is not None:
         try:
             cfg = load_cluster_config(kw["config_file"], require_servers=False)
@@ -443,24 +387,26 @@ def standalone(**kw: Any) -> None:
         ]
     else:
         namespaces = [
-            NamespaceConfig(name, kw["shards"], 1, kw["notifications"], kw["key_sorting"])
+            NamespaceConfig(name, kw["shards"], 1, notifications, kw["key_sorting"])
             for name in dict.fromkeys(kw["namespaces"])
         ]
     try:
         options = build_options(kw)
-        node = Standalone(options, namespaces, config_file=kw["config_file"])
+        node = standalone(options, namespaces, config_file=kw["config_file"])
     except (StartupError, ValueError) as e:
         fail(str(e))
     guard_dirs(node.open_dirs, kw["data_dir"], kw["wal_dir"])
 
     def ready() -> str:
+        # Once up (a failed start says one line only): the version and effective config.
+        log_start("standalone", {**kw, "wal_sync_data": options.wal_sync_data})
         s = node.server
         total = sum(n.initial_shard_count for n in node.namespaces)
         return (
             f"pyxia standalone ready: public={s.public_address} "
             f"internal={s.internal_address or 'off'} "
-            + (f"metrics=:{s.metrics_port} " if s.metrics_port else "")
-            + f"namespaces={','.join(n.name for n in node.namespaces)} shards={total} "
+            f"metrics={bound_address(options.metrics_addr, s.metrics_port)} "
+            f"namespaces={','.join(n.name for n in node.namespaces)} shards={total} "
             f"data-dir={options.data_dir} wal-dir={options.wal_dir}"
         )
 
@@ -490,20 +436,24 @@ def standalone(**kw: Any) -> None:
     type=click.IntRange(4096, 2**32 - 1),
     default=64 * 1024 * 1024,
     show_default=True,
-    help="Bytes per WAL segment file (preallocated).",
+    help="Largest WAL segment file (preallocated); a log starts at 1 MiB and sizes each new "
+    "segment for about a minute of its write rate, up to this.",
 )
+@options_file_flag("Data server")
 @click.option(
     "--enable-test-hooks",
     is_flag=True,
     default=False,
+    hidden=True,
     help="TESTING ONLY, off by default: serve pyxia.debug.v1.Debug on the internal port "
     "(arms failpoints in this process at runtime).",
 )
 def server(**kw: Any) -> None:
     """Run a data server of a cluster (shards are assigned by `pyxia coordinator`)."""
-    from pyxia.server.data_server import DataServer
+    from pyxia.node import data_server
 
-    logs.setup(kw["log_level"], kw["log_format"])
+    setup_logging()
+    apply_options_file(click.get_current_context(), kw, kw["sconfig"], SERVER_FILE_KEYS)
     try:
         options = build_options(kw)
         require_membership_proof(
@@ -516,7 +466,7 @@ def server(**kw: Any) -> None:
         fail(str(e))
     options.wal_segment_size = kw["wal_segment_size"]
     options.max_shards = kw["max_shards"]
-    node = DataServer(options)
+    node = data_server(options)
     guard_dirs(node.open_dirs, kw["data_dir"], kw["wal_dir"])
     if kw["enable_test_hooks"]:
         from pyxia.server.debug_rpc import debug_handler
@@ -525,11 +475,13 @@ def server(**kw: Any) -> None:
         node.extra_internal_handlers.append(debug_handler())
 
     def ready() -> str:
+        # Once up (a failed start says one line only): the version and effective config.
+        log_start("server", {**kw, "wal_sync_data": options.wal_sync_data})
         return (
             f"pyxia server ready: public={node.public_address} "
             f"internal={node.internal_address} "
-            + (f"metrics=:{node.metrics_port} " if node.metrics_port else "")
-            + f"data-dir={options.data_dir} wal-dir={options.wal_dir}"
+            f"metrics={bound_address(options.metrics_addr, node.metrics_port)} "
+            f"data-dir={options.data_dir} wal-dir={options.wal_dir}"
         )
 
     run(run_until_signalled(node.start, node.close, ready))

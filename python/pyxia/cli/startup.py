@@ -18,16 +18,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from pyxia.config import ClusterConfig, ConfigError
 from pyxia.dirs import DirError
 from pyxia.errors import PyxiaError
 
 log = logging.getLogger("pyxia.cli")
+T = TypeVar("T")
 
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]*):(?P<port>\d{1,5})$")
 
@@ -108,3 +110,79 @@ def standalone_config_note(cfg: ClusterConfig, path: Path) -> str | None:
         f"standalone runs every namespace with replication factor 1: "
         f"{' and '.join(parts)} in {path} are ignored"
     )
+
+
+def bound_address(addr: str | None, port: int) -> str:
+    """``addr`` (host:port) with the port the listener got (``:0`` asks for any); ``off`` for no
+    listener."""
+    if not addr or not port:
+        return "off"
+    host = addr.rpartition(":")[0] or "0.0.0.0"
+    return f"{host}:{port}"
+
+
+def make_dirs_private(*dirs: Path | None) -> None:
+    """The process's files private (umask 0o077) and its directories 0700 (existing ones
+    tightened); a directory that cannot be created ends the command with one line."""
+    from pyxia.security.file_modes import make_private
+
+    try:
+        make_private(dirs)
+    except OSError as e:
+        fail(f"cannot prepare directory: {e}")
+
+
+def guard_dirs(open_dirs: Callable[[], T], *dirs: Path | None) -> T:
+    """How a process that owns directories takes them, once its flags are checked: what it
+    creates is private from now on (umask 0o077); ``open_dirs`` locks and checks them
+    (``pyxia.dirs``: a directory in use, of another kind or contradicting what is asked is
+    refused before anything in it is touched); only then are their modes tightened
+    (:func:`make_dirs_private`). A refusal ends the command with one line."""
+    from pyxia.security.file_modes import use_private_umask
+
+    use_private_umask()
+    try:
+        opened = open_dirs()
+    except DirError as e:
+        fail(str(e))
+    make_dirs_private(*dirs)
+    return opened
+
+
+async def run_until_signalled(
+    start: Callable[[], Awaitable[None]],
+    close: Callable[[], Awaitable[None]],
+    ready_line: Callable[[], str],
+) -> None:
+    """Starts, logs one ready line, waits for SIGINT/SIGTERM, closes. A signal while starting
+    (a standalone replaying its WAL) cancels the start and closes at once; a start that fails
+    closes what it started before the error goes on."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def start_and_announce() -> None:
+        await start()
+        log.info(ready_line())  # in the same step: nothing else runs in between
+
+    starting = loop.create_task(start_and_announce(), name="start")
+    signalled = loop.create_task(stop.wait(), name="signalled")
+    await asyncio.wait((starting, signalled), return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        log.info("shutting down while starting")
+        starting.cancel()
+        await asyncio.wait((starting,))
+        if not starting.cancelled() and starting.exception() is not None:
+            log.warning("the interrupted start failed: %s", starting.exception())
+        await close()
+        log.info("stopped")
+        return
+    signalled.cancel()
+    if starting.cancelled() or starting.exception() is not None:
+        await close()  # nothing started may outlive the loop (and print noise after the error)
+    starting.result()  # a start that failed raises here
+    await stop.wait()
+    log.info("shutting down")
+    await close()
+    log.info("stopped")

@@ -323,9 +323,9 @@ def _lock(path: Path, what: str, kind: str) -> DirLock:
 
 def _db_commit_offset(data_dir: Path, namespace: str, shard: int) -> int:
     """The commit offset of the shard's DB (-1 if it has none)."""
+    from pyxia.common.keys import encoding_by_name
     from pyxia.server.shard_storage import ENCODING_MARKER, is_db_corruption, shard_dir
     from pyxia.storage.db import ShardDB
-    from pyxia.storage.keys import encoding_by_name
 
     path = shard_dir(data_dir, namespace, shard)
     marker = path / ENCODING_MARKER

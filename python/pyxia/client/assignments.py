@@ -12,19 +12,19 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from pyxia.client.errors import error_from_rpc
 from pyxia.client.shard_map import ShardMap
+from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.errors import NamespaceNotFound, PermissionDenied, PyxiaError, Unauthenticated
 from pyxia.proto import client_pb2
 
 if TYPE_CHECKING:
-    from pyxia.client.core import ClientCore
+    from pyxia.client.context import ClientContext
 
 log = logging.getLogger("pyxia.client")
 
 
 class AssignmentsWatcher:
-    def __init__(self, core: ClientCore, on_update: Callable[[ShardMap], None]) -> None:
+    def __init__(self, core: ClientContext, on_update: Callable[[ShardMap], None]) -> None:
         self.core = core
         self.on_update = on_update
         self.ready: asyncio.Future[None] = core.loop.create_future()

@@ -45,8 +45,8 @@ from pyxia.client.streams import (
     shard_scan,
 )
 from pyxia.client.writer import ShardWriter
+from pyxia.common.keys import INTERNAL_KEY_PREFIX, MAX_SEQUENCE_VALUE
 from pyxia.proto import client_pb2
-from pyxia.storage.keys import INTERNAL_KEY_PREFIX, MAX_SEQUENCE_VALUE
 
 log = logging.getLogger("pyxia.client")
 
@@ -185,6 +185,9 @@ class ClientCore:
         self._writers: dict[int, ShardWriter] = {}
         self._readers: dict[int, ShardReader] = {}
         self._map_listeners: list[Callable[[ShardMap], None]] = []
+        # The hash range of every shard any map named (split parents too, after they left it):
+        # a notifications feed resumed after a split finds a gone shard's children with it.
+        self.shard_ranges_seen: dict[int, tuple[int, int]] = {}
         self.sessions = SessionManager(self)
         self._watcher = AssignmentsWatcher(self, self._on_map)
         self._feeds: set[NotificationsFeed | SequenceUpdatesFeed] = set()
@@ -261,6 +264,8 @@ class ClientCore:
 
     def _on_map(self, m: ShardMap) -> None:
         self.shard_map = m
+        for shard, r in m.router.ranges().items():
+            self.shard_ranges_seen[shard] = (r.min_inclusive, r.max_inclusive)
         self._hints.clear()
         for w in list(self._writers.values()):
             w.leader_changed()

@@ -59,10 +59,6 @@ class WriteOp:
         self.deadline = deadline
         self.target = target
 
-    @property
-    def route_key(self) -> str:
-        return self.key
-
     def complete(self, r: Any) -> None:
         t = self.target
         if t.done():

@@ -95,15 +95,5 @@ def can_join(batch_phase: int, kind: int) -> bool:
     return kind >= batch_phase
 
 
-def batch_full(n_ops: int, n_bytes: int, max_ops: int, max_bytes: int) -> bool:
-    return n_ops >= max_ops or n_bytes >= max_bytes
-
-
-def fits(n_ops: int, n_bytes: int, op_bytes: int, max_bytes: int) -> bool:
-    """Whether an operation of ``op_bytes`` fits a batch already holding ``n_bytes`` (an
-    operation larger than the limit still travels, alone)."""
-    return n_ops == 0 or n_bytes + op_bytes <= max_bytes
-
-
 def approx_put_bytes(key: str, value: bytes) -> int:
     return len(key) + len(value) + 16

@@ -9,20 +9,21 @@ import time
 from typing import TYPE_CHECKING
 
 from pyxia.client.batcher import Batcher
-from pyxia.client.errors import ClientClosed, RequestTimeout, Unavailable, error_from_rpc
+from pyxia.client.errors import ClientClosed, RequestTimeout, Unavailable
 from pyxia.client.ops import ReadOp, fail
 from pyxia.client.policy import Retry, classify, leader_hint
+from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.errors import PyxiaError
 from pyxia.proto import client_pb2
 
 if TYPE_CHECKING:
-    from pyxia.client.core import ClientCore
+    from pyxia.client.context import ClientContext
 
 log = logging.getLogger("pyxia.client")
 
 
 class ShardReader:
-    def __init__(self, core: ClientCore, shard: int) -> None:
+    def __init__(self, core: ClientContext, shard: int) -> None:
         self.core = core
         self.shard = shard
         o = core.options

@@ -15,14 +15,15 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pyxia.client.errors import ClientClosed, RequestTimeout, error_from_rpc
+from pyxia.client.errors import ClientClosed, RequestTimeout
 from pyxia.client.policy import Retry, classify, leader_hint
 from pyxia.client.results import SessionEvent, SessionState
+from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.errors import PyxiaError, SessionNotFound
 from pyxia.proto import client_pb2
 
 if TYPE_CHECKING:
-    from pyxia.client.core import ClientCore
+    from pyxia.client.context import ClientContext
 
 log = logging.getLogger("pyxia.client.sessions")
 
@@ -143,7 +144,7 @@ class ClientSession:
 
 
 class SessionManager:
-    def __init__(self, core: ClientCore) -> None:
+    def __init__(self, core: ClientContext) -> None:
         self.core = core
         self._by_shard: dict[int, ClientSession] = {}
         self._listeners: list[SessionListener] = []

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pyxia.common import keys
+from pyxia.common.keys import KeyEncoding
 from pyxia.common.sharding import HashRange, ShardRouter, routing_hash
 from pyxia.proto import client_pb2
-from pyxia.storage import keys
-from pyxia.storage.keys import KeyEncoding
 
 
 class KeyOrder:

@@ -12,14 +12,15 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from pyxia.client.errors import ClientClosed, RequestTimeout, error_from_rpc
+from pyxia.client.errors import ClientClosed, RequestTimeout
 from pyxia.client.policy import Retry, classify, leader_hint
 from pyxia.client.results import NotificationBatch
+from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.errors import PyxiaError
 from pyxia.proto import client_pb2
 
 if TYPE_CHECKING:
-    from pyxia.client.core import ClientCore
+    from pyxia.client.context import ClientContext
     from pyxia.client.shard_map import ShardMap
 
 log = logging.getLogger("pyxia.client")
@@ -31,7 +32,7 @@ def _err(e: BaseException) -> PyxiaError:
     return e if isinstance(e, PyxiaError) else error_from_rpc(e)
 
 
-async def _retry_wait(core: ClientCore, shard: int, err: PyxiaError, attempt: int) -> None:
+async def _retry_wait(core: ClientContext, shard: int, err: PyxiaError, attempt: int) -> None:
     hint = leader_hint(err)
     if hint:
         core.set_leader_hint(shard, hint)
@@ -42,7 +43,7 @@ async def _retry_wait(core: ClientCore, shard: int, err: PyxiaError, attempt: in
 
 
 async def shard_scan(
-    core: ClientCore,
+    core: ClientContext,
     shard: int,
     range_scan: bool,
     start: str,
@@ -187,11 +188,15 @@ class NotificationsFeed:
 
     Each shard is followed from the offset of the last batch received: after a broken stream
     (server restart, leader change) it resumes with ``start_offset_exclusive`` = that offset,
-    so no batch is lost or repeated. ``position`` holds the offset of the last batch *delivered*
-    per shard: pass it as ``start_after`` to a later feed to pick up exactly there."""
+    so no batch is lost or repeated. When a shard is split, its children (new shards whose
+    hash range lies within the followed parent's, which left the map) are followed from the
+    parent's offset: a child's log continues its parent's, so the child delivers the parent's
+    batches it had not delivered yet, for the child's keys, then its own. ``position`` holds the
+    offset of the last batch *delivered* per shard: pass it as ``start_after`` to a later feed
+    to pick up exactly there."""
 
     def __init__(
-        self, core: ClientCore, start_after: Mapping[int, int] | None, max_buffered: int = 1000
+        self, core: ClientContext, start_after: Mapping[int, int] | None, max_buffered: int = 1000
     ) -> None:
         self.core = core
         self._offsets: dict[int, int] = dict(start_after or {})
@@ -199,6 +204,8 @@ class NotificationsFeed:
         self._queue: asyncio.Queue[NotificationBatch | BaseException] = asyncio.Queue(max_buffered)
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._connected: dict[int, asyncio.Event] = {}
+        # The hash range of every shard the client saw (a split parent's too, once it left).
+        self._ranges = core.shard_ranges_seen
         self.closed = False
         self._remove_listener = core.add_map_listener(self._on_map)
         if core.shard_map is not None:
@@ -207,8 +214,26 @@ class NotificationsFeed:
     def _on_map(self, m: ShardMap) -> None:
         if self.closed:
             return
+        ranges = {s: (r.min_inclusive, r.max_inclusive) for s, r in m.router.ranges().items()}
+        for shard, task in list(self._tasks.items()):
+            if shard not in ranges:
+                task.cancel()  # the shard is gone (split: its children take over below)
+                del self._tasks[shard]
+                gone = self._connected.pop(shard, None)
+                if gone is not None:
+                    gone.set()  # nothing to wait for on it any more
         for shard in m.shards:
             if shard not in self._tasks:
+                lo, hi = ranges[shard]
+                if shard not in self._offsets:
+                    # The latest position on its lineage: offsets grow from parent to child.
+                    inherited = [
+                        self._offsets[old]
+                        for old, (plo, phi) in self._ranges.items()
+                        if old not in ranges and old in self._offsets and plo <= lo <= hi <= phi
+                    ]
+                    if inherited:
+                        self._offsets[shard] = max(inherited)
                 self._connected[shard] = asyncio.Event()
                 self._tasks[shard] = self.core.loop.create_task(
                     self._follow(shard), name=f"pyxia-notifications-{shard}"
@@ -295,7 +320,7 @@ class SequenceUpdatesFeed:
     """The highest key of a sequence (``prefix`` within ``partition_key``'s shard), each time it
     changes; re-established after failures (a value already delivered is not repeated)."""
 
-    def __init__(self, core: ClientCore, prefix: str, partition_key: str) -> None:
+    def __init__(self, core: ClientContext, prefix: str, partition_key: str) -> None:
         self.core = core
         self.prefix = prefix
         self.partition_key = partition_key

@@ -175,10 +175,6 @@ class Client:
         fut = asyncio.run_coroutine_threadsafe(_await(coro), self._loop)
         return fut.result(timeout)
 
-    def _submit(self, fn: Callable[[Any], None], op: Any, waiter: Waiter) -> Any:
-        self._loop.call_soon_threadsafe(fn, op)
-        return waiter.wait(self._wait)
-
     def close(self) -> None:
         """Sends and waits for pending operations, closes sessions and streams, stops the
         loop thread. Idempotent."""

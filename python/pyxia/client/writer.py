@@ -29,15 +29,15 @@ from pyxia.client.errors import (
     RequestIndeterminate,
     RequestTimeout,
     Unavailable,
-    error_from_rpc,
 )
 from pyxia.client.ops import WriteOp, build_write_request, complete_writes, fail
 from pyxia.client.policy import Retry, classify, leader_hint
+from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.errors import NamespaceNotFound, PermissionDenied, PyxiaError, Unauthenticated
 
 if TYPE_CHECKING:
     from pyxia.client.connections import Stub
-    from pyxia.client.core import ClientCore
+    from pyxia.client.context import ClientContext
 
 log = logging.getLogger("pyxia.client")
 
@@ -132,7 +132,8 @@ class _WriteStream:
                     entry.sent = False  # refused before sending: the call had just ended
                     raise
                 write = raw
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # GeneratorExit: the task is being garbage-collected; it must not await.
             raise
         except BaseException as e:
             self._break(await self._ended_with(e))
@@ -197,7 +198,7 @@ class _WriteStream:
 
 
 class ShardWriter:
-    def __init__(self, core: ClientCore, shard: int) -> None:
+    def __init__(self, core: ClientContext, shard: int) -> None:
         self.core = core
         self.shard = shard
         o = core.options

@@ -120,6 +120,13 @@ class ShardRouter:
         self._maxes = [r.max_inclusive for r, _ in ordered]
         self._shards = [shard for _, shard in ordered]
 
+    def ranges(self) -> dict[int, HashRange]:
+        """Every shard's hash range."""
+        return {
+            shard: HashRange(lo, hi)
+            for shard, lo, hi in zip(self._shards, self._mins, self._maxes, strict=True)
+        }
+
     def shard_for_hash(self, key_hash: int) -> int:
         i = bisect.bisect_right(self._mins, key_hash) - 1
         if i < 0 or key_hash > self._maxes[i]:

@@ -34,6 +34,13 @@ The bounds, and why:
   a port 1..65535, at most :data:`MAX_ADDRESS_LEN` (261) characters in all.
 - **instance id** (the cluster identity a Handshake binds): 1..128 characters of
   ``[A-Za-z0-9._:-]`` (Oxia sends a UUID).
+- **data server name** (admin API; Oxia names a server by its name, else its internal
+  address): 1..:data:`MAX_ADDRESS_LEN` characters of letters, digits, ``.``, ``_``, ``:``,
+  ``-``, ``[``, ``]``, starting with a letter, digit or ``[`` (so an internal address is a
+  valid name). It appears in logs and metrics labels, never in a path.
+- **labels** (a data server's, for anti-affinity): at most :data:`MAX_LABELS` (64); a key is
+  1..:data:`MAX_LABEL_LEN` (253) characters of letters, digits, ``.``, ``_``, ``/``, ``-``
+  starting and ending with a letter or digit; a value at most 253 printable characters.
 """
 
 from __future__ import annotations
@@ -59,10 +66,12 @@ __all__ = [
     "accepts_term",
     "address_problem",
     "check_address",
+    "check_data_server_name",
     "check_entry_id",
     "check_follower_map",
     "check_instance_id",
     "check_key_sorting",
+    "check_labels",
     "check_namespace",
     "check_offset",
     "check_replication_factor",
@@ -84,6 +93,8 @@ MAX_REPLICATION_FACTOR: Final = 64
 MAX_HOST_LEN: Final = 253  # a DNS name; a bracketed IPv6 address is far shorter
 MAX_ADDRESS_LEN: Final = MAX_HOST_LEN + 1 + 2 + 5  # host, ':', brackets, port
 MAX_INSTANCE_ID_LEN: Final = 128
+MAX_LABELS: Final = 64
+MAX_LABEL_LEN: Final = 253
 MAX_HASH: Final = 0xFFFFFFFF
 REBUILDING_HEAD: Final = (-1, -2)
 """(term, offset) of the head a replica being rebuilt reports: the one head entry id whose
@@ -98,6 +109,8 @@ _NAMESPACE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
 _HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._\-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\]")
 _PORT = re.compile(r"[0-9]{1,5}")
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9._:\-]+")
+_DATA_SERVER_NAME = re.compile(r"[A-Za-z0-9\[][A-Za-z0-9._:\-\[\]]*")
+_LABEL_KEY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._/\-]*[A-Za-z0-9])?")
 _KEY_SORTINGS: Final = frozenset({0, 1, 2})  # UNKNOWN (= hierarchical), NATURAL, HIERARCHICAL
 
 T = TypeVar("T")
@@ -178,6 +191,36 @@ def check_instance_id(instance_id: str) -> str:
             "characters of letters, digits, '.', '_', ':', '-'"
         )
     return instance_id
+
+
+def check_data_server_name(name: str) -> str:
+    if (
+        not isinstance(name, str)
+        or not 1 <= len(name) <= MAX_ADDRESS_LEN
+        or not _DATA_SERVER_NAME.fullmatch(name)
+    ):
+        raise InvalidArgument(
+            f"oxia: data server name {_shown(name)} must be 1..{MAX_ADDRESS_LEN} characters of "
+            "letters, digits, '.', '_', ':', '-', '[', ']' starting with a letter, digit or '['"
+        )
+    return name
+
+
+def check_labels(labels: Mapping[str, str], what: str = "labels") -> Mapping[str, str]:
+    if len(labels) > MAX_LABELS:
+        raise InvalidArgument(f"oxia: {what}: {len(labels)} labels, at most {MAX_LABELS}")
+    for key, value in labels.items():
+        if len(key) > MAX_LABEL_LEN or not _LABEL_KEY.fullmatch(key):
+            raise InvalidArgument(
+                f"oxia: {what}: label key {_shown(key)} must be 1..{MAX_LABEL_LEN} characters "
+                "of letters, digits, '.', '_', '/', '-' starting and ending with a letter or digit"
+            )
+        if len(value) > MAX_LABEL_LEN or not value.isprintable():
+            raise InvalidArgument(
+                f"oxia: {what}: the value of label {key!r} must be at most {MAX_LABEL_LEN} "
+                "printable characters"
+            )
+    return labels
 
 
 # -- numbers --------------------------------------------------------------------------------------
@@ -264,6 +307,13 @@ def check_key_sorting(value: int) -> int:
 # -- assignments ----------------------------------------------------------------------------------
 
 
+def check_hash_range(lo: int, hi: int, what: str = "hash range") -> tuple[int, int]:
+    """An inclusive key-hash range: ``0 <= lo <= hi <= 2^32-1``."""
+    if not 0 <= lo <= hi <= MAX_HASH:
+        raise InvalidArgument(f"oxia: invalid {what} {lo}..{hi}")
+    return lo, hi
+
+
 def check_shard_assignments(a: client_pb2.ShardAssignments) -> None:
     """A pushed assignment map: valid namespace names, shard ids unique across the map,
     leaders empty (none elected yet) or ``host:port``, leader terms in range, hash ranges
@@ -298,6 +348,32 @@ def check_shard_assignments(a: client_pb2.ShardAssignments) -> None:
                 raise InvalidArgument(
                     f"oxia: shards {s1} and {s2} of namespace {ns_name!r} have overlapping "
                     "hash ranges"
+                )
+        # Children of a split in progress (pyxia's extension): they overlap their parent by
+        # design, never each other, and have no leader yet.
+        pending: list[tuple[int, int, int]] = []
+        for sa in nsa.pending_split_assignments:
+            check_shard_id(sa.shard)
+            if sa.shard in seen:
+                raise InvalidArgument(f"oxia: shard {sa.shard} is assigned twice")
+            seen[sa.shard] = ns_name
+            if sa.leader:
+                raise InvalidArgument(
+                    f"oxia: pending split shard {sa.shard} cannot have a leader yet"
+                )
+            r = sa.int32_hash_range
+            lo, hi = r.min_hash_inclusive, r.max_hash_inclusive
+            if not 0 <= lo <= hi <= MAX_HASH:
+                raise InvalidArgument(
+                    f"oxia: shard {sa.shard} has an invalid hash range {lo}..{hi}"
+                )
+            pending.append((lo, hi, sa.shard))
+        pending.sort()
+        for (_, hi, s1), (lo, _, s2) in itertools.pairwise(pending):
+            if lo <= hi:
+                raise InvalidArgument(
+                    f"oxia: pending split shards {s1} and {s2} of namespace {ns_name!r} have "
+                    "overlapping hash ranges"
                 )
     for authority in a.allowed_authorities:
         check_address(authority, "allowed authority")

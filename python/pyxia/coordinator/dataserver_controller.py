@@ -17,10 +17,11 @@ it (once, under a lock) before the assignment push and the event stream open, an
 controllers call it before their first coordination call. A watch stream that breaks (the
 server may have restarted with a wiped data directory) makes the next probe handshake again.
 
-It also keeps a ``PushShardAssignments`` stream to the server, re-sending the
-full assignment map whenever it changes, and a ``ShardEvents/Watch`` stream from it: replicas
-of the server that failed on their own (a leader whose disk filled up), handed to the
-coordinator so it re-elects at once.
+It also keeps a ``PushShardAssignments`` stream to the server, re-sending the full
+assignment map whenever it changes (the latest one when the stream wakes up: changes made
+meanwhile are not sent one by one; the coordinator serializes it once for every stream), and a
+``ShardEvents/Watch`` stream from it: replicas of the server that failed on their own (a leader
+whose disk filled up), handed to the coordinator so it re-elects at once.
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2
 
+from pyxia.common.channels import ChannelPool
+from pyxia.common.instance_id import INSTANCE_ID_HEADER, CallMetadata
+from pyxia.common.signals import Signal
 from pyxia.config import ServerAddress
-from pyxia.proto import admin_pb2, client_pb2, replication_pb2
-from pyxia.server.manifest import INSTANCE_ID_HEADER, CallMetadata
-from pyxia.server.rpc_clients import ChannelPool
-from pyxia.server.signals import Signal
+from pyxia.coordinator.metrics import NodeMetrics
+from pyxia.proto import admin_pb2, replication_pb2
 
 log = logging.getLogger("pyxia.coordinator.dataserver")
 
@@ -65,7 +67,7 @@ class DataServerController:
         server: ServerAddress,
         channels: ChannelPool,
         instance_id: str,
-        assignments: Callable[[], client_pb2.ShardAssignments | None],
+        assignments: Callable[[], bytes | None],
         assignments_changed: Signal,
         on_change: Callable[[str, bool], Awaitable[None]],
         options: LivenessOptions | None = None,
@@ -87,6 +89,7 @@ class DataServerController:
         self._consecutive_failures = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self.metrics = NodeMetrics(self.internal)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -99,6 +102,7 @@ class DataServerController:
 
     async def close(self) -> None:
         self._closed = True
+        self.metrics.close()
         tasks, self._tasks = self._tasks, []
         for t in tasks:
             t.cancel()
@@ -114,6 +118,7 @@ class DataServerController:
         if available == self.available or self._closed:
             return
         self.available = available
+        self.metrics.running.set(1 if available else 0)
         log.info(
             "data server %s is %s (%s)",
             self.internal,
@@ -208,6 +213,7 @@ class DataServerController:
                 self._consecutive_failures = 0
                 await self._set(True, "probe")
             else:
+                self.metrics.failed_checks.inc()
                 self._consecutive_failures += 1
                 if self._consecutive_failures >= self.options.failures:
                     await self._set(False, f"{self._consecutive_failures} failed probes")
@@ -253,7 +259,7 @@ class DataServerController:
             ch = self._channels.get(self.internal)
             call = ch.stream_unary(
                 PUSH_ASSIGNMENTS,
-                request_serializer=client_pb2.ShardAssignments.SerializeToString,
+                request_serializer=None,  # serialized already (bytes)
                 response_deserializer=replication_pb2.CoordinationShardAssignmentsResponse.FromString,
             )
             try:
@@ -265,7 +271,7 @@ class DataServerController:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
-    async def _stream(self) -> AsyncIterator[client_pb2.ShardAssignments]:
+    async def _stream(self) -> AsyncIterator[bytes]:
         sent = -1
         while not self._closed:
             seen = self._assignments_changed.generation

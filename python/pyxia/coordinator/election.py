@@ -49,7 +49,3 @@ def choose_leader(
         return prefer
     staying = [n for n in top if n not in avoid]
     return min(staying or top, key=lambda n: (leader_counts.get(n, 0), n))
-
-
-def enough_responses(responded: int, targets: int) -> bool:
-    return responded >= majority(targets)

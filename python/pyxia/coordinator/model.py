@@ -54,6 +54,71 @@ def leader_counts(status: metadata_pb2.ClusterStatus) -> Counter[str]:
     return counts
 
 
+class PendingLeaders:
+    """Elections that chose a leader not persisted yet (shard -> server), and leaderships per
+    server counting them, without a walk over every shard per election.
+
+    ``counts(status)`` is the status's leaderships (shards not being deleted) plus one per
+    pending election, minus the leader the status still records for a pending shard (that
+    shard is counted once, for its new leader). The status's part is computed once per status
+    object (the coordinator replaces it at each write, never edits it in place); the pending
+    part is kept up to date as elections come and go."""
+
+    def __init__(self) -> None:
+        self._pending: dict[int, str] = {}
+        self._by_node: Counter[str] = Counter()
+        # The leader the status records for each pending shard, and those counted per server.
+        self._displaced: dict[int, str] = {}
+        self._displaced_by_node: Counter[str] = Counter()
+        self._status: metadata_pb2.ClusterStatus | None = None
+        self._leaders: dict[int, str] = {}
+        self._base: Counter[str] = Counter()
+
+    def __setitem__(self, shard: int, node: str) -> None:
+        self.pop(shard, None)
+        self._pending[shard] = node
+        self._by_node[node] += 1
+        displaced = self._leaders.get(shard)
+        if displaced is not None:
+            self._displaced[shard] = displaced
+            self._displaced_by_node[displaced] += 1
+
+    def pop(self, shard: int, default: str | None = None) -> str | None:
+        node = self._pending.pop(shard, None)
+        if node is None:
+            return default
+        self._by_node[node] -= 1
+        displaced = self._displaced.pop(shard, None)
+        if displaced is not None:
+            self._displaced_by_node[displaced] -= 1
+        return node
+
+    def __contains__(self, shard: object) -> bool:
+        return shard in self._pending
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def items(self) -> list[tuple[int, str]]:
+        return list(self._pending.items())
+
+    def counts(self, status: metadata_pb2.ClusterStatus) -> dict[str, int]:
+        if status is not self._status:
+            self._status = status
+            self._leaders = {
+                shard: meta.leader.internal
+                for _, shard, meta in shards(status)
+                if meta.HasField("leader") and meta.status != DELETING
+            }
+            self._base = Counter(self._leaders.values())
+            self._displaced = {s: self._leaders[s] for s in self._pending if s in self._leaders}
+            self._displaced_by_node = Counter(self._displaced.values())
+        out = self._base.copy()
+        out.update(self._by_node)
+        out.subtract(self._displaced_by_node)
+        return {node: n for node, n in out.items() if n}
+
+
 @dataclass
 class Reconciliation:
     """What the coordinator must do to bring the status in line with the config."""
@@ -84,10 +149,13 @@ def add_namespace(
     ns_status = status.namespaces[ns.name]
     ns_status.replication_factor = ns.replication_factor
     created = []
+    names = sorted(by_internal)
+    load = replica_load(status)  # counted once, then kept up to date (not once per shard)
     for r in generate_shards(ns.initial_shard_count):
         shard_id = status.shard_id_generator
         status.shard_id_generator += 1
-        ensemble = select_ensemble(sorted(by_internal), ns.replication_factor, replica_load(status))
+        ensemble = select_ensemble(names, ns.replication_factor, load)
+        load.update(ensemble)
         meta = ns_status.shards[shard_id]
         meta.status = ShardStatusUnknown
         meta.term = -1

@@ -135,6 +135,61 @@ def plan_rebalance(
     return None
 
 
+def plan_rebalance_moves(
+    replicas: Mapping[int, Sequence[str]],
+    servers: Sequence[str],
+    quarantined: set[int] | None = None,
+) -> list[Move]:
+    """The replica moves of one balancing step: each narrows the gap between the most and
+    the least loaded servers (as :func:`plan_rebalance`'s one, which is the first); a step
+    moves at most one replica off each server (a server gives one, or takes some: never both),
+    so a large imbalance — servers just added — is worked off in parallel, and at most one
+    replica of a shard (its ensemble keeps a majority that holds what it committed). Empty
+    when balanced."""
+    if len(servers) < 2:
+        return []
+    quarantined = quarantined or set()
+    load = Counter({s: 0 for s in servers})
+    hosted: dict[str, list[int]] = {s: [] for s in servers}
+    for shard in sorted(replicas):
+        for s in replicas[shard]:
+            if s in load:
+                load[s] += 1
+                hosted[s].append(shard)
+    busy: set[str] = set()  # sources, and servers with nothing to give to the least loaded
+    targets: set[str] = set()
+    taken: set[int] = set()  # one move per shard: two at once could lose what it committed
+    moves: list[Move] = []
+    while True:
+        free = [s for s in servers if s not in busy]
+        if len(free) < 2:
+            break
+        most = max((s for s in free if s not in targets), key=lambda s: (load[s], s), default=None)
+        if most is None:
+            break
+        least = min(free, key=lambda s: (load[s], s))
+        if load[most] - load[least] <= 1:
+            break
+        candidate = next(
+            (
+                sh
+                for sh in hosted[most]
+                if sh not in quarantined and sh not in taken and least not in replicas[sh]
+            ),
+            None,
+        )
+        busy.add(most)
+        if candidate is None:
+            continue  # nothing of this server can go there: the next most loaded may
+        shard = candidate
+        taken.add(shard)
+        targets.add(least)
+        load[most] -= 1
+        load[least] += 1
+        moves.append(Move(shard, most, least))
+    return moves
+
+
 def plan_leader_rebalance(
     leaders: Mapping[int, str],
     ensembles: Mapping[int, Sequence[str]],

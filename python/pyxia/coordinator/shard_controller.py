@@ -23,20 +23,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 import grpc
 
+from pyxia.common.channels import ChannelPool
+from pyxia.common.grpc_errors import error_from_rpc
+from pyxia.common.handoff_protocol import STEP_DOWN
+from pyxia.common.instance_id import CallMetadata
+from pyxia.common.signals import Signal
+from pyxia.config import NamespaceConfig
 from pyxia.coordinator.election import Head, choose_leader, majority
-from pyxia.coordinator.model import DELETING, ELECTION, STEADY
+from pyxia.coordinator.metrics import ShardElectionMetrics
+from pyxia.coordinator.model import DELETING, ELECTION, STEADY, PendingLeaders
+from pyxia.coordinator.split_rules import parent_fenced
 from pyxia.errors import InvalidStatus, MetadataBadVersion, NotInitialized, PyxiaError
 from pyxia.proto import admin_pb2, metadata_pb2, replication_pb2
-from pyxia.rpc_errors import error_from_rpc
-from pyxia.server.handoff import STEP_DOWN
-from pyxia.server.signals import Signal
-
-if TYPE_CHECKING:
-    from pyxia.coordinator.coordinator import Coordinator
 
 log = logging.getLogger("pyxia.coordinator.shard")
 
@@ -47,8 +50,52 @@ HANDOFF_DRAIN_S = 5.0
 """How long a planned election waits for the leader to finish its logged writes."""
 
 
+class ShardCoordinator(Protocol):
+    """What a shard controller uses of the coordinator that owns it
+    (:class:`pyxia.coordinator.coordinator.Coordinator` satisfies it; this module never imports
+    that one, which builds the shard controllers)."""
+
+    status: metadata_pb2.ClusterStatus
+    """The cluster status last stored (read only here: changes go through update_shard)."""
+    channels: ChannelPool
+    leaving: set[str]
+    """Servers being drained: no leadership goes to them."""
+    pending_leaders: PendingLeaders
+    """Leaders chosen by elections not yet stored, by shard (counted by leader_counts)."""
+
+    def call_metadata(self) -> CallMetadata: ...
+
+    def call_slots(self, node: str) -> asyncio.Semaphore:
+        """Bounds the coordination calls in flight to ``node``."""
+        ...
+
+    async def ensure_bound(self, node: str) -> None:
+        """Handshakes ``node`` (the cluster's instance id) unless it already is."""
+        ...
+
+    def forget_binding(self, node: str) -> None: ...
+
+    def namespace_config(self, name: str) -> NamespaceConfig | None: ...
+
+    def is_available(self, node: str) -> bool: ...
+
+    def leader_counts(self) -> dict[str, int]: ...
+
+    async def update_shard(
+        self, namespace: str, shard: int, fn: Callable[[metadata_pb2.ShardMetadata], None]
+    ) -> None:
+        """Stores the status with ``fn`` applied to the shard's metadata (compare-and-set)."""
+        ...
+
+    async def remove_shard(self, namespace: str, shard: int) -> None: ...
+
+    def assignments_updated(self) -> None:
+        """Pushes the new assignments to the servers and clients."""
+        ...
+
+
 class ShardController:
-    def __init__(self, coordinator: Coordinator, namespace: str, shard: int) -> None:
+    def __init__(self, coordinator: ShardCoordinator, namespace: str, shard: int) -> None:
         self.c = coordinator
         self.namespace = namespace
         self.shard = shard
@@ -70,12 +117,14 @@ class ShardController:
         self.elections = 0
         self._fence_seconds = 0.0
         self.last_election_seconds = 0.0
+        self.metrics = ShardElectionMetrics(namespace, shard)
 
     @property
     def meta(self) -> metadata_pb2.ShardMetadata:
         return self.c.status.namespaces[self.namespace].shards[self.shard]
 
     def start(self, *, elect: bool) -> None:
+        self.metrics.term.set(self.meta.term)
         self._elect_requested = elect
         self._verify_requested = not elect
         self._task = asyncio.get_running_loop().create_task(
@@ -84,6 +133,7 @@ class ShardController:
 
     async def close(self) -> None:
         self._closed = True
+        self.metrics.close()
         self._wake.close()
         task, self._task = self._task, None
         if task is not None:
@@ -166,9 +216,15 @@ class ShardController:
                 if self._delete_requested or self.meta.status == DELETING:
                     await self._delete()
                     return
+                if parent_fenced(self.meta):
+                    # A split past its point of no return owns this shard until it ends.
+                    self._elect_requested = self._verify_requested = False
+                    self._followers_to_add.clear()
+                    await self._wake.wait(seen, 1.0)
+                    continue
                 if self._elect_requested:
                     self._elect_requested = False
-                    await self._elect()
+                    await self._measured_election()
                     backoff = 0.05
                     continue
                 if self._verify_requested:
@@ -211,7 +267,8 @@ class ShardController:
             response_deserializer=resp_type.FromString,  # type: ignore[attr-defined]
         )
         try:
-            return await call(req, timeout=timeout, metadata=self.c.call_metadata())
+            async with self.c.call_slots(node):
+                return await call(req, timeout=timeout, metadata=self.c.call_metadata())
         except grpc.aio.AioRpcError as e:
             err = error_from_rpc(e)
             if isinstance(err, NotInitialized):
@@ -290,6 +347,18 @@ class ShardController:
             (time.monotonic() - started) * 1000,
         )
 
+    async def _measured_election(self) -> None:
+        """:meth:`_elect`, timed (Oxia's election metrics); a failure is counted."""
+        started = time.perf_counter()
+        try:
+            await self._elect()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.metrics.failed.inc()
+            raise
+        self.metrics.latency.observe((time.perf_counter() - started) * 1000.0)
+
     async def _elect(self) -> None:
         planned, self._planned = self._planned, False
         if planned:
@@ -309,6 +378,7 @@ class ShardController:
         targets = list(dict.fromkeys(ensemble + removed))
         heads = await self._fence(targets, term)
         self._fence_seconds = time.monotonic() - started
+        self.metrics.new_term_quorum.observe(self._fence_seconds * 1000.0)
         ens_heads = {n: h for n, h in heads.items() if n in ensemble}
         if len(ens_heads) < majority(len(ensemble)):
             raise PyxiaError(
@@ -361,6 +431,8 @@ class ShardController:
             del m.removed_nodes[:]
 
         await self.c.update_shard(self.namespace, self.shard, finish)
+        self.metrics.become_leader.observe((time.monotonic() - started) * 1000.0)
+        self.metrics.term.set(term)
         self.c.assignments_updated()
         self.elections += 1
         self.last_election_seconds = time.monotonic() - started + self._fence_seconds
@@ -406,12 +478,6 @@ class ShardController:
                 if not t.done():
                     t.cancel()
         return dict(heads)
-
-    def _stragglers_dead(
-        self, targets: list[str], heads: dict[str, Head], failed: set[str]
-    ) -> bool:
-        pending = [n for n in targets if n not in heads and n not in failed]
-        return all(not self.c.is_available(n) for n in pending)
 
     async def _add_follower(self, node: str) -> bool:
         meta = self.meta

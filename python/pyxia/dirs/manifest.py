@@ -62,7 +62,7 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        from pyxia import __version__
+        from pyxia.version import __version__
 
         return {
             "kind": self.kind,
@@ -109,7 +109,7 @@ def check_manifest(doc: dict[str, Any], kind: str, what: str, directory: Path) -
     if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
         raise DirError(f"{what} {directory} has an invalid format version {fmt!r}")
     if fmt > FORMAT:
-        from pyxia import __version__
+        from pyxia.version import __version__
 
         raise DirError(
             f"{what} {directory} has format version {fmt}; this pyxia ({__version__}) reads "

@@ -7,5 +7,7 @@ Sources are in ``proto/pyxia/proto``:
 - ``replication``: coordinator and log-replication services (``replication``).
 - ``storage``: database records and log entry values (``proto``).
 - ``metadata``: cluster configuration and status (``io.oxia.proto.v1``).
+- ``oxia_admin``: Oxia's coordinator admin API (``io.oxia.proto.v1.OxiaAdmin``).
+- ``admin``: pyxia's own admin and data-server event services (``pyxia.admin.v1``).
 - ``tso``: timestamp oracle (``tsoracle.v1``).
 """

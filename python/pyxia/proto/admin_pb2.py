@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from pyxia.proto import metadata_pb2 as pyxia_dot_proto_dot_metadata__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17pyxia/proto/admin.proto\x12\x0epyxia.admin.v1\x1a\x1apyxia/proto/metadata.proto\"\x19\n\x17GetClusterStatusRequest\"F\n\x0f\x44\x61taServerState\x12\x10\n\x08internal\x18\x01 \x01(\t\x12\x0e\n\x06public\x18\x02 \x01(\t\x12\x11\n\tavailable\x18\x03 \x01(\x08\"\x8d\x01\n\x18GetClusterStatusResponse\x12/\n\x06status\x18\x01 \x01(\x0b\x32\x1f.io.oxia.proto.v1.ClusterStatus\x12\x0e\n\x06leader\x18\x02 \x01(\x08\x12\x30\n\x07servers\x18\x03 \x03(\x0b\x32\x1f.pyxia.admin.v1.DataServerState\"\x19\n\x17WatchShardEventsRequest\"k\n\nShardEvent\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\x03\x12\x0c\n\x04term\x18\x03 \x01(\x03\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07leaving\x18\x06 \x01(\x08\"U\n\x11MoveLeaderRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\x03\x12\n\n\x02to\x18\x03 \x01(\t\x12\x12\n\ntimeout_ms\x18\x04 \x01(\x03\"2\n\x12MoveLeaderResponse\x12\x0e\n\x06leader\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x03\"[\n\x0fStepDownRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\x03\x12\x0c\n\x04term\x18\x03 \x01(\x03\x12\x18\n\x10\x64rain_timeout_ms\x18\x04 \x01(\x03\"K\n\x10StepDownResponse\x12\x11\n\thead_term\x18\x01 \x01(\x03\x12\x13\n\x0bhead_offset\x18\x02 \x01(\x03\x12\x0f\n\x07\x64rained\x18\x03 \x01(\x08\x32\xc8\x01\n\nPyxiaAdmin\x12\x65\n\x10GetClusterStatus\x12\'.pyxia.admin.v1.GetClusterStatusRequest\x1a(.pyxia.admin.v1.GetClusterStatusResponse\x12S\n\nMoveLeader\x12!.pyxia.admin.v1.MoveLeaderRequest\x1a\".pyxia.admin.v1.MoveLeaderResponse2]\n\x0bShardEvents\x12N\n\x05Watch\x12\'.pyxia.admin.v1.WatchShardEventsRequest\x1a\x1a.pyxia.admin.v1.ShardEvent0\x01\x32X\n\x07Handoff\x12M\n\x08StepDown\x12\x1f.pyxia.admin.v1.StepDownRequest\x1a .pyxia.admin.v1.StepDownResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17pyxia/proto/admin.proto\x12\x0epyxia.admin.v1\x1a\x1apyxia/proto/metadata.proto\"\x19\n\x17GetClusterStatusRequest\"F\n\x0f\x44\x61taServerState\x12\x10\n\x08internal\x18\x01 \x01(\t\x12\x0e\n\x06public\x18\x02 \x01(\t\x12\x11\n\tavailable\x18\x03 \x01(\x08\"\x8d\x01\n\x18GetClusterStatusResponse\x12/\n\x06status\x18\x01 \x01(\x0b\x32\x1f.io.oxia.proto.v1.ClusterStatus\x12\x0e\n\x06leader\x18\x02 \x01(\x08\x12\x30\n\x07servers\x18\x03 \x03(\x0b\x32\x1f.pyxia.admin.v1.DataServerState\"\x19\n\x17WatchShardEventsRequest\"k\n\nShardEvent\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\x03\x12\x0c\n\x04term\x18\x03 \x01(\x03\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07leaving\x18\x06 \x01(\x08\"U\n\x11MoveLeaderRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\x03\x12\n\n\x02to\x18\x03 \x01(\t\x12\x12\n\ntimeout_ms\x18\x04 \x01(\x03\"2\n\x12MoveLeaderResponse\x12\x0e\n\x06leader\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x03\"\x81\x01\n\x11SplitShardRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\x03\x12\x18\n\x0bsplit_point\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x12\n\ntimeout_ms\x18\x04 \x01(\x03\x12\x0c\n\x04wait\x18\x05 \x01(\x08\x42\x0e\n\x0c_split_point\"\xd4\x01\n\x12SplitShardResponse\x12\x12\n\nleft_shard\x18\x01 \x01(\x03\x12\x13\n\x0bright_shard\x18\x02 \x01(\x03\x12\x0f\n\x07outcome\x18\x03 \x01(\t\x12\x41\n\x08phase_ms\x18\x04 \x03(\x0b\x32/.pyxia.admin.v1.SplitShardResponse.PhaseMsEntry\x12\x11\n\tfrozen_ms\x18\x05 \x01(\x01\x1a.\n\x0cPhaseMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"[\n\x0fStepDownRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\x03\x12\x0c\n\x04term\x18\x03 \x01(\x03\x12\x18\n\x10\x64rain_timeout_ms\x18\x04 \x01(\x03\"K\n\x10StepDownResponse\x12\x11\n\thead_term\x18\x01 \x01(\x03\x12\x13\n\x0bhead_offset\x18\x02 \x01(\x03\x12\x0f\n\x07\x64rained\x18\x03 \x01(\x08\x32\x9d\x02\n\nPyxiaAdmin\x12\x65\n\x10GetClusterStatus\x12\'.pyxia.admin.v1.GetClusterStatusRequest\x1a(.pyxia.admin.v1.GetClusterStatusResponse\x12S\n\nMoveLeader\x12!.pyxia.admin.v1.MoveLeaderRequest\x1a\".pyxia.admin.v1.MoveLeaderResponse\x12S\n\nSplitShard\x12!.pyxia.admin.v1.SplitShardRequest\x1a\".pyxia.admin.v1.SplitShardResponse2]\n\x0bShardEvents\x12N\n\x05Watch\x12\'.pyxia.admin.v1.WatchShardEventsRequest\x1a\x1a.pyxia.admin.v1.ShardEvent0\x01\x32X\n\x07Handoff\x12M\n\x08StepDown\x12\x1f.pyxia.admin.v1.StepDownRequest\x1a .pyxia.admin.v1.StepDownResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pyxia.proto.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SPLITSHARDRESPONSE_PHASEMSENTRY']._loaded_options = None
+  _globals['_SPLITSHARDRESPONSE_PHASEMSENTRY']._serialized_options = b'8\001'
   _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=71
   _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=96
   _globals['_DATASERVERSTATE']._serialized_start=98
@@ -46,14 +48,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MOVELEADERREQUEST']._serialized_end=535
   _globals['_MOVELEADERRESPONSE']._serialized_start=537
   _globals['_MOVELEADERRESPONSE']._serialized_end=587
-  _globals['_STEPDOWNREQUEST']._serialized_start=589
-  _globals['_STEPDOWNREQUEST']._serialized_end=680
-  _globals['_STEPDOWNRESPONSE']._serialized_start=682
-  _globals['_STEPDOWNRESPONSE']._serialized_end=757
-  _globals['_PYXIAADMIN']._serialized_start=760
-  _globals['_PYXIAADMIN']._serialized_end=960
-  _globals['_SHARDEVENTS']._serialized_start=962
-  _globals['_SHARDEVENTS']._serialized_end=1055
-  _globals['_HANDOFF']._serialized_start=1057
-  _globals['_HANDOFF']._serialized_end=1145
+  _globals['_SPLITSHARDREQUEST']._serialized_start=590
+  _globals['_SPLITSHARDREQUEST']._serialized_end=719
+  _globals['_SPLITSHARDRESPONSE']._serialized_start=722
+  _globals['_SPLITSHARDRESPONSE']._serialized_end=934
+  _globals['_SPLITSHARDRESPONSE_PHASEMSENTRY']._serialized_start=888
+  _globals['_SPLITSHARDRESPONSE_PHASEMSENTRY']._serialized_end=934
+  _globals['_STEPDOWNREQUEST']._serialized_start=936
+  _globals['_STEPDOWNREQUEST']._serialized_end=1027
+  _globals['_STEPDOWNRESPONSE']._serialized_start=1029
+  _globals['_STEPDOWNRESPONSE']._serialized_end=1104
+  _globals['_PYXIAADMIN']._serialized_start=1107
+  _globals['_PYXIAADMIN']._serialized_end=1392
+  _globals['_SHARDEVENTS']._serialized_start=1394
+  _globals['_SHARDEVENTS']._serialized_end=1487
+  _globals['_HANDOFF']._serialized_start=1489
+  _globals['_HANDOFF']._serialized_end=1577
 # @@protoc_insertion_point(module_scope)

@@ -194,6 +194,100 @@ class MoveLeaderResponse(_message.Message):
 Global___MoveLeaderResponse: _TypeAlias = MoveLeaderResponse  # noqa: Y015
 
 @_typing.final
+class SplitShardRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    SHARD_FIELD_NUMBER: _builtins.int
+    SPLIT_POINT_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    shard: _builtins.int
+    split_point: _builtins.int
+    """The last hash of the left child; absent: the middle of the shard's range."""
+    timeout_ms: _builtins.int
+    """The split's timeout before its point of no return, in milliseconds (0: the coordinator's,
+    5 minutes by default).
+    """
+    wait: _builtins.bool
+    """Answer once the split ended (done or aborted), not once it started."""
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        shard: _builtins.int = ...,
+        split_point: _builtins.int | None = ...,
+        timeout_ms: _builtins.int = ...,
+        wait: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_split_point", b"_split_point", "split_point", b"split_point"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_split_point", b"_split_point", "namespace", b"namespace", "shard", b"shard", "split_point", b"split_point", "timeout_ms", b"timeout_ms", "wait", b"wait"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__split_point: _TypeAlias = _typing.Literal["split_point"]  # noqa: Y015
+    _WhichOneofArgType__split_point: _TypeAlias = _typing.Literal["_split_point", b"_split_point"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__split_point) -> _WhichOneofReturnType__split_point | None: ...
+
+Global___SplitShardRequest: _TypeAlias = SplitShardRequest  # noqa: Y015
+
+@_typing.final
+class SplitShardResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class PhaseMsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    LEFT_SHARD_FIELD_NUMBER: _builtins.int
+    RIGHT_SHARD_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    PHASE_MS_FIELD_NUMBER: _builtins.int
+    FROZEN_MS_FIELD_NUMBER: _builtins.int
+    left_shard: _builtins.int
+    right_shard: _builtins.int
+    outcome: _builtins.str
+    """With `wait`: "done" or "aborted"."""
+    frozen_ms: _builtins.float
+    """With `wait`: how long the parent refused writes before the children served."""
+    @_builtins.property
+    def phase_ms(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """With `wait`: time spent in each phase (Bootstrap, CatchUp, Cutover), milliseconds."""
+
+    def __init__(
+        self,
+        *,
+        left_shard: _builtins.int = ...,
+        right_shard: _builtins.int = ...,
+        outcome: _builtins.str = ...,
+        phase_ms: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        frozen_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frozen_ms", b"frozen_ms", "left_shard", b"left_shard", "outcome", b"outcome", "phase_ms", b"phase_ms", "right_shard", b"right_shard"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SplitShardResponse: _TypeAlias = SplitShardResponse  # noqa: Y015
+
+@_typing.final
 class StepDownRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -216,6 +216,7 @@ class NamespaceShardsAssignment(_message.Message):
     ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     SHARD_KEY_ROUTER_FIELD_NUMBER: _builtins.int
     KEY_SORTING_FIELD_NUMBER: _builtins.int
+    PENDING_SPLIT_ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     shard_key_router: Global___ShardKeyRouter.ValueType
     key_sorting: Global___KeySorting.ValueType
     """Key order inside every shard of the namespace, so that a client can merge
@@ -223,16 +224,25 @@ class NamespaceShardsAssignment(_message.Message):
     """
     @_builtins.property
     def assignments(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShardAssignment]: ...
+    @_builtins.property
+    def pending_split_assignments(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShardAssignment]:
+        """pyxia extension, coordinator -> data server only: child shards of a split
+        in progress. A data server may create replicas of them (the split seeds
+        them from the parent), but strips them from what it serves to clients,
+        which keep routing to the parent until the cutover publishes the children.
+        """
+
     def __init__(
         self,
         *,
         assignments: _abc.Iterable[Global___ShardAssignment] | None = ...,
         shard_key_router: Global___ShardKeyRouter.ValueType = ...,
         key_sorting: Global___KeySorting.ValueType = ...,
+        pending_split_assignments: _abc.Iterable[Global___ShardAssignment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "key_sorting", b"key_sorting", "shard_key_router", b"shard_key_router"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "key_sorting", b"key_sorting", "pending_split_assignments", b"pending_split_assignments", "shard_key_router", b"shard_key_router"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from pyxia.proto import replication_pb2 as pyxia_dot_proto_dot_replication__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apyxia/proto/metadata.proto\x12\x10io.oxia.proto.v1\"R\n\x12\x44\x61taServerIdentity\x12\x11\n\x04name\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x0e\n\x06public\x18\x02 \x01(\t\x12\x10\n\x08internal\x18\x03 \x01(\tB\x07\n\x05_name\";\n\x0f\x43oordinatorInfo\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x16\n\x0epublic_address\x18\x02 \x01(\t\"\x85\x01\n\x12\x44\x61taServerMetadata\x12@\n\x06labels\x18\x01 \x03(\x0b\x32\x30.io.oxia.proto.v1.DataServerMetadata.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"|\n\nDataServer\x12\x36\n\x08identity\x18\x01 \x01(\x0b\x32$.io.oxia.proto.v1.DataServerIdentity\x12\x36\n\x08metadata\x18\x02 \x01(\x0b\x32$.io.oxia.proto.v1.DataServerMetadata\",\n\x0c\x41ntiAffinity\x12\x0e\n\x06labels\x18\x01 \x03(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\"\xde\x01\n\tNamespace\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1b\n\x13initial_shard_count\x18\x02 \x01(\r\x12\x1a\n\x12replication_factor\x18\x03 \x01(\r\x12\"\n\x15notifications_enabled\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x13\n\x0bkey_sorting\x18\x05 \x01(\t\x12\x37\n\x0f\x61nti_affinities\x18\x06 \x03(\x0b\x32\x1e.io.oxia.proto.v1.AntiAffinityB\x18\n\x16_notifications_enabled\"B\n\x0cLoadBalancer\x12\x19\n\x11schedule_interval\x18\x01 \x01(\t\x12\x17\n\x0fquarantine_time\x18\x02 \x01(\t\"\x90\x01\n\x0f\x41utoSplitConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x19\n\x11max_shard_size_mb\x18\x02 \x01(\r\x12\x1a\n\x12max_throughput_ops\x18\x03 \x01(\r\x12\x1c\n\x14stabilization_period\x18\x04 \x01(\t\x12\x17\n\x0f\x63ooldown_period\x18\x05 \x01(\t\"j\n\x0fShardManagement\x12 \n\x18max_shards_per_namespace\x18\x01 \x01(\r\x12\x35\n\nauto_split\x18\x02 \x01(\x0b\x32!.io.oxia.proto.v1.AutoSplitConfig\"\xc5\x03\n\x14\x43lusterConfiguration\x12/\n\nnamespaces\x18\x01 \x03(\x0b\x32\x1b.io.oxia.proto.v1.Namespace\x12\x35\n\x07servers\x18\x02 \x03(\x0b\x32$.io.oxia.proto.v1.DataServerIdentity\x12\x1f\n\x17\x61llow_extra_authorities\x18\x03 \x03(\t\x12S\n\x0fserver_metadata\x18\x04 \x03(\x0b\x32:.io.oxia.proto.v1.ClusterConfiguration.ServerMetadataEntry\x12\x35\n\rload_balancer\x18\x05 \x01(\x0b\x32\x1e.io.oxia.proto.v1.LoadBalancer\x12;\n\x10shard_management\x18\x06 \x01(\x0b\x32!.io.oxia.proto.v1.ShardManagement\x1a[\n\x13ServerMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x33\n\x05value\x18\x02 \x01(\x0b\x32$.io.oxia.proto.v1.DataServerMetadata:\x02\x38\x01\"%\n\tHashRange\x12\x0b\n\x03min\x18\x01 \x01(\r\x12\x0b\n\x03max\x18\x02 \x01(\r\"\xe0\x02\n\rSplitMetadata\x12+\n\x05phase\x18\x01 \x01(\x0e\x32\x1c.io.oxia.proto.v1.SplitPhase\x12\x17\n\x0fparent_shard_id\x18\x02 \x01(\x03\x12\x17\n\x0f\x63hild_shard_ids\x18\x03 \x03(\x03\x12\x13\n\x0bsplit_point\x18\x04 \x01(\r\x12\x17\n\x0fsnapshot_offset\x18\x05 \x01(\x03\x12 \n\x18parent_term_at_bootstrap\x18\x06 \x01(\x03\x12`\n\x1a\x63hild_leaders_at_bootstrap\x18\x07 \x03(\x0b\x32<.io.oxia.proto.v1.SplitMetadata.ChildLeadersAtBootstrapEntry\x1a>\n\x1c\x43hildLeadersAtBootstrapEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa8\x03\n\rShardMetadata\x12-\n\x06status\x18\x01 \x01(\x0e\x32\x1d.io.oxia.proto.v1.ShardStatus\x12\x0c\n\x04term\x18\x02 \x01(\x03\x12\x34\n\x06leader\x18\x03 \x01(\x0b\x32$.io.oxia.proto.v1.DataServerIdentity\x12\x36\n\x08\x65nsemble\x18\x04 \x03(\x0b\x32$.io.oxia.proto.v1.DataServerIdentity\x12;\n\rremoved_nodes\x18\x05 \x03(\x0b\x32$.io.oxia.proto.v1.DataServerIdentity\x12H\n\x1apending_delete_shard_nodes\x18\x06 \x03(\x0b\x32$.io.oxia.proto.v1.DataServerIdentity\x12\x35\n\x10int32_hash_range\x18\x07 \x01(\x0b\x32\x1b.io.oxia.proto.v1.HashRange\x12.\n\x05split\x18\x08 \x01(\x0b\x32\x1f.io.oxia.proto.v1.SplitMetadata\"\xbc\x01\n\x0fNamespaceStatus\x12\x1a\n\x12replication_factor\x18\x01 \x01(\r\x12=\n\x06shards\x18\x02 \x03(\x0b\x32-.io.oxia.proto.v1.NamespaceStatus.ShardsEntry\x1aN\n\x0bShardsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.io.oxia.proto.v1.ShardMetadata:\x02\x38\x01\"\xef\x01\n\rClusterStatus\x12\x43\n\nnamespaces\x18\x01 \x03(\x0b\x32/.io.oxia.proto.v1.ClusterStatus.NamespacesEntry\x12\x1a\n\x12shard_id_generator\x18\x02 \x01(\x03\x12\x12\n\nserver_idx\x18\x03 \x01(\r\x12\x13\n\x0binstance_id\x18\x04 \x01(\t\x1aT\n\x0fNamespacesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x30\n\x05value\x18\x02 \x01(\x0b\x32!.io.oxia.proto.v1.NamespaceStatus:\x02\x38\x01*5\n\nSplitPhase\x12\r\n\tBootstrap\x10\x00\x12\x0b\n\x07\x43\x61tchUp\x10\x01\x12\x0b\n\x07\x43utover\x10\x02*R\n\x0bShardStatus\x12\x16\n\x12ShardStatusUnknown\x10\x00\x12\x0f\n\x0bSteadyState\x10\x01\x12\x0c\n\x08\x45lection\x10\x02\x12\x0c\n\x08\x44\x65leting\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apyxia/proto/metadata.proto\x12\x10io.oxia.proto.v1\x1a\x1dpyxia/proto/replication.proto\"R\n\x12\x44\x61taServerIdentity\x12\x11\n\x04name\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x0e\n\x06public\x18\x02 \x01(\t\x12\x10\n\x08internal\x18\x03 \x01(\tB\x07\n\x05_name\";\n\x0f\x43oordinatorInfo\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x16\n\x0epublic_address\x18\x02 \x01(\t\"\x85\x01\n\x12\x44\x61taServerMetadata\x12@\n\x06labels\x18\x01 \x03(\x0b\x32\x30.io.oxia.proto.v1.DataServerMetadata.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"|\n\nDataServer\x12\x36\n\x08identity\x18\x01 \x01(\x0b\x32$.io.oxia.proto.v1.DataServerIdentity\x12\x36\n\x08metadata\x18\x02 \x01(\x0b\x32$.io.oxia.proto.v1.DataServerMetadata\"v\n\x10\x44\x61taServerStatus\x12\x30\n\x05state\x18\x01 \x01(\x0e\x32!.io.oxia.proto.v1.DataServerState\x12\x30\n\x12supported_features\x18\x02 \x03(\x0e\x32\x14.replication.Feature\",\n\x0c\x41ntiAffinity\x12\x0e\n\x06labels\x18\x01 \x03(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\"\xde\x01\n\tNamespace\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1b\n\x13initial_shard_count\x18\x02 \x01(\r\x12\x1a\n\x12replication_factor\x18\x03 \x01(\r\x12\"\n\x15notifications_enabled\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x13\n\x0bkey_sorting\x18\x05 \x01(\t\x12\x37\n\x0f\x61nti_affinities\x18\x06 \x03(\x0b\x32\x1e.io.oxia.proto.v1.AntiAffinityB\x18\n\x16_notifications_enabled\"B\n\x0cLoadBalancer\x12\x19\n\x11schedule_interval\x18\x01 \x01(\t\x12\x17\n\x0fquarantine_time\x18\x02 \x01(\t\"\x90\x01\n\x0f\x41utoSplitConfig\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x19\n\x11max_shard_size_mb\x18\x02 \x01(\r\x12\x1a\n\x12max_throughput_ops\x18\x03 \x01(\r\x12\x1c\n\x14stabilization_period\x18\x04 \x01(\t\x12\x17\n\x0f\x63ooldown_period\x18\x05 \x01(\t\"j\n\x0fShardManagement\x12 \n\x18max_shards_per_namespace\x18\x01 \x01(\r\x12\x35\n\nauto_split\x18\x02 \x01(\x0b\x32!.io.oxia.proto.v1.AutoSplitConfig\"\xc5\x03\n\x14\x43lusterConfiguration\x12/\n\nnamespaces\x18\x01 \x03(\x0b\x32\x1b.io.oxia.proto.v1.Namespace\x12\x35\n\x07servers\x18\x02 \x03(\x0b\x32$.io.oxia.proto.v1.DataServerIdentity\x12\x1f\n\x17\x61llow_extra_authorities\x18\x03 \x03(\t\x12S\n\x0fserver_metadata\x18\x04 \x03(\x0b\x32:.io.oxia.proto.v1.ClusterConfiguration.ServerMetadataEntry\x12\x35\n\rload_balancer\x18\x05 \x01(\x0b\x32\x1e.io.oxia.proto.v1.LoadBalancer\x12;\n\x10shard_management\x18\x06 \x01(\x0b\x32!.io.oxia.proto.v1.ShardManagement\x1a[\n\x13ServerMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x33\n\x05value\x18\x02 \x01(\x0b\x32$.io.oxia.proto.v1.DataServerMetadata:\x02\x38\x01\"%\n\tHashRange\x12\x0b\n\x03min\x18\x01 \x01(\r\x12\x0b\n\x03max\x18\x02 \x01(\r\"\xe0\x02\n\rSplitMetadata\x12+\n\x05phase\x18\x01 \x01(\x0e\x32\x1c.io.oxia.proto.v1.SplitPhase\x12\x17\n\x0fparent_shard_id\x18\x02 \x01(\x03\x12\x17\n\x0f\x63hild_shard_ids\x18\x03 \x03(\x03\x12\x13\n\x0bsplit_point\x18\x04 \x01(\r\x12\x17\n\x0fsnapshot_offset\x18\x05 \x01(\x03\x12 \n\x18parent_term_at_bootstrap\x18\x06 \x01(\x03\x12`\n\x1a\x63hild_leaders_at_bootstrap\x18\x07 \x03(\x0b\x32<.io.oxia.proto.v1.SplitMetadata.ChildLeadersAtBootstrapEntry\x1a>\n\x1c\x43hildLeadersAtBootstrapEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa8\x03\n\rShardMetadata\x12-\n\x06status\x18\x01 \x01(\x0e\x32\x1d.io.oxia.proto.v1.ShardStatus\x12\x0c\n\x04term\x18\x02 \x01(\x03\x12\x34\n\x06leader\x18\x03 \x01(\x0b\x32$.io.oxia.proto.v1.DataServerIdentity\x12\x36\n\x08\x65nsemble\x18\x04 \x03(\x0b\x32$.io.oxia.proto.v1.DataServerIdentity\x12;\n\rremoved_nodes\x18\x05 \x03(\x0b\x32$.io.oxia.proto.v1.DataServerIdentity\x12H\n\x1apending_delete_shard_nodes\x18\x06 \x03(\x0b\x32$.io.oxia.proto.v1.DataServerIdentity\x12\x35\n\x10int32_hash_range\x18\x07 \x01(\x0b\x32\x1b.io.oxia.proto.v1.HashRange\x12.\n\x05split\x18\x08 \x01(\x0b\x32\x1f.io.oxia.proto.v1.SplitMetadata\"\xbc\x01\n\x0fNamespaceStatus\x12\x1a\n\x12replication_factor\x18\x01 \x01(\r\x12=\n\x06shards\x18\x02 \x03(\x0b\x32-.io.oxia.proto.v1.NamespaceStatus.ShardsEntry\x1aN\n\x0bShardsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.io.oxia.proto.v1.ShardMetadata:\x02\x38\x01\"\xed\x02\n\rClusterStatus\x12\x43\n\nnamespaces\x18\x01 \x03(\x0b\x32/.io.oxia.proto.v1.ClusterStatus.NamespacesEntry\x12\x1a\n\x12shard_id_generator\x18\x02 \x01(\x03\x12\x12\n\nserver_idx\x18\x03 \x01(\r\x12\x13\n\x0binstance_id\x18\x04 \x01(\t\x12=\n\radmin_managed\x18\x64 \x01(\x0b\x32&.io.oxia.proto.v1.ClusterConfiguration\x12=\n\x12leader_coordinator\x18\x65 \x01(\x0b\x32!.io.oxia.proto.v1.CoordinatorInfo\x1aT\n\x0fNamespacesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x30\n\x05value\x18\x02 \x01(\x0b\x32!.io.oxia.proto.v1.NamespaceStatus:\x02\x38\x01*\x96\x01\n\x0f\x44\x61taServerState\x12!\n\x1d\x44\x41TA_SERVER_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x44\x41TA_SERVER_STATE_RUNNING\x10\x01\x12!\n\x1d\x44\x41TA_SERVER_STATE_UNAVAILABLE\x10\x02\x12\x1e\n\x1a\x44\x41TA_SERVER_STATE_DRAINING\x10\x03*5\n\nSplitPhase\x12\r\n\tBootstrap\x10\x00\x12\x0b\n\x07\x43\x61tchUp\x10\x01\x12\x0b\n\x07\x43utover\x10\x02*R\n\x0bShardStatus\x12\x16\n\x12ShardStatusUnknown\x10\x00\x12\x0f\n\x0bSteadyState\x10\x01\x12\x0c\n\x08\x45lection\x10\x02\x12\x0c\n\x08\x44\x65leting\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,48 +42,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NAMESPACESTATUS_SHARDSENTRY']._serialized_options = b'8\001'
   _globals['_CLUSTERSTATUS_NAMESPACESENTRY']._loaded_options = None
   _globals['_CLUSTERSTATUS_NAMESPACESENTRY']._serialized_options = b'8\001'
-  _globals['_SPLITPHASE']._serialized_start=2759
-  _globals['_SPLITPHASE']._serialized_end=2812
-  _globals['_SHARDSTATUS']._serialized_start=2814
-  _globals['_SHARDSTATUS']._serialized_end=2896
-  _globals['_DATASERVERIDENTITY']._serialized_start=48
-  _globals['_DATASERVERIDENTITY']._serialized_end=130
-  _globals['_COORDINATORINFO']._serialized_start=132
-  _globals['_COORDINATORINFO']._serialized_end=191
-  _globals['_DATASERVERMETADATA']._serialized_start=194
-  _globals['_DATASERVERMETADATA']._serialized_end=327
-  _globals['_DATASERVERMETADATA_LABELSENTRY']._serialized_start=282
-  _globals['_DATASERVERMETADATA_LABELSENTRY']._serialized_end=327
-  _globals['_DATASERVER']._serialized_start=329
-  _globals['_DATASERVER']._serialized_end=453
-  _globals['_ANTIAFFINITY']._serialized_start=455
-  _globals['_ANTIAFFINITY']._serialized_end=499
-  _globals['_NAMESPACE']._serialized_start=502
-  _globals['_NAMESPACE']._serialized_end=724
-  _globals['_LOADBALANCER']._serialized_start=726
-  _globals['_LOADBALANCER']._serialized_end=792
-  _globals['_AUTOSPLITCONFIG']._serialized_start=795
-  _globals['_AUTOSPLITCONFIG']._serialized_end=939
-  _globals['_SHARDMANAGEMENT']._serialized_start=941
-  _globals['_SHARDMANAGEMENT']._serialized_end=1047
-  _globals['_CLUSTERCONFIGURATION']._serialized_start=1050
-  _globals['_CLUSTERCONFIGURATION']._serialized_end=1503
-  _globals['_CLUSTERCONFIGURATION_SERVERMETADATAENTRY']._serialized_start=1412
-  _globals['_CLUSTERCONFIGURATION_SERVERMETADATAENTRY']._serialized_end=1503
-  _globals['_HASHRANGE']._serialized_start=1505
-  _globals['_HASHRANGE']._serialized_end=1542
-  _globals['_SPLITMETADATA']._serialized_start=1545
-  _globals['_SPLITMETADATA']._serialized_end=1897
-  _globals['_SPLITMETADATA_CHILDLEADERSATBOOTSTRAPENTRY']._serialized_start=1835
-  _globals['_SPLITMETADATA_CHILDLEADERSATBOOTSTRAPENTRY']._serialized_end=1897
-  _globals['_SHARDMETADATA']._serialized_start=1900
-  _globals['_SHARDMETADATA']._serialized_end=2324
-  _globals['_NAMESPACESTATUS']._serialized_start=2327
-  _globals['_NAMESPACESTATUS']._serialized_end=2515
-  _globals['_NAMESPACESTATUS_SHARDSENTRY']._serialized_start=2437
-  _globals['_NAMESPACESTATUS_SHARDSENTRY']._serialized_end=2515
-  _globals['_CLUSTERSTATUS']._serialized_start=2518
-  _globals['_CLUSTERSTATUS']._serialized_end=2757
-  _globals['_CLUSTERSTATUS_NAMESPACESENTRY']._serialized_start=2673
-  _globals['_CLUSTERSTATUS_NAMESPACESENTRY']._serialized_end=2757
+  _globals['_DATASERVERSTATE']._serialized_start=3037
+  _globals['_DATASERVERSTATE']._serialized_end=3187
+  _globals['_SPLITPHASE']._serialized_start=3189
+  _globals['_SPLITPHASE']._serialized_end=3242
+  _globals['_SHARDSTATUS']._serialized_start=3244
+  _globals['_SHARDSTATUS']._serialized_end=3326
+  _globals['_DATASERVERIDENTITY']._serialized_start=79
+  _globals['_DATASERVERIDENTITY']._serialized_end=161
+  _globals['_COORDINATORINFO']._serialized_start=163
+  _globals['_COORDINATORINFO']._serialized_end=222
+  _globals['_DATASERVERMETADATA']._serialized_start=225
+  _globals['_DATASERVERMETADATA']._serialized_end=358
+  _globals['_DATASERVERMETADATA_LABELSENTRY']._serialized_start=313
+  _globals['_DATASERVERMETADATA_LABELSENTRY']._serialized_end=358
+  _globals['_DATASERVER']._serialized_start=360
+  _globals['_DATASERVER']._serialized_end=484
+  _globals['_DATASERVERSTATUS']._serialized_start=486
+  _globals['_DATASERVERSTATUS']._serialized_end=604
+  _globals['_ANTIAFFINITY']._serialized_start=606
+  _globals['_ANTIAFFINITY']._serialized_end=650
+  _globals['_NAMESPACE']._serialized_start=653
+  _globals['_NAMESPACE']._serialized_end=875
+  _globals['_LOADBALANCER']._serialized_start=877
+  _globals['_LOADBALANCER']._serialized_end=943
+  _globals['_AUTOSPLITCONFIG']._serialized_start=946
+  _globals['_AUTOSPLITCONFIG']._serialized_end=1090
+  _globals['_SHARDMANAGEMENT']._serialized_start=1092
+  _globals['_SHARDMANAGEMENT']._serialized_end=1198
+  _globals['_CLUSTERCONFIGURATION']._serialized_start=1201
+  _globals['_CLUSTERCONFIGURATION']._serialized_end=1654
+  _globals['_CLUSTERCONFIGURATION_SERVERMETADATAENTRY']._serialized_start=1563
+  _globals['_CLUSTERCONFIGURATION_SERVERMETADATAENTRY']._serialized_end=1654
+  _globals['_HASHRANGE']._serialized_start=1656
+  _globals['_HASHRANGE']._serialized_end=1693
+  _globals['_SPLITMETADATA']._serialized_start=1696
+  _globals['_SPLITMETADATA']._serialized_end=2048
+  _globals['_SPLITMETADATA_CHILDLEADERSATBOOTSTRAPENTRY']._serialized_start=1986
+  _globals['_SPLITMETADATA_CHILDLEADERSATBOOTSTRAPENTRY']._serialized_end=2048
+  _globals['_SHARDMETADATA']._serialized_start=2051
+  _globals['_SHARDMETADATA']._serialized_end=2475
+  _globals['_NAMESPACESTATUS']._serialized_start=2478
+  _globals['_NAMESPACESTATUS']._serialized_end=2666
+  _globals['_NAMESPACESTATUS_SHARDSENTRY']._serialized_start=2588
+  _globals['_NAMESPACESTATUS_SHARDSENTRY']._serialized_end=2666
+  _globals['_CLUSTERSTATUS']._serialized_start=2669
+  _globals['_CLUSTERSTATUS']._serialized_end=3034
+  _globals['_CLUSTERSTATUS_NAMESPACESENTRY']._serialized_start=2950
+  _globals['_CLUSTERSTATUS_NAMESPACESENTRY']._serialized_end=3034
 # @@protoc_insertion_point(module_scope)

@@ -12,6 +12,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from pyxia.proto import replication_pb2 as _replication_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -22,6 +23,26 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _DataServerState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DataServerStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DataServerState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DATA_SERVER_STATE_UNSPECIFIED: _DataServerState.ValueType  # 0
+    DATA_SERVER_STATE_RUNNING: _DataServerState.ValueType  # 1
+    DATA_SERVER_STATE_UNAVAILABLE: _DataServerState.ValueType  # 2
+    DATA_SERVER_STATE_DRAINING: _DataServerState.ValueType  # 3
+
+class DataServerState(_DataServerState, metaclass=_DataServerStateEnumTypeWrapper):
+    """A data server's liveness as the leading coordinator sees it (Oxia's admin API)."""
+
+DATA_SERVER_STATE_UNSPECIFIED: DataServerState.ValueType  # 0
+DATA_SERVER_STATE_RUNNING: DataServerState.ValueType  # 1
+DATA_SERVER_STATE_UNAVAILABLE: DataServerState.ValueType  # 2
+DATA_SERVER_STATE_DRAINING: DataServerState.ValueType  # 3
+Global___DataServerState: _TypeAlias = DataServerState  # noqa: Y015
 
 class _SplitPhase:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -172,6 +193,29 @@ class DataServer(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DataServer: _TypeAlias = DataServer  # noqa: Y015
+
+@_typing.final
+class DataServerStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    SUPPORTED_FEATURES_FIELD_NUMBER: _builtins.int
+    state: Global___DataServerState.ValueType
+    @_builtins.property
+    def supported_features(self) -> _containers.RepeatedScalarFieldContainer[_replication_pb2.Feature.ValueType]: ...
+    def __init__(
+        self,
+        *,
+        state: Global___DataServerState.ValueType = ...,
+        supported_features: _abc.Iterable[_replication_pb2.Feature.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state", "supported_features", b"supported_features"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataServerStatus: _TypeAlias = DataServerStatus  # noqa: Y015
 
 @_typing.final
 class AntiAffinity(_message.Message):
@@ -587,11 +631,29 @@ class ClusterStatus(_message.Message):
     SHARD_ID_GENERATOR_FIELD_NUMBER: _builtins.int
     SERVER_IDX_FIELD_NUMBER: _builtins.int
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    ADMIN_MANAGED_FIELD_NUMBER: _builtins.int
+    LEADER_COORDINATOR_FIELD_NUMBER: _builtins.int
     shard_id_generator: _builtins.int
     server_idx: _builtins.int
     instance_id: _builtins.str
     @_builtins.property
     def namespaces(self) -> _containers.MessageMap[_builtins.str, Global___NamespaceStatus]: ...
+    @_builtins.property
+    def admin_managed(self) -> Global___ClusterConfiguration:
+        """pyxia: the namespaces and data servers created or changed through the admin API
+        (io.oxia.proto.v1.OxiaAdmin). Oxia keeps them in its configuration document; pyxia keeps
+        them here, so every metadata provider persists them with the status, in the same
+        compare-and-set as the shards they create. What the cluster config file defines is not
+        in here (the file wins for what it defines; see docs/admin.md).
+        """
+
+    @_builtins.property
+    def leader_coordinator(self) -> Global___CoordinatorInfo:
+        """pyxia: the coordinator that leads, as it recorded itself when it began to lead: its
+        identity and the address of its admin port. A coordinator that does not lead points
+        admin clients there (NODE_IS_NOT_LEADER with the "coordinator-leader" hint, as Oxia).
+        """
+
     def __init__(
         self,
         *,
@@ -599,10 +661,12 @@ class ClusterStatus(_message.Message):
         shard_id_generator: _builtins.int = ...,
         server_idx: _builtins.int = ...,
         instance_id: _builtins.str = ...,
+        admin_managed: Global___ClusterConfiguration | None = ...,
+        leader_coordinator: Global___CoordinatorInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["admin_managed", b"admin_managed", "leader_coordinator", b"leader_coordinator"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "namespaces", b"namespaces", "server_idx", b"server_idx", "shard_id_generator", b"shard_id_generator"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin_managed", b"admin_managed", "instance_id", b"instance_id", "leader_coordinator", b"leader_coordinator", "namespaces", b"namespaces", "server_idx", b"server_idx", "shard_id_generator", b"shard_id_generator"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -654,10 +654,17 @@ class GetStatusResponse(_message.Message):
     HEAD_OFFSET_FIELD_NUMBER: _builtins.int
     COMMIT_OFFSET_FIELD_NUMBER: _builtins.int
     SHARD_STATS_FIELD_NUMBER: _builtins.int
+    SPLIT_PARENT_TERM_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     status: Global___ServingStatus.ValueType
     head_offset: _builtins.int
     commit_offset: _builtins.int
+    split_parent_term: _builtins.int
+    """pyxia extension: on a split child's replica still holding its parent's
+    data, the parent term whose leader seeded it (-1 otherwise; 0 from a server
+    that predates the field). The split counts only replicas seeded by the
+    parent's current leader.
+    """
     @_builtins.property
     def shard_stats(self) -> Global___ShardStats: ...
     def __init__(
@@ -668,10 +675,11 @@ class GetStatusResponse(_message.Message):
         head_offset: _builtins.int = ...,
         commit_offset: _builtins.int = ...,
         shard_stats: Global___ShardStats | None = ...,
+        split_parent_term: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["shard_stats", b"shard_stats"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit_offset", b"commit_offset", "head_offset", b"head_offset", "shard_stats", b"shard_stats", "status", b"status", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit_offset", b"commit_offset", "head_offset", b"head_offset", "shard_stats", b"shard_stats", "split_parent_term", b"split_parent_term", "status", b"status", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -150,20 +150,32 @@ class VersionSighting:
     where: str
 
 
-def version_sightings(
-    history: History, shard_of: Callable[[str], int]
-) -> Iterable[VersionSighting]:
+def version_sightings(history: History, shard_of: Callable[..., int]) -> Iterable[VersionSighting]:
+    """Every version seen, on the shard that holds the key in the *final* map (``shard_of``):
+    a split's children go on with their parent's version counter, so a key's versions form
+    one sequence on its final shard (each final shard's keys lived in one shard at every
+    moment), while two children may hand out the same version number to different keys."""
     for op in history.ops:
         if op.status != OK:
             continue
         if op.kind in (PUT, CAS, SEQ) and op.result == "ok" and op.version is not None:
             key = op.result_key if op.kind == SEQ and op.result_key else op.key
             yield VersionSighting(
-                op.shard, op.version, key, op.value, op.mod_count, f"#{op.id} {op.kind}"
+                shard_of(op.key, op.partition_key),
+                op.version,
+                key,
+                op.value,
+                op.mod_count,
+                f"#{op.id} {op.kind}",
             )
         elif op.kind == GET and op.result == "found" and op.version is not None:
             yield VersionSighting(
-                op.shard, op.version, op.key, op.read_value, op.mod_count, f"#{op.id} get"
+                shard_of(op.key, op.partition_key),
+                op.version,
+                op.key,
+                op.read_value,
+                op.mod_count,
+                f"#{op.id} get",
             )
         elif op.kind == SCAN:
             for r in op.records or ():
@@ -174,7 +186,7 @@ def version_sightings(
 
 def check_versions(
     history: History,
-    shard_of: Callable[[str], int],
+    shard_of: Callable[..., int],
     extra: Iterable[VersionSighting] = (),
 ) -> CheckReport:
     report = CheckReport("versions")
@@ -221,7 +233,7 @@ def check_versions(
             and op.version is not None
             and op.complete is not None
         ):
-            writes.setdefault(op.shard, []).append(op)
+            writes.setdefault(shard_of(op.key, op.partition_key), []).append(op)
     for shard, ws in writes.items():
         by_complete = sorted(ws, key=lambda o: o.complete or 0)
         completes = [o.complete or 0 for o in by_complete]
@@ -295,7 +307,11 @@ def check_notifications(history: History, subs: list[Subscription]) -> CheckRepo
     for sub in subs:
         last_offset: dict[int, int] = {}
         last_version: dict[int, int] = {}
-        delivered: dict[tuple[int, int], str] = {}
+        # (key, version) -> the shards whose batches notified it. By key, not by the shard
+        # the write went to: after a split, a parent's change may be delivered by a child
+        # (whose log continues the parent's), and two children share the parent's counter.
+        delivered: dict[tuple[str, int], set[int]] = {}
+        shards_of_key: dict[str, set[int]] = {}
         for b in sub.batches:
             total += 1
             lo = last_offset.get(b.shard)
@@ -346,8 +362,9 @@ def check_notifications(history: History, subs: list[Subscription]) -> CheckRepo
             if vs:
                 last_version[b.shard] = max(lv, *vs)
             for n in b.notifications:
+                shards_of_key.setdefault(n.key, set()).add(b.shard)
                 if n.version is not None:
-                    delivered.setdefault((b.shard, n.version), n.key)
+                    delivered.setdefault((n.key, n.version), set()).add(b.shard)
         if not sub.caught_up:
             report.violations.append(
                 Violation(
@@ -368,11 +385,11 @@ def check_notifications(history: History, subs: list[Subscription]) -> CheckRepo
                 and op.invoke >= sub.connected_at
             ):
                 key = op.result_key if op.kind == SEQ and op.result_key else op.key
-                got = delivered.get((op.shard, op.version))
-                if got is None and coalesced(op.shard, op.version, key):
+                if (key, op.version) in delivered:
                     continue
-                if got is None or got != key:
-                    missing.append(op)
+                if coalesced(frozenset(shards_of_key.get(key, ())), op.version, key):
+                    continue
+                missing.append(op)
         if missing:
             report.violations.append(
                 Violation(
@@ -389,18 +406,25 @@ def check_notifications(history: History, subs: list[Subscription]) -> CheckRepo
     return report
 
 
-def _coalesced(batches: list[Batch]) -> Callable[[int, int, str], bool]:
+def _coalesced(batches: list[Batch]) -> Callable[[frozenset[int], int, str], bool]:
     """A batch holds one notification per key: a key written twice in one log entry (or
     written, then deleted) is notified once, with its last change. Whether version ``v`` of
     ``key`` can be such a superseded change: a delivered batch notifies ``key`` and ``v`` lies
     between the versions of the batches before it and those after it (versions grow with the
-    log, so ``v`` was assigned in that batch's entry)."""
+    log, so ``v`` was assigned in that batch's entry).
+
+    The log is that of the shards whose batches notified the key (``shards``): one shard, or
+    a split parent and its descendants, whose logs continue one another (offsets and versions
+    grow along the lineage), merged in offset order."""
     by_shard: dict[int, list[Batch]] = {}
     for b in batches:
         by_shard.setdefault(b.shard, []).append(b)
-    index: dict[int, tuple[list[int], list[float], dict[str, list[tuple[int, float]]]]] = {}
-    for shard, bs in by_shard.items():
-        bs.sort(key=lambda b: b.offset)
+    index: dict[
+        frozenset[int], tuple[list[int], list[float], dict[str, list[tuple[int, float]]]]
+    ] = {}
+
+    def build(shards: frozenset[int]) -> None:
+        bs = sorted((b for s in shards for b in by_shard.get(s, ())), key=lambda b: b.offset)
         versions = [[n.version for n in b.notifications if n.version is not None] for b in bs]
         pre_max: list[int] = []
         m = -1
@@ -418,12 +442,14 @@ def _coalesced(batches: list[Batch]) -> Callable[[int, int, str], bool]:
                 # the key's last change in the entry: a later version, or a deletion
                 last = float("inf") if n.version is None else n.version
                 keys.setdefault(n.key, []).append((i, last))
-        index[shard] = (pre_max, post_min, keys)
+        index[shards] = (pre_max, post_min, keys)
 
-    def check(shard: int, v: int, key: str) -> bool:
-        if shard not in index:
+    def check(shards: frozenset[int], v: int, key: str) -> bool:
+        if not shards:
             return False
-        pre_max, post_min, keys = index[shard]
+        if shards not in index:
+            build(shards)
+        pre_max, post_min, keys = index[shards]
         return any(pre_max[i] < v < post_min[i] and v < last for i, last in keys.get(key, ()))
 
     return check
@@ -442,7 +468,7 @@ class SequenceFinal:
 
 
 def _seq_number(prefix: str, key: str) -> int | None:
-    from pyxia.storage.keys import parse_sequence_suffix
+    from pyxia.common.keys import parse_sequence_suffix
 
     try:
         parts = parse_sequence_suffix(prefix, key)
@@ -747,8 +773,11 @@ class TsoLeaseCall:
     invoke: int
     complete: int
     invoke_wall_ms: int
-    """The client's wall clock when the call was made (compared with server expiries)."""
-    kind: str  # "acquire" | "renew" | "release"
+    """The client's wall clock when the call was made."""
+    complete_wall_ms: int
+    """The client's wall clock when the answer (or the failure) came back (compared with server
+    expiries)."""
+    kind: str  # "acquire" | "renew" | "release" | "release-unknown" (failed: may have happened)
     holder: bytes
     holder_epoch: int
     lease_id: int
@@ -760,17 +789,23 @@ def check_tso_leases(calls: list[TsoLeaseCall], clock_skew_ms: int = 1000) -> Ch
     """Never two holders: an acquire at a holder's epoch returns the live lease of that epoch
     (a different id only once the earlier one expired or was released); an acquire at a lower
     epoch never succeeds while a higher one's lease is live; an id names one (holder, epoch);
-    a lease's bound never goes down."""
+    a lease's bound never goes down.
+
+    The server decides an acquire at some instant between its invoke and its answer (under
+    load, seconds after the invoke: it waits for the oracle's earlier writes), so an earlier
+    lease counts as live against it only if it was live for the whole call: unexpired at the
+    acquire's *answer* (client wall clock, give or take ``clock_skew_ms``) and no release of it
+    (answered or of unknown outcome) sent before that answer."""
     report = CheckReport("tso-lease")
     if not calls:
         report.skipped = "no lease call"
         return report
     owner: dict[int, tuple[bytes, int]] = {}
     bound: dict[int, int] = {}
-    released: dict[int, int] = {}  # lease id -> when its release completed
+    released: dict[int, int] = {}  # lease id -> when its first release was sent
     for c in sorted(calls, key=lambda c: c.complete):
-        if c.kind == "release":
-            released.setdefault(c.lease_id, c.complete)
+        if c.kind in ("release", "release-unknown"):
+            released[c.lease_id] = min(released.get(c.lease_id, c.invoke), c.invoke)
             continue
         who = (c.holder, c.holder_epoch)
         if owner.setdefault(c.lease_id, who) != who:
@@ -789,17 +824,17 @@ def check_tso_leases(calls: list[TsoLeaseCall], clock_skew_ms: int = 1000) -> Ch
     acquires = sorted((c for c in calls if c.kind == "acquire"), key=lambda c: c.complete)
     latest: dict[int, TsoLeaseCall] = {}  # lease id -> its latest answer (acquire or renew)
     for c in sorted(calls, key=lambda c: c.complete):
-        if c.kind != "release":
+        if c.kind in ("acquire", "renew"):
             latest[c.lease_id] = c
     for a in acquires:
         for b in acquires:
             if b is a or b.holder != a.holder or b.complete >= a.invoke:
                 continue
-            # b was answered before a was asked: was b's lease still live then?
+            # b was answered before a was asked: was b's lease live for the whole of a's call?
             last = latest.get(b.lease_id, b)
             live = (
-                last.expires_at_ms > a.invoke_wall_ms + clock_skew_ms
-                and released.get(b.lease_id, a.invoke + 1) > a.invoke
+                last.expires_at_ms > a.complete_wall_ms + clock_skew_ms
+                and released.get(b.lease_id, a.complete + 1) > a.complete
             )
             if not live:
                 continue

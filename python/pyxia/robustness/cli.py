@@ -65,7 +65,7 @@ async def _bounded(main: Coroutine[Any, Any, T], budget: float) -> T:
     show_default=True,
     help="Comma-separated fault kinds to inject: kill, kill-leader, pause, partition, "
     "partition-leader, delay, flaky, disk-full, power-loss, cluster-power-loss, failpoint, wipe, "
-    "planned-move, graceful-restart ('all': every kind; 'none': no fault).",
+    "planned-move, graceful-restart, split, split-kill ('all': every kind; 'none': no fault).",
 )
 @click.option("--clients", type=int, default=4, show_default=True)
 @click.option("--processes", type=int, default=3, show_default=True, help="Per client.")

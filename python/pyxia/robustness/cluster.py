@@ -36,6 +36,7 @@ from typing import Any
 import grpc
 import yaml
 
+from pyxia.common.channels import ChannelPool
 from pyxia.common.ports import free_port
 from pyxia.proto import admin_pb2, metadata_pb2
 from pyxia.robustness.diskfull import TmpfsMount, can_mount_tmpfs
@@ -43,7 +44,6 @@ from pyxia.robustness.proxy import ProxyControl
 from pyxia.security.cluster_auth import ClusterSecret, generate_secret_file
 from pyxia.security.pki import CertificateAuthority
 from pyxia.security.tls import ClientTls, TlsOptions
-from pyxia.server.rpc_clients import ChannelPool
 from pyxia.test_hooks import (
     DIAL_MAP_ENV,
     TEST_MODE_ENV,
@@ -58,10 +58,6 @@ MARK_ENV = WAL_SYNCED_MARK_ENV
 ACK_BEFORE_FSYNC_ENV = WAL_ACK_BEFORE_FSYNC_ENV
 MARK_FILE = "synced-offset.mark"
 COORDINATOR = "coord"
-
-
-def now_ns(t0: int) -> int:
-    return time.monotonic_ns() - t0
 
 
 @dataclass
@@ -420,6 +416,8 @@ class Cluster:
                 str(self.base / COORDINATOR / "metadata"),
                 "--internal-addr",
                 self.coordinator_addr,
+                "--admin-addr",
+                "127.0.0.1:0",
                 "--metrics-addr",
                 "",
                 *self._security(COORDINATOR),
@@ -464,8 +462,8 @@ class Cluster:
     async def replica_status(self, n: Node, shard: int, instance_id: str) -> Any:
         """GetStatus of ``shard`` on server ``n`` (its internal port, bypassing the proxies),
         asked as the coordinator asks: with the cluster's instance id."""
+        from pyxia.common.instance_id import INSTANCE_ID_HEADER
         from pyxia.proto import replication_pb2
-        from pyxia.server.manifest import INSTANCE_ID_HEADER
 
         return await (
             self.internal_channels()
@@ -533,6 +531,31 @@ class Cluster:
             metadata=proof,
         )
         return res.leader, int(res.term)
+
+    async def split_shard(
+        self, namespace: str, shard: int, *, wait: bool, timeout: float
+    ) -> admin_pb2.SplitShardResponse:
+        """A shard split (``PyxiaAdmin/SplitShard``), answered once started (``wait``: ended)."""
+        if self._channel is None:
+            if self.harness_tls is not None:
+                self._channel = self.harness_tls.secure_channel(self.coordinator_addr, [])
+            else:
+                self._channel = grpc.aio.insecure_channel(self.coordinator_addr)
+        method = "/pyxia.admin.v1.PyxiaAdmin/SplitShard"
+        proof = (self.secret.sign(method),) if self.secret is not None else None
+        call = self._channel.unary_unary(
+            method,
+            request_serializer=admin_pb2.SplitShardRequest.SerializeToString,
+            response_deserializer=admin_pb2.SplitShardResponse.FromString,
+        )
+        res: admin_pb2.SplitShardResponse = await call(
+            admin_pb2.SplitShardRequest(
+                namespace=namespace, shard=shard, wait=wait, timeout_ms=int(timeout * 1000)
+            ),
+            timeout=timeout + 150 if wait else 30,
+            metadata=proof,
+        )
+        return res
 
     async def leaders(self) -> dict[int, tuple[Node | None, int]]:
         """shard -> (leader node or None, term), from one status snapshot ({} if unknown)."""

@@ -29,6 +29,10 @@ Kinds (``--faults`` selects a subset):
 ``graceful-restart``      SIGTERM a server (mostly one that leads shards: it hands its leaderships
                           over first) or the coordinator, restart it after the duration; a
                           non-zero exit is an availability violation
+``split``                 the coordinator splits a shard of the data namespace in two
+                          (``SplitShard``); clients should see no error
+``split-kill``            a split is started and the coordinator killed -9 at a random moment of
+                          it, restarted after the duration: the new one resumes or aborts it
 ========================  ========================================================================
 
 The planned kinds are DESIGN.md principle 8 under test: the checkers hold them to the same
@@ -66,9 +70,11 @@ KINDS: dict[str, tuple[float, float, float]] = {
     "wipe": (3, 1, 3),
     "planned-move": (8, 1, 6),
     "graceful-restart": (7, 0.5, 6),
+    "split": (5, 1, 4),
+    "split-kill": (4, 0.5, 4),
 }
 
-PLANNED = frozenset({"planned-move", "graceful-restart"})
+PLANNED = frozenset({"planned-move", "graceful-restart", "split"})
 """Faults that are planned changes (they should cost clients no error)."""
 
 CRASH_FAILPOINTS = (
@@ -81,6 +87,9 @@ SLEEP_FAILPOINTS = (
     ("wal.after_append_before_sync", "sleep(50)"),
     ("leader.after_commit_before_apply", "sleep(20)"),
 )
+MAX_SPLIT_SHARDS = 16
+"""The split faults stop splitting a namespace once it has this many shards."""
+
 SNAPSHOT_FAILPOINTS = (
     "snapshot.after_receive_before_install",
     "snapshot.after_install_before_reply",
@@ -449,6 +458,76 @@ class Injector:
         left = end - loop.time()
         if left > 0:
             await asyncio.sleep(left)
+
+    async def _split_target(self, spec: FaultSpec, rec: FaultRecord) -> tuple[str, int] | None:
+        """A steady shard of a namespace with room for one more (never the TSO's)."""
+        shards = [(ns, shard) for ns, shard, _ in await self.cluster.led_shards() if ns != "tso"]
+        counts: dict[str, int] = {}
+        for ns, _ in shards:
+            counts[ns] = counts.get(ns, 0) + 1
+        shards = [(ns, s) for ns, s in shards if counts[ns] < MAX_SPLIT_SHARDS]
+        if not shards:
+            rec.notes.append("no steady shard to split")
+            return None
+        return shards[int(spec.r[0] * len(shards)) % len(shards)]
+
+    async def _split(self, spec: FaultSpec, rec: FaultRecord) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + spec.duration
+        target = await self._split_target(spec, rec)
+        rec.description = "split: no shard"
+        if target is not None:
+            ns, shard = target
+            try:
+                res = await self.cluster.split_shard(ns, shard, wait=True, timeout=120)
+                phases = ", ".join(f"{k} {v:.0f} ms" for k, v in sorted(res.phase_ms.items()))
+                rec.description = (
+                    f"split shard {shard} into {res.left_shard} and {res.right_shard}: "
+                    f"{res.outcome} ({phases}; writes refused {res.frozen_ms:.0f} ms)"
+                )
+            except Exception as e:
+                rec.description = f"split shard {shard}"
+                rec.notes.append(f"the split failed: {e}")
+        left = end - loop.time()
+        if left > 0:
+            await asyncio.sleep(left)
+
+    async def _split_kill(self, spec: FaultSpec, rec: FaultRecord) -> None:
+        target = await self._split_target(spec, rec)
+        coord = self.cluster.coordinator
+        assert coord is not None
+        if target is None:
+            rec.description = "split + coordinator kill: no shard"
+            await asyncio.sleep(spec.duration)
+            return
+        ns, shard = target
+        delay = 0.02 + spec.r[1] * 1.5
+        try:
+            res = await self.cluster.split_shard(ns, shard, wait=False, timeout=30)
+            started = f"into {res.left_shard} and {res.right_shard}"
+        except Exception as e:
+            started = "(not started)"
+            rec.notes.append(f"the split was refused: {e}")
+        await asyncio.sleep(delay)
+        coord.kill()
+        rec.description = (
+            f"split shard {shard} {started}, coordinator killed -9 {delay * 1000:.0f} ms in, "
+            f"restarted after {spec.duration:.1f}s"
+        )
+        await asyncio.sleep(spec.duration)
+        await self._restart([coord])
+        # The new coordinator resumes (or aborts) the split: let it end before the next fault.
+        deadline = asyncio.get_running_loop().time() + 120
+        while asyncio.get_running_loop().time() < deadline:
+            st = await self.cluster.status()
+            if (
+                st is not None
+                and st.leader
+                and not any(m.HasField("split") for m in self.cluster.shards_of(st).values())
+            ):
+                return
+            await asyncio.sleep(0.2)
+        rec.notes.append("the split had not ended 120 s after the coordinator came back")
 
     async def _graceful_restart(self, spec: FaultSpec, rec: FaultRecord) -> None:
         # A process still starting has no handler for SIGTERM yet (it dies by the signal, as

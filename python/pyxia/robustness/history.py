@@ -31,8 +31,6 @@ OK = "ok"
 FAIL = "fail"
 INFO = "info"
 
-WRITES = (PUT, CAS, DELETE, CDELETE, SEQ)
-
 
 @dataclass(slots=True)
 class Record:
@@ -146,12 +144,3 @@ class History:
 
 def fmt_time(ns: int | None) -> str:
     return "       ?" if ns is None else f"{ns / 1e9:8.3f}"
-
-
-def format_ops(ops: list[Op]) -> list[str]:
-    """The lines of a history excerpt: ``[invoke .. complete] process: call -> result``."""
-    return [
-        f"  [{fmt_time(op.invoke)}s ..{fmt_time(op.complete)}s] p{op.process:<3} "
-        f"#{op.id:<6} {op.describe()}"
-        for op in sorted(ops, key=lambda o: (o.invoke, o.id))
-    ]

@@ -346,7 +346,7 @@ def check_ops(
 
 def key_in_range(key: str, start: str, end: str) -> bool:
     """Whether ``key`` is in ``[start, end)`` in the namespace's (hierarchical) key order."""
-    from pyxia.storage.keys import HIERARCHICAL
+    from pyxia.common.keys import HIERARCHICAL
 
     enc = HIERARCHICAL.encode
     k = enc(key)

@@ -330,6 +330,8 @@ def _dump(
 
 
 def _notif_sightings(workload: Workload) -> list[checkers.VersionSighting]:
+    """Versions notified, on the shard whose batch carried them (a split child's batches name
+    the child, which holds those keys in the final map unless it was split again)."""
     out = []
     for sub in workload.subscriptions:
         for b in sub.batches:

@@ -77,6 +77,11 @@ def lin_key(i: int) -> str:
     return f"{LIN_PREFIX}k{i:03d}"
 
 
+def _wall_ms() -> int:
+    """The wall clock in ms (what lease expiries are compared with)."""
+    return time.time_ns() // 1_000_000
+
+
 def _err(e: BaseException) -> str:
     s = str(e).replace("\n", " ")
     return f"{type(e).__name__}: {s[:160]}"
@@ -505,7 +510,7 @@ class Workload:
                 if rng.random() < 0.3:
                     epochs[holder] += 1  # supersede
                 epoch = epochs[holder]
-                t0, w0 = self.now(), time.time_ns() // 1_000_000
+                t0, w0 = self.now(), _wall_ms()
                 try:
                     lease = await tso.acquire_lease(holder, epoch, ttl_s=5.0)
                 except Exception:
@@ -517,6 +522,7 @@ class Workload:
                         t0,
                         self.now(),
                         w0,
+                        _wall_ms(),
                         "acquire",
                         holder,
                         epoch,
@@ -527,7 +533,7 @@ class Workload:
                 )
                 for _ in range(rng.randint(0, 2)):
                     await asyncio.sleep(0.1)
-                    t0, w0 = self.now(), time.time_ns() // 1_000_000
+                    t0, w0 = self.now(), _wall_ms()
                     try:
                         r = await tso.renew_lease(lease.lease_id)
                     except Exception:
@@ -538,6 +544,7 @@ class Workload:
                             t0,
                             self.now(),
                             w0,
+                            _wall_ms(),
                             "renew",
                             holder,
                             epoch,
@@ -547,14 +554,15 @@ class Workload:
                         )
                     )
                 if rng.random() < 0.4:
-                    t0, w0 = self.now(), time.time_ns() // 1_000_000
+                    t0, w0 = self.now(), _wall_ms()
+                    kind = "release"
                     try:
                         await tso.release_lease(lease.lease_id)
                     except Exception:
-                        continue
+                        kind = "release-unknown"  # it may have happened
                     self.tso_lease_calls.append(
                         TsoLeaseCall(
-                            pid, t0, self.now(), w0, "release", holder, epoch, lease.lease_id
+                            pid, t0, self.now(), w0, _wall_ms(), kind, holder, epoch, lease.lease_id
                         )
                     )
                 await asyncio.sleep(0.05)

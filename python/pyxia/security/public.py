@@ -39,7 +39,8 @@ from typing import Any
 import grpc
 from prometheus_client import Counter
 
-from pyxia.errors import PermissionDenied, PyxiaError, Unauthenticated
+from pyxia.common.grpc_errors import abort
+from pyxia.errors import PermissionDenied, Unauthenticated
 from pyxia.security.oidc import AuthConfigError, OidcAuthenticator, Principal, bearer_token
 from pyxia.security.policy import (
     INTERNAL_KEYS,
@@ -66,11 +67,6 @@ REFUSED = Counter(
 )
 
 _CALLER: ContextVar[Principal | None] = ContextVar("pyxia_public_caller", default=None)
-
-
-def current_caller() -> Principal | None:
-    """The authenticated caller of the RPC being handled (None without authentication)."""
-    return _CALLER.get()
 
 
 @dataclass(frozen=True)
@@ -178,9 +174,6 @@ class PublicAccess:
     def has_any(self, namespace: str) -> bool:
         return bool(self.grants(namespace))
 
-    def may(self, namespace: str, action: str) -> bool:
-        return action in self.grants(namespace)
-
     def check(self, namespace: str, action: str) -> None:
         """Raises :class:`PermissionDenied` unless the caller may do ``action`` in
         ``namespace``."""
@@ -268,7 +261,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         except Unauthenticated as e:
             REFUSED.labels("UNAUTHENTICATED").inc()
             log.debug("refused a call from %s: %s", context.peer(), e)
-            await _abort(context, e)
+            await abort(context, e)
             raise AssertionError("unreachable") from None
         _CALLER.set(p)
         return p
@@ -306,7 +299,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     return await inner_su(_incoming_until_expiry(requests, p), context)
                 except Unauthenticated as e:
-                    await _abort(context, e)
+                    await abort(context, e)
 
             out = h._replace(stream_unary=stream_unary)
         else:
@@ -334,12 +327,6 @@ def _require_async(fn: Any, method: str, *, generator: bool) -> None:
         )
 
 
-async def _abort(context: Ctx, err: PyxiaError) -> None:
-    from pyxia.server import grpc_errors
-
-    await grpc_errors.abort(context, err)
-
-
 def _expired() -> Unauthenticated:
     return Unauthenticated("oxia: unauthenticated: the token has expired (open a new stream)")
 
@@ -354,10 +341,10 @@ async def _until_expiry(
         async with contextlib.aclosing(gen):
             async for item in gen:
                 if time.time() >= exp:
-                    await _abort(context, _expired())
+                    await abort(context, _expired())
                 yield item
     except Unauthenticated as e:  # raised by an expired request stream
-        await _abort(context, e)
+        await abort(context, e)
 
 
 async def _incoming_until_expiry(requests: AsyncIterator[Any], p: Principal) -> AsyncIterator[Any]:

@@ -3,15 +3,21 @@
 The coordinator (or, in standalone mode, the local one) pushes the full map;
 every data server re-serves it to clients on GetShardAssignments, as a
 stream that sends the whole map again on every change.
+
+The children of a split in progress come in each namespace's ``pending_split_assignments``
+(pyxia's extension field): they are *known* (a replica of them may be created, see the shards
+director) but never served to clients, which keep routing to the parent until the cutover
+publishes the children in its place.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
+from pyxia.common.signals import Signal
 from pyxia.errors import NamespaceNotFound
+from pyxia.metrics import ASSIGNMENT_CLIENTS
 from pyxia.proto import client_pb2
-from pyxia.server.signals import Signal
 
 
 class AssignmentsDispatcher:
@@ -19,8 +25,12 @@ class AssignmentsDispatcher:
 
     def __init__(self) -> None:
         self._current: client_pb2.ShardAssignments | None = None
+        # What clients get: the map without the pending split children.
+        self._served: client_pb2.ShardAssignments | None = None
         # shard id -> (namespace, advertised leader or ""), rebuilt on every update
         self._index: dict[int, tuple[str, str]] = {}
+        # The children of splits in progress (known, not served to clients).
+        self._pending: set[int] = set()
         self.changed = Signal()
 
     @property
@@ -28,17 +38,35 @@ class AssignmentsDispatcher:
         return self._current
 
     @property
+    def served(self) -> client_pb2.ShardAssignments | None:
+        """The map as clients get it (no pending split children)."""
+        return self._served
+
+    @property
     def initialized(self) -> bool:
         return self._current is not None
 
     def update(self, assignments: client_pb2.ShardAssignments) -> None:
         """Takes a new map (already validated: see ``pyxia.common.validation``)."""
-        self._index = {
+        index = {
             a.shard: (name, a.leader)
             for name, ns in assignments.namespaces.items()
             for a in ns.assignments
         }
+        served = assignments
+        pending: set[int] = set()
+        if any(ns.pending_split_assignments for ns in assignments.namespaces.values()):
+            served = client_pb2.ShardAssignments()
+            served.CopyFrom(assignments)
+            for name, ns in served.namespaces.items():
+                for a in ns.pending_split_assignments:
+                    index.setdefault(a.shard, (name, ""))
+                    pending.add(a.shard)
+                del ns.pending_split_assignments[:]
+        self._index = index
+        self._pending = pending
         self._current = assignments
+        self._served = served
         self.changed.notify()
 
     def leader_of(self, shard: int) -> str | None:
@@ -46,34 +74,36 @@ class AssignmentsDispatcher:
         entry = self._index.get(shard)
         return (entry[1] or None) if entry is not None else None
 
-    def namespace_of(self, shard: int) -> str | None:
-        entry = self._index.get(shard)
-        return entry[0] if entry is not None else None
-
     def knows(self, namespace: str, shard: int) -> bool:
         """Whether the latest map assigns ``shard`` to ``namespace`` (with a leader or not yet):
         only then may a data server create a replica of it."""
         entry = self._index.get(shard)
         return entry is not None and entry[0] == namespace
 
+    def is_pending_split(self, namespace: str, shard: int) -> bool:
+        """Whether ``shard`` is the child of a split in progress in ``namespace``: only such a
+        replica takes streams from a split parent."""
+        return shard in self._pending and self.knows(namespace, shard)
+
     def _view(
         self, namespace: str, visible: Callable[[str], bool] | None = None
     ) -> client_pb2.ShardAssignments:
-        assert self._current is not None
+        current = self._served
+        assert current is not None
         if not namespace:
             if visible is None:
-                return self._current
+                return current
             out = client_pb2.ShardAssignments()
-            for name, nsa in self._current.namespaces.items():
+            for name, nsa in current.namespaces.items():
                 if visible(name):
                     out.namespaces[name].CopyFrom(nsa)
-            out.allowed_authorities.extend(self._current.allowed_authorities)
+            out.allowed_authorities.extend(current.allowed_authorities)
             return out
-        if namespace not in self._current.namespaces:
+        if namespace not in current.namespaces:
             raise NamespaceNotFound(f"oxia: namespace not found: {namespace!r}")
         out = client_pb2.ShardAssignments()
-        out.namespaces[namespace].CopyFrom(self._current.namespaces[namespace])
-        out.allowed_authorities.extend(self._current.allowed_authorities)
+        out.namespaces[namespace].CopyFrom(current.namespaces[namespace])
+        out.allowed_authorities.extend(current.allowed_authorities)
         return out
 
     async def stream(
@@ -82,12 +112,16 @@ class AssignmentsDispatcher:
         """Yields the assignments now (once known) and after every change. With no
         ``namespace``, every namespace (those ``visible`` accepts, when given)."""
         sent = -1
-        while not self.changed.closed:
-            seen = self.changed.generation
-            if self._current is not None and seen != sent:
-                sent = seen
-                yield self._view(namespace, visible)
-            await self.changed.wait(seen)
+        ASSIGNMENT_CLIENTS.inc()
+        try:
+            while not self.changed.closed:
+                seen = self.changed.generation
+                if self._current is not None and seen != sent:
+                    sent = seen
+                    yield self._view(namespace, visible)
+                await self.changed.wait(seen)
+        finally:
+            ASSIGNMENT_CLIENTS.dec()
 
     def close(self) -> None:
         self.changed.close()

@@ -15,21 +15,30 @@ in a replicated shard, as planned moves; whatever it still leads after ``shutdow
 writes refused with a retryable NODE_IS_NOT_LEADER, logged ones finished while the followers
 are still there); then it keeps answering for ``shutdown_linger_s`` so that clients still
 routing here learn where the leader went, and only then stops. The whole shutdown takes at most
-``shutdown_handoff_s + shutdown_linger_s + 2 * grace`` (10 + 1 + 2 * 2 s by default)."""
+``shutdown_handoff_s + shutdown_linger_s + 2 * grace`` (10 + 1 + 2 * 2 s by default).
+
+Services built on top of the data server (the timestamp oracle, ``pyxia.tso``) are
+:class:`ServerExtension`s: this module never imports them; the composition root
+(:mod:`pyxia.node`) builds a data server with the ones its options ask for. An extension is
+served on the public port, started once the ports listen, closed before they stop."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from pyxia.common.channels import ChannelPool
+from pyxia.common.grpc_metrics import GrpcServerMetrics
+from pyxia.common.grpc_options import grpc_server_options
 from pyxia.dirs import NodeDirs
 from pyxia.proto import client_pb2
 from pyxia.security.cluster_auth import ClusterSecret
@@ -50,13 +59,11 @@ from pyxia.server.retention import (
     WalRetention,
     check_retention_size,
 )
-from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.shard_storage import StorageOptions
 from pyxia.server.shards_director import DEFAULT_MAX_SHARDS, ShardsDirector
 from pyxia.storage.apply import DEFAULT_WRITE_LIMITS, WriteLimits
 from pyxia.storage.db import DEFAULT_CACHE_SIZE_MB, DbResources, DbTuning
-from pyxia.tso.oracle import TsoOptions
-from pyxia.tso.service import TsoService
+from pyxia.tso.options import TsoOptions
 
 log = logging.getLogger("pyxia.server")
 
@@ -121,6 +128,25 @@ class ServerOptions:
         )
 
 
+class ServerExtension(Protocol):
+    """A service built on the data server and served on its public port."""
+
+    def generic_handler(self) -> grpc.GenericRpcHandler: ...
+
+    def start(self) -> None:
+        """Called once the ports listen."""
+        ...
+
+    async def close(self) -> None:
+        """Called before the ports stop. Idempotent."""
+        ...
+
+
+ExtensionFactory = Callable[["DataServer"], ServerExtension]
+"""Builds an extension on a data server under construction (its director, assignments and
+public access exist; nothing is started)."""
+
+
 def _advertise(bind: str, port: int) -> str:
     host = bind.rsplit(":", 1)[0]
     if host in ("0.0.0.0", "::", "[::]", ""):
@@ -128,21 +154,11 @@ def _advertise(bind: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-def grpc_options(max_message_bytes: int) -> list[tuple[str, Any]]:
-    return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.so_reuseport", 0),
-    ]
-
-
 class DataServer:
-    """Owns the gRPC servers, the shards director and background tasks."""
+    """Owns the gRPC servers, the shards director, background tasks and its extensions (a
+    whole node with its timestamp oracle: :func:`pyxia.node.data_server`)."""
 
-    def __init__(self, options: ServerOptions) -> None:
+    def __init__(self, options: ServerOptions, extensions: Sequence[ExtensionFactory] = ()) -> None:
         self.options = options
         # "server" (a cluster member) or "standalone" (coordinated in-process): recorded in
         # the data dir's manifest; only a cluster member rebuilds a corrupt replica from its
@@ -175,18 +191,17 @@ class DataServer:
         self._internal: grpc.aio.Server | None = None
         self._metrics_server: Any = None
         self._health = health_aio.HealthServicer()
+        self.grpc_metrics = GrpcServerMetrics()  # first interceptor of both ports
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self.extra_internal_handlers: list[grpc.GenericRpcHandler] = []
         self.extra_public_handlers: list[grpc.GenericRpcHandler] = []
         self.public_access = PublicAccess.from_options(options.public_auth)
-        self.tso: TsoService | None = None
-        if options.tso is not None:
-            self.tso = TsoService.for_data_server(
-                self.director, self.assignments, lambda: self.public_address, options.tso
-            )
-            self.tso.access = self.public_access
-            self.extra_public_handlers.append(self.tso.generic_handler())
+        self.extensions: list[ServerExtension] = []
+        for build in extensions:
+            ext = build(self)
+            self.extensions.append(ext)
+            self.extra_public_handlers.append(ext.generic_handler())
 
     @property
     def public_address(self) -> str:
@@ -226,9 +241,11 @@ class DataServer:
             raise
 
     async def _start(self) -> None:
-        opts = grpc_options(self.options.max_message_bytes)
+        opts = grpc_server_options(self.options.max_message_bytes)
         await self.public_access.start()
-        self._public = grpc.aio.server(options=opts, interceptors=self.public_access.interceptors())
+        self._public = grpc.aio.server(
+            options=opts, interceptors=[self.grpc_metrics, *self.public_access.interceptors()]
+        )
         client_service = OxiaClientService(self.director, self.assignments, self.public_access)
         self._public.add_generic_rpc_handlers(client_service.generic_handlers())
         for h in self.extra_public_handlers:
@@ -240,7 +257,9 @@ class DataServer:
 
         if self.options.internal_addr is not None:
             secret = self.options.cluster_secret
-            interceptors = [ClusterAuthInterceptor(secret)] if secret is not None else []
+            interceptors: list[grpc.aio.ServerInterceptor] = [self.grpc_metrics]
+            if secret is not None:
+                interceptors.append(ClusterAuthInterceptor(secret))
             self._internal = grpc.aio.server(options=opts, interceptors=interceptors)
             internal = InternalService(
                 self.director,
@@ -266,8 +285,8 @@ class DataServer:
         await self._health.set(READINESS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.options.metrics_addr:
             self._start_metrics(self.options.metrics_addr)
-        if self.tso is not None:
-            self.tso.start()
+        for ext in self.extensions:
+            ext.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._maintenance()))
 
     def _bind(
@@ -370,8 +389,8 @@ class DataServer:
             await self.hand_off_leaderships(grace)
         await self._health.enter_graceful_shutdown()
         self.assignments.close()
-        if self.tso is not None:
-            await self.tso.close()
+        for ext in self.extensions:
+            await ext.close()
         servers = [s for s in (self._public, self._internal) if s is not None]
         # New RPCs are refused from now on; in-flight ones get `grace` seconds.
         stopping = asyncio.gather(*(s.stop(grace) for s in servers), return_exceptions=True)

@@ -1,13 +1,20 @@
-"""A follower replica of one shard: the receiving end of replication.
+"""A follower replica of one shard: the receiving end of replication, as an asyncio driver.
+
+The rules (fencing, which stream may append what, when to acknowledge, when to truncate, what
+the applier may apply, when a rebuilt replica is whole again) are the replica state machine's
+(``replica.py``); this controller feeds it the RPCs, the stream's messages, the WAL's sync
+rounds and the applier's progress, and carries out its effects: appending to and truncating the
+WAL, storing the term, sending acks, applying, installing a snapshot.
 
 Lifecycle rules (the lessons of Oxia's follower-controller refactor):
 
-- the status is a single field changed only by the event-loop thread, and
-  every operation re-checks ``closed`` after each await;
-- state-changing operations (NewTerm, Truncate, snapshot install, close)
-  serialize on one lock; appends never wait on it: while it is held they are
-  refused (the leader reconnects);
-- one Replicate stream at a time (a second one gets a conflict error);
+- the state (status, term, the open stream) lives in the machine, changed only by the
+  event-loop thread, and every operation re-checks ``closed`` after each await;
+- state-changing operations (NewTerm, Truncate, snapshot install, close) serialize on one lock
+  and tell the machine they hold the replica (``BeginExclusive``/``EndExclusive``); appends
+  never wait on it: while it is held they are refused (the leader reconnects);
+- one Replicate stream at a time (a second one gets a conflict error); a stream the machine
+  ended (a NewTerm, a snapshot, a close) stops reading and acknowledging at once;
 - acknowledgements are sent only for durable entries, one cumulative ack per
   WAL sync round;
 - committed entries are applied to the DB by a background applier woken by a
@@ -17,7 +24,10 @@ Lifecycle rules (the lessons of Oxia's follower-controller refactor):
   progress (nothing of it was written; it is applied again afterwards), so the
   lock holder has the storage to itself;
 - Truncate only while FENCED and with no stream; a snapshot's term is checked
-  before anything is destroyed, and a failed install restores the old DB.
+  before anything is destroyed, and a failed install restores the old DB;
+- a split child observing its parent (streams that carry the child's hash range) records the
+  range and the parent's term before it takes anything (``storage/split.py``): the parent's
+  data is kept whole until the child's own first term cuts it down.
 """
 
 from __future__ import annotations
@@ -27,29 +37,23 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
 from pyxia._native import CrcMismatch, InvalidNextOffset, WalError
-from pyxia.common.validation import accepts_term, check_storable_term
-from pyxia.errors import (
-    AlreadyClosed,
-    InvalidArgument,
-    InvalidStatus,
-    InvalidTerm,
-    LeaderAlreadyConnected,
-    NodeIsNotMember,
-    PyxiaError,
-    StorageFailure,
-)
+from pyxia.common.signals import Signal
+from pyxia.errors import InvalidArgument, InvalidTerm, PyxiaError, StorageFailure
 from pyxia.failpoints import afailpoint
 from pyxia.proto import replication_pb2
-from pyxia.server.leader_controller import FENCED, FOLLOWER, NOT_MEMBER
+from pyxia.server import replica as rsm
+from pyxia.server.replica import EntryId, Replica
+from pyxia.server.replica_log import StorageLog
 from pyxia.server.shard_storage import ShardStorage
-from pyxia.server.signals import Signal
 from pyxia.storage.db import TermOptions
+from pyxia.storage.split import SplitFilter
 from pyxia.storage.steps import APPLY_SLICE_S, Abandoned, Steps, run_sliced
 
 log = logging.getLogger("pyxia.follower")
@@ -63,18 +67,9 @@ class FollowerController:
         self.namespace = storage.namespace
         self.shard = storage.shard
         term, options = storage.read_term()
-        self.term = term
-        self.term_options = options
-        self.status = NOT_MEMBER if term < 0 else FENCED
-        self.leader_commit_offset = -1
-        # While rebuilding after corruption: the leader's commit offset when this replica
-        # rejoined (holding it all makes the replica whole again).
-        self._rebuild_target: int | None = None
+        self.replica = Replica(storage.shard, StorageLog(storage), term, options)
         self._lock = asyncio.Lock()
-        self._closed = False
-        self._stream_active = False
-        self._stream_generation = 0
-        self.durable = Signal()  # a WAL sync round completed
+        self.durable = Signal()  # a WAL sync round completed, or the stream has news
         self._apply_wanted = Signal()
         self._applying: Steps[int] | None = None  # the apply in progress, between two slices
         self.apply_slice_s = APPLY_SLICE_S
@@ -83,15 +78,38 @@ class FollowerController:
         self._applier_task = self._loop.create_task(
             self._apply_loop(), name=f"follower-applier-{self.shard}"
         )
-        self.failure: str | None = None
         # Called (with the cause) on this replica's first failure: the director reports it.
         self.on_failure: Callable[[str], None] | None = None
 
     # -- status -----------------------------------------------------------------------------------
 
     @property
+    def term(self) -> int:
+        return self.replica.term
+
+    @property
+    def term_options(self) -> TermOptions:
+        return self.replica.options
+
+    @property
+    def status(self) -> rsm.Status:
+        return self.replica.status
+
+    @property
+    def failure(self) -> str | None:
+        return self.replica.failure
+
+    @property
+    def leader_commit_offset(self) -> int:
+        return self.replica.leader_commit_offset
+
+    @leader_commit_offset.setter
+    def leader_commit_offset(self, offset: int) -> None:
+        self.replica.leader_commit_offset = offset
+
+    @property
     def closed(self) -> bool:
-        return self._closed
+        return self.replica.closed
 
     @property
     def busy(self) -> bool:
@@ -101,53 +119,60 @@ class FollowerController:
 
     @property
     def status_name(self) -> str:
-        return str(replication_pb2.ServingStatus.Name(self.status))
+        return self.replica.status_name
 
     def get_status(self) -> replication_pb2.GetStatusResponse:
         self._check_open()
+        # After a snapshot the log is empty until the next entry: the replica holds up to the
+        # snapshot's offset all the same (a split child seeded from a frozen parent stays so).
         return replication_pb2.GetStatusResponse(
             term=self.term,
             status=self.status,
-            head_offset=self.storage.wal.last_offset,
+            head_offset=max(self.storage.wal.last_offset, self.storage.commit_offset),
             commit_offset=self.storage.commit_offset,
         )
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise AlreadyClosed(f"oxia: shard {self.shard} follower is closed", shard=self.shard)
+        self.replica.check_open()
+
+    # -- carrying out the machine's effects -------------------------------------------------------
+
+    def _carry_out(self, effects: rsm.Effects) -> None:
+        """Carries out the effects that need no await (the callers handle the others)."""
+        for e in effects:
+            if isinstance(e, (rsm.WakeStream, rsm.StreamEnded)):
+                self.durable.notify()
+            elif isinstance(e, rsm.WakeApplier):
+                self._apply_wanted.notify()
+            elif isinstance(e, rsm.FinishRebuilding):
+                self.storage.finish_rebuilding()
+                log.info(
+                    "shard %s/%s: rebuilt from the leader up to offset %d",
+                    self.namespace,
+                    self.shard,
+                    self.storage.commit_offset,
+                )
+            elif isinstance(e, rsm.ReportFailure):
+                if self.on_failure is not None:
+                    self.on_failure(e.reason)
+            elif not isinstance(e, (rsm.StopLeading, rsm.StopCursors)):  # a follower has neither
+                raise AssertionError(f"shard {self.shard}: unexpected effect {e!r}")
 
     # -- coordination -----------------------------------------------------------------------------
 
     async def new_term(self, term: int, options: TermOptions) -> replication_pb2.EntryId:
-        """Fences this replica. Same rules as the leader's: lower terms are
-        refused, the same term only while FENCED (a retried NewTerm)."""
-        check_storable_term(term)
+        """Fences this replica (the machine's rules: lower terms are refused, the same term
+        only while FENCED, a retried NewTerm). Returns the head, made durable first."""
         async with self._exclusive():
-            self._check_open()
-            if not accepts_term(term, self.term, self.storage.head_entry_id().term):
-                raise InvalidTerm(
-                    f"oxia: invalid term {term}, the shard is at term {self.term}",
-                    shard=self.shard,
-                )
-            if term < self.term:
-                log.warning(
-                    "shard %s: term %d is beyond the largest valid term; re-based to %d",
-                    self.shard,
-                    self.term,
-                    term,
-                )
-            if term == self.term and self.status != FENCED:
-                raise InvalidStatus(
-                    f"oxia: NewTerm for the current term {term} while {self.status_name}",
-                    shard=self.shard,
-                )
-            self._end_stream()
-            self.storage.update_term(term, options)
-            self.term = term
-            self.term_options = options
-            self.status = FENCED
-            # The head we report must be durable: the new leader counts it.
-            await asyncio.to_thread(self.storage.wal.sync)
+            for e in self.replica.step(rsm.NewTerm(term, options)):
+                if isinstance(e, rsm.StoreTerm):
+                    self.storage.update_term(e.term, e.options)
+                    self.replica.step(rsm.TermStored(e.term, e.options))
+                elif isinstance(e, rsm.SyncLog):
+                    # The head we report must be durable: the new leader counts it.
+                    await asyncio.to_thread(self.storage.wal.sync)
+                else:
+                    self._carry_out((e,))
             self._check_open()
             return self.storage.election_head()
 
@@ -155,90 +180,66 @@ class FollowerController:
         """Drops the entries after ``head`` (the last one shared with the
         new leader). Only while FENCED in ``term`` and with no stream."""
         async with self._exclusive():
+            for e in self.replica.step(rsm.Truncate(term, EntryId(head.term, head.offset))):
+                assert isinstance(e, rsm.TruncateLog)
+                try:
+                    await asyncio.to_thread(self.storage.wal.truncate, e.offset)
+                except WalError as err:
+                    self._storage_failed(err)
+                    raise StorageFailure(str(err), shard=self.shard) from err
             self._check_open()
-            if term != self.term:
-                raise InvalidTerm(
-                    f"oxia: Truncate for term {term}, the shard is at {self.term}",
-                    shard=self.shard,
-                )
-            if self.status != FENCED:
-                raise InvalidStatus(f"oxia: Truncate while {self.status_name}", shard=self.shard)
-            if self._stream_active:
-                raise InvalidStatus(
-                    "oxia: Truncate with a replication stream open", shard=self.shard
-                )
-            if 0 <= head.offset < self.storage.commit_offset:
-                raise InvalidArgument(
-                    f"oxia: refusing to truncate to {head.offset}: entries up to "
-                    f"{self.storage.commit_offset} are applied (committed)",
-                    shard=self.shard,
-                )
-            try:
-                await asyncio.to_thread(self.storage.wal.truncate, head.offset)
-            except WalError as e:
-                self._storage_failed(e)
-                raise StorageFailure(str(e), shard=self.shard) from e
-            self._check_open()
-            self.status = FOLLOWER
+            self.replica.step(rsm.LogTruncated())
             return self.storage.head_entry_id()
 
     # -- replication stream -----------------------------------------------------------------------
 
+    def _observe_split(self, term: int, split: tuple[int, int] | None) -> None:
+        """A stream from a split parent (``split``: the hash range this child keeps) at
+        ``term``, the parent's: recorded before anything of the stream is taken."""
+        if split is not None:
+            self.storage.set_split_filter(SplitFilter(split[0], split[1], term))
+
     async def replicate(
-        self, term: int, appends: AsyncIterator[bytes]
+        self,
+        term: int,
+        appends: AsyncIterator[bytes],
+        split: tuple[int, int] | None = None,
     ) -> AsyncIterator[replication_pb2.Ack]:
         """Serves one Replicate stream: appends entries, yields cumulative
-        acks of durable offsets."""
-        self._check_open()
-        if self.status == NOT_MEMBER:
-            raise NodeIsNotMember(
-                f"oxia: node is not a member of shard {self.shard}", shard=self.shard
-            )
-        if term != self.term:
-            raise InvalidTerm(
-                f"oxia: replication for term {term}, the shard is at {self.term}",
-                shard=self.shard,
-            )
-        if self._stream_active:
-            raise LeaderAlreadyConnected(
-                f"oxia: shard {self.shard} already has a replication stream", shard=self.shard
-            )
-        if self._lock.locked():
-            raise InvalidStatus(f"oxia: shard {self.shard} is busy", shard=self.shard)
-        self._stream_active = True
-        self._stream_generation += 1
-        generation = self._stream_generation
-        received = -1
-        heartbeat = 0  # the newest leadership-confirmation round received at this term
+        acks of durable offsets. ``split``: the stream comes from a split parent."""
+        (opened,) = self.replica.step(rsm.OpenStream(term))
+        assert isinstance(opened, rsm.StreamOpened)
+        stream = opened.stream
+        try:
+            self._observe_split(term, split)
+        except BaseException:
+            self.replica.step(rsm.StreamClosed(stream))
+            raise
         failure: list[BaseException] = []
 
         async def pump() -> None:
-            nonlocal received, heartbeat
             try:
                 async for raw in appends:
-                    if self._closed or generation != self._stream_generation:
-                        return
                     try:
                         a = replication_pb2.Append.FromString(raw)
                     except DecodeError as e:
                         raise InvalidArgument(
                             f"oxia: malformed Append message: {e}", shard=self.shard
                         ) from None
-                    if a.heartbeat and not a.HasField("entry"):
-                        self._check_append_term(term, a)
-                        self._follow_commit(a)
-                        heartbeat = max(heartbeat, a.heartbeat)
-                        self.durable.notify()
-                        continue
-                    received = max(received, self._append(term, a))
+                    for effect in self.replica.step(rsm.Received(stream, a)):
+                        if isinstance(effect, rsm.AppendToLog):
+                            self._append(effect.append)
+                        elif isinstance(effect, rsm.StaleStream):
+                            return
+                        else:
+                            self._carry_out((effect,))
             except BaseException as e:
                 failure.append(e)
             finally:
                 self.durable.notify()
 
         task = self._loop.create_task(pump(), name=f"follower-pump-{self.shard}")
-        acked = -1
-        answered = 0
+        poll = rsm.PollAcks(stream)
         try:
             while True:
                 seen = self.durable.generation
@@ -247,120 +248,70 @@ class FollowerController:
                     if isinstance(err, (PyxiaError, asyncio.CancelledError)):
                         raise err
                     raise StorageFailure(f"oxia: replication failed: {err}", shard=self.shard)
-                if self._closed or generation != self._stream_generation:
-                    raise AlreadyClosed(f"oxia: shard {self.shard} stream ended", shard=self.shard)
-                durable = min(self.storage.wal.last_synced_offset, received)
-                if durable > acked:
-                    await afailpoint("follower.after_append_before_ack")
-                    acked = durable
-                    yield replication_pb2.Ack(offset=durable)
-                    continue
-                if heartbeat > answered and not self._closed and term == self.term:
-                    answered = heartbeat
-                    yield replication_pb2.Ack(offset=acked, heartbeat=answered)
+                acks = self.replica.step(poll)  # AlreadyClosed once the stream is over
+                if acks:
+                    (ack,) = acks
+                    assert isinstance(ack, rsm.SendAck)
+                    if ack.heartbeat:
+                        yield replication_pb2.Ack(offset=ack.offset, heartbeat=ack.heartbeat)
+                    else:
+                        await afailpoint("follower.after_append_before_ack")
+                        yield replication_pb2.Ack(offset=ack.offset)
                     continue
                 if task.done() and not failure:
                     return  # the leader closed its side
                 await self.durable.wait(seen)
         finally:
             task.cancel()
-            if generation == self._stream_generation:
-                self._stream_active = False
+            self.replica.step(rsm.StreamClosed(stream))
 
-    def _check_append_term(self, term: int, a: replication_pb2.Append) -> None:
-        if a.term != self.term or term != self.term:
-            raise InvalidTerm(
-                f"oxia: append for term {a.term}, the shard is at {self.term}", shard=self.shard
-            )
-
-    def _follow_commit(self, a: replication_pb2.Append) -> None:
-        if self.storage.rebuilding and self._rebuild_target is None:
-            self._rebuild_target = a.commit_offset
-            self._check_rebuilt()
-        if a.commit_offset > self.leader_commit_offset:
-            self.leader_commit_offset = a.commit_offset
-            self._apply_wanted.notify()
-
-    def _check_rebuilt(self) -> None:
-        """A replica rebuilt after corruption may lead again once it holds everything that
-        was committed when it rejoined."""
-        target = self._rebuild_target
-        if self.storage.rebuilding and target is not None and self.storage.commit_offset >= target:
-            self.storage.finish_rebuilding()
-            log.info(
-                "shard %s/%s: rebuilt from the leader up to offset %d",
-                self.namespace,
-                self.shard,
-                self.storage.commit_offset,
-            )
-
-    def _append(self, term: int, a: replication_pb2.Append) -> int:
-        """Appends one entry; returns its offset. Duplicates are skipped
-        (they are re-acknowledged), gaps and CRC mismatches end the stream."""
-        self._check_append_term(term, a)
-        if self._lock.locked():
-            raise InvalidStatus(f"oxia: shard {self.shard} is busy", shard=self.shard)
+    def _append(self, a: replication_pb2.Append) -> None:
+        """Appends the entry the machine accepted (the WAL checks the CRC chain)."""
         e = a.entry
-        if not 0 <= e.term <= term or e.offset < 0:
-            raise InvalidArgument(
-                f"oxia: append of entry {e.term}/{e.offset} at term {term}", shard=self.shard
-            )
+        prev = a.previous_entry_crc if a.HasField("previous_entry_crc") else None
         wal = self.storage.wal
-        last = wal.last_offset
-        if last < 0 and e.offset != self.storage.commit_offset + 1:
-            # An empty log must continue the DB (entry 0, or the one after a snapshot): this
-            # replica lost its data, it needs a snapshot, not a log with a hole.
-            raise NodeIsNotMember(
-                f"oxia: shard {self.shard} holds nothing before offset {e.offset} "
-                f"(its data ends at {self.storage.commit_offset})",
-                shard=self.shard,
-            )
-        if self.status == FENCED:
-            self.status = FOLLOWER
-        if last >= 0 and e.offset <= last:
-            pass  # duplicate: already held, re-acknowledged
-        else:
-            prev = a.previous_entry_crc if a.HasField("previous_entry_crc") else None
-            try:
-                wal.append(e.term, e.offset, e.value, e.timestamp, prev)
-            except (InvalidNextOffset, CrcMismatch) as err:
-                raise InvalidArgument(f"oxia: {err}", shard=self.shard) from err
-            except WalError as err:
-                self._storage_failed(err)
-                raise StorageFailure(str(err), shard=self.shard) from err
-            wal.request_sync()
-        self._follow_commit(a)
-        return int(e.offset)
-
-    def _end_stream(self) -> None:
-        self._stream_generation += 1
-        self._stream_active = False
-        self.durable.notify()
+        m = self.storage.metrics
+        started = time.perf_counter()
+        try:
+            wal.append(e.term, e.offset, e.value, e.timestamp, prev)
+        except (InvalidNextOffset, CrcMismatch) as err:
+            raise InvalidArgument(f"oxia: {err}", shard=self.shard) from err
+        except WalError as err:
+            m.wal_write_errors.inc()
+            self._storage_failed(err)
+            raise StorageFailure(str(err), shard=self.shard) from err
+        m.wal_appended(started, len(e.value))
+        m.follower_write_latency.observe((time.perf_counter() - started) * 1000.0)
+        wal.request_sync()
 
     def _on_wal_round(self) -> None:
+        wal = self.storage.wal
         try:
-            while os.read(self.storage.wal.notify_fd, 4096):
+            while os.read(wal.notify_fd, 4096):
                 pass
         except (BlockingIOError, InterruptedError):
             pass
-        failure = self.storage.wal.failure
+        failure = wal.failure
         if failure is not None:
             self._storage_failed(RuntimeError(failure))
-        self.durable.notify()
-        self._apply_wanted.notify()
+        self.storage.metrics.wal_synced()
+        self._carry_out(self.replica.step(rsm.Synced(wal.last_synced_offset)))
 
     # -- applying committed entries ---------------------------------------------------------------
 
     async def _apply_loop(self) -> None:
-        """Applies entries up to the leader's commit offset, never past what
-        is durable here (the DB must never be ahead of the local WAL)."""
-        while not self._closed:
+        """Applies what the machine says is due: up to the leader's commit offset, never past
+        what is durable here (the DB must never be ahead of the local WAL)."""
+        due = rsm.ApplyDue()
+        while not self.closed:
             seen = self._apply_wanted.generation
-            target = min(self.leader_commit_offset, self.storage.wal.last_synced_offset)
-            if target > self.storage.commit_offset and not self._lock.locked():
+            effects = self.replica.step(due)
+            if effects:
+                (apply,) = effects
+                assert isinstance(apply, rsm.ApplyUpTo)
                 try:
-                    await self._apply_to(target)
-                    self._check_rebuilt()
+                    await self._apply_to(apply.offset)
+                    self._carry_out(self.replica.step(rsm.Applied()))
                 except Abandoned:
                     continue  # a lock holder took over; look again once it is done
                 except Exception as e:
@@ -385,10 +336,11 @@ class FollowerController:
         (it stood aside while the lock was held and nothing else may wake it)."""
         async with self._lock:
             self._abandon_apply()
+            self.replica.step(rsm.BeginExclusive())
             try:
                 yield
             finally:
-                self._apply_wanted.notify()
+                self._carry_out(self.replica.step(rsm.EndExclusive()))
 
     def _abandon_apply(self) -> None:
         """Drops the apply in progress between two of its steps (nothing of the entry in
@@ -399,38 +351,35 @@ class FollowerController:
 
     # -- snapshots --------------------------------------------------------------------------------
 
-    async def install_snapshot(self, term: int, chunks: AsyncIterator[bytes]) -> int:
+    async def install_snapshot(
+        self,
+        term: int,
+        chunks: AsyncIterator[bytes],
+        split: tuple[int, int] | None = None,
+    ) -> int:
         """Receives a DB snapshot and makes it this replica's state. Returns
-        the snapshot's commit offset (the leader's next entry follows it)."""
+        the snapshot's commit offset (the leader's next entry follows it). ``split``: the
+        snapshot is a split parent's, of which this child keeps that hash range."""
         async with self._exclusive():
-            self._check_open()
             # The term is checked before anything is destroyed.
-            if term < self.term:
-                raise InvalidTerm(
-                    f"oxia: snapshot for term {term}, the shard is at {self.term}",
-                    shard=self.shard,
-                )
-            self._end_stream()
+            self._carry_out(self.replica.step(rsm.SnapshotBegin(term)))
             staged = self.storage.snapshot_staging_dir()
             try:
                 await self._receive_chunks(term, chunks, staged)
                 await afailpoint("snapshot.after_receive_before_install")
                 self._check_open()
-                commit = await asyncio.to_thread(self.storage.install_snapshot, staged, term)
+                flt = SplitFilter(split[0], split[1], term) if split is not None else None
+                commit = await asyncio.to_thread(self.storage.install_snapshot, staged, term, flt)
             except BaseException:
                 shutil.rmtree(staged, ignore_errors=True)
                 raise
             await afailpoint("snapshot.after_install_before_reply")
-            self._check_open()
-            self.term, self.term_options = self.storage.read_term()
-            self.status = FOLLOWER
-            self.leader_commit_offset = commit
+            stored, options = self.storage.read_term()
+            effects = self.replica.step(rsm.SnapshotInstalled(stored, options, commit))
             log.info(
                 "shard %s: installed a snapshot at offset %d, term %d", self.shard, commit, term
             )
-            if self.storage.rebuilding:
-                self._rebuild_target = commit  # the leader's state when it sent the snapshot
-                self._check_rebuilt()
+            self._carry_out(effects)
             return commit
 
     async def _receive_chunks(self, term: int, chunks: AsyncIterator[bytes], staged: Path) -> None:
@@ -472,22 +421,15 @@ class FollowerController:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def _storage_failed(self, cause: BaseException) -> None:
-        if self.failure is None:
-            log.error("shard %s: storage failure: %s", self.shard, cause)
-            self.failure = str(cause)
-            if self.on_failure is not None:
-                self.on_failure(f"storage failure: {cause}")
-        self.status = NOT_MEMBER
-        self._end_stream()
+        self._carry_out(self.replica.step(rsm.StorageFailed(str(cause))))
 
     async def close(self) -> None:
         """Stops following. Idempotent; storage stays open (the director owns it)."""
-        if self._closed:
+        if self.closed:
             return
         # Mark closed first: an in-flight NewTerm/Truncate/snapshot notices at
         # its next check; then wait for it to let go of the lock.
-        self._closed = True
-        self._end_stream()
+        self._carry_out(self.replica.step(rsm.Close()))
         self._abandon_apply()
         async with self._lock:
             try:

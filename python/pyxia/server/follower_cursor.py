@@ -3,14 +3,26 @@
 A cursor streams WAL entries from the follower's ack offset over a Replicate
 stream (one ``Append`` per log entry, carrying the leader's commit offset and
 the entry's previous CRC, so the follower checks the CRC chain), feeds the
-follower's cumulative acks into the quorum tracker, and retries with
-exponential backoff. When the follower is empty and the leader's log no
-longer starts at 0, or the follower is behind the first retained WAL entry,
-it sends a snapshot first (RocksDB checkpoint, 1 MiB chunks); a stream whose
+follower's cumulative acks back, and retries with exponential backoff. When the
+leader says the follower needs a snapshot (it is empty and the leader's log no
+longer starts at 0, or it is behind the first retained WAL entry, or it lost its
+data) it sends one first (RocksDB checkpoint, 1 MiB chunks); a stream whose
 next entry is trimmed meanwhile (retention, see ``retention.py``) ends, and
-the snapshot follows. A follower that
-answers NODE_IS_NOT_MEMBER lost its data (wiped and restarted): the cursor
-resets its ack offset and sends a full snapshot.
+the snapshot follows. A follower that answers NODE_IS_NOT_MEMBER lost its data
+(wiped and restarted): the leader starts it over and the cursor sends a full
+snapshot.
+
+The cursor sees its leader only through :class:`ReplicationSource`, one leadership's narrow
+interface (what to send next; acks, heartbeat answers, snapshots and follower statuses in):
+the decisions (what an ack commits, when a snapshot is needed, what a status answer means)
+are the replica state machine's (``replica.py``). A cursor whose leadership is over stops.
+
+An *observer* cursor (shard split) feeds a replica of a child shard from the parent's leader:
+its source's streams name the child shard (``stream_shard``) and carry the child's hash range
+in the metadata (``split-hash-range-min``/``-max``, as Oxia's); the machine starts it with a
+snapshot (a child replica may hold a tail of an earlier parent term that this leader's log does
+not), and its acks never count towards the parent's quorum nor answer its leadership
+confirmations.
 """
 
 from __future__ import annotations
@@ -18,26 +30,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import grpc
 
-from pyxia._native import EntryNotFound
+from pyxia._native import WalEntry
+from pyxia.common.channels import ChannelPool
+from pyxia.common.grpc_errors import error_from_rpc
+from pyxia.common.instance_id import CallMetadata
+from pyxia.common.signals import Signal
 from pyxia.errors import NodeIsNotMember
+from pyxia.metrics import ShardMetrics
 from pyxia.proto import replication_pb2
-from pyxia.rpc_errors import error_from_rpc
-from pyxia.server.rpc_clients import ChannelPool
-
-if TYPE_CHECKING:
-    from pyxia.server.leader_controller import LeaderController
 
 log = logging.getLogger("pyxia.cursor")
 
 REPLICATE = "/replication.OxiaLogReplication/Replicate"
 SEND_SNAPSHOT = "/replication.OxiaLogReplication/SendSnapshot"
 GET_STATUS = "/replication.OxiaCoordination/GetStatus"
+SPLIT_MIN_HEADER = "split-hash-range-min"
+SPLIT_MAX_HEADER = "split-hash-range-max"
 SNAPSHOT_CHUNK = 1024 * 1024
 READ_BATCH = 256
 
@@ -46,23 +61,83 @@ def _ident(b: bytes) -> bytes:
     return b
 
 
+class ReplicationSource(Protocol):
+    """One leadership as its follower cursors see it (``leader_controller.TenureSource``)."""
+
+    @property
+    def shard(self) -> int:
+        """The leader's shard."""
+
+    @property
+    def stream_shard(self) -> int:
+        """The shard the follower's replica is of (a split observer's: a child shard)."""
+
+    @property
+    def metrics(self) -> ShardMetrics: ...
+
+    @property
+    def term(self) -> int:
+        """The leadership's term: every message of its streams carries it."""
+
+    @property
+    def leads(self) -> bool:
+        """The leadership is still on (no new term, no close): the cursor goes on."""
+
+    @property
+    def appended(self) -> Signal:
+        """Bumped when there is something new to send (an entry, a confirmation round)."""
+
+    @property
+    def commit_offset(self) -> int: ...
+
+    def stream_metadata(self) -> CallMetadata:
+        """The headers of a stream to a follower (namespace, shard, term, the cluster's proof)."""
+
+    def call_metadata(self) -> CallMetadata:
+        """The cluster's proof alone (a GetStatus call)."""
+
+    def ack_offset(self, follower: str) -> int:
+        """What ``follower`` acknowledged (-1: nothing)."""
+
+    def needs_snapshot(self, follower: str) -> bool: ...
+
+    def heartbeat_due(self, last_sent: int) -> tuple[int, int] | None:
+        """The confirmation round a stream that last carried ``last_sent`` should carry now,
+        with the commit offset to send along; None: none due."""
+
+    def entries_from(self, offset: int, max_entries: int) -> Sequence[WalEntry] | None:
+        """Up to ``max_entries`` log entries from ``offset`` (empty: none yet); None: the
+        retention trimmed ``offset`` away (the follower needs a snapshot)."""
+
+    def create_snapshot(self) -> Path: ...
+
+    def on_ack(self, follower: str, offset: int) -> None: ...
+
+    def on_heartbeat(self, follower: str, round_id: int) -> None: ...
+
+    def on_snapshot_sent(self, follower: str, ack_offset: int) -> None: ...
+
+    def on_lost_data(self, follower: str) -> None:
+        """``follower`` answered NODE_IS_NOT_MEMBER on a stream: it holds nothing."""
+
+    def on_follower_status(self, follower: str, status: int | None, head_offset: int) -> None:
+        """``follower``'s GetStatus answer after a failed stream (None: NODE_IS_NOT_MEMBER)."""
+
+
 class FollowerCursor:
-    """Replicates one shard's log to one follower."""
+    """Replicates one shard's log to one follower, for one leadership."""
 
     def __init__(
         self,
-        leader: LeaderController,
+        leader: ReplicationSource,
         follower: str,
-        ack_offset: int,
         channels: ChannelPool,
         *,
         initial_backoff: float = 0.05,
         max_backoff: float = 2.0,
-        force_snapshot: bool = False,
     ) -> None:
         self.leader = leader
         self.follower = follower
-        self.ack_offset = ack_offset
         self._channels = channels
         self._initial_backoff = initial_backoff
         self._max_backoff = max_backoff
@@ -70,10 +145,11 @@ class FollowerCursor:
         self._closed = False
         self.snapshots_sent = 0
         self.errors = 0
-        # Set when the follower reported it has no data for the shard.
-        self._force_snapshot = force_snapshot
-        # The follower's last GetStatus answered NODE_IS_NOT_MEMBER (see _check_follower).
-        self._not_member_once = False
+
+    @property
+    def ack_offset(self) -> int:
+        """What the follower acknowledged (as the leader counts it)."""
+        return self.leader.ack_offset(self.follower)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
@@ -90,19 +166,14 @@ class FollowerCursor:
             except (asyncio.CancelledError, Exception):
                 pass
 
-    def _metadata(self) -> tuple[tuple[str, str], ...]:
-        return (
-            ("namespace", self.leader.namespace),
-            ("shard-id", str(self.leader.shard)),
-            ("term", str(self.leader.term)),
-            *self.leader.call_metadata(),
-        )
+    def _going(self) -> bool:
+        return not self._closed and self.leader.leads
 
     async def _run(self) -> None:
         backoff = self._initial_backoff
-        while not self._closed and not self.leader.closed:
+        while self._going():
             try:
-                if self._needs_snapshot():
+                if self.leader.needs_snapshot(self.follower):
                     await self._send_snapshot()
                 await self._replicate()
                 backoff = self._initial_backoff
@@ -110,13 +181,7 @@ class FollowerCursor:
                 raise
             except NodeIsNotMember:
                 # The follower lost its data: start over with a full snapshot.
-                log.warning(
-                    "shard %s: follower %s has no data, sending a snapshot",
-                    self.leader.shard,
-                    self.follower,
-                )
-                self._reset(-1)
-                self._force_snapshot = True
+                self.leader.on_lost_data(self.follower)
                 continue
             except Exception as e:
                 self.errors += 1
@@ -127,19 +192,15 @@ class FollowerCursor:
                     e,
                 )
                 await self._check_follower()
-            if self._closed or self.leader.closed:
+            if not self._going():
                 return
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self._max_backoff)
 
     async def _check_follower(self) -> None:
-        """After a failed stream, asks the follower what it holds: the error that ended the
-        stream may not have reached us (a server that ends a stream while we are still sending
-        shows up as INTERNAL here). A follower that is NOT_MEMBER (its storage failed) or that
-        holds less than it acknowledged (it lost its data) gets a snapshot. A follower with no
-        controller for the shard answers NODE_IS_NOT_MEMBER whether it lost its data or just
-        restarted and has not opened the shard yet (a Replicate stream opens it from disk):
-        only a second such answer, after another stream attempt, means the data is gone."""
+        """After a failed stream, asks the follower what it holds (the error that ended the
+        stream may not have reached us: a server that ends a stream while we are still sending
+        shows up as INTERNAL here); the leader decides what the answer means."""
         try:
             call = self._channels.get(self.follower).unary_unary(
                 GET_STATUS,
@@ -147,66 +208,32 @@ class FollowerCursor:
                 response_deserializer=replication_pb2.GetStatusResponse.FromString,
             )
             st = await call(
-                replication_pb2.GetStatusRequest(shard=self.leader.shard),
+                replication_pb2.GetStatusRequest(shard=self.leader.stream_shard),
                 timeout=5,
                 metadata=self.leader.call_metadata(),
             )
         except grpc.aio.AioRpcError as e:
             if isinstance(error_from_rpc(e), NodeIsNotMember):
-                if self._not_member_once:
-                    self._not_member_once = False
-                    self._reset(-1)
-                    self._force_snapshot = True
-                else:
-                    self._not_member_once = True
+                self.leader.on_follower_status(self.follower, None, -1)
             return
-        self._not_member_once = False
-        if st.status == replication_pb2.NOT_MEMBER or st.head_offset < self.ack_offset:
-            log.warning(
-                "shard %s: follower %s holds up to %d (status %s), acknowledged %d: "
-                "sending a snapshot",
-                self.leader.shard,
-                self.follower,
-                st.head_offset,
-                replication_pb2.ServingStatus.Name(st.status),
-                self.ack_offset,
-            )
-            self._reset(-1)
-            self._force_snapshot = True
-
-    def _reset(self, ack_offset: int) -> None:
-        self.ack_offset = ack_offset
-        tracker = self.leader.tracker
-        if tracker is not None:
-            tracker.reset_follower(self.follower, ack_offset)
-
-    def _needs_snapshot(self) -> bool:
-        if self._force_snapshot:
-            return True
-        wal = self.leader.wal
-        first = wal.first_offset
-        if self.ack_offset < 0:
-            # An empty follower: the WAL alone can rebuild it only if it
-            # still starts at offset 0.
-            return self.leader.commit_offset >= 0 and first != 0
-        return first < 0 or self.ack_offset + 1 < first
+        self.leader.on_follower_status(self.follower, st.status, st.head_offset)
 
     # -- log shipping -----------------------------------------------------------------------------
 
     async def _replicate(self) -> None:
+        leader = self.leader
         ch = self._channels.get(self.follower)
         call = ch.stream_stream(
             REPLICATE,
             request_serializer=_ident,
             response_deserializer=replication_pb2.Ack.FromString,
-        )(self._appends(), metadata=self._metadata())
+        )(self._appends(), metadata=leader.stream_metadata())
         try:
             async for ack in call:
-                if ack.offset > self.ack_offset:
-                    self.ack_offset = ack.offset
-                    self.leader.on_follower_ack(self.follower, ack.offset)
+                if ack.offset > leader.ack_offset(self.follower):
+                    leader.on_ack(self.follower, ack.offset)
                 if ack.heartbeat:
-                    self.leader.on_follower_heartbeat(self.follower, ack.heartbeat)
+                    leader.on_heartbeat(self.follower, ack.heartbeat)
         except grpc.aio.AioRpcError as e:
             raise error_from_rpc(e) from e
         finally:
@@ -214,35 +241,29 @@ class FollowerCursor:
 
     async def _appends(self) -> AsyncIterator[bytes]:
         leader = self.leader
-        wal = leader.wal
         term = leader.term
         nxt = self.ack_offset + 1
         heartbeat = 0  # the newest confirmation round sent on this stream
-        while not self._closed and not leader.closed and leader.term == term:
+        while self._going():
             seen = leader.appended.generation
-            rc = leader.confirmations
-            if rc is not None and rc.to_send(heartbeat):
-                heartbeat = rc.requested
-                rc.on_sent(heartbeat)
+            due = leader.heartbeat_due(heartbeat)
+            if due is not None:
+                heartbeat, commit = due
                 yield replication_pb2.Append(
-                    term=term, commit_offset=leader.commit_offset, heartbeat=heartbeat
+                    term=term, commit_offset=commit, heartbeat=heartbeat
                 ).SerializeToString()
-            if nxt <= wal.last_offset:
-                try:
-                    entries = wal.read_batch(nxt, max_entries=READ_BATCH)
-                except EntryNotFound:
-                    if nxt >= wal.first_offset:
-                        raise
-                    # The retention trimmed what this follower needs next: end the stream;
-                    # the cursor sends a snapshot before it reconnects.
-                    log.info(
-                        "shard %s: follower %s needs offset %d, the WAL now starts at %d",
-                        leader.shard,
-                        self.follower,
-                        nxt,
-                        wal.first_offset,
-                    )
-                    return
+            entries = leader.entries_from(nxt, READ_BATCH)
+            if entries is None:
+                # The retention trimmed what this follower needs next: end the stream; the
+                # cursor sends a snapshot before it reconnects.
+                log.info(
+                    "shard %s: follower %s needs offset %d, the WAL no longer holds it",
+                    leader.shard,
+                    self.follower,
+                    nxt,
+                )
+                return
+            if entries:
                 commit = leader.commit_offset
                 for e in entries:
                     yield replication_pb2.Append(
@@ -262,7 +283,22 @@ class FollowerCursor:
 
     async def _send_snapshot(self) -> None:
         leader = self.leader
-        snap = leader.storage.create_snapshot()
+        m = leader.metrics
+        m.snapshots_started.inc()
+        started = time.perf_counter()
+        try:
+            resp = await self._transfer_snapshot()
+        except BaseException:
+            m.snapshots_failed.inc()
+            raise
+        m.snapshots_completed.inc()
+        m.snapshots_transfer_time.observe((time.perf_counter() - started) * 1000.0)
+        self.snapshots_sent += 1
+        leader.on_snapshot_sent(self.follower, resp.ack_offset)
+
+    async def _transfer_snapshot(self) -> replication_pb2.SnapshotResponse:
+        leader = self.leader
+        snap = leader.create_snapshot()
         try:
             ch = self._channels.get(self.follower)
             call = ch.stream_unary(
@@ -271,24 +307,14 @@ class FollowerCursor:
                 response_deserializer=replication_pb2.SnapshotResponse.FromString,
             )
             try:
-                resp = await call(self._chunks(snap), metadata=self._metadata())
+                resp: replication_pb2.SnapshotResponse = await call(
+                    self._chunks(snap), metadata=leader.stream_metadata()
+                )
             except grpc.aio.AioRpcError as e:
                 raise error_from_rpc(e) from e
         finally:
             shutil.rmtree(snap, ignore_errors=True)
-        self.snapshots_sent += 1
-        self._force_snapshot = False
-        log.info(
-            "shard %s: snapshot sent to %s (offset %d)",
-            leader.shard,
-            self.follower,
-            resp.ack_offset,
-        )
-        self.ack_offset = resp.ack_offset
-        tracker = leader.tracker
-        if tracker is not None:
-            tracker.reset_follower(self.follower, resp.ack_offset)
-            leader.on_follower_ack(self.follower, resp.ack_offset)
+        return resp
 
     async def _chunks(self, snap_dir: Path) -> AsyncIterator[bytes]:
         term = self.leader.term
@@ -296,6 +322,7 @@ class FollowerCursor:
             count = max(1, -(-size // SNAPSHOT_CHUNK))
             for i in range(count):
                 content = await asyncio.to_thread(_read_chunk, f, i * SNAPSHOT_CHUNK)
+                self.leader.metrics.snapshots_sent_bytes.inc(len(content))
                 yield replication_pb2.SnapshotChunk(
                     term=term, name=f.name, content=content, chunk_index=i, chunk_count=count
                 ).SerializeToString()

@@ -34,16 +34,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from pyxia.common.handoff_protocol import MAX_DRAIN_S
 from pyxia.errors import InvalidArgument, InvalidTerm, NodeIsNotLeader
 from pyxia.proto import replication_pb2
 
 LEADER = replication_pb2.LEADER
-
-SERVICE = "pyxia.admin.v1.Handoff"
-STEP_DOWN = f"/{SERVICE}/StepDown"
-
-MAX_DRAIN_S = 60.0
-"""The longest drain a StepDown may ask for."""
 
 REFUSE_AFTER_DRAIN_S = 15.0
 """How long after its drain deadline a stepping-down leader keeps refusing writes, at most."""

@@ -17,10 +17,10 @@ from typing import Any
 
 import grpc
 
+from pyxia.common.handoff_protocol import MAX_DRAIN_S, SERVICE
 from pyxia.common.validation import check_namespace, check_shard_id, check_term
 from pyxia.errors import InvalidArgument, NodeIsNotLeader, NodeIsNotMember
 from pyxia.proto import admin_pb2
-from pyxia.server.handoff import MAX_DRAIN_S, SERVICE
 from pyxia.server.internal_rpc import decode
 from pyxia.server.public_rpc import Ctx, _serialize, _unary
 from pyxia.server.shards_director import ShardsDirector

@@ -16,6 +16,11 @@ Every request is checked before it touches state, in this order:
    assignment maps follow :mod:`pyxia.common.validation` (INVALID_ARGUMENT otherwise). A bad
    assignment map is refused whole: the previous one stays.
 
+Shard split: AddFollower with ``observer`` attaches a split observer (its target shard and hash
+range are required and checked), RemoveObserver detaches one, FreezeShard freezes or thaws a
+leader. A Replicate or SendSnapshot stream with the split hash-range headers is taken only by a
+replica of a shard the pushed assignments list as the pending child of a split.
+
 What a valid request may create is bounded by the shards director (a replica only for a shard
 the pushed assignments know, at most ``--max-shards`` open).
 """
@@ -32,10 +37,14 @@ from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
+from pyxia.common import grpc_errors
+from pyxia.common.instance_id import INSTANCE_ID_HEADER
+from pyxia.common.keys import encoding_for_key_sorting
 from pyxia.common.validation import (
     check_address,
     check_entry_id,
     check_follower_map,
+    check_hash_range,
     check_instance_id,
     check_key_sorting,
     check_namespace,
@@ -53,13 +62,13 @@ from pyxia.errors import (
     Unauthenticated,
 )
 from pyxia.proto import admin_pb2, client_pb2, replication_pb2
-from pyxia.server import grpc_errors
 from pyxia.server.follower_controller import FollowerController
-from pyxia.server.manifest import INSTANCE_ID_HEADER, Manifest
+from pyxia.server.follower_cursor import SPLIT_MAX_HEADER, SPLIT_MIN_HEADER
+from pyxia.server.leader_controller import LeaderController
+from pyxia.server.manifest import Manifest
 from pyxia.server.public_rpc import Ctx, _serialize, _streaming, _unary
 from pyxia.server.shards_director import ShardsDirector
 from pyxia.storage.db import TermOptions
-from pyxia.storage.keys import encoding_for_key_sorting
 
 __all__ = [
     "COORDINATION",
@@ -76,6 +85,8 @@ COORDINATION = "replication.OxiaCoordination"
 REPLICATION = "replication.OxiaLogReplication"
 SHARD_EVENTS = "pyxia.admin.v1.ShardEvents"
 FEATURES: list[replication_pb2.Feature.ValueType] = []  # none negotiated yet
+FREEZE_DRAIN_S = 5.0
+"""How long a FreezeShard waits for the writes already logged to commit."""
 
 M = TypeVar("M", bound=Message)
 
@@ -209,15 +220,61 @@ class InternalService:
         check_term(req.term)
         check_address(req.follower_name, "follower")
         check_entry_id(req.follower_head_entry_id)
+        split: tuple[int, int] | None = None
         if req.observer:
-            raise InvalidArgument("oxia: observer followers (shard split) are not supported")
-        lc = self.director.leaders.get(req.shard)
-        if lc is None or not self.director.holds(req.namespace, req.shard):
-            raise NodeIsNotMember(
-                f"oxia: node is not a member of shard {req.shard}", shard=req.shard
+            if not req.HasField("target_shard") or not req.HasField("split_hash_range"):
+                raise InvalidArgument(
+                    "oxia: an observer follower (shard split) needs target_shard and "
+                    "split_hash_range"
+                )
+            check_shard_id(req.target_shard, "target shard")
+            if req.target_shard == req.shard:
+                raise InvalidArgument("oxia: a split observer must target another shard")
+            r = req.split_hash_range
+            split = check_hash_range(r.min_hash_inclusive, r.max_hash_inclusive, "split range")
+        elif req.HasField("target_shard") or req.HasField("split_hash_range"):
+            raise InvalidArgument(
+                "oxia: target_shard and split_hash_range are for observer followers only"
             )
-        await lc.add_follower(req.term, req.follower_name, req.follower_head_entry_id)
+        lc = self._leader_of(req.namespace, req.shard)
+        if split is not None:
+            await lc.add_observer(req.term, req.follower_name, req.target_shard, split)
+        else:
+            await lc.add_follower(req.term, req.follower_name, req.follower_head_entry_id)
         return replication_pb2.AddFollowerResponse()
+
+    def _leader_of(self, namespace: str, shard: int) -> LeaderController:
+        lc = self.director.leaders.get(shard)
+        if lc is None or not self.director.holds(namespace, shard):
+            raise NodeIsNotMember(f"oxia: node is not a member of shard {shard}", shard=shard)
+        return lc
+
+    @_unary
+    async def remove_observer(
+        self, raw: bytes, context: Ctx
+    ) -> replication_pb2.RemoveObserverResponse:
+        self.verify_caller(context)
+        req = decode(replication_pb2.RemoveObserverRequest, raw)
+        check_namespace(req.namespace)
+        check_shard_id(req.shard)
+        check_term(req.term)
+        check_address(req.follower_name, "follower")
+        check_shard_id(req.target_shard, "target shard")
+        await self._leader_of(req.namespace, req.shard).remove_observer(
+            req.follower_name, req.target_shard
+        )
+        return replication_pb2.RemoveObserverResponse()
+
+    @_unary
+    async def freeze_shard(self, raw: bytes, context: Ctx) -> replication_pb2.FreezeShardResponse:
+        self.verify_caller(context)
+        req = decode(replication_pb2.FreezeShardRequest, raw)
+        check_namespace(req.namespace)
+        check_shard_id(req.shard)
+        check_term(req.term)
+        lc = self._leader_of(req.namespace, req.shard)
+        head = await lc.freeze(req.term, req.frozen, FREEZE_DRAIN_S)
+        return replication_pb2.FreezeShardResponse(head_offset=head)
 
     @_unary
     async def get_status(self, raw: bytes, context: Ctx) -> replication_pb2.GetStatusResponse:
@@ -231,8 +288,20 @@ class InternalService:
             )
         res = c.get_status()
         st = self.director._storages.get(req.shard)
+        res.split_parent_term = -1
+        if isinstance(c, LeaderController):
+            # Since this process started (auto-split takes a rate between two samples).
+            m = c.metrics
+            res.shard_stats.read_ops_total = int(
+                m.db_gets.value + m.db_lists.value + m.db_range_scans.value
+            )
+            res.shard_stats.write_ops_total = int(
+                m.db_puts.value + m.db_deletes.value + m.db_delete_ranges.value
+            )
         if st is not None:
             res.shard_stats.db_size_bytes = st.db.size_bytes()
+            if st.split_filter is not None:
+                res.split_parent_term = st.split_filter.parent_term
         return res
 
     @_unary
@@ -297,6 +366,28 @@ class InternalService:
         namespace = check_namespace("default" if namespace is None else namespace)
         return namespace, check_shard_id(shard_id), check_term(term_value)
 
+    def _split_range(self, context: Ctx, namespace: str, shard: int) -> tuple[int, int] | None:
+        """The hash range a stream from a split parent carries (both headers or neither), for
+        a replica of a pending split child only."""
+        lo = _one_header(context, SPLIT_MIN_HEADER)
+        hi = _one_header(context, SPLIT_MAX_HEADER)
+        if lo is None and hi is None:
+            return None
+        if lo is None or hi is None:
+            raise InvalidArgument(
+                f"oxia: a split stream needs both {SPLIT_MIN_HEADER} and {SPLIT_MAX_HEADER}"
+            )
+        if not (lo.isascii() and lo.isdigit() and hi.isascii() and hi.isdigit()):
+            raise InvalidArgument(f"oxia: bad split hash range {lo[:16]!r}..{hi[:16]!r}")
+        if len(lo) > 10 or len(hi) > 10:
+            raise InvalidArgument("oxia: split hash range out of bounds")
+        split = check_hash_range(int(lo), int(hi), "split range")
+        if not self.director.assignments.is_pending_split(namespace, shard):
+            raise InvalidArgument(
+                f"oxia: shard {shard} is not the child of a split in progress", shard=shard
+            )
+        return split
+
     @_unary
     async def truncate(self, raw: bytes, context: Ctx) -> replication_pb2.TruncateResponse:
         self.verify_caller(context)
@@ -315,8 +406,9 @@ class InternalService:
     ) -> AsyncIterator[replication_pb2.Ack]:
         self.verify_caller(context)
         namespace, shard, term = self._stream_target(context)
+        split = self._split_range(context, namespace, shard)
         fc: FollowerController = await self.director.as_follower(namespace, shard, term=term)
-        async for ack in fc.replicate(term, requests):
+        async for ack in fc.replicate(term, requests, split):
             yield ack
 
     @_unary
@@ -325,8 +417,9 @@ class InternalService:
     ) -> replication_pb2.SnapshotResponse:
         self.verify_caller(context)
         namespace, shard, term = self._stream_target(context)
+        split = self._split_range(context, namespace, shard)
         fc = await self.director.as_follower(namespace, shard, create=True, term=term)
-        ack = await fc.install_snapshot(term, requests)
+        ack = await fc.install_snapshot(term, requests, split)
         return replication_pb2.SnapshotResponse(ack_offset=ack)
 
     # -- shard events (pyxia) ------------------------------------------------------------------
@@ -373,6 +466,8 @@ class InternalService:
             "DeleteShard": unary(self.delete_shard),
             "Handshake": unary(self.handshake),
             "GetInfo": unary(self.get_info),
+            "RemoveObserver": unary(self.remove_observer),
+            "FreezeShard": unary(self.freeze_shard),
         }
         replication = {
             "Truncate": unary(self.truncate),

@@ -1,17 +1,21 @@
-"""The leader of one shard: fencing, the write path, reads.
+"""The leader of one shard: the write path and reads, as an asyncio driver of the replica state
+machine (``replica.py``), which decides the status, the term, the fencing, the election, the
+follower truncations, the quorum and the read-index rounds.
 
 Write path (built for replication; RF=1 is the case with no follower):
 
-    propose → WAL append (term, offset, LogEntryValue, timestamp)
+    propose → the machine gives the offset and timestamp (Propose → Append)
+            → WAL append (term, offset, LogEntryValue, timestamp)
             → local group-commit sync (one fsync for everything appended)
-            → quorum ack tracker (leader head + follower acks)
+            → quorum ack tracker (leader head + follower acks; Synced / FollowerAck → Committed)
             → apply committed entries in offset order, one DB batch each
             → resolve the proposal's future → reply
 
 The WAL's sync thread wakes the event loop once per sync round through a
-pipe; the leader then advances its head in the tracker and applies whatever
-became committed. Follower cursors (replication) feed their acks into the
-same tracker and trigger the same apply step.
+pipe; the leader then feeds the machine the durable offset and applies whatever
+became committed. Follower cursors (replication) see this leader through a
+:class:`TenureSource`, one leadership's narrow interface (what to send next, acks in);
+their acks go to the machine and trigger the same apply step.
 
 Applying never holds the event loop for long (issue 15 §6: one shard's big
 batch must not delay other shards or the health service): committed entries
@@ -31,6 +35,16 @@ rules are in ``handoff.py``. Its ``before_step_down`` hooks run first and may st
 last writes (the TSO's release marker), which the drain commits. A NewTerm that finds writes
 still pending (an unplanned change) answers them WRITE_INDETERMINATE.
 
+Shard split (the parent's side): ``add_observer`` attaches an observer cursor that seeds a
+child shard's replica with this shard's snapshot and log (``follower_cursor.py``); the machine
+never counts its acks towards this shard's quorum. ``freeze`` stops new writes (a retryable
+NODE_IS_NOT_LEADER) without fencing, so the observers keep streaming, and answers once every
+logged write is committed and answered: the head it returns is final, and no write is left in
+flight. A freeze lasts until ``freeze(frozen=False)`` or a new term; it never lapses by itself
+(the coordinator fences the parent right after the children hold that head: a write taken
+after a lapse would be lost). A split child's replica cuts its copy of the parent's data down
+to its own range before it leads (``storage/split.py``).
+
 Reads are linearizable: before a read is served, a majority of the ensemble confirms (one
 heartbeat round down the replication streams, shared by every read that arrived meanwhile)
 that this replica still leads its term; see ``read_index.py``.
@@ -43,37 +57,48 @@ import collections
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
-from pyxia._native import EntryNotFound, WalError
-from pyxia.common.validation import accepts_term, check_storable_term
+from pyxia._native import EntryNotFound, WalEntry, WalError
+from pyxia.common.channels import ChannelPool
+from pyxia.common.grpc_errors import error_from_rpc
+from pyxia.common.instance_id import CallMetadata
+from pyxia.common.signals import Signal
 from pyxia.errors import (
     AlreadyClosed,
     InvalidArgument,
-    InvalidStatus,
     InvalidTerm,
     NodeIsNotLeader,
     NotificationsNotEnabled,
-    PyxiaError,
+    ResourceUnavailable,
     StorageFailure,
-    WriteIndeterminate,
 )
 from pyxia.failpoints import failpoint
-from pyxia.metrics import ShardMetrics
+from pyxia.metrics import SHARDS, ShardMetrics
 from pyxia.proto import client_pb2, replication_pb2
-from pyxia.rpc_errors import error_from_rpc
-from pyxia.server import handoff
-from pyxia.server.follower_cursor import FollowerCursor
-from pyxia.server.manifest import CallMetadata
+from pyxia.server import replica as rsm
+from pyxia.server.follower_cursor import SPLIT_MAX_HEADER, SPLIT_MIN_HEADER, FollowerCursor
+from pyxia.server.handoff import Handoff
 from pyxia.server.quorum import QuorumAckTracker
 from pyxia.server.read_index import LeadershipConfirmations
-from pyxia.server.rpc_clients import ChannelPool
+from pyxia.server.replica import (
+    FENCED,
+    FOLLOWER,
+    LEADER,
+    MAX_OBSERVERS,
+    NOT_MEMBER,
+    EntryId,
+    ObserverKey,
+    Replica,
+    Tenure,
+)
+from pyxia.server.replica_log import StorageLog
 from pyxia.server.session_manager import SessionManager
 from pyxia.server.shard_storage import ShardStorage
-from pyxia.server.signals import Signal
 from pyxia.server.sync_policy import SyncPolicy
 from pyxia.storage import reads
 from pyxia.storage.apply import (
@@ -85,15 +110,25 @@ from pyxia.storage.apply import (
 from pyxia.storage.db import TermOptions
 from pyxia.storage.steps import APPLY_SLICE_S, Abandoned, Steps, advance, run_sliced
 
-log = logging.getLogger("pyxia.leader")
+__all__ = [
+    "FENCED",
+    "FOLLOWER",
+    "LEADER",
+    "MAX_OBSERVERS",
+    "NOT_MEMBER",
+    "LeaderController",
+    "Proposal",
+    "SequenceWatch",
+    "TenureSource",
+    "log_entry_value",
+]
 
-NOT_MEMBER = replication_pb2.NOT_MEMBER
-FENCED = replication_pb2.FENCED
-FOLLOWER = replication_pb2.FOLLOWER
-LEADER = replication_pb2.LEADER
+log = logging.getLogger("pyxia.leader")
 
 READ_CONFIRM_TIMEOUT_S = 3.0
 """How long a read waits for a majority to confirm this leader before it is refused."""
+
+READ_INDEX = rsm.ReadIndex()
 
 
 def log_entry_value(raw_write_request: bytes) -> bytes:
@@ -121,6 +156,114 @@ class SequenceWatch:
     last: str | None = None
 
 
+class TenureSource:
+    """One leadership as one follower cursor sees it (``follower_cursor.ReplicationSource``):
+    what to send next, and the follower's acks, heartbeat answers, snapshots and statuses in,
+    fed to the replica state machine. Once the leadership is over it answers ``leads`` False
+    and its inputs change nothing. With ``split`` (a child shard and the hash range it keeps)
+    it is a split observer's: its streams name the child shard and carry the range, and the
+    machine keeps its acks out of the quorum."""
+
+    __slots__ = ("_lc", "_split_headers", "_tenure", "metrics", "shard", "target_shard", "term")
+
+    def __init__(
+        self, lc: LeaderController, tenure: Tenure, split: tuple[int, tuple[int, int]] | None = None
+    ) -> None:
+        self._lc = lc
+        self._tenure = tenure
+        self.shard = lc.shard
+        self.term = tenure.term
+        self.metrics: ShardMetrics = lc.metrics
+        self.target_shard: int | None = None
+        self._split_headers: CallMetadata = ()
+        if split is not None:
+            self.target_shard, (lo, hi) = split
+            self._split_headers = ((SPLIT_MIN_HEADER, str(lo)), (SPLIT_MAX_HEADER, str(hi)))
+
+    @property
+    def stream_shard(self) -> int:
+        return self.shard if self.target_shard is None else self.target_shard
+
+    @property
+    def leads(self) -> bool:
+        return self._lc.replica.leads(self._tenure)
+
+    @property
+    def appended(self) -> Signal:
+        return self._lc.appended
+
+    @property
+    def commit_offset(self) -> int:
+        return self._tenure.tracker.commit_offset
+
+    def stream_metadata(self) -> CallMetadata:
+        lc = self._lc
+        return (
+            ("namespace", lc.namespace),
+            ("shard-id", str(self.stream_shard)),
+            ("term", str(self.term)),
+            *self._split_headers,
+            *lc.call_metadata(),
+        )
+
+    def call_metadata(self) -> CallMetadata:
+        return self._lc.call_metadata()
+
+    def ack_offset(self, follower: str) -> int:
+        return self._lc.replica.follower_ack(self._tenure, follower, self.target_shard)
+
+    def needs_snapshot(self, follower: str) -> bool:
+        return self._lc.replica.needs_snapshot(self._tenure, follower, self.target_shard)
+
+    def heartbeat_due(self, last_sent: int) -> tuple[int, int] | None:
+        due = rsm.HeartbeatDue(self._tenure, last_sent, self.target_shard)
+        for e in self._lc.replica.step(due):
+            if isinstance(e, rsm.SendHeartbeat):
+                return e.round_id, e.commit_offset
+        return None
+
+    def entries_from(self, offset: int, max_entries: int) -> Sequence[WalEntry] | None:
+        wal = self._lc.wal
+        if offset > wal.last_offset:
+            return ()
+        m = self.metrics
+        started = time.perf_counter()
+        try:
+            entries = wal.read_batch(offset, max_entries=max_entries)
+        except EntryNotFound:
+            if offset >= wal.first_offset:
+                raise
+            return None
+        except WalError:
+            m.wal_read_errors.inc()
+            raise
+        m.wal_read_latency.observe((time.perf_counter() - started) * 1000.0)
+        m.wal_read_bytes.inc(sum(len(e.value) for e in entries))
+        return entries
+
+    def create_snapshot(self) -> Path:
+        return self._lc.storage.create_snapshot()
+
+    def _feed(self, message: rsm.Input) -> None:
+        self._lc.carry_out(self._lc.replica.step(message))
+
+    def on_ack(self, follower: str, offset: int) -> None:
+        self._feed(rsm.FollowerAck(self._tenure, follower, offset, self.target_shard))
+
+    def on_heartbeat(self, follower: str, round_id: int) -> None:
+        self._feed(rsm.HeartbeatAck(self._tenure, follower, round_id, self.target_shard))
+
+    def on_snapshot_sent(self, follower: str, ack_offset: int) -> None:
+        self._feed(rsm.SnapshotSent(self._tenure, follower, ack_offset, self.target_shard))
+
+    def on_lost_data(self, follower: str) -> None:
+        self._feed(rsm.FollowerLostData(self._tenure, follower, self.target_shard))
+
+    def on_follower_status(self, follower: str, status: int | None, head_offset: int) -> None:
+        st = None if status is None else replication_pb2.ServingStatus.ValueType(status)
+        self._feed(rsm.FollowerStatus(self._tenure, follower, st, head_offset, self.target_shard))
+
+
 class LeaderController:
     """One shard replica acting as (or preparing to be) its leader."""
 
@@ -138,32 +281,25 @@ class LeaderController:
         self.wal = storage.wal
         self.applier = storage.applier
         term, options = storage.read_term()
-        self.term = term
-        self.term_options = options
-        self.status = NOT_MEMBER if term < 0 else FENCED
-        self.replication_factor = 1
-        self.tracker: QuorumAckTracker | None = None
-        # Leadership confirmation rounds of the current term (reads); None while not leading.
-        self.confirmations: LeadershipConfirmations | None = None
+        self.replica = Replica(storage.shard, StorageLog(storage), term, options)
         self.confirmed = Signal()
         self.read_confirm_timeout_s = READ_CONFIRM_TIMEOUT_S
         self._pending: collections.deque[Proposal] = collections.deque()
-        self._next_offset = self._log_end() + 1
-        self._last_ts = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader_registered = False
         self.sync_policy: SyncPolicy | None = None
-        self._closed = False
         # Bumped after every apply: notification and sequence streams wait on it.
         self.applied = Signal()
         self._sequence_watches: dict[str, list[SequenceWatch]] = {}
-        self.metrics = ShardMetrics(self.shard)
+        self.metrics = storage.metrics
+        SHARDS.add_leader(self)  # its offsets are exported while it leads
         self.sessions = SessionManager(self, check_interval=session_check_interval)
-        self.leader_hint: str | None = None
-        # Bumped on every append: follower cursors wait on it.
+        # Bumped on every append and confirmation round: follower cursors wait on it.
         self.appended = Signal()
         self._channels = channels
         self.cursors: dict[str, FollowerCursor] = {}
+        # Split observers' cursors, by (follower, child shard).
+        self.observers: dict[ObserverKey, FollowerCursor] = {}
         # Notified when this replica becomes leader and when it stops leading; the
         # director shares one among its controllers (the TSO's fence waits on it).
         self.leadership = leadership if leadership is not None else Signal()
@@ -180,63 +316,213 @@ class LeaderController:
         self._apply_task: asyncio.Task[None] | None = None
         self._replay: Steps[int] | None = None
         self.write_limits = storage.options.write_limits
-        # Set while this leader steps down for a planned move (see handoff.py).
-        self.handoff: handoff.Handoff | None = None
         # Called (synchronously) when a planned step-down begins, before new writes are
         # refused: a hook may still log its own last writes, which the drain then commits.
         self.before_step_down: list[Callable[[LeaderController], None]] = []
 
-    # -- lifecycle --------------------------------------------------------------------------------
+    # -- the machine's state, as the rest of the server reads it ---------------------------------
+
+    @property
+    def term(self) -> int:
+        return self.replica.term
+
+    @property
+    def term_options(self) -> TermOptions:
+        return self.replica.options
+
+    @property
+    def status(self) -> rsm.Status:
+        return self.replica.status
+
+    @property
+    def status_name(self) -> str:
+        return self.replica.status_name
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self.replica.closed
+
+    @property
+    def leader_hint(self) -> str | None:
+        """The leader the pushed assignments name (given to clients this replica refuses)."""
+        return self.replica.leader_hint
+
+    @leader_hint.setter
+    def leader_hint(self, hint: str | None) -> None:
+        self.replica.leader_hint = hint
+
+    @property
+    def replication_factor(self) -> int:
+        return self.replica.replication_factor
+
+    @property
+    def tracker(self) -> QuorumAckTracker | None:
+        t = self.replica.tenure
+        return t.tracker if t is not None else None
+
+    @property
+    def confirmations(self) -> LeadershipConfirmations | None:
+        """Leadership confirmation rounds of the current term (reads); None while not leading."""
+        return self.replica.confirmations
+
+    @property
+    def handoff(self) -> Handoff | None:
+        """Set while this leader steps down for a planned move (see handoff.py)."""
+        return self.replica.handoff
 
     @property
     def commit_offset(self) -> int:
-        return self.tracker.commit_offset if self.tracker else self.storage.commit_offset
+        return self.replica.commit_offset
 
     @property
     def head_offset(self) -> int:
         return self.wal.last_offset
 
-    def _log_end(self) -> int:
-        """The offset the log continues from: its last entry, or, when it is empty (after a
-        snapshot, or cut below the DB by ``pyxia wal truncate``), the DB's commit offset."""
-        return max(self.wal.last_offset, self.storage.commit_offset)
+    @property
+    def frozen(self) -> bool:
+        """Set while the shard is frozen for a split's cutover (see the module docstring)."""
+        return self.replica.frozen
+
+    @property
+    def handing_off(self) -> bool:
+        """Whether this leader refuses new writes now (it is stepping down)."""
+        return self.replica.handing_off(time.monotonic())
+
+    def leader_offsets(self) -> tuple[int, int, dict[str, int]] | None:
+        """Head and commit offsets and the followers' acknowledged offsets while leading (the
+        metrics read them at scrape time, from another thread: a snapshot of plain ints)."""
+        tracker = self.tracker
+        if self.status != LEADER or tracker is None:
+            return None
+        return tracker.head_offset, tracker.commit_offset, tracker.followers
+
+    def _check_open(self) -> None:
+        self.replica.check_open()
+
+    def check_leader(self) -> None:
+        self.replica.check_leader()
+
+    def get_status(self) -> replication_pb2.GetStatusResponse:
+        self._check_open()
+        return replication_pb2.GetStatusResponse(
+            term=self.term,
+            status=self.status,
+            head_offset=self.wal.last_offset,
+            commit_offset=self.commit_offset,
+        )
+
+    # -- carrying out the machine's effects -------------------------------------------------------
+
+    def carry_out(self, effects: rsm.Effects) -> None:
+        """Carries out the effects that need no await (see :meth:`_carry_out_async`)."""
+        for e in effects:
+            if isinstance(e, rsm.Committed):
+                self.apply_committed(e.commit_offset)
+            elif isinstance(e, rsm.CaughtUp):
+                self.applied.notify()  # an election waits for it
+            elif isinstance(e, rsm.Confirmed):
+                self.confirmed.notify()
+            elif isinstance(e, rsm.WakeCursors):
+                self.appended.notify()
+            elif isinstance(e, rsm.StopLeading):
+                self._stop_leading(e)
+            elif isinstance(e, rsm.StartTenure):
+                self._start_tenure(e.tenure)
+            elif isinstance(e, rsm.StartCursor):
+                self._start_cursor(e.tenure, e.follower)
+            elif isinstance(e, rsm.StartObserver):
+                self._start_observer(e)
+            elif isinstance(e, rsm.StartServing):
+                self.sessions.load(reads.load_sessions(self.storage.db))
+                self.sessions.start()
+            elif isinstance(e, rsm.LeadershipChanged):
+                self.applied.notify()
+                self.leadership.notify()
+            elif isinstance(e, rsm.ReportFailure):
+                if self.on_failure is not None:
+                    self.on_failure(e.reason)
+            elif not isinstance(e, (rsm.WakeApplier, rsm.WakeStream, rsm.StreamEnded)):
+                # (a leader controller's replica never follows: those are no-ops here)
+                raise AssertionError(f"shard {self.shard}: unexpected effect {e!r}")
+
+    async def _carry_out_async(self, effects: rsm.Effects) -> None:
+        """Carries out effects in order, awaiting those that take I/O."""
+        for e in effects:
+            if isinstance(e, rsm.StoreTerm):
+                self.storage.update_term(e.term, e.options)
+                self.replica.step(rsm.TermStored(e.term, e.options))
+            elif isinstance(e, rsm.StopCursors):
+                await self._stop_cursors()
+            elif isinstance(e, rsm.StopCursor):
+                c = self.cursors.pop(e.follower, None)
+                if c is not None:
+                    await c.close()
+            elif isinstance(e, rsm.StopObserver):
+                c = self.observers.pop((e.follower, e.target_shard), None)
+                if c is not None:
+                    await c.close()
+            elif isinstance(e, rsm.SyncLog):
+                await asyncio.to_thread(self.wal.sync)
+            elif isinstance(e, rsm.TruncateFollower):
+                head = await self._call_truncate(e.follower, e.head)
+                truncated = rsm.FollowerTruncated(
+                    e.tenure, e.follower, EntryId(head.term, head.offset), e.snapshot
+                )
+                await self._carry_out_async(self.replica.step(truncated))
+            else:
+                self.carry_out((e,))
+
+    def _stop_leading(self, e: rsm.StopLeading) -> None:
+        """The leadership is over: abandons the apply in progress, stops the sessions, fails
+        the writes not yet applied (indeterminate), wakes whoever waits on the leadership."""
+        self._abandon_apply()
+        self.sessions.stop()
+        self._fail_pending(e)
+        self.confirmed.notify()
+        self.applied.notify()
+        self.leadership.notify()
+
+    def _start_tenure(self, tenure: Tenure) -> None:
+        """Watches the WAL's sync rounds for ``tenure``."""
+        loop = self._loop = asyncio.get_running_loop()
+        self._register_reader()
+        # Only a leader that needs no follower waits on its own fsync: with followers
+        # the loop must stay free to ship the entry while the sync thread flushes.
+        replica = self.replica
+        self.sync_policy = SyncPolicy(
+            self.wal,
+            loop,
+            self._on_wal_round,
+            lambda: (
+                self._reader_registered
+                and replica.status == LEADER
+                and replica.tenure is tenure
+                and tenure.replication_factor == 1
+            ),
+        )
+
+    def _start_cursor(self, tenure: Tenure, follower: str) -> None:
+        self.replica.check_tenure(tenure)  # a cursor only for the leadership that is on
+        assert self._channels is not None
+        cursor = FollowerCursor(TenureSource(self, tenure), follower, self._channels)
+        self.cursors[follower] = cursor
+        cursor.start()
+
+    def _start_observer(self, e: rsm.StartObserver) -> None:
+        self.replica.check_tenure(e.tenure)
+        assert self._channels is not None
+        source = TenureSource(self, e.tenure, (e.target_shard, e.split_range))
+        cursor = FollowerCursor(source, e.follower, self._channels)
+        self.observers[(e.follower, e.target_shard)] = cursor
+        cursor.start()
+
+    # -- coordination -----------------------------------------------------------------------------
 
     async def new_term(self, term: int, options: TermOptions) -> replication_pb2.EntryId:
-        """Fences this replica at ``term``. Same term again is allowed only
-        while FENCED (a retried NewTerm during an election). Returns the
-        WAL head, made durable first (the new leader counts it as held)."""
-        self._check_open()
-        check_storable_term(term)
-        if not accepts_term(term, self.term, self.storage.head_entry_id().term):
-            raise InvalidTerm(
-                f"oxia: invalid term {term}, the shard is at term {self.term}", shard=self.shard
-            )
-        if term < self.term:
-            log.warning(
-                "shard %s: term %d is beyond the largest valid term; re-based to %d",
-                self.shard,
-                self.term,
-                term,
-            )
-        if term == self.term and self.status != FENCED:
-            raise InvalidStatus(
-                f"oxia: NewTerm for the current term {term} while {self.status_name}",
-                shard=self.shard,
-            )
-        self._step_down(
-            NodeIsNotLeader(f"oxia: shard {self.shard} is changing term", shard=self.shard)
-        )
-        self.handoff = None
-        await self._stop_cursors()
-        self.storage.update_term(term, options)
-        self.term = term
-        self.term_options = options
-        self.status = FENCED
-        await asyncio.to_thread(self.wal.sync)
+        """Fences this replica at ``term`` (the machine's rules: a term never goes back, the
+        same term again only while FENCED, a retried NewTerm). Returns the WAL head, made
+        durable first (the new leader counts it as held)."""
+        await self._carry_out_async(self.replica.step(rsm.NewTerm(term, options)))
         self._check_open()
         return self.storage.election_head()
 
@@ -252,52 +538,21 @@ class LeaderController:
         follower, waits until the leader's head is committed by a quorum,
         applies every committed entry after the DB's commit offset, reloads
         the sessions, then serves."""
-        self._check_open()
-        if term != self.term:
-            raise InvalidTerm(
-                f"oxia: BecomeLeader for term {term}, the shard is at {self.term}",
-                shard=self.shard,
-            )
-        if self.status != FENCED:
-            raise InvalidStatus(f"oxia: BecomeLeader while {self.status_name}", shard=self.shard)
+        if followers and self._channels is None:
+            self._check_open()
+            raise InvalidArgument("oxia: this server cannot replicate (no channels)")
+        heads = {name: EntryId(h.term, h.offset) for name, h in (followers or {}).items()}
         self._loop = asyncio.get_running_loop()
-        head = self._log_end()
-        self.replication_factor = replication_factor
-        tracker = QuorumAckTracker(replication_factor, head, self.storage.commit_offset)
-        self.tracker = tracker
-        self.confirmations = LeadershipConfirmations(replication_factor)
-        self._next_offset = head + 1
-        # Entry timestamps never go back along the log, across terms too: the notification
-        # retention window is computed from them on every replica (server/retention.py).
-        self._last_ts = max(self._last_ts, self._log_clock())
-        self._register_reader()
-        # Only a leader that needs no follower waits on its own fsync: with followers
-        # the loop must stay free to ship the entry while the sync thread flushes.
-        self.sync_policy = SyncPolicy(
-            self.wal,
-            self._loop,
-            self._on_wal_round,
-            lambda: (
-                self._reader_registered
-                and self.status == LEADER
-                and self.tracker is tracker
-                and self.replication_factor == 1
-            ),
-        )
-        tracker.advance_head(self.wal.last_synced_offset)
-        for name, follower_head in (followers or {}).items():
-            await self._add_follower(name, follower_head)
-            if self._closed or self.term != term:
-                raise AlreadyClosed(shard=self.shard)
+        effects = self.replica.step(rsm.BecomeLeader(term, replication_factor, heads))
+        tenure = next(e.tenure for e in effects if isinstance(e, rsm.StartTenure))
+        await self._carry_out_async(effects)
         # Everything up to our head must be held by a quorum before we serve.
-        while tracker.commit_offset < head:
+        while True:
             seen = self.applied.generation
-            if self._closed or self.term != term or self.tracker is not tracker:
-                raise AlreadyClosed(shard=self.shard)
+            if self.replica.caught_up(tenure):  # AlreadyClosed once the election is over
+                break
             await self.applied.wait(seen, 1.0)
-        if self._closed or self.term != term or self.tracker is not tracker:
-            raise AlreadyClosed(shard=self.shard)
-        replay = self._replay = self.storage.apply_steps(tracker.commit_offset)
+        replay = self._replay = self.storage.apply_steps(tenure.tracker.commit_offset)
         try:
             applied = await run_sliced(replay, self.apply_slice_s, lambda: self._replay is replay)
         except Abandoned:
@@ -305,131 +560,35 @@ class LeaderController:
         finally:
             if self._replay is replay:
                 self._replay = None
-        if self._closed or self.term != term or self.tracker is not tracker:
-            raise AlreadyClosed(shard=self.shard)
+        self.replica.check_tenure(tenure)
         if applied:
             log.info("shard %s: applied %d committed entries from the WAL", self.shard, applied)
-        self.applier = self.storage.applier
-        self.status = LEADER
-        self.sessions.load(reads.load_sessions(self.storage.db))
-        self.sessions.start()
-        self.applied.notify()
-        self.leadership.notify()
-
-    def _log_clock(self) -> int:
-        """The newest timestamp in this replica's log: its head entry's, or after a snapshot
-        (an empty WAL) its newest notification batch's."""
-        head = self.wal.last_offset
-        ts = 0
-        if head >= 0:
+        flt = self.storage.split_filter
+        if flt is not None and term > flt.parent_term:
+            # A split child's first term: its copy of the parent's data is cut down first.
+            cut = self._replay = self.storage.cut_steps()
             try:
-                ts = self.wal.read(head).timestamp
-            except EntryNotFound:
-                pass
-        newest = reads.last_notification_batch(self.storage.db)
-        return max(ts, newest[1] if newest is not None else 0)
+                await run_sliced(cut, self.apply_slice_s, lambda: self._replay is cut)
+            except Abandoned:
+                raise AlreadyClosed(shard=self.shard) from None
+            finally:
+                if self._replay is cut:
+                    self._replay = None
+            self.replica.check_tenure(tenure)
+        self.applier = self.storage.applier
+        self.carry_out(self.replica.step(rsm.Replayed(tenure)))
 
     async def add_follower(self, term: int, name: str, head: replication_pb2.EntryId) -> None:
         """Attaches a follower (a straggler of the election, or a new
-        ensemble member). Idempotent by name."""
-        self._check_open()
-        if term != self.term:
-            raise InvalidTerm(
-                f"oxia: AddFollower for term {term}, the shard is at {self.term}",
-                shard=self.shard,
-            )
-        if self.status != LEADER:
-            raise InvalidStatus(f"oxia: AddFollower while {self.status_name}", shard=self.shard)
-        existing = self.cursors.get(name)
-        if existing is not None:
-            if head.offset >= existing.ack_offset:
-                return
-            # It holds less than it acknowledged: it lost its data (a wiped disk, a replica
-            # rebuilt after corruption). Its cursor would wait for the next write before
-            # finding out; start it over with a snapshot, as a cursor does when a follower
-            # says it has no data.
-            log.warning(
-                "shard %s: follower %s holds up to %d but acknowledged %d: starting it over",
-                self.shard,
-                name,
-                head.offset,
-                existing.ack_offset,
-            )
-            del self.cursors[name]
-            await existing.close()
-            self._check_open()
-            if self.tracker is not None:
-                self.tracker.reset_follower(name, -1)
-            await self._add_follower(name, head, force_snapshot=True)
-            return
-        if len(self.cursors) >= self.replication_factor - 1:
-            raise InvalidArgument(
-                f"oxia: shard {self.shard} already has {len(self.cursors)} followers "
-                f"(replication factor {self.replication_factor})",
-                shard=self.shard,
-            )
-        await self._add_follower(name, head)
-
-    async def _add_follower(
-        self, name: str, head: replication_pb2.EntryId, *, force_snapshot: bool = False
-    ) -> None:
+        ensemble member). Idempotent by name; a follower that comes back holding less than
+        it acknowledged starts over with a snapshot."""
         if self._channels is None:
+            self._check_open()
             raise InvalidArgument("oxia: this server cannot replicate (no channels)")
-        ack = await self._truncate_follower_if_needed(name, head)
-        if self._closed or self.tracker is None:
-            raise AlreadyClosed(shard=self.shard)
-        before = self.tracker.commit_offset
-        commit = self.tracker.add_follower(name, ack)
-        if commit > before:
-            self.apply_committed(commit)
-            self.applied.notify()
-        cursor = FollowerCursor(self, name, ack, self._channels, force_snapshot=force_snapshot)
-        self.cursors[name] = cursor
-        cursor.start()
+        effects = self.replica.step(rsm.AddFollower(term, name, EntryId(head.term, head.offset)))
+        await self._carry_out_async(effects)
 
-    async def _truncate_follower_if_needed(self, name: str, head: replication_pb2.EntryId) -> int:
-        """Oxia's rule: a follower whose head is in the leader's log keeps
-        its log; otherwise it is cut back to the last entry whose term is at
-        most its head's term. Returns what the follower holds afterwards."""
-        if head.offset < 0:
-            return -1
-        own = self.storage.head_entry_id()
-        if head.term == own.term and head.offset <= own.offset:
-            return int(head.offset)
-        if head.term > own.term:
-            raise InvalidTerm(
-                f"oxia: follower {name} has term {head.term}, newer than the leader's {own.term}",
-                shard=self.shard,
-            )
-        safe = self._last_entry_with_term_at_most(head.term)
-        if safe is not None and head.offset <= safe.offset:
-            try:
-                if self.wal.read(head.offset).term == head.term:
-                    return int(head.offset)
-            except EntryNotFound:
-                pass
-        target = safe or replication_pb2.EntryId(term=-1, offset=-1)
-        log.info(
-            "shard %s: truncating follower %s from %d/%d to %d/%d",
-            self.shard,
-            name,
-            head.term,
-            head.offset,
-            target.term,
-            target.offset,
-        )
-        res = await self._call_truncate(name, target)
-        return int(res.offset)
-
-    def _last_entry_with_term_at_most(self, term: int) -> replication_pb2.EntryId | None:
-        for e in self.wal.reverse_reader():
-            if e.term <= term:
-                return replication_pb2.EntryId(term=e.term, offset=e.offset)
-        return None
-
-    async def _call_truncate(
-        self, name: str, head: replication_pb2.EntryId
-    ) -> replication_pb2.EntryId:
+    async def _call_truncate(self, name: str, head: EntryId) -> replication_pb2.EntryId:
         assert self._channels is not None
         call = self._channels.get(name).unary_unary(
             "/replication.OxiaLogReplication/Truncate",
@@ -437,7 +596,10 @@ class LeaderController:
             response_deserializer=replication_pb2.TruncateResponse.FromString,
         )
         req = replication_pb2.TruncateRequest(
-            namespace=self.namespace, shard=self.shard, term=self.term, head_entry_id=head
+            namespace=self.namespace,
+            shard=self.shard,
+            term=self.term,
+            head_entry_id=replication_pb2.EntryId(term=head.term, offset=head.offset),
         )
         try:
             res: replication_pb2.TruncateResponse = await call(
@@ -449,17 +611,56 @@ class LeaderController:
 
     async def _stop_cursors(self) -> None:
         cursors, self.cursors = self.cursors, {}
-        for c in cursors.values():
+        observers, self.observers = self.observers, {}
+        for c in [*cursors.values(), *observers.values()]:
             await c.close()
 
-    def get_status(self) -> replication_pb2.GetStatusResponse:
-        self._check_open()
-        return replication_pb2.GetStatusResponse(
-            term=self.term,
-            status=self.status,
-            head_offset=self.wal.last_offset,
-            commit_offset=self.commit_offset,
-        )
+    # -- shard split (parent side) ----------------------------------------------------------------
+
+    async def add_observer(
+        self, term: int, name: str, target_shard: int, split_range: tuple[int, int]
+    ) -> None:
+        """Attaches a split observer: ``name``'s replica of child ``target_shard`` gets this
+        shard's snapshot and log, and keeps ``split_range``. Idempotent."""
+        if self._channels is None:
+            self._check_open()
+            raise InvalidArgument("oxia: this server cannot replicate (no channels)")
+        effects = self.replica.step(rsm.AddObserver(term, name, target_shard, split_range))
+        await self._carry_out_async(effects)
+
+    async def remove_observer(self, name: str, target_shard: int) -> None:
+        """Detaches a split observer (nothing to do if there is none)."""
+        await self._carry_out_async(self.replica.step(rsm.RemoveObserver(name, target_shard)))
+
+    def observer_acks(self) -> dict[ObserverKey, int]:
+        """What each split observer acknowledged, by (follower, child shard)."""
+        return self.replica.observer_acks()
+
+    async def freeze(self, term: int, frozen: bool, drain_s: float) -> int:
+        """Freezes (or thaws) the shard for a split's cutover. Frozen, it refuses new writes
+        with a retryable NODE_IS_NOT_LEADER and answers once every logged write is committed
+        and answered: the returned head offset is then final. Raises ResourceUnavailable
+        (still frozen) if the writes do not drain within ``drain_s``."""
+        self.replica.step(rsm.Freeze(term, frozen))
+        if not frozen:
+            return self.head_offset
+        deadline = time.monotonic() + drain_s
+        while not self.replica.drained(len(self._pending)):
+            seen = self.applied.generation
+            if self.closed or self.term != term or self.status != LEADER:
+                raise InvalidTerm(
+                    f"oxia: shard {self.shard} left term {term} while freezing",
+                    shard=self.shard,
+                )
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ResourceUnavailable(
+                    f"oxia: shard {self.shard}: {len(self._pending)} logged writes not "
+                    f"committed within {drain_s:g}s of the freeze",
+                    shard=self.shard,
+                )
+            await self.applied.wait(seen, left)
+        return self.head_offset
 
     def _register_reader(self) -> None:
         if not self._reader_registered and self._loop is not None:
@@ -471,20 +672,6 @@ class LeaderController:
             self._loop.remove_reader(self.wal.notify_fd)
             self._reader_registered = False
 
-    def _step_down(self, reason: PyxiaError) -> None:
-        """Stops leading: abandons the apply in progress, fails pending proposals, stops
-        sessions."""
-        self._abandon_apply()
-        self.sessions.stop()
-        self._fail_pending(reason)
-        self.tracker = None
-        self.confirmations = None
-        self.confirmed.notify()
-        if self.status == LEADER:
-            self.status = FENCED
-        self.applied.notify()
-        self.leadership.notify()
-
     # -- planned handoff --------------------------------------------------------------------------
 
     async def step_down(self, term: int, drain_s: float) -> tuple[replication_pb2.EntryId, bool]:
@@ -493,18 +680,8 @@ class LeaderController:
         committed, applied and answered (or at the ``drain_s`` deadline), with the head entry
         id and whether it drained. The leader stays this way until a NewTerm fences it (or,
         without one, until the handoff's refusal period ends)."""
-        self._check_open()
-        now = time.monotonic()
-        h = handoff.begin(
-            self.handoff,
-            status=self.status,
-            term=self.term,
-            requested_term=term,
-            now=now,
-            drain_s=drain_s,
-            leader_hint=self.leader_hint,
-        )
-        if self.handoff is None:
+        for e in self.replica.step(rsm.StepDown(term, drain_s, time.monotonic())):
+            assert isinstance(e, rsm.RunStepDownHooks)
             for hook in self.before_step_down:
                 try:
                     hook(self)
@@ -517,12 +694,12 @@ class LeaderController:
                 term,
                 len(self._pending),
             )
-            self.handoff = h
-            self.leadership.notify()  # a leader handing over no longer leads for the TSO
-        self.handoff = h
-        while not handoff.drained(len(self._pending), self.head_offset, self.commit_offset):
+            self.carry_out(self.replica.step(rsm.HandoffStarted(e.handoff)))
+        h = self.replica.handoff
+        assert h is not None
+        while not self.replica.drained(len(self._pending)):
             seen = self.applied.generation
-            if self._closed or self.term != term or self.status != LEADER:
+            if self.closed or self.term != term or self.status != LEADER:
                 raise InvalidTerm(
                     f"oxia: shard {self.shard} left term {term} while stepping down",
                     shard=self.shard,
@@ -531,9 +708,8 @@ class LeaderController:
             if left <= 0:
                 break
             await self.applied.wait(seen, left)
-        done = handoff.drained(len(self._pending), self.head_offset, self.commit_offset)
-        if self.handoff is not None and self.handoff.term == term:
-            self.handoff = handoff.answered(self.handoff, time.monotonic())
+        done = self.replica.drained(len(self._pending))
+        self.replica.step(rsm.StepDownAnswered(term, time.monotonic()))
         if not done:
             log.warning(
                 "shard %s: %d logged writes not committed within the %.1fs step-down drain",
@@ -543,64 +719,24 @@ class LeaderController:
             )
         return self.storage.head_entry_id(), done
 
-    @property
-    def handing_off(self) -> bool:
-        """Whether this leader refuses new writes now (it is stepping down)."""
-        h = self.handoff
-        return h is not None and handoff.refuses_writes(h, self.term, time.monotonic())
-
-    def _check_writable(self) -> None:
-        """Raises NodeIsNotLeader unless this replica leads and takes new writes."""
-        self.check_leader()
-        h = self.handoff
-        if h is None:
-            return
-        if handoff.refuses_writes(h, self.term, time.monotonic()):
-            raise NodeIsNotLeader(
-                f"oxia: shard {self.shard} is handing its leadership over",
-                shard=self.shard,
-                leader_hint=handoff.hint_for_clients(h, self.leader_hint),
-            )
-        log.warning(
-            "shard %s: no new term came after the step-down from term %d: taking writes again",
-            self.shard,
-            h.term,
-        )
-        self.handoff = None
-
     async def close(self) -> None:
         """Stops serving; fails in-flight writes. Idempotent. The storage is
         owned (and closed) by whoever created it."""
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        effects = self.replica.step(rsm.Close())
+        SHARDS.remove_leader(self)
         self._unregister_reader()
-        self._step_down(NodeIsNotLeader(f"oxia: shard {self.shard} is closing", shard=self.shard))
-        self.handoff = None
+        # StopLeading (if it led) fails the pending writes at once, before the cursors stop.
+        await self._carry_out_async(effects)
+        self._abandon_apply()
         self.appended.close()
         self.confirmed.close()
-        await self._stop_cursors()
         await self.sessions.close()
         self.applied.close()
         for watches in self._sequence_watches.values():
             for w in watches:
                 w.signal.close()
-
-    @property
-    def status_name(self) -> str:
-        return str(replication_pb2.ServingStatus.Name(self.status))
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise AlreadyClosed(f"oxia: shard {self.shard} controller is closed", shard=self.shard)
-
-    def check_leader(self) -> None:
-        if self._closed or self.status != LEADER:
-            raise NodeIsNotLeader(
-                f"oxia: node is not leader for shard {self.shard}",
-                shard=self.shard,
-                leader_hint=self.leader_hint,
-            )
 
     # -- write path -------------------------------------------------------------------------------
 
@@ -620,11 +756,11 @@ class LeaderController:
         invalid; a put with either field calls ``check_overrides(namespace)`` first (the public
         API passes its authorization check, which raises PermissionDenied). Followers never
         check: what a leader logged was admitted."""
-        self._check_writable()
+        self.replica.check_writable(time.monotonic())
         if raw is None:
             raw = request.SerializeToString()
         if validate:
-            validate_write_request(request, self.write_limits, len(raw))
+            validate_write_request(request, self.write_limits, len(raw), raw)
             if override_fields_used(request, raw) and check_overrides is not None:
                 check_overrides(self.namespace)
         return self._append(request, log_entry_value(raw), None)
@@ -636,8 +772,8 @@ class LeaderController:
     ) -> asyncio.Future[ApplyResult]:
         """Logs a write the leader makes itself (sessions); ``build`` gets
         the offset the entry will have."""
-        self._check_writable()
-        req = build(self._next_offset)
+        self.replica.check_writable(time.monotonic())
+        req = build(self.replica.next_offset)
         return self._append(req, log_entry_value(req.SerializeToString()), on_applied)
 
     def _append(
@@ -647,16 +783,17 @@ class LeaderController:
         on_applied: Callable[[ApplyResult], None] | None,
     ) -> asyncio.Future[ApplyResult]:
         assert self._loop is not None
-        offset = self._next_offset
-        now = int(time.time() * 1000)
-        ts = now if now > self._last_ts else self._last_ts
-        self._last_ts = ts
+        (a,) = self.replica.step(rsm.Propose(time.monotonic(), int(time.time() * 1000)))
+        assert isinstance(a, rsm.Append)
+        offset, ts = a.offset, a.timestamp
+        started = time.perf_counter()
         try:
-            self.wal.append(self.term, offset, value, ts)
+            self.wal.append(a.term, offset, value, ts)
         except WalError as e:
+            self.metrics.wal_write_errors.inc()
             self._storage_failed(e)
             raise StorageFailure(f"oxia: WAL append failed: {e}", shard=self.shard) from e
-        self._next_offset = offset + 1
+        self.metrics.wal_appended(started, len(value))
         fut: asyncio.Future[ApplyResult] = self._loop.create_future()
         self._pending.append(Proposal(offset, request, ts, fut, on_applied, time.monotonic()))
         self.appended.notify()
@@ -690,28 +827,10 @@ class LeaderController:
         if failure is not None:
             self._storage_failed(RuntimeError(failure))
             return
+        self.metrics.wal_synced()
         if self.sync_policy is not None:
             self.sync_policy.round_done()
-        if self.tracker is None:
-            return
-        commit = self.tracker.advance_head(self.wal.last_synced_offset)
-        self.apply_committed(commit)
-
-    def on_follower_ack(self, follower: str, offset: int) -> None:
-        """A follower cursor received a (cumulative) ack."""
-        if self.tracker is None:
-            return
-        before = self.tracker.commit_offset
-        commit = self.tracker.ack(follower, offset)
-        if commit > before:
-            self.apply_committed(commit)
-
-    def on_follower_heartbeat(self, follower: str, round_id: int) -> None:
-        """A follower answered leadership-confirmation round ``round_id`` at this term."""
-        rc = self.confirmations
-        if rc is not None:
-            rc.ack(follower, round_id)
-            self.confirmed.notify()
+        self.carry_out(self.replica.step(rsm.Synced(self.wal.last_synced_offset)))
 
     def apply_committed(self, commit: int) -> None:
         """Applies pending proposals up to ``commit`` in offset order: for one slice of loop
@@ -746,7 +865,6 @@ class LeaderController:
         target = self._apply_target
         m = self.metrics
         n_requests = 0
-        n_ops = 0
         finished = True
         while True:
             current = self._applying
@@ -778,15 +896,9 @@ class LeaderController:
                 p.on_applied(res)
             if not p.future.done():
                 p.future.set_result(res)
-            req = p.request
             n_requests += 1
-            n_ops += len(req.puts) + len(req.deletes) + len(req.delete_ranges)
-            m.write_latency.observe(time.monotonic() - p.proposed_at)
+            m.leader_write_latency.observe((time.monotonic() - p.proposed_at) * 1000.0)
         if n_requests:
-            m.write_requests.inc(n_requests)
-            m.write_ops.inc(n_ops)
-            m.commit_offset.set(target)
-            m.head_offset.set(self.wal.last_offset)
             self.applied.notify()
         return finished
 
@@ -804,29 +916,19 @@ class LeaderController:
         if task is not None:
             task.cancel()
 
-    def _fail_pending(self, cause: PyxiaError) -> None:
+    def _fail_pending(self, e: rsm.StopLeading) -> None:
         """Fails the proposals not yet applied. They are in the WAL already (and maybe on
-        followers), so a new leader may still commit them: their outcome is unknown, never
-        "not taken" (a client that resent a conditional write would see a false conflict)."""
-        if not self._pending:
-            return
-        err = WriteIndeterminate(
-            f"{cause}; the write was logged but not committed here, a new leader may still "
-            "commit it",
-            shard=self.shard,
-        )
+        followers), so a new leader may still commit them: the machine's error says their
+        outcome is unknown, never "not taken" (a client that resent a conditional write would
+        see a false conflict)."""
+        err = e.pending_error
         while self._pending:
             p = self._pending.popleft()
             if not p.future.done():
                 p.future.set_exception(err)
 
     def _storage_failed(self, cause: BaseException) -> None:
-        log.error("shard %s: storage failure, stepping down: %s", self.shard, cause)
-        if self.on_failure is not None and self.status != NOT_MEMBER:
-            self.on_failure(f"storage failure: {cause}")
-        self._fail_pending(StorageFailure(f"oxia: storage failure: {cause}", shard=self.shard))
-        self._step_down(StorageFailure(str(cause), shard=self.shard))
-        self.status = NOT_MEMBER
+        self.carry_out(self.replica.step(rsm.StorageFailed(str(cause))))
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -834,24 +936,19 @@ class LeaderController:
         """Returns once a majority of the ensemble has confirmed, after this call began, that
         this replica leads its term; raises NodeIsNotLeader if it stops leading or no majority
         answers within ``read_confirm_timeout_s`` (a leader cut off from its followers)."""
-        self.check_leader()
-        rc = self.confirmations
-        if rc is None or not rc.needed:
-            return
-        round_id = rc.request()
-        if rc.sent < round_id:
-            self.appended.notify()  # wakes the cursors: they send the round
-        if rc.is_confirmed(round_id):
-            return
+        wait: rsm.AwaitRound | None = None
+        for e in self.replica.step(READ_INDEX):
+            if isinstance(e, rsm.AwaitRound):
+                wait = e
+            elif isinstance(e, rsm.WakeCursors):
+                self.appended.notify()  # the cursors send the round
+        if wait is None:
+            return  # no other replica can be elected
+        tenure, round_id = wait.tenure, wait.round_id
         deadline = time.monotonic() + self.read_confirm_timeout_s
         while True:
             seen = self.confirmed.generation
-            self.check_leader()
-            if self.confirmations is not rc:
-                raise NodeIsNotLeader(
-                    f"oxia: shard {self.shard} changed term during a read", shard=self.shard
-                )
-            if rc.is_confirmed(round_id):
+            if self.replica.read_confirmed(tenure, round_id):  # NodeIsNotLeader once deposed
                 return
             left = deadline - time.monotonic()
             if left <= 0 or not await self.confirmed.wait(seen, left):
@@ -865,8 +962,12 @@ class LeaderController:
 
     async def get(self, req: client_pb2.GetRequest) -> client_pb2.GetResponse:
         await self.confirm_leadership()
-        self.metrics.read_ops.inc()
-        return reads.get(self.storage.db, req)
+        m = self.metrics
+        started = time.perf_counter()
+        res = reads.get(self.storage.db, req)
+        m.db_get_latency.observe((time.perf_counter() - started) * 1000.0)
+        m.db_gets.inc()
+        return res
 
     def notifications_enabled(self) -> bool:
         return self.term_options.notifications_enabled

@@ -22,17 +22,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pyxia.common.instance_id import INSTANCE_ID_HEADER, CallMetadata
 from pyxia.dirs import DirError
 from pyxia.dirs import manifest as dir_manifest
 from pyxia.dirs.names import MANIFEST_FILE
 from pyxia.errors import StorageFailure
 
-__all__ = ["INSTANCE_ID_HEADER", "MANIFEST_FILE", "CallMetadata", "Manifest"]
+__all__ = ["MANIFEST_FILE", "Manifest"]
 
-INSTANCE_ID_HEADER = "instance-id"
 INSTANCE_ID_FIELD = "instance_id"
-
-CallMetadata = tuple[tuple[str, str], ...]
 
 
 class Manifest:

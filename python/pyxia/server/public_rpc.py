@@ -30,11 +30,12 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
+from pyxia._native import read_gets
+from pyxia.common import grpc_errors
 from pyxia.errors import InvalidArgument, PyxiaError
 from pyxia.proto import client_pb2
 from pyxia.security.policy import INTERNAL_KEYS, MIGRATE, READ, WRITE
 from pyxia.security.public import PublicAccess
-from pyxia.server import grpc_errors
 from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.leader_controller import LeaderController
 from pyxia.server.shards_director import ShardsDirector
@@ -46,6 +47,8 @@ SERVICE_NAMES = ("io.oxia.proto.v1.OxiaClient", "io.streamnative.oxia.proto.Oxia
 MAX_CHUNK_BYTES = 2 * 1024 * 1024
 MAX_CHUNK_RECORDS = 1000
 MAX_PENDING_WRITES_PER_STREAM = 1024
+MAX_NATIVE_GETS = 1000
+"""A Read of at most this many gets may be answered in one native call (a few ms at most)."""
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
@@ -132,7 +135,8 @@ def _streaming_of(
 ) -> Callable[
     [Callable[[Any, Any, Ctx], AsyncIterator[T]]], Callable[[Any, bytes, Ctx], AsyncIterator[T]]
 ]:
-    """A server-streaming handler taking the request's bytes, decoded as ``cls``."""
+    """A server-streaming handler taking the request's bytes, decoded as ``cls`` (None: kept
+    raw)."""
 
     def decorate(
         fn: Callable[[Any, Any, Ctx], AsyncIterator[T]],
@@ -140,7 +144,7 @@ def _streaming_of(
         @functools.wraps(fn)
         async def wrapper(self: Any, raw: bytes, context: Ctx) -> AsyncIterator[T]:
             try:
-                request = _parse(cls, raw)
+                request = raw if cls is None else _parse(cls, raw)
                 async for item in fn(self, request, context):
                     yield item
             except PyxiaError as e:
@@ -211,8 +215,9 @@ class OxiaClientService:
 
     async def write_stream(
         self, requests: AsyncIterator[bytes], context: Ctx
-    ) -> AsyncIterator[client_pb2.WriteResponse]:
-        """Each request is one log entry; responses go back in request order."""
+    ) -> AsyncIterator[client_pb2.WriteResponse | bytes]:
+        """Each request is one log entry; responses go back in request order (as the applier's
+        wire bytes when it has them: no message is built only to be serialized)."""
         try:
             md = _metadata(context)
             if "shard-id" not in md:
@@ -283,12 +288,15 @@ class OxiaClientService:
                     break
                 try:
                     res = await fut
+                    resp: client_pb2.WriteResponse | bytes
                     if isinstance(res, client_pb2.WriteResponse):
                         resp = res
                     elif isinstance(res.error, InvalidArgument) and res.request is not None:
                         resp = invalid_argument_response(res.request)  # a rejected write
+                    elif res.error is not None:
+                        raise res.error
                     else:
-                        resp = leader.result_to_response(res)
+                        resp = res.response_bytes()
                 except PyxiaError as e:
                     await grpc_errors.abort(context, e)
                     return
@@ -302,16 +310,28 @@ class OxiaClientService:
 
     # -- reads ------------------------------------------------------------------------------------
 
-    @_streaming_of(client_pb2.ReadRequest)
+    @_streaming_of(None)
     async def read(
-        self, req: client_pb2.ReadRequest, context: Ctx
-    ) -> AsyncIterator[client_pb2.ReadResponse]:
+        self, raw: bytes, context: Ctx
+    ) -> AsyncIterator[client_pb2.ReadResponse | bytes]:
+        """A batch of gets: EQUAL gets of user keys in one native call (``read_gets``: one
+        multi-get, the response's bytes built natively); anything else get by get."""
+        req = _parse(client_pb2.ReadRequest, raw)
         leader = self._leader(req.shard if req.HasField("shard") else None)
         self.access.check(leader.namespace, READ)
         await leader.confirm_leadership()
         db = leader.storage.db
+        n_gets = len(req.gets)
+        m = leader.metrics
+        m.db_gets.inc(n_gets)
+        started = time.perf_counter()
+        if n_gets <= MAX_NATIVE_GETS:
+            answered = read_gets(raw, db.encoding.name == "hierarchical", db.db.get)
+            if answered is not None and len(answered) < MAX_CHUNK_BYTES:
+                m.db_get_latency.observe((time.perf_counter() - started) * 1000.0)
+                yield answered
+                return
         get_into = reads.get_into
-        leader.metrics.read_ops.inc(len(req.gets))
         resp = client_pb2.ReadResponse()
         add = resp.gets.add
         size = 0
@@ -320,12 +340,15 @@ class OxiaClientService:
             get_into(db, g, gr)
             size += len(gr.value) + 64
             if size >= MAX_CHUNK_BYTES:
+                m.db_get_latency.observe((time.perf_counter() - started) * 1000.0)
                 yield resp
+                started = time.perf_counter()
                 resp = client_pb2.ReadResponse()
                 add = resp.gets.add
                 size = 0
                 await asyncio.sleep(0)
                 leader.check_leader()
+        m.db_get_latency.observe((time.perf_counter() - started) * 1000.0)
         yield resp
 
     @_streaming_of(client_pb2.ListRequest)
@@ -335,6 +358,9 @@ class OxiaClientService:
         leader = self._leader(req.shard if req.HasField("shard") else None)
         self._check_scan(leader.namespace, req.include_internal_keys)
         await leader.confirm_leadership()
+        m = leader.metrics
+        m.db_lists.inc()
+        started = time.perf_counter()
         chunk: list[str] = []
         size = 0
         for key in reads.list_keys(leader.storage.db, req):
@@ -345,6 +371,7 @@ class OxiaClientService:
                 chunk, size = [], 0
                 await asyncio.sleep(0)
                 leader.check_leader()
+        m.db_list_latency.observe((time.perf_counter() - started) * 1000.0)
         yield client_pb2.ListResponse(keys=chunk)
 
     @_streaming_of(client_pb2.RangeScanRequest)
@@ -354,6 +381,7 @@ class OxiaClientService:
         leader = self._leader(req.shard if req.HasField("shard") else None)
         self._check_scan(leader.namespace, req.include_internal_keys)
         await leader.confirm_leadership()
+        leader.metrics.db_range_scans.inc()
         chunk: list[client_pb2.GetResponse] = []
         size = 0
         for rec in reads.range_scan(leader.storage.db, req):
@@ -382,6 +410,7 @@ class OxiaClientService:
         leader = self._leader(req.shard)
         self.access.check(leader.namespace, READ)
         leader.check_leader()
+        leader.metrics.db_get_sequence_updates.inc()
         w = leader.watch_sequence(req.key)
         sent: str | None = None
         try:
@@ -415,6 +444,11 @@ class OxiaClientService:
             seen = leader.applied.generation
             leader.check_leader()
             batches = reads.read_notifications(db, after, 100)
+            if batches:
+                m = leader.metrics
+                m.notifications_read_batches.inc(len(batches))
+                m.notifications_read.inc(sum(len(b.notifications) for b in batches))
+                m.notifications_read_bytes.inc(sum(b.ByteSize() for b in batches))
             for b in batches:
                 yield b
                 after = b.offset
@@ -522,5 +556,8 @@ def invalid_argument_response(req: client_pb2.WriteRequest) -> client_pb2.WriteR
 
 
 def _serialize(msg: Any) -> bytes:
+    """A response message's bytes (a handler may hand over bytes it already has)."""
+    if isinstance(msg, bytes):
+        return msg
     out: bytes = msg.SerializeToString()
     return out

@@ -26,9 +26,12 @@ trimming is path-independent: every replica that applied the same entries conver
 same window however often it trims, and a follower that becomes leader serves the window its
 predecessor served. (A wall-clock cutoff, as in Oxia, gives each replica its own window.)
 
-**When**: on a timer of a small fraction of the shorter retention (:func:`check_interval_s`),
-and whenever a WAL closes a segment (the WAL's ``segment_closed_fd``): only a closed segment
-can be deleted, so the size bound is checked exactly when it can act. A check that trims
+**When**: every replica on a timer of a small fraction of the shorter retention
+(:func:`check_interval_s`); one replica when it opens and whenever its WAL closes a segment (the
+WAL's ``segment_closed_fd``): only a closed segment can be deleted, so the size bound is checked
+exactly when it can act. A replica's event checks that replica only (a server opening 1,000
+replicas does not check all of them 1,000 times), and the timer's check yields to the event
+loop between replicas. A check that trims
 nothing costs one ``segments()`` call and a seek or two in the DB. The DB flush and the
 segment deletions (fsyncs) run in a worker thread (``ShardStorage.flush_and_trim``, serialized
 with the replica's close and snapshot install), so the event loop keeps serving meanwhile; the
@@ -45,10 +48,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pyxia.metrics import WAL_SIZE_BYTES, WAL_TRIMMED_SEGMENTS
+from pyxia.common.signals import Signal
 from pyxia.server.follower_controller import FollowerController
 from pyxia.server.leader_controller import LEADER, LeaderController
-from pyxia.server.signals import Signal
 from pyxia.storage import reads
 
 if TYPE_CHECKING:
@@ -57,6 +59,9 @@ if TYPE_CHECKING:
     from pyxia.storage.db import ShardDB
 
 log = logging.getLogger("pyxia.retention")
+
+_YIELD_EVERY = 16
+"""A check over many replicas lets the event loop run after this many of them."""
 
 DEFAULT_WAL_RETENTION_TIME_S = 3600.0
 DEFAULT_WAL_RETENTION_SIZE = 1024 * 1024 * 1024
@@ -197,23 +202,38 @@ class RetentionKeeper:
         self._clock = clock
         self._wake = Signal()
         self._watched: dict[int, tuple[ShardStorage, int]] = {}
+        # Replicas that opened or closed a segment since the last check (by id of storage).
+        self._due: dict[int, ShardStorage] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.checks = 0
-        # A replica opened: watch its WAL now, not at the next tick.
-        director.storage_listeners.append(lambda _: self._wake.notify())
+        # A replica opened: watch its WAL and check it now, not at the next tick.
+        director.storage_listeners.append(self._opened)
+
+    def _opened(self, storage: ShardStorage) -> None:
+        self._due[id(storage)] = storage
+        self._wake.notify()
 
     async def run(self) -> None:
-        """Checks on every segment closed and every ``interval_s``, until cancelled."""
-        self._loop = asyncio.get_running_loop()
+        """Checks every replica every ``interval_s``, and one replica when it opens or closes
+        a segment, until cancelled."""
+        self._loop = loop = asyncio.get_running_loop()
+        next_full = loop.time()
         try:
             while True:
                 seen = self._wake.generation
-                self._watch_segment_closes()
+                due, self._due = self._due, {}
                 try:
-                    await self.check_async()
+                    if loop.time() >= next_full:
+                        next_full = loop.time() + self.interval_s
+                        self._watch_segment_closes()
+                        await self.check_async()
+                    elif due:
+                        for st in due.values():
+                            self._watch(id(st), st)
+                        await self.check_async(only=set(due))
                 except Exception:
                     log.exception("retention check failed")
-                await self._wake.wait(seen, self.interval_s)
+                await self._wake.wait(seen, max(0.0, next_full - loop.time()))
         finally:
             self._unwatch_all()
 
@@ -231,17 +251,23 @@ class RetentionKeeper:
             st, fd = self._watched.pop(key)
             loop.remove_reader(fd)
         for key, st in current.items():
-            if key not in self._watched and not st.closed:
-                fd = st.wal.segment_closed_fd
-                loop.add_reader(fd, self._on_segment_closed, fd)
-                self._watched[key] = (st, fd)
+            self._watch(key, st)
 
-    def _on_segment_closed(self, fd: int) -> None:
+    def _watch(self, key: int, st: ShardStorage) -> None:
+        loop = self._loop
+        if loop is None or key in self._watched or st.closed:
+            return
+        fd = st.wal.segment_closed_fd
+        loop.add_reader(fd, self._on_segment_closed, fd, st)
+        self._watched[key] = (st, fd)
+
+    def _on_segment_closed(self, fd: int, storage: ShardStorage) -> None:
         try:
             while os.read(fd, 4096):
                 pass
         except (BlockingIOError, InterruptedError):
             pass
+        self._due[id(storage)] = storage
         self._wake.notify()
 
     def _unwatch_all(self) -> None:
@@ -267,11 +293,16 @@ class RetentionKeeper:
                 log.exception("retention of shard %s failed", step.storage.shard)
         return out
 
-    async def check_async(self, now_ms: int | None = None) -> list[ReplicaTrim]:
+    async def check_async(
+        self, now_ms: int | None = None, *, only: set[int] | None = None
+    ) -> list[ReplicaTrim]:
         """:meth:`check` with the DB flush and the segment deletions (fsyncs) in a worker
-        thread, so the event loop keeps serving meanwhile."""
+        thread, so the event loop keeps serving meanwhile; ``only`` restricts it to the
+        replicas with these storage ids. It yields to the loop every few replicas."""
         out = []
-        for step in self._plan_all(now_ms):
+        for i, step in enumerate(self._plan_all(now_ms, only)):
+            if i % _YIELD_EVERY == _YIELD_EVERY - 1:
+                await asyncio.sleep(0)
             try:
                 first = -1
                 if step.plan.keep_from is not None:
@@ -295,11 +326,13 @@ class RetentionKeeper:
             and not (isinstance(controller, FollowerController) and controller.busy)
         )
 
-    def _plan_all(self, now_ms: int | None) -> list[_Step]:
+    def _plan_all(self, now_ms: int | None, only: set[int] | None = None) -> list[_Step]:
         now = int(self._clock() * 1000) if now_ms is None else now_ms
         self.checks += 1
         steps = []
         for storage, controller in self.director.replicas():
+            if only is not None and id(storage) not in only:
+                continue
             if not self._may_touch(storage, controller):
                 continue
             try:
@@ -327,9 +360,8 @@ class RetentionKeeper:
         storage = step.storage
         segments = storage.wal.segments()
         deleted = sum(1 for s in step.segments if s.last_offset < first) if first >= 0 else 0
-        label = str(storage.shard)
         if deleted:
-            WAL_TRIMMED_SEGMENTS.labels(label).inc(deleted)
+            storage.metrics.wal_trimmed_segments.inc(deleted)
             log.debug(
                 "shard %s (%s): WAL trimmed to %d, %d segment(s) deleted",
                 storage.shard,
@@ -344,7 +376,7 @@ class RetentionKeeper:
                 name,
             )
         wal_bytes = sum(s[2] for s in segments)
-        WAL_SIZE_BYTES.labels(label).set(wal_bytes)
+        storage.metrics.wal_size_bytes.set(wal_bytes)
         notified = 0
         if storage.db is step.db:
             notified = reads.trim_notifications_window(storage.db, self.notifications_retention_ms)

@@ -17,15 +17,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from pyxia.common import keys
 from pyxia.errors import InvalidSessionTimeout, PyxiaError, SessionNotFound
+from pyxia.metrics import ShardMetrics
 from pyxia.proto import client_pb2, storage_pb2
-from pyxia.storage import keys
 from pyxia.storage.apply import ApplyResult
-
-if TYPE_CHECKING:
-    from pyxia.server.leader_controller import LeaderController
 
 log = logging.getLogger("pyxia.sessions")
 
@@ -50,12 +48,33 @@ def check_timeout(timeout_ms: int) -> None:
         )
 
 
+class SessionLeader(Protocol):
+    """What the session manager uses of its shard's leader (``leader_controller.py``'s
+    ``LeaderController``; this module does not import it, the leader builds the manager)."""
+
+    @property
+    def shard(self) -> int: ...
+
+    @property
+    def metrics(self) -> ShardMetrics: ...
+
+    @property
+    def handing_off(self) -> bool:
+        """Stepping down: no session is expired (the next leader reloads them)."""
+
+    def propose_internal(
+        self,
+        build: Callable[[int], client_pb2.WriteRequest],
+        on_applied: Callable[[ApplyResult], None] | None = None,
+    ) -> asyncio.Future[ApplyResult]: ...
+
+
 class SessionManager:
     """Session liveness for one shard leader."""
 
     def __init__(
         self,
-        leader: LeaderController,
+        leader: SessionLeader,
         *,
         check_interval: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
@@ -131,6 +150,7 @@ class SessionManager:
             # Registered at apply time, so keep-alives can follow the reply.
             if res.error is None:
                 self._add(offset_box[0], timeout_ms, identity, self._clock())
+                self._leader.metrics.sessions_created.inc()
 
         res = await self._leader.propose_internal(build, on_applied)
         if res.error is not None:
@@ -149,6 +169,7 @@ class SessionManager:
         if s is None or s.closing:
             raise SessionNotFound(f"oxia: session {session_id} not found", shard=self._leader.shard)
         await self._delete(s)
+        self._leader.metrics.sessions_closed.inc()
 
     async def _delete(self, s: Session) -> None:
         res = await self._propose_delete(s)

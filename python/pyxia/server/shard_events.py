@@ -12,8 +12,8 @@ coordinator moves them away as planned moves (``handoff.py``) before the process
 
 from __future__ import annotations
 
+from pyxia.common.signals import Signal
 from pyxia.proto import admin_pb2
-from pyxia.server.signals import Signal
 
 
 class ShardFailures:

@@ -16,6 +16,10 @@ or repair it; nothing is changed on disk.
 Entries between the DB's commit offset and the WAL head are applied later,
 by whoever knows they are committed (the leader once its head is committed
 by a quorum, a follower up to the leader's commit offset).
+
+A shard split's child replica holds its parent's data whole until its first own term (see
+``storage/split.py``): :meth:`ShardStorage.apply_steps` cuts it down before the first entry of
+a later term than the parent's, and a leader cuts it before it serves.
 """
 
 from __future__ import annotations
@@ -29,14 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyxia._native import CorruptedLog, EntryNotFound, Wal
+from pyxia.common import keys
+from pyxia.common.keys import KeyEncoding
 from pyxia.common.validation import REBUILDING_HEAD, check_namespace, check_shard_id
 from pyxia.errors import ReplicaCorrupt
 from pyxia.failpoints import failpoint
+from pyxia.metrics import SHARDS, ReplicaGauges, ShardMetrics
 from pyxia.proto import replication_pb2
-from pyxia.storage import keys
 from pyxia.storage.apply import DEFAULT_WRITE_LIMITS, StateApplier, WriteLimits
 from pyxia.storage.db import INVALID_OFFSET, INVALID_TERM, DbResources, ShardDB, TermOptions
-from pyxia.storage.keys import KeyEncoding
+from pyxia.storage.split import SplitFilter, cut_steps, read_filter, write_filter
 from pyxia.storage.steps import Steps, run_steps
 from pyxia.wal_inspect import repair_hint, segment_files
 
@@ -134,14 +140,25 @@ class ShardStorage:
             self.wal.close()
             self.db.close()
             raise
+        self.metrics = ShardMetrics(namespace, shard)
         self.applier = StateApplier(
-            self.db, shard, notifications_enabled=term_options.notifications_enabled
+            self.db,
+            shard,
+            notifications_enabled=term_options.notifications_enabled,
+            metrics=self.metrics,
         )
         self._closed = False
+        try:
+            self.split_filter: SplitFilter | None = read_filter(self.db)
+        except ValueError as e:
+            self.wal.close()
+            self.db.close()
+            raise self._corrupt_db(f"unreadable split filter: {e}") from e
         self._rebuilding = self.rebuild_marker.exists()
         # Held (in a worker thread) by a retention step, and by whatever replaces or closes
         # the DB, so that neither runs under the other.
         self._maintenance = threading.Lock()
+        SHARDS.add(self)
 
     def _corrupt_wal(self, detail: str) -> ReplicaCorrupt:
         hint = repair_hint(self.options.wal_dir, self.namespace, self.shard)
@@ -257,11 +274,40 @@ class ShardStorage:
             if not entries:
                 break
             for e in entries:
+                flt = self.split_filter
+                if flt is not None and e.term > flt.parent_term:
+                    yield from self.cut_steps()
                 yield from self.applier.apply_log_entry_value_steps(e.offset, e.timestamp, e.value)
                 applied += 1
                 yield
             nxt = entries[-1].offset + 1
         return applied
+
+    # -- shard split ------------------------------------------------------------------------------
+
+    def set_split_filter(self, flt: SplitFilter) -> None:
+        """Marks this replica as a split child observing its parent (durably)."""
+        if self.split_filter != flt:
+            write_filter(self.db, flt)
+            self.split_filter = flt
+
+    def cut_steps(self) -> Steps[int]:
+        """Cuts a split child's copy of the parent's data down to its hash range (nothing to
+        do for any other replica). Returns the keys deleted."""
+        flt = self.split_filter
+        if flt is None:
+            return 0
+        deleted = yield from cut_steps(self.db, flt, self.shard)
+        self.split_filter = None
+        log.info(
+            "shard %s/%s: cut down to hashes %d..%d after the split (%d keys deleted)",
+            self.namespace,
+            self.shard,
+            flt.min_hash,
+            flt.max_hash,
+            deleted,
+        )
+        return deleted
 
     def flush_and_trim(self, keep_from: int, applied: int, db: ShardDB) -> int:
         """Makes the DB durable up to what it has applied (its own WAL is off), then deletes
@@ -294,17 +340,20 @@ class ShardStorage:
         d.mkdir(parents=True)
         return d
 
-    def install_snapshot(self, staged: Path, term: int) -> int:
+    def install_snapshot(
+        self, staged: Path, term: int, split_filter: SplitFilter | None = None
+    ) -> int:
         """Replaces the DB with the snapshot in ``staged`` and clears the WAL.
 
         The old DB is moved aside first and put back if anything fails, so
         the replica is never left without a working DB. The term is
         persisted (with the snapshot's own term options) before returning.
-        Returns the snapshot's commit offset."""
+        Returns the snapshot's commit offset. ``split_filter``: the snapshot is a split
+        parent's; it is recorded in the new DB before its WAL is cleared."""
         with self._maintenance:
-            return self._install_snapshot(staged, term)
+            return self._install_snapshot(staged, term, split_filter)
 
-    def _install_snapshot(self, staged: Path, term: int) -> int:
+    def _install_snapshot(self, staged: Path, term: int, split_filter: SplitFilter | None) -> int:
         marker = staged / ENCODING_MARKER
         encoding = (
             keys.encoding_by_name(marker.read_text().strip()) if marker.exists() else self.encoding
@@ -323,6 +372,7 @@ class ShardStorage:
                 self.db,
                 self.shard,
                 notifications_enabled=self.db.read_term()[1].notifications_enabled,
+                metrics=self.metrics,
             )
             raise
         shutil.rmtree(backup, ignore_errors=True)
@@ -331,10 +381,29 @@ class ShardStorage:
         _, options = db.read_term()
         db.update_term(term, options)
         self.applier = StateApplier(
-            db, self.shard, notifications_enabled=options.notifications_enabled
+            db,
+            self.shard,
+            notifications_enabled=options.notifications_enabled,
+            metrics=self.metrics,
         )
+        if split_filter is not None:
+            write_filter(db, split_filter)
         self.wal.clear()
+        self.split_filter = read_filter(db)
         return self.applier.commit_offset
+
+    def scrape(self) -> ReplicaGauges | None:
+        """The replica's gauges for the metrics (called from the scrape thread); None once
+        closed. A DB or WAL closing meanwhile raises, and the scrape skips the replica."""
+        if self._closed:
+            return None
+        wal = self.wal
+        return ReplicaGauges(
+            wal_entries=max(0, wal.last_synced_offset - wal.first_offset + 1)
+            if wal.last_synced_offset >= 0
+            else 0,
+            **self.db.gauges(),
+        )
 
     def close(self) -> None:
         """Closes WAL and DB. Idempotent."""
@@ -342,6 +411,7 @@ class ShardStorage:
             if self._closed:
                 return
             self._closed = True
+            SHARDS.remove(self)
             try:
                 self.wal.close()
             finally:

@@ -43,7 +43,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pyxia.common.validation import is_valid_namespace
+from pyxia.common.channels import ChannelPool
+from pyxia.common.instance_id import CallMetadata
+from pyxia.common.keys import HIERARCHICAL, KeyEncoding
+from pyxia.common.signals import Signal
 from pyxia.errors import (
     AlreadyClosed,
     InvalidArgument,
@@ -56,19 +59,19 @@ from pyxia.errors import (
     ResourceExhausted,
     ShardNotFound,
 )
+from pyxia.metrics import count_controllers
 from pyxia.proto import replication_pb2
 from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.follower_controller import FollowerController
 from pyxia.server.leader_controller import LEADER, LeaderController
-from pyxia.server.manifest import CallMetadata
-from pyxia.server.rpc_clients import ChannelPool
 from pyxia.server.shard_events import ShardFailures
 from pyxia.server.shard_storage import ENCODING_MARKER, ShardStorage, StorageOptions, shard_dir
-from pyxia.server.signals import Signal
 from pyxia.storage.db import TermOptions
-from pyxia.storage.keys import HIERARCHICAL, KeyEncoding
 
 log = logging.getLogger("pyxia.director")
+
+_CLOSE_CONCURRENCY = 8
+"""Shard replicas closed at a time when the server stops (each close flushes its DB)."""
 
 Controller = LeaderController | FollowerController
 
@@ -112,6 +115,7 @@ class ShardsDirector:
         self.channels = channels or ChannelPool()
         self.leaders: dict[int, LeaderController] = {}
         self.followers: dict[int, FollowerController] = {}
+        count_controllers(lambda: len(self.leaders), lambda: len(self.followers))
         self._storages: dict[int, ShardStorage] = {}
         self._session_check_interval = session_check_interval
         self._locks: dict[int, asyncio.Lock] = {}
@@ -148,16 +152,6 @@ class ShardsDirector:
         opts = self.storage_options
         bases = (opts.data_dir, opts.wal_dir)
         return any(shard_dir(base, namespace, shard).exists() for base in bases)
-
-    def namespace_on_disk(self, shard: int) -> str | None:
-        base = self.storage_options.data_dir
-        if not base.exists():
-            return None
-        for ns_dir in base.iterdir():
-            name = ns_dir.name
-            if is_valid_namespace(name) and self.on_disk(name, shard):
-                return name
-        return None
 
     def holds(self, namespace: str, shard: int) -> bool:
         """Whether this server holds a replica of ``shard`` (open, or on disk in ``namespace``).
@@ -378,14 +372,9 @@ class ShardsDirector:
             if fc is not None:
                 self.holds(namespace, shard)
                 return fc
-            lead = self.leaders.get(shard)
-            leading = lead.term if lead is not None and lead.status == LEADER else None
-            if term is not None and leading is not None and term <= leading:
-                raise InvalidTerm(
-                    f"oxia: shard {shard} is led here at term {leading}, not following term {term}",
-                    shard=shard,
-                )
             lc = self.leaders.get(shard)
+            if term is not None and lc is not None:
+                lc.replica.check_may_follow(term)
             if lc is not None:
                 self.holds(namespace, shard)
                 self.leaders.pop(shard, None)
@@ -493,11 +482,18 @@ class ShardsDirector:
                 await c.close()
             except Exception:
                 log.exception("closing shard %s", c.shard)
-        for st in list(self._storages.values()):
-            try:
-                st.close()
-            except Exception:
-                log.exception("closing shard %s/%s", st.namespace, st.shard)
+        # Closing flushes each DB (a few fsyncs): several at a time, in worker threads, so a
+        # server with 1,000 shards stops in seconds (one at a time took ~40 s).
+        gate = asyncio.Semaphore(_CLOSE_CONCURRENCY)
+
+        async def close_storage(st: ShardStorage) -> None:
+            async with gate:
+                try:
+                    await asyncio.to_thread(st.close)
+                except Exception:
+                    log.exception("closing shard %s/%s", st.namespace, st.shard)
+
+        await asyncio.gather(*(close_storage(st) for st in list(self._storages.values())))
         self.leaders.clear()
         self.followers.clear()
         self._storages.clear()

@@ -24,6 +24,7 @@ because this server is the shard's only replica). A warning names the shard and 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,9 +51,12 @@ class Standalone:
         namespaces: list[NamespaceConfig],
         *,
         config_file: Path | None = None,
+        build: Callable[[ServerOptions], DataServer],
     ) -> None:
         """``config_file``: the YAML the namespaces come from (None: the command-line flags),
-        named when they contradict the layout stored in the data dir."""
+        named when they contradict the layout stored in the data dir. ``build`` makes the data
+        server from the options once they are settled (:func:`pyxia.node.standalone` passes
+        the composition root's, which adds the timestamp oracle)."""
         if not namespaces:
             raise ValueError("standalone needs at least one namespace")
         self._given = {n.name for n in namespaces}
@@ -62,7 +66,7 @@ class Standalone:
         self.options = options
         self.namespaces = namespaces
         self.config_file = config_file
-        self.server = DataServer(options)
+        self.server = build(options)
         self.first_shard: dict[str, int] = {}
         self._layout_checked = False
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import struct
 
 from pyxia._native import encode_notification_batch
+from pyxia.common.keys import INTERNAL_KEY_PREFIX
 from pyxia.proto import client_pb2
-from pyxia.storage.keys import INTERNAL_KEY_PREFIX
 
 KEY_CREATED = client_pb2.KEY_CREATED
 KEY_MODIFIED = client_pb2.KEY_MODIFIED

@@ -34,10 +34,10 @@ from typing import Final
 
 from google.protobuf.message import DecodeError
 
+from pyxia.common import keys
+from pyxia.common.keys import KeyEncoding, ScanBounds
 from pyxia.proto import client_pb2, storage_pb2
-from pyxia.storage import keys
 from pyxia.storage.db import ShardDB
-from pyxia.storage.keys import KeyEncoding, ScanBounds
 
 __all__ = [
     "get",

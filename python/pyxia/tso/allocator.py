@@ -121,13 +121,6 @@ class Allocator:
         """The committed high-water (inclusive), while serving."""
         return self._high_water if self._epoch is not None else None
 
-    @property
-    def last_issued(self) -> int:
-        """The last timestamp handed out (or the floor minus one); -1 before any."""
-        if self._last_physical < 0:
-            return -1
-        return pack(self._last_physical, self._last_logical)
-
     def become_leader(self, floor_ms: int, high_water_ms: int, epoch: int) -> None:
         """Starts serving at ``epoch``: grants from ``floor_ms`` (logical 0) up to the durable
         ``high_water_ms`` (inclusive)."""

@@ -50,7 +50,7 @@ import asyncio
 import collections
 import random
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -63,6 +63,7 @@ from pyxia.client.connections import WithToken, channel_options
 from pyxia.client.errors import ClientClosed, RequestTimeout
 from pyxia.client.options import client_tls
 from pyxia.client.waiter import Waiter
+from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.errors import (
     InvalidArgument,
     PermissionDenied,
@@ -71,19 +72,13 @@ from pyxia.errors import (
     Unauthenticated,
 )
 from pyxia.proto import tso_pb2
-from pyxia.rpc_errors import _error_info, error_from_rpc
 from pyxia.security.tls import TlsOptions
 from pyxia.security.tokens import TokenSource
 from pyxia.tso.allocator import LOGICAL_BITS, MAX_COUNT
 from pyxia.tso.errors import (
     LeaseNotFound,
-    LeaseRefused,
-    LeasesExhausted,
-    SeqKeysExhausted,
-    SeqOverflow,
     SeqUncertain,
     TimestampFallback,
-    TsoFailed,
 )
 from pyxia.tso.sequences import DEFAULT_MAX_SEQ_BATCH_KEYS, DEFAULT_MAX_SEQ_COUNT, check_key
 
@@ -277,46 +272,22 @@ class SafeFrontier:
     epoch: int
 
 
-_TSO_ERRORS: dict[str, type[PyxiaError]] = {
-    c.reason: c
-    for c in (
-        SeqOverflow,
-        SeqKeysExhausted,
-        SeqUncertain,
-        LeaseNotFound,
-        LeaseRefused,
-        LeasesExhausted,
-        TsoFailed,
-        InvalidArgument,
-    )
+_DEFINITE_CODES: Mapping[grpc.StatusCode, tuple[type[PyxiaError], str]] = {
+    grpc.StatusCode.FAILED_PRECONDITION: (PyxiaError, "tso"),
+    grpc.StatusCode.INVALID_ARGUMENT: (InvalidArgument, "tso"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (PyxiaError, "tso"),
+    grpc.StatusCode.NOT_FOUND: (LeaseNotFound, "tso"),
+    grpc.StatusCode.UNIMPLEMENTED: (PyxiaError, "tso"),
+    grpc.StatusCode.UNAUTHENTICATED: (Unauthenticated, "tso"),
+    grpc.StatusCode.PERMISSION_DENIED: (PermissionDenied, "tso"),
 }
-_DEFINITE_CODES = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: PyxiaError,
-    grpc.StatusCode.NOT_FOUND: LeaseNotFound,
-    grpc.StatusCode.UNIMPLEMENTED: PyxiaError,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-}
+"""tsoracle's definite refusals, as its servers send them: a bare code (pyxia's data servers add
+the ErrorInfo of the exact error, which wins)."""
 
 
 def _definite_error(e: grpc.aio.AioRpcError) -> PyxiaError:
     """The domain error of a definite refusal (its ErrorInfo reason, else by code)."""
-    err = error_from_rpc(e)
-    if isinstance(err, PyxiaError) and type(err) is not PyxiaError:
-        return err
-    info_reason = _reason(e)
-    message = e.details() or e.code().name
-    if info_reason in _TSO_ERRORS:
-        return _TSO_ERRORS[info_reason](message)
-    cls = _DEFINITE_CODES.get(e.code(), PyxiaError)
-    return cls(f"tso: {message}")
-
-
-def _reason(e: grpc.aio.AioRpcError) -> str | None:
-
-    info = _error_info(e.trailing_metadata())
-    return info.reason if info is not None else None
+    return error_from_rpc(e, _DEFINITE_CODES)
 
 
 def _has_hint(e: grpc.aio.AioRpcError) -> bool:
@@ -867,7 +838,7 @@ class AsyncTsoClient:
                                 failed_in_pass.add(target)
                                 target = hinted
                                 continue
-                    elif code == grpc.StatusCode.FAILED_PRECONDITION or code in _DEFINITE_CODES:
+                    elif code in _DEFINITE_CODES:
                         raise _definite_error(e) from None
                     elif dense:
                         raise SeqUncertain(

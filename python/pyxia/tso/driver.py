@@ -48,13 +48,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pyxia.common import keys
+from pyxia.common.signals import Signal
 from pyxia.errors import NodeIsNotLeader, PyxiaError
 from pyxia.proto import client_pb2
 from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.leader_controller import LEADER, LeaderController
 from pyxia.server.shards_director import ShardsDirector
-from pyxia.server.signals import Signal
-from pyxia.storage import keys, reads
+from pyxia.storage import reads
 from pyxia.storage.apply import ApplyResult
 from pyxia.tso.errors import HighWaterCorrupt, TsoUnavailable
 
@@ -197,9 +198,6 @@ class DirectorLeadership:
             if a.leader:
                 return str(a.leader), (int(a.leader_term) or None)
         return None, None
-
-    def assigned_leader(self) -> str | None:
-        return self.assigned()[0]
 
 
 def controller_leads(target: Leading) -> bool:

@@ -1,4 +1,6 @@
-"""The timestamp oracle's errors, in pyxia's one error vocabulary (``pyxia.errors``).
+"""The timestamp oracle's errors, in pyxia's one error vocabulary (``pyxia.errors``; each
+registers its reason when defined, so a status carrying it decodes to it in any process that
+imported this module: the TSO client does).
 
 Their gRPC codes are tsoracle's (``FAILED_PRECONDITION`` for a non-leader, with the
 ``tsoracle-leader-hint-bin`` trailer; ``UNAVAILABLE`` for a transient failure; ``INTERNAL``
@@ -29,6 +31,10 @@ class TsoNotLeader(PyxiaError):
         super().__init__(message or "tso: not leader")
         self.leader_endpoint = leader_endpoint
         self.leader_epoch = leader_epoch
+
+    @classmethod
+    def from_details(cls, message: str, metadata: dict[str, str]) -> PyxiaError:
+        return cls(message, leader_endpoint=metadata.get("leader"))
 
     @property
     def metadata(self) -> dict[str, str]:

@@ -1,8 +1,8 @@
 """The failover fence: what a node does on every leadership change.
 
-Decisions are pure functions (:func:`classify`, :func:`backoff_delay`, :func:`fence_plan`,
-:func:`next_action`, :func:`lease_wait_s`); :class:`LeaderWatch` is the async shell that runs
-them against the data server's leadership events, the high-water driver and the
+Decisions are pure functions (:func:`~pyxia.tso.failures.classify`, :func:`backoff_delay`,
+:func:`fence_plan`, :func:`next_action`, :func:`lease_wait_s`); :class:`LeaderWatch` is the async
+shell that runs them against the data server's leadership events, the high-water driver and the
 :class:`~pyxia.tso.oracle.Oracle`.
 
 On observing ``Leading(epoch)`` the fence, in order:
@@ -37,7 +37,8 @@ Invariants of the handoff (the marker, ``__oxia/tso/released``):
   high-water) is then above every timestamp any older leader can still hand out.
 So two leaders never serve overlapping or out-of-order timestamps, with or without the wait.
 
-Errors are classified, never fatal to the process (tsoracle's PR #227 → issue #229 → PR #235):
+Errors are classified (:mod:`pyxia.tso.failures`), never fatal to the process (tsoracle's
+PR #227 → issue #229 → PR #235):
 
 - **stepped down** (not leader, fenced, invalid term/status, controller closed): publish
   not-serving and wait for the next leadership event;
@@ -58,24 +59,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from pyxia._native import WalError
-from pyxia.errors import (
-    AlreadyClosed,
-    Cancelled,
-    InvalidStatus,
-    InvalidTerm,
-    NodeIsNotLeader,
-    NodeIsNotMember,
-    ResourceUnavailable,
-    StorageFailure,
-    WriteIndeterminate,
-)
-from pyxia.failpoints import FailpointError, afailpoint
+from pyxia.failpoints import afailpoint
 from pyxia.tso import metrics as m
-from pyxia.tso.allocator import MAX_PHYSICAL, AdvanceOutOfRange, AllocatorError
-from pyxia.tso.allocator import NotLeader as AllocatorNotLeader
+from pyxia.tso.allocator import MAX_PHYSICAL, AdvanceOutOfRange
 from pyxia.tso.driver import Following, HighWaterDriver, Leadership, LeaderState, Leading
-from pyxia.tso.errors import HighWaterCorrupt, TsoNotLeader, TsoUnavailable
+from pyxia.tso.failures import Disposition, classify
 
 if TYPE_CHECKING:
     from pyxia.tso.oracle import Oracle
@@ -86,51 +74,6 @@ FENCE_RETRY_BASE_S = 0.025
 FENCE_RETRY_CAP_S = 0.25
 WARN_FIRST_AT = 8
 WARN_EVERY = 20
-
-
-class Disposition(Enum):
-    STEPPED_DOWN = "stepped_down"
-    TRANSIENT = "transient"
-    PERMANENT = "permanent"
-
-
-_STEPPED_DOWN: tuple[type[BaseException], ...] = (
-    NodeIsNotLeader,
-    InvalidTerm,
-    InvalidStatus,
-    AlreadyClosed,
-    NodeIsNotMember,
-    TsoNotLeader,
-    AllocatorNotLeader,
-    WriteIndeterminate,  # the leader stepped down while the high-water write was in flight
-)
-_TRANSIENT: tuple[type[BaseException], ...] = (
-    TsoUnavailable,
-    ResourceUnavailable,
-    Cancelled,
-    TimeoutError,
-    ConnectionError,
-    FailpointError,
-)
-_PERMANENT: tuple[type[BaseException], ...] = (
-    StorageFailure,
-    HighWaterCorrupt,
-    AdvanceOutOfRange,
-    WalError,
-)
-
-
-def classify(err: BaseException) -> Disposition:
-    """One classifier for the fence and for the serving leader's extensions."""
-    if isinstance(err, _PERMANENT):
-        return Disposition.PERMANENT
-    if isinstance(err, _STEPPED_DOWN):
-        return Disposition.STEPPED_DOWN
-    if isinstance(err, _TRANSIENT):
-        return Disposition.TRANSIENT
-    if isinstance(err, AllocatorError):
-        return Disposition.PERMANENT  # an allocator invariant broke
-    return Disposition.PERMANENT
 
 
 def backoff_delay(attempt: int) -> float:

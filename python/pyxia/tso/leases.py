@@ -32,8 +32,8 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from pyxia.common import keys
 from pyxia.errors import InvalidArgument
-from pyxia.storage import keys
 from pyxia.tso.errors import LeaseNotFound, LeaseRefused, LeasesExhausted, TsoStateCorrupt
 
 MAX_HOLDER_BYTES = 128

@@ -53,23 +53,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from pyxia.common.signals import Signal
 from pyxia.errors import PyxiaError
-from pyxia.server.signals import Signal
 from pyxia.storage.apply import ApplyResult
-from pyxia.tso import DEFAULT_NAMESPACE
 from pyxia.tso import metrics as m
 from pyxia.tso.allocator import AdvanceOutOfRange, Allocator, Extension, Grant, WindowExhausted
 from pyxia.tso.allocator import NotLeader as AllocatorNotLeader
 from pyxia.tso.driver import HighWaterDriver, Leading
 from pyxia.tso.errors import SeqUncertain, TsoFailed, TsoNotLeader, TsoUnavailable
-from pyxia.tso.fence import Disposition, classify
+from pyxia.tso.failures import Disposition, classify
 from pyxia.tso.leases import (
-    DEFAULT_MAX_LEASES,
-    DEFAULT_TTL_CEILING_MS,
-    DEFAULT_TTL_FLOOR_MS,
     LAST_LEASE_ID_KEY,
     LEASE_PREFIX,
     LEASE_SCAN_END,
@@ -83,10 +78,8 @@ from pyxia.tso.leases import (
     record_key,
     safe_frontier,
 )
+from pyxia.tso.options import TsoOptions
 from pyxia.tso.sequences import (
-    DEFAULT_MAX_SEQ_BATCH_KEYS,
-    DEFAULT_MAX_SEQ_COUNT,
-    DEFAULT_MAX_SEQ_KEYS,
     SEQ_KEY_COUNT_KEY,
     SeqEntry,
     SequenceTable,
@@ -102,46 +95,6 @@ T = TypeVar("T")
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-@dataclass(frozen=True)
-class TsoOptions:
-    """The oracle's tuning (tsoracle's names and defaults where they exist)."""
-
-    namespace: str = DEFAULT_NAMESPACE
-    window_ahead_s: float = 3.0
-    """How far ahead of the clock each high-water extension reaches (one write per window)."""
-    failover_advance_s: float = 1.0
-    """How far above ``max(previous high-water + 1, now)`` a new leader persists its first
-    high-water (clock-skew headroom; the visible jump on failover)."""
-    lease_s: float = 0.1
-    """A leader's time lease (replication factor > 1): after an unplanned failure the new
-    leader waits this long (plus a guard) before serving; a serving leader renews it with a
-    high-water write every ``lease_s / 2`` while it has requests. See docs/tso.md."""
-    persist_timeout_s: float = 2.0
-    """A high-water write not committed by then is a transient failure."""
-    grant_wait_s: float = 1.0
-    """How long a call waits for a needed high-water or lease write before UNAVAILABLE."""
-    fence_hold_s: float = 1.0
-    """How long a call to a leader whose fence runs waits for it to serve."""
-    max_seq_count: int = DEFAULT_MAX_SEQ_COUNT
-    """The largest block one GetSeq entry may ask for."""
-    max_seq_batch_keys: int = DEFAULT_MAX_SEQ_BATCH_KEYS
-    """The most entries of one GetSeqBatch."""
-    max_seq_keys: int = DEFAULT_MAX_SEQ_KEYS
-    """The most distinct sequence keys (RESOURCE_EXHAUSTED past it)."""
-    lease_ttl_floor_ms: int = DEFAULT_TTL_FLOOR_MS
-    lease_ttl_ceiling_ms: int = DEFAULT_TTL_CEILING_MS
-    max_leases: int = DEFAULT_MAX_LEASES
-    """The most live stamping leases (RESOURCE_EXHAUSTED past it)."""
-
-    @property
-    def window_ahead_ms(self) -> int:
-        return max(1, round(self.window_ahead_s * 1000))
-
-    @property
-    def failover_advance_ms(self) -> int:
-        return max(0, round(self.failover_advance_s * 1000))
 
 
 Hint = tuple[str | None, int | None]

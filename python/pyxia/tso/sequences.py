@@ -32,8 +32,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pyxia.common import keys
 from pyxia.errors import InvalidArgument
-from pyxia.storage import keys
 from pyxia.tso.errors import SeqKeysExhausted, SeqOverflow, TsoStateCorrupt
 
 MAX_SEQ_KEY_BYTES = 128

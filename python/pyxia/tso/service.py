@@ -36,13 +36,14 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from pyxia.common import grpc_errors
 from pyxia.errors import InvalidArgument, PyxiaError
 from pyxia.failpoints import FailpointError, afailpoint
 from pyxia.proto import tso_pb2
 from pyxia.security.policy import WRITE
 from pyxia.security.public import PublicAccess
-from pyxia.server import grpc_errors
 from pyxia.server.assignments import AssignmentsDispatcher
+from pyxia.server.data_server import DataServer
 from pyxia.server.leader_controller import LeaderController
 from pyxia.server.shards_director import ShardsDirector
 from pyxia.tso import metrics as m
@@ -50,7 +51,8 @@ from pyxia.tso.allocator import MAX_COUNT
 from pyxia.tso.driver import DirectorLeadership, ShardDriver, controller_leads
 from pyxia.tso.errors import TsoNotLeader, TsoUnavailable
 from pyxia.tso.fence import LeaderWatch
-from pyxia.tso.oracle import Oracle, TsoOptions
+from pyxia.tso.options import TsoOptions
+from pyxia.tso.oracle import Oracle
 from pyxia.tso.sequences import SeqEntry
 
 SERVICE_NAME = "tsoracle.v1.TsoService"
@@ -110,7 +112,8 @@ class TsoService:
         self.oracle = oracle
         self.watch = watch
         self.access: PublicAccess | None = None
-        """Set by the data server: every call needs ``write`` in the TSO namespace."""
+        """Every call needs ``write`` in the TSO namespace (:meth:`on_data_server`: the
+        server's)."""
 
     @classmethod
     def for_data_server(
@@ -136,6 +139,22 @@ class TsoService:
 
         director.before_step_down.append(before_step_down)
         return cls(oracle, LeaderWatch(oracle, leadership))
+
+    @classmethod
+    def on_data_server(cls, server: DataServer, options: TsoOptions) -> TsoService:
+        """The oracle of ``server`` (a :data:`~pyxia.server.data_server.ExtensionFactory`
+        once ``options`` are bound: see :func:`pyxia.node.data_server`), answering calls
+        authorized by the server's public access."""
+        svc = cls.for_data_server(
+            server.director, server.assignments, lambda: server.public_address, options
+        )
+        svc.access = server.public_access
+        return svc
+
+    @classmethod
+    def of(cls, server: DataServer) -> TsoService | None:
+        """The oracle serving on ``server``, if it has one."""
+        return next((e for e in server.extensions if isinstance(e, cls)), None)
 
     def start(self) -> None:
         self.watch.start()

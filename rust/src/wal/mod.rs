@@ -40,12 +40,18 @@ use test_hooks::TestHooks;
 
 pub const INVALID_OFFSET: i64 = -1;
 pub const DEFAULT_SEGMENT_SIZE: usize = 64 * 1024 * 1024;
+pub const DEFAULT_MIN_SEGMENT_SIZE: usize = 1024 * 1024;
 pub const DEFAULT_RETENTION_MS: u64 = 60 * 60 * 1000;
 
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Size of each new segment file (a larger entry gets a larger segment).
+    /// Largest size of a new segment file (a larger entry gets a larger
+    /// segment). New segments start at `min_segment_size` and are sized to
+    /// the shard's write rate in between (see [`segment::next_segment_size`]).
     pub segment_size: usize,
+    /// Size of the first segment of a log, and the smallest a quiet shard's
+    /// segments shrink to. Capped at `segment_size`.
+    pub min_segment_size: usize,
     /// msync/fsync on sync; when false, sync only publishes offsets.
     pub sync_data: bool,
     /// Time-based retention for `trim_expired`.
@@ -59,6 +65,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             segment_size: DEFAULT_SEGMENT_SIZE,
+            min_segment_size: DEFAULT_MIN_SEGMENT_SIZE,
             sync_data: true,
             retention_ms: DEFAULT_RETENTION_MS,
             commit_offset: INVALID_OFFSET,
@@ -106,6 +113,9 @@ struct Writable {
     write_pos: usize,
     /// Bytes below this position are durable.
     synced_pos: usize,
+    /// When this process started writing the segment (created or reopened):
+    /// how fast it fills sizes the next one.
+    since: Instant,
 }
 
 impl Writable {
@@ -150,6 +160,8 @@ struct State {
     current: Option<Writable>,
     last_appended: i64,
     last_crc: u32,
+    /// Capacity of the next segment created (see [`segment::next_segment_size`]).
+    next_segment_size: usize,
     /// Bumped by truncate/clear/close: a sync round captured before that
     /// must not publish what it captured.
     epoch: u64,
@@ -261,6 +273,22 @@ fn corrupted(path: &Path, position: usize, reason: impl Into<String>) -> WalErro
     }
 }
 
+/// Reads up to `buf.len()` bytes from the start of the file; returns how many.
+fn read_prefix(p: &Path, buf: &mut [u8]) -> Result<usize> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(p).ctx(|| format!("opening {}", p.display()))?;
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).ctx(|| format!("reading {}", p.display())),
+        }
+    }
+    Ok(got)
+}
+
 fn delete_segment_files(dir: &Path, base: i64) -> Result<()> {
     // Index first: the data file is what recovery discovers (Oxia #920).
     segment::remove_if_exists(&segment::index_path(dir, base))?;
@@ -285,6 +313,13 @@ fn make_pipe() -> Result<(RawFd, RawFd)> {
         });
     }
     Ok((fds[0], fds[1]))
+}
+
+/// The last non-zero byte of `seg` at or after `from`, read from the file
+/// (not through the mapping: see [`segment::last_nonzero_in_file`]).
+fn tail_garbage(seg: &RwSegment, from: usize) -> Result<Option<usize>> {
+    segment::last_nonzero_in_file(&seg.file, from, seg.capacity)
+        .ctx(|| format!("reading {}", seg.path.display()))
 }
 
 /// Opens the segment at `base` for writing, scanning and repairing its tail.
@@ -312,12 +347,12 @@ fn open_writable(
             }
             Some(*pos)
         }
-        None => segment::last_nonzero(bytes, s.end).map(|_| s.end),
+        None => tail_garbage(&seg, s.end)?.map(|_| s.end),
     };
     if let Some(from) = garbage_from {
         // Discard the torn/corrupt tail: zero everything after the valid
         // prefix, so nothing of it can be mistaken for data later.
-        if let Some(last) = segment::last_nonzero(bytes, from) {
+        if let Some(last) = tail_garbage(&seg, from)? {
             // SAFETY: not shared yet; the range is within the mapping.
             unsafe { seg.bytes_mut(from, last + 1 - from).fill(0) };
             seg.flush(from, last + 1, dir)?;
@@ -335,6 +370,7 @@ fn open_writable(
         positions: s.positions,
         write_pos: s.end,
         synced_pos: s.end,
+        since: Instant::now(),
     };
     Ok(Some((w, s.last_crc)))
 }
@@ -358,6 +394,14 @@ impl Wal {
                 opts.segment_size
             )));
         }
+        if opts.min_segment_size < 4096 {
+            return Err(WalError::InvalidArgument(format!(
+                "the minimum segment size must be at least 4 KiB, got {}",
+                opts.min_segment_size
+            )));
+        }
+        let mut opts = opts;
+        opts.min_segment_size = opts.min_segment_size.min(opts.segment_size);
         std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
         let state = Self::recover(&dir, &opts)?;
         let last = state.last_appended;
@@ -419,8 +463,10 @@ impl Wal {
         // creation of a segment file and its preallocation leaves it empty.
         while let Some(&b) = bases.last() {
             let p = segment::data_path(dir, b);
-            let data = std::fs::read(&p).ctx(|| format!("reading {}", p.display()))?;
-            if data[..data.len().min(HEADER_LEN)].iter().all(|&x| x == 0) {
+            // Only the first header matters (not the whole preallocated file).
+            let mut head = [0u8; HEADER_LEN];
+            let got = read_prefix(&p, &mut head)?;
+            if head[..got].iter().all(|&x| x == 0) {
                 if b <= commit {
                     return Err(corrupted(
                         &p,
@@ -523,6 +569,13 @@ impl Wal {
                 format!("committed entries are missing: the log ends at {last_appended}, the commit offset is {commit}"),
             ));
         }
+        // A reopened log goes on at the size it had reached (an old log's
+        // 64 MiB segments included), within the bounds.
+        let next_segment_size = current
+            .as_ref()
+            .map(|w| w.seg.capacity)
+            .unwrap_or(opts.min_segment_size)
+            .clamp(opts.min_segment_size, opts.segment_size);
         Ok(State {
             closed: false,
             poisoned: None,
@@ -531,6 +584,7 @@ impl Wal {
             current,
             last_appended,
             last_crc,
+            next_segment_size,
             epoch: 0,
         })
     }
@@ -608,7 +662,16 @@ impl Wal {
             .map(|w| (w.write_pos as u64) + (rec_len as u64) <= w.seg.capacity as u64)
             .unwrap_or(false);
         if !fits {
-            let capacity = self.inner.opts.segment_size.max(rec_len);
+            let opts = &self.inner.opts;
+            if let Some(w) = &st.current {
+                st.next_segment_size = segment::next_segment_size(
+                    w.write_pos,
+                    w.since.elapsed(),
+                    opts.min_segment_size,
+                    opts.segment_size,
+                );
+            }
+            let capacity = st.next_segment_size.max(rec_len);
             if capacity > u32::MAX as usize {
                 return Err(WalError::InvalidArgument(format!(
                     "entry of {} bytes is too large",
@@ -627,6 +690,7 @@ impl Wal {
                 positions: Vec::new(),
                 write_pos: 0,
                 synced_pos: 0,
+                since: Instant::now(),
             });
         }
         let prev = st.last_crc;
@@ -830,6 +894,7 @@ impl Wal {
                     positions: s.positions.clone(),
                     write_pos: s.end,
                     synced_pos: s.end,
+                    since: Instant::now(),
                 });
             } else {
                 let base = s.base;

@@ -3,6 +3,11 @@
 //! big-endian), written when the segment is closed and rebuilt by a scan when
 //! it is missing, stale or corrupt.
 //!
+//! Segment sizes vary: a file's length is its capacity, so logs written with
+//! any sizes (the old fixed 64 MiB included) open alike. A new segment is
+//! sized to the shard's write rate ([`next_segment_size`]), so a thousand
+//! quiet shards do not reserve 64 MiB each.
+//!
 //! The writable segment is memory-mapped. Its mapping lives in an
 //! `Arc<RwSegment>`: the sync thread clones the `Arc` before it flushes, so
 //! the mapping can only be unmapped (on the last drop) after every flush that
@@ -12,6 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use memmap2::MmapRaw;
 
@@ -52,6 +58,24 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .ctx(|| format!("fsync of directory {}", dir.display()))
+}
+
+/// How long a new segment should last at the write rate of the one before it.
+pub const SEGMENT_FILL_TARGET: Duration = Duration::from_secs(60);
+
+/// The capacity of the next segment, given that the previous one took
+/// `elapsed` to receive `written` bytes: about [`SEGMENT_FILL_TARGET`] of
+/// writes at that rate, rounded up to a power of two, within `[min, max]`
+/// (`min` is capped at `max`). A busy shard reaches `max` at its first
+/// rollover; a quiet one shrinks back to `min`.
+pub fn next_segment_size(written: usize, elapsed: Duration, min: usize, max: usize) -> usize {
+    let min = min.min(max);
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    let want = written as f64 * (SEGMENT_FILL_TARGET.as_secs_f64() / secs);
+    if !want.is_finite() || want >= max as f64 {
+        return max;
+    }
+    (want as usize).max(1).next_power_of_two().clamp(min, max)
 }
 
 /// Encodes an index: masked CRC of the positions, then the positions.
@@ -150,6 +174,26 @@ pub fn last_nonzero(buf: &[u8], from: usize) -> Option<usize> {
         end = start;
     }
     None
+}
+
+/// [`last_nonzero`] over `[from, len)` of a file, read with `pread` in chunks
+/// rather than through a mapping: checking a segment's zeroed tail at
+/// recovery must not map every page of it into the process (a thousand
+/// shards' preallocated tails would count as resident memory).
+pub fn last_nonzero_in_file(file: &File, from: usize, len: usize) -> std::io::Result<Option<usize>> {
+    const CHUNK: usize = 64 * 1024;
+    let mut buf = vec![0u8; CHUNK];
+    let mut end = len;
+    while end > from {
+        let start = end.saturating_sub(CHUNK).max(from);
+        let chunk = &mut buf[..end - start];
+        file.read_exact_at(chunk, start as u64)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b != 0) {
+            return Ok(Some(start + i));
+        }
+        end = start;
+    }
+    Ok(None)
 }
 
 /// The segment being written: a preallocated, memory-mapped file.
@@ -475,6 +519,43 @@ mod tests {
         assert_eq!(decode_index(&[]), None);
     }
 
+    const MIB: usize = 1024 * 1024;
+
+    #[test]
+    fn next_segment_size_follows_the_write_rate() {
+        let min = MIB;
+        let max = 64 * MIB;
+        // 1 MiB in 1 s: a minute of that rate is 60 MiB -> 64 MiB.
+        assert_eq!(next_segment_size(MIB, Duration::from_secs(1), min, max), 64 * MIB);
+        // 1 MiB in 15 s: 4 MiB a minute.
+        assert_eq!(next_segment_size(MIB, Duration::from_secs(15), min, max), 4 * MIB);
+        // A quiet shard: 64 MiB over an hour is about 1 MiB a minute.
+        assert_eq!(next_segment_size(64 * MIB, Duration::from_secs(3600), min, max), 2 * MIB);
+        assert_eq!(next_segment_size(64 * MIB, Duration::from_secs(36_000), min, max), MIB);
+        // No time at all, or nothing written: the bounds.
+        assert_eq!(next_segment_size(MIB, Duration::ZERO, min, max), max);
+        assert_eq!(next_segment_size(0, Duration::from_secs(1), min, max), min);
+        // A minimum above the maximum is capped.
+        assert_eq!(next_segment_size(0, Duration::from_secs(1), 8 * MIB, 4 * MIB), 4 * MIB);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn next_segment_size_stays_within_bounds(
+            written in 0usize..(1 << 33),
+            elapsed_ms in 0u64..(1 << 30),
+            min in 4096usize..(1 << 28),
+            max in 4096usize..(1 << 32),
+        ) {
+            let n = next_segment_size(written, Duration::from_millis(elapsed_ms), min, max);
+            proptest::prop_assert!(n <= max);
+            proptest::prop_assert!(n >= min.min(max));
+            // Faster writing never gets a smaller segment.
+            let faster = next_segment_size(written, Duration::from_millis(elapsed_ms / 2), min, max);
+            proptest::prop_assert!(faster >= n);
+        }
+    }
+
     #[test]
     fn last_nonzero_finds_trailing_garbage() {
         let mut b = vec![0u8; 200_000];
@@ -482,5 +563,14 @@ mod tests {
         b[150_000] = 1;
         assert_eq!(last_nonzero(&b, 0), Some(150_000));
         assert_eq!(last_nonzero(&b, 150_001), None);
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, &b).unwrap();
+        assert_eq!(last_nonzero_in_file(&f, 0, b.len()).unwrap(), Some(150_000));
+        assert_eq!(last_nonzero_in_file(&f, 150_001, b.len()).unwrap(), None);
+        assert_eq!(last_nonzero_in_file(&f, 70_000, 150_000).unwrap(), None);
+        b[3] = 7;
+        let mut g = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut g, &b[..100]).unwrap();
+        assert_eq!(last_nonzero_in_file(&g, 0, 100).unwrap(), Some(3));
     }
 }

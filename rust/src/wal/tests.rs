@@ -762,3 +762,78 @@ proptest! {
         }
     }
 }
+
+fn segment_file_sizes(dir: &Path) -> Vec<u64> {
+    segment::list_segments(dir)
+        .unwrap()
+        .into_iter()
+        .map(|b| std::fs::metadata(segment::data_path(dir, b)).unwrap().len())
+        .collect()
+}
+
+#[test]
+fn first_segment_is_small_and_a_busy_log_grows_its_segments() {
+    let d = tempfile::tempdir().unwrap();
+    let o = Options {
+        segment_size: 1024 * 1024,
+        min_segment_size: 64 * 1024,
+        ..Options::default()
+    };
+    let w = Wal::open(d.path(), o).unwrap();
+    append_range(&w, 0, 10, 1);
+    assert_eq!(segment_file_sizes(d.path()), vec![64 * 1024]);
+    // Filling 64 KiB within milliseconds: the next segment gets the maximum.
+    let mut next = 10;
+    while segment_file_sizes(d.path()).len() < 2 {
+        append_range(&w, next, next + 100, 1);
+        next += 100;
+    }
+    assert_eq!(segment_file_sizes(d.path()), vec![64 * 1024, 1024 * 1024]);
+    w.sync().unwrap();
+    let sizes: Vec<u64> = w.segments().iter().map(|s| s.size_bytes).collect();
+    assert_eq!(sizes, vec![64 * 1024, 1024 * 1024]);
+    w.close().unwrap();
+    // Reopened, every entry reads back and the log goes on at its size.
+    let w = Wal::open(d.path(), Options { min_segment_size: 64 * 1024, ..opts(1024 * 1024, next - 1) })
+        .unwrap();
+    for o in 0..next {
+        assert_eq!(w.read(o).unwrap().value, val(o));
+    }
+    assert_eq!(w.inner.state.read().next_segment_size, 1024 * 1024);
+}
+
+#[test]
+fn a_log_of_64_mib_segments_opens_and_continues() {
+    let d = tempfile::tempdir().unwrap();
+    // Written the old way: every segment 64 MiB.
+    let old = Options {
+        min_segment_size: DEFAULT_SEGMENT_SIZE,
+        ..Options::default()
+    };
+    let w = Wal::open(d.path(), old).unwrap();
+    append_range(&w, 0, 50, 1);
+    w.close().unwrap();
+    assert_eq!(segment_file_sizes(d.path()), vec![DEFAULT_SEGMENT_SIZE as u64]);
+    // Opened with the defaults (small first segment): same data, same file.
+    let w = Wal::open(d.path(), opts(DEFAULT_SEGMENT_SIZE, 49)).unwrap();
+    assert_eq!(w.options().min_segment_size, DEFAULT_MIN_SEGMENT_SIZE);
+    for o in 0..50 {
+        assert_eq!(w.read(o).unwrap().value, val(o));
+    }
+    append_range(&w, 50, 60, 2);
+    w.sync().unwrap();
+    assert_eq!(segment_file_sizes(d.path()), vec![DEFAULT_SEGMENT_SIZE as u64]);
+    assert_eq!(w.read(59).unwrap().value, val(59));
+}
+
+#[test]
+fn min_segment_size_is_capped_at_the_segment_size_and_validated() {
+    let d = tempfile::tempdir().unwrap();
+    let w = Wal::open(d.path(), opts(8192, -1)).unwrap();
+    assert_eq!(w.options().min_segment_size, 8192);
+    append_range(&w, 0, 3, 1);
+    assert_eq!(segment_file_sizes(d.path()), vec![8192]);
+    w.close().unwrap();
+    let bad = Options { min_segment_size: 100, ..opts(8192, -1) };
+    assert!(matches!(Wal::open(d.path(), bad), Err(WalError::InvalidArgument(_))));
+}

@@ -5,6 +5,7 @@ go 1.26.8
 require (
 	github.com/oxia-db/oxia/common v0.17.1
 	github.com/oxia-db/oxia/oxia v0.17.1
+	google.golang.org/grpc v1.81.1
 )
 
 require (
@@ -38,6 +39,5 @@ require (
 	golang.org/x/sys v0.45.0 // indirect
 	golang.org/x/text v0.37.0 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260226221140-a57be14db171 // indirect
-	google.golang.org/grpc v1.81.1 // indirect
 	google.golang.org/protobuf v1.36.11 // indirect
 )

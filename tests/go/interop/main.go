@@ -5,7 +5,8 @@
 // INTEROP_AUTH_TOKEN=<token> sends it as a bearer token (oxia.WithAuthentication);
 // INTEROP_EXPECT_UNAUTHENTICATED=1 only checks that the server refuses the client.
 //
-// `interop load ...` is a write load instead (load.go).
+// `interop load ...` is a write load instead (load.go); `interop admin ...` drives the
+// coordinator's admin port with Oxia's Go admin client (admin.go).
 package main
 
 import (
@@ -54,6 +55,10 @@ func check(err error, what string) {
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "load" {
 		runLoad(os.Args[2:])
+		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "admin" {
+		runAdmin(os.Args[2:])
 		return
 	}
 	addr, prefix := os.Args[1], os.Args[2]

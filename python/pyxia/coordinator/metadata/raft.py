@@ -356,12 +356,6 @@ class RaftMetadataProvider(MetadataProvider):
         """This node is the Raft leader (it may not have claimed yet)."""
         return self._is_raft_leader()
 
-    @property
-    def leader_address(self) -> str | None:
-        machine = self._machine
-        leader = machine._getLeader() if machine is not None else None
-        return None if leader is None else str(leader.address)
-
     async def transfer_leadership(self) -> bool:
         """Hands Raft leadership to the most caught-up follower (graceful step
         down). True if the request was sent; the signal fires once it is done."""

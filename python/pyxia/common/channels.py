@@ -25,13 +25,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
+from pyxia.common.grpc_metrics import CountedResponses, client_metrics, count_client_call
+from pyxia.common.grpc_options import grpc_client_options
 from pyxia.security.cluster_auth import ClusterSecret
 from pyxia.security.tls import ClientTls
-from pyxia.server.data_server_options import grpc_client_options
 from pyxia.test_hooks import dial
 
 log = logging.getLogger("pyxia.channels")
@@ -234,6 +235,8 @@ class _UnaryUnary(_Signed, _UnaryUnaryBase):
             compression=compression,
         )
         self._pool._started(self._conn, call)
+        m = client_metrics("unary", self._method)
+        count_client_call(m, call, unary_request=True, unary_response=True)
         return call
 
 
@@ -257,7 +260,9 @@ class _UnaryStream(_Signed, _UnaryStreamBase):
             compression=compression,
         )
         self._pool._started(self._conn, call)
-        return call
+        m = client_metrics("server_stream", self._method)
+        count_client_call(m, call, unary_request=True, unary_response=False)
+        return cast("grpc.aio.UnaryStreamCall[Any, Any]", CountedResponses(call, m))
 
 
 class _StreamUnary(_Signed, _StreamUnaryBase):
@@ -270,6 +275,9 @@ class _StreamUnary(_Signed, _StreamUnaryBase):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> grpc.aio.StreamUnaryCall[Any, Any]:
+        m = client_metrics("client_stream", self._method)
+        if request_iterator is not None:
+            request_iterator = m.counted_requests(request_iterator)
         call: grpc.aio.StreamUnaryCall[Any, Any] = self._inner(
             request_iterator,
             timeout=timeout,
@@ -279,6 +287,7 @@ class _StreamUnary(_Signed, _StreamUnaryBase):
             compression=compression,
         )
         self._pool._started(self._conn, call)
+        count_client_call(m, call, unary_request=False, unary_response=True)
         return call
 
 
@@ -292,6 +301,9 @@ class _StreamStream(_Signed, _StreamStreamBase):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> grpc.aio.StreamStreamCall[Any, Any]:
+        m = client_metrics("bidi_stream", self._method)
+        if request_iterator is not None:
+            request_iterator = m.counted_requests(request_iterator)
         call: grpc.aio.StreamStreamCall[Any, Any] = self._inner(
             request_iterator,
             timeout=timeout,
@@ -301,4 +313,5 @@ class _StreamStream(_Signed, _StreamStreamBase):
             compression=compression,
         )
         self._pool._started(self._conn, call)
-        return call
+        count_client_call(m, call, unary_request=False, unary_response=False)
+        return cast("grpc.aio.StreamStreamCall[Any, Any]", CountedResponses(call, m))
