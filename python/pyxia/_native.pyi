@@ -124,6 +124,11 @@ class Wal:
         timestamp: int,
         previous_crc: int | None = None,
     ) -> int: ...
+    def append_replicated(self, frame: bytes, term: int, offset: int) -> int:
+        """Appends the entry of a serialized ``replication.Append`` (checked against its
+        ``previous_entry_crc`` when present) straight from the frame's bytes; returns the
+        entry's value size. ValueError: no entry, a malformed frame, or an entry other than
+        ``term``/``offset`` (the ones the caller checked)."""
     def append_batch(
         self,
         entries: Sequence[tuple[int, int, bytes, int]],
@@ -167,6 +172,18 @@ class Wal:
     def read_batch(
         self, from_offset: int, max_entries: int = 1000, max_bytes: int = ...
     ) -> list[WalEntry]: ...
+    def read_appends(
+        self,
+        from_offset: int,
+        term: int,
+        commit_offset: int,
+        max_entries: int = 256,
+        max_bytes: int = 4 * 1024 * 1024,
+    ) -> tuple[list[bytes], int]:
+        """The entries ``read_batch`` would read, each as a serialized ``replication.Append``
+        (``term``, the entry, ``commit_offset``, the entry's previous CRC, cumulative acks
+        supported) built around the stored entry bytes: protobuf's canonical bytes of that
+        message. With the entries' total value size."""
     def reader(self, from_offset: int) -> WalReader: ...
     def reverse_reader(self) -> WalReverseReader: ...
     def truncate(self, last_safe_offset: int) -> int: ...
