@@ -79,7 +79,12 @@ pub struct Allocator {
 
 impl Default for Allocator {
     fn default() -> Self {
-        Allocator { epoch: None, high_water: -1, last_physical: -1, last_logical: LOGICAL_MAX }
+        Allocator {
+            epoch: None,
+            high_water: -1,
+            last_physical: -1,
+            last_logical: LOGICAL_MAX,
+        }
     }
 }
 
@@ -136,13 +141,20 @@ impl Allocator {
         }
         self.last_physical = physical;
         self.last_logical = logical + count - 1;
-        Ok(Grant { physical_ms: physical, logical_start: logical, count, epoch })
+        Ok(Grant {
+            physical_ms: physical,
+            logical_start: logical,
+            count,
+            epoch,
+        })
     }
 
     /// `(epoch, max(H + 1, now, last + 1) + ahead_ms)`.
     pub fn prepare_extension(&self, now_ms: i64, ahead_ms: i64) -> Result<(i64, i64), Refusal> {
         let epoch = self.epoch.ok_or(Refusal::NotLeader)?;
-        let base = (self.high_water + 1).max(now_ms).max(self.last_physical + 1);
+        let base = (self.high_water + 1)
+            .max(now_ms)
+            .max(self.last_physical + 1);
         let requested = base.saturating_add(ahead_ms);
         if requested > MAX_PHYSICAL {
             return Err(Refusal::AdvanceOutOfRange);
@@ -159,7 +171,11 @@ impl Allocator {
         window_ahead_ms: i64,
     ) -> Result<(i64, i64), Refusal> {
         let epoch = self.epoch.ok_or(Refusal::NotLeader)?;
-        if self.high_water >= now_ms.max(self.last_physical + 1).saturating_add(min_ahead_ms) {
+        if self.high_water
+            >= now_ms
+                .max(self.last_physical + 1)
+                .saturating_add(min_ahead_ms)
+        {
             return Ok((epoch, self.high_water));
         }
         self.prepare_extension(now_ms, window_ahead_ms)
@@ -204,7 +220,11 @@ impl Window {
             None => true,
             Some(until) => monotonic_s < until,
         };
-        let grant = if open { st.allocator.try_grant(count, now_ms).ok() } else { None };
+        let grant = if open {
+            st.allocator.try_grant(count, now_ms).ok()
+        } else {
+            None
+        };
         match grant {
             Some(g) => {
                 st.fast_grants += 1;
@@ -330,7 +350,10 @@ mod tests {
         assert_eq!(a.commit(3, 15), Ok(false));
         assert_eq!(a.commit(3, 30), Ok(true));
         assert_eq!(a.high_water(), Some(30));
-        assert_eq!(a.commit(3, MAX_PHYSICAL + 1), Err(Refusal::AdvanceOutOfRange));
+        assert_eq!(
+            a.commit(3, MAX_PHYSICAL + 1),
+            Err(Refusal::AdvanceOutOfRange)
+        );
     }
 
     #[test]
@@ -352,13 +375,24 @@ mod tests {
     fn wire_messages() {
         assert_eq!(decode_get_ts_request(&[]), Some(0));
         assert_eq!(decode_get_ts_request(&[0x08, 0x01]), Some(1));
-        assert_eq!(decode_get_ts_request(&[0x08, 0x80, 0x80, 0x10]), Some(262_144));
+        assert_eq!(
+            decode_get_ts_request(&[0x08, 0x80, 0x80, 0x10]),
+            Some(262_144)
+        );
         // an unknown length-delimited field, then the count
-        assert_eq!(decode_get_ts_request(&[0x12, 0x01, 0xff, 0x08, 0x07]), Some(7));
+        assert_eq!(
+            decode_get_ts_request(&[0x12, 0x01, 0xff, 0x08, 0x07]),
+            Some(7)
+        );
         assert_eq!(decode_get_ts_request(&[0x08]), None);
         assert_eq!(decode_get_ts_request(&[0x12, 0x05, 0x00]), None);
         assert_eq!(decode_get_ts_request(&[0x0b]), None); // wire type 3
-        let g = Grant { physical_ms: 1_700_000_000_000, logical_start: 0, count: 1, epoch: 0 };
+        let g = Grant {
+            physical_ms: 1_700_000_000_000,
+            logical_start: 0,
+            count: 1,
+            epoch: 0,
+        };
         let out = encode_get_ts_response(&g);
         assert_eq!(out[0], 0x08);
         assert_eq!(&out[out.len() - 4..], &[0x18, 0x01, 0x28, 0x01]);

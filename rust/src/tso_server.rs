@@ -31,7 +31,9 @@ use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::PyBytes;
 use tokio::sync::oneshot;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, BinaryMetadataKey, MetadataMap, MetadataValue};
+use tonic::metadata::{
+    AsciiMetadataKey, AsciiMetadataValue, BinaryMetadataKey, MetadataMap, MetadataValue,
+};
 use tonic::server::{Grpc, UnaryService};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Status};
@@ -46,12 +48,18 @@ pub const FALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// `CLOCK_MONOTONIC` in seconds: the clock of Python's `time.monotonic()`.
 fn monotonic_s() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
@@ -137,7 +145,10 @@ impl UnaryService<Bytes> for TsoService {
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let raw = request.into_inner();
         if let Some(count) = decode_get_ts_request(&raw) {
-            if let Some(g) = self.window.fast_grant(count as i64, now_ms(), monotonic_s()) {
+            if let Some(g) = self
+                .window
+                .fast_grant(count as i64, now_ms(), monotonic_s())
+            {
                 let out = Bytes::from(encode_get_ts_response(&g));
                 return Box::pin(std::future::ready(Ok(tonic::Response::new(out))));
             }
@@ -150,12 +161,19 @@ impl UnaryService<Bytes> for TsoService {
 async fn ask_python(fallback: Arc<Py<PyAny>>, raw: Bytes) -> Reply {
     let (tx, rx) = oneshot::channel();
     let handed = Python::attach(|py| -> PyResult<()> {
-        let responder = Py::new(py, TsoResponder { tx: Mutex::new(Some(tx)) })?;
+        let responder = Py::new(
+            py,
+            TsoResponder {
+                tx: Mutex::new(Some(tx)),
+            },
+        )?;
         fallback.call1(py, (PyBytes::new(py, &raw), responder))?;
         Ok(())
     });
     if let Err(e) = handed {
-        return Err(Status::unavailable(format!("tso: the oracle is not running: {e}")));
+        return Err(Status::unavailable(format!(
+            "tso: the oracle is not running: {e}"
+        )));
     }
     match tokio::time::timeout(FALLBACK_TIMEOUT, rx).await {
         Ok(Ok(reply)) => reply,
@@ -204,9 +222,10 @@ fn error_status(code: i32, message: String, trailers: &[(String, PyBackedBytes)]
             if let Ok(k) = BinaryMetadataKey::from_bytes(key.as_bytes()) {
                 md.append_bin(k, MetadataValue::from_bytes(value));
             }
-        } else if let (Ok(k), Ok(v)) =
-            (AsciiMetadataKey::from_bytes(key.as_bytes()), AsciiMetadataValue::try_from(&value[..]))
-        {
+        } else if let (Ok(k), Ok(v)) = (
+            AsciiMetadataKey::from_bytes(key.as_bytes()),
+            AsciiMetadataValue::try_from(&value[..]),
+        ) {
             md.append(k, v);
         }
     }
@@ -241,7 +260,10 @@ fn start_server(
         tokio::net::TcpListener::from_std(listener)?
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let svc = TsoService { window, fallback: Arc::new(fallback) };
+    let svc = TsoService {
+        window,
+        fallback: Arc::new(fallback),
+    };
     let done = runtime.spawn(async move {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         tonic::transport::Server::builder()
@@ -250,7 +272,12 @@ fn start_server(
             })
             .await
     });
-    Ok(ServerHandle { runtime, stop, done, port })
+    Ok(ServerHandle {
+        runtime,
+        stop,
+        done,
+        port,
+    })
 }
 
 impl ServerHandle {
@@ -282,7 +309,10 @@ pub struct PyTsoWindow {
 impl PyTsoWindow {
     #[new]
     fn new() -> Self {
-        PyTsoWindow { window: Arc::new(Window::default()), server: Mutex::new(None) }
+        PyTsoWindow {
+            window: Arc::new(Window::default()),
+            server: Mutex::new(None),
+        }
     }
 
     /// Serving at `epoch` from `floor_ms` up to `high_water_ms`; the fast path stays closed
@@ -310,7 +340,11 @@ impl PyTsoWindow {
     }
 
     fn would_grant(&self, count: i64, now_ms: i64) -> bool {
-        self.window.state.lock().allocator.would_grant(count, now_ms)
+        self.window
+            .state
+            .lock()
+            .allocator
+            .would_grant(count, now_ms)
     }
 
     /// `(code, physical_ms, logical_start, epoch)`; code 0 is a grant, else a refusal
@@ -324,16 +358,30 @@ impl PyTsoWindow {
 
     /// `(code, epoch, requested)`.
     fn prepare_extension(&self, now_ms: i64, ahead_ms: i64) -> (u8, i64, i64) {
-        match self.window.state.lock().allocator.prepare_extension(now_ms, ahead_ms) {
+        match self
+            .window
+            .state
+            .lock()
+            .allocator
+            .prepare_extension(now_ms, ahead_ms)
+        {
             Ok((epoch, requested)) => (0, epoch, requested),
             Err(e) => (e.code(), 0, 0),
         }
     }
 
     /// `(code, epoch, requested)`.
-    fn prepare_renewal(&self, now_ms: i64, min_ahead_ms: i64, window_ahead_ms: i64) -> (u8, i64, i64) {
+    fn prepare_renewal(
+        &self,
+        now_ms: i64,
+        min_ahead_ms: i64,
+        window_ahead_ms: i64,
+    ) -> (u8, i64, i64) {
         let st = self.window.state.lock();
-        match st.allocator.prepare_renewal(now_ms, min_ahead_ms, window_ahead_ms) {
+        match st
+            .allocator
+            .prepare_renewal(now_ms, min_ahead_ms, window_ahead_ms)
+        {
             Ok((epoch, requested)) => (0, epoch, requested),
             Err(e) => (e.code(), 0, 0),
         }
@@ -362,8 +410,9 @@ impl PyTsoWindow {
     /// threads; returns the bound port. Raises ValueError for a bad address, OSError if it
     /// cannot listen, RuntimeError if it already serves.
     fn serve(&self, host: &str, port: u16, fallback: Py<PyAny>, workers: usize) -> PyResult<u16> {
-        let ip: std::net::IpAddr =
-            host.parse().map_err(|_| PyValueError::new_err(format!("not an IP address: {host:?}")))?;
+        let ip: std::net::IpAddr = host
+            .parse()
+            .map_err(|_| PyValueError::new_err(format!("not an IP address: {host:?}")))?;
         if !(1..=64).contains(&workers) {
             return Err(PyValueError::new_err("workers must be between 1 and 64"));
         }
@@ -371,7 +420,12 @@ impl PyTsoWindow {
         if server.is_some() {
             return Err(PyRuntimeError::new_err("the TSO server is already running"));
         }
-        let handle = start_server(self.window.clone(), fallback, SocketAddr::new(ip, port), workers)?;
+        let handle = start_server(
+            self.window.clone(),
+            fallback,
+            SocketAddr::new(ip, port),
+            workers,
+        )?;
         let port = handle.port;
         *server = Some(handle);
         Ok(port)

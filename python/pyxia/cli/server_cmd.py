@@ -52,7 +52,7 @@ from pyxia.config import SERVER_FILE_KEYS, ConfigError, NamespaceConfig, load_cl
 from pyxia.security.oidc import AuthConfigError
 from pyxia.security.public import PublicAccess, PublicAuthOptions
 from pyxia.security.tls import TlsOptions
-from pyxia.server.data_server import ServerOptions
+from pyxia.server.data_server import DataServer, ServerOptions
 from pyxia.server.retention import DEFAULT_WAL_RETENTION_SIZE, check_retention_size
 from pyxia.server.shards_director import DEFAULT_MAX_SHARDS
 from pyxia.storage.apply import DEFAULT_WRITE_LIMITS, WriteLimits
@@ -315,6 +315,18 @@ def _build_options(kw: dict[str, Any]) -> ServerOptions:
     )
 
 
+def tso_port(server: DataServer) -> str:
+    """`` tso=IP:PORT`` for the ready line when the server has a TSO port, else nothing."""
+    from pyxia.node import tso_of
+
+    svc = tso_of(server)
+    t = svc.transport if svc is not None else None
+    if t is None or t.port is None:
+        return ""
+    host = f"[{t.address.host}]" if ":" in t.address.host else t.address.host
+    return f" tso={host}:{t.port}"
+
+
 def public_auth_from_flags(kw: dict[str, Any]) -> PublicAuthOptions:
     """The public port's auth options; a usage error when they cannot work."""
     opts = PublicAuthOptions(
@@ -426,7 +438,7 @@ def standalone(**kw: Any) -> None:
         return (
             f"pyxia standalone ready: public={s.public_address} "
             f"internal={s.internal_address or 'off'} "
-            f"metrics={bound_address(options.metrics_addr, s.metrics_port)} "
+            f"metrics={bound_address(options.metrics_addr, s.metrics_port)}{tso_port(s)} "
             f"namespaces={','.join(n.name for n in node.namespaces)} shards={total} "
             f"data-dir={options.data_dir} wal-dir={options.wal_dir}"
         )
@@ -501,7 +513,7 @@ def server(**kw: Any) -> None:
         return (
             f"pyxia server ready: public={node.public_address} "
             f"internal={node.internal_address} "
-            f"metrics={bound_address(options.metrics_addr, node.metrics_port)} "
+            f"metrics={bound_address(options.metrics_addr, node.metrics_port)}{tso_port(node)} "
             f"data-dir={options.data_dir} wal-dir={options.wal_dir}"
         )
 
