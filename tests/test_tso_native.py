@@ -30,6 +30,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from cluster import Cluster, Node
 from pyxia import failpoints
@@ -208,6 +209,7 @@ async def test_the_tso_port_grants_natively_and_answers_like_the_public_port(
     term = await elect(cluster, n1)
     await wait_until(lambda: serves(cluster, tso_port(n1)), what="the TSO port to serve")
     before = native_stats(n1)[0]
+    scraped = REGISTRY.get_sample_value("pyxia_tso_native_grants_total") or 0.0
     last = -1
     for i in range(60):
         target = tso_port(n1) if i % 3 else n1.public  # both ports, one allocator
@@ -216,6 +218,8 @@ async def test_the_tso_port_grants_natively_and_answers_like_the_public_port(
         assert r.count == 1 + i % 5 and first_ts(r) > last
         last = last_ts(r)
     assert native_stats(n1)[0] - before >= 35  # the TSO port's grants stayed native
+    now_scraped = REGISTRY.get_sample_value("pyxia_tso_native_grants_total") or 0.0
+    assert now_scraped - scraped >= 35
     full = await get_ts(cluster, tso_port(n1), 262_144)
     assert full.logical_start == 0 and first_ts(full) > last
 

@@ -144,14 +144,15 @@ impl UnaryService<Bytes> for TsoService {
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let raw = request.into_inner();
-        if let Some(count) = decode_get_ts_request(&raw) {
-            if let Some(g) = self
-                .window
-                .fast_grant(count as i64, now_ms(), monotonic_s())
-            {
-                let out = Bytes::from(encode_get_ts_response(&g));
-                return Box::pin(std::future::ready(Ok(tonic::Response::new(out))));
+        match decode_get_ts_request(&raw) {
+            Some(count) => {
+                let now = (now_ms(), monotonic_s());
+                if let Some(g) = self.window.fast_grant(count as i64, now.0, now.1) {
+                    let out = Bytes::from(encode_get_ts_response(&g));
+                    return Box::pin(std::future::ready(Ok(tonic::Response::new(out))));
+                }
             }
+            None => self.window.state.lock().handed_to_python += 1,
         }
         let fallback = self.fallback.clone();
         Box::pin(ask_python(fallback, raw))
@@ -160,16 +161,20 @@ impl UnaryService<Bytes> for TsoService {
 
 async fn ask_python(fallback: Arc<Py<PyAny>>, raw: Bytes) -> Reply {
     let (tx, rx) = oneshot::channel();
-    let handed = Python::attach(|py| -> PyResult<()> {
-        let responder = Py::new(
-            py,
-            TsoResponder {
+    // Attaching may wait for the interpreter: on a blocking thread, so that the runtime's
+    // workers go on answering natively meanwhile.
+    let handed = tokio::task::spawn_blocking(move || {
+        Python::attach(|py| -> PyResult<()> {
+            let responder = TsoResponder {
                 tx: Mutex::new(Some(tx)),
-            },
-        )?;
-        fallback.call1(py, (PyBytes::new(py, &raw), responder))?;
-        Ok(())
-    });
+            };
+            fallback.call1(py, (PyBytes::new(py, &raw), Py::new(py, responder)?))?;
+            Ok(())
+        })
+        .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
     if let Err(e) = handed {
         return Err(Status::unavailable(format!(
             "tso: the oracle is not running: {e}"

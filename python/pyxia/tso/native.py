@@ -33,8 +33,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+
+from prometheus_client import REGISTRY
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from pyxia import _native
 from pyxia.tso.allocator import (
@@ -69,11 +74,12 @@ def _raise(code: int, what: str) -> None:
 class NativeAllocator(Allocator):
     """:class:`Allocator`'s interface over the Rust window the native server grants from."""
 
-    __slots__ = ("window",)
+    __slots__ = ("__weakref__", "window")
 
     def __init__(self, window_ahead_ms: int = 3000) -> None:
         super().__init__(window_ahead_ms)
         self.window = _native.TsoWindow()
+        _LIVE.add(self)
 
     @property
     def epoch(self) -> int | None:
@@ -130,6 +136,35 @@ class NativeAllocator(Allocator):
     def stats(self) -> tuple[int, int, int]:
         """``(native grants, their timestamps, calls handed to Python)``."""
         return self.window.stats()
+
+
+_LIVE: weakref.WeakSet[NativeAllocator] = weakref.WeakSet()
+
+
+class NativeCounters(Collector):
+    """``pyxia_tso_native_*``: what the TSO ports of this process answered, read at scrape
+    time from the windows' counters (the native path counts under its mutex, not in
+    Python)."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        grants = timestamps = handed = 0
+        for a in list(_LIVE):
+            g, t, h = a.stats()
+            grants, timestamps, handed = grants + g, timestamps + t, handed + h
+        yield CounterMetricFamily(
+            "pyxia_tso_native_grants", "GetTs calls the TSO port answered natively", grants
+        )
+        yield CounterMetricFamily(
+            "pyxia_tso_native_timestamps", "Timestamps the TSO port granted natively", timestamps
+        )
+        yield CounterMetricFamily(
+            "pyxia_tso_native_handed_over",
+            "GetTs calls the TSO port handed to Python (counted there as on the public port)",
+            handed,
+        )
+
+
+REGISTRY.register(NativeCounters())
 
 
 class TransportError(OSError):

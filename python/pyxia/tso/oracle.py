@@ -120,6 +120,7 @@ class Oracle:
         self.driver = driver
         self.allocator = allocator or Allocator(self.options.window_ahead_ms)
         self._native = allocator if isinstance(allocator, NativeAllocator) else None
+        self._fast_held = False
         """The allocator the native TSO port grants from (:mod:`~pyxia.tso.native`): it needs
         the fast-path deadline (the lease less its renewal margin) whenever the lease moves.
         It compares that deadline with the real monotonic clock: with a native allocator,
@@ -205,6 +206,7 @@ class Oracle:
         native = self._native
         if native is None:
             return
+        self._fast_held = False
         lease_until = self._lease_until
         native.set_fast_until(None if lease_until is None else lease_until - self._renew_margin)
 
@@ -269,10 +271,14 @@ class Oracle:
         target = self._serving
         if target is None or not self._still_leading(target):
             # Deposed and not yet told by the watch (it steps down on the next event): the
-            # native port stops granting too.
+            # native port stops granting too, until this node is seen leading again.
             if self._native is not None and target is not None:
                 self._native.set_fast_until(0.0)
+                self._fast_held = True
             raise self.not_serving_error()
+        if self._fast_held:
+            self._fast_held = False
+            self._publish_fast_path()
         return target
 
     def _classify_write_error(self, e: BaseException, what: str) -> PyxiaError:
