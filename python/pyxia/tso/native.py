@@ -37,6 +37,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
+import grpc
 from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
@@ -193,11 +194,17 @@ class TsoAddress:
 Outcome = tuple[int, str, bytes, tuple[tuple[str, bytes], ...]]
 """``(grpc code, message, response bytes, trailers)``; code 0 is success."""
 
+MAX_HANDED_OVER = 4096
+"""Calls the TSO port may have waiting in Python at once; past it: RESOURCE_EXHAUSTED."""
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+_INTERNAL = grpc.StatusCode.INTERNAL.value[0]
+_RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+
 
 class NativeTransport:
     """The native GetTs server on one address, answering from ``allocator`` and handing every
-    other call to ``answer`` on the event loop it was started on. ``start``/``close``;
-    closing twice is safe."""
+    other call to ``answer`` on the event loop it was started on (at most
+    :data:`MAX_HANDED_OVER` at once). ``start``/``close``; closing twice is safe."""
 
     def __init__(
         self,
@@ -212,6 +219,7 @@ class NativeTransport:
         self._answer = answer
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
         self.port: int | None = None
 
     def start(self) -> int:
@@ -234,6 +242,12 @@ class NativeTransport:
         loop.call_soon_threadsafe(self._spawn, raw, responder)
 
     def _spawn(self, raw: bytes, responder: _native.TsoResponder) -> None:
+        if self._closed:
+            responder.send(_UNAVAILABLE, "tso: the server is shutting down", b"", [])
+            return
+        if len(self._tasks) >= MAX_HANDED_OVER:
+            responder.send(_RESOURCE_EXHAUSTED, "tso: too many calls waiting", b"", [])
+            return
         task = asyncio.get_running_loop().create_task(self._reply(raw, responder))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -242,15 +256,16 @@ class NativeTransport:
         try:
             code, message, payload, trailers = await self._answer(raw)
         except asyncio.CancelledError:
-            responder.send(14, "tso: the server is shutting down", b"", [])
+            responder.send(_UNAVAILABLE, "tso: the server is shutting down", b"", [])
             raise
         except Exception as e:  # the handler answers domain errors itself: this is a bug
             log.exception("tso: GetTs handed over by the TSO port failed")
-            responder.send(13, f"tso: {type(e).__name__}: {e}", b"", [])
+            responder.send(_INTERNAL, f"tso: {type(e).__name__}: {e}", b"", [])
             return
         responder.send(code, message, payload, list(trailers))
 
     async def close(self) -> None:
+        self._closed = True
         self.allocator.set_fast_until(0.0)
         for t in list(self._tasks):
             t.cancel()
