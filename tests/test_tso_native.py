@@ -13,13 +13,17 @@ the window Python grants.
   catches the overlap on the TSO ports too;
 - the fast-path deadline: past it, calls go to Python's path;
 - the CLI refuses --tso-addr next to TLS or authentication, or with a bad address;
-- a real ``pyxia standalone --tso-addr`` process serves it and stops cleanly.
+- a real ``pyxia standalone --tso-addr`` process serves it and stops cleanly; a TSO port in
+  use fails the start with one line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -383,3 +387,23 @@ def test_pyxia_standalone_serves_the_tso_port(tmp_path: Path) -> None:
         assert server.terminate() == 0
     finally:
         server.kill()
+
+
+def test_a_tso_port_in_use_is_one_line_and_a_failed_start(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["standalone", "--public-addr", "127.0.0.1:0", "--metrics-addr", ""]
+        args += ["--data-dir", str(tmp_path / "db"), "--wal-dir", str(tmp_path / "wal")]
+        r = subprocess.run(
+            [sys.executable, "-m", "pyxia", *args, "--tso-addr", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert r.returncode == 1
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("pyxia: ")]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"pyxia: cannot listen on the TSO address 127.0.0.1:{port}: ")
+    assert "Traceback" not in r.stderr
