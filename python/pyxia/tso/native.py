@@ -18,6 +18,12 @@ Division of labour (see ``rust/src/tso_server.rs``):
   deadline* (:meth:`NativeAllocator.set_fast_until`): the time lease less its renewal margin,
   or no limit without a lease (one replica). The native server grants only before it, so it
   never grants outside a lease and leaves renewals to Python.
+- The native path does not ask the shard's controller on every call whether it still leads
+  (Python's path does, and closes the fast path when it sees it does not, as when a
+  high-water write is refused as not-leader). Safe, because nobody else can serve meanwhile:
+  with a lease, a new leader elsewhere serves only once this one's lease lapsed, and the fast
+  path closes before it; with one replica, another node can only lead after a planned handoff,
+  which steps this allocator down first, and a new term on this node starts with a step-down.
 - Every call the native side does not answer at once (not serving, fence in progress, window
   exhausted, lease to renew, a malformed request) is handed to Python's GetTs handler
   (:meth:`~pyxia.tso.service.TsoService.answer_get_ts`) on the event loop and answered with

@@ -286,6 +286,9 @@ class Oracle:
         disposition = classify(e)
         if disposition is Disposition.STEPPED_DOWN:
             log.info("tso: %s write refused, not the leader: %s", what, e)
+            if self._native is not None and self._serving is not None:
+                self._native.set_fast_until(0.0)  # until seen leading again
+                self._fast_held = True
             endpoint, epoch = self._leader_hint()
             return TsoNotLeader(
                 f"tso: not the leader: {e}", leader_endpoint=endpoint, leader_epoch=epoch
