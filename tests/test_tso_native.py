@@ -52,7 +52,9 @@ from pyxia.tso.options import TsoOptions
 from servers import ServerProcess, wait_for, wait_until
 
 GET_TS = "/tsoracle.v1.TsoService/GetTs"
-OPTIONS = TsoOptions(lease_s=0.1, native_addr="127.0.0.1:0")
+OPTIONS = TsoOptions(lease_s=1.0, native_addr="127.0.0.1:0")
+"""A lease of 1 s: renewals (every 0.5 s under load, handed to Python) rarely interrupt the
+native path in these short runs."""
 NOW = 1_700_000_000_000
 
 
@@ -329,6 +331,42 @@ async def test_past_the_fast_path_deadline_calls_go_to_python(cluster: Cluster) 
     svc.oracle.allocator.set_fast_until(None)
     await get_ts(cluster, tso_port(n0))
     assert native_stats(n0)[0] == grants + 1
+
+
+async def test_seen_not_leading_closes_the_fast_path_until_seen_leading(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The controller no longer leads but the watch has not stepped down yet: Python's path
+    refuses and closes the native path too; once seen leading again, it reopens."""
+    n0 = cluster.nodes[0]
+    await elect(cluster, n0)
+    await wait_until(lambda: serves(cluster, tso_port(n0)))
+    svc = tso_of(n0.server)
+    assert svc is not None
+    leads = True
+    monkeypatch.setattr(svc.oracle, "_still_leading", lambda _target: leads)
+
+    async def granted_natively() -> bool:
+        before = native_stats(n0)[0]
+        await get_ts(cluster, tso_port(n0))
+        return native_stats(n0)[0] > before
+
+    await wait_until(granted_natively, what="a native grant")
+    grants, _, handed = native_stats(n0)
+    leads = False
+    e = await error(cluster, n0.public, tso_pb2.GetTsRequest(count=1).SerializeToString())
+    assert e.code() == grpc.StatusCode.FAILED_PRECONDITION
+    e = await error(cluster, tso_port(n0), tso_pb2.GetTsRequest(count=1).SerializeToString())
+    assert e.code() == grpc.StatusCode.FAILED_PRECONDITION  # handed over, refused
+    assert native_stats(n0)[0] == grants
+    svc.oracle._publish_fast_path()  # a lease write committing meanwhile does not reopen it
+    e = await error(cluster, tso_port(n0), tso_pb2.GetTsRequest(count=1).SerializeToString())
+    assert e.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert native_stats(n0)[0] == grants
+    assert native_stats(n0)[2] >= handed + 2
+    leads = True
+    await get_ts(cluster, n0.public)  # seen leading again
+    await wait_until(granted_natively, what="native grants again")
 
 
 # -- the CLI --------------------------------------------------------------------------------------

@@ -120,11 +120,13 @@ class Oracle:
         self.driver = driver
         self.allocator = allocator or Allocator(self.options.window_ahead_ms)
         self._native = allocator if isinstance(allocator, NativeAllocator) else None
-        self._fast_held = False
         """The allocator the native TSO port grants from (:mod:`~pyxia.tso.native`): it needs
         the fast-path deadline (the lease less its renewal margin) whenever the lease moves.
         It compares that deadline with the real monotonic clock: with a native allocator,
         ``monotonic`` must be :func:`time.monotonic`."""
+        self._fast_held = False
+        """The fast path was closed because this node was seen not leading: it stays closed
+        until this node is seen leading again (or serves a new term)."""
         self.gate = asyncio.Lock()
         """Held across every high-water and lease write of the serving leader; the fence takes
         it to drain the writes of an older term before it reads the high-water."""
@@ -194,6 +196,7 @@ class Oracle:
         self._leases = None  # loaded from the shard on first use
         self._fencing = None
         self._serving = target
+        self._fast_held = False
         self._publish_fast_path()
         m.SERVING.set(1)
         m.HIGH_WATER.set(high_water_ms)
@@ -204,9 +207,8 @@ class Oracle:
         holds less the renewal margin (renewals start on Python's path), without a lease
         for as long as this node serves (a step-down closes it synchronously)."""
         native = self._native
-        if native is None:
+        if native is None or self._fast_held:
             return
-        self._fast_held = False
         lease_until = self._lease_until
         native.set_fast_until(None if lease_until is None else lease_until - self._renew_margin)
 
