@@ -655,6 +655,9 @@ def start_tso(tools: Tools, kind: str, base: Path) -> System:
     else:
         argv = tools.pyxia("standalone", "--public-addr", public, "--metrics-addr", "")
         argv += ["--data-dir", str(base / "db"), "--wal-dir", str(base / "wal")]
+        if kind == "pyxia":  # GetTs on the native TSO port; "pyxia-public": through grpc.aio
+            public = f"127.0.0.1:{free_port()}"
+            argv += ["--tso-addr", public]
         proc = Proc("pyxia standalone", argv, base / "server.log", child_env())
     system = System(kind, public, [proc])
     try:
@@ -893,6 +896,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=f"{names},tso,first", help=f"of {names},tso,first")
     ap.add_argument("--tso-callers", default="1,16,64")
     ap.add_argument("--tso-seconds", type=float, default=8.0)
+    ap.add_argument(
+        "--tso-kinds",
+        default="pyxia,tsoracle",
+        help="servers of the TSO rounds: pyxia (its --tso-addr port), tsoracle, pyxia-public "
+        "(GetTs on pyxia's public port, grpc.aio)",
+    )
     ap.add_argument("--quiet-cores", type=float, default=0.5)
     ap.add_argument("--quiet-wait", type=float, default=30.0)
     ap.add_argument("--out", type=Path, help="write every figure as JSON")
@@ -956,13 +965,15 @@ def main(argv: list[str] | None = None) -> int:
             if "tso" in only:
                 for callers in (int(c) for c in args.tso_callers.split(",")):
                     trow: dict[str, Any] = {}
-                    for kind in ("pyxia", "tsoracle") if rnd % 2 == 0 else ("tsoracle", "pyxia"):
+                    kinds = args.tso_kinds.split(",")
+                    for kind in kinds if rnd % 2 == 0 else kinds[::-1]:
                         d = base / f"r{rnd}-tso{callers}-{kind}"
                         q = (args.quiet_cores, args.quiet_wait)
                         trow[kind] = measure_tso(tools, kind, callers, args.tso_seconds, d, q)
                         t = trow[kind]
                         print(
-                            f"[tso {callers} round {rnd} {kind:8}] {t['calls_per_s']:8.0f} calls/s "
+                            f"[tso {callers} round {rnd} {kind:12}] "
+                            f"{t['calls_per_s']:8.0f} calls/s "
                             f"p50 {t['p50_ms']:.3f} ms p99 {t['p99_ms']:.3f} ms server "
                             f"{t['server_cpu_us_per_call']:.1f} µs/call errors {t['errors']} "
                             f"load {t['load1']:.2f}",

@@ -242,3 +242,54 @@ def read_gets(request: bytes, hierarchical: bool, get: Callable[..., object]) ->
     (hierarchical or natural), ``get`` called once with all of them (rocksdict's
     ``Rdict.get``), each answered as the Read RPC's Python path answers it. None when the
     request is not for this path or a stored record does not decode: answer it in Python."""
+
+class TsoResponder:
+    """Python's answer to one GetTs the native TSO port handed over (sent once)."""
+
+    def send(
+        self, code: int, message: str, payload: bytes, trailers: list[tuple[str, bytes]]
+    ) -> bool:
+        """``code`` 0 answers with ``payload``; else a gRPC status with ``message`` and
+        ``trailers`` (``grpc-status-details-bin`` becomes the status details). False if
+        already answered or the caller is gone."""
+
+class TsoWindow:
+    """The timestamp allocator shared by Python and the native GetTs server
+    (``rust/src/tso_server.rs``; wrapped by :class:`pyxia.tso.native.NativeAllocator`).
+    Codes: 0 ok, 1 not leader, 2 window exhausted, 3 invalid count, 4 out of range."""
+
+    def __new__(cls) -> TsoWindow: ...
+    def become_leader(self, floor_ms: int, high_water_ms: int, epoch: int) -> None:
+        """Serving at ``epoch``; the fast path stays closed until :meth:`set_fast_until`."""
+    def step_down(self) -> None: ...
+    @property
+    def epoch(self) -> int | None: ...
+    @property
+    def high_water(self) -> int | None: ...
+    def would_grant(self, count: int, now_ms: int) -> bool: ...
+    def try_grant(self, count: int, now_ms: int) -> tuple[int, int, int, int]:
+        """``(code, physical_ms, logical_start, epoch)``."""
+    def prepare_extension(self, now_ms: int, ahead_ms: int) -> tuple[int, int, int]:
+        """``(code, epoch, requested)``."""
+    def prepare_renewal(
+        self, now_ms: int, min_ahead_ms: int, window_ahead_ms: int
+    ) -> tuple[int, int, int]:
+        """``(code, epoch, requested)``."""
+    def commit(self, epoch: int, durable_ms: int) -> tuple[int, bool]:
+        """``(code, applied)``."""
+    def set_fast_until(self, until: float | None) -> None:
+        """The native server grants while ``time.monotonic() < until``; None: no limit."""
+    def stats(self) -> tuple[int, int, int]:
+        """``(native grants, their timestamps, calls handed to Python)``."""
+    def serve(
+        self,
+        host: str,
+        port: int,
+        fallback: Callable[[bytes, TsoResponder], None],
+        workers: int,
+    ) -> int:
+        """Starts the native GetTs server on ``host:port``; returns the bound port."""
+    def stop(self) -> None:
+        """Stops the server (waits up to 2 s for open calls); safe twice."""
+    @property
+    def port(self) -> int | None: ...

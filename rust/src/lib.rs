@@ -11,7 +11,10 @@
 pub mod apply;
 pub mod frames;
 pub mod reads;
+pub mod tso;
 pub mod wal;
 
 #[cfg(feature = "python")]
 mod python;
+#[cfg(feature = "python")]
+mod tso_server;

@@ -711,6 +711,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEntry>()?;
     m.add_class::<PyReader>()?;
     m.add_class::<PyReverseReader>()?;
+    m.add_class::<crate::tso_server::PyTsoWindow>()?;
+    m.add_class::<crate::tso_server::TsoResponder>()?;
     m.add_function(wrap_pyfunction!(scan_segment, m)?)?;
     m.add_function(wrap_pyfunction!(chained_crc, m)?)?;
     m.add_function(wrap_pyfunction!(encode_hierarchical, m)?)?;
