@@ -14,6 +14,8 @@ __all__ = [
     "CrcMismatch",
     "EntryNotFound",
     "InvalidNextOffset",
+    "TsoResponder",
+    "TsoWindow",
     "Wal",
     "WalClosed",
     "WalEntry",
@@ -243,6 +245,7 @@ def read_gets(request: bytes, hierarchical: bool, get: Callable[..., object]) ->
     ``Rdict.get``), each answered as the Read RPC's Python path answers it. None when the
     request is not for this path or a stored record does not decode: answer it in Python."""
 
+@final
 class TsoResponder:
     """Python's answer to one GetTs the native TSO port handed over (sent once)."""
 
@@ -253,6 +256,7 @@ class TsoResponder:
         ``trailers`` (``grpc-status-details-bin`` becomes the status details). False if
         already answered or the caller is gone."""
 
+@final
 class TsoWindow:
     """The timestamp allocator shared by Python and the native GetTs server
     (``rust/src/tso_server.rs``; wrapped by :class:`pyxia.tso.native.NativeAllocator`).
