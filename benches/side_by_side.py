@@ -709,36 +709,102 @@ t0 = time.monotonic()
 import pyxia
 t1 = time.monotonic()
 with pyxia.Client(sys.argv[1]) as c:
-    c.put("/side-by-side/first", b"x")
+    c.put(sys.argv[2], b"x")
     t2 = time.monotonic()
-print(f"{t2 - t1:.4f} {t1 - t0:.4f}")
+print(f"{t2 - t1:.4f} {t1 - t0:.4f} {t2:.4f}")
 """
 
 
-def first_connection(tools: Tools, kind: str, base: Path) -> dict[str, Any]:
-    """A fresh 3-server cluster: once every shard has a leader, the time of a first put from a
-    new pyxia client (client creation → put answered, in its process), a second one, and of
-    Oxia's Go client (``oxia client put``, the whole process)."""
-    system = start_cluster(tools, kind, 3, base)
+def serves_assignments(address: str) -> bool:
+    """Whether the server answers GetShardAssignments with a map (a fresh Oxia data server
+    refuses it, and writes, with NOT_INITIALIZED until its coordinator's first push)."""
+    from pyxia.proto import client_pb2
+
     try:
+        with grpc.insecure_channel(address) as ch:
+            call = ch.unary_stream(
+                "/io.oxia.proto.v1.OxiaClient/GetShardAssignments",
+                request_serializer=client_pb2.ShardAssignmentsRequest.SerializeToString,
+                response_deserializer=client_pb2.ShardAssignments.FromString,
+            )(client_pb2.ShardAssignmentsRequest(namespace="default"), timeout=1)
+            for _ in call:
+                return True
+    except grpc.RpcError:
+        return False
+    return False
+
+
+def first_connection(tools: Tools, kind: str, base: Path) -> dict[str, Any]:
+    """A fresh 3-server cluster: as soon as every shard has a leader, a new pyxia client (its
+    own process) and Oxia's Go client (``oxia client put``) each put a key, while the harness
+    probes when every server first serves the assignments (``served_s``, after the election).
+    Each client's lag is the time from ``served_s`` to its put being answered (pyxia: measured
+    in its process, after its imports; Go: the whole process) — what a client adds to the
+    cluster's own readiness. Then a second pyxia client on the ready cluster."""
+    system = start_cluster(tools, kind, 3, base)
+    publics = [m["public"] for m in yaml.safe_load((base / "cluster.yaml").read_text())["servers"]]
+    waiting = set(publics)
+    try:
+        elected = time.monotonic()
         out: dict[str, Any] = {"elected_s": system.elected_s}
-        for nth in ("first", "second"):
-            t0 = time.monotonic()
-            r = subprocess.run(
-                [tools.python, "-c", PY_FIRST_PUT, system.address],
-                capture_output=True,
-                text=True,
-                timeout=120,
-                env={**os.environ, **child_env()},
-            )
-            if r.returncode != 0:
-                raise RuntimeError(f"pyxia client put failed: {r.stderr.strip()[-500:]}")
-            out[f"pyxia_{nth}_s"] = float(r.stdout.split()[0])
-            out[f"pyxia_{nth}_process_s"] = time.monotonic() - t0
+        py = subprocess.Popen(
+            [tools.python, "-c", PY_FIRST_PUT, system.address, "/side-by-side/first"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **child_env()},
+        )
+        go: subprocess.Popen[bytes] | None = None
         if tools.oxia is not None:
-            t0 = time.monotonic()
-            ok = go_put(tools, system.address, "/side-by-side/first-go", "30s")
-            out["go_process_s"] = time.monotonic() - t0 if ok else None
+            argv = [tools.oxia, "client", "-a", system.address, "--request-timeout", "60s"]
+            go = subprocess.Popen(
+                [*argv, "put", "/side-by-side/first-go", "x"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        served: float | None = None
+        go_done: float | None = None
+        try:
+            deadline = elected + 90
+            while time.monotonic() < deadline:
+                for a in [a for a in waiting if serves_assignments(a)]:
+                    waiting.discard(a)
+                    if not waiting:
+                        served = time.monotonic()
+                if go is not None and go_done is None and go.poll() is not None:
+                    go_done = time.monotonic() if go.returncode == 0 else float("nan")
+                if served is not None and py.poll() is not None and (go is None or go_done):
+                    break
+                time.sleep(0.02)
+            stdout, stderr = py.communicate(timeout=30)
+        finally:
+            for p in (py, go):
+                if p is not None and p.poll() is None:
+                    p.kill()
+                    p.wait()
+        if py.returncode != 0:
+            raise RuntimeError(f"pyxia client put failed: {stderr.strip()[-500:]}")
+        if served is None:
+            raise RuntimeError(f"{kind} cluster: no assignments served within 90 s")
+        in_process, _imports, py_done = (float(x) for x in stdout.split())
+        out["served_s"] = served - elected
+        out["pyxia_first_s"] = in_process
+        out["pyxia_lag_s"] = py_done - served
+        out["go_lag_s"] = go_done - served if go_done is not None else None
+        # Started together: how much later (negative: earlier) pyxia's put was answered.
+        out["pyxia_minus_go_s"] = py_done - go_done if go_done is not None else None
+        t0 = time.monotonic()
+        r = subprocess.run(
+            [tools.python, "-c", PY_FIRST_PUT, system.address, "/side-by-side/second"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, **child_env()},
+        )
+        if r.returncode != 0:
+            raise RuntimeError(f"pyxia client put failed: {r.stderr.strip()[-500:]}")
+        out["pyxia_second_s"] = float(r.stdout.split()[0])
+        out["pyxia_second_process_s"] = time.monotonic() - t0
         out["load1"] = load1()
     finally:
         system.close()
@@ -844,16 +910,26 @@ def summarize(results: dict[str, Any]) -> str:
     if fc:
         lines += [
             "",
-            "| first put on a fresh RF=3 cluster (s) | elected after | pyxia client, "
-            "first | pyxia client, second | Go client (process) | load |",
+            "| first put on a fresh RF=3 cluster (s) | elected after | assignments served "
+            "after election | pyxia client, first (in process) | pyxia lag after served | "
+            "Go client lag after served (process) | pyxia done − Go done | pyxia client, second | "
+            "load |",
         ]
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
         for kind, rounds in fc.items():
             lines.append(
                 f"| {kind} cluster | "
                 + " | ".join(
                     ", ".join(fmt(r.get(k)) for r in rounds)
-                    for k in ("elected_s", "pyxia_first_s", "pyxia_second_s", "go_process_s")
+                    for k in (
+                        "elected_s",
+                        "served_s",
+                        "pyxia_first_s",
+                        "pyxia_lag_s",
+                        "go_lag_s",
+                        "pyxia_minus_go_s",
+                        "pyxia_second_s",
+                    )
                 )
                 + f" | {', '.join(fmt(r['load1'], 1) for r in rounds)} |"
             )

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from pyxia.client.policy import Backoff
+from pyxia.client.policy import NOT_READY_RETRY_MAX_S, Backoff
 from pyxia.client.shard_map import ShardMap
 from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.errors import NamespaceNotFound, PermissionDenied, PyxiaError, Unauthenticated
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pyxia.client")
 
-STARTUP_RETRY_MAX_S = 0.1
+STARTUP_RETRY_MAX_S = NOT_READY_RETRY_MAX_S
 """The longest wait between attempts before the client has its first map."""
 
 
