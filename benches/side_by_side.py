@@ -912,7 +912,7 @@ def summarize(results: dict[str, Any]) -> str:
             "",
             "| first put on a fresh RF=3 cluster (s) | elected after | assignments served "
             "after election | pyxia client, first (in process) | pyxia lag after served | "
-            "Go client lag after served (process) | pyxia done − Go done | pyxia client, second | "
+            "Go client lag after served (process) | pyxia done - Go done | pyxia client, second | "
             "load |",
         ]
         lines.append("|---|---|---|---|---|---|---|---|---|")
