@@ -241,7 +241,7 @@ async def run_perf(
                         max(1, int((time.perf_counter() - start) * cfg.rate) - n),
                     )
                 else:
-                    burst = 64
+                    burst = cfg.max_requests_per_batch
                 for _ in range(burst):
                     if state.outstanding >= cfg.max_outstanding:
                         break
