@@ -794,7 +794,8 @@ def serves_assignments(address: str) -> bool:
 
 def first_connection(tools: Tools, kind: str, base: Path) -> dict[str, Any]:
     """A fresh 3-server cluster: as soon as every shard has a leader, a new pyxia client (its
-    own process) and Oxia's Go client (``oxia client put``) each put a key, while the harness
+    own process) and Oxia's Go client (``oxia client put``) each put the same key (so both wait
+    for the same shard's leader), while the harness
     probes when every server first serves the assignments (``served_s``, after the election).
     Each client's lag is the time from ``served_s`` to its put being answered (pyxia: measured
     in its process, after its imports; Go: the whole process) — what a client adds to the
@@ -816,7 +817,7 @@ def first_connection(tools: Tools, kind: str, base: Path) -> dict[str, Any]:
         if tools.oxia is not None:
             argv = [tools.oxia, "client", "-a", system.address, "--request-timeout", "60s"]
             go = subprocess.Popen(
-                [*argv, "put", "/side-by-side/first-go", "x"],
+                [*argv, "put", "/side-by-side/first", "x"],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
