@@ -241,6 +241,8 @@ async def run_perf(
                         max(1, int((time.perf_counter() - start) * cfg.rate) - n),
                     )
                 else:
+                    # Up to a batch per loop turn: the operations issued in one turn can share
+                    # a batch (64 per turn made batches of ~150 and a Read call per ~150 gets).
                     burst = cfg.max_requests_per_batch
                 for _ in range(burst):
                     if state.outstanding >= cfg.max_outstanding:
