@@ -64,6 +64,16 @@ def test_a_server_not_ready_yet_is_asked_again_soon() -> None:
     assert b.after(Unavailable("down"), 50, 0.0) == b.delay(50, 0.0) == 0.5
 
 
+def test_channels_reconnect_within_a_quarter_second() -> None:
+    """A server that starts after its client (or restarts) is tried again at most 250 ms
+    later; gRPC's default backoff grows to 2 minutes."""
+    from pyxia.client.connections import MAX_RECONNECT_BACKOFF_MS, channel_options
+
+    opts = dict(channel_options(1 << 20))
+    assert opts["grpc.max_reconnect_backoff_ms"] == MAX_RECONNECT_BACKOFF_MS <= 250
+    assert opts["grpc.initial_reconnect_backoff_ms"] <= opts["grpc.max_reconnect_backoff_ms"]
+
+
 def test_retry_classes() -> None:
     assert classify(NodeIsNotLeader(leader_hint="h:1")) is Retry.ALWAYS
     assert leader_hint(NodeIsNotLeader(leader_hint="h:1")) == "h:1"

@@ -1,5 +1,10 @@
 """A client started before its cluster is ready connects promptly once it is.
 
+A benchmark, not part of the default test run (it times how soon clients connect, which a
+loaded machine stretches): ``pytest benches/test_bench_first_connection.py``. The default run
+checks the mechanism instead (tests/test_client_policy.py: the retry wait for a server not
+ready yet, and the channels' reconnect backoff).
+
 A fresh cluster is not ready at once: its servers may not listen yet (they start next to their
 clients), or, as Oxia's data servers do, refuse ``GetShardAssignments`` with NOT_INITIALIZED
 until the coordinator has pushed the assignments (which Oxia's coordinator retries with its
