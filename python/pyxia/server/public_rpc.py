@@ -48,8 +48,9 @@ MAX_CHUNK_BYTES = 2 * 1024 * 1024
 MAX_CHUNK_RECORDS = 1000
 MAX_PENDING_WRITES_PER_STREAM = 1024
 NOTIFICATION_BATCHES_PER_READ = 100
-"""Notification batches read from the DB at a time for one subscriber: what it holds at most
-besides the batch gRPC is sending."""
+NOTIFICATION_BYTES_PER_READ = 256 * 1024
+"""Notification batches read from the DB at a time for one subscriber, at most that many and
+(past the first) that many bytes: what it holds besides the batch gRPC is sending."""
 DEFAULT_NOTIFICATIONS_SEND_TIMEOUT_S = 30.0
 """How long a notification batch may wait for a subscriber that stopped reading before its
 stream is cut off."""
@@ -57,6 +58,12 @@ MAX_NATIVE_GETS = 1000
 """A Read of at most this many gets may be answered in one native call (a few ms at most)."""
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+class _CutOff(Exception):
+    """A notifications subscriber was cut off; its status is already set on the context."""
+
+
 T = TypeVar("T")
 
 
@@ -444,6 +451,14 @@ class OxiaClientService:
         batch for ``notifications_send_timeout_s`` (flow control: it stopped reading) is cut
         off with RESOURCE_UNAVAILABLE (retryable); clients resume with
         ``start_offset_exclusive`` = the offset of the last batch they received."""
+        try:
+            await self._stream_notifications(req, context)
+        except _CutOff:
+            return  # the status is set
+
+    async def _stream_notifications(
+        self, req: client_pb2.NotificationsRequest, context: Ctx
+    ) -> None:
         leader = self._leader(req.shard)
         self.access.check(leader.namespace, READ)
         leader.check_notifications()
@@ -465,7 +480,9 @@ class OxiaClientService:
         while True:
             seen = leader.applied.generation
             leader.check_leader()
-            batches = reads.read_notifications(db, after, NOTIFICATION_BATCHES_PER_READ)
+            batches = reads.read_notifications(
+                db, after, NOTIFICATION_BATCHES_PER_READ, NOTIFICATION_BYTES_PER_READ
+            )
             if batches:
                 m = leader.metrics
                 m.notifications_read_batches.inc(len(batches))
@@ -480,6 +497,10 @@ class OxiaClientService:
     async def _send_notifications(
         self, context: Ctx, batch: client_pb2.NotificationBatch, after: int, timeout: float
     ) -> None:
+        """Sends one batch; a subscriber that does not take it within ``timeout`` is cut off.
+        The status is set on the context rather than aborted: the timed-out write is still
+        in gRPC's hands (it may yet reach the client, which keeps whichever offset it got
+        last), and an abort would collide with it."""
         try:
             await asyncio.wait_for(context.write(batch), timeout)
         except TimeoutError:
@@ -490,10 +511,14 @@ class OxiaClientService:
                 context.peer(),
                 timeout,
             )
-            raise ResourceUnavailable(
+            err = ResourceUnavailable(
                 f"oxia: notifications subscriber too slow: no batch accepted for {timeout:g}s; "
                 f"resume with start_offset_exclusive = the last offset received (>= {after})"
-            ) from None
+            )
+            context.set_code(grpc_errors.status_code(err))
+            context.set_details(str(err))
+            context.set_trailing_metadata(grpc_errors.to_trailers(err))
+            raise _CutOff from None
 
     # -- sessions ---------------------------------------------------------------------------------
 
