@@ -11,10 +11,13 @@ import asyncio
 import time
 from typing import Any
 
+import click
 import grpc
 import pytest
 
 from cluster import Cluster, Node, leader_controller
+from pyxia.cli import main
+from pyxia.cli.server_cmd import build_options
 from pyxia.client.async_client import AsyncClient
 from pyxia.client.streams import NotificationsFeed
 from pyxia.common.grpc_errors import error_from_rpc
@@ -275,3 +278,17 @@ async def test_slow_subscribers_are_cut_off_and_resume_without_gaps(cluster: Clu
     async for b in get_fast(tail):
         assert b.offset == notified[-1]
         break
+
+
+@pytest.mark.parametrize("command", ["server", "standalone"])
+def test_notifications_send_timeout_flag(command: str) -> None:
+    cmd = main.get_command(click.Context(main), command)
+    assert cmd is not None
+    ctx = cmd.make_context(command, ["--notifications-send-timeout", "2s"])
+    assert ctx.params["notifications_send_timeout"] == 2.0
+    assert cmd.make_context(command, []).params["notifications_send_timeout"] == 30.0
+    for bad in ("0", "0s"):
+        with pytest.raises(click.BadParameter, match="more than zero"):
+            cmd.make_context(command, ["--notifications-send-timeout", bad])
+    if command == "server":
+        assert build_options(ctx.params).notifications_send_timeout_s == 2.0
