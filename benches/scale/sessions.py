@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,14 +132,18 @@ def server_cpu(c: ProcCluster) -> float:
     return sum(cpu_seconds(m.proc.pid) for m in c.members if m.proc)
 
 
-async def _bounded(coros: Any, concurrency: int) -> list[Any]:
-    sem = asyncio.Semaphore(concurrency)
+async def _bounded(calls: list[Callable[[], Any]], concurrency: int) -> list[Any]:
+    """Runs the calls (functions starting an RPC: a gRPC call starts when it is made) with
+    at most ``concurrency`` in flight; their results in order."""
+    out: list[Any] = [None] * len(calls)
+    it = iter(enumerate(calls))
 
-    async def one(co: Any) -> Any:
-        async with sem:
-            return await co
+    async def worker() -> None:
+        for i, call in it:
+            out[i] = await call()
 
-    return await asyncio.gather(*(one(co) for co in coros))
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(calls)))))
+    return out
 
 
 async def run_sessions(c: ProcCluster, args: argparse.Namespace) -> SessionFigures:
@@ -154,12 +160,15 @@ async def run_sessions(c: ProcCluster, args: argparse.Namespace) -> SessionFigur
         }
         rss0 = rss_mib(c)
 
-        def session_req(i: int, timeout_ms: int) -> tuple[int, Any]:
+        def heartbeat(s: int, sid: int) -> client_pb2.SessionHeartbeat:
+            return client_pb2.SessionHeartbeat(shard=s, session_id=sid)
+
+        def session_req(i: int, timeout_ms: int) -> tuple[int, Callable[[], Any]]:
             s = i % args.shards
             req = client_pb2.CreateSessionRequest(
                 shard=s, session_timeout_ms=timeout_ms, client_identity=f"bench-{i}"
             )
-            return s, create[s](req, timeout=120)
+            return s, functools.partial(create[s], req, timeout=120)
 
         t0 = time.perf_counter()
         kept_n = args.sessions - args.expire
@@ -183,7 +192,8 @@ async def run_sessions(c: ProcCluster, args: argparse.Namespace) -> SessionFigur
                     client_pb2.PutRequest(key=f"/eph/{i}", value=b"e", session_id=sid)
                     for i, sid in items[j : j + PUTS_PER_WRITE]
                 ]
-                writes.append(write[s](client_pb2.WriteRequest(shard=s, puts=puts), timeout=120))
+                req = client_pb2.WriteRequest(shard=s, puts=puts)
+                writes.append(functools.partial(write[s], req, timeout=120))
         for r in await _bounded(writes, 8):
             assert all(p.status == client_pb2.OK for p in r.puts)
         put_s = time.perf_counter() - t0
@@ -193,7 +203,7 @@ async def run_sessions(c: ProcCluster, args: argparse.Namespace) -> SessionFigur
         burst = [sessions[i % max(kept_n, 1)] for i in range(args.keepalives)]
         cpu0, t0 = server_cpu(c), time.perf_counter()
         await _bounded(
-            [keep[s](client_pb2.SessionHeartbeat(shard=s, session_id=sid)) for s, sid in burst],
+            [functools.partial(keep[s], heartbeat(s, sid), timeout=120) for s, sid in burst],
             args.concurrency,
         )
         ka_wall = time.perf_counter() - t0
@@ -204,7 +214,7 @@ async def run_sessions(c: ProcCluster, args: argparse.Namespace) -> SessionFigur
         doomed = sessions[kept_n:]
         before = head_offsets(c, lead)
         await _bounded(
-            [keep[s](client_pb2.SessionHeartbeat(shard=s, session_id=sid)) for s, sid in doomed],
+            [functools.partial(keep[s], heartbeat(s, sid), timeout=120) for s, sid in doomed],
             args.concurrency,
         )
         last_beat = time.perf_counter()
