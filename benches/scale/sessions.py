@@ -170,37 +170,41 @@ async def run_sessions(c: ProcCluster, args: argparse.Namespace) -> SessionFigur
             )
             return s, functools.partial(create[s], req, timeout=120)
 
-        t0 = time.perf_counter()
-        kept_n = args.sessions - args.expire
-        specs = [session_req(i, MAX_TIMEOUT_MS) for i in range(kept_n)]
-        specs += [
-            session_req(i, int(args.expire_timeout * 1000)) for i in range(kept_n, args.sessions)
-        ]
-        res = await _bounded([co for _, co in specs], args.concurrency)
-        sessions = [(s, r.session_id) for (s, _), r in zip(specs, res, strict=True)]
-        create_s = time.perf_counter() - t0
-        print(f"created {len(sessions)} sessions in {create_s:.1f}s", file=sys.stderr)
+        async def open_sessions(first: int, end: int, timeout_ms: int) -> list[tuple[int, int]]:
+            """Sessions ``first``..``end`` as (shard, session id), with an ephemeral key each
+            (``/eph/<i>``)."""
+            specs = [session_req(i, timeout_ms) for i in range(first, end)]
+            res = await _bounded([co for _, co in specs], args.concurrency)
+            return [(s, r.session_id) for (s, _), r in zip(specs, res, strict=True)]
 
+        async def put_ephemerals(first: int, opened: list[tuple[int, int]]) -> None:
+            by_shard: dict[int, list[tuple[int, int]]] = {}
+            for i, (s, sid) in enumerate(opened, start=first):
+                by_shard.setdefault(s, []).append((i, sid))
+            writes = []
+            for s, items in by_shard.items():
+                for j in range(0, len(items), PUTS_PER_WRITE):
+                    puts = [
+                        client_pb2.PutRequest(key=f"/eph/{i}", value=b"e", session_id=sid)
+                        for i, sid in items[j : j + PUTS_PER_WRITE]
+                    ]
+                    req = client_pb2.WriteRequest(shard=s, puts=puts)
+                    writes.append(functools.partial(write[s], req, timeout=120))
+            for r in await _bounded(writes, 8):
+                assert all(p.status == client_pb2.OK for p in r.puts)
+
+        # The long-lived sessions (the 5-minute maximum: no heartbeat needed meanwhile).
+        kept_n = args.sessions - args.expire
         t0 = time.perf_counter()
-        by_shard: dict[int, list[tuple[int, int]]] = {}
-        for i, (s, sid) in enumerate(sessions):
-            by_shard.setdefault(s, []).append((i, sid))
-        writes = []
-        for s, items in by_shard.items():
-            for j in range(0, len(items), PUTS_PER_WRITE):
-                puts = [
-                    client_pb2.PutRequest(key=f"/eph/{i}", value=b"e", session_id=sid)
-                    for i, sid in items[j : j + PUTS_PER_WRITE]
-                ]
-                req = client_pb2.WriteRequest(shard=s, puts=puts)
-                writes.append(functools.partial(write[s], req, timeout=120))
-        for r in await _bounded(writes, 8):
-            assert all(p.status == client_pb2.OK for p in r.puts)
+        kept = await open_sessions(0, kept_n, MAX_TIMEOUT_MS)
+        create_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        await put_ephemerals(0, kept)
         put_s = time.perf_counter() - t0
-        rss1 = rss_mib(c)
+        print(f"created {len(kept)} sessions in {create_s:.1f}s", file=sys.stderr)
 
         # Keep-alive cost: a burst over the long-lived sessions, the servers' CPU around it.
-        burst = [sessions[i % max(kept_n, 1)] for i in range(args.keepalives)]
+        burst = [kept[i % max(kept_n, 1)] for i in range(args.keepalives)]
         cpu0, t0 = server_cpu(c), time.perf_counter()
         await _bounded(
             [functools.partial(keep[s], heartbeat(s, sid), timeout=120) for s, sid in burst],
@@ -210,8 +214,15 @@ async def run_sessions(c: ProcCluster, args: argparse.Namespace) -> SessionFigur
         ka_cpu = server_cpu(c) - cpu0
         per_call_us = ka_cpu / max(args.keepalives, 1) * 1e6
 
-        # Expiry: one last heartbeat for the doomed sessions, then none.
-        doomed = sessions[kept_n:]
+        # The sessions that will expire: opened, given their keys, one heartbeat each, then none.
+        t0 = time.perf_counter()
+        doomed = await open_sessions(kept_n, args.sessions, int(args.expire_timeout * 1000))
+        create_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        await put_ephemerals(kept_n, doomed)
+        put_s += time.perf_counter() - t0
+        sessions = kept + doomed
+        rss1 = rss_mib(c)
         before = head_offsets(c, lead)
         await _bounded(
             [functools.partial(keep[s], heartbeat(s, sid), timeout=120) for s, sid in doomed],
@@ -221,9 +232,9 @@ async def run_sessions(c: ProcCluster, args: argparse.Namespace) -> SessionFigur
         read = {
             s: _stub(ch, "Read", client_pb2.ReadResponse, stream=True) for s, ch in channels.items()
         }
-        doomed_keys = {
-            s: [f"/eph/{i}" for i, _ in items if i >= kept_n] for s, items in by_shard.items()
-        }
+        doomed_keys: dict[int, list[str]] = {}
+        for i, (s, _) in enumerate(doomed, start=kept_n):
+            doomed_keys.setdefault(s, []).append(f"/eph/{i}")
 
         async def remaining() -> int:
             n = 0
