@@ -11,9 +11,10 @@ connection, as ``oxia perf`` does). Measured:
   session per second at Oxia's default heartbeat (every session timeout / 10 = 1.5 s);
 * expiry: ``--expire`` of the sessions (created with ``--expire-timeout``, the others with
   the 5-minute maximum so they need no heartbeat meanwhile) get one last heartbeat each, then
-  none: the time from the last heartbeat to every one of their ephemeral keys being gone, minus
-  the timeout, and how many log entries that took (the shards' head offsets before and after;
-  nothing else writes meanwhile);
+  none: how long that round of heartbeats took (their deadlines are spread over it), the time
+  from the first heartbeat's deadline to the first key gone, from the last one's to every one
+  of their ephemeral keys gone, and how many log entries that took (the shards' head offsets
+  before and after; nothing else writes meanwhile);
 * notifications: ``--subscribers`` GetNotifications streams on shard 0, ``--slow`` of which
   never read (on their own connection, without BDP window growth), while ``--notify-writes``
   writes flow: the leader's RSS sampled throughout, what every fast subscriber received,
@@ -82,6 +83,8 @@ class SessionFigures:
     sessions_per_core_at_oxia_heartbeat: float
     expire: int
     expire_timeout_s: float
+    heartbeat_round_s: float
+    expiry_first_s_after_timeout: float
     expiry_s_after_timeout: float
     expiry_log_entries: int
     loadavg: list[float] = field(default_factory=list)
@@ -224,6 +227,7 @@ async def run_sessions(c: ProcCluster, args: argparse.Namespace) -> SessionFigur
         sessions = kept + doomed
         rss1 = rss_mib(c)
         before = head_offsets(c, lead)
+        first_beat = time.perf_counter()
         await _bounded(
             [functools.partial(keep[s], heartbeat(s, sid), timeout=120) for s, sid in doomed],
             args.concurrency,
@@ -247,13 +251,19 @@ async def run_sessions(c: ProcCluster, args: argparse.Namespace) -> SessionFigur
                         n += sum(1 for g in r.gets if g.status == client_pb2.OK)
             return n
 
-        await asyncio.sleep(max(args.expire_timeout - 1.0, 0))  # nothing can expire before
+        # Nothing can expire before the first of those heartbeats' deadlines.
+        await asyncio.sleep(max(first_beat + args.expire_timeout - 0.5 - time.perf_counter(), 0))
         deadline = time.perf_counter() + args.expire_timeout + 120
-        while await remaining():
+        first_gone: float | None = None
+        while left := await remaining():
+            if first_gone is None and left < len(doomed):
+                first_gone = time.perf_counter()
             if time.perf_counter() > deadline:
                 raise RuntimeError("the expired sessions' ephemeral keys were not deleted")
             await asyncio.sleep(0.05)
-        expiry_s = time.perf_counter() - last_beat - args.expire_timeout
+        all_gone = time.perf_counter()
+        first_gone = all_gone if first_gone is None else first_gone
+        expiry_s = all_gone - last_beat - args.expire_timeout
         after = head_offsets(c, lead)
         entries = sum(after[s] - before[s] for s in lead)
         per_session_s = per_call_us / OXIA_HEARTBEAT_S
@@ -272,6 +282,8 @@ async def run_sessions(c: ProcCluster, args: argparse.Namespace) -> SessionFigur
             sessions_per_core_at_oxia_heartbeat=round(1e6 / per_session_s) if per_session_s else 0,
             expire=len(doomed),
             expire_timeout_s=args.expire_timeout,
+            heartbeat_round_s=round(last_beat - first_beat, 2),
+            expiry_first_s_after_timeout=round(first_gone - first_beat - args.expire_timeout, 2),
             expiry_s_after_timeout=round(expiry_s, 2),
             expiry_log_entries=entries,
             loadavg=list(os.getloadavg()),
