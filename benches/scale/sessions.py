@@ -394,7 +394,9 @@ def main() -> None:
             Path(tmp),
             3,
             [{"name": "default", "initialShardCount": args.shards, "replicationFactor": 3}],
-            server_args=("--notifications-send-timeout", f"{args.notifications_send_timeout}s"),
+            server_args=()
+            if args.skip_notifications
+            else ("--notifications-send-timeout", f"{args.notifications_send_timeout}s"),
         )
         try:
             if not args.skip_sessions:
