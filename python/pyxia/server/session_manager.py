@@ -12,8 +12,9 @@ Costs, so that 100,000 sessions fit one shard leader: a keep-alive is one dict l
 one float store (the deadline heap is fixed up lazily by the expiry loop, so a heartbeat
 never touches it); a session is one slotted ``Session`` plus a heap tuple. Sessions that
 expire together are deleted in log entries of at most ``MAX_EXPIRED_PER_ENTRY`` session
-deletes each (``expiry_batches``), so 10,000 clients vanishing at once cost ten entries,
-not ten thousand; an explicit CloseSession stays one entry.
+deletes each (``expiry_batches``): each expiry round logs what came due since the last one,
+so 10,000 clients vanishing at once cost one entry per round their deadlines spread over (and
+per 1,000), not one per session; an explicit CloseSession stays one entry.
 """
 
 from __future__ import annotations
