@@ -26,7 +26,8 @@ connection, as ``oxia perf`` does). Measured:
 
 Targets (issue 21 §3): 100,000 sessions with ephemeral keys on 3 servers, expiry of 10,000 at
 once in batched log entries, bounded memory per session; 1,000 subscribers on one shard with
-slow ones cut off and resumed. A scaled-down run is in tests/test_scale_sessions.py.
+slow ones cut off and resumed. Scaled-down runs are in tests/test_scale_sessions_bench.py (this
+harness) and tests/test_scale_sessions.py (each scenario, in-process).
 """
 
 from __future__ import annotations
@@ -370,8 +371,8 @@ async def run_notifications(c: ProcCluster, args: argparse.Namespace) -> Notific
             await ch.close()
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--sessions", type=int, default=100_000)
     p.add_argument("--expire", type=int, default=10_000)
     p.add_argument("--expire-timeout", type=float, default=5.0, help="seconds")
@@ -385,26 +386,39 @@ def main() -> None:
     p.add_argument("--skip-sessions", action="store_true")
     p.add_argument("--skip-notifications", action="store_true")
     p.add_argument("--json", action="store_true")
+    return p
+
+
+def measure(base: Path, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Starts the cluster under ``base``, runs the scenarios ``args`` selects, stops it."""
+    out: dict[str, dict[str, Any]] = {}
+    c = ProcCluster.start(
+        base,
+        3,
+        [{"name": "default", "initialShardCount": args.shards, "replicationFactor": 3}],
+        server_args=()
+        if args.skip_notifications
+        else ("--notifications-send-timeout", f"{args.notifications_send_timeout}s"),
+    )
+    try:
+        if not args.skip_sessions:
+            out["sessions"] = asdict(asyncio.run(run_sessions(c, args)))
+        if not args.skip_notifications:
+            out["notifications"] = asdict(asyncio.run(run_notifications(c, args)))
+    finally:
+        c.close()
+    return out
+
+
+def main() -> None:
+    p = parser()
     args = p.parse_args()
     if not 0 <= args.expire <= args.sessions:
         p.error("--expire must be between 0 and --sessions")
-    out: dict[str, Any] = {}
+    if not 0 <= args.slow < args.subscribers:
+        p.error("--slow must be between 0 and --subscribers - 1")
     with tempfile.TemporaryDirectory(prefix="pyxia-scale-sessions-") as tmp:
-        c = ProcCluster.start(
-            Path(tmp),
-            3,
-            [{"name": "default", "initialShardCount": args.shards, "replicationFactor": 3}],
-            server_args=()
-            if args.skip_notifications
-            else ("--notifications-send-timeout", f"{args.notifications_send_timeout}s"),
-        )
-        try:
-            if not args.skip_sessions:
-                out["sessions"] = asdict(asyncio.run(run_sessions(c, args)))
-            if not args.skip_notifications:
-                out["notifications"] = asdict(asyncio.run(run_notifications(c, args)))
-        finally:
-            c.close()
+        out = measure(Path(tmp), args)
     if args.json:
         print(json.dumps(out, indent=2))
     else:
