@@ -375,7 +375,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--sessions", type=int, default=100_000)
     p.add_argument("--expire", type=int, default=10_000)
-    p.add_argument("--expire-timeout", type=float, default=5.0, help="seconds")
+    p.add_argument("--expire-timeout", type=float, default=30.0, help="seconds")
     p.add_argument("--keepalives", type=int, default=20_000)
     p.add_argument("--concurrency", type=int, default=256)
     p.add_argument("--shards", type=int, default=3)
