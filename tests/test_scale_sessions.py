@@ -1,9 +1,9 @@
 """Sessions and notifications at scale, scaled down (issue 21 §3; the full-size harness is
 benches/scale/sessions.py): on an in-process RF=3 cluster, 1,000 sessions expiring at once are
-deleted (with their ephemeral records) in a few log entries while 1,000 others live on; a
-keep-alive never touches the expiry heap; 50 notification subscribers of one shard, 5 of which
-stop reading, are served while the slow ones are cut off with a retryable status and resume
-from their last offset without a gap."""
+deleted (with their ephemeral records) in a few log entries (one per expiry round they spread
+over) while 1,000 others live on; a keep-alive never touches the expiry heap; 50 notification
+subscribers of one shard, 5 of which stop reading, are served while the slow ones are cut off
+with a retryable status and resume from their last offset without a gap."""
 
 from __future__ import annotations
 
@@ -127,9 +127,11 @@ async def test_a_thousand_sessions_expire_in_a_few_entries(cluster: Cluster) -> 
             res = await write(client_pb2.WriteRequest(shard=SHARD, puts=puts), timeout=30)
             assert all(p.status == client_pb2.OK for p in res.puts)
     # One heartbeat each, all at once: their deadlines now fall within a short spread.
+    beats_started = time.monotonic()
     await asyncio.gather(
         *(keep_alive(client_pb2.SessionHeartbeat(shard=SHARD, session_id=s)) for s in doomed)
     )
+    spread = time.monotonic() - beats_started
     entries_before = lc.sessions.expiry_entries_total
     offset_before = lc.commit_offset
     started = time.monotonic()
@@ -142,8 +144,9 @@ async def test_a_thousand_sessions_expire_in_a_few_entries(cluster: Cluster) -> 
     elapsed = time.monotonic() - started
     entries = lc.sessions.expiry_entries_total - entries_before
     assert lc.sessions.expired_total == 1_000
-    # One entry per expiry round (up to MAX_EXPIRED_PER_ENTRY each), not one per session.
-    assert 1 <= entries <= 5, entries
+    # One entry per expiry round (every second here; up to MAX_EXPIRED_PER_ENTRY each) that
+    # the deadlines spread over, not one per session.
+    assert 1 <= entries <= min(10, int(spread) + 3), (entries, spread)
     assert MAX_EXPIRED_PER_ENTRY >= 1_000
     assert elapsed < 20
     # Every doomed ephemeral record is gone, every kept one is there, on the leader and
