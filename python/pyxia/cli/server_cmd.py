@@ -76,6 +76,13 @@ def _namespace_names(ctx: click.Context, param: click.Parameter, value: Any) -> 
     return value
 
 
+def _positive_duration(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A click callback: the duration must be more than zero."""
+    if value is not None and value <= 0:
+        raise click.BadParameter("must be more than zero")
+    return value
+
+
 def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The flags shared by ``standalone`` and ``server`` (Oxia's names)."""
     opts = [
@@ -146,6 +153,17 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
             default="1h",
             show_default=True,
             help="Notifications kept (Go duration, or seconds).",
+        ),
+        click.option(
+            "--notifications-send-timeout",
+            type=GO_DURATION,
+            default="30s",
+            show_default=True,
+            callback=_positive_duration,
+            help=(
+                "A notifications subscriber that accepts no batch for this long (it stopped "
+                "reading) is cut off; clients resume from their last offset."
+            ),
         ),
         click.option(
             "--tso-namespace",
@@ -301,6 +319,7 @@ def _build_options(kw: dict[str, Any]) -> ServerOptions:
         wal_retention_s=kw["wal_retention_time"],
         wal_retention_size=retention_size,
         notifications_retention_s=kw["notifications_retention_time"],
+        notifications_send_timeout_s=kw["notifications_send_timeout"],
         tso=(
             TsoOptions(namespace=kw["tso_namespace"], native_addr=kw.get("tso_addr") or None)
             if kw["tso_namespace"]
