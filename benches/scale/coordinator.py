@@ -16,8 +16,12 @@ shard edits batched into them) and the assignment pushes the data servers receiv
 4. ``coordinator_failover``: the coordinator is killed (-9) and a new one started on the same
    metadata (the file provider has no standby: the next process takes over): until it leads
    with every shard steady, and until it verified every replica (its first GetStatus round);
-5. ``remove_servers``: ``--change`` servers leave the config: every replica moves off them;
-6. ``add_servers``: ``--change`` new servers join, the balancer (every second) moves replicas
+5. ``rolling_restart``: every server in turn (``--rolling`` of them) is killed, and restarted
+   once each shard it led has a new leader; the next one goes once its replicas follow again.
+   Reported: the total, each step's time, and each shard's unavailability (from its leader's
+   end to the next BecomeLeader, timed by the simulator);
+6. ``remove_servers``: ``--change`` servers leave the config: every replica moves off them;
+7. ``add_servers``: ``--change`` new servers join, the balancer (every second) moves replicas
    onto them, for at most ``--balance-seconds``: until every server is within 5% of the mean
    replica count (or the time is up: the spread is reported).
 
@@ -35,6 +39,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -392,10 +397,11 @@ class Harness:
                         return False
             return True
 
+        since = len(self.sim.cmd("outages")["outages"])
         with self.phase("server_dies") as p:
             self.sim.cmd("kill", servers=[victim])
             wait_for(reelected, timeout, "every shard of the dead server re-elected", 0.05)
-        p.extra.update(leaderships=len(led), replicas=replicas)
+        p.extra.update(leaderships=len(led), replicas=replicas, **self.outages_since(since))
         with self.phase("server_back") as p:
             self.sim.cmd("restart", servers=[victim])
 
@@ -405,6 +411,49 @@ class Harness:
                 return bool(s["serving_per_server"][victim] >= replicas)
 
             wait_for(following, timeout, "the restarted server to follow again", 0.2)
+
+    def outages_since(self, since: int) -> dict[str, Any]:
+        """The simulator's shard outages from the ``since``-th on, summarised."""
+        out = self.sim.cmd("outages", since=since)
+        d = sorted(out["outages"])
+        if not d:
+            return {"outages": 0}
+        return {
+            "outages": len(d),
+            "outage_median_s": round(statistics.median(d), 3),
+            "outage_p99_s": round(d[min(len(d) - 1, int(0.99 * len(d)))], 3),
+            "outage_max_s": round(d[-1], 3),
+        }
+
+    def rolling_restart(self, count: int, timeout: float) -> None:
+        """Each of the first ``count`` members in turn: killed; restarted once every shard
+        has a leader again (on another server); the next once its replicas follow again."""
+        since = len(self.sim.cmd("outages")["outages"])
+        steps: list[float] = []
+        with self.phase("rolling_restart") as p:
+            for victim in self.members[:count]:
+                started = time.monotonic()
+                replicas = self.sim.cmd("stats")["replicas_per_server"][victim]
+                self.sim.cmd("kill", servers=[victim])
+                wait_for(
+                    lambda: self.sim.cmd("outages", since=1 << 62)["unavailable"] == 0,
+                    timeout,
+                    f"every shard of server {victim} re-elected",
+                    0.02,
+                )
+                self.sim.cmd("restart", servers=[victim])
+
+                def following(v: int = victim, n: int = replicas) -> bool:
+                    return bool(self.sim.cmd("stats")["serving_per_server"][v] >= n)
+
+                wait_for(following, timeout, f"server {victim} to follow again", 0.05)
+                steps.append(time.monotonic() - started)
+        p.extra.update(
+            restarted=len(steps),
+            step_median_s=round(statistics.median(steps), 3),
+            step_max_s=round(max(steps), 3),
+            **self.outages_since(since),
+        )
 
     def coordinator_failover(self, timeout: float) -> None:
         st = self.status() or metadata_pb2.ClusterStatus()
@@ -489,6 +538,16 @@ class Harness:
         p.extra.update(added=count, balanced=balanced, replicas_min=lo, replicas_max=hi)
 
 
+SCENARIOS = (
+    "idle",
+    "server_dies",
+    "coordinator_failover",
+    "rolling_restart",
+    "remove_servers",
+    "add_servers",
+)
+
+
 def run(
     base: Path,
     *,
@@ -500,16 +559,26 @@ def run(
     balance_seconds: float,
     timeout: float,
     idle_seconds: float = 0.0,
+    rolling: int | None = None,
+    scenarios: frozenset[str] = frozenset(SCENARIOS),
 ) -> list[Phase]:
+    """Runs the cold start, then the ``scenarios`` named (in the module docstring's order);
+    ``rolling``: how many servers the rolling restart restarts (default: all)."""
     h = Harness(base, servers)
     try:
         h.cold_start(shards, namespaces, rf, timeout)
-        if idle_seconds > 0:
+        if idle_seconds > 0 and "idle" in scenarios:
             h.idle(idle_seconds)
-        h.server_dies(timeout)
-        h.coordinator_failover(timeout)
-        h.remove_servers(change, timeout)
-        h.add_servers(change, balance_seconds)
+        if "server_dies" in scenarios:
+            h.server_dies(timeout)
+        if "coordinator_failover" in scenarios:
+            h.coordinator_failover(timeout)
+        if "rolling_restart" in scenarios:
+            h.rolling_restart(servers if rolling is None else rolling, timeout)
+        if "remove_servers" in scenarios:
+            h.remove_servers(change, timeout)
+        if "add_servers" in scenarios:
+            h.add_servers(change, balance_seconds)
         return h.phases
     except BaseException:
         if h.coordinator is not None:
@@ -529,8 +598,19 @@ def main() -> None:
     ap.add_argument("--balance-seconds", type=float, default=300.0)
     ap.add_argument("--idle-seconds", type=float, default=60.0)
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument(
+        "--rolling", type=int, default=None, help="servers the rolling restart restarts"
+    )
+    ap.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"after the cold start, a comma-separated subset of {','.join(SCENARIOS)}",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    scenarios = frozenset(x for x in args.scenarios.split(",") if x)
+    if scenarios - set(SCENARIOS):
+        ap.error(f"unknown scenarios: {', '.join(sorted(scenarios - set(SCENARIOS)))}")
     with tempfile.TemporaryDirectory(prefix="pyxia-scale-coord-") as d:
         phases = run(
             Path(d),
@@ -542,6 +622,8 @@ def main() -> None:
             balance_seconds=args.balance_seconds,
             timeout=args.timeout,
             idle_seconds=args.idle_seconds,
+            rolling=args.rolling,
+            scenarios=scenarios,
         )
     if args.json:
         print(json.dumps([asdict(p) for p in phases], indent=2))
