@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -116,16 +117,86 @@ class Simulator:
         self._log.close()
 
 
+class EtcdProcess:
+    """A one-member etcd on loopback ports chosen at runtime (the etcd provider's store)."""
+
+    def __init__(self, base: Path) -> None:
+        binary = shutil.which("etcd")
+        if binary is None:
+            raise RuntimeError("etcd is not installed (apt-get install -y etcd-server)")
+        self.endpoint = f"http://127.0.0.1:{free_port()}"
+        peer = f"http://127.0.0.1:{free_port()}"
+        self._log = (base / "etcd.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--name=scale",
+                f"--data-dir={base / 'etcd'}",
+                f"--listen-client-urls={self.endpoint}",
+                f"--advertise-client-urls={self.endpoint}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=scale={peer}",
+                "--quota-backend-bytes=8589934592",  # every status write is a 3.5 MB revision
+                "--auto-compaction-mode=revision",
+                "--auto-compaction-retention=100",
+                "--max-request-bytes=67108864",
+                "--log-level=warn",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+        def healthy() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"etcd exited: {(base / 'etcd.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.endpoint}/health", timeout=1) as r:
+                    return bool(json.loads(r.read()).get("health") == "true")
+            except OSError:
+                return False
+
+        wait_for(healthy, 30, "etcd to be healthy")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(30)
+        self._log.close()
+
+
 class CoordinatorProcess:
-    """A ``pyxia coordinator`` process on the file provider."""
+    """A ``pyxia coordinator`` process on the file provider, or on etcd (``etcd``: its
+    endpoint; a standby waits there until the leader's lease ends)."""
 
     READY = re.compile(r"coordinator ready: internal=\S*?:(\d+)\s")
 
-    def __init__(self, config: Path, metadata_dir: Path, secret: Path, log: Path) -> None:
+    def __init__(
+        self,
+        config: Path,
+        metadata_dir: Path,
+        secret: Path,
+        log: Path,
+        *,
+        etcd: str | None = None,
+        etcd_lease_ttl: int = 10,
+    ) -> None:
         self.metrics_port = free_port()
         self.log = log
         self._log = log.open("ab")
         self._offset = log.stat().st_size if log.exists() else 0
+        metadata = (
+            ["--metadata", "file", "--metadata-dir", str(metadata_dir)]
+            if etcd is None
+            else [
+                "--metadata",
+                "etcd",
+                "--etcd-endpoints",
+                etcd,
+                "--etcd-lease-ttl",
+                str(etcd_lease_ttl),
+            ]
+        )
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -134,10 +205,7 @@ class CoordinatorProcess:
                 "coordinator",
                 "-f",
                 str(config),
-                "--metadata",
-                "file",
-                "--metadata-dir",
-                str(metadata_dir),
+                *metadata,
                 "-i",
                 "127.0.0.1:0",
                 "-p",
@@ -240,8 +308,13 @@ EDITS = "pyxia_coordinator_status_shard_edits_total"
 
 
 class Harness:
-    def __init__(self, base: Path, servers: int) -> None:
+    def __init__(
+        self, base: Path, servers: int, *, provider: str = "file", etcd_lease_ttl: int = 10
+    ) -> None:
         self.base = base
+        self.etcd = EtcdProcess(base) if provider == "etcd" else None
+        self.etcd_lease_ttl = etcd_lease_ttl
+        self.generation = 0
         self.secret = base / "cluster.secret"
         generate_secret_file(self.secret)
         self.config = base / "cluster.yaml"
@@ -250,6 +323,7 @@ class Harness:
         self.addresses: list[str] = self.sim.cmd("start", count=servers)["servers"]
         self.members = list(range(servers))  # indexes of the servers in the config
         self.coordinator: CoordinatorProcess | None = None
+        self.standby: CoordinatorProcess | None = None
         self.phases: list[Phase] = []
         self.namespaces: list[dict[str, Any]] = []
         self.balance_interval = "30s"
@@ -257,7 +331,11 @@ class Harness:
     def close(self) -> None:
         if self.coordinator is not None:
             self.coordinator.kill()
+        if self.standby is not None:
+            self.standby.kill()
         self.sim.close()
+        if self.etcd is not None:
+            self.etcd.close()
 
     def write_config(self) -> None:
         cfg = {
@@ -271,10 +349,20 @@ class Harness:
         tmp.write_text(yaml.safe_dump(cfg))
         tmp.replace(self.config)
 
-    def start_coordinator(self) -> CoordinatorProcess:
-        self.coordinator = CoordinatorProcess(
-            self.config, self.metadata, self.secret, self.base / "coordinator.log"
+    def new_coordinator(self) -> CoordinatorProcess:
+        """A coordinator process (each its own log: coordinator-N.log), not yet ready."""
+        self.generation += 1
+        return CoordinatorProcess(
+            self.config,
+            self.metadata,
+            self.secret,
+            self.base / f"coordinator-{self.generation}.log",
+            etcd=None if self.etcd is None else self.etcd.endpoint,
+            etcd_lease_ttl=self.etcd_lease_ttl,
         )
+
+    def start_coordinator(self) -> CoordinatorProcess:
+        self.coordinator = self.new_coordinator()
         self.coordinator.wait_ready()
         return self.coordinator
 
@@ -351,9 +439,7 @@ class Harness:
         ]
         self.total = per_ns * namespaces
         self.write_config()
-        self.coordinator = CoordinatorProcess(
-            self.config, self.metadata, self.secret, self.base / "coordinator.log"
-        )
+        self.coordinator = self.new_coordinator()
         started = time.monotonic()
         self.c.wait_ready()
         with self.phase("cold_start", fresh=True) as p:
@@ -361,9 +447,10 @@ class Harness:
         p.wall_s = round(time.monotonic() - started, 3)  # from the process start
         p.extra["shards"] = self.total
         p.extra["servers"] = len(self.members)
-        p.extra["file_mib"] = round(
-            (self.metadata / "cluster-status.json").stat().st_size / 2**20, 1
-        )
+        if self.etcd is None:
+            p.extra["file_mib"] = round(
+                (self.metadata / "cluster-status.json").stat().st_size / 2**20, 1
+            )
 
     def idle(self, seconds: float) -> None:
         with self.phase("idle") as p:
@@ -456,13 +543,25 @@ class Harness:
         )
 
     def coordinator_failover(self, timeout: float) -> None:
+        """kill -9 of the leading coordinator. On the file provider a new process then starts
+        on the same metadata; on etcd a standby, started beforehand, takes over once the dead
+        leader's lease ends."""
         st = self.status() or metadata_pb2.ClusterStatus()
         replicas = sum(len(m.ensemble) for m in self.shard_records(st))
+        if self.etcd is not None:
+            self.standby = self.new_coordinator()
+            self.standby.wait_ready()
+            if self.standby_status() is not None:
+                raise RuntimeError("the standby leads while the leader is alive")
         with self.phase("coordinator_failover") as p:
             started = time.monotonic()
             self.c.kill()
             base_calls = self.sim.cmd("stats")["calls"].get("GetStatus", 0)
-            self.start_coordinator()
+            if self.standby is None:
+                self.start_coordinator()
+            else:
+                self.coordinator, self.standby = self.standby, None
+                wait_for(lambda: self.status() is not None, timeout, "the standby to lead", 0.05)
             p.extra["leads_s"] = round(time.monotonic() - started, 3)
             wait_for(lambda: self.all_steady(self.total), timeout, "every shard steady", 0.05)
             p.extra["steady_s"] = round(time.monotonic() - started, 3)
@@ -472,6 +571,15 @@ class Harness:
                 return bool(calls - base_calls >= replicas)
 
             wait_for(verified, timeout, "every replica verified", 0.2)
+        p.extra["provider"] = "file" if self.etcd is None else "etcd"
+
+    def standby_status(self) -> metadata_pb2.ClusterStatus | None:
+        assert self.standby is not None
+        try:
+            res = self.standby.cluster_status()
+        except grpc.RpcError:
+            return None
+        return res.status if res.leader else None
 
     def remove_servers(self, count: int, timeout: float) -> None:
         gone = self.members[-count:]
@@ -560,17 +668,22 @@ def run(
     timeout: float,
     idle_seconds: float = 0.0,
     rolling: int | None = None,
+    dies_repeat: int = 1,
+    provider: str = "file",
+    etcd_lease_ttl: int = 10,
     scenarios: frozenset[str] = frozenset(SCENARIOS),
 ) -> list[Phase]:
     """Runs the cold start, then the ``scenarios`` named (in the module docstring's order);
-    ``rolling``: how many servers the rolling restart restarts (default: all)."""
-    h = Harness(base, servers)
+    ``rolling``: how many servers the rolling restart restarts (default: all); ``dies_repeat``:
+    how many times the server-dies scenario runs (the same server each time)."""
+    h = Harness(base, servers, provider=provider, etcd_lease_ttl=etcd_lease_ttl)
     try:
         h.cold_start(shards, namespaces, rf, timeout)
         if idle_seconds > 0 and "idle" in scenarios:
             h.idle(idle_seconds)
         if "server_dies" in scenarios:
-            h.server_dies(timeout)
+            for _ in range(dies_repeat):
+                h.server_dies(timeout)
         if "coordinator_failover" in scenarios:
             h.coordinator_failover(timeout)
         if "rolling_restart" in scenarios:
@@ -601,6 +714,9 @@ def main() -> None:
     ap.add_argument(
         "--rolling", type=int, default=None, help="servers the rolling restart restarts"
     )
+    ap.add_argument("--provider", choices=("file", "etcd"), default="file")
+    ap.add_argument("--etcd-lease-ttl", type=int, default=10)
+    ap.add_argument("--dies-repeat", type=int, default=1, help="server_dies runs, in a row")
     ap.add_argument(
         "--scenarios",
         default=",".join(SCENARIOS),
@@ -623,6 +739,9 @@ def main() -> None:
             timeout=args.timeout,
             idle_seconds=args.idle_seconds,
             rolling=args.rolling,
+            dies_repeat=args.dies_repeat,
+            provider=args.provider,
+            etcd_lease_ttl=args.etcd_lease_ttl,
             scenarios=scenarios,
         )
     if args.json:

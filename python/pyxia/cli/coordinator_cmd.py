@@ -131,6 +131,14 @@ def _file_param(name: str, value: Any) -> tuple[str, Any]:
     help="etcd endpoints H:P,... or https://H:P,... (etcd provider; https with --etcd-tls-*).",
 )
 @tls_flags("etcd", "the connections to etcd", listener=False)
+@click.option(
+    "--etcd-lease-ttl",
+    type=click.IntRange(2, 3600),
+    default=10,
+    show_default=True,
+    help="Seconds the leading coordinator's etcd lease lives without a keepalive: how long a "
+    "standby waits to take over from a coordinator that died.",
+)
 @click.option("--etcd-username", default=None, help="etcd user (etcd provider, auth enabled).")
 @click.option(
     "--etcd-password-file",
@@ -275,6 +283,7 @@ def coordinator(**kw: Any) -> None:
         options["etcd_tls"] = tls_from_flags(kw, "etcd", listener=False)
         options["etcd_username"] = kw["etcd_username"]
         options["etcd_password_file"] = kw["etcd_password_file"]
+        options["lease_ttl"] = kw["etcd_lease_ttl"]
     if name == "raft":
         options["raft_address"] = kw["raft_address"]
         options["raft_peers"] = kw["raft_peers"]
