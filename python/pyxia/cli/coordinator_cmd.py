@@ -219,6 +219,14 @@ def _file_param(name: str, value: Any) -> tuple[str, Any]:
     help="Consecutive failed probes that make an unresponsive (e.g. paused) data server "
     "unavailable; one that refuses connections is unavailable at once [default: 3].",
 )
+@click.option(
+    "--per-shard-election-metrics/--no-per-shard-election-metrics",
+    default=True,
+    show_default=True,
+    help="Election latency histograms and failure counts per shard (Oxia's labels), or per "
+    'namespace (shard=""): per shard is about 70 series each, a 70 MB exposition for '
+    "10,000 shards; the term gauge stays per shard either way.",
+)
 @tls_flags("", "the coordinator's gRPC port (health, admin API)", listener=True)
 @tls_flags("peer", "connections to the data servers", listener=False)
 @cluster_secret_flag
@@ -320,6 +328,7 @@ def coordinator(**kw: Any) -> None:
                 peer_tls=peer_tls if peer_tls.is_enabled else None,
                 cluster_secret=secret,
                 config_source=str(path),
+                per_shard_election_metrics=kw["per_shard_election_metrics"],
             ),
             tls=listener_tls if listener_tls.is_enabled else None,
             admin_addr=kw["admin_addr"] or None,

@@ -95,7 +95,14 @@ class ShardCoordinator(Protocol):
 
 
 class ShardController:
-    def __init__(self, coordinator: ShardCoordinator, namespace: str, shard: int) -> None:
+    def __init__(
+        self,
+        coordinator: ShardCoordinator,
+        namespace: str,
+        shard: int,
+        *,
+        per_shard_metrics: bool = True,
+    ) -> None:
         self.c = coordinator
         self.namespace = namespace
         self.shard = shard
@@ -117,7 +124,7 @@ class ShardController:
         self.elections = 0
         self._fence_seconds = 0.0
         self.last_election_seconds = 0.0
-        self.metrics = ShardElectionMetrics(namespace, shard)
+        self.metrics = ShardElectionMetrics(namespace, shard, per_shard=per_shard_metrics)
 
     @property
     def meta(self) -> metadata_pb2.ShardMetadata:

@@ -122,9 +122,7 @@ class AssignmentsDispatcher:
         out.allowed_authorities.extend(current.allowed_authorities)
         return out
 
-    def _encoded_view(
-        self, namespace: str, visible: Callable[[str], bool] | None = None
-    ) -> bytes:
+    def _encoded_view(self, namespace: str, visible: Callable[[str], bool] | None = None) -> bytes:
         """:meth:`_view`'s bytes, encoded once per view of the current map."""
         current = self._served
         assert current is not None
