@@ -460,10 +460,11 @@ class Harness:
             time.sleep(seconds)  # measuring a quiet cluster over a fixed span, not waiting
         p.extra["seconds"] = seconds
 
-    def server_dies(self, timeout: float) -> None:
+    def server_dies(self, timeout: float, victim_index: int = 0) -> None:
+        """The ``victim_index``-th member dies, then comes back."""
         st = self.all_steady(self.total)
         assert st is not None
-        victim = self.members[0]
+        victim = self.members[victim_index % len(self.members)]
         address = self.addresses[victim]
         led = {
             s: m.term
@@ -678,15 +679,15 @@ def run(
 ) -> list[Phase]:
     """Runs the cold start, then the ``scenarios`` named (in the module docstring's order);
     ``rolling``: how many servers the rolling restart restarts (default: all); ``dies_repeat``:
-    how many times the server-dies scenario runs (the same server each time)."""
+    how many times the server-dies scenario runs (another server each time)."""
     h = Harness(base, servers, provider=provider, etcd_lease_ttl=etcd_lease_ttl)
     try:
         h.cold_start(shards, namespaces, rf, timeout)
         if idle_seconds > 0 and "idle" in scenarios:
             h.idle(idle_seconds)
         if "server_dies" in scenarios:
-            for _ in range(dies_repeat):
-                h.server_dies(timeout)
+            for k in range(dies_repeat):
+                h.server_dies(timeout, victim_index=k)
         if "coordinator_failover" in scenarios:
             h.coordinator_failover(timeout)
         if "rolling_restart" in scenarios:
