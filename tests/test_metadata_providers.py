@@ -801,3 +801,16 @@ async def test_file_store_reads_the_version_of_a_sorted_key_file(tmp_path: Path)
     with pytest.raises(MetadataBadVersion):
         await p.store(sample_status(3), Version("7"))
     await p.close()
+
+
+async def test_file_store_over_a_file_without_a_status(tmp_path: Path) -> None:
+    """A file that holds a version but no status is read as no status (NOT_EXISTS), by
+    ``get`` and by a store's compare alike."""
+    (tmp_path / "cluster-status.json").write_text('{"version":"3","clusterStatus":null}')
+    p = FileMetadataProvider(tmp_path)
+    assert await p.get() == (None, NOT_EXISTS)
+    with pytest.raises(MetadataBadVersion):
+        await p.store(sample_status(1), Version("3"))
+    v = await p.store(sample_status(1), NOT_EXISTS)
+    assert await p.get() == (sample_status(1), v)
+    await p.close()

@@ -45,7 +45,7 @@ from .provider import (
 STATUS_FILE = "cluster-status.json"
 WRITE_LOCK_FILE = ".cluster-status.json.lock"
 LEADER_LOCK_FILE = "coordinator.lock"
-_VERSION_PREFIX = re.compile(rb'\{"version":"(-?[0-9]{1,20})","clusterStatus":')
+_VERSION_PREFIX = re.compile(rb'\{"version":"(-?[0-9]{1,20})","clusterStatus":\{')
 _PREFIX_BYTES = 64
 
 
