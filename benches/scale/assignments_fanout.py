@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -256,6 +257,8 @@ async def run(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
 
 
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C, so that the processes this started are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shards", type=int, default=10_000)
     ap.add_argument("--namespaces", type=int, default=10)

@@ -40,6 +40,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -706,6 +707,8 @@ def run(
 
 
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C, so that the processes this started are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--servers", type=int, default=100)
     ap.add_argument("--shards", type=int, default=10_000)
