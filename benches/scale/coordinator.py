@@ -544,6 +544,7 @@ class Harness:
             restarted=len(steps),
             step_median_s=round(statistics.median(steps), 3),
             step_max_s=round(max(steps), 3),
+            steps_s=[round(x, 2) for x in steps],
             **self.outages_since(since),
         )
 
