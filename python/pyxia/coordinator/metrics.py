@@ -4,7 +4,7 @@ the data servers' liveness per ``node``, and the metadata provider's reads, writ
 
 Invariants:
 - Counted per election, per probe or per metadata call: never on a data path.
-- Per shard, each election histogram is 22 series: at 10,000 shards the three of them made a
+- Per shard, each election histogram is 23 series: at 10,000 shards the three of them made a
   70 MB exposition that took the coordinator most of a minute to write, holding the GIL, at
   every scrape. ``per_shard=False`` (``--no-per-shard-election-metrics``) observes a shard's
   election latencies and failures under ``shard=""``, one set per namespace; the term gauge

@@ -12,7 +12,8 @@ publishes the children in its place.
 Fan-out: every subscribed client gets the whole map (or its namespace's part) again on each
 change. The bytes of each view are encoded once per change and shared by every stream that
 sends that view (:meth:`AssignmentsDispatcher.stream`): with 1,000 clients on a
-10,000-shard map, serializing the map per client cost about a second of CPU per change.
+10,000-shard map, serializing it per client cost 0.5 s of CPU per change (0.2 s now; the rest
+is gRPC sending the bytes).
 The cache holds the views of the current map only (cleared on every update) and at most
 ``MAX_ENCODED_VIEWS`` of them.
 """
