@@ -429,6 +429,7 @@ class Coordinator:
             self._on_server_change,
             self.options.liveness,
             on_shard_event=self._on_shard_event,
+            on_reconnected=self._on_server_reconnected,
         )
         self.servers[s.internal] = dc
         dc.start()
@@ -453,6 +454,13 @@ class Coordinator:
                 sc.replica_leaving(node, event)
         elif sc is not None:
             sc.replica_failed(node, event)
+
+    def _on_server_reconnected(self, node: str) -> None:
+        """``node``'s health watch broke while it stayed reachable (it may have restarted):
+        every shard with a replica there checks its replicas (a GetStatus each)."""
+        for sc in list(self.shard_controllers.values()):
+            if sc.has_member(node):
+                sc.request_verify()
 
     async def _on_server_change(self, node: str, available: bool) -> None:
         if available:

@@ -165,6 +165,12 @@ class ShardController:
         self.avoid_leader = avoid
         self.request_election(planned=True)
 
+    def has_member(self, node: str) -> bool:
+        """Whether ``node`` holds a replica of the shard (per the stored status)."""
+        shards = self.c.status.namespaces.get(self.namespace)
+        meta = shards.shards.get(self.shard) if shards is not None else None
+        return meta is not None and any(m.internal == node for m in meta.ensemble)
+
     def request_verify(self) -> None:
         self._verify_requested = True
         self._wake.notify()
