@@ -212,13 +212,14 @@ class OxiaClientService:
     @_streaming_of(client_pb2.ShardAssignmentsRequest)
     async def get_shard_assignments(
         self, req: client_pb2.ShardAssignmentsRequest, context: Ctx
-    ) -> AsyncIterator[client_pb2.ShardAssignments]:
+    ) -> AsyncIterator[bytes]:
         access = self.access
         visible = None
         if req.namespace:
             access.check_any(req.namespace)
         elif not access.open:
             visible = access.has_any  # every namespace: those the caller has a grant in
+        # The serialized map, shared by every client stream that sends the same view.
         async for a in self.assignments.stream(req.namespace, visible):
             yield a
 
