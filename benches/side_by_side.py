@@ -29,6 +29,13 @@ others' load, not the server's.
 Comparisons are per round (pyxia ÷ Oxia, measured back to back, the order alternating between
 rounds) and the summary gives the median of the per-round ratios, as issue 19 asks.
 
+The client comparisons (``cw1``, ``cr80``) compare load generators, not servers: on one fresh
+standalone server (pyxia's, then Oxia's), Go ``oxia perf`` (open loop at 200k ops/s) and
+``pyxia perf --rate 0`` run one after the other, the order alternating between rounds; the
+ratio is pyxia perf ÷ Go on the same server, its client CPU per op included. ``--py-baseline
+DIR`` adds a third client, ``pyxia perf`` from another tree's ``python/`` (before/after in the
+same run).
+
 Invariants: every process it starts is ended (SIGTERM, then SIGKILL) before the run returns,
 also on errors and Ctrl-C; servers listen on 127.0.0.1 ports picked at run time; data lives in
 a temporary directory removed at the end (``--keep`` keeps it).
@@ -188,6 +195,9 @@ class Tools:
     tsoracle: str | None
     getts_load: str | None
     python: str = sys.executable
+    py_baseline: str | None = None
+    """The ``python`` directory of another pyxia tree whose ``pyxia perf`` is measured too in
+    the client comparisons (``--py-baseline``): before/after in one run."""
 
     def pyxia(self, *args: str) -> list[str]:
         return [self.python, "-m", "pyxia", *args]
@@ -455,6 +465,16 @@ class LogTail:
         return parse_reports(self.lines)
 
 
+def client_env(tools: Tools, client: str) -> dict[str, str] | None:
+    """``py``: this tree's pyxia; ``pyb``: the baseline tree's (``--py-baseline``)."""
+    if client == "py":
+        return child_env()
+    if client == "pyb":
+        assert tools.py_baseline is not None
+        return {"PYTHONPATH": tools.py_baseline}
+    return None
+
+
 def perf_argv(tools: Tools, client: str, address: str, load: list[str]) -> list[str]:
     if client == "go":
         assert tools.oxia is not None
@@ -493,7 +513,7 @@ def measure_perf(
         f"{client} perf",
         perf_argv(tools, client, system.address, load),
         base / f"perf-{client}.log",
-        child_env() if client == "py" else None,
+        client_env(tools, client),
     )
     spy: Proc | None = None
     try:
@@ -599,6 +619,44 @@ WORKLOADS = [
 ]
 
 
+@dataclass(frozen=True)
+class ClientWorkload:
+    """Go ``oxia perf`` (open loop at ``go_load``'s rate) and ``pyxia perf`` (``py_load``) one
+    after the other against the same fresh standalone server, pyxia's and Oxia's, in an order
+    that alternates between rounds."""
+
+    name: str
+    title: str
+    go_load: list[str]
+    py_load: list[str]
+
+
+CLIENT_WORKLOADS = [
+    ClientWorkload("cw1", "clients on one server, 1 shard, 100% writes", WRITES, PY_WRITES),
+    ClientWorkload("cr80", "clients on one server, 1 shard, 80% reads", READS80, PY_READS80),
+]
+
+
+def run_clients(
+    tools: Tools, w: ClientWorkload, kind: str, rnd: int, args: argparse.Namespace, base: Path
+) -> dict[str, Any]:
+    """One server of ``kind``; each client measured on it in turn."""
+    clients = ["go", "py"] + (["pyb"] if tools.py_baseline else [])
+    if rnd % 2:
+        clients.reverse()
+    system = start_system(tools, kind, Workload(w.name, w.title, "standalone", 1, []), base)
+    out: dict[str, Any] = {}
+    try:
+        for client in clients:
+            quiet = wait_quiet(args.quiet_cores, args.quiet_wait)
+            load = w.go_load if client == "go" else w.py_load
+            out[client] = measure_perf(tools, system, client, load, args.blocks, base)
+            out[client]["others_cores_before"] = quiet
+    finally:
+        system.close()
+    return out
+
+
 def start_system(tools: Tools, kind: str, w: Workload, base: Path) -> System:
     if w.topology == "cluster":
         return start_cluster(tools, kind, w.shards, base)
@@ -655,6 +713,9 @@ def start_tso(tools: Tools, kind: str, base: Path) -> System:
     else:
         argv = tools.pyxia("standalone", "--public-addr", public, "--metrics-addr", "")
         argv += ["--data-dir", str(base / "db"), "--wal-dir", str(base / "wal")]
+        if kind == "pyxia":  # GetTs on the native TSO port; "pyxia-public": through grpc.aio
+            public = f"127.0.0.1:{free_port()}"
+            argv += ["--tso-addr", public]
         proc = Proc("pyxia standalone", argv, base / "server.log", child_env())
     system = System(kind, public, [proc])
     try:
@@ -709,36 +770,103 @@ t0 = time.monotonic()
 import pyxia
 t1 = time.monotonic()
 with pyxia.Client(sys.argv[1]) as c:
-    c.put("/side-by-side/first", b"x")
+    c.put(sys.argv[2], b"x")
     t2 = time.monotonic()
-print(f"{t2 - t1:.4f} {t1 - t0:.4f}")
+print(f"{t2 - t1:.4f} {t1 - t0:.4f} {t2:.4f}")
 """
 
 
-def first_connection(tools: Tools, kind: str, base: Path) -> dict[str, Any]:
-    """A fresh 3-server cluster: once every shard has a leader, the time of a first put from a
-    new pyxia client (client creation → put answered, in its process), a second one, and of
-    Oxia's Go client (``oxia client put``, the whole process)."""
-    system = start_cluster(tools, kind, 3, base)
+def serves_assignments(address: str) -> bool:
+    """Whether the server answers GetShardAssignments with a map (a fresh Oxia data server
+    refuses it, and writes, with NOT_INITIALIZED until its coordinator's first push)."""
+    from pyxia.proto import client_pb2
+
     try:
+        with grpc.insecure_channel(address) as ch:
+            call = ch.unary_stream(
+                "/io.oxia.proto.v1.OxiaClient/GetShardAssignments",
+                request_serializer=client_pb2.ShardAssignmentsRequest.SerializeToString,
+                response_deserializer=client_pb2.ShardAssignments.FromString,
+            )(client_pb2.ShardAssignmentsRequest(namespace="default"), timeout=1)
+            for _ in call:
+                return True
+    except grpc.RpcError:
+        return False
+    return False
+
+
+def first_connection(tools: Tools, kind: str, base: Path) -> dict[str, Any]:
+    """A fresh 3-server cluster: as soon as every shard has a leader, a new pyxia client (its
+    own process) and Oxia's Go client (``oxia client put``) each put the same key (so both wait
+    for the same shard's leader), while the harness
+    probes when every server first serves the assignments (``served_s``, after the election).
+    Each client's lag is the time from ``served_s`` to its put being answered (pyxia: measured
+    in its process, after its imports; Go: the whole process) — what a client adds to the
+    cluster's own readiness. Then a second pyxia client on the ready cluster."""
+    system = start_cluster(tools, kind, 3, base)
+    publics = [m["public"] for m in yaml.safe_load((base / "cluster.yaml").read_text())["servers"]]
+    waiting = set(publics)
+    try:
+        elected = time.monotonic()
         out: dict[str, Any] = {"elected_s": system.elected_s}
-        for nth in ("first", "second"):
-            t0 = time.monotonic()
-            r = subprocess.run(
-                [tools.python, "-c", PY_FIRST_PUT, system.address],
-                capture_output=True,
-                text=True,
-                timeout=120,
-                env={**os.environ, **child_env()},
-            )
-            if r.returncode != 0:
-                raise RuntimeError(f"pyxia client put failed: {r.stderr.strip()[-500:]}")
-            out[f"pyxia_{nth}_s"] = float(r.stdout.split()[0])
-            out[f"pyxia_{nth}_process_s"] = time.monotonic() - t0
+        py = subprocess.Popen(
+            [tools.python, "-c", PY_FIRST_PUT, system.address, "/side-by-side/first"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **child_env()},
+        )
+        go: subprocess.Popen[bytes] | None = None
         if tools.oxia is not None:
-            t0 = time.monotonic()
-            ok = go_put(tools, system.address, "/side-by-side/first-go", "30s")
-            out["go_process_s"] = time.monotonic() - t0 if ok else None
+            argv = [tools.oxia, "client", "-a", system.address, "--request-timeout", "60s"]
+            go = subprocess.Popen(
+                [*argv, "put", "/side-by-side/first", "x"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        served: float | None = None
+        go_done: float | None = None
+        try:
+            deadline = elected + 90
+            while time.monotonic() < deadline:
+                for a in [a for a in waiting if serves_assignments(a)]:
+                    waiting.discard(a)
+                    if not waiting:
+                        served = time.monotonic()
+                if go is not None and go_done is None and go.poll() is not None:
+                    go_done = time.monotonic() if go.returncode == 0 else float("nan")
+                if served is not None and py.poll() is not None and (go is None or go_done):
+                    break
+                time.sleep(0.02)
+            stdout, stderr = py.communicate(timeout=30)
+        finally:
+            for p in (py, go):
+                if p is not None and p.poll() is None:
+                    p.kill()
+                    p.wait()
+        if py.returncode != 0:
+            raise RuntimeError(f"pyxia client put failed: {stderr.strip()[-500:]}")
+        if served is None:
+            raise RuntimeError(f"{kind} cluster: no assignments served within 90 s")
+        in_process, _imports, py_done = (float(x) for x in stdout.split())
+        out["served_s"] = served - elected
+        out["pyxia_first_s"] = in_process
+        out["pyxia_lag_s"] = py_done - served
+        out["go_lag_s"] = go_done - served if go_done is not None else None
+        # Started together: how much later (negative: earlier) pyxia's put was answered.
+        out["pyxia_minus_go_s"] = py_done - go_done if go_done is not None else None
+        t0 = time.monotonic()
+        r = subprocess.run(
+            [tools.python, "-c", PY_FIRST_PUT, system.address, "/side-by-side/second"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, **child_env()},
+        )
+        if r.returncode != 0:
+            raise RuntimeError(f"pyxia client put failed: {r.stderr.strip()[-500:]}")
+        out["pyxia_second_s"] = float(r.stdout.split()[0])
+        out["pyxia_second_process_s"] = time.monotonic() - t0
         out["load1"] = load1()
     finally:
         system.close()
@@ -821,6 +949,38 @@ def summarize(results: dict[str, Any]) -> str:
                 f"{fmt(med([b[key] for _, b in pairs]), digits)} | "
                 f"{loads if k == 'throughput' else ''} |"
             )
+    crounds = results.get("clients", {})
+    if crounds:
+        lines += [
+            "",
+            "| clients on one server | server | ratio | per round | median | pyxia perf "
+            "(median) | Go oxia perf (median) | load (pyxia/Go runs) |",
+        ]
+        lines.append("|---|---|---|---|---:|---:|---:|---|")
+    for w in CLIENT_WORKLOADS:
+        for kind in ("pyxia", "oxia"):
+            rounds = [r[kind] for r in crounds.get(w.name, []) if kind in r]
+            if not rounds:
+                continue
+            for who in ("py", "pyb"):
+                pairs = [(r[who], r["go"]) for r in rounds if who in r]
+                if not pairs:
+                    continue
+                label = "pyxia perf ÷ Go" if who == "py" else "baseline pyxia perf ÷ Go"
+                loads = ", ".join(f"{a['load1']:.1f}/{b['load1']:.1f}" for a, b in pairs)
+                for k, key, digits in (
+                    ("throughput", "ops_per_s", 0),
+                    ("client_cpu_per_op", "client_cpu_us_per_op", 2),
+                    ("write_p50", "write_p50_ms", 2),
+                ):
+                    per = [ratio(a[key], b[key]) for a, b in pairs]
+                    lines.append(
+                        f"| {w.name}: {w.title} | {kind} | {k} ({label}) | "
+                        f"{', '.join(fmt(x) for x in per)} | **{fmt(med(per))}** | "
+                        f"{fmt(med([a[key] for a, _ in pairs]), digits)} | "
+                        f"{fmt(med([b[key] for _, b in pairs]), digits)} | "
+                        f"{loads if k == 'throughput' else ''} |"
+                    )
     tso = results.get("tso", {})
     if tso:
         lines += [
@@ -844,25 +1004,35 @@ def summarize(results: dict[str, Any]) -> str:
     if fc:
         lines += [
             "",
-            "| first put on a fresh RF=3 cluster (s) | elected after | pyxia client, "
-            "first | pyxia client, second | Go client (process) | load |",
+            "| first put on a fresh RF=3 cluster (s) | elected after | assignments served "
+            "after election | pyxia client, first (in process) | pyxia lag after served | "
+            "Go client lag after served (process) | pyxia done - Go done | pyxia client, second | "
+            "load |",
         ]
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
         for kind, rounds in fc.items():
             lines.append(
                 f"| {kind} cluster | "
                 + " | ".join(
                     ", ".join(fmt(r.get(k)) for r in rounds)
-                    for k in ("elected_s", "pyxia_first_s", "pyxia_second_s", "go_process_s")
+                    for k in (
+                        "elected_s",
+                        "served_s",
+                        "pyxia_first_s",
+                        "pyxia_lag_s",
+                        "go_lag_s",
+                        "pyxia_minus_go_s",
+                        "pyxia_second_s",
+                    )
                 )
                 + f" | {', '.join(fmt(r['load1'], 1) for r in rounds)} |"
             )
     return "\n".join(lines)
 
 
-def round_line(w: Workload, rnd: int, kind: str, r: dict[str, Any]) -> str:
+def round_line(name: str, rnd: int, kind: str, r: dict[str, Any]) -> str:
     return (
-        f"[{w.name} round {rnd} {kind:5}] {r['ops_per_s']:9.0f} ops/s failed "
+        f"[{name} round {rnd} {kind:5}] {r['ops_per_s']:9.0f} ops/s failed "
         f"{r['failed_per_s']:.0f}/s  w p50 {r['write_p50_ms']:.1f} ms  r p50 "
         f"{r['read_p50_ms']:.1f} ms  server {r['server_cpu_us_per_op']:.2f} µs/op "
         f"({r['server_cores']:.2f} cores)  client {r['client_cpu_us_per_op']:.2f} µs/op  "
@@ -889,16 +1059,27 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--blocks", type=int, default=2, help="10 s reports per run after warm-up")
-    names = ",".join(w.name for w in WORKLOADS)
+    names = ",".join(w.name for w in WORKLOADS + CLIENT_WORKLOADS)
     ap.add_argument("--only", default=f"{names},tso,first", help=f"of {names},tso,first")
     ap.add_argument("--tso-callers", default="1,16,64")
     ap.add_argument("--tso-seconds", type=float, default=8.0)
+    ap.add_argument(
+        "--tso-kinds",
+        default="pyxia,tsoracle",
+        help="servers of the TSO rounds: pyxia (its --tso-addr port), tsoracle, pyxia-public "
+        "(GetTs on pyxia's public port, grpc.aio)",
+    )
     ap.add_argument("--quiet-cores", type=float, default=0.5)
     ap.add_argument("--quiet-wait", type=float, default=30.0)
     ap.add_argument("--out", type=Path, help="write every figure as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the data and logs")
     ap.add_argument("--py-spy", type=Path, help="profile pyxia servers into DIR (folded)")
     ap.add_argument("--py-spy-native", action="store_true")
+    ap.add_argument(
+        "--py-baseline",
+        help="the python/ directory of another pyxia tree: its pyxia perf is measured too in the "
+        "client comparisons (cw1, cr80)",
+    )
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
 
@@ -906,8 +1087,15 @@ def main(argv: list[str] | None = None) -> int:
         oxia=find_tool("OXIA_BIN", "oxia"),
         tsoracle=find_tool("TSORACLE_BIN", "tsoracle"),
         getts_load=None,
+        py_baseline=args.py_baseline,
     )
-    results: dict[str, Any] = {"perf": {}, "tso": {}, "first_connection": {}, "meta": {}}
+    results: dict[str, Any] = {
+        "perf": {},
+        "clients": {},
+        "tso": {},
+        "first_connection": {},
+        "meta": {},
+    }
     results["meta"] = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "cores": os.cpu_count(),
@@ -930,6 +1118,10 @@ def main(argv: list[str] | None = None) -> int:
         if perf_workloads and tools.oxia is None:
             print("skip: no oxia binary (OXIA_BIN or oxia on PATH): Oxia workloads not run")
             perf_workloads = []
+        client_workloads = [w for w in CLIENT_WORKLOADS if w.name in only]
+        if client_workloads and tools.oxia is None:
+            print("skip: no oxia binary (OXIA_BIN or oxia on PATH): no client comparisons")
+            client_workloads = []
         if "tso" in only:
             if tools.tsoracle is None:
                 print("skip: no tsoracle binary (TSORACLE_BIN or tsoracle on PATH): no TSO")
@@ -950,19 +1142,30 @@ def main(argv: list[str] | None = None) -> int:
                 for kind in order:
                     d = base / f"r{rnd}-{w.name}-{kind}"
                     row[kind] = run_workload(tools, w, kind, args, d, profiler)
-                    print(round_line(w, rnd, kind, row[kind]), flush=True)
+                    print(round_line(w.name, rnd, kind, row[kind]), flush=True)
                 results["perf"].setdefault(w.name, []).append(row)
+                save()
+            for cw in client_workloads:
+                crow: dict[str, Any] = {}
+                for kind in order:
+                    d = base / f"r{rnd}-{cw.name}-{kind}"
+                    crow[kind] = run_clients(tools, cw, kind, rnd, args, d)
+                    for client, r in crow[kind].items():
+                        print(round_line(cw.name, rnd, f"{client}@{kind}", r), flush=True)
+                results["clients"].setdefault(cw.name, []).append(crow)
                 save()
             if "tso" in only:
                 for callers in (int(c) for c in args.tso_callers.split(",")):
                     trow: dict[str, Any] = {}
-                    for kind in ("pyxia", "tsoracle") if rnd % 2 == 0 else ("tsoracle", "pyxia"):
+                    kinds = args.tso_kinds.split(",")
+                    for kind in kinds if rnd % 2 == 0 else kinds[::-1]:
                         d = base / f"r{rnd}-tso{callers}-{kind}"
                         q = (args.quiet_cores, args.quiet_wait)
                         trow[kind] = measure_tso(tools, kind, callers, args.tso_seconds, d, q)
                         t = trow[kind]
                         print(
-                            f"[tso {callers} round {rnd} {kind:8}] {t['calls_per_s']:8.0f} calls/s "
+                            f"[tso {callers} round {rnd} {kind:12}] "
+                            f"{t['calls_per_s']:8.0f} calls/s "
                             f"p50 {t['p50_ms']:.3f} ms p99 {t['p99_ms']:.3f} ms server "
                             f"{t['server_cpu_us_per_call']:.1f} µs/call errors {t['errors']} "
                             f"load {t['load1']:.2f}",

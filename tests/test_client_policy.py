@@ -17,6 +17,7 @@ from pyxia.client.ops import status_error
 from pyxia.client.policy import (
     DELETE,
     DELETE_RANGE,
+    NOT_READY_RETRY_MAX_S,
     PUT,
     Backoff,
     Retry,
@@ -28,7 +29,7 @@ from pyxia.client.results import ComparisonType, GetResult, Version
 from pyxia.client.shard_map import KeyOrder
 from pyxia.client.streams import merge_sorted
 from pyxia.common.keys import HIERARCHICAL
-from pyxia.errors import InvalidArgument, NodeIsNotLeader, SessionNotFound
+from pyxia.errors import InvalidArgument, NodeIsNotLeader, NotInitialized, SessionNotFound
 from pyxia.proto import client_pb2
 
 
@@ -53,6 +54,24 @@ def test_backoff_grows_and_is_bounded() -> None:
     assert b.delay(3, 0.999) <= 0.16
     assert b.delay(50, 0.999) <= 1.0
     assert b.delay(50, 0.0) == 0.5
+
+
+def test_a_server_not_ready_yet_is_asked_again_soon() -> None:
+    b = Backoff(0.02, 1.0)
+    not_ready = NotInitialized("oxia: server not initialized yet")
+    assert b.after(not_ready, 50, 0.999) <= NOT_READY_RETRY_MAX_S
+    assert b.after(not_ready, 0, 0.5) == b.delay(0, 0.5)  # never longer than the backoff
+    assert b.after(Unavailable("down"), 50, 0.0) == b.delay(50, 0.0) == 0.5
+
+
+def test_channels_reconnect_within_a_quarter_second() -> None:
+    """A server that starts after its client (or restarts) is tried again at most 250 ms
+    later; gRPC's default backoff grows to 2 minutes."""
+    from pyxia.client.connections import MAX_RECONNECT_BACKOFF_MS, channel_options
+
+    opts = dict(channel_options(1 << 20))
+    assert opts["grpc.max_reconnect_backoff_ms"] == MAX_RECONNECT_BACKOFF_MS <= 250
+    assert opts["grpc.initial_reconnect_backoff_ms"] <= opts["grpc.max_reconnect_backoff_ms"]
 
 
 def test_retry_classes() -> None:

@@ -37,12 +37,19 @@ async def _bidi(
         yield r
 
 
+async def _writer(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """A server stream sent with ``context.write`` (as GetNotifications is)."""
+    for x in request:
+        await context.write(bytes([x]))
+
+
 def _handler() -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(
         SERVICE,
         {
             "Unary": grpc.unary_unary_rpc_method_handler(_unary),
             "Bidi": grpc.stream_stream_rpc_method_handler(_bidi),
+            "Writer": grpc.unary_stream_rpc_method_handler(_writer),
         },
     )
 
@@ -62,7 +69,9 @@ async def test_server_and_client_calls_are_counted() -> None:
     pool = ChannelPool()
     unary = {"grpc_type": "unary", "grpc_service": SERVICE, "grpc_method": "Unary"}
     bidi = {"grpc_type": "bidi_stream", "grpc_service": SERVICE, "grpc_method": "Bidi"}
+    writer = {"grpc_type": "server_stream", "grpc_service": SERVICE, "grpc_method": "Writer"}
     before = {
+        "written": _value("grpc_server_msg_sent_total", **writer),
         "ok": _value("grpc_server_handled_total", **unary, grpc_code="OK"),
         "bad": _value("grpc_server_handled_total", **unary, grpc_code="InvalidArgument"),
         "unknown": _value("grpc_server_handled_total", **unary, grpc_code="Unknown"),
@@ -91,6 +100,8 @@ async def test_server_and_client_calls_are_counted() -> None:
         stream = ch.stream_stream(f"/{SERVICE}/Bidi")(three())
         assert [r async for r in stream] == [b"a", b"a", b"b", b"b", b"c", b"c"]
         assert await stream.code() == grpc.StatusCode.OK
+        written = ch.unary_stream(f"/{SERVICE}/Writer")(b"wxyz")
+        assert [r async for r in written] == [b"w", b"x", b"y", b"z"]
     finally:
         await pool.close()
         await server.stop(None)
@@ -104,6 +115,7 @@ async def test_server_and_client_calls_are_counted() -> None:
     assert delta("unknown", "grpc_server_handled_total", unary, grpc_code="Unknown") == 1
     assert delta("received", "grpc_server_msg_received_total", bidi) == 3
     assert delta("sent", "grpc_server_msg_sent_total", bidi) == 6
+    assert delta("written", "grpc_server_msg_sent_total", writer) == 4
     assert delta("client_ok", "grpc_client_handled_total", unary, grpc_code="OK") == 1
     assert delta("client_sent", "grpc_client_msg_sent_total", bidi) == 3
     assert delta("client_received", "grpc_client_msg_received_total", bidi) == 6

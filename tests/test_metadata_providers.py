@@ -38,6 +38,7 @@ from pyxia.coordinator.metadata import (
     create_provider,
     split_addresses,
 )
+from pyxia.coordinator.metadata.codec import status_to_dict
 from pyxia.coordinator.metadata.etcd import EtcdMetadataProvider
 from pyxia.coordinator.metadata.file import FileMetadataProvider
 from pyxia.coordinator.metadata.kubernetes import KubernetesMetadataProvider
@@ -780,3 +781,36 @@ async def test_raft_status_survives_a_full_cluster_restart(tmp_path: Path) -> No
         await leader.store(sample_status(3), v)
     finally:
         await second.cleanup()
+
+
+async def test_file_store_reads_the_version_of_a_sorted_key_file(tmp_path: Path) -> None:
+    """A status file written with its keys sorted (the version last, as before the version
+    moved first) is read and compare-and-set like any other; the new one starts with it."""
+    old = {"clusterStatus": status_to_dict(sample_status(1)), "version": "7"}
+    (tmp_path / "cluster-status.json").write_text(json.dumps(old, sort_keys=True, indent=2))
+    p = FileMetadataProvider(tmp_path)
+    status, v = await p.get()
+    assert v.token == "7" and status == sample_status(1)
+    with pytest.raises(MetadataBadVersion):
+        await p.store(sample_status(2), Version("6"))
+    v = await p.store(sample_status(2), v)
+    assert v.token == "8"
+    text = (tmp_path / "cluster-status.json").read_text()
+    assert text.startswith('{"version":"8","clusterStatus":{')
+    assert await p.get() == (sample_status(2), v)
+    with pytest.raises(MetadataBadVersion):
+        await p.store(sample_status(3), Version("7"))
+    await p.close()
+
+
+async def test_file_store_over_a_file_without_a_status(tmp_path: Path) -> None:
+    """A file that holds a version but no status is read as no status (NOT_EXISTS), by
+    ``get`` and by a store's compare alike."""
+    (tmp_path / "cluster-status.json").write_text('{"version":"3","clusterStatus":null}')
+    p = FileMetadataProvider(tmp_path)
+    assert await p.get() == (None, NOT_EXISTS)
+    with pytest.raises(MetadataBadVersion):
+        await p.store(sample_status(1), Version("3"))
+    v = await p.store(sample_status(1), NOT_EXISTS)
+    assert await p.get() == (sample_status(1), v)
+    await p.close()

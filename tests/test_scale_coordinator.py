@@ -1,11 +1,14 @@
 """A scaled-down run of the coordinator scale harness (benches/scale/coordinator.py): a
 ``pyxia coordinator`` process against 10 simulated data servers with 300 shards (RF 3), through
-every scenario: cold start, a server dying and coming back, a coordinator failover, servers
-removed and added. Guards what made 10,000 shards expensive: one status write per shard edit,
-a NewTerm per follower at each coordinator start, one balancer move per step."""
+every scenario: cold start, a server dying and coming back, a coordinator failover, a rolling
+restart of every server, servers removed and added; and a coordinator failover on etcd (a
+standby takes over once the dead leader's lease ends). Guards what made 10,000 shards
+expensive: one status write per shard edit, a NewTerm per follower at each coordinator start,
+one balancer move per step."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -59,6 +62,17 @@ def test_the_coordinator_scales_against_simulated_servers(tmp_path: Path) -> Non
     # One write: the new leader records itself (where standbys point admin clients).
     assert failover.status_writes <= 1, failover
 
+    rolling = phases["rolling_restart"]
+    assert rolling.extra["restarted"] == SERVERS
+    # Every leadership of every server ended once and was re-elected: none left without one.
+    assert rolling.extra["outages"] >= SHARDS, rolling
+    assert rolling.rpcs["BecomeLeader"] >= SHARDS, rolling
+    assert rolling.extra["outage_max_s"] < 10, rolling
+    # A server restarted faster than it is seen unavailable (one that leads nothing) has its
+    # replicas checked at once, not at the periodic check a minute later.
+    assert rolling.extra["step_max_s"] < 30, rolling
+    assert rolling.status_writes * 4 <= rolling.shard_edits, rolling
+
     removed = phases["remove_servers"]
     assert removed.rpcs["BecomeLeader"] >= 1
     assert removed.status_writes * 4 <= removed.shard_edits, removed
@@ -66,3 +80,33 @@ def test_the_coordinator_scales_against_simulated_servers(tmp_path: Path) -> Non
     added = phases["add_servers"]
     assert added.extra["balanced"], added
     assert added.extra["replicas_min"] >= 1
+
+
+@pytest.mark.slow  # a coordinator process, its standby and etcd
+def test_a_standby_coordinator_on_etcd_takes_over_after_a_kill(tmp_path: Path) -> None:
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd is not installed (apt-get install -y etcd-server)")
+    (failover,) = (
+        p
+        for p in run(
+            tmp_path,
+            servers=SERVERS,
+            shards=SHARDS,
+            namespaces=3,
+            rf=RF,
+            change=2,
+            balance_seconds=60,
+            timeout=60,
+            provider="etcd",
+            etcd_lease_ttl=2,
+            scenarios=frozenset({"coordinator_failover"}),
+        )
+        if p.name == "coordinator_failover"
+    )
+    assert failover.extra["provider"] == "etcd"
+    # The standby leads once the lease (2 s) ended, not before the kill (checked by run()).
+    assert failover.extra["leads_s"] < 15, failover
+    assert "BecomeLeader" not in failover.rpcs, failover
+    assert "NewTerm" not in failover.rpcs, failover
+    assert failover.rpcs["GetStatus"] >= SHARDS * RF
+    assert failover.status_writes <= 1, failover

@@ -305,6 +305,46 @@ def test_a_stream_ends_when_its_token_expires(
         c.get("/s2")  # the refused message was not applied
 
 
+def test_a_notifications_stream_ends_when_its_token_expires(
+    server: ServerThread, issuer: Issuer, channel: grpc.Channel
+) -> None:
+    """GetNotifications sends with ``context.write`` (to bound a send's wait): its messages
+    are checked against the token's expiry as a generator handler's are."""
+    exp = time.time() + 3
+    deadline = int(exp) + 1
+    token = issuer.token("alice", exp=deadline)
+    mc: Any = channel.unary_stream(
+        SERVICE + "GetNotifications",
+        request_serializer=pb.NotificationsRequest.SerializeToString,
+        response_deserializer=pb.NotificationBatch.FromString,
+    )
+    stream = mc(
+        pb.NotificationsRequest(shard=0),
+        metadata=[("authorization", f"Bearer {token}")],
+        timeout=30,
+    )
+    first = next(stream)  # where "now" is
+    write: Any = channel.unary_unary(
+        SERVICE + "Write",
+        request_serializer=pb.WriteRequest.SerializeToString,
+        response_deserializer=pb.WriteResponse.FromString,
+    )
+
+    def put(key: str) -> None:
+        req = pb.WriteRequest(shard=0, puts=[pb.PutRequest(key=key, value=b"1")])
+        fresh = [("authorization", f"Bearer {issuer.token('alice')}")]
+        assert write(req, metadata=fresh, timeout=10).puts[0].status == pb.OK
+
+    put("/n1")
+    assert next(stream).offset > first.offset
+    wait_for(lambda: time.time() > deadline, timeout=10, what="the token to expire")
+    put("/n2")
+    with pytest.raises(grpc.RpcError) as ei:
+        next(stream)
+    assert ei.value.code() == UNAUTH  # type: ignore[attr-defined]
+    assert "expired" in (ei.value.details() or "")  # type: ignore[attr-defined]
+
+
 # -- authorization --------------------------------------------------------------------------------
 
 

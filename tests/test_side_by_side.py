@@ -112,3 +112,31 @@ def test_skips_with_a_message_without_the_binaries(
     out = capsys.readouterr().out
     assert "skip: no oxia binary" in out
     assert "skip: no tsoracle binary" in out
+
+
+def test_summary_gives_client_ratios_on_the_same_server(bench: ModuleType) -> None:
+    def run(ops: float, cpu: float) -> dict[str, float]:
+        return {
+            "ops_per_s": ops,
+            "client_cpu_us_per_op": cpu,
+            "write_p50_ms": 2.0,
+            "load1": 1.0,
+        }
+
+    rounds = [
+        {
+            "pyxia": {"go": run(100.0, 10.0), "py": run(110.0, 8.0), "pyb": run(80.0, 12.0)},
+            "oxia": {"go": run(200.0, 5.0), "py": run(150.0, 5.0)},
+        },
+        {
+            "pyxia": {"go": run(100.0, 10.0), "py": run(130.0, 9.0), "pyb": run(70.0, 14.0)},
+            "oxia": {"go": run(200.0, 5.0), "py": run(250.0, 6.0)},
+        },
+    ]
+    text = bench.summarize({"perf": {}, "clients": {"cw1": rounds}, "tso": {}})
+    rows = [line for line in text.splitlines() if line.startswith("| cw1")]
+    throughput = [r for r in rows if "| throughput (" in r]
+    assert len(throughput) == 3  # pyxia perf and the baseline on pyxia's server, pyxia on Oxia's
+    assert "| pyxia | throughput (pyxia perf ÷ Go) | 1.10, 1.30 | **1.20** |" in throughput[0]
+    assert "| 0.80, 0.70 | **0.75** |" in throughput[1]
+    assert "| oxia | throughput (pyxia perf ÷ Go) | 0.75, 1.25 | **1.00** |" in throughput[2]

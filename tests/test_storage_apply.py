@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyxia.common import keys
-from pyxia.common.keys import HIERARCHICAL, NATURAL, KeyEncoding
+from pyxia.common.keys import HIERARCHICAL, NATURAL, KeyEncoding, ScanBounds
 from pyxia.errors import InvalidArgument
 from pyxia.proto import client_pb2, storage_pb2
 from pyxia.storage.apply import (
@@ -23,6 +23,7 @@ from pyxia.storage.apply import (
     RejectedWrite,
     StateApplier,
     WriteLimits,
+    _Stage,
     validate_write_request,
 )
 from pyxia.storage.db import ShardDB
@@ -1134,3 +1135,53 @@ def test_abandoned_steps_leave_no_trace(
         finally:
             a.close()
             b.close()
+
+
+_STAGE_KEYS = st.text(alphabet="abc", min_size=1, max_size=3).map(str.encode)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    stored=st.dictionaries(_STAGE_KEYS, st.binary(max_size=2), max_size=12),
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["put", "delete", "scan", "rscan"]),
+            _STAGE_KEYS,
+            _STAGE_KEYS,
+            st.booleans(),
+        ),
+        max_size=40,
+    ),
+)
+def test_stage_scan_merges_the_overlay_like_a_model(
+    stored: dict[bytes, bytes], ops: list[tuple[str, bytes, bytes, bool]]
+) -> None:
+    """The entry's staged view (DB + overlay, the overlay's keys kept in a lazily sorted list)
+    scans as a dict model does, whatever the interleaving of puts, deletes and scans, with
+    and without a skipped region."""
+    with tempfile.TemporaryDirectory() as d:
+        db = ShardDB(Path(d) / "db", NATURAL)
+        try:
+            batch = db.new_batch()
+            for k, v in stored.items():
+                batch.put(k, v)
+            db.write(batch)
+            stage = _Stage(db)
+            model: dict[bytes, bytes] = dict(stored)
+            for op, a, b, skip in ops:
+                if op == "put":
+                    stage.put(a, b"v" + b)
+                    model[a] = b"v" + b
+                elif op == "delete":
+                    stage.delete(a)
+                    model.pop(a, None)
+                else:
+                    lo, hi = min(a, b), max(a, b)
+                    bounds = ScanBounds(lo, hi, (b"b", b"c") if skip else None)
+                    want = sorted(
+                        ((k, v) for k, v in model.items() if bounds.contains(k)),
+                        reverse=op == "rscan",
+                    )
+                    assert list(stage.scan(bounds, reverse=op == "rscan")) == want
+        finally:
+            db.close()

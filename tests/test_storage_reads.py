@@ -604,6 +604,23 @@ def test_read_notifications(shard: Shard) -> None:
     assert reads.last_notification_offset(shard.db) == 5
 
 
+def test_read_notifications_bounded_by_bytes(shard: Shard) -> None:
+    """A subscriber's read-ahead is bounded in bytes as well as in batches: past the first
+    batch (always read, however large), no more than ``max_bytes`` of stored batches."""
+    for i in range(10):
+        shard.write([put(f"k{i}-{j}-" + "x" * 100) for j in range(10)], ts=100 + i)  # ~1.2 KB
+    sizes = [b.ByteSize() for b in reads.read_notifications(shard.db, -1)]
+    assert len(sizes) == 10
+    three = sum(sizes[:3])
+    got = reads.read_notifications(shard.db, -1, 100, max_bytes=three)
+    assert [b.offset for b in got] == [0, 1, 2]
+    assert [b.offset for b in reads.read_notifications(shard.db, -1, 100, max_bytes=1)] == [0]
+    assert [b.offset for b in reads.read_notifications(shard.db, 7, 100, max_bytes=10**9)] == [
+        8,
+        9,
+    ]
+
+
 def test_trim_notifications(shard: Shard) -> None:
     assert reads.trim_notifications(shard.db, 10_000) == 0
     for i in range(10):

@@ -11,6 +11,10 @@ one clock: no timestamp granted twice, and every call sent after another's answe
 gets larger timestamps, across clients, leaders and failovers. Service must resume after
 every fault. The benchmark (benches/test_bench_tso.py) runs the same for a minute.
 
+``test_churn_with_tso_ports`` runs it with a client stuck on each server's TSO port too
+(``--tso-addr``: GetTs answered natively, where only the lease — not the controller's state —
+stops a woken leader's grants).
+
 Note: on SIGCONT the coordinator's NewTerm, queued while the leader was stopped, usually
 reaches it within milliseconds, so these runs rarely give a woken leader the chance to answer
 from its old window at all; ``test_tso_service`` covers a deposed leader that is never told,
@@ -33,6 +37,7 @@ import grpc
 
 import pyxia
 from proc_cluster import Member, ProcCluster
+from pyxia.common.ports import free_port
 from pyxia.proto import replication_pb2, tso_pb2
 from pyxia.tso import DEFAULT_NAMESPACE
 from pyxia.tso.checker import Record, Violation, check
@@ -72,6 +77,7 @@ class ChurnReport:
     fallbacks: int
     seconds: float
     errors: list[str] = field(default_factory=list)
+    tso_ports: list[str] = field(default_factory=list)
 
     @property
     def gaps_ms(self) -> list[float]:
@@ -108,8 +114,10 @@ class ChurnReport:
         )
 
 
-def start_cluster(base: Path, attempts: int = 3) -> ProcCluster:
-    """The cluster on fresh loopback ports (again on new ones if a port was taken meanwhile)."""
+def start_cluster(base: Path, attempts: int = 3, *, tso_ports: bool = False) -> ProcCluster:
+    """The cluster on fresh loopback ports (again on new ones if a port was taken meanwhile);
+    with ``tso_ports`` every server also serves a TSO port (``--tso-addr``, kept across
+    restarts; see :func:`tso_port_of`)."""
     for attempt in range(attempts):
         root = base / f"try{attempt}"
         c = ProcCluster(
@@ -128,6 +136,9 @@ def start_cluster(base: Path, attempts: int = 3) -> ProcCluster:
         root.mkdir(parents=True)
         try:
             c.write_config()
+            if tso_ports:
+                for m in c.members:
+                    m.security = (*m.security, "--tso-addr", f"127.0.0.1:{free_port()}")
             with ThreadPoolExecutor(len(c.members)) as pool:
                 list(pool.map(lambda m: m.start(), c.members))
             c.start_coordinator()
@@ -147,8 +158,11 @@ class Load:
     """``clients`` callers, each its own AsyncTsoClient, on a loop in a background thread;
     answers are appended in the order they are received."""
 
-    def __init__(self, endpoints: list[str], clients: int, count: int = 1) -> None:
+    def __init__(
+        self, endpoints: list[str], clients: int, count: int = 1, pinned: list[str] | None = None
+    ) -> None:
         self.endpoints = endpoints
+        self.pinned = endpoints + (pinned or [])
         self.clients = clients
         self.count = count
         self.samples: list[tuple[Record, str]] = []  # (answer, the endpoint that granted it)
@@ -200,7 +214,7 @@ class Load:
     async def _main(self) -> None:
         await asyncio.gather(
             *(self._client(n) for n in range(self.clients)),
-            *(self._pinned(self.clients + i, ep) for i, ep in enumerate(self.endpoints)),
+            *(self._pinned(self.clients + i, ep) for i, ep in enumerate(self.pinned)),
         )
 
     async def _pinned(self, n: int, endpoint: str) -> None:
@@ -244,6 +258,11 @@ class Load:
                 self.fallbacks += tso.fallbacks
 
 
+def tso_port_of(member: Member) -> str:
+    """The TSO port a member of ``start_cluster(..., tso_ports=True)`` serves."""
+    return member.security[member.security.index("--tso-addr") + 1]
+
+
 def window_ahead(kv: pyxia.Client, ms: int, timeout: float = 5.0) -> None:
     """Waits (up to ``timeout``) until the TSO leader's persisted high-water is at least
     ``ms`` past the clock."""
@@ -270,15 +289,23 @@ def follows(cluster: ProcCluster, member: Member) -> bool:
 
 
 def run_churn(
-    base: Path, seconds: float, *, clients: int = 16, period: float = 2.0, count: int = 1
+    base: Path,
+    seconds: float,
+    *,
+    clients: int = 16,
+    period: float = 2.0,
+    count: int = 1,
+    tso_ports: bool = False,
 ) -> ChurnReport:
     """Faults every ``period`` seconds (or as soon as the previous one healed) for
     ``seconds``, alternately: SIGSTOP of the TSO leader until another leader serves, then
     SIGCONT; kill -9 of it (restarted in the background once service resumed). At most one
-    server is down at a time, so a quorum always remains."""
-    cluster = start_cluster(base)
+    server is down at a time, so a quorum always remains. With ``tso_ports``, one more
+    client is stuck on each server's TSO port (native grants)."""
+    cluster = start_cluster(base, tso_ports=tso_ports)
     faults: list[Fault] = []
-    load = Load(cluster.service_addresses, clients, count)
+    pinned = [tso_port_of(m) for m in cluster.members] if tso_ports else []
+    load = Load(cluster.service_addresses, clients, count, pinned)
     stopped: Member | None = None
     healing: Member | None = None
     kv = pyxia.Client(cluster.service_addresses, namespace=DEFAULT_NAMESPACE)
@@ -352,6 +379,7 @@ def run_churn(
         load.fallbacks,
         seconds_run,
         load.errors,
+        pinned,
     )
 
 
@@ -363,4 +391,18 @@ def test_churn_kill_and_pause_the_tso_leader(tmp_path: Path) -> None:
     assert {f.kind for f in report.faults} == {"kill", "pause"}
     assert all(f.resumed_at is not None for f in report.faults)
     assert len(report.records) > 1000
+    assert not report.errors, report.errors[:5]
+
+
+def test_churn_with_tso_ports(tmp_path: Path) -> None:
+    """The same churn with a client stuck on each server's TSO port: a paused leader's native
+    grants stop with its lease (the monotonic clock runs on while it is stopped), a killed
+    one's port comes back with it, and the history stays linearizable."""
+    report = run_churn(tmp_path, seconds=10.0, clients=8, tso_ports=True)
+    print("\n" + report.summary())
+    assert report.violations == [], report.violations[:5]
+    assert {f.kind for f in report.faults} == {"kill", "pause"}
+    assert all(f.resumed_at is not None for f in report.faults)
+    native = [s for s in report.sources if s in report.tso_ports]
+    assert len(native) > 100, "too few grants from the TSO ports"
     assert not report.errors, report.errors[:5]

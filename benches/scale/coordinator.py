@@ -16,8 +16,12 @@ shard edits batched into them) and the assignment pushes the data servers receiv
 4. ``coordinator_failover``: the coordinator is killed (-9) and a new one started on the same
    metadata (the file provider has no standby: the next process takes over): until it leads
    with every shard steady, and until it verified every replica (its first GetStatus round);
-5. ``remove_servers``: ``--change`` servers leave the config: every replica moves off them;
-6. ``add_servers``: ``--change`` new servers join, the balancer (every second) moves replicas
+5. ``rolling_restart``: every server in turn (``--rolling`` of them) is killed, and restarted
+   once each shard it led has a new leader; the next one goes once its replicas follow again.
+   Reported: the total, each step's time, and each shard's unavailability (from its leader's
+   end to the next BecomeLeader, timed by the simulator);
+6. ``remove_servers``: ``--change`` servers leave the config: every replica moves off them;
+7. ``add_servers``: ``--change`` new servers join, the balancer (every second) moves replicas
    onto them, for at most ``--balance-seconds``: until every server is within 5% of the mean
    replica count (or the time is up: the spread is reported).
 
@@ -35,6 +39,9 @@ import argparse
 import json
 import os
 import re
+import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,7 +55,6 @@ from typing import Any
 
 import grpc
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from pyxia.common.ports import free_port
 from pyxia.proto import admin_pb2, metadata_pb2
@@ -111,16 +117,86 @@ class Simulator:
         self._log.close()
 
 
+class EtcdProcess:
+    """A one-member etcd on loopback ports chosen at runtime (the etcd provider's store)."""
+
+    def __init__(self, base: Path) -> None:
+        binary = shutil.which("etcd")
+        if binary is None:
+            raise RuntimeError("etcd is not installed (apt-get install -y etcd-server)")
+        self.endpoint = f"http://127.0.0.1:{free_port()}"
+        peer = f"http://127.0.0.1:{free_port()}"
+        self._log = (base / "etcd.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--name=scale",
+                f"--data-dir={base / 'etcd'}",
+                f"--listen-client-urls={self.endpoint}",
+                f"--advertise-client-urls={self.endpoint}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=scale={peer}",
+                "--quota-backend-bytes=8589934592",  # every status write is a 3.5 MB revision
+                "--auto-compaction-mode=revision",
+                "--auto-compaction-retention=100",
+                "--max-request-bytes=67108864",
+                "--log-level=warn",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+        def healthy() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"etcd exited: {(base / 'etcd.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.endpoint}/health", timeout=1) as r:
+                    return bool(json.loads(r.read()).get("health") == "true")
+            except OSError:
+                return False
+
+        wait_for(healthy, 30, "etcd to be healthy")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(30)
+        self._log.close()
+
+
 class CoordinatorProcess:
-    """A ``pyxia coordinator`` process on the file provider."""
+    """A ``pyxia coordinator`` process on the file provider, or on etcd (``etcd``: its
+    endpoint; a standby waits there until the leader's lease ends)."""
 
     READY = re.compile(r"coordinator ready: internal=\S*?:(\d+)\s")
 
-    def __init__(self, config: Path, metadata_dir: Path, secret: Path, log: Path) -> None:
+    def __init__(
+        self,
+        config: Path,
+        metadata_dir: Path,
+        secret: Path,
+        log: Path,
+        *,
+        etcd: str | None = None,
+        etcd_lease_ttl: int = 10,
+    ) -> None:
         self.metrics_port = free_port()
         self.log = log
         self._log = log.open("ab")
         self._offset = log.stat().st_size if log.exists() else 0
+        metadata = (
+            ["--metadata", "file", "--metadata-dir", str(metadata_dir)]
+            if etcd is None
+            else [
+                "--metadata",
+                "etcd",
+                "--etcd-endpoints",
+                etcd,
+                "--etcd-lease-ttl",
+                str(etcd_lease_ttl),
+            ]
+        )
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -129,10 +205,7 @@ class CoordinatorProcess:
                 "coordinator",
                 "-f",
                 str(config),
-                "--metadata",
-                "file",
-                "--metadata-dir",
-                str(metadata_dir),
+                *metadata,
                 "-i",
                 "127.0.0.1:0",
                 "-p",
@@ -141,6 +214,9 @@ class CoordinatorProcess:
                 f"127.0.0.1:{self.metrics_port}",
                 "--cluster-secret-file",
                 str(secret),
+                # Per shard, the election histograms are a 70 MB exposition at 10,000 shards:
+                # every scrape would cost the coordinator most of a minute.
+                "--no-per-shard-election-metrics",
             ],
             stdout=subprocess.DEVNULL,
             stderr=self._log,
@@ -178,14 +254,15 @@ class CoordinatorProcess:
         return res
 
     def metrics(self) -> dict[str, float]:
+        """The coordinator's unlabelled ``pyxia_coordinator_*`` samples (read line by line:
+        prometheus_client's parser took minutes over 10,000 shards' series)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics") as r:
             text = r.read().decode()
         out: dict[str, float] = {}
-        for fam in text_string_to_metric_families(text):
-            if fam.name.startswith("pyxia_coordinator_"):
-                for s in fam.samples:
-                    if not s.labels:
-                        out[s.name] = s.value
+        for line in text.splitlines():
+            if line.startswith("pyxia_coordinator_") and "{" not in line:
+                name, value = line.split()[:2]
+                out[name] = float(value)
         return out
 
     def usage(self) -> tuple[float, int, int]:
@@ -235,8 +312,13 @@ EDITS = "pyxia_coordinator_status_shard_edits_total"
 
 
 class Harness:
-    def __init__(self, base: Path, servers: int) -> None:
+    def __init__(
+        self, base: Path, servers: int, *, provider: str = "file", etcd_lease_ttl: int = 10
+    ) -> None:
         self.base = base
+        self.etcd = EtcdProcess(base) if provider == "etcd" else None
+        self.etcd_lease_ttl = etcd_lease_ttl
+        self.generation = 0
         self.secret = base / "cluster.secret"
         generate_secret_file(self.secret)
         self.config = base / "cluster.yaml"
@@ -245,6 +327,7 @@ class Harness:
         self.addresses: list[str] = self.sim.cmd("start", count=servers)["servers"]
         self.members = list(range(servers))  # indexes of the servers in the config
         self.coordinator: CoordinatorProcess | None = None
+        self.standby: CoordinatorProcess | None = None
         self.phases: list[Phase] = []
         self.namespaces: list[dict[str, Any]] = []
         self.balance_interval = "30s"
@@ -252,7 +335,11 @@ class Harness:
     def close(self) -> None:
         if self.coordinator is not None:
             self.coordinator.kill()
+        if self.standby is not None:
+            self.standby.kill()
         self.sim.close()
+        if self.etcd is not None:
+            self.etcd.close()
 
     def write_config(self) -> None:
         cfg = {
@@ -266,10 +353,20 @@ class Harness:
         tmp.write_text(yaml.safe_dump(cfg))
         tmp.replace(self.config)
 
-    def start_coordinator(self) -> CoordinatorProcess:
-        self.coordinator = CoordinatorProcess(
-            self.config, self.metadata, self.secret, self.base / "coordinator.log"
+    def new_coordinator(self) -> CoordinatorProcess:
+        """A coordinator process (each its own log: coordinator-N.log), not yet ready."""
+        self.generation += 1
+        return CoordinatorProcess(
+            self.config,
+            self.metadata,
+            self.secret,
+            self.base / f"coordinator-{self.generation}.log",
+            etcd=None if self.etcd is None else self.etcd.endpoint,
+            etcd_lease_ttl=self.etcd_lease_ttl,
         )
+
+    def start_coordinator(self) -> CoordinatorProcess:
+        self.coordinator = self.new_coordinator()
         self.coordinator.wait_ready()
         return self.coordinator
 
@@ -346,9 +443,7 @@ class Harness:
         ]
         self.total = per_ns * namespaces
         self.write_config()
-        self.coordinator = CoordinatorProcess(
-            self.config, self.metadata, self.secret, self.base / "coordinator.log"
-        )
+        self.coordinator = self.new_coordinator()
         started = time.monotonic()
         self.c.wait_ready()
         with self.phase("cold_start", fresh=True) as p:
@@ -356,19 +451,21 @@ class Harness:
         p.wall_s = round(time.monotonic() - started, 3)  # from the process start
         p.extra["shards"] = self.total
         p.extra["servers"] = len(self.members)
-        p.extra["file_mib"] = round(
-            (self.metadata / "cluster-status.json").stat().st_size / 2**20, 1
-        )
+        if self.etcd is None:
+            p.extra["file_mib"] = round(
+                (self.metadata / "cluster-status.json").stat().st_size / 2**20, 1
+            )
 
     def idle(self, seconds: float) -> None:
         with self.phase("idle") as p:
             time.sleep(seconds)  # measuring a quiet cluster over a fixed span, not waiting
         p.extra["seconds"] = seconds
 
-    def server_dies(self, timeout: float) -> None:
+    def server_dies(self, timeout: float, victim_index: int = 0) -> None:
+        """The ``victim_index``-th member dies, then comes back."""
         st = self.all_steady(self.total)
         assert st is not None
-        victim = self.members[0]
+        victim = self.members[victim_index % len(self.members)]
         address = self.addresses[victim]
         led = {
             s: m.term
@@ -392,10 +489,11 @@ class Harness:
                         return False
             return True
 
+        since = len(self.sim.cmd("outages")["outages"])
         with self.phase("server_dies") as p:
             self.sim.cmd("kill", servers=[victim])
             wait_for(reelected, timeout, "every shard of the dead server re-elected", 0.05)
-        p.extra.update(leaderships=len(led), replicas=replicas)
+        p.extra.update(leaderships=len(led), replicas=replicas, **self.outages_since(since))
         with self.phase("server_back") as p:
             self.sim.cmd("restart", servers=[victim])
 
@@ -406,14 +504,70 @@ class Harness:
 
             wait_for(following, timeout, "the restarted server to follow again", 0.2)
 
+    def outages_since(self, since: int) -> dict[str, Any]:
+        """The simulator's shard outages from the ``since``-th on, summarised."""
+        out = self.sim.cmd("outages", since=since)
+        d = sorted(out["outages"])
+        if not d:
+            return {"outages": 0}
+        return {
+            "outages": len(d),
+            "outage_median_s": round(statistics.median(d), 3),
+            "outage_p99_s": round(d[min(len(d) - 1, int(0.99 * len(d)))], 3),
+            "outage_max_s": round(d[-1], 3),
+        }
+
+    def rolling_restart(self, count: int, timeout: float) -> None:
+        """Each of the first ``count`` members in turn: killed; restarted once every shard
+        has a leader again (on another server); the next once its replicas follow again."""
+        since = len(self.sim.cmd("outages")["outages"])
+        steps: list[float] = []
+        with self.phase("rolling_restart") as p:
+            for victim in self.members[:count]:
+                started = time.monotonic()
+                replicas = self.sim.cmd("stats")["replicas_per_server"][victim]
+                self.sim.cmd("kill", servers=[victim])
+                wait_for(
+                    lambda: self.sim.cmd("outages", since=1 << 62)["unavailable"] == 0,
+                    timeout,
+                    f"every shard of server {victim} re-elected",
+                    0.02,
+                )
+                self.sim.cmd("restart", servers=[victim])
+
+                def following(v: int = victim, n: int = replicas) -> bool:
+                    return bool(self.sim.cmd("stats")["serving_per_server"][v] >= n)
+
+                wait_for(following, timeout, f"server {victim} to follow again", 0.05)
+                steps.append(time.monotonic() - started)
+        p.extra.update(
+            restarted=len(steps),
+            step_median_s=round(statistics.median(steps), 3),
+            step_max_s=round(max(steps), 3),
+            steps_s=[round(x, 2) for x in steps],
+            **self.outages_since(since),
+        )
+
     def coordinator_failover(self, timeout: float) -> None:
+        """kill -9 of the leading coordinator. On the file provider a new process then starts
+        on the same metadata; on etcd a standby, started beforehand, takes over once the dead
+        leader's lease ends."""
         st = self.status() or metadata_pb2.ClusterStatus()
         replicas = sum(len(m.ensemble) for m in self.shard_records(st))
+        if self.etcd is not None:
+            self.standby = self.new_coordinator()
+            self.standby.wait_ready()
+            if self.standby_status() is not None:
+                raise RuntimeError("the standby leads while the leader is alive")
         with self.phase("coordinator_failover") as p:
             started = time.monotonic()
             self.c.kill()
             base_calls = self.sim.cmd("stats")["calls"].get("GetStatus", 0)
-            self.start_coordinator()
+            if self.standby is None:
+                self.start_coordinator()
+            else:
+                self.coordinator, self.standby = self.standby, None
+                wait_for(lambda: self.status() is not None, timeout, "the standby to lead", 0.05)
             p.extra["leads_s"] = round(time.monotonic() - started, 3)
             wait_for(lambda: self.all_steady(self.total), timeout, "every shard steady", 0.05)
             p.extra["steady_s"] = round(time.monotonic() - started, 3)
@@ -423,6 +577,15 @@ class Harness:
                 return bool(calls - base_calls >= replicas)
 
             wait_for(verified, timeout, "every replica verified", 0.2)
+        p.extra["provider"] = "file" if self.etcd is None else "etcd"
+
+    def standby_status(self) -> metadata_pb2.ClusterStatus | None:
+        assert self.standby is not None
+        try:
+            res = self.standby.cluster_status()
+        except grpc.RpcError:
+            return None
+        return res.status if res.leader else None
 
     def remove_servers(self, count: int, timeout: float) -> None:
         gone = self.members[-count:]
@@ -489,6 +652,16 @@ class Harness:
         p.extra.update(added=count, balanced=balanced, replicas_min=lo, replicas_max=hi)
 
 
+SCENARIOS = (
+    "idle",
+    "server_dies",
+    "coordinator_failover",
+    "rolling_restart",
+    "remove_servers",
+    "add_servers",
+)
+
+
 def run(
     base: Path,
     *,
@@ -500,16 +673,31 @@ def run(
     balance_seconds: float,
     timeout: float,
     idle_seconds: float = 0.0,
+    rolling: int | None = None,
+    dies_repeat: int = 1,
+    provider: str = "file",
+    etcd_lease_ttl: int = 10,
+    scenarios: frozenset[str] = frozenset(SCENARIOS),
 ) -> list[Phase]:
-    h = Harness(base, servers)
+    """Runs the cold start, then the ``scenarios`` named (in the module docstring's order);
+    ``rolling``: how many servers the rolling restart restarts (default: all); ``dies_repeat``:
+    how many times the server-dies scenario runs (another server each time)."""
+    h = Harness(base, servers, provider=provider, etcd_lease_ttl=etcd_lease_ttl)
     try:
         h.cold_start(shards, namespaces, rf, timeout)
-        if idle_seconds > 0:
+        if idle_seconds > 0 and "idle" in scenarios:
             h.idle(idle_seconds)
-        h.server_dies(timeout)
-        h.coordinator_failover(timeout)
-        h.remove_servers(change, timeout)
-        h.add_servers(change, balance_seconds)
+        if "server_dies" in scenarios:
+            for k in range(dies_repeat):
+                h.server_dies(timeout, victim_index=k)
+        if "coordinator_failover" in scenarios:
+            h.coordinator_failover(timeout)
+        if "rolling_restart" in scenarios:
+            h.rolling_restart(servers if rolling is None else rolling, timeout)
+        if "remove_servers" in scenarios:
+            h.remove_servers(change, timeout)
+        if "add_servers" in scenarios:
+            h.add_servers(change, balance_seconds)
         return h.phases
     except BaseException:
         if h.coordinator is not None:
@@ -520,6 +708,8 @@ def run(
 
 
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C, so that the processes this started are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--servers", type=int, default=100)
     ap.add_argument("--shards", type=int, default=10_000)
@@ -529,8 +719,22 @@ def main() -> None:
     ap.add_argument("--balance-seconds", type=float, default=300.0)
     ap.add_argument("--idle-seconds", type=float, default=60.0)
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument(
+        "--rolling", type=int, default=None, help="servers the rolling restart restarts"
+    )
+    ap.add_argument("--provider", choices=("file", "etcd"), default="file")
+    ap.add_argument("--etcd-lease-ttl", type=int, default=10)
+    ap.add_argument("--dies-repeat", type=int, default=1, help="server_dies runs, in a row")
+    ap.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"after the cold start, a comma-separated subset of {','.join(SCENARIOS)}",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    scenarios = frozenset(x for x in args.scenarios.split(",") if x)
+    if scenarios - set(SCENARIOS):
+        ap.error(f"unknown scenarios: {', '.join(sorted(scenarios - set(SCENARIOS)))}")
     with tempfile.TemporaryDirectory(prefix="pyxia-scale-coord-") as d:
         phases = run(
             Path(d),
@@ -542,6 +746,11 @@ def main() -> None:
             balance_seconds=args.balance_seconds,
             timeout=args.timeout,
             idle_seconds=args.idle_seconds,
+            rolling=args.rolling,
+            dies_repeat=args.dies_repeat,
+            provider=args.provider,
+            etcd_lease_ttl=args.etcd_lease_ttl,
+            scenarios=scenarios,
         )
     if args.json:
         print(json.dumps([asdict(p) for p in phases], indent=2))

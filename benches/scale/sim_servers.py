@@ -14,7 +14,10 @@ so that the coordinator, not the simulator, is what gets measured:
   followers a leader is given (BecomeLeader's follower map, AddFollower) follow it at once
   when their server is up (the replication stream is not simulated);
 - assignment pushes are received as bytes and counted, never decoded (a real server decodes
-  each one: the fan-out cost measured is the coordinator's).
+  each one: the fan-out cost measured is the coordinator's);
+- a shard's unavailability is timed: from the moment its leader stops leading (its server is
+  killed, it steps down for a handoff, or a NewTerm fences it) until a replica becomes leader
+  (BecomeLeader) — the span in which no replica takes writes.
 
 A killed server stops listening (its connections are refused, as for a killed process) and
 keeps its replicas' terms and heads, as a disk would; restarted, every replica is fenced at
@@ -28,6 +31,8 @@ one JSON line on stdout (see :func:`serve_commands`):
     {"op": "restart", "servers": [3]}        -> {"ok": true}
     {"op": "stats"}                          -> counters, leaders per server, pushes
     {"op": "leaders"}                        -> {"leaders": {"<shard>": [address, term]}}
+    {"op": "outages", "since": 0}            -> {"outages": [seconds, ...] (from the
+                                                 since-th on), "unavailable": shards now}
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -127,6 +133,9 @@ class SimulatedServer:
         if server is None:
             return
         self._stopping.set()
+        for shard, r in self.replicas.items():
+            if r.status == LEADER:
+                self.cluster.leader_lost(shard)
         await server.stop(0)
         # A new servicer: the old one's Watch streams are gone with the server.
         self._health = health_aio.HealthServicer()
@@ -161,6 +170,8 @@ class SimulatedServer:
             raise InvalidTerm(f"oxia: invalid term {term}, the shard is at term {r.term}")
         if term == r.term and r.status != FENCED:
             raise InvalidStatus(f"oxia: NewTerm for the current term {term}")
+        if r.status == LEADER:
+            self.cluster.leader_lost(shard)
         r.term, r.status = term, FENCED
         return replication_pb2.NewTermResponse(
             head_entry_id=replication_pb2.EntryId(term=r.head_term, offset=r.head_offset)
@@ -211,6 +222,7 @@ class SimulatedServer:
         if r.term != req.term or r.status != FENCED:
             raise InvalidStatus(f"oxia: BecomeLeader for term {req.term} at term {r.term}")
         r.status = LEADER
+        self.cluster.leader_elected(req.shard)
         for follower in req.follower_maps:
             self._follow(follower, req.shard, req.term)
         return replication_pb2.BecomeLeaderResponse()
@@ -236,6 +248,7 @@ class SimulatedServer:
         r = self._replica(req.shard)
         if r.status != LEADER or r.term != req.term:
             raise InvalidStatus(f"oxia: StepDown for term {req.term} at term {r.term}")
+        self.cluster.leader_lost(req.shard)  # it takes no more writes
         return admin_pb2.StepDownResponse(
             head_term=r.head_term, head_offset=r.head_offset, drained=True
         )
@@ -313,6 +326,18 @@ class SimulatedCluster:
         self.secret = secret
         self.servers: list[SimulatedServer] = []
         self.by_address: dict[str, SimulatedServer] = {}
+        self.unavailable_since: dict[int, float] = {}
+        """Shards without a leader taking writes, and since when (monotonic)."""
+        self.outages: list[float] = []
+        """How long each finished outage lasted (seconds), in the order they ended."""
+
+    def leader_lost(self, shard: int) -> None:
+        self.unavailable_since.setdefault(shard, time.monotonic())
+
+    def leader_elected(self, shard: int) -> None:
+        since = self.unavailable_since.pop(shard, None)
+        if since is not None:
+            self.outages.append(time.monotonic() - since)
 
     async def start(self, count: int) -> list[str]:
         """Starts ``count`` more servers; returns their addresses."""
@@ -384,7 +409,15 @@ async def serve_commands(cluster: SimulatedCluster) -> None:
     async def leaders(cmd: dict[str, Any]) -> dict[str, Any]:
         return {"leaders": {str(k): list(v) for k, v in cluster.leaders().items()}}
 
-    ops.update(start=start, kill=kill, restart=restart, stats=stats, leaders=leaders)
+    async def outages(cmd: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "outages": [round(d, 4) for d in cluster.outages[int(cmd.get("since", 0)) :]],
+            "unavailable": len(cluster.unavailable_since),
+        }
+
+    ops.update(
+        start=start, kill=kill, restart=restart, stats=stats, leaders=leaders, outages=outages
+    )
     while line := await reader.readline():
         try:
             cmd = json.loads(line)

@@ -14,6 +14,8 @@ __all__ = [
     "CrcMismatch",
     "EntryNotFound",
     "InvalidNextOffset",
+    "TsoResponder",
+    "TsoWindow",
     "Wal",
     "WalClosed",
     "WalEntry",
@@ -124,6 +126,11 @@ class Wal:
         timestamp: int,
         previous_crc: int | None = None,
     ) -> int: ...
+    def append_replicated(self, frame: bytes, term: int, offset: int) -> int:
+        """Appends the entry of a serialized ``replication.Append`` (checked against its
+        ``previous_entry_crc`` when present) straight from the frame's bytes; returns the
+        entry's value size. ValueError: no entry, a malformed frame, or an entry other than
+        ``term``/``offset`` (the ones the caller checked)."""
     def append_batch(
         self,
         entries: Sequence[tuple[int, int, bytes, int]],
@@ -167,6 +174,18 @@ class Wal:
     def read_batch(
         self, from_offset: int, max_entries: int = 1000, max_bytes: int = ...
     ) -> list[WalEntry]: ...
+    def read_appends(
+        self,
+        from_offset: int,
+        term: int,
+        commit_offset: int,
+        max_entries: int = 256,
+        max_bytes: int = 4 * 1024 * 1024,
+    ) -> tuple[list[bytes], int]:
+        """The entries ``read_batch`` would read, each as a serialized ``replication.Append``
+        (``term``, the entry, ``commit_offset``, the entry's previous CRC, cumulative acks
+        supported) built around the stored entry bytes: protobuf's canonical bytes of that
+        message. With the entries' total value size."""
     def reader(self, from_offset: int) -> WalReader: ...
     def reverse_reader(self) -> WalReverseReader: ...
     def truncate(self, last_safe_offset: int) -> int: ...
@@ -225,3 +244,56 @@ def read_gets(request: bytes, hierarchical: bool, get: Callable[..., object]) ->
     (hierarchical or natural), ``get`` called once with all of them (rocksdict's
     ``Rdict.get``), each answered as the Read RPC's Python path answers it. None when the
     request is not for this path or a stored record does not decode: answer it in Python."""
+
+@final
+class TsoResponder:
+    """Python's answer to one GetTs the native TSO port handed over (sent once)."""
+
+    def send(
+        self, code: int, message: str, payload: bytes, trailers: list[tuple[str, bytes]]
+    ) -> bool:
+        """``code`` 0 answers with ``payload``; else a gRPC status with ``message`` and
+        ``trailers`` (``grpc-status-details-bin`` becomes the status details). False if
+        already answered or the caller is gone."""
+
+@final
+class TsoWindow:
+    """The timestamp allocator shared by Python and the native GetTs server
+    (``rust/src/tso_server.rs``; wrapped by :class:`pyxia.tso.native.NativeAllocator`).
+    Codes: 0 ok, 1 not leader, 2 window exhausted, 3 invalid count, 4 out of range."""
+
+    def __new__(cls) -> TsoWindow: ...
+    def become_leader(self, floor_ms: int, high_water_ms: int, epoch: int) -> None:
+        """Serving at ``epoch``; the fast path stays closed until :meth:`set_fast_until`."""
+    def step_down(self) -> None: ...
+    @property
+    def epoch(self) -> int | None: ...
+    @property
+    def high_water(self) -> int | None: ...
+    def would_grant(self, count: int, now_ms: int) -> bool: ...
+    def try_grant(self, count: int, now_ms: int) -> tuple[int, int, int, int]:
+        """``(code, physical_ms, logical_start, epoch)``."""
+    def prepare_extension(self, now_ms: int, ahead_ms: int) -> tuple[int, int, int]:
+        """``(code, epoch, requested)``."""
+    def prepare_renewal(
+        self, now_ms: int, min_ahead_ms: int, window_ahead_ms: int
+    ) -> tuple[int, int, int]:
+        """``(code, epoch, requested)``."""
+    def commit(self, epoch: int, durable_ms: int) -> tuple[int, bool]:
+        """``(code, applied)``."""
+    def set_fast_until(self, until: float | None) -> None:
+        """The native server grants while ``time.monotonic() < until``; None: no limit."""
+    def stats(self) -> tuple[int, int, int]:
+        """``(native grants, their timestamps, calls handed to Python)``."""
+    def serve(
+        self,
+        host: str,
+        port: int,
+        fallback: Callable[[bytes, TsoResponder], None],
+        workers: int,
+    ) -> int:
+        """Starts the native GetTs server on ``host:port``; returns the bound port."""
+    def stop(self) -> None:
+        """Stops the server (waits up to 2 s for open calls); safe twice."""
+    @property
+    def port(self) -> int | None: ...

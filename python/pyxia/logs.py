@@ -59,8 +59,10 @@ def setup(level: str = "info", fmt: str = "logfmt") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel({"warn": "WARNING"}.get(level.lower(), level.upper()))
-    # grpc and asyncio are chatty at debug level.
-    logging.getLogger("asyncio").setLevel(max(logging.WARNING, root.level))
+    # grpc and asyncio are chatty at debug level; httpx logs every request at info (the etcd
+    # and kubernetes providers' campaign and keepalive requests, several a second).
+    for chatty in ("asyncio", "httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
     from pyxia import test_hooks
 
     test_hooks.announce()  # test hooks in the environment: armed or ignored, said once

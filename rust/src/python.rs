@@ -17,6 +17,7 @@ use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::apply::{write_shape, KeySorting, PutBatch};
+use crate::frames;
 use crate::reads::EqualGets;
 use crate::wal::{self, Entry, NewEntry, Options, Reader, ReverseReader, Wal};
 
@@ -135,6 +136,43 @@ impl PyWal {
             )
         })
         .map_err(to_py)
+    }
+
+    /// Appends the entry of a serialized `replication.Append` (checked
+    /// against its `previous_entry_crc` when present), its value borrowed from
+    /// `frame`; returns the entry's value size. ValueError: the frame has no
+    /// entry, is malformed, or its entry is not `term`/`offset` (the ones the
+    /// caller checked).
+    fn append_replicated(
+        &self,
+        py: Python<'_>,
+        frame: PyBackedBytes,
+        term: i64,
+        offset: i64,
+    ) -> PyResult<usize> {
+        let (entry, previous_crc) = frames::entry_of_append(&frame)
+            .map_err(|e| PyValueError::new_err(format!("malformed Append: {e}")))?;
+        let e = entry.ok_or_else(|| PyValueError::new_err("an Append without an entry"))?;
+        if e.term != term || e.offset != offset {
+            return Err(PyValueError::new_err(format!(
+                "the Append holds entry {}/{}, not {term}/{offset}",
+                e.term, e.offset
+            )));
+        }
+        let w = &self.wal;
+        py.detach(|| {
+            w.append(
+                NewEntry {
+                    term: e.term,
+                    offset: e.offset,
+                    value: e.value,
+                    timestamp: e.timestamp,
+                },
+                previous_crc,
+            )
+        })
+        .map_err(to_py)?;
+        Ok(e.value.len())
     }
 
     /// Appends `(term, offset, value, timestamp)` tuples; returns the last CRC.
@@ -308,6 +346,46 @@ impl PyWal {
             .detach(|| w.read_batch(from_offset, max_entries, max_bytes))
             .map_err(to_py)?;
         Ok(es.into_iter().map(|e| entry_to_py(py, e)).collect())
+    }
+
+    /// The entries from `from_offset` (as `read_batch` reads them) as serialized
+    /// `replication.Append` messages of `term` carrying `commit_offset`, built
+    /// around the stored entry bytes (`crate::frames`); with the values' total size.
+    #[pyo3(signature = (from_offset, term, commit_offset, max_entries = 256,
+                        max_bytes = 4 * 1024 * 1024))]
+    fn read_appends<'py>(
+        &self,
+        py: Python<'py>,
+        from_offset: i64,
+        term: i64,
+        commit_offset: i64,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> PyResult<(Vec<Bound<'py, PyBytes>>, usize)> {
+        let w = &self.wal;
+        let (buf, ends, value_bytes) = py
+            .detach(|| {
+                let mut buf = Vec::new();
+                let mut ends = Vec::new();
+                let mut value_bytes = 0usize;
+                w.visit_batch(from_offset, max_entries, max_bytes, |s| {
+                    frames::put_append(&mut buf, term, s.payload, &s.entry, commit_offset, s.previous_crc);
+                    ends.push(buf.len());
+                    value_bytes += s.entry.value.len();
+                })
+                .map(|_| (buf, ends, value_bytes))
+            })
+            .map_err(to_py)?;
+        let mut start = 0;
+        let out = ends
+            .into_iter()
+            .map(|end| {
+                let b = PyBytes::new(py, &buf[start..end]);
+                start = end;
+                b
+            })
+            .collect();
+        Ok((out, value_bytes))
     }
 
     fn reader(&self, from_offset: i64) -> PyReader {
@@ -633,6 +711,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEntry>()?;
     m.add_class::<PyReader>()?;
     m.add_class::<PyReverseReader>()?;
+    m.add_class::<crate::tso_server::PyTsoWindow>()?;
+    m.add_class::<crate::tso_server::TsoResponder>()?;
     m.add_function(wrap_pyfunction!(scan_segment, m)?)?;
     m.add_function(wrap_pyfunction!(chained_crc, m)?)?;
     m.add_function(wrap_pyfunction!(encode_hierarchical, m)?)?;

@@ -131,6 +131,14 @@ def _file_param(name: str, value: Any) -> tuple[str, Any]:
     help="etcd endpoints H:P,... or https://H:P,... (etcd provider; https with --etcd-tls-*).",
 )
 @tls_flags("etcd", "the connections to etcd", listener=False)
+@click.option(
+    "--etcd-lease-ttl",
+    type=click.IntRange(2, 3600),
+    default=10,
+    show_default=True,
+    help="Seconds the leading coordinator's etcd lease lives without a keepalive: how long a "
+    "standby waits to take over from a coordinator that died.",
+)
 @click.option("--etcd-username", default=None, help="etcd user (etcd provider, auth enabled).")
 @click.option(
     "--etcd-password-file",
@@ -211,6 +219,14 @@ def _file_param(name: str, value: Any) -> tuple[str, Any]:
     help="Consecutive failed probes that make an unresponsive (e.g. paused) data server "
     "unavailable; one that refuses connections is unavailable at once [default: 3].",
 )
+@click.option(
+    "--per-shard-election-metrics/--no-per-shard-election-metrics",
+    default=True,
+    show_default=True,
+    help="Election latency histograms and failure counts per shard (Oxia's labels), or per "
+    'namespace (shard=""): per shard is about 70 series each, a 70 MB exposition for '
+    "10,000 shards; the term gauge stays per shard either way.",
+)
 @tls_flags("", "the coordinator's gRPC port (health, admin API)", listener=True)
 @tls_flags("peer", "connections to the data servers", listener=False)
 @cluster_secret_flag
@@ -275,6 +291,7 @@ def coordinator(**kw: Any) -> None:
         options["etcd_tls"] = tls_from_flags(kw, "etcd", listener=False)
         options["etcd_username"] = kw["etcd_username"]
         options["etcd_password_file"] = kw["etcd_password_file"]
+        options["lease_ttl"] = kw["etcd_lease_ttl"]
     if name == "raft":
         options["raft_address"] = kw["raft_address"]
         options["raft_peers"] = kw["raft_peers"]
@@ -311,6 +328,7 @@ def coordinator(**kw: Any) -> None:
                 peer_tls=peer_tls if peer_tls.is_enabled else None,
                 cluster_secret=secret,
                 config_source=str(path),
+                per_shard_election_metrics=kw["per_shard_election_metrics"],
             ),
             tls=listener_tls if listener_tls.is_enabled else None,
             admin_addr=kw["admin_addr"] or None,

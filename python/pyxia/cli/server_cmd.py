@@ -52,12 +52,13 @@ from pyxia.config import SERVER_FILE_KEYS, ConfigError, NamespaceConfig, load_cl
 from pyxia.security.oidc import AuthConfigError
 from pyxia.security.public import PublicAccess, PublicAuthOptions
 from pyxia.security.tls import TlsOptions
-from pyxia.server.data_server import ServerOptions
+from pyxia.server.data_server import DataServer, ServerOptions
 from pyxia.server.retention import DEFAULT_WAL_RETENTION_SIZE, check_retention_size
 from pyxia.server.shards_director import DEFAULT_MAX_SHARDS
 from pyxia.storage.apply import DEFAULT_WRITE_LIMITS, WriteLimits
 from pyxia.storage.db import DEFAULT_CACHE_SIZE_MB
 from pyxia.tso import DEFAULT_NAMESPACE as DEFAULT_TSO_NAMESPACE
+from pyxia.tso.native import check_transport
 from pyxia.tso.options import TsoOptions
 
 log = logging.getLogger("pyxia.cli")
@@ -72,6 +73,13 @@ def _namespace_names(ctx: click.Context, param: click.Parameter, value: Any) -> 
             problem = namespace_problem(name)
             if problem is not None:
                 raise click.BadParameter(f"namespace name {name!r} {problem}")
+    return value
+
+
+def _positive_duration(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A click callback: the duration must be more than zero."""
+    if value is not None and value <= 0:
+        raise click.BadParameter("must be more than zero")
     return value
 
 
@@ -147,6 +155,17 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Notifications kept (Go duration, or seconds).",
         ),
         click.option(
+            "--notifications-send-timeout",
+            type=GO_DURATION,
+            default="30s",
+            show_default=True,
+            callback=_positive_duration,
+            help=(
+                "A notifications subscriber that accepts no batch for this long (it stopped "
+                "reading) is cut off; clients resume from their last offset."
+            ),
+        ),
+        click.option(
             "--tso-namespace",
             default=DEFAULT_TSO_NAMESPACE,
             show_default=True,
@@ -154,6 +173,12 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
             help="Namespace (one shard) whose leader serves the timestamp oracle "
             "(tsoracle.v1.TsoService/GetTs on the public port); empty to disable. A cluster "
             "declares it in its config with tso: true.",
+        ),
+        click.option(
+            "--tso-addr",
+            default="",
+            help="IP:port of a TSO port: the oracle's GetTs served natively (much cheaper per "
+            "call than the public port), without TLS or authentication; empty for none.",
         ),
     ]
     for o in reversed(opts + storage_limit_options()):
@@ -255,6 +280,16 @@ def storage_limits_from_flags(kw: dict[str, Any]) -> dict[str, Any]:
 
 def build_options(kw: dict[str, Any]) -> ServerOptions:
     options = _build_options(kw)
+    try:
+        check_transport(
+            kw.get("tso_addr") or None,
+            public_tls=options.public_tls is not None and options.public_tls.is_enabled,
+            public_auth=options.public_auth.enabled,
+        )
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+    if kw.get("tso_addr") and options.tso is None:
+        raise click.UsageError("--tso-addr needs the timestamp oracle (--tso-namespace)")
     if options.public_auth.enabled and not (options.public_tls and options.public_tls.is_enabled):
         log.warning(
             "authentication is on but the public port has no TLS (--tls-cert-file): "
@@ -284,7 +319,12 @@ def _build_options(kw: dict[str, Any]) -> ServerOptions:
         wal_retention_s=kw["wal_retention_time"],
         wal_retention_size=retention_size,
         notifications_retention_s=kw["notifications_retention_time"],
-        tso=TsoOptions(namespace=kw["tso_namespace"]) if kw["tso_namespace"] else None,
+        notifications_send_timeout_s=kw["notifications_send_timeout"],
+        tso=(
+            TsoOptions(namespace=kw["tso_namespace"], native_addr=kw.get("tso_addr") or None)
+            if kw["tso_namespace"]
+            else None
+        ),
         internal_tls=_on(tls_from_flags(kw, "internal", listener=True)),
         peer_tls=_on(tls_from_flags(kw, "peer", listener=False)),
         cluster_secret=secret_from_flags(kw),
@@ -292,6 +332,18 @@ def _build_options(kw: dict[str, Any]) -> ServerOptions:
         public_auth=public_auth_from_flags(kw),
         **storage_limits_from_flags(kw),
     )
+
+
+def tso_port(server: DataServer) -> str:
+    """`` tso=IP:PORT`` for the ready line when the server has a TSO port, else nothing."""
+    from pyxia.node import tso_of
+
+    svc = tso_of(server)
+    t = svc.transport if svc is not None else None
+    if t is None or t.port is None:
+        return ""
+    host = f"[{t.address.host}]" if ":" in t.address.host else t.address.host
+    return f" tso={host}:{t.port}"
 
 
 def public_auth_from_flags(kw: dict[str, Any]) -> PublicAuthOptions:
@@ -405,7 +457,7 @@ def standalone(**kw: Any) -> None:
         return (
             f"pyxia standalone ready: public={s.public_address} "
             f"internal={s.internal_address or 'off'} "
-            f"metrics={bound_address(options.metrics_addr, s.metrics_port)} "
+            f"metrics={bound_address(options.metrics_addr, s.metrics_port)}{tso_port(s)} "
             f"namespaces={','.join(n.name for n in node.namespaces)} shards={total} "
             f"data-dir={options.data_dir} wal-dir={options.wal_dir}"
         )
@@ -480,7 +532,7 @@ def server(**kw: Any) -> None:
         return (
             f"pyxia server ready: public={node.public_address} "
             f"internal={node.internal_address} "
-            f"metrics={bound_address(options.metrics_addr, node.metrics_port)} "
+            f"metrics={bound_address(options.metrics_addr, node.metrics_port)}{tso_port(node)} "
             f"data-dir={options.data_dir} wal-dir={options.wal_dir}"
         )
 

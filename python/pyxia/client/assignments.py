@@ -1,7 +1,14 @@
 """Follows the shard assignments: a ``GetShardAssignments`` stream from any of the service
 addresses (or a leader learned from them), reconnected with backoff when it breaks. A server
 that does not know the service (UNIMPLEMENTED) is asked again under Oxia's pre-0.12 service
-name, and the client uses that name from then on."""
+name, and the client uses that name from then on.
+
+Until the first map arrives the client retries often (at most ``STARTUP_RETRY_MAX_S`` apart):
+a fresh cluster is "not ready" for a while (servers not listening yet; an Oxia data server
+refuses with NOT_INITIALIZED until its coordinator's first push), and a client that has backed
+off to a second would connect up to that long after the cluster is ready. A refused attempt
+costs the server one cheap answer. Once connected, a broken stream is retried with the
+client's ordinary backoff."""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from pyxia.client.policy import NOT_READY_RETRY_MAX_S, Backoff
 from pyxia.client.shard_map import ShardMap
 from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.errors import NamespaceNotFound, PermissionDenied, PyxiaError, Unauthenticated
@@ -22,6 +30,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pyxia.client")
 
+STARTUP_RETRY_MAX_S = NOT_READY_RETRY_MAX_S
+"""The longest wait between attempts before the client has its first map."""
+
 
 class AssignmentsWatcher:
     def __init__(self, core: ClientContext, on_update: Callable[[ShardMap], None]) -> None:
@@ -30,6 +41,8 @@ class AssignmentsWatcher:
         self.ready: asyncio.Future[None] = core.loop.create_future()
         self._task: asyncio.Task[None] | None = None
         self.last_error: BaseException | None = None
+        b = core.backoff
+        self._startup_backoff = Backoff(min(b.initial_s, STARTUP_RETRY_MAX_S), STARTUP_RETRY_MAX_S)
 
     def start(self) -> None:
         self._task = self.core.loop.create_task(self._run(), name="pyxia-assignments")
@@ -82,7 +95,8 @@ class AssignmentsWatcher:
                     return
                 log.debug("assignments from %s: %s", address, err)
             i += 1
-            await asyncio.sleep(core.backoff.delay(attempt))
+            backoff = core.backoff if self.ready.done() else self._startup_backoff
+            await asyncio.sleep(backoff.delay(attempt))
             attempt += 1
 
     async def close(self) -> None:

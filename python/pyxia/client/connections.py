@@ -116,14 +116,20 @@ class _TokenChannel:
         return WithToken(self._channel.stream_stream(*a), self._tokens)
 
 
+MAX_RECONNECT_BACKOFF_MS = 250
+"""The longest wait of a channel between connection attempts."""
+
+
 def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        # Reconnect fast after a server restart (gRPC's default starts at 1 s and grows to 2 min).
+        # Reconnect fast after a server restart, and to a server that starts after its client
+        # (gRPC's default starts at 1 s and grows to 2 min): a connection attempt to a down
+        # server is one refused SYN, so at most 250 ms between them.
         ("grpc.initial_reconnect_backoff_ms", 50),
         ("grpc.min_reconnect_backoff_ms", 50),
-        ("grpc.max_reconnect_backoff_ms", 1000),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ("grpc.keepalive_time_ms", 10_000),
         ("grpc.keepalive_timeout_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),

@@ -503,6 +503,20 @@ class ClientCore:
             for s in shards
         ]
 
+    def plain_get_op(self, key: str, target: Target) -> ReadOp:
+        """``get_ops`` for the common case (a get of one key, with its value): the hot path."""
+        m = self.shard_map
+        if type(key) is not str or m is None or self.closed:
+            return self.get_ops(key, target)[0]
+        return ReadOp(
+            key,
+            None,
+            {"key": key, "include_value": True},
+            m.router.shard_for_hash(xxh3_64_intdigest(key.encode()) & 0xFFFFFFFF),
+            monotonic() + self._timeout,
+            target,
+        )
+
     def get_ops(
         self,
         key: str,

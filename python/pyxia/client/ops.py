@@ -14,6 +14,10 @@ from pyxia.client.policy import DELETE, DELETE_RANGE, PUT
 from pyxia.client.results import GetResult, PutResult, Version
 from pyxia.proto import client_pb2
 
+# tuple.__new__ directly: a NamedTuple's own __new__ is a Python-level wrapper around it, and
+# these run once per operation answered.
+_tuple_new = tuple.__new__
+
 OK = client_pb2.OK
 KEY_NOT_FOUND = client_pb2.KEY_NOT_FOUND
 SESSION_DOES_NOT_EXIST = client_pb2.SESSION_DOES_NOT_EXIST
@@ -64,9 +68,8 @@ class WriteOp:
         if t.done():
             return
         if r.status == OK:
-            t.set_result(
-                PutResult(r.key if r.HasField("key") else self.key, Version.from_proto(r.version))
-            )
+            key = r.key if r.HasField("key") else self.key
+            t.set_result(_tuple_new(PutResult, (key, Version.from_proto(r.version))))
         else:
             t.set_exception(status_error(r.status, self.key))
 
@@ -186,11 +189,14 @@ class ReadOp:
             return
         if r.status == OK:
             t.set_result(
-                GetResult(
-                    r.key if r.HasField("key") else self.key,
-                    r.value if self.fields.get("include_value", True) else None,
-                    Version.from_proto(r.version),
-                    r.secondary_index_key if r.HasField("secondary_index_key") else None,
+                _tuple_new(
+                    GetResult,
+                    (
+                        r.key if r.HasField("key") else self.key,
+                        r.value if self.fields.get("include_value", True) else None,
+                        Version.from_proto(r.version),
+                        r.secondary_index_key if r.HasField("secondary_index_key") else None,
+                    ),
                 )
             )
         else:

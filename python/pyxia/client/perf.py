@@ -5,12 +5,12 @@ Oxia protocol and can drive any Oxia-compatible server."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import os
 import random
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -90,6 +90,62 @@ def report_json(w: Window, secs: float) -> dict[str, Any]:
     }
 
 
+class _Load:
+    """What the running load shares: the operations in flight, and the windows of figures."""
+
+    __slots__ = ("max_outstanding", "outstanding", "room", "total", "window")
+
+    def __init__(self, max_outstanding: int, total: Window, window: Window) -> None:
+        self.max_outstanding = max_outstanding
+        self.outstanding = 0
+        self.room = asyncio.Event()
+        self.room.set()
+        self.total = total
+        self.window = window
+
+
+class _Answer:
+    """The target of one operation of the load: the client completes it on its loop, and it
+    counts the operation there and then (no future, no callback scheduled per operation)."""
+
+    __slots__ = ("_done", "is_write", "load", "t0")
+
+    def __init__(self, load: _Load, is_write: bool, t0: float) -> None:
+        self.load = load
+        self.is_write = is_write
+        self.t0 = t0
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def _count(self, failed: bool) -> None:
+        self._done = True
+        load = self.load
+        load.outstanding -= 1
+        if load.outstanding < load.max_outstanding:
+            load.room.set()
+        if failed:
+            load.total.failed += 1
+            load.window.failed += 1
+            return
+        ms = (time.perf_counter() - self.t0) * 1000
+        if self.is_write:
+            load.total.write_ms.append(ms)
+            load.window.write_ms.append(ms)
+        else:
+            load.total.read_ms.append(ms)
+            load.window.read_ms.append(ms)
+
+    def set_result(self, result: Any, /) -> None:
+        if not self._done:
+            self._count(False)
+
+    def set_exception(self, exc: BaseException, /) -> None:
+        if not self._done:
+            self._count(not isinstance(exc, KeyNotFound))
+
+
 def _last_connection_error(client: AsyncClient) -> BaseException | None:
     """The last error of the client's shard-assignments stream (the server's reachability)."""
     watcher = getattr(client.core, "_watcher", None)
@@ -117,57 +173,39 @@ async def run_perf(
         **cfg.security,
     ) as client:
         core = client.core
-        outstanding = 0
-        room = asyncio.Event()
-        room.set()
+        # The load's objects live as long as the run: out of the collector's way, so that a
+        # collection walks only the operations in flight.
+        gc.collect()
+        gc.freeze()
         rnd = random.random
         choice = random.choice
         reads = cfg.read_percentage / 100.0
-
-        def done_cb(is_write: bool, t0: float) -> Callable[[asyncio.Future[Any]], None]:
-            def cb(f: asyncio.Future[Any]) -> None:
-                nonlocal outstanding
-                outstanding -= 1
-                if outstanding < cfg.max_outstanding:
-                    room.set()
-                exc = f.exception()
-                ms = (time.perf_counter() - t0) * 1000
-                if exc is not None and not isinstance(exc, KeyNotFound):
-                    total.failed += 1
-                    window.failed += 1
-                elif is_write:
-                    total.write_ms.append(ms)
-                    window.write_ms.append(ms)
-                else:
-                    total.read_ms.append(ms)
-                    window.read_ms.append(ms)
-
-            return cb
+        put_op = core.plain_put_op
+        get_op = core.plain_get_op
+        submit_write = core.submit_write
+        submit_read = core.submit_read
+        perf_counter = time.perf_counter
+        state = _Load(cfg.max_outstanding, total, window)
 
         def issue() -> None:
-            nonlocal outstanding
             key = choice(keys)
-            fut: asyncio.Future[Any] = loop.create_future()
-            t0 = time.perf_counter()
-            outstanding += 1
-            if outstanding >= cfg.max_outstanding:
-                room.clear()
+            state.outstanding += 1
+            if state.outstanding >= cfg.max_outstanding:
+                state.room.clear()
             if rnd() < reads:
-                fut.add_done_callback(done_cb(False, t0))
-                core.submit_reads(core.get_ops(key, fut))
+                submit_read(get_op(key, _Answer(state, False, perf_counter())))
             else:
                 v = os.urandom(cfg.value_size) if cfg.random_payload else value
-                fut.add_done_callback(done_cb(True, t0))
-                core.submit_write(core.plain_put_op(key, v, fut))
+                submit_write(put_op(key, v, _Answer(state, True, perf_counter())))
 
         async def reporter() -> None:
-            nonlocal window
             last = time.perf_counter()
             silent_since: float | None = None
             while True:
                 await asyncio.sleep(cfg.report_interval_s)
                 now = time.perf_counter()
-                w, window = window, Window()
+                w, state.window = state.window, Window()
+                outstanding = state.outstanding
                 answered = len(w.write_ms) + len(w.read_ms) + w.failed
                 if answered or not outstanding:
                     silent_since = None
@@ -203,14 +241,16 @@ async def run_perf(
                         max(1, int((time.perf_counter() - start) * cfg.rate) - n),
                     )
                 else:
-                    burst = 64
+                    # Up to a batch per loop turn: the operations issued in one turn can share
+                    # a batch (64 per turn made batches of ~150 and a Read call per ~150 gets).
+                    burst = cfg.max_requests_per_batch
                 for _ in range(burst):
-                    if outstanding >= cfg.max_outstanding:
+                    if state.outstanding >= cfg.max_outstanding:
                         break
                     issue()
                     n += 1
-                if outstanding >= cfg.max_outstanding:
-                    await room.wait()
+                if state.outstanding >= cfg.max_outstanding:
+                    await state.room.wait()
                 elif cfg.rate <= 0:
                     await asyncio.sleep(0)
 
@@ -231,4 +271,5 @@ async def run_perf(
             drv.cancel()
             rep.cancel()
             await asyncio.gather(drv, rep, return_exceptions=True)
+            gc.unfreeze()
     return report_json(total, elapsed) | {"_window": total}

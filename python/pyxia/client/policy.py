@@ -21,6 +21,12 @@ from pyxia.errors import (
 
 # -- backoff --------------------------------------------------------------------------------------
 
+NOT_READY_RETRY_MAX_S = 0.1
+"""The longest wait before asking again a server that is up but not ready yet (NOT_INITIALIZED:
+a fresh Oxia data server before its coordinator's first push, seconds after its shards were
+elected). Such a refusal is cheap and the server is ready any moment: backing off to a second
+would add up to that second to a fresh cluster's first answer."""
+
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
@@ -36,6 +42,12 @@ class Backoff:
         base = min(self.max_s, self.initial_s * self.multiplier ** min(attempt, 30))
         r = random.random() if rnd is None else rnd
         return base * (0.5 + 0.5 * r)
+
+    def after(self, err: BaseException, attempt: int, rnd: float | None = None) -> float:
+        """The wait before retry number ``attempt`` after ``err``: ``delay``, but at most
+        ``NOT_READY_RETRY_MAX_S`` after a server said it is not ready yet."""
+        d = self.delay(attempt, rnd)
+        return min(d, NOT_READY_RETRY_MAX_S) if isinstance(err, NotInitialized) else d
 
 
 # -- retry classification -------------------------------------------------------------------------

@@ -107,7 +107,7 @@ class ShardReader:
                 retry.append(op)
         if not retry:
             return
-        delay = 0.0 if hint and self._attempt == 0 else self.core.backoff.delay(self._attempt)
+        delay = 0.0 if hint and self._attempt == 0 else self.core.backoff.after(err, self._attempt)
         self._attempt += 1
         log.debug("shard %d: read failed (%s), retrying in %.3fs", self.shard, err, delay)
 

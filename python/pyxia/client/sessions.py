@@ -114,7 +114,7 @@ class ClientSession:
                     core.set_leader_hint(self.shard, hint)
                 if time.monotonic() >= deadline:
                     raise RequestTimeout(f"oxia: cannot create a session: {err}") from err
-                await asyncio.sleep(0 if hint else core.backoff.delay(attempt))
+                await asyncio.sleep(0 if hint else core.backoff.after(err, attempt))
                 attempt += 1
 
     def _set_state(self, state: SessionState, reason: str) -> None:

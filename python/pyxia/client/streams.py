@@ -36,7 +36,7 @@ async def _retry_wait(core: ClientContext, shard: int, err: PyxiaError, attempt:
     hint = leader_hint(err)
     if hint:
         core.set_leader_hint(shard, hint)
-    await asyncio.sleep(0 if hint and attempt == 0 else core.backoff.delay(attempt))
+    await asyncio.sleep(0 if hint and attempt == 0 else core.backoff.after(err, attempt))
 
 
 # -- List / RangeScan -----------------------------------------------------------------------------

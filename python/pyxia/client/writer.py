@@ -404,7 +404,7 @@ class ShardWriter:
     def _schedule_retry(self, err: BaseException, immediate: bool = False) -> None:
         if self._retry is not None:
             return
-        delay = 0.0 if immediate else self.core.backoff.delay(self._attempt)
+        delay = 0.0 if immediate else self.core.backoff.after(err, self._attempt)
         self._attempt += 1
         log.debug("shard %d: write stream failed (%s), retrying in %.3fs", self.shard, err, delay)
         self._retry = self.core.loop.call_later(delay, self._on_retry)

@@ -115,6 +115,24 @@ async def _counted(requests: AsyncIterator[Any], m: MethodMetrics) -> AsyncItera
 Behavior = Callable[..., Any]
 
 
+class _CountingWrites:
+    """A servicer context whose ``write`` is counted as a message sent; every other
+    attribute is the wrapped context's."""
+
+    __slots__ = ("_context", "_sent")
+
+    def __init__(self, context: Any, sent: Callable[[], None]) -> None:
+        self._context = context
+        self._sent = sent
+
+    async def write(self, message: Any) -> None:
+        await self._context.write(message)
+        self._sent()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
 def _instrument(handler: grpc.RpcMethodHandler[Any, Any], m: MethodMetrics) -> Any:
     """``handler`` with the same serializers, its behavior counted."""
     inner: Any
@@ -163,7 +181,11 @@ def _instrument(handler: grpc.RpcMethodHandler[Any, Any], m: MethodMetrics) -> A
                 m.received.inc()
             error: BaseException | None = None
             try:
-                result = inner(request, context)
+                # A streaming handler that sends with ``context.write``: count each write.
+                ctx: Any = (
+                    _CountingWrites(context, m.sent.inc) if handler.response_streaming else context
+                )
+                result = inner(request, ctx)
                 if inspect.isawaitable(result):
                     result = await result
                 if not handler.response_streaming:

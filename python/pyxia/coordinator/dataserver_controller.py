@@ -72,6 +72,7 @@ class DataServerController:
         on_change: Callable[[str, bool], Awaitable[None]],
         options: LivenessOptions | None = None,
         on_shard_event: Callable[[str, admin_pb2.ShardEvent], None] | None = None,
+        on_reconnected: Callable[[str], None] | None = None,
     ) -> None:
         self.server = server
         self.internal = server.internal
@@ -83,6 +84,7 @@ class DataServerController:
         self._assignments_changed = assignments_changed
         self._on_change = on_change
         self._on_shard_event = on_shard_event
+        self._on_reconnected = on_reconnected
         self.options = options or LivenessOptions()
         self.available = False
         self.bound = False
@@ -186,10 +188,12 @@ class DataServerController:
                 request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
                 response_deserializer=health_pb2.HealthCheckResponse.FromString,
             )(health_pb2.HealthCheckRequest(service=""))
+            watched = False  # the stream answered SERVING before it broke
             try:
                 async for res in call:
                     if res.status == SERVING:
                         if self.bound or await self._healthy():
+                            watched = True
                             self._consecutive_failures = 0
                             await self._set(True, "health watch")
                     else:
@@ -205,6 +209,16 @@ class DataServerController:
             self.bound = False
             if not await self._healthy():
                 await self._set(False, "health watch broken and probe failed")
+            elif watched and self.available and self._on_reconnected is not None:
+                # Broken, yet the probe answers: the server may have restarted in between,
+                # too fast to be seen unavailable, and a restarted server's replicas are
+                # fenced until the coordinator adds them back. Its shards check them now (a
+                # rolling restart waited a minute for the periodic check).
+                log.info(
+                    "data server %s: health watch broken, reachable: checking its shards",
+                    self.internal,
+                )
+                self._on_reconnected(self.internal)
             await asyncio.sleep(self.options.reconnect_backoff)
 
     async def _probe_loop(self) -> None:

@@ -95,7 +95,14 @@ class ShardCoordinator(Protocol):
 
 
 class ShardController:
-    def __init__(self, coordinator: ShardCoordinator, namespace: str, shard: int) -> None:
+    def __init__(
+        self,
+        coordinator: ShardCoordinator,
+        namespace: str,
+        shard: int,
+        *,
+        per_shard_metrics: bool = True,
+    ) -> None:
         self.c = coordinator
         self.namespace = namespace
         self.shard = shard
@@ -117,7 +124,7 @@ class ShardController:
         self.elections = 0
         self._fence_seconds = 0.0
         self.last_election_seconds = 0.0
-        self.metrics = ShardElectionMetrics(namespace, shard)
+        self.metrics = ShardElectionMetrics(namespace, shard, per_shard=per_shard_metrics)
 
     @property
     def meta(self) -> metadata_pb2.ShardMetadata:
@@ -157,6 +164,12 @@ class ShardController:
         self.prefer_leader = prefer
         self.avoid_leader = avoid
         self.request_election(planned=True)
+
+    def has_member(self, node: str) -> bool:
+        """Whether ``node`` holds a replica of the shard (per the stored status)."""
+        shards = self.c.status.namespaces.get(self.namespace)
+        meta = shards.shards.get(self.shard) if shards is not None else None
+        return meta is not None and any(m.internal == node for m in meta.ensemble)
 
     def request_verify(self) -> None:
         self._verify_requested = True

@@ -13,7 +13,8 @@ opens (a cache hit is a dict lookup); a refusal is ``UNAUTHENTICATED`` with the 
 caller (:class:`~pyxia.security.oidc.Principal`) is put in a context variable that the
 handlers read through :meth:`PublicAccess.check` once they know the namespace (the namespace
 of the shard the request targets). A stream does not outlive its token: each message received
-(WriteStream) or sent (reads, notifications, assignments) after the token's ``exp`` ends the
+(WriteStream) or sent (reads, notifications, assignments; whether the handler yields its
+messages or writes them with ``context.write``) after the token's ``exp`` ends the
 stream with ``UNAUTHENTICATED`` — writes received before are answered, the refused message is
 not applied — so a client reopens it with a fresh token, and a user whose tokens are no longer
 issued cannot keep writing on an old stream. An idle stream sends and accepts nothing, so it
@@ -280,6 +281,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 return await inner_uu(request, context)
 
             out: Any = h._replace(unary_unary=unary_unary)
+        elif h.unary_stream is not None and inspect.iscoroutinefunction(h.unary_stream):
+            # A handler that sends with ``context.write`` (GetNotifications: it bounds how
+            # long a send may wait): each write checks the token's expiry.
+            inner_uw = h.unary_stream
+
+            async def unary_stream_writer(request: Any, context: Ctx) -> None:
+                p = await authenticate(context)
+                await inner_uw(request, _ExpiringWrites(context, p))
+
+            out = h._replace(unary_stream=unary_stream_writer)
         elif h.unary_stream is not None:
             inner_us = h.unary_stream
             _require_async(inner_us, method, generator=True)
@@ -345,6 +356,26 @@ async def _until_expiry(
                 yield item
     except Unauthenticated as e:  # raised by an expired request stream
         await abort(context, e)
+
+
+class _ExpiringWrites:
+    """A servicer context whose ``write`` ends the stream with UNAUTHENTICATED once the
+    token has expired (what :func:`_until_expiry` does for a generator handler); every other
+    attribute is the wrapped context's."""
+
+    __slots__ = ("_context", "_expires_at")
+
+    def __init__(self, context: Ctx, p: Principal) -> None:
+        self._context = context
+        self._expires_at = p.expires_at
+
+    async def write(self, message: Any) -> None:
+        if time.time() >= self._expires_at:
+            await abort(self._context, _expired())
+        await self._context.write(message)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
 
 
 async def _incoming_until_expiry(requests: AsyncIterator[Any], p: Principal) -> AsyncIterator[Any]:

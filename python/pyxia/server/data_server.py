@@ -49,7 +49,7 @@ from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.handoff_rpc import HandoffService
 from pyxia.server.internal_rpc import InternalService, health_handler
 from pyxia.server.manifest import MANIFEST_FILE, Manifest
-from pyxia.server.public_rpc import OxiaClientService
+from pyxia.server.public_rpc import DEFAULT_NOTIFICATIONS_SEND_TIMEOUT_S, OxiaClientService
 from pyxia.server.retention import (
     DEFAULT_NOTIFICATIONS_RETENTION_TIME_S,
     DEFAULT_WAL_RETENTION_SIZE,
@@ -90,6 +90,9 @@ class ServerOptions:
     maintenance_interval_s: float | None = None
     max_message_bytes: int = 64 * 1024 * 1024
     session_check_interval_s: float = 0.1
+    # A notifications subscriber that accepts no batch for this long is cut off (it resumes
+    # from its last offset): --notifications-send-timeout.
+    notifications_send_timeout_s: float = DEFAULT_NOTIFICATIONS_SEND_TIMEOUT_S
     # Open shard replicas at most: creating one more is RESOURCE_EXHAUSTED (on-disk ones open).
     max_shards: int = DEFAULT_MAX_SHARDS
     # False in standalone mode: the in-process coordinator drives the shards; the internal
@@ -188,6 +191,7 @@ class DataServer:
         self.internal_port = 0
         self.metrics_port = 0
         self._public: grpc.aio.Server | None = None
+        self.client_service: OxiaClientService | None = None
         self._internal: grpc.aio.Server | None = None
         self._metrics_server: Any = None
         self._health = health_aio.HealthServicer()
@@ -246,7 +250,13 @@ class DataServer:
         self._public = grpc.aio.server(
             options=opts, interceptors=[self.grpc_metrics, *self.public_access.interceptors()]
         )
-        client_service = OxiaClientService(self.director, self.assignments, self.public_access)
+        client_service = OxiaClientService(
+            self.director,
+            self.assignments,
+            self.public_access,
+            notifications_send_timeout_s=self.options.notifications_send_timeout_s,
+        )
+        self.client_service = client_service
         self._public.add_generic_rpc_handlers(client_service.generic_handlers())
         for h in self.extra_public_handlers:
             self._public.add_generic_rpc_handlers([h])

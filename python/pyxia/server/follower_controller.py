@@ -228,7 +228,7 @@ class FollowerController:
                         ) from None
                     for effect in self.replica.step(rsm.Received(stream, a)):
                         if isinstance(effect, rsm.AppendToLog):
-                            self._append(effect.append)
+                            self._append(raw, effect.append)
                         elif isinstance(effect, rsm.StaleStream):
                             return
                         else:
@@ -265,22 +265,25 @@ class FollowerController:
             task.cancel()
             self.replica.step(rsm.StreamClosed(stream))
 
-    def _append(self, a: replication_pb2.Append) -> None:
-        """Appends the entry the machine accepted (the WAL checks the CRC chain)."""
+    def _append(self, raw: bytes, a: replication_pb2.Append) -> None:
+        """Appends the entry the machine accepted (``a``, decoded from ``raw``) straight from
+        the received bytes: the value is never copied out, and an entry in canonical form is
+        stored byte for byte as it came (the WAL checks the CRC chain)."""
         e = a.entry
-        prev = a.previous_entry_crc if a.HasField("previous_entry_crc") else None
         wal = self.storage.wal
         m = self.storage.metrics
         started = time.perf_counter()
         try:
-            wal.append(e.term, e.offset, e.value, e.timestamp, prev)
+            size = wal.append_replicated(raw, e.term, e.offset)
         except (InvalidNextOffset, CrcMismatch) as err:
             raise InvalidArgument(f"oxia: {err}", shard=self.shard) from err
+        except ValueError as err:
+            raise InvalidArgument(f"oxia: {err}", shard=self.shard) from None
         except WalError as err:
             m.wal_write_errors.inc()
             self._storage_failed(err)
             raise StorageFailure(str(err), shard=self.shard) from err
-        m.wal_appended(started, len(e.value))
+        m.wal_appended(started, size)
         m.follower_write_latency.observe((time.perf_counter() - started) * 1000.0)
         wal.request_sync()
 

@@ -31,13 +31,12 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
 import grpc
 
-from pyxia._native import WalEntry
 from pyxia.common.channels import ChannelPool
 from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.common.instance_id import CallMetadata
@@ -105,9 +104,10 @@ class ReplicationSource(Protocol):
         """The confirmation round a stream that last carried ``last_sent`` should carry now,
         with the commit offset to send along; None: none due."""
 
-    def entries_from(self, offset: int, max_entries: int) -> Sequence[WalEntry] | None:
-        """Up to ``max_entries`` log entries from ``offset`` (empty: none yet); None: the
-        retention trimmed ``offset`` away (the follower needs a snapshot)."""
+    def appends_from(self, offset: int, max_entries: int) -> list[bytes] | None:
+        """Up to ``max_entries`` log entries from ``offset``, each as one serialized ``Append``
+        of this term carrying the commit offset and the entry's previous CRC (empty: none
+        yet); None: the retention trimmed ``offset`` away (the follower needs a snapshot)."""
 
     def create_snapshot(self) -> Path: ...
 
@@ -252,8 +252,8 @@ class FollowerCursor:
                 yield replication_pb2.Append(
                     term=term, commit_offset=commit, heartbeat=heartbeat
                 ).SerializeToString()
-            entries = leader.entries_from(nxt, READ_BATCH)
-            if entries is None:
+            frames = leader.appends_from(nxt, READ_BATCH)
+            if frames is None:
                 # The retention trimmed what this follower needs next: end the stream; the
                 # cursor sends a snapshot before it reconnects.
                 log.info(
@@ -263,19 +263,11 @@ class FollowerCursor:
                     nxt,
                 )
                 return
-            if entries:
-                commit = leader.commit_offset
-                for e in entries:
-                    yield replication_pb2.Append(
-                        term=term,
-                        entry=replication_pb2.LogEntry(
-                            term=e.term, offset=e.offset, value=e.value, timestamp=e.timestamp
-                        ),
-                        commit_offset=commit,
-                        previous_entry_crc=e.previous_crc,
-                        cumulative_acks_supported=True,
-                    ).SerializeToString()
-                    nxt = e.offset + 1
+            if frames:
+                # Offsets are contiguous: the frames carry entries nxt, nxt + 1, ...
+                for frame in frames:
+                    yield frame
+                    nxt += 1
                 continue
             await leader.appended.wait(seen)
 

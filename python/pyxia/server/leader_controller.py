@@ -57,13 +57,13 @@ import collections
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
-from pyxia._native import EntryNotFound, WalEntry, WalError
+from pyxia._native import EntryNotFound, WalError
 from pyxia.common.channels import ChannelPool
 from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.common.instance_id import CallMetadata
@@ -222,14 +222,19 @@ class TenureSource:
                 return e.round_id, e.commit_offset
         return None
 
-    def entries_from(self, offset: int, max_entries: int) -> Sequence[WalEntry] | None:
+    def appends_from(self, offset: int, max_entries: int) -> list[bytes] | None:
+        """Up to ``max_entries`` log entries from ``offset`` as serialized ``Append`` messages
+        of this term carrying the current commit offset, built natively around the WAL's
+        stored entry bytes (empty: none yet); None: the retention trimmed ``offset`` away."""
         wal = self._lc.wal
         if offset > wal.last_offset:
-            return ()
+            return []
         m = self.metrics
         started = time.perf_counter()
         try:
-            entries = wal.read_batch(offset, max_entries=max_entries)
+            frames, value_bytes = wal.read_appends(
+                offset, self.term, self._tenure.tracker.commit_offset, max_entries=max_entries
+            )
         except EntryNotFound:
             if offset >= wal.first_offset:
                 raise
@@ -238,8 +243,8 @@ class TenureSource:
             m.wal_read_errors.inc()
             raise
         m.wal_read_latency.observe((time.perf_counter() - started) * 1000.0)
-        m.wal_read_bytes.inc(sum(len(e.value) for e in entries))
-        return entries
+        m.wal_read_bytes.inc(value_bytes)
+        return frames
 
     def create_snapshot(self) -> Path:
         return self._lc.storage.create_snapshot()

@@ -32,7 +32,7 @@ from google.protobuf.message import DecodeError
 
 from pyxia._native import read_gets
 from pyxia.common import grpc_errors
-from pyxia.errors import InvalidArgument, PyxiaError
+from pyxia.errors import InvalidArgument, PyxiaError, ResourceUnavailable
 from pyxia.proto import client_pb2
 from pyxia.security.policy import INTERNAL_KEYS, MIGRATE, READ, WRITE
 from pyxia.security.public import PublicAccess
@@ -47,10 +47,23 @@ SERVICE_NAMES = ("io.oxia.proto.v1.OxiaClient", "io.streamnative.oxia.proto.Oxia
 MAX_CHUNK_BYTES = 2 * 1024 * 1024
 MAX_CHUNK_RECORDS = 1000
 MAX_PENDING_WRITES_PER_STREAM = 1024
+NOTIFICATION_BATCHES_PER_READ = 100
+NOTIFICATION_BYTES_PER_READ = 256 * 1024
+"""Notification batches read from the DB at a time for one subscriber, at most that many and
+(past the first) that many bytes: what it holds besides the batch gRPC is sending."""
+DEFAULT_NOTIFICATIONS_SEND_TIMEOUT_S = 30.0
+"""How long a notification batch may wait for a subscriber that stopped reading before its
+stream is cut off."""
 MAX_NATIVE_GETS = 1000
 """A Read of at most this many gets may be answered in one native call (a few ms at most)."""
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+class _CutOff(Exception):
+    """A notifications subscriber was cut off; its status is already set on the context."""
+
+
 T = TypeVar("T")
 
 
@@ -175,10 +188,16 @@ class OxiaClientService:
         director: ShardsDirector,
         assignments: AssignmentsDispatcher,
         access: PublicAccess | None = None,
+        *,
+        notifications_send_timeout_s: float = DEFAULT_NOTIFICATIONS_SEND_TIMEOUT_S,
     ) -> None:
+        if notifications_send_timeout_s <= 0:
+            raise ValueError("notifications_send_timeout_s must be positive")
         self.director = director
         self.assignments = assignments
         self.access = access or PublicAccess()
+        self.notifications_send_timeout_s = notifications_send_timeout_s
+        self.slow_subscribers_cut_off = 0
 
     def _check_migrate(self, namespace: str) -> None:
         self.access.check(namespace, MIGRATE)
@@ -193,13 +212,14 @@ class OxiaClientService:
     @_streaming_of(client_pb2.ShardAssignmentsRequest)
     async def get_shard_assignments(
         self, req: client_pb2.ShardAssignmentsRequest, context: Ctx
-    ) -> AsyncIterator[client_pb2.ShardAssignments]:
+    ) -> AsyncIterator[bytes]:
         access = self.access
         visible = None
         if req.namespace:
             access.check_any(req.namespace)
         elif not access.open:
             visible = access.has_any  # every namespace: those the caller has a grant in
+        # The serialized map, shared by every client stream that sends the same view.
         async for a in self.assignments.stream(req.namespace, visible):
             yield a
 
@@ -424,36 +444,82 @@ class OxiaClientService:
         finally:
             leader.unwatch_sequence(w)
 
-    @_streaming_of(client_pb2.NotificationsRequest)
-    async def get_notifications(
+    @_unary_of(client_pb2.NotificationsRequest)
+    async def get_notifications(self, req: client_pb2.NotificationsRequest, context: Ctx) -> None:
+        """Streams the shard's notification batches, read from its DB (where they are kept for
+        the notifications retention), so a subscriber costs the server one batch read ahead and
+        what gRPC holds for its stream, however far behind it is. A subscriber that accepts no
+        batch for ``notifications_send_timeout_s`` (flow control: it stopped reading) is cut
+        off with RESOURCE_UNAVAILABLE (retryable); clients resume with
+        ``start_offset_exclusive`` = the offset of the last batch they received."""
+        try:
+            await self._stream_notifications(req, context)
+        except _CutOff:
+            return  # the status is set
+
+    async def _stream_notifications(
         self, req: client_pb2.NotificationsRequest, context: Ctx
-    ) -> AsyncIterator[client_pb2.NotificationBatch]:
+    ) -> None:
         leader = self._leader(req.shard)
         self.access.check(leader.namespace, READ)
         leader.check_notifications()
         db = leader.storage.db
+        timeout = self.notifications_send_timeout_s
         if req.HasField("start_offset_exclusive"):
             after = req.start_offset_exclusive
         else:
             # No position yet: tell the client where "now" is.
             after = leader.commit_offset
-            yield client_pb2.NotificationBatch(
-                shard=req.shard, offset=after, timestamp=int(time.time() * 1000)
+            await self._send_notifications(
+                context,
+                client_pb2.NotificationBatch(
+                    shard=req.shard, offset=after, timestamp=int(time.time() * 1000)
+                ),
+                after,
+                timeout,
             )
         while True:
             seen = leader.applied.generation
             leader.check_leader()
-            batches = reads.read_notifications(db, after, 100)
+            batches = reads.read_notifications(
+                db, after, NOTIFICATION_BATCHES_PER_READ, NOTIFICATION_BYTES_PER_READ
+            )
             if batches:
                 m = leader.metrics
                 m.notifications_read_batches.inc(len(batches))
                 m.notifications_read.inc(sum(len(b.notifications) for b in batches))
                 m.notifications_read_bytes.inc(sum(b.ByteSize() for b in batches))
             for b in batches:
-                yield b
+                await self._send_notifications(context, b, after, timeout)
                 after = b.offset
             if not batches:
                 await leader.applied.wait(seen)
+
+    async def _send_notifications(
+        self, context: Ctx, batch: client_pb2.NotificationBatch, after: int, timeout: float
+    ) -> None:
+        """Sends one batch; a subscriber that does not take it within ``timeout`` is cut off.
+        The status is set on the context rather than aborted: the timed-out write is still
+        in gRPC's hands (it may yet reach the client, which keeps whichever offset it got
+        last), and an abort would collide with it."""
+        try:
+            await asyncio.wait_for(context.write(batch), timeout)
+        except TimeoutError:
+            self.slow_subscribers_cut_off += 1
+            log.info(
+                "notifications of shard %d: subscriber %s accepted no batch for %gs: cut off",
+                batch.shard,
+                context.peer(),
+                timeout,
+            )
+            err = ResourceUnavailable(
+                f"oxia: notifications subscriber too slow: no batch accepted for {timeout:g}s; "
+                f"resume with start_offset_exclusive = the last offset received (>= {after})"
+            )
+            context.set_code(grpc_errors.status_code(err))
+            context.set_details(str(err))
+            context.set_trailing_metadata(grpc_errors.to_trailers(err))
+            raise _CutOff from None
 
     # -- sessions ---------------------------------------------------------------------------------
 

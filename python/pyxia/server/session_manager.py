@@ -7,6 +7,14 @@ their session; deleting the session record deletes them in the same batch
 session has a deadline, refreshed by KeepAlive; when it passes, the leader
 logs the deletion of the session record. A new leader reloads the sessions
 from its DB with fresh deadlines (Oxia does the same).
+
+Costs, so that 100,000 sessions fit one shard leader: a keep-alive is one dict lookup and
+one float store (the deadline heap is fixed up lazily by the expiry loop, so a heartbeat
+never touches it); a session is one slotted ``Session`` plus a heap tuple. Sessions that
+expire together are deleted in log entries of at most ``MAX_EXPIRED_PER_ENTRY`` session
+deletes each (``expiry_batches``): each expiry round logs what came due since the last one,
+so 10,000 clients vanishing at once cost one entry per round their deadlines spread over (and
+per 1,000), not one per session; an explicit CloseSession stays one entry.
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ log = logging.getLogger("pyxia.sessions")
 
 MIN_SESSION_TIMEOUT_MS = 2_000
 MAX_SESSION_TIMEOUT_MS = 5 * 60_000
+MAX_EXPIRED_PER_ENTRY = 1_000
+"""Session deletes in one expiry log entry: the entry stays ~40 KB and its apply (which also
+deletes each session's ephemeral records) one DB batch of bounded size."""
 
 
 @dataclass(slots=True)
@@ -38,6 +49,15 @@ class Session:
     identity: str
     deadline: float
     closing: bool = False
+
+
+def expiry_batches(
+    due: list[Session], max_per_entry: int = MAX_EXPIRED_PER_ENTRY
+) -> list[list[Session]]:
+    """The expired sessions grouped into log entries, in the order they came due (pure)."""
+    if max_per_entry <= 0:
+        raise ValueError("max_per_entry must be positive")
+    return [due[i : i + max_per_entry] for i in range(0, len(due), max_per_entry)]
 
 
 def check_timeout(timeout_ms: int) -> None:
@@ -86,6 +106,7 @@ class SessionManager:
         self._heap: list[tuple[float, int]] = []
         self._task: asyncio.Task[None] | None = None
         self.expired_total = 0
+        self.expiry_entries_total = 0
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -172,26 +193,32 @@ class SessionManager:
         self._leader.metrics.sessions_closed.inc()
 
     async def _delete(self, s: Session) -> None:
-        res = await self._propose_delete(s)
+        res = await self._propose_delete([s])
         if res.error is not None:
             raise res.error
 
-    def _propose_delete(self, s: Session) -> asyncio.Future[ApplyResult]:
-        s.closing = True
+    def _propose_delete(self, batch: list[Session]) -> asyncio.Future[ApplyResult]:
+        """Logs one entry deleting every session of ``batch`` (and, at apply, their
+        ephemeral records)."""
+        for s in batch:
+            s.closing = True
+        ids = [s.id for s in batch]
 
         def build(_offset: int) -> client_pb2.WriteRequest:
             return client_pb2.WriteRequest(
-                deletes=[client_pb2.DeleteRequest(key=keys.session_key(s.id))]
+                deletes=[client_pb2.DeleteRequest(key=keys.session_key(sid)) for sid in ids]
             )
 
         def on_applied(_res: ApplyResult) -> None:
-            self.sessions.pop(s.id, None)
+            for sid in ids:
+                self.sessions.pop(sid, None)
             self._leader.metrics.sessions_active.set(len(self.sessions))
 
         try:
             return self._leader.propose_internal(build, on_applied)
         except PyxiaError:
-            s.closing = False
+            for s in batch:
+                s.closing = False
             raise
 
     # -- expiry -----------------------------------------------------------------------------------
@@ -220,13 +247,20 @@ class SessionManager:
             if not due:
                 continue
             futures = []
-            for s in due:
-                log.info("shard %s: session %d expired", self._leader.shard, s.id)
-                self.expired_total += 1
-                self._leader.metrics.sessions_expired.inc()
+            for batch in expiry_batches(due):
                 try:
-                    futures.append(self._propose_delete(s))
+                    futures.append(self._propose_delete(batch))
                 except PyxiaError as e:
                     log.warning("shard %s: cannot expire sessions: %s", self._leader.shard, e)
                     return
+                self.expired_total += len(batch)
+                self.expiry_entries_total += 1
+                self._leader.metrics.sessions_expired.inc(len(batch))
+            log.info(
+                "shard %s: %d sessions expired (%d log entries; first id %d)",
+                self._leader.shard,
+                len(due),
+                len(futures),
+                due[0].id,
+            )
             await asyncio.gather(*futures, return_exceptions=True)

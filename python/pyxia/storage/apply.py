@@ -25,6 +25,7 @@ operations, so that no single entry can make one step, or the entry's atomic DB 
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -127,15 +128,22 @@ class ApplyResult:
 
 class _Stage:
     """The mutations of one entry: a RocksDB batch plus an overlay, so later
-    operations of the same entry read what earlier ones wrote."""
+    operations of the same entry read what earlier ones wrote.
 
-    __slots__ = ("_db_get", "batch", "db", "overlay")
+    The overlay's keys are also kept in a sorted list, brought up to date lazily: new keys
+    wait in ``_new`` until a scan inserts them (by bisection, or one sort when many came), so
+    a put costs an append and a scan O(log n) plus its keys rather than a pass over the whole
+    overlay: an entry that closes 1,000 sessions scans 1,000 times an overlay of thousands."""
+
+    __slots__ = ("_db_get", "_keys", "_new", "batch", "db", "overlay")
 
     def __init__(self, db: ShardDB) -> None:
         self.db = db
         self._db_get = db.db.get
         self.batch: WriteBatch = db.new_batch()
         self.overlay: dict[bytes, bytes | None] = {}
+        self._keys: list[bytes] = []
+        self._new: list[bytes] = []
 
     def get(self, ekey: bytes) -> bytes | None:
         ov = self.overlay
@@ -145,12 +153,34 @@ class _Stage:
         return v
 
     def put(self, ekey: bytes, value: bytes) -> None:
+        if ekey not in self.overlay:
+            self._new.append(ekey)
         self.overlay[ekey] = value
         self.batch.put(ekey, value)
 
     def delete(self, ekey: bytes) -> None:
+        if ekey not in self.overlay:
+            self._new.append(ekey)
         self.overlay[ekey] = None
         self.batch.delete(ekey)
+
+    def _overlay_keys(self, bounds: ScanBounds, reverse: bool) -> list[bytes]:
+        """The overlay's keys within ``bounds``, in scan order."""
+        ks, new = self._keys, self._new
+        if new:
+            if len(new) * 8 > len(ks):
+                ks.extend(new)
+                ks.sort()
+            else:
+                for k in new:
+                    bisect.insort(ks, k)
+            new.clear()
+        lo = 0 if bounds.lower is None else bisect.bisect_left(ks, bounds.lower)
+        hi = len(ks) if bounds.upper is None else bisect.bisect_left(ks, bounds.upper)
+        out = [k for k in ks[lo:hi] if bounds.contains(k)] if bounds.skip else ks[lo:hi]
+        if reverse:
+            out.reverse()
+        return out
 
     def scan(self, bounds: ScanBounds, *, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         """Merged DB + overlay scan (overlay wins). The overlay keys are
@@ -158,7 +188,7 @@ class _Stage:
         affect keys not yet visited through the DB."""
         if bounds.empty:
             return
-        ov_keys = sorted((k for k in self.overlay if bounds.contains(k)), reverse=reverse)
+        ov_keys = self._overlay_keys(bounds, reverse)
         db_it = (
             kv
             for kv in self.db.scan(bounds.lower, bounds.upper, reverse=reverse)

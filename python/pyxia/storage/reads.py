@@ -519,16 +519,22 @@ def _notification_range(db: ShardDB, start_offset: int) -> tuple[bytes, bytes] |
 
 
 def read_notifications(
-    db: ShardDB, after_offset: int, max_batches: int = 100
+    db: ShardDB, after_offset: int, max_batches: int = 100, max_bytes: int | None = None
 ) -> list[client_pb2.NotificationBatch]:
     """The stored notification batches with ``offset > after_offset``, in offset order, at most
-    ``max_batches``. Entries without notifications (and control entries) have no batch."""
+    ``max_batches`` and, once one is read, no more than ``max_bytes`` of stored batches (a
+    subscriber's read-ahead stays bounded however large the batches). Entries without
+    notifications (and control entries) have no batch."""
     rng = _notification_range(db, after_offset + 1)
     if rng is None or max_batches <= 0:
         return []
     out: list[client_pb2.NotificationBatch] = []
+    size = 0
     for _, raw in db.scan(rng[0], rng[1]):
+        if out and max_bytes is not None and size + len(raw) > max_bytes:
+            break
         out.append(client_pb2.NotificationBatch.FromString(raw))
+        size += len(raw)
         if len(out) >= max_batches:
             break
     return out

@@ -11,6 +11,8 @@ leadership of a one-shard namespace and persisted through its replicated log.
 - :mod:`~pyxia.tso.oracle` — serving state, window extensions, the leader lease, the other
   calls, the release of the lease on a planned handoff.
 - :mod:`~pyxia.tso.service` — the gRPC service on every data server's public port.
+- :mod:`~pyxia.tso.native` — the TSO port (``--tso-addr``): GetTs served by Rust from the
+  window the oracle grants.
 - :mod:`~pyxia.tso.client` — :class:`TsoClient` / :class:`AsyncTsoClient`.
 - :mod:`~pyxia.tso.checker` — a history checker for grants (tests, benchmarks, robustness).
 

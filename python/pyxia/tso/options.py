@@ -45,6 +45,11 @@ class TsoOptions:
     lease_ttl_ceiling_ms: int = DEFAULT_TTL_CEILING_MS
     max_leases: int = DEFAULT_MAX_LEASES
     """The most live stamping leases (RESOURCE_EXHAUSTED past it)."""
+    native_addr: str | None = None
+    """``IP:port`` of the TSO port: GetTs served natively (:mod:`pyxia.tso.native`), besides
+    the public port; None: none."""
+    native_workers: int = 2
+    """The native server's threads."""
 
     @property
     def window_ahead_ms(self) -> int:

@@ -78,6 +78,7 @@ from pyxia.tso.leases import (
     record_key,
     safe_frontier,
 )
+from pyxia.tso.native import NativeAllocator
 from pyxia.tso.options import TsoOptions
 from pyxia.tso.sequences import (
     SEQ_KEY_COUNT_KEY,
@@ -113,10 +114,19 @@ class Oracle:
         still_leading: Callable[[Leading], bool] = lambda _target: True,
         clock_ms: Callable[[], int] = wall_ms,
         monotonic: Callable[[], float] = time.monotonic,
+        allocator: Allocator | None = None,
     ) -> None:
         self.options = options or TsoOptions()
         self.driver = driver
-        self.allocator = Allocator(self.options.window_ahead_ms)
+        self.allocator = allocator or Allocator(self.options.window_ahead_ms)
+        self._native = allocator if isinstance(allocator, NativeAllocator) else None
+        """The allocator the native TSO port grants from (:mod:`~pyxia.tso.native`): it needs
+        the fast-path deadline (the lease less its renewal margin) whenever the lease moves.
+        It compares that deadline with the real monotonic clock: with a native allocator,
+        ``monotonic`` must be :func:`time.monotonic`."""
+        self._fast_held = False
+        """The fast path was closed because this node was seen not leading: it stays closed
+        until this node is seen leading again (or serves a new term)."""
         self.gate = asyncio.Lock()
         """Held across every high-water and lease write of the serving leader; the fence takes
         it to drain the writes of an older term before it reads the high-water."""
@@ -186,9 +196,21 @@ class Oracle:
         self._leases = None  # loaded from the shard on first use
         self._fencing = None
         self._serving = target
+        self._fast_held = False
+        self._publish_fast_path()
         m.SERVING.set(1)
         m.HIGH_WATER.set(high_water_ms)
         self.changed.notify()
+
+    def _publish_fast_path(self) -> None:
+        """Tells the native TSO port until when it may grant on its own: while the lease
+        holds less the renewal margin (renewals start on Python's path), without a lease
+        for as long as this node serves (a step-down closes it synchronously)."""
+        native = self._native
+        if native is None or self._fast_held:
+            return
+        lease_until = self._lease_until
+        native.set_fast_until(None if lease_until is None else lease_until - self._renew_margin)
 
     def poison(self, err: BaseException) -> None:
         """Stops the oracle on this node for good (a permanent error)."""
@@ -250,8 +272,15 @@ class Oracle:
     def _check_serving(self) -> Leading:
         target = self._serving
         if target is None or not self._still_leading(target):
-            # Deposed and not yet told by the watch (it steps down on the next event).
+            # Deposed and not yet told by the watch (it steps down on the next event): the
+            # native port stops granting too, until this node is seen leading again.
+            if self._native is not None and target is not None:
+                self._native.set_fast_until(0.0)
+                self._fast_held = True
             raise self.not_serving_error()
+        if self._fast_held:
+            self._fast_held = False
+            self._publish_fast_path()
         return target
 
     def _classify_write_error(self, e: BaseException, what: str) -> PyxiaError:
@@ -259,6 +288,9 @@ class Oracle:
         disposition = classify(e)
         if disposition is Disposition.STEPPED_DOWN:
             log.info("tso: %s write refused, not the leader: %s", what, e)
+            if self._native is not None and self._serving is not None:
+                self._native.set_fast_until(0.0)  # until seen leading again
+                self._fast_held = True
             endpoint, epoch = self._leader_hint()
             return TsoNotLeader(
                 f"tso: not the leader: {e}", leader_endpoint=endpoint, leader_epoch=epoch
@@ -380,6 +412,7 @@ class Oracle:
         self.allocator.commit_window_extension(ext, durable)
         if self._lease_until is not None:
             self._lease_until = max(self._lease_until, proposed_at + self.options.lease_s)
+            self._publish_fast_path()
         self.extensions += 1
         m.EXTENSION_LATENCY.observe(self.monotonic() - proposed_at)
         m.HIGH_WATER.set(durable)

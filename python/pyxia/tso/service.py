@@ -25,7 +25,12 @@ Errors (tsoracle's codes; the ``oxia.io`` ErrorInfo detail travels along):
 With authentication on the public port, the caller needs ``write`` in the TSO namespace
 (``PERMISSION_DENIED`` otherwise); the token itself is checked by the port's interceptor.
 
-Failpoint: ``service.before_allocate`` (in the GetTs handler, before the allocator is asked).
+With a TSO port (``TsoOptions.native_addr``, ``--tso-addr``; :mod:`pyxia.tso.native`), GetTs
+is also served natively there from the same allocator; what the native side does not answer at
+once comes to :meth:`TsoService.answer_get_ts`, which answers exactly as the public port would.
+
+Failpoint: ``service.before_allocate`` (in the GetTs handler, before the allocator is asked; not
+on the TSO port's native grants).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from pyxia.tso.allocator import MAX_COUNT
 from pyxia.tso.driver import DirectorLeadership, ShardDriver, controller_leads
 from pyxia.tso.errors import TsoNotLeader, TsoUnavailable
 from pyxia.tso.fence import LeaderWatch
+from pyxia.tso.native import NativeAllocator, NativeTransport, Outcome, TsoAddress
 from pyxia.tso.options import TsoOptions
 from pyxia.tso.oracle import Oracle
 from pyxia.tso.sequences import SeqEntry
@@ -111,6 +117,14 @@ class TsoService:
     def __init__(self, oracle: Oracle, watch: LeaderWatch) -> None:
         self.oracle = oracle
         self.watch = watch
+        self.transport: NativeTransport | None = None
+        """The native TSO port (``options.native_addr``), started with the service."""
+        native = oracle.allocator
+        addr = oracle.options.native_addr
+        if addr and isinstance(native, NativeAllocator):
+            self.transport = NativeTransport(
+                native, TsoAddress.parse(addr), self.answer_get_ts, oracle.options.native_workers
+            )
         self.access: PublicAccess | None = None
         """Every call needs ``write`` in the TSO namespace (:meth:`on_data_server`: the
         server's)."""
@@ -131,6 +145,7 @@ class TsoService:
             self_endpoint=public_address,
             leader_hint=leadership.assigned,
             still_leading=controller_leads,
+            allocator=NativeAllocator(options.window_ahead_ms) if options.native_addr else None,
         )
 
         def before_step_down(lc: LeaderController) -> None:
@@ -157,9 +172,15 @@ class TsoService:
         return next((e for e in server.extensions if isinstance(e, cls)), None)
 
     def start(self) -> None:
+        """Starts the fence's watch and the TSO port (raises TransportError if it cannot
+        listen)."""
+        if self.transport is not None:
+            self.transport.start()
         self.watch.start()
 
     async def close(self) -> None:
+        if self.transport is not None:
+            await self.transport.close()
         await self.watch.close()
         await self.oracle.close()
 
@@ -185,26 +206,42 @@ class TsoService:
 
     async def get_ts(self, raw: bytes, context: Ctx) -> bytes:
         try:
-            count = _decode(tso_pb2.GetTsRequest, raw).count
-            self._check_access()
-            if not 1 <= count <= MAX_COUNT:
-                raise InvalidArgument(f"tso: count must be between 1 and {MAX_COUNT}, got {count}")
-            await afailpoint("service.before_allocate")
-            oracle = self.oracle
-            try:
-                g = oracle.try_grant(count)
-            except TsoNotLeader:
-                if oracle.fencing is None:
-                    raise
-                g = None  # this node leads and fences: hold the call until it serves
-            if g is None:
-                g = await oracle.grant(count)
+            return await self._get_ts(raw)
         except PyxiaError as e:
             await self._abort(context, e)
             raise  # unreachable: abort raises
         except FailpointError as e:
             await self._abort(context, TsoUnavailable(f"tso: {e}"))
             raise
+
+    async def answer_get_ts(self, raw: bytes) -> Outcome:
+        """A GetTs handed over by the native TSO port: the public port's answer as
+        ``(code, message, response, trailers)``."""
+        try:
+            return 0, "", await self._get_ts(raw), ()
+        except FailpointError as e:
+            err: PyxiaError = TsoUnavailable(f"tso: {e}")
+        except PyxiaError as e:
+            err = e
+        self._count_error(err)
+        return grpc_errors.status_code(err).value[0], str(err), b"", error_trailers(err)
+
+    async def _get_ts(self, raw: bytes) -> bytes:
+        """The GetTs response for ``raw``; raises PyxiaError (or a FailpointError)."""
+        count = _decode(tso_pb2.GetTsRequest, raw).count
+        self._check_access()
+        if not 1 <= count <= MAX_COUNT:
+            raise InvalidArgument(f"tso: count must be between 1 and {MAX_COUNT}, got {count}")
+        await afailpoint("service.before_allocate")
+        oracle = self.oracle
+        try:
+            g = oracle.try_grant(count)
+        except TsoNotLeader:
+            if oracle.fencing is None:
+                raise
+            g = None  # this node leads and fences: hold the call until it serves
+        if g is None:
+            g = await oracle.grant(count)
         m.GRANTS.inc()
         m.TIMESTAMPS.inc(count)
         hi, lo = epoch_halves(g.epoch)
@@ -304,11 +341,14 @@ class TsoService:
 
     # -- plumbing ---------------------------------------------------------------------------------
 
-    async def _abort(self, context: Ctx, err: PyxiaError) -> None:
+    def _count_error(self, err: PyxiaError) -> None:
         if isinstance(err, TsoNotLeader):
             m.NOT_LEADER.inc()
         elif not isinstance(err, TsoUnavailable):
             m.ERRORS.labels("invalid" if isinstance(err, InvalidArgument) else "internal").inc()
+
+    async def _abort(self, context: Ctx, err: PyxiaError) -> None:
+        self._count_error(err)
         await context.abort(
             grpc_errors.status_code(err), str(err), trailing_metadata=error_trailers(err)
         )

@@ -97,6 +97,16 @@ pub struct Entry {
     pub previous_crc: u32,
 }
 
+/// An entry as its record stores it: the payload (the entry's `LogEntry`
+/// encoding, see [`codec`]), decoded, with its place in the CRC chain.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored<'a> {
+    pub payload: &'a [u8],
+    pub entry: codec::EntryRef<'a>,
+    pub crc: u32,
+    pub previous_crc: u32,
+}
+
 /// An entry to append, borrowing its value.
 #[derive(Debug, Clone, Copy)]
 pub struct NewEntry<'a> {
@@ -827,6 +837,21 @@ impl Wal {
         self.inner.read_batch(from, max_entries, max_bytes)
     }
 
+    /// Calls `f` with each stored entry from `from`, as [`Wal::read_batch`]
+    /// would read them (the same limits), without copying them out: the
+    /// payload is the record's bytes, valid during the call. The WAL's read
+    /// lock is held throughout, so `f` must be quick and must not touch the
+    /// WAL. Returns how many entries were visited.
+    pub fn visit_batch(
+        &self,
+        from: i64,
+        max_entries: usize,
+        max_bytes: usize,
+        mut f: impl FnMut(Stored<'_>),
+    ) -> Result<usize> {
+        self.inner.visit_batch(from, max_entries, max_bytes, &mut f)
+    }
+
     pub fn reader(&self, from: i64) -> Reader {
         Reader {
             inner: self.inner.clone(),
@@ -1241,7 +1266,13 @@ impl Inner {
         Ok(())
     }
 
-    fn locate_and_read(&self, st: &State, offset: i64) -> Result<Entry> {
+    /// Calls `f` with the stored entry at `offset` (its record checked: CRC, decoding).
+    fn with_stored<R>(
+        &self,
+        st: &State,
+        offset: i64,
+        f: impl FnOnce(Stored<'_>) -> R,
+    ) -> Result<R> {
         if st.is_empty() || offset < st.first_offset() || offset > st.last_appended {
             return Err(WalError::EntryNotFound(offset));
         }
@@ -1250,13 +1281,15 @@ impl Inner {
             .iter()
             .chain(st.pending.iter().rev())
             .find(|w| w.contains(offset));
-        let (path, position, parsed) = if let Some(w) = w {
+        if let Some(w) = w {
             let i = (offset - w.seg.base) as usize;
             let pos = w.positions[i] as usize;
             // SAFETY: state lock held (read): no writer touches these bytes.
             let bytes = unsafe { w.seg.bytes() };
             let end = w.positions.get(i + 1).map(|p| *p as usize).unwrap_or(w.write_pos);
-            (&w.seg.path, pos, entry_from_record(&bytes[pos..end], offset))
+            let stored = stored_from_record(&bytes[pos..end], offset)
+                .map_err(|reason| corrupted(&w.seg.path, pos, reason))?;
+            Ok(f(stored))
         } else {
             let k = st.ro.partition_point(|s| s.base <= offset);
             let s = st
@@ -1266,9 +1299,21 @@ impl Inner {
                 .ok_or(WalError::EntryNotFound(offset))?;
             let i = (offset - s.base) as usize;
             let rec = s.read_record(i)?;
-            (&s.path, s.positions[i] as usize, entry_from_record(&rec, offset))
-        };
-        parsed.map_err(|reason| corrupted(path, position, reason))
+            let stored = stored_from_record(&rec, offset)
+                .map_err(|reason| corrupted(&s.path, s.positions[i] as usize, reason))?;
+            Ok(f(stored))
+        }
+    }
+
+    fn locate_and_read(&self, st: &State, offset: i64) -> Result<Entry> {
+        self.with_stored(st, offset, |s| Entry {
+            term: s.entry.term,
+            offset: s.entry.offset,
+            value: s.entry.value.to_vec(),
+            timestamp: s.entry.timestamp,
+            crc: s.crc,
+            previous_crc: s.previous_crc,
+        })
     }
 
     fn read(&self, offset: i64) -> Result<Entry> {
@@ -1298,18 +1343,45 @@ impl Inner {
         }
         Ok(out)
     }
+
+    fn visit_batch(
+        &self,
+        from: i64,
+        max_entries: usize,
+        max_bytes: usize,
+        f: &mut dyn FnMut(Stored<'_>),
+    ) -> Result<usize> {
+        let st = self.state.read();
+        if st.closed {
+            return Err(WalError::Closed);
+        }
+        let mut visited = 0usize;
+        let mut bytes = 0usize;
+        let mut off = from;
+        while off <= st.last_appended && visited < max_entries.max(1) {
+            if visited > 0 && bytes >= max_bytes {
+                break;
+            }
+            bytes += self.with_stored(&st, off, |s| {
+                let n = s.entry.value.len();
+                f(s);
+                n
+            })?;
+            visited += 1;
+            off += 1;
+        }
+        Ok(visited)
+    }
 }
 
-fn entry_from_record(rec: &[u8], offset: i64) -> std::result::Result<Entry, String> {
+fn stored_from_record(rec: &[u8], offset: i64) -> std::result::Result<Stored<'_>, String> {
     match codec::scan_record(rec, 0, None, offset) {
         Scan::Record(r) => {
-            let p = codec::decode_payload(&rec[HEADER_LEN..HEADER_LEN + r.payload_len])
-                .map_err(|e| e.to_string())?;
-            Ok(Entry {
-                term: p.term,
-                offset: p.offset,
-                value: p.value.to_vec(),
-                timestamp: p.timestamp,
+            let payload = &rec[HEADER_LEN..HEADER_LEN + r.payload_len];
+            let entry = codec::decode_payload(payload).map_err(|e| e.to_string())?;
+            Ok(Stored {
+                payload,
+                entry,
                 crc: r.crc,
                 previous_crc: r.previous_crc,
             })

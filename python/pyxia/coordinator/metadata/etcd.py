@@ -61,7 +61,7 @@ from pyxia.errors import MetadataBadVersion, ResourceUnavailable
 from pyxia.proto.metadata_pb2 import ClusterStatus
 from pyxia.security.tls import TLS12, TLS13, ClientTls, TlsOptions
 
-from .codec import decode_status, encode_status
+from .codec import StatusEncoder, decode_status
 from .provider import NOT_EXISTS, LeadershipLost, MetadataProvider, Version, counter_of
 
 log = logging.getLogger("pyxia.coordinator.metadata.etcd")
@@ -132,6 +132,7 @@ class EtcdMetadataProvider(MetadataProvider):
         password: str | None = None,
     ) -> None:
         super().__init__()
+        self._encoder = StatusEncoder()  # reuses the JSON of unchanged shards
         if isinstance(endpoints, str):
             endpoints = endpoints.split(",")
         self._tls: ClientTls | None = tls.client() if tls is not None else None
@@ -321,7 +322,7 @@ class EtcdMetadataProvider(MetadataProvider):
                 {
                     "request_put": {
                         "key": _b64(self.status_key),
-                        "value": _b64(encode_status(status).encode()),
+                        "value": _b64(self._encoder.encode(status).encode()),
                     }
                 }
             ],

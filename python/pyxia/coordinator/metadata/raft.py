@@ -65,7 +65,7 @@ from pyxia.errors import AlreadyClosed, MetadataBadVersion, ResourceUnavailable
 from pyxia.proto.metadata_pb2 import ClusterStatus
 
 from . import raft_unpickler
-from .codec import decode_status, encode_status
+from .codec import StatusEncoder, decode_status
 from .provider import (
     NOT_EXISTS,
     LeadershipLost,
@@ -135,6 +135,7 @@ class RaftMetadataProvider(MetadataProvider):
         secret: bytes,
     ) -> None:
         super().__init__()
+        self._encoder = StatusEncoder()  # reuses the JSON of unchanged shards
         if len(secret) < MIN_SECRET_BYTES:
             raise ValueError(
                 f"the raft secret is {len(secret)} bytes; at least {MIN_SECRET_BYTES} needed"
@@ -294,7 +295,7 @@ class RaftMetadataProvider(MetadataProvider):
         if lost is None or lost.fired:
             raise MetadataBadVersion(f"raft: {self.address} is not the leading coordinator")
         expected = counter_of(expected_version)
-        outcome = await self._commit(self._state.cas, encode_status(status), expected, token)
+        outcome = await self._commit(self._state.cas, self._encoder.encode(status), expected, token)
         if outcome is None:
             lost.fire("raft store not committed in time")
             raise MetadataBadVersion("raft: store not committed in time; its outcome is unknown")
