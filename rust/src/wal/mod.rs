@@ -725,7 +725,19 @@ impl Wal {
         if self.is_closed() {
             return Err(WalError::Closed);
         }
-        self.inner.run_round();
+        self.inner.run_round(true);
+        let st = self.inner.state.read();
+        st.check_usable()
+    }
+
+    /// [`Wal::sync_inline`] that does not write the notify pipe: the caller
+    /// tells the log's owner itself (a sync group, see [`sync_many`]).
+    /// Threads blocked in [`Wal::wait_synced`] are woken as usual.
+    pub fn sync_inline_quiet(&self) -> Result<()> {
+        if self.is_closed() {
+            return Err(WalError::Closed);
+        }
+        self.inner.run_round(false);
         let st = self.inner.state.read();
         st.check_usable()
     }
@@ -1077,7 +1089,7 @@ impl Inner {
 
     /// One sync round (see [`Inner::sync_round`]) with its failure handling,
     /// then wakes every waiter.
-    fn run_round(&self) {
+    fn run_round(&self, notify_pipe: bool) {
         {
             let _round = self.round.lock();
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.sync_round()));
@@ -1094,14 +1106,20 @@ impl Inner {
                 }
             }
         }
-        self.notify_waiters();
+        if notify_pipe {
+            self.notify_waiters();
+        } else {
+            self.notify_threads();
+        }
+    }
+
+    fn notify_threads(&self) {
+        let _g = self.synced_mu.lock();
+        self.synced_cv.notify_all();
     }
 
     fn notify_waiters(&self) {
-        {
-            let _g = self.synced_mu.lock();
-            self.synced_cv.notify_all();
-        }
+        self.notify_threads();
         let b = [1u8];
         // SAFETY: notify_write is our own non-blocking pipe end; a full pipe
         // (EAGAIN) already guarantees a pending wake-up.
@@ -1319,6 +1337,36 @@ fn entry_from_record(rec: &[u8], offset: i64) -> std::result::Result<Entry, Stri
     }
 }
 
+/// One sync round of each WAL ([`Wal::sync_inline_quiet`]), up to `threads`
+/// rounds at a time in scoped threads, returning once all are done: a
+/// server's many logs share one round (their fsyncs overlap, and the file
+/// system commits them together) instead of each waking its own thread and
+/// its owner. One result per WAL, in order.
+pub fn sync_many(wals: &[&Wal], threads: usize) -> Vec<Result<()>> {
+    let n = wals.len();
+    let threads = threads.clamp(1, n.max(1));
+    if threads <= 1 {
+        return wals.iter().map(|w| w.sync_inline_quiet()).collect();
+    }
+    let chunk = n.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = wals
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || part.iter().map(|w| w.sync_inline_quiet()).collect::<Vec<_>>())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| match h.join() {
+                Ok(v) => v,
+                // run_round catches its own panics; this is unreachable in practice.
+                Err(_) => vec![Err(WalError::Poisoned("panic in a WAL sync group".into()))],
+            })
+            .collect()
+    })
+}
+
 fn sync_loop(inner: Arc<Inner>) {
     loop {
         {
@@ -1331,7 +1379,7 @@ fn sync_loop(inner: Arc<Inner>) {
             }
             c.requested = false;
         }
-        inner.run_round();
+        inner.run_round(true);
     }
 }
 
