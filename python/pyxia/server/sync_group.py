@@ -11,9 +11,10 @@ whole round, then tells each leader.
 
 Invariants:
 
-- at most one round is in flight per event loop; leaders that ask meanwhile wait for the next
-  one, which starts as soon as the previous one is done (so a round carries whatever was
-  appended while the previous one flushed);
+- at most one round is in flight per event loop; it starts at the end of the loop step in
+  which the first leader asked (so the leaders that ask in the same step share it); leaders
+  that ask while one flushes wait for the next, which starts as soon as it is done (so a
+  round carries whatever was appended while the previous one flushed);
 - a write is acknowledged only after a round that began after its append finished: the round
   is the WAL's own (``sync_inline_quiet``: the same flush, the same poisoning of a failed
   fsync, the same test hooks), and a member asks only after its append;
@@ -59,7 +60,7 @@ class SyncGroup:
         self._loop = loop
         self._threads = threads
         self._pending: dict[int, SyncMember] = {}
-        self._in_flight = False
+        self._in_flight = False  # a round is scheduled or flushing
         self._executor: ThreadPoolExecutor | None = None
         self.inline_scheduled = 0  # lone-write rounds scheduled on the loop, not yet run
         self.rounds = 0  # group rounds finished (metrics for tests and benches)
@@ -82,12 +83,12 @@ class SyncGroup:
         """Makes everything ``member``'s WAL holds now durable in the next round."""
         self._pending[id(member)] = member
         if not self._in_flight:
-            self._start()
+            self._in_flight = True
+            self._loop.call_soon(self._start)
 
     def _start(self) -> None:
         batch = list(self._pending.values())
         self._pending.clear()
-        self._in_flight = True
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="pyxia-sync-group")
         wals = [m.wal for m in batch]
@@ -104,4 +105,5 @@ class SyncGroup:
             for m in batch:
                 m.group_round_done()
             if self._pending:
+                self._in_flight = True
                 self._start()
