@@ -25,6 +25,7 @@ from pyxia.server.leader_controller import LeaderController
 from pyxia.server.session_manager import SessionManager
 from pyxia.server.shards_director import OPEN_CONCURRENCY
 from pyxia.server.sync_group import SyncGroup
+from servers import wait_until
 
 
 def _wals(tmp_path: Path, n: int) -> list[Wal]:
@@ -74,15 +75,13 @@ def test_a_group_round_carries_the_members_of_one_loop_step(tmp_path: Path) -> N
             group.request(m)
             group.request(m)  # asking twice in a round is one ask
         assert not group.idle
-        while any(not m.synced_when_told for m in members):
-            await asyncio.sleep(0.001)
+        await wait_until(lambda: all(m.synced_when_told for m in members), what="round")
         # Told once, and only after the WAL was synced past what was appended.
         assert all(m.synced_when_told == [0] for m in members)
         # A member that asks again while a round flushes goes in the next round.
         wals[0].append(1, 1, b"z", 0)
         group.request(members[0])
-        while len(members[0].synced_when_told) < 2:
-            await asyncio.sleep(0.001)
+        await wait_until(lambda: len(members[0].synced_when_told) == 2, what="2nd round")
         assert members[0].synced_when_told[-1] == 1
         return group
 
@@ -113,8 +112,7 @@ def test_many_leaders_share_sync_rounds_and_opened_together(hundred_shards: Serv
 
     async def write_all() -> tuple[int, int, int, list[client_pb2.WriteResponse]]:
         group = SyncGroup.for_loop(asyncio.get_running_loop())
-        while not group.idle:  # whatever the startup left in flight
-            await asyncio.sleep(0.001)
+        await wait_until(lambda: group.idle, what="idle group")  # the startup's rounds
         rounds, synced = group.rounds, group.synced
         inline = sum(lc.sync_policy.inline for lc in leaders if lc.sync_policy)
         # One write per shard, all proposed in the same loop step.
@@ -145,7 +143,7 @@ class _Leader:
     shard = 7
     handing_off = False
 
-    class metrics:  # noqa: N801 (the attribute names of ShardMetrics)
+    class metrics:  # the attribute names of ShardMetrics
         class _Gauge:
             def set(self, _v: float) -> None:
                 return None
@@ -161,9 +159,7 @@ def test_a_leader_without_sessions_sleeps_until_one_is_added() -> None:
         await asyncio.sleep(0.1)
         idle_checks = m.checks
         m.load({1: storage_pb2.SessionMetadata(timeout_ms=60_000, identity="a")})
-        deadline = asyncio.get_running_loop().time() + 10
-        while m.checks < 3 and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.005)
+        await wait_until(lambda: m.checks >= 3, what="session checks")
         checks = m.checks
         await m.close()
         return idle_checks, checks
