@@ -640,8 +640,7 @@ fn sync_many(py: Python<'_>, wals: Vec<PyRef<'_, PyWal>>, threads: usize) -> Vec
     let owned: Vec<Arc<Wal>> = wals.iter().map(|w| w.wal.clone()).collect();
     drop(wals);
     py.detach(|| {
-        let refs: Vec<&Wal> = owned.iter().map(|w| &**w).collect();
-        wal::sync_many(&refs, threads)
+        wal::sync_many(&owned, threads)
             .into_iter()
             .map(|r| r.err().map(|e| e.to_string()))
             .collect()

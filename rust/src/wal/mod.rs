@@ -1338,33 +1338,120 @@ fn entry_from_record(rec: &[u8], offset: i64) -> std::result::Result<Entry, Stri
 }
 
 /// One sync round of each WAL ([`Wal::sync_inline_quiet`]), up to `threads`
-/// rounds at a time in scoped threads, returning once all are done: a
-/// server's many logs share one round (their fsyncs overlap, and the file
-/// system commits them together) instead of each waking its own thread and
-/// its owner. One result per WAL, in order.
-pub fn sync_many(wals: &[&Wal], threads: usize) -> Vec<Result<()>> {
+/// rounds at a time, returning once all are done: a server's many logs share
+/// one round (their fsyncs overlap, and the file system commits them
+/// together) instead of each waking its own thread and its owner. One result
+/// per WAL, in order.
+///
+/// The calling thread syncs too; up to `threads - 1` helpers from a small
+/// process-wide pool join it (spawning threads per round cost more than a
+/// small round). Each log is claimed by exactly one thread, so the round
+/// completes even if no helper ever starts.
+pub fn sync_many(wals: &[Arc<Wal>], threads: usize) -> Vec<Result<()>> {
     let n = wals.len();
-    let threads = threads.clamp(1, n.max(1));
-    if threads <= 1 {
+    let helpers = threads.clamp(1, n.max(1)) - 1;
+    if helpers == 0 {
         return wals.iter().map(|w| w.sync_inline_quiet()).collect();
     }
-    let chunk = n.div_ceil(threads);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = wals
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || part.iter().map(|w| w.sync_inline_quiet()).collect::<Vec<_>>())
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| match h.join() {
-                Ok(v) => v,
-                // run_round catches its own panics; this is unreachable in practice.
-                Err(_) => vec![Err(WalError::Poisoned("panic in a WAL sync group".into()))],
-            })
-            .collect()
+    let job = Arc::new(SyncJob {
+        wals: wals.to_vec(),
+        next: std::sync::atomic::AtomicUsize::new(0),
+        results: Mutex::new((0, (0..n).map(|_| None).collect())),
+        done: Condvar::new(),
+    });
+    let pool = sync_pool();
+    for _ in 0..helpers {
+        let j = job.clone();
+        pool.submit(Box::new(move || j.work()));
+    }
+    job.work();
+    let mut g = job.results.lock();
+    while g.0 < n {
+        job.done.wait(&mut g);
+    }
+    g.1.iter_mut()
+        .map(|r| r.take().unwrap_or_else(|| Err(WalError::Poisoned("lost sync result".into()))))
+        .collect()
+}
+
+/// The logs of one [`sync_many`] call, claimed one at a time by the threads
+/// that work on it.
+struct SyncJob {
+    wals: Vec<Arc<Wal>>,
+    next: std::sync::atomic::AtomicUsize,
+    /// (logs finished, their results)
+    results: Mutex<(usize, Vec<Option<Result<()>>>)>,
+    done: Condvar,
+}
+
+impl SyncJob {
+    fn work(&self) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::AcqRel);
+            if i >= self.wals.len() {
+                return;
+            }
+            let r = self.wals[i].sync_inline_quiet();
+            let mut g = self.results.lock();
+            g.1[i] = Some(r);
+            g.0 += 1;
+            if g.0 == self.wals.len() {
+                self.done.notify_all();
+            }
+        }
+    }
+}
+
+type PoolTask = Box<dyn FnOnce() + Send + 'static>;
+
+/// A fixed set of threads (started on first use, living as long as the
+/// process) that run [`sync_many`]'s helper tasks.
+struct SyncPool {
+    queue: Mutex<VecDeque<PoolTask>>,
+    ready: Condvar,
+}
+
+const SYNC_POOL_THREADS: usize = 8;
+
+fn sync_pool() -> &'static SyncPool {
+    static POOL: std::sync::OnceLock<&'static SyncPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let pool: &'static SyncPool = Box::leak(Box::new(SyncPool {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+        }));
+        for i in 0..SYNC_POOL_THREADS {
+            // A pool thread that cannot start only means fewer helpers: the caller of
+            // sync_many syncs whatever no helper claims.
+            let _ = std::thread::Builder::new()
+                .name(format!("pyxia-wal-group-{i}"))
+                .spawn(move || pool.run());
+        }
+        pool
     })
+}
+
+impl SyncPool {
+    fn submit(&self, task: PoolTask) {
+        self.queue.lock().push_back(task);
+        self.ready.notify_one();
+    }
+
+    fn run(&self) {
+        loop {
+            let task = {
+                let mut q = self.queue.lock();
+                loop {
+                    if let Some(t) = q.pop_front() {
+                        break t;
+                    }
+                    self.ready.wait(&mut q);
+                }
+            };
+            // A panic in a round is caught by run_round; never let one kill the thread.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task));
+        }
+    }
 }
 
 fn sync_loop(inner: Arc<Inner>) {
