@@ -31,6 +31,10 @@ the server allocate for shards it does not hold:
   ``shard_storage.shard_dir``), and is a no-op for one it does not hold.
 
 :meth:`open_leader` is the trusted in-process path of standalone mode (its own coordinator).
+
+Replicas are opened in the director's worker threads, :data:`OPEN_CONCURRENCY` at a time
+(RocksDB's open and the WAL's recovery release the GIL), each under its shard's lock; one
+opened for a caller that went away, or while the server closed, is closed again.
 """
 
 from __future__ import annotations
@@ -250,26 +254,12 @@ class ShardsDirector:
             listener(st)
         return st
 
-    def _storage(
-        self, namespace: str, shard: int, encoding: KeyEncoding, *, trusted: bool = False
-    ) -> ShardStorage:
-        """The shard's storage, opened in this thread if it is not open yet."""
-        st = self._check_may_open(namespace, shard, trusted=trusted)
-        if st is not None:
-            return st
-        try:
-            st = ShardStorage(namespace, shard, self.storage_options, encoding)
-        except ReplicaCorrupt as e:
-            if not self.rebuild_corrupt:
-                raise
-            st = self._set_aside(namespace, shard, encoding, e)
-        return self._register(st)
-
     async def _open_storage(
         self, namespace: str, shard: int, encoding: KeyEncoding, *, trusted: bool = False
     ) -> ShardStorage:
-        """:meth:`_storage` with the opening (DB open, WAL recovery) in a worker thread, at
-        most :data:`OPEN_CONCURRENCY` at a time, so many shards open together. The caller holds
+        """The shard's storage, opened (DB open, WAL recovery) in a worker thread if it is not
+        open yet, at most :data:`OPEN_CONCURRENCY` at a time, so many shards open together. A
+        replica found corrupt is set aside (see :meth:`_set_aside`). The caller holds
         the shard's lock (no second open of the same shard). A replica opened for a caller
         that was cancelled, or while the server closed, is closed again, never leaked."""
         st = self._check_may_open(namespace, shard, trusted=trusted)
@@ -367,19 +357,12 @@ class ShardsDirector:
         """Every open shard replica with its controller (None between roles)."""
         return [(st, self.controller(shard)) for shard, st in self._storages.items()]
 
-    def open_leader(self, namespace: str, shard: int, encoding: KeyEncoding) -> LeaderController:
-        """Opens (recovering) the shard's storage and a leader controller: the trusted path
-        of standalone mode, whose in-process coordinator decides which shards exist."""
-        lc = self.leaders.get(shard)
-        if lc is not None:
-            return lc
-        return self._new_leader(self._storage(namespace, shard, encoding, trusted=True))
-
-    async def open_leader_async(
+    async def open_leader(
         self, namespace: str, shard: int, encoding: KeyEncoding
     ) -> LeaderController:
-        """:meth:`open_leader` with the storage opened in a worker thread (see
-        :meth:`_open_storage`): standalone mode opens its shards this way, many at a time."""
+        """Opens (recovering, in a worker thread: see :meth:`_open_storage`) the shard's
+        storage and a leader controller: the trusted path of standalone mode, whose in-process
+        coordinator decides which shards exist (it opens many at a time)."""
         async with self._lock(shard):
             lc = self.leaders.get(shard)
             if lc is not None:

@@ -142,7 +142,7 @@ class Standalone:
 
         async def elect(ns: NamespaceConfig, shard_id: int) -> None:
             async with gate:
-                lc = await server.director.open_leader_async(ns.name, shard_id, ns.encoding)
+                lc = await server.director.open_leader(ns.name, shard_id, ns.encoding)
                 term = standalone_term(lc.term, lc.storage.head_entry_id().term)
                 if term <= lc.term:
                     log.warning(
