@@ -125,7 +125,7 @@ class Standalone:
     async def _elect_all(self) -> None:
         """Opens and elects every shard, up to :data:`ELECT_CONCURRENCY` at a time (their
         storage opens in the director's worker threads; their term writes and log syncs
-        overlap), then publishes the assignments once."""
+        overlap), the timestamp oracle's last, then publishes the assignments once."""
         server = self.server
         assignments = client_pb2.ShardAssignments()
         jobs: list[tuple[NamespaceConfig, int, client_pb2.Int32HashRange]] = []
@@ -160,12 +160,20 @@ class Standalone:
 
         # A failure cancels the other elections and is raised as itself (the caller closes
         # the server; the command line reports a corrupt replica in one line).
+        tso = self.options.tso.namespace if self.options.tso is not None else None
         try:
             async with asyncio.TaskGroup() as tg:
                 for ns, shard_id, _ in jobs:
-                    tg.create_task(elect(ns, shard_id))
+                    if ns.name != tso:
+                        tg.create_task(elect(ns, shard_id))
         except BaseExceptionGroup as group:
             raise group.exceptions[0] from None
+        # The timestamp oracle's shard last and in this task, as when shards were elected one
+        # by one: its leadership starts the oracle's fence, which logs an entry; the server
+        # says it is ready before that runs.
+        for ns, shard_id, _ in jobs:
+            if ns.name == tso:
+                await elect(ns, shard_id)
         for ns, shard_id, hash_range in jobs:
             assignments.namespaces[ns.name].assignments.add(
                 shard=shard_id, leader=server.public_address, int32_hash_range=hash_range
