@@ -603,6 +603,7 @@ WORKLOADS = [
     Workload("r80", "standalone, 1 shard, 80% reads, saturating", "standalone", 1, READS80),
     Workload("w4", "standalone, 4 shards, writes", "standalone", 4, WRITES),
     Workload("rf3", "3 servers RF=3 + coordinator, 3 shards, writes", "cluster", 3, WRITES),
+    Workload("rf3r80", "3 servers RF=3 + coordinator, 3 shards, 80% reads", "cluster", 3, READS80),
     Workload("light", "light, 1000 ops/s writes", "standalone", 1, LIGHT),
     Workload(
         "pyw", "pyxia perf --rate 0, writes", "standalone", 1, PY_WRITES, client="py", baseline="w1"

@@ -30,6 +30,7 @@ __all__ = [
     "encode_notification_batch",
     "read_gets",
     "scan_segment",
+    "sync_many",
     "write_request_shape",
 ]
 
@@ -139,6 +140,9 @@ class Wal:
     def request_sync(self) -> None: ...
     def sync_inline(self) -> None:
         """Syncs in the calling thread (GIL released), no sync-thread hand-off."""
+    def sync_inline_quiet(self) -> None:
+        """:meth:`sync_inline` that does not write the notify pipe (the caller tells the
+        owner); threads in :meth:`wait_synced` are woken as usual."""
     def sync(self) -> None: ...
     def wait_synced(self, offset: int, timeout: float | None = None) -> bool: ...
     @property
@@ -205,6 +209,11 @@ class Wal:
 def scan_segment(
     path: str | PathLike[str],
 ) -> tuple[list[tuple[int, int, int, int, int, int, int]], str | None]: ...
+def sync_many(wals: Sequence[Wal], threads: int = 8) -> list[str | None]:
+    """One :meth:`Wal.sync_inline_quiet` round of each WAL, up to ``threads`` at a time in native
+    threads, the GIL released; returns once all are done. Per WAL: None when its round left it
+    usable, else why not (closed, or the failure that poisoned it)."""
+
 def chained_crc(previous: int, payload: bytes) -> int: ...
 def encode_hierarchical(key: str) -> bytes: ...
 def encode_notification_batch(

@@ -225,6 +225,12 @@ impl PyWal {
         py.detach(|| w.sync_inline()).map_err(to_py)
     }
 
+    /// `sync_inline` without writing the notify pipe (the caller tells the owner).
+    fn sync_inline_quiet(&self, py: Python<'_>) -> PyResult<()> {
+        let w = &self.wal;
+        py.detach(|| w.sync_inline_quiet()).map_err(to_py)
+    }
+
     /// Blocks until everything appended so far is durable.
     fn sync(&self, py: Python<'_>) -> PyResult<()> {
         let w = &self.wal;
@@ -704,6 +710,21 @@ fn chained_crc(previous: u32, payload: &[u8]) -> u32 {
     wal::crc::chained(previous, payload)
 }
 
+/// One quiet sync round of each WAL, up to `threads` at a time, the GIL
+/// released: `None` per WAL whose round left it usable, else the error text.
+#[pyfunction]
+#[pyo3(signature = (wals, threads = 8))]
+fn sync_many(py: Python<'_>, wals: Vec<PyRef<'_, PyWal>>, threads: usize) -> Vec<Option<String>> {
+    let owned: Vec<Arc<Wal>> = wals.iter().map(|w| w.wal.clone()).collect();
+    drop(wals);
+    py.detach(|| {
+        wal::sync_many(&owned, threads)
+            .into_iter()
+            .map(|r| r.err().map(|e| e.to_string()))
+            .collect()
+    })
+}
+
 #[pymodule(gil_used = false)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -714,6 +735,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<crate::tso_server::PyTsoWindow>()?;
     m.add_class::<crate::tso_server::TsoResponder>()?;
     m.add_function(wrap_pyfunction!(scan_segment, m)?)?;
+    m.add_function(wrap_pyfunction!(sync_many, m)?)?;
     m.add_function(wrap_pyfunction!(chained_crc, m)?)?;
     m.add_function(wrap_pyfunction!(encode_hierarchical, m)?)?;
     m.add_function(wrap_pyfunction!(encode_notification_batch, m)?)?;

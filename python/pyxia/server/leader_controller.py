@@ -99,6 +99,7 @@ from pyxia.server.replica import (
 from pyxia.server.replica_log import StorageLog
 from pyxia.server.session_manager import SessionManager
 from pyxia.server.shard_storage import ShardStorage
+from pyxia.server.sync_group import SyncGroup
 from pyxia.server.sync_policy import SyncPolicy
 from pyxia.storage import reads
 from pyxia.storage.apply import (
@@ -504,6 +505,7 @@ class LeaderController:
                 and replica.tenure is tenure
                 and tenure.replication_factor == 1
             ),
+            SyncGroup.for_loop(loop),
         )
 
     def _start_cursor(self, tenure: Tenure, follower: str) -> None:

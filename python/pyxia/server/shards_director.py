@@ -31,6 +31,10 @@ the server allocate for shards it does not hold:
   ``shard_storage.shard_dir``), and is a no-op for one it does not hold.
 
 :meth:`open_leader` is the trusted in-process path of standalone mode (its own coordinator).
+
+Replicas are opened in the director's worker threads, :data:`OPEN_CONCURRENCY` at a time
+(RocksDB's open and the WAL's recovery release the GIL), each under its shard's lock; one
+opened for a caller that went away, or while the server closed, is closed again.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pyxia.common.channels import ChannelPool
@@ -73,6 +78,11 @@ log = logging.getLogger("pyxia.director")
 _CLOSE_CONCURRENCY = 8
 """Shard replicas closed at a time when the server stops (each close flushes its DB)."""
 
+OPEN_CONCURRENCY = 8
+"""Shard replicas opened at a time, each in a worker thread (RocksDB's open and the WAL's
+recovery release the GIL): a restart of 1,000 shards opened them one after another in the
+event loop thread, about 10 ms each."""
+
 Controller = LeaderController | FollowerController
 
 DEFAULT_MAX_SHARDS = 4096
@@ -82,6 +92,15 @@ MAX_ASSIGNMENT_WAITERS = 64
 
 def _no_metadata() -> CallMetadata:
     return ()
+
+
+def _close_opened(fut: asyncio.Future[ShardStorage]) -> None:
+    """Closes a replica whose opener was cancelled while a worker thread opened it."""
+    if not fut.cancelled() and fut.exception() is None:
+        try:
+            fut.result().close()
+        except Exception:
+            log.exception("closing a replica opened for a cancelled caller")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -120,6 +139,13 @@ class ShardsDirector:
         self._session_check_interval = session_check_interval
         self._locks: dict[int, asyncio.Lock] = {}
         self._closed = False
+        # Replicas being opened in worker threads (counted against max_shards), the gate that
+        # bounds them, and how many opened at once at most (a metric for tests and benches).
+        self._opening = 0
+        self._opens_running = 0
+        self._open_gate = asyncio.Semaphore(OPEN_CONCURRENCY)
+        self._openers = ThreadPoolExecutor(OPEN_CONCURRENCY, thread_name_prefix="pyxia-open")
+        self.max_concurrent_opens = 0
         # Notified by every leader controller on a leadership change (the TSO's fence).
         self.leadership = Signal()
         # Called by a leader that begins a planned step-down, before it refuses writes (the
@@ -195,9 +221,9 @@ class ShardsDirector:
         finally:
             self._assignment_waiters -= 1
 
-    def _storage(
-        self, namespace: str, shard: int, encoding: KeyEncoding, *, trusted: bool = False
-    ) -> ShardStorage:
+    def _check_may_open(self, namespace: str, shard: int, *, trusted: bool) -> ShardStorage | None:
+        """The replica already open (its namespace checked), or None when it may be opened
+        now; refuses a closing server and a new replica past ``max_shards``."""
         if self._closed:
             # A request racing the shutdown must not reopen a shard that
             # close() will never see (it would keep the DB locked).
@@ -205,33 +231,67 @@ class ShardsDirector:
                 f"oxia: the data server is shutting down (shard {shard})", shard=shard
             )
         st = self._storages.get(shard)
-        if st is None:
-            if (
-                not trusted
-                and len(self._storages) >= self.max_shards
-                and not self.on_disk(namespace, shard)
-            ):
-                raise ResourceExhausted(
-                    f"oxia: this server already holds {len(self._storages)} shard replicas "
-                    f"(--max-shards {self.max_shards}): not creating shard {shard}",
+        if st is not None:
+            if st.namespace != namespace:
+                raise InvalidArgument(
+                    f"oxia: shard {shard} is held here in namespace {st.namespace!r}, "
+                    f"not {namespace!r}",
                     shard=shard,
                 )
-            try:
-                st = ShardStorage(namespace, shard, self.storage_options, encoding)
-            except ReplicaCorrupt as e:
-                if not self.rebuild_corrupt:
-                    raise
-                st = self._set_aside(namespace, shard, encoding, e)
-            self._storages[shard] = st
-            for listener in self.storage_listeners:
-                listener(st)
-        elif st.namespace != namespace:
-            raise InvalidArgument(
-                f"oxia: shard {shard} is held here in namespace {st.namespace!r}, "
-                f"not {namespace!r}",
+            return st
+        held = len(self._storages) + self._opening
+        if not trusted and held >= self.max_shards and not self.on_disk(namespace, shard):
+            raise ResourceExhausted(
+                f"oxia: this server already holds {held} shard replicas "
+                f"(--max-shards {self.max_shards}): not creating shard {shard}",
                 shard=shard,
             )
+        return None
+
+    def _register(self, st: ShardStorage) -> ShardStorage:
+        self._storages[st.shard] = st
+        for listener in self.storage_listeners:
+            listener(st)
         return st
+
+    async def _open_storage(
+        self, namespace: str, shard: int, encoding: KeyEncoding, *, trusted: bool = False
+    ) -> ShardStorage:
+        """The shard's storage, opened (DB open, WAL recovery) in a worker thread if it is not
+        open yet, at most :data:`OPEN_CONCURRENCY` at a time, so many shards open together. A
+        replica found corrupt is set aside (see :meth:`_set_aside`). The caller holds
+        the shard's lock (no second open of the same shard). A replica opened for a caller
+        that was cancelled, or while the server closed, is closed again, never leaked."""
+        st = self._check_may_open(namespace, shard, trusted=trusted)
+        if st is not None:
+            return st
+        self._opening += 1
+        try:
+            async with self._open_gate:
+                self._opens_running += 1
+                self.max_concurrent_opens = max(self.max_concurrent_opens, self._opens_running)
+                fut = asyncio.get_running_loop().run_in_executor(
+                    self._openers, ShardStorage, namespace, shard, self.storage_options, encoding
+                )
+                try:
+                    st = await asyncio.shield(fut)
+                except asyncio.CancelledError:
+                    fut.add_done_callback(_close_opened)
+                    raise
+                finally:
+                    self._opens_running -= 1
+        except ReplicaCorrupt as e:
+            if not self.rebuild_corrupt:
+                raise
+            st = self._set_aside(namespace, shard, encoding, e)
+        finally:
+            self._opening -= 1
+        if self._closed:
+            await asyncio.to_thread(st.close)
+            raise AlreadyClosed(
+                f"oxia: the data server is shutting down (shard {shard})", shard=shard
+            )
+        return self._register(st)
 
     def _set_aside(
         self, namespace: str, shard: int, encoding: KeyEncoding, e: ReplicaCorrupt
@@ -297,13 +357,18 @@ class ShardsDirector:
         """Every open shard replica with its controller (None between roles)."""
         return [(st, self.controller(shard)) for shard, st in self._storages.items()]
 
-    def open_leader(self, namespace: str, shard: int, encoding: KeyEncoding) -> LeaderController:
-        """Opens (recovering) the shard's storage and a leader controller: the trusted path
-        of standalone mode, whose in-process coordinator decides which shards exist."""
-        lc = self.leaders.get(shard)
-        if lc is not None:
-            return lc
-        return self._new_leader(self._storage(namespace, shard, encoding, trusted=True))
+    async def open_leader(
+        self, namespace: str, shard: int, encoding: KeyEncoding
+    ) -> LeaderController:
+        """Opens (recovering, in a worker thread: see :meth:`_open_storage`) the shard's
+        storage and a leader controller: the trusted path of standalone mode, whose in-process
+        coordinator decides which shards exist (it opens many at a time)."""
+        async with self._lock(shard):
+            lc = self.leaders.get(shard)
+            if lc is not None:
+                return lc
+            st = await self._open_storage(namespace, shard, encoding, trusted=True)
+            return self._new_leader(st)
 
     async def for_new_term(self, namespace: str, shard: int, encoding: KeyEncoding) -> Controller:
         """The controller a NewTerm goes to; a new replica only for a shard the coordinator's
@@ -315,7 +380,7 @@ class ShardsDirector:
             if c is not None:
                 self.holds(namespace, shard)  # the namespace must be the held replica's
                 return c
-            return self._new_leader(self._storage(namespace, shard, encoding))
+            return self._new_leader(await self._open_storage(namespace, shard, encoding))
 
     async def new_term(
         self, namespace: str, shard: int, encoding: KeyEncoding, term: int, options: TermOptions
@@ -389,7 +454,7 @@ class ShardsDirector:
                     raise NodeIsNotMember(
                         f"oxia: node is not a member of shard {shard}", shard=shard
                     )
-                st = self._storage(namespace, shard, HIERARCHICAL)
+                st = await self._open_storage(namespace, shard, HIERARCHICAL)
             fc = FollowerController(st)
             fc.on_failure = self._reporter(namespace, shard, "follower", lambda: fc.term)
             self.followers[shard] = fc
@@ -497,4 +562,6 @@ class ShardsDirector:
         self.leaders.clear()
         self.followers.clear()
         self._storages.clear()
+        # An open still running in a worker closes its replica itself (it sees ``_closed``).
+        self._openers.shutdown(wait=False)
         await self.channels.close()

@@ -735,7 +735,19 @@ impl Wal {
         if self.is_closed() {
             return Err(WalError::Closed);
         }
-        self.inner.run_round();
+        self.inner.run_round(true);
+        let st = self.inner.state.read();
+        st.check_usable()
+    }
+
+    /// [`Wal::sync_inline`] that does not write the notify pipe: the caller
+    /// tells the log's owner itself (a sync group, see [`sync_many`]).
+    /// Threads blocked in [`Wal::wait_synced`] are woken as usual.
+    pub fn sync_inline_quiet(&self) -> Result<()> {
+        if self.is_closed() {
+            return Err(WalError::Closed);
+        }
+        self.inner.run_round(false);
         let st = self.inner.state.read();
         st.check_usable()
     }
@@ -1102,7 +1114,7 @@ impl Inner {
 
     /// One sync round (see [`Inner::sync_round`]) with its failure handling,
     /// then wakes every waiter.
-    fn run_round(&self) {
+    fn run_round(&self, notify_pipe: bool) {
         {
             let _round = self.round.lock();
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.sync_round()));
@@ -1119,14 +1131,20 @@ impl Inner {
                 }
             }
         }
-        self.notify_waiters();
+        if notify_pipe {
+            self.notify_waiters();
+        } else {
+            self.notify_threads();
+        }
+    }
+
+    fn notify_threads(&self) {
+        let _g = self.synced_mu.lock();
+        self.synced_cv.notify_all();
     }
 
     fn notify_waiters(&self) {
-        {
-            let _g = self.synced_mu.lock();
-            self.synced_cv.notify_all();
-        }
+        self.notify_threads();
         let b = [1u8];
         // SAFETY: notify_write is our own non-blocking pipe end; a full pipe
         // (EAGAIN) already guarantees a pending wake-up.
@@ -1391,6 +1409,123 @@ fn stored_from_record(rec: &[u8], offset: i64) -> std::result::Result<Stored<'_>
     }
 }
 
+/// One sync round of each WAL ([`Wal::sync_inline_quiet`]), up to `threads`
+/// rounds at a time, returning once all are done: a server's many logs share
+/// one round (their fsyncs overlap, and the file system commits them
+/// together) instead of each waking its own thread and its owner. One result
+/// per WAL, in order.
+///
+/// The calling thread syncs too; up to `threads - 1` helpers from a small
+/// process-wide pool join it (spawning threads per round cost more than a
+/// small round). Each log is claimed by exactly one thread, so the round
+/// completes even if no helper ever starts.
+pub fn sync_many(wals: &[Arc<Wal>], threads: usize) -> Vec<Result<()>> {
+    let n = wals.len();
+    let helpers = threads.clamp(1, n.max(1)) - 1;
+    if helpers == 0 {
+        return wals.iter().map(|w| w.sync_inline_quiet()).collect();
+    }
+    let job = Arc::new(SyncJob {
+        wals: wals.to_vec(),
+        next: std::sync::atomic::AtomicUsize::new(0),
+        results: Mutex::new((0, (0..n).map(|_| None).collect())),
+        done: Condvar::new(),
+    });
+    let pool = sync_pool();
+    for _ in 0..helpers {
+        let j = job.clone();
+        pool.submit(Box::new(move || j.work()));
+    }
+    job.work();
+    let mut g = job.results.lock();
+    while g.0 < n {
+        job.done.wait(&mut g);
+    }
+    g.1.iter_mut()
+        .map(|r| r.take().unwrap_or_else(|| Err(WalError::Poisoned("lost sync result".into()))))
+        .collect()
+}
+
+/// The logs of one [`sync_many`] call, claimed one at a time by the threads
+/// that work on it.
+struct SyncJob {
+    wals: Vec<Arc<Wal>>,
+    next: std::sync::atomic::AtomicUsize,
+    /// (logs finished, their results)
+    results: Mutex<(usize, Vec<Option<Result<()>>>)>,
+    done: Condvar,
+}
+
+impl SyncJob {
+    fn work(&self) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::AcqRel);
+            if i >= self.wals.len() {
+                return;
+            }
+            let r = self.wals[i].sync_inline_quiet();
+            let mut g = self.results.lock();
+            g.1[i] = Some(r);
+            g.0 += 1;
+            if g.0 == self.wals.len() {
+                self.done.notify_all();
+            }
+        }
+    }
+}
+
+type PoolTask = Box<dyn FnOnce() + Send + 'static>;
+
+/// A fixed set of threads (started on first use, living as long as the
+/// process) that run [`sync_many`]'s helper tasks.
+struct SyncPool {
+    queue: Mutex<VecDeque<PoolTask>>,
+    ready: Condvar,
+}
+
+const SYNC_POOL_THREADS: usize = 8;
+
+fn sync_pool() -> &'static SyncPool {
+    static POOL: std::sync::OnceLock<&'static SyncPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let pool: &'static SyncPool = Box::leak(Box::new(SyncPool {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+        }));
+        for i in 0..SYNC_POOL_THREADS {
+            // A pool thread that cannot start only means fewer helpers: the caller of
+            // sync_many syncs whatever no helper claims.
+            let _ = std::thread::Builder::new()
+                .name(format!("pyxia-wal-group-{i}"))
+                .spawn(move || pool.run());
+        }
+        pool
+    })
+}
+
+impl SyncPool {
+    fn submit(&self, task: PoolTask) {
+        self.queue.lock().push_back(task);
+        self.ready.notify_one();
+    }
+
+    fn run(&self) {
+        loop {
+            let task = {
+                let mut q = self.queue.lock();
+                loop {
+                    if let Some(t) = q.pop_front() {
+                        break t;
+                    }
+                    self.ready.wait(&mut q);
+                }
+            };
+            // A panic in a round is caught by run_round; never let one kill the thread.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task));
+        }
+    }
+}
+
 fn sync_loop(inner: Arc<Inner>) {
     loop {
         {
@@ -1403,7 +1538,7 @@ fn sync_loop(inner: Arc<Inner>) {
             }
             c.requested = false;
         }
-        inner.run_round();
+        inner.run_round(true);
     }
 }
 

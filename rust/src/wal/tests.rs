@@ -608,6 +608,48 @@ fn inline_sync_rounds_make_appends_durable_across_segment_rolls() {
 }
 
 #[test]
+fn sync_many_makes_every_log_durable_across_rolls_and_reports_a_closed_one() {
+    let dirs: Vec<_> = (0..12).map(|_| tempfile::tempdir().unwrap()).collect();
+    let wals: Vec<Arc<Wal>> =
+        dirs.iter().map(|d| Arc::new(Wal::open(d.path(), opts(4096, -1)).unwrap())).collect();
+    for (i, w) in wals.iter().enumerate() {
+        // Enough entries in some logs to roll 4 KiB segments (pending segments close).
+        append_range(w, 0, 1 + 40 * (i as i64 % 3), 1);
+    }
+    wals[3].close().unwrap();
+    let results = sync_many(&wals, 4);
+    assert_eq!(results.len(), 12);
+    for (i, (w, r)) in wals.iter().zip(&results).enumerate() {
+        if i == 3 {
+            assert!(matches!(r, Err(WalError::Closed)));
+            continue;
+        }
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(w.last_synced_offset(), 40 * (i as i64 % 3), "log {i}");
+    }
+    // A single thread, and more threads than logs, give the same.
+    for t in [1, 64] {
+        for w in wals.iter().filter(|w| !w.is_closed()) {
+            let next = w.last_offset() + 1;
+            append_range(w, next, next + 3, 1);
+        }
+        assert!(sync_many(&wals, t).iter().enumerate().all(|(i, r)| i == 3 || r.is_ok()));
+        for w in wals.iter().filter(|w| !w.is_closed()) {
+            assert_eq!(w.last_synced_offset(), w.last_offset());
+        }
+    }
+    for (d, w) in dirs.iter().zip(&wals) {
+        if w.is_closed() {
+            continue;
+        }
+        let last = w.last_offset();
+        w.close().unwrap();
+        let again = Wal::open(d.path(), opts(4096, last)).unwrap();
+        check_range(&again, 0, last + 1);
+    }
+}
+
+#[test]
 fn close_racing_sync_and_appends() {
     for round in 0..30 {
         let d = tempfile::tempdir().unwrap();
