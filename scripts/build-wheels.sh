@@ -34,7 +34,7 @@ default_rustc="${RUSTC:-rustc}"
 debian_rustc="${DEBIAN_RUSTC:-/usr/bin/rustc}"
 plan_only="${PLAN_ONLY:-0}" # 1: print which rustc would build each target, build nothing
 
-command -v "$default_rustc" >/dev/null || { echo "build-wheels: $default_rustc not found (Rust >= 1.83)" >&2; exit 2; }
+command -v "$default_rustc" >/dev/null || { echo "build-wheels: $default_rustc not found (Rust >= 1.88)" >&2; exit 2; }
 probe_dir="$(mktemp -d)"
 trap 'rm -rf "$probe_dir"' EXIT
 
@@ -80,7 +80,7 @@ if [ "$plan_only" = 1 ]; then
 fi
 
 for tool in maturin auditwheel cargo; do
-    command -v "$tool" >/dev/null || { echo "build-wheels: $tool not found (pip install -e '.[release]'; Rust >= 1.83)" >&2; exit 2; }
+    command -v "$tool" >/dev/null || { echo "build-wheels: $tool not found (pip install -e '.[release]'; Rust >= 1.88)" >&2; exit 2; }
 done
 python -c 'import ziglang' 2>/dev/null || { echo "build-wheels: the ziglang package is not installed (pip install ziglang)" >&2; exit 2; }
 
