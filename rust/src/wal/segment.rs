@@ -92,7 +92,7 @@ pub fn encode_index(positions: &[u32]) -> Vec<u8> {
 
 /// Decodes an index file; `None` when it is empty, short or its CRC is bad.
 pub fn decode_index(bytes: &[u8]) -> Option<Vec<u32>> {
-    if bytes.len() < 8 || bytes.len() % 4 != 0 {
+    if bytes.len() < 8 || !bytes.len().is_multiple_of(4) {
         return None;
     }
     let stored = u32::from_be_bytes(bytes[0..4].try_into().ok()?);
