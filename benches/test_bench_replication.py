@@ -22,8 +22,9 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from grpc_stubs import OxiaClientStub
 from load import write_stream_load
-from pyxia.proto import client_pb2, client_pb2_grpc
+from pyxia.proto import client_pb2
 from test_replication_processes import MD, Proc, new_term
 
 SECONDS = 5.0
@@ -153,7 +154,7 @@ def test_rf3_single_put_latency(benchmark: BenchmarkFixture, rf1: Proc, rf3: Pro
     def latencies(p: Proc, n: int) -> list[float]:
         out = []
         with grpc.insecure_channel(p.public) as ch:
-            stub = client_pb2_grpc.OxiaClientStub(ch)
+            stub = OxiaClientStub(ch)
             for i in range(n):
                 req = client_pb2.WriteRequest(
                     shard=0, puts=[client_pb2.PutRequest(key=f"/lat/{i}", value=b"x" * 100)]

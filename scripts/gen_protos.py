@@ -1,12 +1,11 @@
 #!/usr/bin/env python3
-"""Regenerates the Python protobuf/gRPC modules in ``python/pyxia/proto``.
+"""Regenerates the Python protobuf modules in ``python/pyxia/proto``.
 
-Runs ``grpc_tools.protoc`` over every ``.proto`` under ``proto/`` with the
-``protoc-gen-mypy``/``protoc-gen-mypy_grpc`` plugins of mypy-protobuf, producing
-``*_pb2.py`` and their ``.pyi`` stubs, plus the package's ``__init__.py``. The gRPC stub
-modules (``*_pb2_grpc.py``) are kept only for the services in ``GRPC_STUBS``: the product
-registers its services with generic handlers and calls its peers through channel methods, so
-only the tests and benchmarks use stubs, and only of those services.
+Runs ``grpc_tools.protoc`` over every ``.proto`` under ``proto/`` with the ``protoc-gen-mypy``
+plugin of mypy-protobuf, producing ``*_pb2.py`` and their ``.pyi`` stubs, plus the package's
+``__init__.py``. No gRPC stub modules (``*_pb2_grpc.py``) are generated: the product registers
+its services with generic handlers and calls its peers through channel methods, and the tests
+build their stubs from the service descriptors (``tests/grpc_stubs.py``).
 
     python scripts/gen_protos.py              # rewrite python/pyxia/proto
     python scripts/gen_protos.py --out DIR    # write DIR/pyxia/proto instead
@@ -32,7 +31,7 @@ PROTO_ROOT = REPO / "proto"
 DEFAULT_OUT = REPO / "python"
 PACKAGE = Path("pyxia") / "proto"
 
-INIT_PY = '''"""Generated protobuf and gRPC modules (do not edit; run scripts/gen_protos.py).
+INIT_PY = '''"""Generated protobuf modules (do not edit; run scripts/gen_protos.py).
 
 Sources are in ``proto/pyxia/proto``:
 
@@ -47,17 +46,9 @@ Sources are in ``proto/pyxia/proto``:
 """
 '''
 
-GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
-GRPC_STUBS = frozenset({"client", "client_compat", "replication"})
-"""The .proto files whose gRPC stub modules are kept (the tests' and benchmarks' clients)."""
-
-
-def _kept(name: str) -> bool:
-    """Whether a generated file is part of the package."""
-    for suffix in ("_pb2_grpc.py", "_pb2_grpc.pyi"):
-        if name.endswith(suffix):
-            return name.removesuffix(suffix) in GRPC_STUBS
-    return True
+GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi")
+STALE_SUFFIXES = (*GENERATED_SUFFIXES, "_pb2_grpc.py", "_pb2_grpc.pyi")
+"""Removed from the package before writing (gRPC stub modules were generated once)."""
 
 
 def _plugin(name: str) -> str:
@@ -90,11 +81,8 @@ def generate(out_root: Path) -> list[Path]:
             f"-I{PROTO_ROOT}",
             f"-I{wkt_include}",
             f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
-            f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
             f"--python_out={tmp}",
-            f"--grpc_python_out={tmp}",
             f"--mypy_out={tmp}",
-            f"--mypy_grpc_out={tmp}",
             *(str(PROTO_ROOT / f) for f in files),
         ]
         subprocess.run(cmd, check=True, cwd=REPO)
@@ -108,12 +96,10 @@ def generate(out_root: Path) -> list[Path]:
         dest.mkdir(parents=True, exist_ok=True)
         # Drop stale generated modules (e.g. of a removed .proto).
         for old in sorted(dest.iterdir()):
-            if old.name.endswith(GENERATED_SUFFIXES):
+            if old.name.endswith(STALE_SUFFIXES):
                 old.unlink()
         written = []
         for src in produced:
-            if not _kept(src.name):
-                continue
             target = dest / src.name
             target.write_bytes(src.read_bytes())
             written.append(target)

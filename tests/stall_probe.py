@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pyxia.proto import client_pb2, client_pb2_grpc
+from grpc_stubs import OxiaClientStub
+from pyxia.proto import client_pb2
 
 BIG_KEY = "big"
 MIB = 1 << 20
@@ -41,7 +42,7 @@ def channel(address: str) -> grpc.Channel:
 
 def store_large_value(address: str, size: int, shard: int = 0) -> None:
     with channel(address) as ch:
-        stub = client_pb2_grpc.OxiaClientStub(ch)
+        stub = OxiaClientStub(ch)
         put = client_pb2.PutRequest(key=BIG_KEY, value=os.urandom(size))
         res = stub.Write(client_pb2.WriteRequest(shard=shard, puts=[put]), timeout=120)
         assert res.puts[0].status == client_pb2.OK, res
@@ -100,8 +101,8 @@ def batch_next_to_large_value(
     large value on ``shard`` while probing writes to the other shard and the health service."""
     other = 1 - shard
     with channel(address) as write_ch, channel(address) as probe_ch, channel(address) as health_ch:
-        stub = client_pb2_grpc.OxiaClientStub(write_ch)
-        probe_stub = client_pb2_grpc.OxiaClientStub(probe_ch)
+        stub = OxiaClientStub(write_ch)
+        probe_stub = OxiaClientStub(probe_ch)
         health = health_pb2_grpc.HealthStub(health_ch)
         probe_write = client_pb2.WriteRequest(
             shard=other, puts=[client_pb2.PutRequest(key="/probe", value=b"x")]
@@ -154,7 +155,7 @@ def point_lookups(address: str, n: int, shard: int = 0) -> list[float]:
     """Latencies of ``n`` Reads (one Get each) of keys next to the large value."""
     out = []
     with channel(address) as ch:
-        stub = client_pb2_grpc.OxiaClientStub(ch)
+        stub = OxiaClientStub(ch)
         for i in range(n):
             req = client_pb2.ReadRequest(
                 shard=shard, gets=[client_pb2.GetRequest(key=neighbour_key(i), include_value=True)]

@@ -15,8 +15,9 @@ from pathlib import Path
 import grpc
 
 from cluster import free_port
+from grpc_stubs import OxiaClientStub, OxiaCoordinationStub
 from pyxia._native import Wal
-from pyxia.proto import client_pb2, client_pb2_grpc, replication_pb2, replication_pb2_grpc
+from pyxia.proto import client_pb2, replication_pb2
 from pyxia.security.cluster_auth import ClusterSecret
 from pyxia.security.internal_auth import internal_channel
 from pyxia.security.tls import ClientTls
@@ -85,10 +86,8 @@ class Proc:
         if self.proc is not None:
             self.proc.kill()
 
-    def coord(self) -> replication_pb2_grpc.OxiaCoordinationStub:
-        return replication_pb2_grpc.OxiaCoordinationStub(
-            internal_channel(self.internal, self.internal_tls, self.secret)
-        )
+    def coord(self) -> OxiaCoordinationStub:
+        return OxiaCoordinationStub(internal_channel(self.internal, self.internal_tls, self.secret))
 
 
 def new_term(p: Proc, term: int) -> replication_pb2.EntryId:
@@ -119,7 +118,7 @@ def become_leader(leader: Proc, term: int, followers: dict[str, replication_pb2.
 
 def writer(p: Proc, tag: str, acked: list[str], stop: threading.Event) -> None:
     with grpc.insecure_channel(p.public) as ch:
-        stub = client_pb2_grpc.OxiaClientStub(ch)
+        stub = OxiaClientStub(ch)
         i = 0
         while not stop.is_set():
             keys = [f"/{tag}/{i}-{j}" for j in range(10)]
@@ -141,7 +140,7 @@ def writer(p: Proc, tag: str, acked: list[str], stop: threading.Event) -> None:
 def read_all(p: Proc, keys: list[str]) -> list[client_pb2.GetResponse]:
     out: list[client_pb2.GetResponse] = []
     with grpc.insecure_channel(p.public) as ch:
-        stub = client_pb2_grpc.OxiaClientStub(ch)
+        stub = OxiaClientStub(ch)
         for k in range(0, len(keys), 500):
             req = client_pb2.ReadRequest(
                 shard=SHARD,

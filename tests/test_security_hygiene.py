@@ -19,8 +19,9 @@ import grpc
 import pytest
 
 from conftest import wait_for
+from grpc_stubs import OxiaClientStub
 from pyxia.common.ports import free_port
-from pyxia.proto import client_pb2, client_pb2_grpc
+from pyxia.proto import client_pb2
 from pyxia.security.file_modes import make_private, tighten_dir
 from servers import COORDINATOR_READY, ServerProcess, cluster_secret_file, standalone_args
 
@@ -55,7 +56,7 @@ def test_standalone_leaves_no_file_readable_by_others(tmp_path: Path, lax_umask:
     s = ServerProcess(standalone_args(tmp_path, "--shards", "2"), tmp_path).start()
     try:
         with grpc.insecure_channel(s.public) as ch:
-            stub = client_pb2_grpc.OxiaClientStub(ch)
+            stub = OxiaClientStub(ch)
             for shard in (0, 1):
                 res = stub.Write(
                     client_pb2.WriteRequest(
@@ -152,7 +153,7 @@ CRASH_ON_WRITE = "wal.after_append_before_sync=crash"
 
 def _write(s: ServerProcess) -> None:
     with grpc.insecure_channel(s.public) as ch:
-        res = client_pb2_grpc.OxiaClientStub(ch).Write(
+        res = OxiaClientStub(ch).Write(
             client_pb2.WriteRequest(shard=0, puts=[client_pb2.PutRequest(key="/k", value=b"v")]),
             timeout=30,
         )

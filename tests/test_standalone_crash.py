@@ -11,7 +11,8 @@ from pathlib import Path
 import grpc
 
 from conftest import wait_for
-from pyxia.proto import client_pb2, client_pb2_grpc
+from grpc_stubs import OxiaClientStub
+from pyxia.proto import client_pb2
 from servers import ServerProcess, standalone_args
 
 
@@ -20,7 +21,7 @@ def writer(
 ) -> None:
     """Writes batches until the server dies; records what was acknowledged."""
     with grpc.insecure_channel(address) as ch:
-        stub = client_pb2_grpc.OxiaClientStub(ch)
+        stub = OxiaClientStub(ch)
         i = start
         while not stop.is_set():
             puts = [
@@ -47,7 +48,7 @@ def test_kill_dash_nine_keeps_acknowledged_writes(tmp_path: Path) -> None:
         s = ServerProcess(args, tmp_path).start()
         try:
             with grpc.insecure_channel(s.public) as ch:
-                stub = client_pb2_grpc.OxiaClientStub(ch)
+                stub = OxiaClientStub(ch)
                 # Everything acknowledged before the crash is there.
                 keys = sorted(acked)
                 for k0 in range(0, len(keys), 500):
@@ -88,7 +89,7 @@ def test_kill_dash_nine_keeps_acknowledged_writes(tmp_path: Path) -> None:
                     assert r.gets[0].status == client_pb2.OK
 
                     # ... and, with nobody keeping it alive, expires.
-                    def gone(stub: client_pb2_grpc.OxiaClientStub = stub) -> bool:
+                    def gone(stub: OxiaClientStub = stub) -> bool:
                         r = next(
                             iter(
                                 stub.Read(
@@ -151,7 +152,7 @@ def test_kill_dash_nine_keeps_acknowledged_writes(tmp_path: Path) -> None:
 def test_sigterm_shuts_down_cleanly(tmp_path: Path) -> None:
     s = ServerProcess(standalone_args(tmp_path), tmp_path).start()
     with grpc.insecure_channel(s.public) as ch:
-        stub = client_pb2_grpc.OxiaClientStub(ch)
+        stub = OxiaClientStub(ch)
         stub.Write(
             client_pb2.WriteRequest(shard=0, puts=[client_pb2.PutRequest(key="/clean", value=b"1")])
         )
@@ -162,7 +163,7 @@ def test_sigterm_shuts_down_cleanly(tmp_path: Path) -> None:
     s2 = ServerProcess(standalone_args(tmp_path), tmp_path).start()
     try:
         with grpc.insecure_channel(s2.public) as ch:
-            stub = client_pb2_grpc.OxiaClientStub(ch)
+            stub = OxiaClientStub(ch)
             r = next(
                 iter(
                     stub.Read(

@@ -8,7 +8,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from pyxia.proto import client_pb2, client_pb2_grpc
+from grpc_stubs import OxiaClientStub
+from pyxia.proto import client_pb2
 from servers import ServerProcess, standalone_args
 
 
@@ -21,9 +22,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture
-def stub(server: ServerProcess) -> Iterator[client_pb2_grpc.OxiaClientStub]:
+def stub(server: ServerProcess) -> Iterator[OxiaClientStub]:
     ch = grpc.insecure_channel(server.public, options=[("grpc.max_send_message_length", -1)])
-    yield client_pb2_grpc.OxiaClientStub(ch)
+    yield OxiaClientStub(ch)
     ch.close()
 
 
@@ -40,14 +41,14 @@ def error_info(e: grpc.RpcError) -> tuple[grpc.StatusCode, str, dict[str, str]]:
     return e.code(), "", {}
 
 
-def still_serving(stub: client_pb2_grpc.OxiaClientStub) -> None:
+def still_serving(stub: OxiaClientStub) -> None:
     res = stub.Write(
         client_pb2.WriteRequest(shard=0, puts=[client_pb2.PutRequest(key="/alive", value=b"1")])
     )
     assert res.puts[0].status == client_pb2.OK
 
 
-def test_invalid_session_timeout(stub: client_pb2_grpc.OxiaClientStub) -> None:
+def test_invalid_session_timeout(stub: OxiaClientStub) -> None:
     for t in (0, 1999, 300_001):
         with pytest.raises(grpc.RpcError) as err:
             stub.CreateSession(client_pb2.CreateSessionRequest(shard=0, session_timeout_ms=t))
@@ -57,7 +58,7 @@ def test_invalid_session_timeout(stub: client_pb2_grpc.OxiaClientStub) -> None:
     still_serving(stub)
 
 
-def test_unknown_session(stub: client_pb2_grpc.OxiaClientStub) -> None:
+def test_unknown_session(stub: OxiaClientStub) -> None:
     with pytest.raises(grpc.RpcError) as err:
         stub.KeepAlive(client_pb2.SessionHeartbeat(shard=0, session_id=123456))
     assert error_info(err.value)[:2] == (grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
@@ -74,7 +75,7 @@ def test_unknown_session(stub: client_pb2_grpc.OxiaClientStub) -> None:
     still_serving(stub)
 
 
-def test_unknown_shard_and_namespace(stub: client_pb2_grpc.OxiaClientStub) -> None:
+def test_unknown_shard_and_namespace(stub: OxiaClientStub) -> None:
     with pytest.raises(grpc.RpcError) as err:
         stub.Write(client_pb2.WriteRequest(shard=99, puts=[client_pb2.PutRequest(key="/x")]))
     code, reason, md = error_info(err.value)
@@ -88,7 +89,7 @@ def test_unknown_shard_and_namespace(stub: client_pb2_grpc.OxiaClientStub) -> No
     still_serving(stub)
 
 
-def test_write_stream_without_headers(stub: client_pb2_grpc.OxiaClientStub) -> None:
+def test_write_stream_without_headers(stub: OxiaClientStub) -> None:
     with pytest.raises(grpc.RpcError) as err:
         list(stub.WriteStream(iter([client_pb2.WriteRequest(shard=0)])))
     assert error_info(err.value)[:2] == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
@@ -103,7 +104,7 @@ def test_write_stream_without_headers(stub: client_pb2_grpc.OxiaClientStub) -> N
     assert versions == sorted(versions)
 
 
-def test_empty_keys_internal_keys_bad_indexes(stub: client_pb2_grpc.OxiaClientStub) -> None:
+def test_empty_keys_internal_keys_bad_indexes(stub: OxiaClientStub) -> None:
     bad = [
         client_pb2.WriteRequest(shard=0, puts=[client_pb2.PutRequest(key="", value=b"x")]),
         client_pb2.WriteRequest(shard=0, deletes=[client_pb2.DeleteRequest(key="")]),
@@ -124,7 +125,7 @@ def test_empty_keys_internal_keys_bad_indexes(stub: client_pb2_grpc.OxiaClientSt
     still_serving(stub)
 
 
-def test_bad_sequence_deltas(stub: client_pb2_grpc.OxiaClientStub) -> None:
+def test_bad_sequence_deltas(stub: OxiaClientStub) -> None:
     def seq(deltas: list[int], pk: str | None = "pk") -> client_pb2.WriteRequest:
         p = client_pb2.PutRequest(key="/seq", value=b"", sequence_key_delta=deltas)
         if pk is not None:
@@ -145,7 +146,7 @@ def test_bad_sequence_deltas(stub: client_pb2_grpc.OxiaClientStub) -> None:
     still_serving(stub)
 
 
-def test_oversized_request(stub: client_pb2_grpc.OxiaClientStub) -> None:
+def test_oversized_request(stub: OxiaClientStub) -> None:
     huge = client_pb2.WriteRequest(
         shard=0, puts=[client_pb2.PutRequest(key="/huge", value=b"x" * (65 * 1024 * 1024))]
     )
@@ -165,7 +166,7 @@ def test_health_and_readiness(server: ServerProcess) -> None:
             assert r.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_metrics_endpoint(server: ServerProcess, stub: client_pb2_grpc.OxiaClientStub) -> None:
+def test_metrics_endpoint(server: ServerProcess, stub: OxiaClientStub) -> None:
     import urllib.request
 
     still_serving(stub)  # at least one write on shard 0
@@ -179,7 +180,7 @@ def test_metrics_endpoint(server: ServerProcess, stub: client_pb2_grpc.OxiaClien
 
 
 def test_write_stream_answers_bad_requests_per_operation(
-    stub: client_pb2_grpc.OxiaClientStub,
+    stub: OxiaClientStub,
 ) -> None:
     """An invalid request (or one rejected when applied) in the middle of a
     WriteStream is answered with per-op INVALID_ARGUMENT; the writes

@@ -1,4 +1,4 @@
-"""Generated protobuf and gRPC modules (do not edit; run scripts/gen_protos.py).
+"""Generated protobuf modules (do not edit; run scripts/gen_protos.py).
 
 Sources are in ``proto/pyxia/proto``:
 
