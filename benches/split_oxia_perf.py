@@ -13,23 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from oxia_perf_log import read_perf_log, stop_perf  # noqa: E402
 from proc_cluster import ProcCluster  # noqa: E402
-
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-FAILED = re.compile(r"(Write|Read) operation has failed error=(?:\{\"error\":\")?(.*)$")
-STATS = re.compile(r"Total ops:\s*([\d.]+) ops/s - Failed ops:\s*([\d.]+) ops/s")
 
 
 def main() -> None:
@@ -90,24 +84,10 @@ def main() -> None:
             )
             time.sleep(args.gap)
     finally:
-        if perf is not None:
-            perf.send_signal(signal.SIGINT)
-            try:
-                perf.wait(15)
-            except subprocess.TimeoutExpired:
-                perf.kill()
-                perf.wait()
+        stop_perf(perf)
         cluster.close()
-    failed: Counter[str] = Counter()
-    blocks: list[tuple[float, float]] = []
-    for raw in perf_log.read_text(errors="replace").splitlines():
-        line = ANSI.sub("", raw)
-        m = FAILED.search(line)
-        if m:
-            failed[m.group(2)[:160]] += 1
-        s = STATS.search(line)
-        if s:
-            blocks.append((float(s.group(1)), float(s.group(2))))
+    report = read_perf_log(perf_log)
+    failed, blocks = report.failed, report.blocks
     print(
         json.dumps(
             {
