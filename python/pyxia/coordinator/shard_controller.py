@@ -26,26 +26,23 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-import grpc
-
 from pyxia.common.channels import ChannelPool
-from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.common.handoff_protocol import STEP_DOWN
 from pyxia.common.instance_id import CallMetadata
 from pyxia.common.signals import Signal
 from pyxia.config import NamespaceConfig
+from pyxia.coordinator.coordination_rpc import RPC_TIMEOUT_S, coordination_call, term_options
 from pyxia.coordinator.election import Head, choose_leader, majority
 from pyxia.coordinator.metrics import ShardElectionMetrics
 from pyxia.coordinator.model import DELETING, ELECTION, STEADY, PendingLeaders
 from pyxia.coordinator.split_rules import parent_fenced
-from pyxia.errors import InvalidStatus, MetadataBadVersion, NotInitialized, PyxiaError
+from pyxia.errors import InvalidStatus, MetadataBadVersion, PyxiaError
 from pyxia.proto import admin_pb2, metadata_pb2, replication_pb2
 
 log = logging.getLogger("pyxia.coordinator.shard")
 
-COORD = "/replication.OxiaCoordination/"
 GRACE_PERIOD = 0.1
-RPC_TIMEOUT = 10.0
+RPC_TIMEOUT = RPC_TIMEOUT_S
 HANDOFF_DRAIN_S = 5.0
 """How long a planned election waits for the leader to finish its logged writes."""
 
@@ -269,35 +266,11 @@ class ShardController:
     async def _call(
         self, node: str, method: str, req: object, resp_type: type, timeout: float = RPC_TIMEOUT
     ) -> object:
-        """One coordination call to ``node``, handshaking it first if needed, with the
-        cluster's instance id (the data server refuses the call otherwise)."""
-        await self.c.ensure_bound(node)
-        call: grpc.aio.UnaryUnaryMultiCallable[object, object] = self.c.channels.get(
-            node
-        ).unary_unary(
-            method if method.startswith("/") else COORD + method,
-            request_serializer=_serialize,
-            response_deserializer=resp_type.FromString,  # type: ignore[attr-defined]
-        )
-        try:
-            async with self.c.call_slots(node):
-                return await call(req, timeout=timeout, metadata=self.c.call_metadata())
-        except grpc.aio.AioRpcError as e:
-            err = error_from_rpc(e)
-            if isinstance(err, NotInitialized):
-                self.c.forget_binding(node)  # restarted unbound: the next call handshakes
-            raise err from e
+        """One coordination call to ``node`` (see :mod:`.coordination_rpc`)."""
+        return await coordination_call(self.c, node, method, req, resp_type, timeout)
 
     def _term_options(self) -> replication_pb2.NewTermOptions:
-        ns = self.c.namespace_config(self.namespace)
-        sorting = (
-            replication_pb2.NATURAL
-            if ns and ns.key_sorting == "natural"
-            else replication_pb2.HIERARCHICAL
-        )
-        return replication_pb2.NewTermOptions(
-            enable_notifications=ns.notifications_enabled if ns else True, key_sorting=sorting
-        )
+        return term_options(self.c.namespace_config(self.namespace))
 
     async def _new_term(self, node: str, term: int) -> Head:
         res = await self._call(
@@ -613,8 +586,3 @@ class ShardController:
                     await asyncio.sleep(0.5)
         await self.c.remove_shard(self.namespace, self.shard)
         self.c.assignments_updated()
-
-
-def _serialize(m: object) -> bytes:
-    out: bytes = m.SerializeToString()  # type: ignore[attr-defined]
-    return out

@@ -22,19 +22,16 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-import grpc
-
 from pyxia.common.channels import ChannelPool
-from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.common.instance_id import CallMetadata
 from pyxia.config import NamespaceConfig
 from pyxia.coordinator import split_rules as rules
+from pyxia.coordinator.coordination_rpc import RPC_TIMEOUT_S, coordination_call, term_options
 from pyxia.coordinator.election import majority
 from pyxia.coordinator.model import ELECTION, STEADY
 from pyxia.errors import (
     InvalidStatus,
     MetadataBadVersion,
-    NotInitialized,
     PyxiaError,
     ResourceUnavailable,
 )
@@ -60,6 +57,8 @@ class SplitCoordinator(Protocol):
 
     def forget_binding(self, node: str) -> None: ...
 
+    def call_slots(self, node: str) -> asyncio.Semaphore: ...
+
     def leader_counts(self) -> dict[str, int]: ...
 
     def namespace_config(self, name: str) -> NamespaceConfig | None: ...
@@ -69,13 +68,11 @@ class SplitCoordinator(Protocol):
     def assignments_updated(self) -> None: ...
 
 
-COORD = "/replication.OxiaCoordination/"
 DEFAULT_SPLIT_TIMEOUT_S = 300.0
 """Oxia's default: a split that has not cut over within 5 minutes is aborted."""
 CATCH_UP_ROUND_S = 10.0
 """A catch-up round waits this long for the children, then looks at the parent again."""
 POLL_S = 0.05
-RPC_TIMEOUT_S = 10.0
 
 DONE = "done"
 ABORTED = "aborted"
@@ -204,30 +201,11 @@ class SplitController:
     async def _call(
         self, node: str, method: str, req: Any, resp_type: Any, timeout: float = RPC_TIMEOUT_S
     ) -> Any:
-        await self.c.ensure_bound(node)
-        call = self.c.channels.get(node).unary_unary(
-            COORD + method,
-            request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=resp_type.FromString,
-        )
-        try:
-            return await call(req, timeout=timeout, metadata=self.c.call_metadata())
-        except grpc.aio.AioRpcError as e:
-            err = error_from_rpc(e)
-            if isinstance(err, NotInitialized):
-                self.c.forget_binding(node)
-            raise err from e
+        """One coordination call to ``node`` (see :mod:`.coordination_rpc`)."""
+        return await coordination_call(self.c, node, method, req, resp_type, timeout)
 
     def _options(self) -> replication_pb2.NewTermOptions:
-        ns = self.c.namespace_config(self.namespace)
-        sorting = (
-            replication_pb2.NATURAL
-            if ns and ns.key_sorting == "natural"
-            else replication_pb2.HIERARCHICAL
-        )
-        return replication_pb2.NewTermOptions(
-            enable_notifications=ns.notifications_enabled if ns else True, key_sorting=sorting
-        )
+        return term_options(self.c.namespace_config(self.namespace))
 
     async def _new_term(self, node: str, shard: int, term: int) -> replication_pb2.EntryId | None:
         """Fences ``node``'s replica of ``shard`` at ``term``: its head, ``{-1, -1}`` if it is
