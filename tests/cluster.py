@@ -184,6 +184,33 @@ class Cluster:
         )
         return term
 
+    async def elect_freshest(self, shard: int, ensemble: list[Node]) -> Node:
+        """Fences ``ensemble`` at a new term and makes the member with the highest head lead it,
+        as the coordinator would (any other choice may have to drop committed entries, which
+        the replicas refuse). Returns the new leader."""
+        term = self.terms.get(shard, 0) + 1
+        self.terms[shard] = term
+        heads = {
+            node.internal: await self.new_term(node, shard, term)
+            for node in ensemble
+            if node.server is not None
+        }
+        best = max(heads, key=lambda k: (heads[k].term, heads[k].offset))
+        leader = next(n for n in ensemble if n.internal == best)
+        await self.coordination(  # type: ignore[misc]
+            leader,
+            "BecomeLeader",
+            replication_pb2.BecomeLeaderRequest(
+                namespace=self.namespace,
+                shard=shard,
+                term=term,
+                replication_factor=len(ensemble),
+                follower_maps={k: v for k, v in heads.items() if k != best},
+            ),
+            replication_pb2.BecomeLeaderResponse,
+        )
+        return leader
+
     async def add_follower(self, shard: int, leader: Node, follower: Node) -> None:
         head = await self.new_term(follower, shard, self.terms[shard])
         await self.coordination(  # type: ignore[misc]
