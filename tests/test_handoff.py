@@ -150,6 +150,9 @@ async def test_a_stepping_down_leader_refuses_writes_and_finishes_logged_ones(en
     shard = 0
     node = leader_of(env, shard)
     lc = node.s.director.leaders[shard]
+    # The assignments naming this server as the leader have reached it (a StepDown comes for a
+    # leadership the clients know; what a refusal names depends on it).
+    await wait_until(lambda: lc.leader_hint is not None, what="the assignments to reach the leader")
     # writes logged, not yet committed (nothing has run since they were appended)
     futs = [
         lc.propose(client_pb2.WriteRequest(puts=[client_pb2.PutRequest(key=f"/p{i}", value=b"v")]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +44,13 @@ RETENTION_ARGS = (
     "--notifications-retention-time",
     str(RETENTION_S),
 )
-WAL_BOUND = RETENTION_SIZE_MB * 2**20 + 2 * SEGMENT + 64 * 1024
+WAL_BOUND = RETENTION_SIZE_MB * 2**20 + 4 * SEGMENT + 64 * 1024
 """The size bound, the segments written while a trim runs (it flushes the DB first, in a
-worker thread), the index files."""
+worker thread: two segments on a quiet machine, more at a CI's load, so four are allowed, as in
+test_retention.py), the index files."""
+FAULT_WAL_BOUND = 3 * RETENTION_SIZE_MB * 2**20
+"""While a kill is being recovered from, entries not yet known committed stay (a replica never
+trims past what it applied): the WAL may pass the size bound for that while, not without bound."""
 DB_BOUND = 8 * 2**20
 """1,000 keys of 1 KiB, 2 s of notifications, what RocksDB has not compacted yet."""
 
@@ -81,13 +86,24 @@ def kill_leader(c: ProcCluster) -> Member:
 
 
 async def run_load(
-    c: ProcCluster, server_args: tuple[str, ...], seconds: float, faults: bool
+    c: ProcCluster,
+    server_args: tuple[str, ...],
+    seconds: float,
+    faults: bool,
+    fault_windows: list[tuple[float, float]] | None = None,
 ) -> tuple[Samples, dict[str, int], int]:
     """The overwrite load, sampled every 0.2 s; with ``faults``, the leader and then a
-    follower are killed -9 and restarted along the way. Returns the samples, the last
-    acknowledged version of each key and how many batches of 20 puts were written."""
+    follower are killed -9 and restarted along the way (each kill's window, from the kill to
+    its server serving again, in the samples' time, appended to ``fault_windows``). Returns the
+    samples, the last acknowledged version of each key and how many batches of 20 puts were
+    written."""
     samples = Samples(replica_dirs(c))
     acked: dict[str, int] = {}
+    windows = fault_windows if fault_windows is not None else []
+
+    def since_start() -> float:
+        return time.monotonic() - samples.started
+
     async with pyxia.AsyncClient(c.service_addresses, request_timeout_s=30) as client:
 
         async def write(keys: list[str]) -> None:
@@ -101,13 +117,17 @@ async def run_load(
 
         async def faults_along() -> None:
             await asyncio.sleep(seconds / 4)
+            t0 = since_start()
             victim = await asyncio.to_thread(kill_leader, c)
             await asyncio.to_thread(victim.start, *server_args)
+            windows.append((t0, since_start()))
             await asyncio.sleep(seconds / 4)
             leader, _ = await asyncio.to_thread(c.shard_leader, 0)
             follower = next(m for m in c.members if m is not leader)
+            t0 = since_start()
             follower.kill()
             await asyncio.to_thread(follower.start, *server_args)
+            windows.append((t0, since_start()))
 
         tasks = [overwrite(write, seconds, writers=8, batch=20, on_tick=samples.take)]
         if faults:
@@ -136,16 +156,32 @@ async def test_every_replica_wal_stays_bounded_through_leader_and_follower_kills
     proc_cluster: ProcCluster,
 ) -> None:
     seconds = 8 * RETENTION_S
-    samples, acked, writes = await run_load(proc_cluster, RETENTION_ARGS, seconds, faults=True)
+    windows: list[tuple[float, float]] = []
+    samples, acked, writes = await run_load(
+        proc_cluster, RETENTION_ARGS, seconds, faults=True, fault_windows=windows
+    )
     log.info(
-        "%d x 20 puts of 1 KiB in %.0f s; WAL and DB of each replica (MiB) over time:\n%s",
+        "%d x 20 puts of 1 KiB in %.0f s, kills recovered over %s; WAL and DB of each replica "
+        "(MiB) over time:\n%s",
         writes,
         seconds,
+        [(round(a, 1), round(b, 1)) for a, b in windows],
         samples.table(1.0),
     )
     assert len(acked) == KEYS
+    assert len(windows) == 2
+
+    def recovering(t: float) -> bool:
+        # From the kill until one retention period after its server serves again (the
+        # commit offset moves on and the next trims catch up).
+        return any(a <= t <= b + RETENTION_S for a, b in windows)
+
+    steady = [s for s in samples.rows if not recovering(s.t)]
+    assert len(steady) >= 10, "the load must run well outside the kills too"
     for name in samples.dirs:
-        assert samples.max_wal(name) <= WAL_BOUND, (name, samples.max_wal(name))
+        worst = max(s.wal[name] for s in steady)
+        assert worst <= WAL_BOUND, (name, worst)
+        assert samples.max_wal(name) <= FAULT_WAL_BOUND, (name, samples.max_wal(name))
         assert samples.max_db(name) <= DB_BOUND, (name, samples.max_db(name))
 
 
