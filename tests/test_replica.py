@@ -561,6 +561,53 @@ def test_a_read_waits_for_a_round_a_majority_answers_at_this_term() -> None:
         m.step(r.ReadIndex())
 
 
+def test_a_round_goes_to_a_majority_first_and_to_everyone_once_escalated() -> None:
+    m = machine(with_log(), term=3)
+    t = lead(m, 3, {"a": NO_ENTRY, "b": NO_ENTRY})
+    m.step(r.ReadIndex())
+    # Nobody has answered yet: the first round goes to every follower.
+    assert m.step(r.HeartbeatDue(t, 0, follower="a")) == (r.SendHeartbeat(1, -1),)
+    assert m.step(r.HeartbeatDue(t, 0, follower="b")) == (r.SendHeartbeat(1, -1),)
+    assert m.step(r.HeartbeatAck(t, "b", 1)) == (r.CONFIRMED,)
+    assert m.step(r.HeartbeatAck(t, "a", 1)) == (r.CONFIRMED,)
+    # "b" answered first: at RF=3 the next round goes to "b" alone.
+    assert m.step(r.ReadIndex()) == (r.WAKE_CURSORS, r.AwaitRound(t, 2))
+    assert m.step(r.HeartbeatDue(t, 1, follower="a")) == ()
+    assert m.step(r.HeartbeatDue(t, 1, follower="b")) == (r.SendHeartbeat(2, -1),)
+    # "b" does not answer in time: the read escalates, "a" is sent the newest round.
+    assert m.step(r.EscalateRound(t, 2)) == (r.WAKE_CURSORS,)
+    assert m.step(r.EscalateRound(t, 2)) == ()  # once
+    assert not m.read_confirmed(t, 2)
+    assert m.step(r.HeartbeatDue(t, 1, follower="a")) == (r.SendHeartbeat(2, -1),)
+    assert m.step(r.HeartbeatAck(t, "a", 2)) == (r.CONFIRMED,)
+    assert m.read_confirmed(t, 2)
+    # "a" answered the newest round: it is the one asked first now.
+    m.step(r.ReadIndex())
+    assert m.step(r.HeartbeatDue(t, 2, follower="b")) == ()
+    assert m.step(r.HeartbeatDue(t, 2, follower="a")) == (r.SendHeartbeat(3, -1),)
+    # A confirmed round is not escalated.
+    assert m.step(r.HeartbeatAck(t, "a", 3)) == (r.CONFIRMED,)
+    assert m.step(r.EscalateRound(t, 3)) == ()
+
+
+def test_an_escalated_round_reaches_a_follower_as_a_newer_round() -> None:
+    m = machine(with_log(), term=3)
+    t = lead(m, 3, {"a": NO_ENTRY, "b": NO_ENTRY})
+    m.step(r.ReadIndex())
+    m.step(r.HeartbeatDue(t, 0, follower="a"))
+    m.step(r.HeartbeatDue(t, 0, follower="b"))
+    m.step(r.HeartbeatAck(t, "a", 1))
+    m.step(r.HeartbeatAck(t, "b", 1))
+    m.step(r.ReadIndex())
+    assert m.step(r.HeartbeatDue(t, 1, follower="a")) == (r.SendHeartbeat(2, -1),)
+    m.step(r.ReadIndex())  # round 3, after round 2 went to "a"
+    m.step(r.EscalateRound(t, 2))
+    # "b" never got round 2: it gets round 3, whose answer confirms both reads.
+    assert m.step(r.HeartbeatDue(t, 1, follower="b")) == (r.SendHeartbeat(3, -1),)
+    m.step(r.HeartbeatAck(t, "b", 3))
+    assert m.read_confirmed(t, 2) and m.read_confirmed(t, 3)
+
+
 # -- follower progress on the leader --------------------------------------------------------------
 
 
@@ -891,6 +938,22 @@ def test_heartbeats_are_answered_only_at_the_streams_own_term() -> None:
     fence(m, 4)
     with pytest.raises(AlreadyClosed):
         m.step(r.PollAcks(s))
+
+
+def test_a_durable_ack_carries_the_heartbeat_answer_due_with_it() -> None:
+    lg = with_log()
+    m = machine(lg)
+    s = m.step(r.OpenStream(3))[0].stream  # type: ignore[union-attr]
+    m.step(r.Received(s, append_msg(3, 3, 0)))
+    lg.append(3, 0)
+    m.step(r.Received(s, heartbeat_msg(3, 1)))
+    lg.synced = 0
+    m.step(r.Synced(0))
+    # One message answers both: the entry is durable and round 1 was received at this term.
+    assert m.step(r.PollAcks(s)) == (r.SendAck(0, 1),)
+    assert m.step(r.PollAcks(s)) == ()
+    m.step(r.Received(s, heartbeat_msg(3, 2)))
+    assert m.step(r.PollAcks(s)) == (r.SendAck(0, 2),)
 
 
 def test_new_term_racing_a_replicate_stream() -> None:

@@ -240,6 +240,7 @@ class FollowerController:
 
         task = self._loop.create_task(pump(), name=f"follower-pump-{self.shard}")
         poll = rsm.PollAcks(stream)
+        acked = stream.acked
         try:
             while True:
                 seen = self.durable.generation
@@ -252,10 +253,12 @@ class FollowerController:
                 if acks:
                     (ack,) = acks
                     assert isinstance(ack, rsm.SendAck)
+                    if ack.offset > acked:  # (else a heartbeat's answer alone)
+                        acked = ack.offset
+                        await afailpoint("follower.after_append_before_ack")
                     if ack.heartbeat:
                         yield replication_pb2.Ack(offset=ack.offset, heartbeat=ack.heartbeat)
                     else:
-                        await afailpoint("follower.after_append_before_ack")
                         yield replication_pb2.Ack(offset=ack.offset)
                     continue
                 if task.done() and not failure:

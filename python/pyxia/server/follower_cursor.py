@@ -100,9 +100,9 @@ class ReplicationSource(Protocol):
 
     def needs_snapshot(self, follower: str) -> bool: ...
 
-    def heartbeat_due(self, last_sent: int) -> tuple[int, int] | None:
-        """The confirmation round a stream that last carried ``last_sent`` should carry now,
-        with the commit offset to send along; None: none due."""
+    def heartbeat_due(self, last_sent: int, follower: str | None = None) -> tuple[int, int] | None:
+        """The confirmation round ``follower``'s stream, which last carried ``last_sent``,
+        should carry now, with the commit offset to send along; None: none due."""
 
     def appends_from(self, offset: int, max_entries: int) -> list[bytes] | None:
         """Up to ``max_entries`` log entries from ``offset``, each as one serialized ``Append``
@@ -246,7 +246,7 @@ class FollowerCursor:
         heartbeat = 0  # the newest confirmation round sent on this stream
         while self._going():
             seen = leader.appended.generation
-            due = leader.heartbeat_due(heartbeat)
+            due = leader.heartbeat_due(heartbeat, self.follower)
             if due is not None:
                 heartbeat, commit = due
                 yield replication_pb2.Append(

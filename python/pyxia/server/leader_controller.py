@@ -129,6 +129,11 @@ log = logging.getLogger("pyxia.leader")
 READ_CONFIRM_TIMEOUT_S = 3.0
 """How long a read waits for a majority to confirm this leader before it is refused."""
 
+READ_ESCALATE_S = 0.05
+"""How long a read waits for the followers its round went to first (a majority's worth)
+before the round goes to every follower (read_index.py): the extra wait of the reads that
+arrive while a preferred follower is failing, once."""
+
 READ_INDEX = rsm.ReadIndex()
 
 
@@ -216,8 +221,8 @@ class TenureSource:
     def needs_snapshot(self, follower: str) -> bool:
         return self._lc.replica.needs_snapshot(self._tenure, follower, self.target_shard)
 
-    def heartbeat_due(self, last_sent: int) -> tuple[int, int] | None:
-        due = rsm.HeartbeatDue(self._tenure, last_sent, self.target_shard)
+    def heartbeat_due(self, last_sent: int, follower: str | None = None) -> tuple[int, int] | None:
+        due = rsm.HeartbeatDue(self._tenure, last_sent, self.target_shard, follower)
         for e in self._lc.replica.step(due):
             if isinstance(e, rsm.SendHeartbeat):
                 return e.round_id, e.commit_offset
@@ -290,6 +295,7 @@ class LeaderController:
         self.replica = Replica(storage.shard, StorageLog(storage), term, options)
         self.confirmed = Signal()
         self.read_confirm_timeout_s = READ_CONFIRM_TIMEOUT_S
+        self.read_escalate_s = READ_ESCALATE_S
         self._pending: collections.deque[Proposal] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader_registered = False
@@ -952,13 +958,22 @@ class LeaderController:
         if wait is None:
             return  # no other replica can be elected
         tenure, round_id = wait.tenure, wait.round_id
-        deadline = time.monotonic() + self.read_confirm_timeout_s
+        now = time.monotonic()
+        deadline = now + self.read_confirm_timeout_s
+        escalate_at: float | None = now + self.read_escalate_s
         while True:
             seen = self.confirmed.generation
             if self.replica.read_confirmed(tenure, round_id):  # NodeIsNotLeader once deposed
                 return
-            left = deadline - time.monotonic()
-            if left <= 0 or not await self.confirmed.wait(seen, left):
+            now = time.monotonic()
+            if escalate_at is not None and now >= escalate_at:
+                # The followers asked first are slow or gone: ask every follower.
+                escalate_at = None
+                self.carry_out(self.replica.step(rsm.EscalateRound(tenure, round_id)))
+                continue
+            left = deadline - now
+            wait_s = left if escalate_at is None else min(left, escalate_at - now)
+            if left <= 0 or (not await self.confirmed.wait(seen, wait_s) and escalate_at is None):
                 self.metrics.read_confirm_timeouts.inc()
                 raise NodeIsNotLeader(
                     f"oxia: shard {self.shard}: no majority confirmed this leader within "

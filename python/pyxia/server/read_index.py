@@ -12,6 +12,16 @@ proves that no newer term had taken over when that follower answered.
 Rounds are numbered; a read waits for a round that no follower had been sent when it arrived.
 Reads that arrive together share a round, and a cursor sends only the newest round, so the
 cost is about one message per follower per burst of reads, never one per read.
+
+A round first goes only to as many followers as a majority needs (``required_acks``): the ones
+that answered the newest round earliest, so one heartbeat and one answer per round at RF=3
+instead of two of each (each is a gRPC message on both ends, the main cost of a read at RF=3).
+Until that many followers have answered any round, and for every round up to ``escalated``, a
+round goes to every follower: a read whose round is not confirmed soon (a preferred follower is
+slow or gone) escalates it, and the followers that answer it become the preferred ones.
+Which followers are asked never weakens the rule above: a round confirms only with a majority's
+answers, each to a round sent after the read arrived (a follower answers the newest round it
+was sent, and an answer to a newer round covers the older ones: it was sent later).
 """
 
 from __future__ import annotations
@@ -20,7 +30,15 @@ from __future__ import annotations
 class LeadershipConfirmations:
     """Heartbeat rounds requested, sent and acknowledged for one leader term."""
 
-    __slots__ = ("_acks", "requested", "required_acks", "sent")
+    __slots__ = (
+        "_acks",
+        "_answered_at",
+        "_answers",
+        "escalated",
+        "requested",
+        "required_acks",
+        "sent",
+    )
 
     def __init__(self, replication_factor: int) -> None:
         if replication_factor < 1:
@@ -31,7 +49,12 @@ class LeadershipConfirmations:
         """The newest round a read waits for."""
         self.sent = 0
         """The newest round any follower has been sent."""
+        self.escalated = 0
+        """Rounds up to this one go to every follower (their preferred ones were too slow)."""
         self._acks: dict[str, int] = {}
+        self._answers = 0
+        self._answered_at: dict[str, int] = {}
+        """When (in answers counted) each follower answered its newest round."""
 
     @property
     def needed(self) -> bool:
@@ -45,9 +68,34 @@ class LeadershipConfirmations:
             self.requested = self.sent + 1
         return self.requested
 
-    def to_send(self, last_sent_to_follower: int) -> int:
-        """The round a follower's stream should carry next, or 0 if it is up to date."""
-        return self.requested if self.requested > last_sent_to_follower else 0
+    def to_send(self, last_sent_to_follower: int, follower: str | None = None) -> int:
+        """The round ``follower``'s stream should carry next, or 0 if it is up to date or the
+        round goes to the preferred followers only and it is not one of them (None: any
+        follower, no preference). A follower not yet sent the escalated round gets the newest
+        one, which covers it."""
+        r = self.requested
+        if r <= last_sent_to_follower:
+            return 0
+        if follower is None or last_sent_to_follower < self.escalated:
+            return r  # (an escalated round is covered by any newer one)
+        preferred = self.preferred()
+        return r if preferred is None or follower in preferred else 0
+
+    def preferred(self) -> list[str] | None:
+        """The followers a round goes to first: the ``required_acks`` that answered the newest
+        round earliest; None (every follower) until that many have answered any round."""
+        if len(self._acks) < self.required_acks:
+            return None
+        order = sorted(self._acks, key=lambda f: (-self._acks[f], self._answered_at[f]))
+        return order[: self.required_acks]
+
+    def escalate(self, round_id: int) -> bool:
+        """Round ``round_id`` was not confirmed in time: it (and any newer one requested) goes
+        to every follower. Whether that changes anything (the cursors must be woken)."""
+        if round_id <= self.escalated or self.is_confirmed(round_id):
+            return False
+        self.escalated = round_id
+        return True
 
     def on_sent(self, round_id: int) -> None:
         if round_id > self.sent:
@@ -57,9 +105,16 @@ class LeadershipConfirmations:
         """``follower`` answered round ``round_id`` at this term (rounds are cumulative)."""
         if round_id > self._acks.get(follower, 0):
             self._acks[follower] = round_id
+            self._answers += 1
+            self._answered_at[follower] = self._answers
+
+    def answered(self, follower: str) -> int:
+        """The newest round ``follower`` answered (0: none)."""
+        return self._acks.get(follower, 0)
 
     def remove_follower(self, follower: str) -> None:
         self._acks.pop(follower, None)
+        self._answered_at.pop(follower, None)
 
     def confirmed(self) -> int:
         """The newest round answered by a majority (the leader included)."""

@@ -34,14 +34,16 @@ Status (Oxia's)::
   the log; :class:`Synced` and :class:`FollowerAck` advance the quorum; :class:`Committed` asks
   the driver to apply up to the new commit offset.
 - **Reads.** :class:`ReadIndex` asks for a heartbeat round a majority must answer at this term
-  after the read arrived (``read_index.py``).
+  after the read arrived (``read_index.py``); a round goes first to a majority's worth of
+  followers only, and to every follower once a read escalates it (:class:`EscalateRound`).
 - **Planned step-down.** :class:`StepDown` (``handoff.py``'s rules): the hooks run, then new
   writes are refused with a retryable NODE_IS_NOT_LEADER until the NewTerm.
 - **Following.** One Replicate stream at a time, never while a NewTerm, Truncate or snapshot
   holds the replica (``busy``) nor while it leads or is being elected; entries are checked
   (term, bounds, no hole after the log's end; an empty log continues the DB, else
   NODE_IS_NOT_MEMBER: the follower needs a snapshot, Oxia #929); acks are cumulative and
-  only for durable entries; a heartbeat is answered only at the stream's own term; the applier
+  only for durable entries; a heartbeat is answered only at the stream's own term (with the
+  durable ack in one message when both are due); the applier
   goes up to the leader's commit offset, never past what is durable here. Truncate only while
   FENCED, with no stream, never below what is applied. A snapshot's term is checked before
   anything is destroyed.
@@ -329,6 +331,16 @@ class HeartbeatDue:
     tenure: Tenure
     last_sent: int
     target_shard: int | None = None
+    follower: str | None = None
+    """The stream's follower (None: any, a round goes to every follower)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EscalateRound:
+    """A read's round ``round_id`` was not confirmed soon: it goes to every follower."""
+
+    tenure: Tenure
+    round_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,6 +512,7 @@ Input = (
     | FollowerAck
     | HeartbeatAck
     | HeartbeatDue
+    | EscalateRound
     | ReadIndex
     | SnapshotSent
     | FollowerLostData
@@ -818,6 +831,7 @@ class Replica:
             FollowerAck: self._follower_ack,
             HeartbeatAck: self._heartbeat_ack,
             HeartbeatDue: self._heartbeat_due,
+            EscalateRound: self._escalate_round,
             ReadIndex: self._read_index,
             SnapshotSent: self._snapshot_sent,
             FollowerLostData: self._follower_lost_data,
@@ -1283,11 +1297,17 @@ class Replica:
         if t is not self.tenure or m.target_shard is not None:
             return NONE  # (a split observer never confirms this leadership)
         rc = t.confirmations
-        if not rc.to_send(m.last_sent):
+        if not rc.to_send(m.last_sent, m.follower):
             return NONE
         round_id = rc.requested
         rc.on_sent(round_id)
         return (SendHeartbeat(round_id, t.tracker.commit_offset),)
+
+    def _escalate_round(self, m: EscalateRound) -> Effects:
+        t = m.tenure
+        if t is not self.tenure or not t.confirmations.escalate(m.round_id):
+            return NONE
+        return (WAKE_CURSORS,)
 
     def _heartbeat_ack(self, m: HeartbeatAck) -> Effects:
         t = m.tenure
@@ -1598,12 +1618,14 @@ class Replica:
         if self.closed or s is not self.stream:
             raise AlreadyClosed(f"oxia: shard {self.shard} stream ended", shard=self.shard)
         durable = min(self.log.synced_offset, s.received)
+        answer = 0
+        if s.heartbeat > s.answered and s.term == self.term:
+            s.answered = answer = s.heartbeat
         if durable > s.acked:
             s.acked = durable
-            return (SendAck(durable),)
-        if s.heartbeat > s.answered and s.term == self.term:
-            s.answered = s.heartbeat
-            return (SendAck(s.acked, s.answered),)
+            return (SendAck(durable, answer),)
+        if answer:
+            return (SendAck(s.acked, answer),)
         return NONE
 
     def _snapshot_begin(self, m: SnapshotBegin) -> Effects:
