@@ -238,6 +238,16 @@ class CoordinatorProcess:
             f"127.0.0.1:{self.port}", options=[("grpc.max_receive_message_length", 256 << 20)]
         )
 
+    def log_size(self) -> int:
+        return self.log.stat().st_size if self.log.exists() else 0
+
+    def leadership_losses(self, since: int = 0) -> int:
+        """How many times this process logged losing its leadership (``leadership lost``:
+        the coordinator closing on its provider's signal) in its log after byte ``since``."""
+        if not self.log.exists():
+            return 0
+        return self.log.read_bytes()[max(since, self._offset) :].count(b"leadership lost (")
+
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
@@ -407,13 +417,17 @@ class Harness:
         before_m = {} if fresh else self.c.metrics()
         before_cpu = 0.0 if fresh else self.c.usage()[0]
         c_before = self.coordinator
+        log_before = 0 if fresh else self.c.log_size()
         started = time.monotonic()
         yield p
         p.wall_s = round(time.monotonic() - started, 3)
         after_sim = self.sim.cmd("stats")
         m = self.c.metrics()
         if self.coordinator is not c_before:  # a new process: its counters start at zero
-            before_m, before_cpu = {}, 0.0
+            before_m, before_cpu, log_before = {}, 0.0, 0
+        # Every leadership loss of the leading process (a lease that lapsed under load shows
+        # here): the harness's scenarios never take leadership away on purpose but by a kill.
+        p.extra["leadership_losses"] = self.c.leadership_losses(log_before)
         cpu, rss, hwm = self.c.usage()
         p.coordinator_cpu_s = round(cpu - before_cpu, 2)
         p.rss_mib = round(rss / 2**20, 1)
