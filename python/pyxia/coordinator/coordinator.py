@@ -94,6 +94,12 @@ MAX_CALLS_PER_SERVER = 64
 10,000 shards started 30,000 NewTerm calls at once (peak RSS near 1 GiB), and a server that
 hangs holds only its own calls."""
 
+MAX_SHARDS_VERIFYING = 64
+"""Shards checking their ensemble (a GetStatus per replica) at once; more wait their turn.
+A new coordinator checks every shard when it starts: 10,000 shards' 30,000 calls at once kept
+its event loop so busy that its admin and health answers took seconds (a coordinator
+failover looked 4 s slower than it was), for no more calls a second."""
+
 
 @dataclass
 class CoordinatorOptions:
@@ -162,6 +168,7 @@ class Coordinator:
         # leadership goes to them until they come back.
         self.leaving: set[str] = set()
         self._call_slots: dict[str, asyncio.Semaphore] = {}
+        self.verify_slots = asyncio.Semaphore(MAX_SHARDS_VERIFYING)  # held by a shard's check
         # Servers this coordinator has seen available at least once.
         self._seen_available: set[str] = set()
         self._closed = False
