@@ -179,7 +179,7 @@ class CoordinatorProcess:
         log: Path,
         *,
         etcd: str | None = None,
-        etcd_lease_ttl: int = 10,
+        etcd_lease_ttl: int | None = None,
     ) -> None:
         self.metrics_port = free_port()
         self.log = log
@@ -193,8 +193,7 @@ class CoordinatorProcess:
                 "etcd",
                 "--etcd-endpoints",
                 etcd,
-                "--etcd-lease-ttl",
-                str(etcd_lease_ttl),
+                *([] if etcd_lease_ttl is None else ["--etcd-lease-ttl", str(etcd_lease_ttl)]),
             ]
         )
         self.proc = subprocess.Popen(
@@ -323,7 +322,12 @@ EDITS = "pyxia_coordinator_status_shard_edits_total"
 
 class Harness:
     def __init__(
-        self, base: Path, servers: int, *, provider: str = "file", etcd_lease_ttl: int = 10
+        self,
+        base: Path,
+        servers: int,
+        *,
+        provider: str = "file",
+        etcd_lease_ttl: int | None = None,
     ) -> None:
         self.base = base
         self.etcd = EtcdProcess(base) if provider == "etcd" else None
@@ -690,7 +694,7 @@ def run(
     rolling: int | None = None,
     dies_repeat: int = 1,
     provider: str = "file",
-    etcd_lease_ttl: int = 10,
+    etcd_lease_ttl: int | None = None,
     scenarios: frozenset[str] = frozenset(SCENARIOS),
 ) -> list[Phase]:
     """Runs the cold start, then the ``scenarios`` named (in the module docstring's order);
@@ -737,7 +741,9 @@ def main() -> None:
         "--rolling", type=int, default=None, help="servers the rolling restart restarts"
     )
     ap.add_argument("--provider", choices=("file", "etcd"), default="file")
-    ap.add_argument("--etcd-lease-ttl", type=int, default=10)
+    ap.add_argument(
+        "--etcd-lease-ttl", type=int, default=None, help="default: the coordinator's (5 s)"
+    )
     ap.add_argument("--dies-repeat", type=int, default=1, help="server_dies runs, in a row")
     ap.add_argument(
         "--scenarios",
