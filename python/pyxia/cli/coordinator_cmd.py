@@ -228,6 +228,15 @@ def _file_param(name: str, value: Any) -> tuple[str, Any]:
     'namespace (shard=""): per shard is about 70 series each, a 70 MB exposition for '
     "10,000 shards; the term gauge stays per shard either way.",
 )
+@click.option(
+    "--assignments-push-linger",
+    type=click.FloatRange(0, 5),
+    default=0.05,  # = coordinator.DEFAULT_ASSIGNMENTS_PUSH_LINGER
+    show_default=True,
+    help="Seconds a data server's assignment push waits after a change for more changes, "
+    "sent together (a burst of elections: one push of the whole map per server); 0: each "
+    "change at once.",
+)
 @tls_flags("", "the coordinator's gRPC port (health, admin API)", listener=True)
 @tls_flags("peer", "connections to the data servers", listener=False)
 @cluster_secret_flag
@@ -330,6 +339,7 @@ def coordinator(**kw: Any) -> None:
                 cluster_secret=secret,
                 config_source=str(path),
                 per_shard_election_metrics=kw["per_shard_election_metrics"],
+                assignments_push_linger=kw["assignments_push_linger"],
             ),
             tls=listener_tls if listener_tls.is_enabled else None,
             admin_addr=kw["admin_addr"] or None,

@@ -100,6 +100,9 @@ A new coordinator checks every shard when it starts: 10,000 shards' 30,000 calls
 its event loop so busy that its admin and health answers took seconds (a coordinator
 failover looked 4 s slower than it was), for no more calls a second."""
 
+DEFAULT_ASSIGNMENTS_PUSH_LINGER = 0.05
+"""Seconds (``--assignments-push-linger``)."""
+
 
 @dataclass
 class CoordinatorOptions:
@@ -120,6 +123,10 @@ class CoordinatorOptions:
     # Election histograms per shard (Oxia's labels) or per namespace (shard=""): see
     # coordinator/metrics.py; per shard, 10,000 shards make a 70 MB exposition.
     per_shard_election_metrics: bool = True
+    # After the assignment map changed, how long each data server's push waits for more
+    # changes to send them together (a burst of elections: one push per server, not one per
+    # status write); the first map a stream sends goes at once.
+    assignments_push_linger: float = DEFAULT_ASSIGNMENTS_PUSH_LINGER
 
 
 class Coordinator:
@@ -437,6 +444,7 @@ class Coordinator:
             self.options.liveness,
             on_shard_event=self._on_shard_event,
             on_reconnected=self._on_server_reconnected,
+            push_linger=self.options.assignments_push_linger,
         )
         self.servers[s.internal] = dc
         dc.start()
