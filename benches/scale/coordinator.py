@@ -11,8 +11,10 @@ shard edits batched into them) and the assignment pushes the data servers receiv
 2. ``idle``: ``--idle-seconds`` of a steady cluster: what the coordinator spends keeping it
    (health probes, and each shard's check of its ensemble every minute: a GetStatus per
    replica);
-3. ``server_dies``: one server is killed: every shard it led has a new leader, persisted;
-   then ``server_back``: it restarts, until every replica it holds follows (or leads) again;
+3. ``server_dies``: one server is killed: every shard it led has a new leader, persisted
+   (and ``pushed_s``: when the last server got the last assignment map of it, from which
+   clients learn the new leaders); then ``server_back``: it restarts, until every replica it
+   holds follows (or leads) again;
 4. ``coordinator_failover``: the coordinator is killed (-9) and a new one started on the same
    metadata (the file provider has no standby: the next process takes over): until it leads
    with every shard steady, and until it verified every replica (its first GetStatus round);
@@ -509,9 +511,25 @@ class Harness:
 
         since = len(self.sim.cmd("outages")["outages"])
         with self.phase("server_dies") as p:
+            killed = time.monotonic()
             self.sim.cmd("kill", servers=[victim])
             wait_for(reelected, timeout, "every shard of the dead server re-elected", 0.05)
-        p.extra.update(leaderships=len(led), replicas=replicas, **self.outages_since(since))
+            reelected_s = time.monotonic() - killed
+            # Clients learn the new leaders from the servers' assignment maps: once the pushes
+            # stopped, when did the last server get its last one (the simulator's clock is
+            # CLOCK_MONOTONIC too)?
+            pushes = [-1, self.sim.cmd("stats")["pushes"]]
+            while pushes[-1] != pushes[-2]:
+                time.sleep(0.3)  # a quiet spell, measured: no push for this long
+                pushes.append(self.sim.cmd("stats")["pushes"])
+            pushed_s = self.sim.cmd("stats")["last_push_at"] - killed
+        p.wall_s = round(reelected_s, 3)  # the re-election (the quiet spell is not counted)
+        p.extra.update(
+            leaderships=len(led),
+            replicas=replicas,
+            pushed_s=round(pushed_s, 3),
+            **self.outages_since(since),
+        )
         with self.phase("server_back") as p:
             self.sim.cmd("restart", servers=[victim])
 
