@@ -123,9 +123,9 @@ class CoordinatorOptions:
     # Election histograms per shard (Oxia's labels) or per namespace (shard=""): see
     # coordinator/metrics.py; per shard, 10,000 shards make a 70 MB exposition.
     per_shard_election_metrics: bool = True
-    # After the assignment map changed, how long each data server's push waits for more
-    # changes to send them together (a burst of elections: one push per server, not one per
-    # status write); the first map a stream sends goes at once.
+    # At most one assignment push per data server per this many seconds: a change right after
+    # a push waits for the rest of its burst (elections finishing one status write after
+    # another), a lone change goes at once.
     assignments_push_linger: float = DEFAULT_ASSIGNMENTS_PUSH_LINGER
 
 
