@@ -231,11 +231,11 @@ def _file_param(name: str, value: Any) -> tuple[str, Any]:
 @click.option(
     "--assignments-push-linger",
     type=click.FloatRange(0, 5),
-    default=0.05,  # = coordinator.DEFAULT_ASSIGNMENTS_PUSH_LINGER
+    default=0.1,  # = coordinator.DEFAULT_ASSIGNMENTS_PUSH_LINGER
     show_default=True,
-    help="At most one assignment push (the whole map) per data server per this many seconds: "
-    "a lone change goes at once, a burst of changes (elections finishing one after another) "
-    "together; 0: each change as it comes.",
+    help="Seconds a data server's assignment push (the whole map) waits after a change for "
+    "more changes, sent together: a burst of elections finishing one after another is one "
+    "push per server; 0: each change as it comes.",
 )
 @tls_flags("", "the coordinator's gRPC port (health, admin API)", listener=True)
 @tls_flags("peer", "connections to the data servers", listener=False)

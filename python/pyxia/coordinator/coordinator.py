@@ -100,7 +100,7 @@ A new coordinator checks every shard when it starts: 10,000 shards' 30,000 calls
 its event loop so busy that its admin and health answers took seconds (a coordinator
 failover looked 4 s slower than it was), for no more calls a second."""
 
-DEFAULT_ASSIGNMENTS_PUSH_LINGER = 0.05
+DEFAULT_ASSIGNMENTS_PUSH_LINGER = 0.1
 """Seconds (``--assignments-push-linger``)."""
 
 
@@ -123,9 +123,9 @@ class CoordinatorOptions:
     # Election histograms per shard (Oxia's labels) or per namespace (shard=""): see
     # coordinator/metrics.py; per shard, 10,000 shards make a 70 MB exposition.
     per_shard_election_metrics: bool = True
-    # At most one assignment push per data server per this many seconds: a change right after
-    # a push waits for the rest of its burst (elections finishing one status write after
-    # another), a lone change goes at once.
+    # After the assignment map changed, how long each data server's push waits for more
+    # changes to send them together (a burst of elections finishing one status write after
+    # another: one push per server, not one per write); a stream's first map goes at once.
     assignments_push_linger: float = DEFAULT_ASSIGNMENTS_PUSH_LINGER
 
 

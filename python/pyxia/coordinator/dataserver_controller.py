@@ -18,12 +18,11 @@ controllers call it before their first coordination call. A watch stream that br
 server may have restarted with a wiped data directory) makes the next probe handshake again.
 
 It also keeps a ``PushShardAssignments`` stream to the server, re-sending the full
-assignment map whenever it changes, at most once per ``push_linger``: a change goes at once
-unless the stream pushed less than a linger ago, and then waits for the linger's end, so the
-changes of a burst (elections finishing one status write after another) go out together, the
-latest map only (the coordinator serializes it once for every stream); a map equal to the
-last one sent on the stream is not sent again (an election's first status write leaves the
-published map as it was). And a
+assignment map whenever it changes: the stream's first map at once, then, after a change, the
+latest map once ``push_linger`` passed, so the changes of a burst (elections finishing one
+status write after another) go out as one push; the coordinator serializes it once for every
+stream. A map equal to the last one sent on the stream is not sent again (an election's first
+status write leaves the published map as it was). And a
 ``ShardEvents/Watch`` stream from it: replicas of the server that failed on their own (a leader
 whose disk filled up), handed to the coordinator so it re-elects at once.
 """
@@ -293,16 +292,13 @@ class DataServerController:
             backoff = min(backoff * 2, 2.0)
 
     async def _stream(self) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
         sent = -1  # the generation of the map last sent
         last: bytes | None = None  # the map last sent on this stream
-        pushed_at = -self._push_linger  # loop time of the last push
         while not self._closed:
             seen = self._assignments_changed.generation
-            hold = pushed_at + self._push_linger - loop.time()
-            if seen != sent and hold > 0:
-                # Pushed less than a linger ago: this change waits for the rest of its burst.
-                await asyncio.sleep(hold)
+            if last is not None and seen != sent and self._push_linger > 0:
+                # A change: the rest of its burst joins it (the stream's first map goes at once).
+                await asyncio.sleep(self._push_linger)
                 if self._closed:
                     return
                 seen = self._assignments_changed.generation
@@ -313,6 +309,5 @@ class DataServerController:
                     COORDINATOR_ASSIGNMENT_PUSHES.inc()
                     COORDINATOR_ASSIGNMENT_PUSH_BYTES.inc(len(current))
                     last = current
-                    pushed_at = loop.time()
                     yield current
             await self._assignments_changed.wait(seen)
