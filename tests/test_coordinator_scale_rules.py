@@ -12,7 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pyxia.common.channels import ChannelPool
+from pyxia.common.signals import Signal
 from pyxia.config import ClusterConfig, NamespaceConfig, ServerAddress
+from pyxia.coordinator.dataserver_controller import DataServerController
 from pyxia.coordinator.metadata.memory import MemoryMetadataProvider
 from pyxia.coordinator.metadata.provider import NOT_EXISTS, Version
 from pyxia.coordinator.model import PendingLeaders, leader_counts, reconcile, shards
@@ -200,3 +203,77 @@ async def test_closing_fails_waiting_edits_and_refuses_new_ones() -> None:
         await waiting
     with pytest.raises(MetadataBadVersion):
         await store.update_shard("default", 1, set_term(1))
+
+
+# -- assignment pushes: one per server per burst of changes ----------------------------------
+
+
+class _Maps:
+    """What a coordinator hands a data server controller: the current map, its change signal."""
+
+    def __init__(self) -> None:
+        self.current: bytes | None = b"map-0"
+        self.changed = Signal()
+
+    def publish(self, payload: bytes) -> None:
+        self.current = payload
+        self.changed.notify()
+
+
+def _controller(maps: _Maps, linger: float) -> DataServerController:
+    async def on_change(node: str, available: bool) -> None:
+        return None
+
+    return DataServerController(
+        ServerAddress("h0:1", "h0:2"),
+        ChannelPool(),
+        "instance",
+        lambda: maps.current,
+        maps.changed,
+        on_change,
+        push_linger=linger,
+    )
+
+
+async def test_a_burst_of_map_changes_is_one_push_and_an_unchanged_map_is_not_resent() -> None:
+    linger = 0.3
+    loop = asyncio.get_running_loop()
+    maps = _Maps()
+    dc = _controller(maps, linger=linger)
+    stream = dc._stream()
+    try:
+        # The stream's first map goes at once.
+        assert await asyncio.wait_for(anext(stream), 1) == b"map-0"
+        # A burst of changes within the linger: one push, of the latest map.
+        nxt = asyncio.ensure_future(anext(stream))
+        started = loop.time()
+        for i in range(1, 20):
+            maps.publish(f"map-{i}".encode())
+            await asyncio.sleep(0)
+        assert await asyncio.wait_for(nxt, 5) == b"map-19"
+        assert loop.time() - started >= linger * 0.99  # held, to gather the burst
+        # A change that leaves the map as it was is not pushed (an election's first write);
+        # the next real one is.
+        nxt = asyncio.ensure_future(anext(stream))
+        maps.publish(b"map-19")
+        done, _ = await asyncio.wait([nxt], timeout=linger + 0.3)
+        assert not done, "an unchanged map was pushed again"
+        maps.publish(b"map-20")
+        assert await asyncio.wait_for(nxt, 5) == b"map-20"
+    finally:
+        await stream.aclose()
+        await dc.close()
+
+
+async def test_without_a_linger_every_change_is_pushed_as_it_comes() -> None:
+    maps = _Maps()
+    dc = _controller(maps, linger=0.0)
+    stream = dc._stream()
+    try:
+        assert await asyncio.wait_for(anext(stream), 1) == b"map-0"
+        for i in range(1, 4):
+            maps.publish(f"map-{i}".encode())
+            assert await asyncio.wait_for(anext(stream), 1) == f"map-{i}".encode()
+    finally:
+        await stream.aclose()
+        await dc.close()

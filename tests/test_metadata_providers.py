@@ -227,6 +227,7 @@ class EtcdBackend(Backend):
         self.endpoint = endpoint
         self.prefix = f"/pyxia-test-{uuid.uuid4().hex[:8]}"
         self.count = 0
+        self.options: dict[str, Any] = {}  # more constructor arguments
 
     def make(self) -> MetadataProvider:
         self.count += 1
@@ -236,7 +237,20 @@ class EtcdBackend(Backend):
             identity=f"coordinator-{self.count}",
             lease_ttl=2,
             campaign_interval=0.05,
+            **self.options,
         )
+
+    def leader_kv(self) -> dict[str, Any] | None:
+        """The leader key as etcd has it now (synchronous: answers while the loop is blocked)."""
+        kvs: list[dict[str, Any]] = (
+            self.etcd("/v3/kv/range", {"key": self.key("coordinator-leader")}).get("kvs") or []
+        )
+        return kvs[0] if kvs else None
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        keepers = [t for t in threading.enumerate() if t.name.startswith("etcd-lease-")]
+        assert not keepers, f"a lease keeper thread outlived close(): {keepers}"
 
     def etcd(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         r = httpx.post(f"{self.endpoint}{path}", json=body, timeout=10, trust_env=False)
@@ -702,6 +716,96 @@ async def test_etcd_leader_key_removed_fires(etcd_server: str) -> None:
         kv = b.etcd("/v3/kv/range", {"key": b.key("cluster-status")})["kvs"][0]
         doc = json.loads(base64.b64decode(kv["value"]))
         assert doc["instanceId"] == "inst-1"  # readable protojson
+    finally:
+        await b.cleanup()
+
+
+async def test_etcd_lease_outlives_a_blocked_event_loop(etcd_server: str) -> None:
+    """The lease is kept alive from a thread of its own: a coordinator whose event loop is
+    busy for longer than the lease TTL (a cold start of 10,000 shards) still leads."""
+    b = EtcdBackend(etcd_server)
+    try:
+        leader, lost = await b.lead()
+        assert lost is not None and isinstance(leader, EtcdMetadataProvider)
+        v = await leader.store(sample_status(1), NOT_EXISTS)
+        before = b.leader_kv()
+        assert before is not None
+        time.sleep(2 + 1)  # noqa: ASYNC251 - blocks the loop past the 2 s TTL, on purpose
+        after = b.leader_kv()
+        # Still there: the lease did not lapse (the key would have gone with it).
+        assert after is not None and after["create_revision"] == before["create_revision"]
+        assert not lost.fired, lost
+        v = await leader.store(sample_status(2), v)
+        assert await leader.get() == (sample_status(2), v)
+        # And a standby does not take over.
+        standby = await b.new()
+        task = asyncio.create_task(standby.wait_to_become_leader())
+        done, _ = await asyncio.wait([task], timeout=NEGATIVE_CHECK)
+        assert not done, "a standby took over from a live leader"
+        await cancel_all([task])
+    finally:
+        await b.cleanup()
+
+
+async def test_etcd_revoked_lease_is_seen_while_the_loop_is_blocked(etcd_server: str) -> None:
+    """Loss detection runs in the keeper's thread: a lease revoked by etcd fires the signal
+    (store refuses at once) even while the coordinator's loop is busy, and the waiters on the
+    loop wake once it runs."""
+    b = EtcdBackend(etcd_server)
+    try:
+        leader, lost = await b.lead()
+        assert lost is not None
+        v = await leader.store(sample_status(1), NOT_EXISTS)
+        await b.force_loss(leader)  # revokes the leader's lease in etcd
+        # Synchronous wait: the loop does not run meanwhile.
+        wait_for(lambda: lost.fired, timeout=DEADLINE, interval=0.05, what="the keeper to see it")
+        assert "expired or revoked" in (lost.reason or ""), lost
+        reason = await asyncio.wait_for(lost.wait(), DEADLINE)
+        assert reason == lost.reason
+        with pytest.raises(MetadataBadVersion):
+            await leader.store(sample_status(2), v)
+        # A new lease and a new campaign: it leads again, with a new keeper.
+        again = await asyncio.wait_for(leader.wait_to_become_leader(), DEADLINE)
+        assert again is not None and again is not lost and not again.fired
+        await leader.store(sample_status(2), v)
+    finally:
+        await b.cleanup()
+
+
+async def test_etcd_stuck_event_loop_gives_the_leadership_up(etcd_server: str) -> None:
+    """A keeper does not keep a stuck process leading for ever: once the coordinator's loop
+    ran nothing for ``loop_stall_limit``, the lease is revoked (a standby takes over at
+    once) and the signal fires."""
+    b = EtcdBackend(etcd_server)
+    b.options = {"loop_stall_limit": 1.0}
+    try:
+        leader, lost = await b.lead()
+        assert lost is not None
+        v = await leader.store(sample_status(1), NOT_EXISTS)
+        # The loop is stuck (a synchronous wait): the leader key goes meanwhile.
+        wait_for(
+            lambda: b.leader_kv() is None, timeout=DEADLINE, interval=0.05, what="the key to go"
+        )
+        assert lost.fired and "event loop" in (lost.reason or ""), lost
+        with pytest.raises(MetadataBadVersion):
+            await leader.store(sample_status(2), v)
+        standby, won = await b.lead()
+        assert won is not None and not won.fired
+        await standby.store(sample_status(2), v)
+    finally:
+        await b.cleanup()
+
+
+async def test_etcd_close_stops_the_keeper_thread(etcd_server: str) -> None:
+    b = EtcdBackend(etcd_server)
+    try:
+        leader, lost = await b.lead()
+        assert lost is not None
+        assert [t for t in threading.enumerate() if t.name.startswith("etcd-lease-")]
+        await leader.close()
+        assert lost.fired
+        assert not [t for t in threading.enumerate() if t.name.startswith("etcd-lease-")]
+        assert b.leader_kv() is None  # revoked: a standby need not wait out the TTL
     finally:
         await b.cleanup()
 

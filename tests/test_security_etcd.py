@@ -242,7 +242,8 @@ async def test_provider_authenticates_with_user_and_password(etcd_auth: Etcd) ->
         assert lost is not None
         v = await p.store(sample_status(1), NOT_EXISTS)
         # etcd forgot the token (expired, restarted): the provider logs in again, once.
-        p._token = "expired.1"
+        assert p._gateway is not None
+        p._gateway._token = "expired.1"
         v = await p.store(sample_status(2), v)
         assert await p.get() == (sample_status(2), v)
         assert not lost.fired

@@ -11,8 +11,10 @@ shard edits batched into them) and the assignment pushes the data servers receiv
 2. ``idle``: ``--idle-seconds`` of a steady cluster: what the coordinator spends keeping it
    (health probes, and each shard's check of its ensemble every minute: a GetStatus per
    replica);
-3. ``server_dies``: one server is killed: every shard it led has a new leader, persisted;
-   then ``server_back``: it restarts, until every replica it holds follows (or leads) again;
+3. ``server_dies``: one server is killed: every shard it led has a new leader, persisted
+   (and ``pushed_s``: when the last server got the last assignment map of it, from which
+   clients learn the new leaders); then ``server_back``: it restarts, until every replica it
+   holds follows (or leads) again;
 4. ``coordinator_failover``: the coordinator is killed (-9) and a new one started on the same
    metadata (the file provider has no standby: the next process takes over): until it leads
    with every shard steady, and until it verified every replica (its first GetStatus round);
@@ -179,7 +181,7 @@ class CoordinatorProcess:
         log: Path,
         *,
         etcd: str | None = None,
-        etcd_lease_ttl: int = 10,
+        etcd_lease_ttl: int | None = None,
     ) -> None:
         self.metrics_port = free_port()
         self.log = log
@@ -193,8 +195,7 @@ class CoordinatorProcess:
                 "etcd",
                 "--etcd-endpoints",
                 etcd,
-                "--etcd-lease-ttl",
-                str(etcd_lease_ttl),
+                *([] if etcd_lease_ttl is None else ["--etcd-lease-ttl", str(etcd_lease_ttl)]),
             ]
         )
         self.proc = subprocess.Popen(
@@ -237,6 +238,16 @@ class CoordinatorProcess:
         self._channel = grpc.insecure_channel(
             f"127.0.0.1:{self.port}", options=[("grpc.max_receive_message_length", 256 << 20)]
         )
+
+    def log_size(self) -> int:
+        return self.log.stat().st_size if self.log.exists() else 0
+
+    def leadership_losses(self, since: int = 0) -> int:
+        """How many times this process logged losing its leadership (``leadership lost``:
+        the coordinator closing on its provider's signal) in its log after byte ``since``."""
+        if not self.log.exists():
+            return 0
+        return self.log.read_bytes()[max(since, self._offset) :].count(b"leadership lost (")
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -313,7 +324,12 @@ EDITS = "pyxia_coordinator_status_shard_edits_total"
 
 class Harness:
     def __init__(
-        self, base: Path, servers: int, *, provider: str = "file", etcd_lease_ttl: int = 10
+        self,
+        base: Path,
+        servers: int,
+        *,
+        provider: str = "file",
+        etcd_lease_ttl: int | None = None,
     ) -> None:
         self.base = base
         self.etcd = EtcdProcess(base) if provider == "etcd" else None
@@ -407,13 +423,17 @@ class Harness:
         before_m = {} if fresh else self.c.metrics()
         before_cpu = 0.0 if fresh else self.c.usage()[0]
         c_before = self.coordinator
+        log_before = 0 if fresh else self.c.log_size()
         started = time.monotonic()
         yield p
         p.wall_s = round(time.monotonic() - started, 3)
         after_sim = self.sim.cmd("stats")
         m = self.c.metrics()
         if self.coordinator is not c_before:  # a new process: its counters start at zero
-            before_m, before_cpu = {}, 0.0
+            before_m, before_cpu, log_before = {}, 0.0, 0
+        # Every leadership loss of the leading process (a lease that lapsed under load shows
+        # here): the harness's scenarios never take leadership away on purpose but by a kill.
+        p.extra["leadership_losses"] = self.c.leadership_losses(log_before)
         cpu, rss, hwm = self.c.usage()
         p.coordinator_cpu_s = round(cpu - before_cpu, 2)
         p.rss_mib = round(rss / 2**20, 1)
@@ -491,9 +511,25 @@ class Harness:
 
         since = len(self.sim.cmd("outages")["outages"])
         with self.phase("server_dies") as p:
+            killed = time.monotonic()
             self.sim.cmd("kill", servers=[victim])
             wait_for(reelected, timeout, "every shard of the dead server re-elected", 0.05)
-        p.extra.update(leaderships=len(led), replicas=replicas, **self.outages_since(since))
+            reelected_s = time.monotonic() - killed
+            # Clients learn the new leaders from the servers' assignment maps: once the pushes
+            # stopped, when did the last server get its last one (the simulator's clock is
+            # CLOCK_MONOTONIC too)?
+            pushes = [-1, self.sim.cmd("stats")["pushes"]]
+            while pushes[-1] != pushes[-2]:
+                time.sleep(0.3)  # a quiet spell, measured: no push for this long
+                pushes.append(self.sim.cmd("stats")["pushes"])
+            pushed_s = self.sim.cmd("stats")["last_push_at"] - killed
+        p.wall_s = round(reelected_s, 3)  # the re-election (the quiet spell is not counted)
+        p.extra.update(
+            leaderships=len(led),
+            replicas=replicas,
+            pushed_s=round(pushed_s, 3),
+            **self.outages_since(since),
+        )
         with self.phase("server_back") as p:
             self.sim.cmd("restart", servers=[victim])
 
@@ -676,7 +712,7 @@ def run(
     rolling: int | None = None,
     dies_repeat: int = 1,
     provider: str = "file",
-    etcd_lease_ttl: int = 10,
+    etcd_lease_ttl: int | None = None,
     scenarios: frozenset[str] = frozenset(SCENARIOS),
 ) -> list[Phase]:
     """Runs the cold start, then the ``scenarios`` named (in the module docstring's order);
@@ -723,7 +759,9 @@ def main() -> None:
         "--rolling", type=int, default=None, help="servers the rolling restart restarts"
     )
     ap.add_argument("--provider", choices=("file", "etcd"), default="file")
-    ap.add_argument("--etcd-lease-ttl", type=int, default=10)
+    ap.add_argument(
+        "--etcd-lease-ttl", type=int, default=None, help="default: the coordinator's (5 s)"
+    )
     ap.add_argument("--dies-repeat", type=int, default=1, help="server_dies runs, in a row")
     ap.add_argument(
         "--scenarios",

@@ -100,6 +100,7 @@ class SimulatedServer:
         self.pushes = 0
         self.push_bytes = 0
         self.last_push_bytes = 0
+        self.last_push_at = 0.0  # time.monotonic() (CLOCK_MONOTONIC: the harness's clock too)
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
         self._stopping = asyncio.Event()
@@ -265,6 +266,7 @@ class SimulatedServer:
             self.pushes += 1
             self.push_bytes += len(raw)
             self.last_push_bytes = len(raw)
+            self.last_push_at = time.monotonic()
         return replication_pb2.CoordinationShardAssignmentsResponse()
 
     async def _watch_events(self, raw: bytes, context: Ctx) -> AsyncIterator[bytes]:
@@ -373,6 +375,7 @@ class SimulatedCluster:
             "pushes": sum(s.pushes for s in self.servers),
             "push_bytes": sum(s.push_bytes for s in self.servers),
             "last_push_bytes": max((s.last_push_bytes for s in self.servers), default=0),
+            "last_push_at": max((s.last_push_at for s in self.servers), default=0.0),
             "leaders_per_server": [leaders.get(s.address, 0) for s in self.servers],
             "serving_per_server": [
                 sum(1 for r in s.replicas.values() if r.status in (FOLLOWER, LEADER))

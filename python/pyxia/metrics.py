@@ -234,6 +234,14 @@ COORDINATOR_STATUS_WRITE_BYTES = Counter(
     "pyxia_coordinator_status_write_bytes",
     "Bytes of the cluster statuses written (protobuf size; the provider's encoding may differ)",
 )
+COORDINATOR_ASSIGNMENT_PUSHES = Counter(
+    "pyxia_coordinator_assignment_pushes",
+    "Assignment maps pushed to data servers (one per server per burst of changes)",
+)
+COORDINATOR_ASSIGNMENT_PUSH_BYTES = Counter(
+    "pyxia_coordinator_assignment_push_bytes",
+    "Bytes of the assignment maps pushed to data servers",
+)
 COORDINATOR_STATUS_EDITS = Counter(
     "pyxia_coordinator_status_shard_edits",
     "Shard record edits persisted (elections started and finished, replicas forgotten)",

@@ -134,10 +134,11 @@ def _file_param(name: str, value: Any) -> tuple[str, Any]:
 @click.option(
     "--etcd-lease-ttl",
     type=click.IntRange(2, 3600),
-    default=10,
+    default=5,
     show_default=True,
     help="Seconds the leading coordinator's etcd lease lives without a keepalive: how long a "
-    "standby waits to take over from a coordinator that died.",
+    "standby waits to take over from a coordinator that died (kept alive every third of it "
+    "from a thread of its own, however busy the coordinator).",
 )
 @click.option("--etcd-username", default=None, help="etcd user (etcd provider, auth enabled).")
 @click.option(
@@ -226,6 +227,15 @@ def _file_param(name: str, value: Any) -> tuple[str, Any]:
     help="Election latency histograms and failure counts per shard (Oxia's labels), or per "
     'namespace (shard=""): per shard is about 70 series each, a 70 MB exposition for '
     "10,000 shards; the term gauge stays per shard either way.",
+)
+@click.option(
+    "--assignments-push-linger",
+    type=click.FloatRange(0, 5),
+    default=0.1,  # = coordinator.DEFAULT_ASSIGNMENTS_PUSH_LINGER
+    show_default=True,
+    help="Seconds a data server's assignment push (the whole map) waits after a change for "
+    "more changes, sent together: a burst of elections finishing one after another is one "
+    "push per server; 0: each change as it comes.",
 )
 @tls_flags("", "the coordinator's gRPC port (health, admin API)", listener=True)
 @tls_flags("peer", "connections to the data servers", listener=False)
@@ -329,6 +339,7 @@ def coordinator(**kw: Any) -> None:
                 cluster_secret=secret,
                 config_source=str(path),
                 per_shard_election_metrics=kw["per_shard_election_metrics"],
+                assignments_push_linger=kw["assignments_push_linger"],
             ),
             tls=listener_tls if listener_tls.is_enabled else None,
             admin_addr=kw["admin_addr"] or None,

@@ -94,6 +94,15 @@ MAX_CALLS_PER_SERVER = 64
 10,000 shards started 30,000 NewTerm calls at once (peak RSS near 1 GiB), and a server that
 hangs holds only its own calls."""
 
+MAX_SHARDS_VERIFYING = 64
+"""Shards checking their ensemble (a GetStatus per replica) at once; more wait their turn.
+A new coordinator checks every shard when it starts: 10,000 shards' 30,000 calls at once kept
+its event loop so busy that its admin and health answers took seconds (a coordinator
+failover looked 4 s slower than it was), for no more calls a second."""
+
+DEFAULT_ASSIGNMENTS_PUSH_LINGER = 0.1
+"""Seconds (``--assignments-push-linger``)."""
+
 
 @dataclass
 class CoordinatorOptions:
@@ -114,6 +123,10 @@ class CoordinatorOptions:
     # Election histograms per shard (Oxia's labels) or per namespace (shard=""): see
     # coordinator/metrics.py; per shard, 10,000 shards make a 70 MB exposition.
     per_shard_election_metrics: bool = True
+    # After the assignment map changed, how long each data server's push waits for more
+    # changes to send them together (a burst of elections finishing one status write after
+    # another: one push per server, not one per write); a stream's first map goes at once.
+    assignments_push_linger: float = DEFAULT_ASSIGNMENTS_PUSH_LINGER
 
 
 class Coordinator:
@@ -162,6 +175,7 @@ class Coordinator:
         # leadership goes to them until they come back.
         self.leaving: set[str] = set()
         self._call_slots: dict[str, asyncio.Semaphore] = {}
+        self.verify_slots = asyncio.Semaphore(MAX_SHARDS_VERIFYING)  # held by a shard's check
         # Servers this coordinator has seen available at least once.
         self._seen_available: set[str] = set()
         self._closed = False
@@ -430,6 +444,7 @@ class Coordinator:
             self.options.liveness,
             on_shard_event=self._on_shard_event,
             on_reconnected=self._on_server_reconnected,
+            push_linger=self.options.assignments_push_linger,
         )
         self.servers[s.internal] = dc
         dc.start()

@@ -18,8 +18,11 @@ controllers call it before their first coordination call. A watch stream that br
 server may have restarted with a wiped data directory) makes the next probe handshake again.
 
 It also keeps a ``PushShardAssignments`` stream to the server, re-sending the full
-assignment map whenever it changes (the latest one when the stream wakes up: changes made
-meanwhile are not sent one by one; the coordinator serializes it once for every stream), and a
+assignment map whenever it changes: the stream's first map at once, then, after a change, the
+latest map once ``push_linger`` passed, so the changes of a burst (elections finishing one
+status write after another) go out as one push; the coordinator serializes it once for every
+stream. A map equal to the last one sent on the stream is not sent again (an election's first
+status write leaves the published map as it was). And a
 ``ShardEvents/Watch`` stream from it: replicas of the server that failed on their own (a leader
 whose disk filled up), handed to the coordinator so it re-elects at once.
 """
@@ -39,6 +42,7 @@ from pyxia.common.instance_id import INSTANCE_ID_HEADER, CallMetadata
 from pyxia.common.signals import Signal
 from pyxia.config import ServerAddress
 from pyxia.coordinator.metrics import NodeMetrics
+from pyxia.metrics import COORDINATOR_ASSIGNMENT_PUSH_BYTES, COORDINATOR_ASSIGNMENT_PUSHES
 from pyxia.proto import admin_pb2, replication_pb2
 
 log = logging.getLogger("pyxia.coordinator.dataserver")
@@ -73,6 +77,7 @@ class DataServerController:
         options: LivenessOptions | None = None,
         on_shard_event: Callable[[str, admin_pb2.ShardEvent], None] | None = None,
         on_reconnected: Callable[[str], None] | None = None,
+        push_linger: float = 0.0,
     ) -> None:
         self.server = server
         self.internal = server.internal
@@ -82,6 +87,7 @@ class DataServerController:
         self._handshake_lock = asyncio.Lock()
         self._assignments = assignments
         self._assignments_changed = assignments_changed
+        self._push_linger = push_linger
         self._on_change = on_change
         self._on_shard_event = on_shard_event
         self._on_reconnected = on_reconnected
@@ -286,11 +292,22 @@ class DataServerController:
             backoff = min(backoff * 2, 2.0)
 
     async def _stream(self) -> AsyncIterator[bytes]:
-        sent = -1
+        sent = -1  # the generation of the map last sent
+        last: bytes | None = None  # the map last sent on this stream
         while not self._closed:
             seen = self._assignments_changed.generation
+            if last is not None and seen != sent and self._push_linger > 0:
+                # A change: the rest of its burst joins it (the stream's first map goes at once).
+                await asyncio.sleep(self._push_linger)
+                if self._closed:
+                    return
+                seen = self._assignments_changed.generation
             current = self._assignments()
             if current is not None and seen != sent:
                 sent = seen
-                yield current
+                if current != last:
+                    COORDINATOR_ASSIGNMENT_PUSHES.inc()
+                    COORDINATOR_ASSIGNMENT_PUSH_BYTES.inc(len(current))
+                    last = current
+                    yield current
             await self._assignments_changed.wait(seen)

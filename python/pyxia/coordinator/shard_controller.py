@@ -59,6 +59,8 @@ class ShardCoordinator(Protocol):
     """Servers being drained: no leadership goes to them."""
     pending_leaders: PendingLeaders
     """Leaders chosen by elections not yet stored, by shard (counted by leader_counts)."""
+    verify_slots: asyncio.Semaphore
+    """Held while a shard checks its ensemble: bounds the shards checking at once."""
 
     def call_metadata(self) -> CallMetadata: ...
 
@@ -239,7 +241,8 @@ class ShardController:
                     continue
                 if self._verify_requested:
                     self._verify_requested = False
-                    await self._verify()
+                    async with self.c.verify_slots:
+                        await self._verify()
                     continue
                 if self._followers_to_add:
                     node = self._followers_to_add.pop()
