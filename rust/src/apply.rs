@@ -514,7 +514,25 @@ fn notification_batch(
     timestamp: u64,
     notified: HashMap<&[u8], (u64, i64)>,
 ) -> Vec<u8> {
-    let mut items: Vec<_> = notified.into_iter().collect();
+    let mut items: Vec<NotificationRecord<'_>> = notified
+        .into_iter()
+        .map(|(key, (kind, version_id))| (key, kind, Some(version_id), None))
+        .collect();
+    encode_notification_batch(shard, offset, timestamp, &mut items)
+}
+
+/// One notification: `(key, type, version_id, key_range_last)`.
+pub(crate) type NotificationRecord<'a> = (&'a [u8], u64, Option<i64>, Option<&'a [u8]>);
+
+/// Serializes `NotificationBatch{shard=1, offset=2, timestamp=3, notifications=4}`, each
+/// entry `{key=1, value=Notification{type=1, version_id=2, key_range_last=3}}`, sorted by
+/// key so every replica writes the same bytes (zero scalars omitted, as protobuf does).
+pub(crate) fn encode_notification_batch(
+    shard: i64,
+    offset: i64,
+    timestamp: u64,
+    items: &mut [NotificationRecord<'_>],
+) -> Vec<u8> {
     items.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let mut out = Vec::with_capacity(32 + items.len() * 48);
     if shard != 0 {
@@ -529,22 +547,25 @@ fn notification_batch(
         out.push(0x19);
         out.extend_from_slice(&timestamp.to_le_bytes());
     }
-    let mut n = Vec::with_capacity(16);
+    let mut n = Vec::with_capacity(32);
     let mut entry = Vec::with_capacity(96);
-    for (key, (kind, version_id)) in items {
+    for &mut (key, kind, version_id, range_last) in items.iter_mut() {
         n.clear();
         if kind != 0 {
             n.push(0x08);
             put_varint(&mut n, kind);
         }
-        n.push(0x10);
-        put_varint(&mut n, version_id as u64);
+        if let Some(v) = version_id {
+            n.push(0x10);
+            put_varint(&mut n, v as u64);
+        }
+        if let Some(last) = range_last {
+            put_len_field(&mut n, 0x1A, last);
+        }
         entry.clear();
         put_len_field(&mut entry, 0x0A, key);
         put_len_field(&mut entry, 0x12, &n);
-        out.push(0x22);
-        put_varint(&mut out, entry.len() as u64);
-        out.extend_from_slice(&entry);
+        put_len_field(&mut out, 0x22, &entry);
     }
     out
 }

@@ -16,7 +16,7 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
-use crate::apply::{write_shape, KeySorting, PutBatch};
+use crate::apply::{self, write_shape, KeySorting, NotificationRecord, PutBatch};
 use crate::frames;
 use crate::reads::EqualGets;
 use crate::wal::{self, Entry, NewEntry, Options, Reader, ReverseReader, Wal};
@@ -543,21 +543,6 @@ fn encode_hierarchical<'py>(py: Python<'py>, key: &str) -> Bound<'py, PyBytes> {
     .expect("allocating bytes")
 }
 
-fn put_varint(out: &mut Vec<u8>, v: u64) {
-    let mut v = v;
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn put_len_field(out: &mut Vec<u8>, tag: u8, data: &[u8]) {
-    out.push(tag);
-    put_varint(out, data.len() as u64);
-    out.extend_from_slice(data);
-}
-
 type NotificationItem = (String, (i32, Option<i64>, Option<String>));
 
 /// Serializes a `NotificationBatch{shard, offset, timestamp, notifications}`
@@ -570,43 +555,20 @@ fn encode_notification_batch<'py>(
     shard: i64,
     offset: i64,
     timestamp: u64,
-    mut items: Vec<NotificationItem>,
+    items: Vec<NotificationItem>,
 ) -> Bound<'py, PyBytes> {
-    items.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    let mut out = Vec::with_capacity(32 + items.len() * 48);
-    if shard != 0 {
-        out.push(0x08);
-        put_varint(&mut out, shard as u64);
-    }
-    if offset != 0 {
-        out.push(0x10);
-        put_varint(&mut out, offset as u64);
-    }
-    if timestamp != 0 {
-        out.push(0x19);
-        out.extend_from_slice(&timestamp.to_le_bytes());
-    }
-    let mut n = Vec::with_capacity(32);
-    let mut entry = Vec::with_capacity(96);
-    for (key, (kind, version_id, range_last)) in &items {
-        n.clear();
-        if *kind != 0 {
-            n.push(0x08);
-            put_varint(&mut n, *kind as i64 as u64);
-        }
-        if let Some(v) = version_id {
-            n.push(0x10);
-            put_varint(&mut n, *v as u64);
-        }
-        if let Some(last) = range_last {
-            put_len_field(&mut n, 0x1A, last.as_bytes());
-        }
-        entry.clear();
-        put_len_field(&mut entry, 0x0A, key.as_bytes());
-        put_len_field(&mut entry, 0x12, &n);
-        put_len_field(&mut out, 0x22, &entry);
-    }
-    PyBytes::new(py, &out)
+    let mut records: Vec<NotificationRecord<'_>> = items
+        .iter()
+        .map(|(key, (kind, version_id, range_last))| {
+            (
+                key.as_bytes(),
+                *kind as i64 as u64,
+                *version_id,
+                range_last.as_deref().map(str::as_bytes),
+            )
+        })
+        .collect();
+    PyBytes::new(py, &apply::encode_notification_batch(shard, offset, timestamp, &mut records))
 }
 
 /// What `apply_puts` returns: the records to write as `(encoded key, StorageEntry bytes)`, the
