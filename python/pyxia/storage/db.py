@@ -7,6 +7,15 @@ from there. The term is not in the WAL, so it is written through RocksDB's own W
 (one fdatasync, where a memtable flush costs several fsyncs and a table file: a server
 electing 1,000 shards paid that 1,000 times in a row); RocksDB replays it on open.
 
+Two ways to make a term durable: :meth:`ShardDB.update_term` (a synced RocksDB write: rocksdict
+holds the GIL through its fdatasync, so every other thread of the process waits for it), or
+:meth:`ShardDB.write_term` then :meth:`ShardDB.sync_term` (an unsynced write, which RocksDB
+hands to the OS at once, then an fdatasync of RocksDB's WAL files and an fsync of their
+directory through ``os``, which releases the GIL: many shards' syncs overlap, see
+``pyxia.server.term_sync``). Only the term goes through RocksDB's WAL (every other write has
+it disabled), so its WAL files are small, and a WAL file RocksDB deleted meanwhile had its
+records flushed to a synced table file first.
+
 Keys are stored encoded (``KeyEncoding``); values of user records and of the
 internal counters are ``StorageEntry`` protobufs, as in Oxia.
 
@@ -42,6 +51,7 @@ rocksdict otherwise reopens an existing DB with the options saved in it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -193,6 +203,8 @@ class ShardDB:
         self._durable_write_opts = WriteOptions()
         self._durable_write_opts.sync = True
         self._durable_write_opts.disable_wal = False  # type: ignore[method-assign,assignment]
+        self._logged_write_opts = WriteOptions()
+        self._logged_write_opts.disable_wal = False  # type: ignore[method-assign,assignment]
         self._commit_key = encoding.encode(keys.COMMIT_OFFSET_KEY)
         self._version_key = encoding.encode(keys.LAST_VERSION_ID_KEY)
         self._term_key = encoding.encode(keys.TERM_KEY)
@@ -289,16 +301,47 @@ class ShardDB:
         )
         return term, options
 
-    def update_term(self, term: int, options: TermOptions) -> None:
-        """Persists the term and its options durably (synced through RocksDB's WAL: the term
-        is not in pyxia's WAL) before returning."""
+    def _term_batch(self, term: int, options: TermOptions) -> WriteBatch:
         b = self.new_batch()
         b.put(self._term_key, ascii_entry(term))
         b.put(
             self._term_options_key,
             storage_pb2.StorageEntry(value=options.to_json(), version_id=-1).SerializeToString(),
         )
-        self.db.write(b, self._durable_write_opts)
+        return b
+
+    def update_term(self, term: int, options: TermOptions) -> None:
+        """Persists the term and its options durably (synced through RocksDB's WAL: the term
+        is not in pyxia's WAL) before returning."""
+        self.db.write(self._term_batch(term, options), self._durable_write_opts)
+
+    def write_term(self, term: int, options: TermOptions) -> None:
+        """Writes the term and its options through RocksDB's WAL without syncing it: readable
+        at once, durable only once :meth:`sync_term` returned after this call."""
+        self.db.write(self._term_batch(term, options), self._logged_write_opts)
+
+    def sync_term(self) -> None:
+        """Makes every term written so far by :meth:`write_term` durable: an fdatasync of each
+        of RocksDB's WAL files (``*.log`` in the DB directory) and an fsync of the directory
+        (a WAL file created since the last synced write is then found after a crash), through
+        ``os``, which releases the GIL. A file deleted meanwhile is skipped (RocksDB deletes a
+        WAL file only once its records are in a synced table file). Works on a closed DB (its
+        files stay until RocksDB deletes them). Raises ``OSError`` if a sync fails."""
+        wal_files = [e.path for e in os.scandir(self.path) if e.name.endswith(".log")]
+        for path in wal_files:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
