@@ -35,7 +35,8 @@ it took ~50 s):
 * one write buffer manager shared by every shard DB of the process: the memtables of all shards
   together stay within ``write_buffer_budget_mb`` (a write past it flushes the memtable of the
   shard written), each shard's memtable is small (``write_buffer_size_kb``, allocated in small
-  arena blocks, so an idle shard holds little), and a shard keeps at most ``max_open_files``
+  arena blocks of :data:`ARENA_BLOCK_SIZE`, so an idle shard holds little and 1,000 written
+  shards stay far under the budget), and a shard keeps at most ``max_open_files``
   table files open. Measured on one server with 1,000 shards (docs/benchmarks.md, "A data
   server with many shards"): memory and descriptors stay bounded as shards are added;
 * a DB opens its table files in the opening thread (RocksDB's default starts 16 threads per
@@ -78,6 +79,13 @@ INVALID_OFFSET = -1
 
 DEFAULT_CACHE_SIZE_MB = 100
 """Oxia's default ``--db-cache-size-mb`` (``storage.database.readCacheSizeMB``)."""
+
+ARENA_BLOCK_SIZE = 64 * 1024
+"""Memtable memory is allocated in blocks of this size (RocksDB's default is 1/8 of the write
+buffer). Every memtable that holds a write holds at least one block, and the write buffer
+manager counts blocks against its budget: with 512 KiB blocks, 1,000 written shards held
+500 MiB, over the 256 MiB budget, so nearly every write flushed its shard's memtable (14,215
+flushes in 25 s of writes). 64 KiB blocks: 62.5 MiB for 1,000 shards."""
 
 
 @dataclass(frozen=True)
@@ -132,8 +140,8 @@ class DbResources:
         opts.set_enable_blob_gc(True)
         opts.set_write_buffer_manager(self.write_buffers)
         opts.set_write_buffer_size(t.write_buffer_size_kb * 1024)
-        # Memtable memory is allocated in arena blocks (by default 1/8 of the write buffer).
-        opts.set_arena_block_size(max(64 * 1024, t.write_buffer_size_kb * 1024 // 16))
+        # Memtable memory is allocated in small arena blocks (see ARENA_BLOCK_SIZE).
+        opts.set_arena_block_size(ARENA_BLOCK_SIZE)
         opts.set_max_open_files(t.max_open_files)
         opts.set_max_file_opening_threads(1)
         opts.set_max_log_file_size(1 << 20)
