@@ -9,10 +9,14 @@ code paths as ``pyxia server``) is started with ``--shards N`` on this machine. 
 * a clean restart (SIGTERM) and a crash restart (kill -9): time until every shard serves its
   key back;
 * write throughput at saturation (``pyxia perf``, writes only, random keys over every shard),
-  next to the same load on a server of ``--compare-shards`` (4) shards.
+  next to the same load on a server of ``--compare-shards`` (4) shards. With ``--oxia-perf
+  PATH`` the load comes from Oxia's Go ``oxia perf`` instead (open loop at 200,000 writes/s:
+  every write is in flight at once, so each shard's batches fill; ``pyxia perf`` keeps at most
+  1,000 in flight, one per shard at 1,000 shards).
 
     PYTHONPATH=python python benches/scale/data_server.py --shards 1000
     PYTHONPATH=python python benches/scale/data_server.py --shards 1000 --json
+    PYTHONPATH=python python benches/scale/data_server.py --shards 1000 --oxia-perf /path/to/oxia
 
 Targets (issue 21): 1,000 shards idle in <= 1 GiB RSS and <= 2 GiB disk, restart to serving
 <= 30 s, throughput over 1,000 shards >= 0.7x the same load on 4 shards. A scaled-down run is
@@ -24,7 +28,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
+import re
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -133,6 +141,43 @@ def perf_writes(address: str, seconds: float) -> float:
     return float(report["write_ops_per_s"])
 
 
+GO_WRITE_OPS = re.compile(r"Write ops\s*([\d.]+) w/s")
+GO_REPORT_S = 10.0  # oxia perf's report period (fixed in its code)
+
+
+def oxia_perf_writes(oxia: str, address: str, seconds: float) -> float:
+    """Writes per second at saturation from Go ``oxia perf`` (open loop at 200,000 writes/s,
+    random keys): the mean of its reports after the first (warm-up), ``seconds`` of them."""
+    blocks = max(1, math.ceil(seconds / GO_REPORT_S))
+    argv = [oxia, "perf", "-j", "-a", address, "-r", "200000", "-p", "0"]
+    argv += ["--keys-cardinality", "1000000"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    reports: list[float] = []
+    deadline = time.monotonic() + GO_REPORT_S * (blocks + 1) + 120
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                message = str(json.loads(line).get("message", ""))
+            except (ValueError, AttributeError):
+                continue
+            m = GO_WRITE_OPS.search(message)
+            if m is not None:
+                reports.append(float(m.group(1)))
+            if len(reports) > blocks or time.monotonic() > deadline:
+                break
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if len(reports) <= blocks:
+        raise RuntimeError(f"oxia perf gave {len(reports)} reports, {blocks + 1} expected")
+    return statistics.fmean(reports[1:])
+
+
 @dataclass
 class DataServerReport:
     shards: int
@@ -164,14 +209,27 @@ def measure(
     perf_seconds: float = 10.0,
     compare_shards: int = 4,
     timeout: float = 300.0,
+    oxia_perf: str | None = None,
 ) -> DataServerReport:
-    """Runs the scenario (one event loop: grpc.aio binds to the first loop it runs on)."""
-    return asyncio.run(_measure(base, shards, perf_seconds, compare_shards, timeout))
+    """Runs the scenario (one event loop: grpc.aio binds to the first loop it runs on).
+    ``oxia_perf``: the Oxia binary whose ``perf`` is the load generator (default ``pyxia
+    perf``)."""
+    return asyncio.run(_measure(base, shards, perf_seconds, compare_shards, timeout, oxia_perf))
 
 
 async def _measure(
-    base: Path, shards: int, perf_seconds: float, compare_shards: int, timeout: float
+    base: Path,
+    shards: int,
+    perf_seconds: float,
+    compare_shards: int,
+    timeout: float,
+    oxia_perf: str | None,
 ) -> DataServerReport:
+    def writes(address: str) -> float:
+        if oxia_perf is not None:
+            return oxia_perf_writes(oxia_perf, address, perf_seconds)
+        return perf_writes(address, perf_seconds)
+
     value = b"v" * 100
     t0 = time.monotonic()
     s = _start(base / "many", shards, timeout)
@@ -195,18 +253,14 @@ async def _measure(
         s = _start(base / "many", shards, timeout)
         await wait_serving(s.public, keys, value, timeout)
         crash_restart = time.monotonic() - t2
-        writes = (
-            await asyncio.to_thread(perf_writes, s.public, perf_seconds)
-            if perf_seconds > 0
-            else 0.0
-        )
+        writes = await asyncio.to_thread(writes, s.public) if perf_seconds > 0 else 0.0
     finally:
         s.kill()
     compare = 0.0
     if perf_seconds > 0:
         c = _start(base / "few", compare_shards, timeout)
         try:
-            compare = await asyncio.to_thread(perf_writes, c.public, perf_seconds)
+            compare = await asyncio.to_thread(writes, c.public)
         finally:
             c.kill()
     return DataServerReport(
@@ -230,6 +284,12 @@ def main() -> None:
     p.add_argument("--compare-shards", type=int, default=4)
     p.add_argument("--perf-seconds", type=float, default=10.0)
     p.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
+    p.add_argument(
+        "--oxia-perf",
+        default=None,
+        metavar="PATH",
+        help="Oxia binary whose Go `oxia perf` generates the load (default: pyxia perf)",
+    )
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="pyxia-scale-") as tmp:
@@ -238,6 +298,7 @@ def main() -> None:
             a.shards,
             perf_seconds=a.perf_seconds,
             compare_shards=a.compare_shards,
+            oxia_perf=a.oxia_perf,
         )
     if a.json:
         print(json.dumps({**asdict(r), "ratio": r.ratio()}))

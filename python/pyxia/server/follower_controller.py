@@ -166,7 +166,7 @@ class FollowerController:
         async with self._exclusive():
             for e in self.replica.step(rsm.NewTerm(term, options)):
                 if isinstance(e, rsm.StoreTerm):
-                    self.storage.update_term(e.term, e.options)
+                    await self.storage.store_term(e.term, e.options)
                     self.replica.step(rsm.TermStored(e.term, e.options))
                 elif isinstance(e, rsm.SyncLog):
                     # The head we report must be durable: the new leader counts it.

@@ -461,7 +461,7 @@ class LeaderController:
         """Carries out effects in order, awaiting those that take I/O."""
         for e in effects:
             if isinstance(e, rsm.StoreTerm):
-                self.storage.update_term(e.term, e.options)
+                await self.storage.store_term(e.term, e.options)
                 self.replica.step(rsm.TermStored(e.term, e.options))
             elif isinstance(e, rsm.StopCursors):
                 await self._stop_cursors()

@@ -24,6 +24,7 @@ a later term than the parent's, and a leader cuts it before it serves.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -40,6 +41,7 @@ from pyxia.errors import ReplicaCorrupt
 from pyxia.failpoints import failpoint
 from pyxia.metrics import SHARDS, ReplicaGauges, ShardMetrics
 from pyxia.proto import replication_pb2
+from pyxia.server.term_sync import TermSyncGroup
 from pyxia.storage.apply import DEFAULT_WRITE_LIMITS, StateApplier, WriteLimits
 from pyxia.storage.db import INVALID_OFFSET, INVALID_TERM, DbResources, ShardDB, TermOptions
 from pyxia.storage.split import SplitFilter, cut_steps, read_filter, write_filter
@@ -239,6 +241,13 @@ class ShardStorage:
 
     def update_term(self, term: int, options: TermOptions) -> None:
         self.db.update_term(term, options)
+        self.applier.notifications_enabled = options.notifications_enabled
+
+    async def store_term(self, term: int, options: TermOptions) -> None:
+        """:meth:`update_term` in the event loop's term sync round (``server.term_sync``):
+        returns once the term is durable, without holding the loop or the GIL meanwhile."""
+        loop = asyncio.get_running_loop()
+        await TermSyncGroup.for_loop(loop).store(self.db, term, options)
         self.applier.notifications_enabled = options.notifications_enabled
 
     @property

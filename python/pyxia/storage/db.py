@@ -7,6 +7,15 @@ from there. The term is not in the WAL, so it is written through RocksDB's own W
 (one fdatasync, where a memtable flush costs several fsyncs and a table file: a server
 electing 1,000 shards paid that 1,000 times in a row); RocksDB replays it on open.
 
+Two ways to make a term durable: :meth:`ShardDB.update_term` (a synced RocksDB write: rocksdict
+holds the GIL through its fdatasync, so every other thread of the process waits for it), or
+:meth:`ShardDB.write_term` then :meth:`ShardDB.sync_term` (an unsynced write, which RocksDB
+hands to the OS at once, then an fdatasync of RocksDB's WAL files and an fsync of their
+directory through ``os``, which releases the GIL: many shards' syncs overlap, see
+``pyxia.server.term_sync``). Only the term goes through RocksDB's WAL (every other write has
+it disabled), so its WAL files are small, and a WAL file RocksDB deleted meanwhile had its
+records flushed to a synced table file first.
+
 Keys are stored encoded (``KeyEncoding``); values of user records and of the
 internal counters are ``StorageEntry`` protobufs, as in Oxia.
 
@@ -26,7 +35,8 @@ it took ~50 s):
 * one write buffer manager shared by every shard DB of the process: the memtables of all shards
   together stay within ``write_buffer_budget_mb`` (a write past it flushes the memtable of the
   shard written), each shard's memtable is small (``write_buffer_size_kb``, allocated in small
-  arena blocks, so an idle shard holds little), and a shard keeps at most ``max_open_files``
+  arena blocks of :data:`ARENA_BLOCK_SIZE`, so an idle shard holds little and 1,000 written
+  shards stay far under the budget), and a shard keeps at most ``max_open_files``
   table files open. Measured on one server with 1,000 shards (docs/benchmarks.md, "A data
   server with many shards"): memory and descriptors stay bounded as shards are added;
 * a DB opens its table files in the opening thread (RocksDB's default starts 16 threads per
@@ -42,6 +52,7 @@ rocksdict otherwise reopens an existing DB with the options saved in it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -68,6 +79,13 @@ INVALID_OFFSET = -1
 
 DEFAULT_CACHE_SIZE_MB = 100
 """Oxia's default ``--db-cache-size-mb`` (``storage.database.readCacheSizeMB``)."""
+
+ARENA_BLOCK_SIZE = 64 * 1024
+"""Memtable memory is allocated in blocks of this size (RocksDB's default is 1/8 of the write
+buffer). Every memtable that holds a write holds at least one block, and the write buffer
+manager counts blocks against its budget: with 512 KiB blocks, 1,000 written shards held
+500 MiB, over the 256 MiB budget, so nearly every write flushed its shard's memtable (14,215
+flushes in 25 s of writes). 64 KiB blocks: 62.5 MiB for 1,000 shards."""
 
 
 @dataclass(frozen=True)
@@ -122,8 +140,8 @@ class DbResources:
         opts.set_enable_blob_gc(True)
         opts.set_write_buffer_manager(self.write_buffers)
         opts.set_write_buffer_size(t.write_buffer_size_kb * 1024)
-        # Memtable memory is allocated in arena blocks (by default 1/8 of the write buffer).
-        opts.set_arena_block_size(max(64 * 1024, t.write_buffer_size_kb * 1024 // 16))
+        # Memtable memory is allocated in small arena blocks (see ARENA_BLOCK_SIZE).
+        opts.set_arena_block_size(ARENA_BLOCK_SIZE)
         opts.set_max_open_files(t.max_open_files)
         opts.set_max_file_opening_threads(1)
         opts.set_max_log_file_size(1 << 20)
@@ -193,6 +211,8 @@ class ShardDB:
         self._durable_write_opts = WriteOptions()
         self._durable_write_opts.sync = True
         self._durable_write_opts.disable_wal = False  # type: ignore[method-assign,assignment]
+        self._logged_write_opts = WriteOptions()
+        self._logged_write_opts.disable_wal = False  # type: ignore[method-assign,assignment]
         self._commit_key = encoding.encode(keys.COMMIT_OFFSET_KEY)
         self._version_key = encoding.encode(keys.LAST_VERSION_ID_KEY)
         self._term_key = encoding.encode(keys.TERM_KEY)
@@ -289,16 +309,47 @@ class ShardDB:
         )
         return term, options
 
-    def update_term(self, term: int, options: TermOptions) -> None:
-        """Persists the term and its options durably (synced through RocksDB's WAL: the term
-        is not in pyxia's WAL) before returning."""
+    def _term_batch(self, term: int, options: TermOptions) -> WriteBatch:
         b = self.new_batch()
         b.put(self._term_key, ascii_entry(term))
         b.put(
             self._term_options_key,
             storage_pb2.StorageEntry(value=options.to_json(), version_id=-1).SerializeToString(),
         )
-        self.db.write(b, self._durable_write_opts)
+        return b
+
+    def update_term(self, term: int, options: TermOptions) -> None:
+        """Persists the term and its options durably (synced through RocksDB's WAL: the term
+        is not in pyxia's WAL) before returning."""
+        self.db.write(self._term_batch(term, options), self._durable_write_opts)
+
+    def write_term(self, term: int, options: TermOptions) -> None:
+        """Writes the term and its options through RocksDB's WAL without syncing it: readable
+        at once, durable only once :meth:`sync_term` returned after this call."""
+        self.db.write(self._term_batch(term, options), self._logged_write_opts)
+
+    def sync_term(self) -> None:
+        """Makes every term written so far by :meth:`write_term` durable: an fdatasync of each
+        of RocksDB's WAL files (``*.log`` in the DB directory) and an fsync of the directory
+        (a WAL file created since the last synced write is then found after a crash), through
+        ``os``, which releases the GIL. A file deleted meanwhile is skipped (RocksDB deletes a
+        WAL file only once its records are in a synced table file). Works on a closed DB (its
+        files stay until RocksDB deletes them). Raises ``OSError`` if a sync fails."""
+        wal_files = [e.path for e in os.scandir(self.path) if e.name.endswith(".log")]
+        for path in wal_files:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
