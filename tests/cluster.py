@@ -163,25 +163,8 @@ class Cluster:
     ) -> int:
         """Fences ``ensemble`` at a new term and makes ``leader`` lead it."""
         term = self.terms.get(shard, 0) + 1 if term is None else term
-        self.terms[shard] = term
-        heads = {}
-        for node in ensemble:
-            if node.server is None:
-                continue
-            heads[node.internal] = await self.new_term(node, shard, term)
-        followers = {k: v for k, v in heads.items() if k != leader.internal}
-        await self.coordination(  # type: ignore[misc]
-            leader,
-            "BecomeLeader",
-            replication_pb2.BecomeLeaderRequest(
-                namespace=self.namespace,
-                shard=shard,
-                term=term,
-                replication_factor=len(ensemble),
-                follower_maps=followers,
-            ),
-            replication_pb2.BecomeLeaderResponse,
-        )
+        heads = await self._fence(shard, ensemble, term)
+        await self._become_leader(shard, leader, term, len(ensemble), heads)
         return term
 
     async def elect_freshest(self, shard: int, ensemble: list[Node]) -> Node:
@@ -189,14 +172,31 @@ class Cluster:
         as the coordinator would (any other choice may have to drop committed entries, which
         the replicas refuse). Returns the new leader."""
         term = self.terms.get(shard, 0) + 1
+        heads = await self._fence(shard, ensemble, term)
+        best = max(heads, key=lambda k: (heads[k].term, heads[k].offset))
+        leader = next(n for n in ensemble if n.internal == best)
+        await self._become_leader(shard, leader, term, len(ensemble), heads)
+        return leader
+
+    async def _fence(
+        self, shard: int, ensemble: list[Node], term: int
+    ) -> dict[str, replication_pb2.EntryId]:
+        """NewTerm on every running member of ``ensemble``: their heads."""
         self.terms[shard] = term
-        heads = {
+        return {
             node.internal: await self.new_term(node, shard, term)
             for node in ensemble
             if node.server is not None
         }
-        best = max(heads, key=lambda k: (heads[k].term, heads[k].offset))
-        leader = next(n for n in ensemble if n.internal == best)
+
+    async def _become_leader(
+        self,
+        shard: int,
+        leader: Node,
+        term: int,
+        replication_factor: int,
+        heads: dict[str, replication_pb2.EntryId],
+    ) -> None:
         await self.coordination(  # type: ignore[misc]
             leader,
             "BecomeLeader",
@@ -204,12 +204,11 @@ class Cluster:
                 namespace=self.namespace,
                 shard=shard,
                 term=term,
-                replication_factor=len(ensemble),
-                follower_maps={k: v for k, v in heads.items() if k != best},
+                replication_factor=replication_factor,
+                follower_maps={k: v for k, v in heads.items() if k != leader.internal},
             ),
             replication_pb2.BecomeLeaderResponse,
         )
-        return leader
 
     async def add_follower(self, shard: int, leader: Node, follower: Node) -> None:
         head = await self.new_term(follower, shard, self.terms[shard])

@@ -59,7 +59,7 @@ from pyxia.storage.steps import APPLY_SLICE_S, Abandoned, Steps, run_sliced
 log = logging.getLogger("pyxia.follower")
 
 
-class FollowerController:
+class FollowerController(rsm.ReplicaView):
     """One shard replica following a leader."""
 
     def __init__(self, storage: ShardStorage) -> None:
@@ -84,18 +84,6 @@ class FollowerController:
     # -- status -----------------------------------------------------------------------------------
 
     @property
-    def term(self) -> int:
-        return self.replica.term
-
-    @property
-    def term_options(self) -> TermOptions:
-        return self.replica.options
-
-    @property
-    def status(self) -> rsm.Status:
-        return self.replica.status
-
-    @property
     def failure(self) -> str | None:
         return self.replica.failure
 
@@ -108,18 +96,10 @@ class FollowerController:
         self.replica.leader_commit_offset = offset
 
     @property
-    def closed(self) -> bool:
-        return self.replica.closed
-
-    @property
     def busy(self) -> bool:
         """A NewTerm, Truncate or snapshot install is in progress (the storage may be in the
         middle of a change, in a thread)."""
         return self._lock.locked()
-
-    @property
-    def status_name(self) -> str:
-        return self.replica.status_name
 
     def get_status(self) -> replication_pb2.GetStatusResponse:
         self._check_open()

@@ -275,7 +275,7 @@ class TenureSource:
         self._feed(rsm.FollowerStatus(self._tenure, follower, st, head_offset, self.target_shard))
 
 
-class LeaderController:
+class LeaderController(rsm.ReplicaView):
     """One shard replica acting as (or preparing to be) its leader."""
 
     def __init__(
@@ -333,26 +333,6 @@ class LeaderController:
         self.before_step_down: list[Callable[[LeaderController], None]] = []
 
     # -- the machine's state, as the rest of the server reads it ---------------------------------
-
-    @property
-    def term(self) -> int:
-        return self.replica.term
-
-    @property
-    def term_options(self) -> TermOptions:
-        return self.replica.options
-
-    @property
-    def status(self) -> rsm.Status:
-        return self.replica.status
-
-    @property
-    def status_name(self) -> str:
-        return self.replica.status_name
-
-    @property
-    def closed(self) -> bool:
-        return self.replica.closed
 
     @property
     def leader_hint(self) -> str | None:

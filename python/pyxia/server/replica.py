@@ -1673,3 +1673,30 @@ class Replica:
 
     def _applied(self, m: Applied) -> Effects:
         return self._check_rebuilt()
+
+
+class ReplicaView:
+    """The replica's state as the rest of the server reads it, for the drivers that own a
+    :class:`Replica` (the leader and follower controllers): read-only views, no rules."""
+
+    replica: Replica
+
+    @property
+    def term(self) -> int:
+        return self.replica.term
+
+    @property
+    def term_options(self) -> TermOptions:
+        return self.replica.options
+
+    @property
+    def status(self) -> Status:
+        return self.replica.status
+
+    @property
+    def status_name(self) -> str:
+        return self.replica.status_name
+
+    @property
+    def closed(self) -> bool:
+        return self.replica.closed
