@@ -5,6 +5,7 @@ every shard per shard."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 
@@ -274,6 +275,44 @@ async def test_without_a_linger_every_change_is_pushed_as_it_comes() -> None:
         for i in range(1, 4):
             maps.publish(f"map-{i}".encode())
             assert await asyncio.wait_for(anext(stream), 1) == f"map-{i}".encode()
+    finally:
+        await stream.aclose()
+        await dc.close()
+
+
+async def test_a_map_naming_a_shards_first_leader_is_not_held_back() -> None:
+    """After a map that names no leader for some shard (new, not elected yet), the next map
+    goes at once: clients cannot use the shard meanwhile (Oxia's Go client dials "")."""
+    linger = 5.0  # far longer than the waits below: a held push would time them out
+    maps = _Maps()
+    leaderless = {b"map-0": True, b"map-1": False, b"map-2": False}
+
+    async def on_change(node: str, available: bool) -> None:
+        return None
+
+    dc = DataServerController(
+        ServerAddress("h0:1", "h0:2"),
+        ChannelPool(),
+        "instance",
+        lambda: maps.current,
+        maps.changed,
+        on_change,
+        push_linger=linger,
+        assignments_leaderless=lambda: leaderless[maps.current or b""],
+    )
+    stream = dc._stream()
+    try:
+        assert await asyncio.wait_for(anext(stream), 1) == b"map-0"  # a shard without leader
+        maps.publish(b"map-1")  # its election is done
+        assert await asyncio.wait_for(anext(stream), 1) == b"map-1"
+        # every shard has a leader now: the next change lingers again
+        nxt = asyncio.ensure_future(anext(stream))
+        maps.publish(b"map-2")
+        done, _ = await asyncio.wait([nxt], timeout=0.5)
+        assert not done, "a change after a complete map was not held for the linger"
+        nxt.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await nxt
     finally:
         await stream.aclose()
         await dc.close()

@@ -164,6 +164,7 @@ class Coordinator:
         # once per shard event) and serialized once for every push stream.
         self._assignments: client_pb2.ShardAssignments | None = None
         self._assignments_stale = False
+        self._assignments_leaderless = False
         self._assignments_payload: bytes | None = None
         self.assignments_changed = Signal()
         # Wakes the balancer before its interval: the configuration changed (not when a server
@@ -373,6 +374,7 @@ class Coordinator:
                 for a in nsa_before.assignments:
                     before[(name, a.shard)] = (a.leader, a.leader_term)
         out = client_pb2.ShardAssignments()
+        leaderless = False
         for ns, shard, meta in shards(self.status):
             if meta.status == DELETING:
                 continue
@@ -396,6 +398,7 @@ class Coordinator:
                 if meta.HasField("leader")
                 else before.get((ns, shard), ("", 0))
             )
+            leaderless = leaderless or not leader
             nsa.assignments.add(
                 shard=shard,
                 leader=leader,
@@ -406,6 +409,7 @@ class Coordinator:
                 ),
             )
         self._assignments = out
+        self._assignments_leaderless = leaderless
         self._assignments_stale = False
         self._assignments_payload = None
 
@@ -413,6 +417,11 @@ class Coordinator:
         if self._assignments_stale:
             self._recompute_assignments()
         return self._assignments
+
+    def assignments_leaderless(self) -> bool:
+        """Whether the current map names no leader for some shard (one never elected yet)."""
+        self.assignments()
+        return self._assignments_leaderless
 
     def assignments_payload(self) -> bytes | None:
         """The current map serialized (once for every push stream)."""
@@ -445,6 +454,7 @@ class Coordinator:
             on_shard_event=self._on_shard_event,
             on_reconnected=self._on_server_reconnected,
             push_linger=self.options.assignments_push_linger,
+            assignments_leaderless=self.assignments_leaderless,
         )
         self.servers[s.internal] = dc
         dc.start()

@@ -21,8 +21,10 @@ It also keeps a ``PushShardAssignments`` stream to the server, re-sending the fu
 assignment map whenever it changes: the stream's first map at once, then, after a change, the
 latest map once ``push_linger`` passed, so the changes of a burst (elections finishing one
 status write after another) go out as one push; the coordinator serializes it once for every
-stream. A map equal to the last one sent on the stream is not sent again (an election's first
-status write leaves the published map as it was). And a
+stream. No linger after a map that named no leader for some shard (a new shard, not elected
+yet): clients cannot use such a shard (Oxia's Go client dials the empty address), so the map
+that names its first leader goes at once. A map equal to the last one sent on the stream is
+not sent again (an election's first status write leaves the published map as it was). And a
 ``ShardEvents/Watch`` stream from it: replicas of the server that failed on their own (a leader
 whose disk filled up), handed to the coordinator so it re-elects at once.
 """
@@ -78,6 +80,7 @@ class DataServerController:
         on_shard_event: Callable[[str, admin_pb2.ShardEvent], None] | None = None,
         on_reconnected: Callable[[str], None] | None = None,
         push_linger: float = 0.0,
+        assignments_leaderless: Callable[[], bool] = lambda: False,
     ) -> None:
         self.server = server
         self.internal = server.internal
@@ -88,6 +91,7 @@ class DataServerController:
         self._assignments = assignments
         self._assignments_changed = assignments_changed
         self._push_linger = push_linger
+        self._assignments_leaderless = assignments_leaderless
         self._on_change = on_change
         self._on_shard_event = on_shard_event
         self._on_reconnected = on_reconnected
@@ -294,9 +298,10 @@ class DataServerController:
     async def _stream(self) -> AsyncIterator[bytes]:
         sent = -1  # the generation of the map last sent
         last: bytes | None = None  # the map last sent on this stream
+        last_leaderless = False  # it named no leader for some shard (a new one)
         while not self._closed:
             seen = self._assignments_changed.generation
-            if last is not None and seen != sent and self._push_linger > 0:
+            if last is not None and seen != sent and self._push_linger > 0 and not last_leaderless:
                 # A change: the rest of its burst joins it (the stream's first map goes at once).
                 await asyncio.sleep(self._push_linger)
                 if self._closed:
@@ -309,5 +314,6 @@ class DataServerController:
                     COORDINATOR_ASSIGNMENT_PUSHES.inc()
                     COORDINATOR_ASSIGNMENT_PUSH_BYTES.inc(len(current))
                     last = current
+                    last_leaderless = self._assignments_leaderless()  # of ``current``: no await
                     yield current
             await self._assignments_changed.wait(seen)
