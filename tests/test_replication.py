@@ -90,6 +90,26 @@ async def test_replicates_and_commits_with_a_quorum(cluster: Cluster) -> None:
     assert e.leader_hint == n0.public  # type: ignore[attr-defined]
 
 
+async def test_idle_followers_learn_the_last_commit_offset(cluster: Cluster) -> None:
+    """A follower learns a commit offset with the next entry or confirmation round; when the
+    writes stop, its cursor tells it the last one alone (a round-0 heartbeat), so every
+    follower applies every committed entry even if no read or write comes again."""
+    n0, n1, n2 = cluster.nodes
+    await cluster.elect(SHARD, n0, [n0, n1, n2])
+    await cluster.push_assignments({SHARD: n0})
+    for i in range(5):
+        await write(cluster, n0, [f"/idle{i}"])
+    lc = leader_controller(n0, SHARD)
+    await wait_until(lambda: lc.commit_offset >= 4, what="the leader to commit the writes")
+    for f in (n1, n2):
+        fc = f.s.director.followers[SHARD]
+        await wait_until(
+            lambda fc=fc: fc.storage.commit_offset == lc.commit_offset,
+            timeout=5,
+            what=f"{f.internal} to apply the last committed entry",
+        )
+
+
 async def test_writes_commit_with_one_follower_down_and_it_catches_up(cluster: Cluster) -> None:
     n0, n1, n2 = cluster.nodes
     await cluster.elect(SHARD, n0, [n0, n1, n2])

@@ -54,6 +54,10 @@ SPLIT_MIN_HEADER = "split-hash-range-min"
 SPLIT_MAX_HEADER = "split-hash-range-max"
 SNAPSHOT_CHUNK = 1024 * 1024
 READ_BATCH = 256
+COMMIT_NOTICE_S = 0.05
+"""A stream idle this long whose follower was not told that its last entries committed sends
+it the commit offset alone (a round-0 heartbeat): a follower otherwise learns it only with the
+next entry or confirmation round, and applies (and trims) nothing past what it was told."""
 
 
 def _ident(b: bytes) -> bytes:
@@ -244,14 +248,23 @@ class FollowerCursor:
         term = leader.term
         nxt = self.ack_offset + 1
         heartbeat = 0  # the newest confirmation round sent on this stream
+        commit_sent = -1  # the newest commit offset this stream carried
+        observer = leader.stream_shard != leader.shard  # (carries the parent's offsets)
+        idle = False  # the last wait timed out: nothing new for COMMIT_NOTICE_S
         while self._going():
             seen = leader.appended.generation
             due = leader.heartbeat_due(heartbeat, self.follower)
             if due is not None:
                 heartbeat, commit = due
+                commit_sent = max(commit_sent, commit)
                 yield replication_pb2.Append(
                     term=term, commit_offset=commit, heartbeat=heartbeat
                 ).SerializeToString()
+            elif idle and not observer and leader.commit_offset > commit_sent:
+                commit_sent = leader.commit_offset
+                notice = replication_pb2.Append(term=term, commit_offset=commit_sent)
+                yield notice.SerializeToString()
+            idle = False
             frames = leader.appends_from(nxt, READ_BATCH)
             if frames is None:
                 # The retention trimmed what this follower needs next: end the stream; the
@@ -265,11 +278,15 @@ class FollowerCursor:
                 return
             if frames:
                 # Offsets are contiguous: the frames carry entries nxt, nxt + 1, ...
+                commit_sent = max(commit_sent, leader.commit_offset)  # (built with it, just now)
                 for frame in frames:
                     yield frame
                     nxt += 1
                 continue
-            await leader.appended.wait(seen)
+            if not observer and commit_sent < nxt - 1:
+                idle = not await leader.appended.wait(seen, COMMIT_NOTICE_S)
+            else:
+                await leader.appended.wait(seen)
 
     # -- snapshots --------------------------------------------------------------------------------
 
