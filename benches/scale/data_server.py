@@ -225,7 +225,7 @@ async def _measure(
     timeout: float,
     oxia_perf: str | None,
 ) -> DataServerReport:
-    def writes(address: str) -> float:
+    def measure_writes(address: str) -> float:
         if oxia_perf is not None:
             return oxia_perf_writes(oxia_perf, address, perf_seconds)
         return perf_writes(address, perf_seconds)
@@ -253,14 +253,14 @@ async def _measure(
         s = _start(base / "many", shards, timeout)
         await wait_serving(s.public, keys, value, timeout)
         crash_restart = time.monotonic() - t2
-        writes = await asyncio.to_thread(writes, s.public) if perf_seconds > 0 else 0.0
+        writes = await asyncio.to_thread(measure_writes, s.public) if perf_seconds > 0 else 0.0
     finally:
         s.kill()
     compare = 0.0
     if perf_seconds > 0:
         c = _start(base / "few", compare_shards, timeout)
         try:
-            compare = await asyncio.to_thread(writes, c.public)
+            compare = await asyncio.to_thread(measure_writes, c.public)
         finally:
             c.kill()
     return DataServerReport(
