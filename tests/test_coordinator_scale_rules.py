@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -221,7 +222,9 @@ class _Maps:
         self.changed.notify()
 
 
-def _controller(maps: _Maps, linger: float) -> DataServerController:
+def _controller(
+    maps: _Maps, linger: float, leaderless: Callable[[], bool] = lambda: False
+) -> DataServerController:
     async def on_change(node: str, available: bool) -> None:
         return None
 
@@ -233,6 +236,7 @@ def _controller(maps: _Maps, linger: float) -> DataServerController:
         maps.changed,
         on_change,
         push_linger=linger,
+        assignments_leaderless=leaderless,
     )
 
 
@@ -287,19 +291,7 @@ async def test_a_map_naming_a_shards_first_leader_is_not_held_back() -> None:
     maps = _Maps()
     leaderless = {b"map-0": True, b"map-1": False, b"map-2": False}
 
-    async def on_change(node: str, available: bool) -> None:
-        return None
-
-    dc = DataServerController(
-        ServerAddress("h0:1", "h0:2"),
-        ChannelPool(),
-        "instance",
-        lambda: maps.current,
-        maps.changed,
-        on_change,
-        push_linger=linger,
-        assignments_leaderless=lambda: leaderless[maps.current or b""],
-    )
+    dc = _controller(maps, linger, lambda: leaderless[maps.current or b""])
     stream = dc._stream()
     try:
         assert await asyncio.wait_for(anext(stream), 1) == b"map-0"  # a shard without leader
