@@ -19,6 +19,7 @@ Invariants:
 from __future__ import annotations
 
 import bisect
+from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 
 from prometheus_client import REGISTRY
@@ -70,8 +71,9 @@ class _Family(Collector):
     def describe(self) -> Iterable[Metric]:
         return [self._family()]
 
+    @abstractmethod
     def _family(self) -> Metric:
-        raise NotImplementedError
+        """An empty family of this metric's type (its name, help and labels)."""
 
 
 class FastCounter(_Family):
