@@ -42,7 +42,6 @@ from pyxia.proto import admin_pb2, metadata_pb2, replication_pb2
 log = logging.getLogger("pyxia.coordinator.shard")
 
 GRACE_PERIOD = 0.1
-RPC_TIMEOUT = RPC_TIMEOUT_S
 HANDOFF_DRAIN_S = 5.0
 """How long a planned election waits for the leader to finish its logged writes."""
 
@@ -267,7 +266,7 @@ class ShardController:
     # -- RPCs -------------------------------------------------------------------------------------
 
     async def _call(
-        self, node: str, method: str, req: object, resp_type: type, timeout: float = RPC_TIMEOUT
+        self, node: str, method: str, req: object, resp_type: type, timeout: float = RPC_TIMEOUT_S
     ) -> object:
         """One coordination call to ``node`` (see :mod:`.coordination_rpc`)."""
         return await coordination_call(self.c, node, method, req, resp_type, timeout)

@@ -946,14 +946,7 @@ class LeaderController(rsm.ReplicaView):
             if self.replica.read_confirmed(tenure, round_id):  # NodeIsNotLeader once deposed
                 return
             now = time.monotonic()
-            if escalate_at is not None and now >= escalate_at:
-                # The followers asked first are slow or gone: ask every follower.
-                escalate_at = None
-                self.carry_out(self.replica.step(rsm.EscalateRound(tenure, round_id)))
-                continue
-            left = deadline - now
-            wait_s = left if escalate_at is None else min(left, escalate_at - now)
-            if left <= 0 or (not await self.confirmed.wait(seen, wait_s) and escalate_at is None):
+            if now >= deadline:
                 self.metrics.read_confirm_timeouts.inc()
                 raise NodeIsNotLeader(
                     f"oxia: shard {self.shard}: no majority confirmed this leader within "
@@ -961,6 +954,13 @@ class LeaderController(rsm.ReplicaView):
                     shard=self.shard,
                     leader_hint=self.leader_hint,
                 )
+            if escalate_at is not None and now >= escalate_at:
+                # The followers asked first are slow or gone: ask every follower.
+                escalate_at = None
+                self.carry_out(self.replica.step(rsm.EscalateRound(tenure, round_id)))
+                continue
+            until = deadline if escalate_at is None else min(deadline, escalate_at)
+            await self.confirmed.wait(seen, until - now)
 
     async def get(self, req: client_pb2.GetRequest) -> client_pb2.GetResponse:
         await self.confirm_leadership()
