@@ -253,7 +253,7 @@ async def test_a_deposed_unaware_leader_never_serves_a_stale_read(
         assert stale == []
         # The lease was exercised: n0 served reads while the NewTerm answers waited.
         assert any(fence_began < r[0] and r[2] == b"old" for r in records)
-        assert fenced - fence_began >= 0.5 * LEASE_S * LEASE_SAFETY
+        assert fenced - fence_began >= 0.25 * LEASE_S
         assert n1.s.director.lease_waits + n2.s.director.lease_waits >= 1
     else:
         assert stale, "the control run should serve stale reads"

@@ -67,7 +67,7 @@ from pyxia.errors import (
     ResourceExhausted,
     ShardNotFound,
 )
-from pyxia.metrics import count_controllers
+from pyxia.metrics import READ_LEASE_WAIT_SECONDS, READ_LEASE_WAITS, count_controllers
 from pyxia.proto import replication_pb2
 from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.follower_controller import FollowerController
@@ -412,6 +412,8 @@ class ShardsDirector:
             wait = self.lease_promises.wait_s(shard)
             if wait > 0.0:
                 self.lease_waits += 1
+                READ_LEASE_WAITS.inc()
+                READ_LEASE_WAIT_SECONDS.inc(wait)
                 await asyncio.sleep(wait)
             return head
 
