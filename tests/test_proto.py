@@ -82,7 +82,7 @@ def test_generated_code_matches_protos(tmp_path: Path) -> None:
                 "heartbeat": 16,  # pyxia's leadership confirmation (reads)
             },
         ),
-        (replication_pb2.Ack, {"offset": 1, "heartbeat": 16}),
+        (replication_pb2.Ack, {"offset": 1, "heartbeat": 16, "lease_ms": 17}),
         (
             replication_pb2.SnapshotChunk,
             {"term": 1, "name": 2, "content": 3, "chunk_index": 4, "chunk_count": 5},

@@ -3,6 +3,8 @@ after the read arrived, that it still leads its term (read_index.py)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 from hypothesis import given
@@ -144,6 +146,12 @@ def test_an_escalated_read_is_confirmed_by_any_majority_of_followers(
 
 
 # -- in-process: 3 data servers driven through the coordination RPCs ----------------------------
+# Without read leases (test_read_lease.py has them): every read waits for a round.
+
+
+@pytest.fixture
+def cluster_options() -> dict[str, Any]:
+    return {"read_lease_s": 0.0}
 
 
 async def test_a_fenced_majority_makes_the_old_leader_refuse_reads(cluster: Cluster) -> None:

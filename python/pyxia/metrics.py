@@ -212,6 +212,15 @@ READ_CONFIRM_TIMEOUTS = FastCounter(
     "Reads refused: no majority confirmed the leader in time (a leader cut off?)",
     SHARD,
 )
+READ_LEASE_WAITS = Counter(
+    "pyxia_server_read_lease_waits",
+    "NewTerm answers held back until this server's read-lease promise to the previous leader "
+    "lapsed (or until a lease after it started)",
+)
+READ_LEASE_WAIT_SECONDS = Counter(
+    "pyxia_server_read_lease_wait_seconds",
+    "Time NewTerm answers were held back for read-lease promises",
+)
 INTERNAL_CALLS_REFUSED = Counter(
     "pyxia_server_internal_calls_refused",
     "Internal-port calls refused for want of a valid proof of cluster membership",

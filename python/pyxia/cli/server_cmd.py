@@ -53,6 +53,7 @@ from pyxia.security.oidc import AuthConfigError
 from pyxia.security.public import PublicAccess, PublicAuthOptions
 from pyxia.security.tls import TlsOptions
 from pyxia.server.data_server import DataServer, ServerOptions
+from pyxia.server.read_lease import MAX_READ_LEASE_S, READ_LEASE_S
 from pyxia.server.retention import DEFAULT_WAL_RETENTION_SIZE, check_retention_size
 from pyxia.server.shards_director import DEFAULT_MAX_SHARDS
 from pyxia.storage.apply import DEFAULT_WRITE_LIMITS, WriteLimits
@@ -80,6 +81,13 @@ def _positive_duration(ctx: click.Context, param: click.Parameter, value: Any) -
     """A click callback: the duration must be more than zero."""
     if value is not None and value <= 0:
         raise click.BadParameter("must be more than zero")
+    return value
+
+
+def _read_lease(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A click callback: a read lease is within [0, MAX_READ_LEASE_S] seconds."""
+    if value is not None and not 0 <= value <= MAX_READ_LEASE_S:
+        raise click.BadParameter(f"must be within 0 and {MAX_READ_LEASE_S:g} seconds")
     return value
 
 
@@ -484,6 +492,17 @@ def standalone(**kw: Any) -> None:
     "disk always open.",
 )
 @click.option(
+    "--read-lease",
+    type=GO_DURATION,
+    default=f"{int(READ_LEASE_S * 1000)}ms",
+    show_default=True,
+    callback=_read_lease,
+    help="Read lease a follower promises with each leadership confirmation (0 to 5 s; 0: "
+    "none): for that long it answers no NewTerm of a newer term, so a leader holding a "
+    "majority's promises serves linearizable reads without a round trip. A leader that stops "
+    "while serving reads delays its shards' next election by up to this.",
+)
+@click.option(
     "--wal-segment-size",
     type=click.IntRange(4096, 2**32 - 1),
     default=64 * 1024 * 1024,
@@ -518,6 +537,7 @@ def server(**kw: Any) -> None:
         fail(str(e))
     options.wal_segment_size = kw["wal_segment_size"]
     options.max_shards = kw["max_shards"]
+    options.read_lease_s = kw["read_lease"]
     node = data_server(options)
     guard_dirs(node.open_dirs, kw["data_dir"], kw["wal_dir"])
     if kw["enable_test_hooks"]:

@@ -523,18 +523,24 @@ class Ack(_message.Message):
 
     OFFSET_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    LEASE_MS_FIELD_NUMBER: _builtins.int
     offset: _builtins.int
     heartbeat: _builtins.int
     """pyxia: the newest leadership-confirmation round answered (0: none)."""
+    lease_ms: _builtins.int
+    """pyxia: with a heartbeat answer, the read lease the follower promises: for this many
+    milliseconds of its clock it answers no NewTerm for a newer term (0: no promise).
+    """
     def __init__(
         self,
         *,
         offset: _builtins.int = ...,
         heartbeat: _builtins.int = ...,
+        lease_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "offset", b"offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "lease_ms", b"lease_ms", "offset", b"offset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

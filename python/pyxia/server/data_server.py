@@ -50,6 +50,7 @@ from pyxia.server.handoff_rpc import HandoffService
 from pyxia.server.internal_rpc import InternalService, health_handler
 from pyxia.server.manifest import MANIFEST_FILE, Manifest
 from pyxia.server.public_rpc import DEFAULT_NOTIFICATIONS_SEND_TIMEOUT_S, OxiaClientService
+from pyxia.server.read_lease import READ_LEASE_S
 from pyxia.server.retention import (
     DEFAULT_NOTIFICATIONS_RETENTION_TIME_S,
     DEFAULT_WAL_RETENTION_SIZE,
@@ -95,6 +96,8 @@ class ServerOptions:
     notifications_send_timeout_s: float = DEFAULT_NOTIFICATIONS_SEND_TIMEOUT_S
     # Open shard replicas at most: creating one more is RESOURCE_EXHAUSTED (on-disk ones open).
     max_shards: int = DEFAULT_MAX_SHARDS
+    # The read lease this server's followers promise (--read-lease; read_lease.py; 0: none).
+    read_lease_s: float = READ_LEASE_S
     # False in standalone mode: the in-process coordinator drives the shards; the internal
     # port (if any) refuses Handshake and every coordination and replication call.
     coordinated: bool = True
@@ -179,6 +182,7 @@ class DataServer:
             max_shards=options.max_shards,
             call_metadata=self.manifest.call_metadata,
             rebuild_corrupt=options.coordinated,
+            read_lease_s=options.read_lease_s,
         )
         check_retention_size(options.wal_retention_size, options.wal_segment_size)
         self.retention = RetentionKeeper(

@@ -49,6 +49,7 @@ from pyxia.errors import InvalidArgument, InvalidTerm, PyxiaError, StorageFailur
 from pyxia.failpoints import afailpoint
 from pyxia.proto import replication_pb2
 from pyxia.server import replica as rsm
+from pyxia.server.read_lease import LeasePromises
 from pyxia.server.replica import EntryId, Replica
 from pyxia.server.replica_log import StorageLog
 from pyxia.server.shard_storage import ShardStorage
@@ -62,8 +63,10 @@ log = logging.getLogger("pyxia.follower")
 class FollowerController(rsm.ReplicaView):
     """One shard replica following a leader."""
 
-    def __init__(self, storage: ShardStorage) -> None:
+    def __init__(self, storage: ShardStorage, promises: LeasePromises | None = None) -> None:
         self.storage = storage
+        # Read-lease promises given with heartbeat answers (None: none given).
+        self.promises = promises
         self.namespace = storage.namespace
         self.shard = storage.shard
         term, options = storage.read_term()
@@ -221,6 +224,7 @@ class FollowerController(rsm.ReplicaView):
         task = self._loop.create_task(pump(), name=f"follower-pump-{self.shard}")
         poll = rsm.PollAcks(stream)
         acked = stream.acked
+        promises = self.promises
         try:
             while True:
                 seen = self.durable.generation
@@ -237,7 +241,11 @@ class FollowerController(rsm.ReplicaView):
                         acked = ack.offset
                         await afailpoint("follower.after_append_before_ack")
                     if ack.heartbeat:
-                        yield replication_pb2.Ack(offset=ack.offset, heartbeat=ack.heartbeat)
+                        # The promise is recorded before the answer leaves (read_lease.py).
+                        lease_ms = 0 if promises is None else promises.grant(self.shard)
+                        yield replication_pb2.Ack(
+                            offset=ack.offset, heartbeat=ack.heartbeat, lease_ms=lease_ms
+                        )
                     else:
                         yield replication_pb2.Ack(offset=ack.offset)
                     continue

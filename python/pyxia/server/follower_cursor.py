@@ -117,7 +117,7 @@ class ReplicationSource(Protocol):
 
     def on_ack(self, follower: str, offset: int) -> None: ...
 
-    def on_heartbeat(self, follower: str, round_id: int) -> None: ...
+    def on_heartbeat(self, follower: str, round_id: int, lease_s: float = 0.0) -> None: ...
 
     def on_snapshot_sent(self, follower: str, ack_offset: int) -> None: ...
 
@@ -237,7 +237,7 @@ class FollowerCursor:
                 if ack.offset > leader.ack_offset(self.follower):
                     leader.on_ack(self.follower, ack.offset)
                 if ack.heartbeat:
-                    leader.on_heartbeat(self.follower, ack.heartbeat)
+                    leader.on_heartbeat(self.follower, ack.heartbeat, ack.lease_ms / 1000.0)
         except grpc.aio.AioRpcError as e:
             raise error_from_rpc(e) from e
         finally:

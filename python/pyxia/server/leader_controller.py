@@ -134,8 +134,6 @@ READ_ESCALATE_S = 0.05
 before the round goes to every follower (read_index.py): the extra wait of the reads that
 arrive while a preferred follower is failing, once."""
 
-READ_INDEX = rsm.ReadIndex()
-
 
 def log_entry_value(raw_write_request: bytes) -> bytes:
     """``LogEntryValue{requests: WriteRequests{writes: [<raw>]}}`` built from
@@ -222,7 +220,9 @@ class TenureSource:
         return self._lc.replica.needs_snapshot(self._tenure, follower, self.target_shard)
 
     def heartbeat_due(self, last_sent: int, follower: str | None = None) -> tuple[int, int] | None:
-        due = rsm.HeartbeatDue(self._tenure, last_sent, self.target_shard, follower)
+        due = rsm.HeartbeatDue(
+            self._tenure, last_sent, self.target_shard, follower, time.monotonic()
+        )
         for e in self._lc.replica.step(due):
             if isinstance(e, rsm.SendHeartbeat):
                 return e.round_id, e.commit_offset
@@ -261,8 +261,8 @@ class TenureSource:
     def on_ack(self, follower: str, offset: int) -> None:
         self._feed(rsm.FollowerAck(self._tenure, follower, offset, self.target_shard))
 
-    def on_heartbeat(self, follower: str, round_id: int) -> None:
-        self._feed(rsm.HeartbeatAck(self._tenure, follower, round_id, self.target_shard))
+    def on_heartbeat(self, follower: str, round_id: int, lease_s: float = 0.0) -> None:
+        self._feed(rsm.HeartbeatAck(self._tenure, follower, round_id, self.target_shard, lease_s))
 
     def on_snapshot_sent(self, follower: str, ack_offset: int) -> None:
         self._feed(rsm.SnapshotSent(self._tenure, follower, ack_offset, self.target_shard))
@@ -930,13 +930,13 @@ class LeaderController(rsm.ReplicaView):
         this replica leads its term; raises NodeIsNotLeader if it stops leading or no majority
         answers within ``read_confirm_timeout_s`` (a leader cut off from its followers)."""
         wait: rsm.AwaitRound | None = None
-        for e in self.replica.step(READ_INDEX):
+        for e in self.replica.step(rsm.ReadIndex(time.monotonic())):
             if isinstance(e, rsm.AwaitRound):
                 wait = e
             elif isinstance(e, rsm.WakeCursors):
                 self.appended.notify()  # the cursors send the round
         if wait is None:
-            return  # no other replica can be elected
+            return  # no other replica can be elected, or a majority's lease holds
         tenure, round_id = wait.tenure, wait.round_id
         now = time.monotonic()
         deadline = now + self.read_confirm_timeout_s

@@ -22,9 +22,32 @@ slow or gone) escalates it, and the followers that answer it become the preferre
 Which followers are asked never weakens the rule above: a round confirms only with a majority's
 answers, each to a round sent after the read arrived (a follower answers the newest round it
 was sent, and an answer to a newer round covers the older ones: it was sent later).
+
+**Read lease.** A follower that answers a round also promises, for ``lease_s`` of its own
+clock from its answer, not to answer a NewTerm for a newer term (it is fenced at once, it only
+holds back its answer: ``read_lease.LeasePromises``), and says so in its answer. The coordinator
+elects a new leader only with the answers of a majority of the ensemble, which shares a follower
+with any majority that promised; so until the promises of a majority lapse no newer leader can
+exist, let alone commit. The leader therefore serves a read at once, with no round, while
+``now < lease_until()``: the time it first sent the answered round (before the follower could
+answer it) plus the promised ``lease_s`` times ``LEASE_SAFETY`` (clock rates differ), the
+``required_acks``-th latest such expiry over its followers. Reads renew the lease in the
+background when less than half of it is left (one round per half-lease under read load, not
+one per burst of reads); a read that finds no lease waits for a round as above. A follower that
+promised nothing (an older version: ``lease_s`` 0) gives no lease, so mixed versions stay safe.
+The clock is the caller's (``time.monotonic`` on the leader): this module reads none.
 """
 
 from __future__ import annotations
+
+import math
+
+LEASE_SAFETY = 0.9
+"""The share of a follower's promised lease the leader counts on: the two clocks may run at
+different rates (monotonic clocks differ by parts per million; this leaves 10 %)."""
+
+SENT_TIMES_KEPT = 64
+"""Rounds whose send time is remembered; an answer to an older round gives no lease."""
 
 
 class LeadershipConfirmations:
@@ -34,6 +57,9 @@ class LeadershipConfirmations:
         "_acks",
         "_answered_at",
         "_answers",
+        "_granted",
+        "_lease_expiry",
+        "_sent_at",
         "escalated",
         "requested",
         "required_acks",
@@ -55,6 +81,12 @@ class LeadershipConfirmations:
         self._answers = 0
         self._answered_at: dict[str, int] = {}
         """When (in answers counted) each follower answered its newest round."""
+        self._sent_at: dict[int, float] = {}
+        """When each recent round first went out (the caller's clock)."""
+        self._lease_expiry: dict[str, float] = {}
+        """Until when (the leader's clock) each follower's promise holds."""
+        self._granted = 0.0
+        """The newest lease length a follower promised (for the renewal threshold)."""
 
     @property
     def needed(self) -> bool:
@@ -97,16 +129,54 @@ class LeadershipConfirmations:
         self.escalated = round_id
         return True
 
-    def on_sent(self, round_id: int) -> None:
+    def on_sent(self, round_id: int, now: float = -math.inf) -> None:
+        """Round ``round_id`` went to a follower at ``now`` (the caller's clock, read before
+        the message left; without it the round's answers give no lease)."""
         if round_id > self.sent:
             self.sent = round_id
+            if now > -math.inf:
+                sent_at = self._sent_at
+                sent_at[round_id] = now
+                if len(sent_at) > SENT_TIMES_KEPT:
+                    del sent_at[next(iter(sent_at))]  # (rounds go out in order)
 
-    def ack(self, follower: str, round_id: int) -> None:
-        """``follower`` answered round ``round_id`` at this term (rounds are cumulative)."""
+    def ack(self, follower: str, round_id: int, lease_s: float = 0.0) -> None:
+        """``follower`` answered round ``round_id`` at this term (rounds are cumulative),
+        promising ``lease_s`` seconds of its clock from its answer (0: no promise)."""
         if round_id > self._acks.get(follower, 0):
             self._acks[follower] = round_id
             self._answers += 1
             self._answered_at[follower] = self._answers
+            sent = self._sent_at.get(round_id)
+            if lease_s > 0 and sent is not None:
+                expiry = sent + lease_s * LEASE_SAFETY
+                if expiry > self._lease_expiry.get(follower, -math.inf):
+                    self._lease_expiry[follower] = expiry
+                self._granted = lease_s
+
+    def lease_until(self) -> float:
+        """Until when (the leader's clock) no newer leader can be elected: the
+        ``required_acks``-th latest promise (-inf: no lease; inf for RF=1)."""
+        k = self.required_acks
+        if k == 0:
+            return math.inf
+        expiries = self._lease_expiry
+        if len(expiries) < k:
+            return -math.inf
+        if k == 1:
+            return max(expiries.values())
+        return sorted(expiries.values(), reverse=True)[k - 1]
+
+    def leased(self, now: float) -> bool:
+        """Whether a read arriving at ``now`` may be served without a round."""
+        return now < self.lease_until()
+
+    def renewal_due(self, now: float) -> bool:
+        """Whether a read at ``now`` (served from the lease) should start a round to renew it:
+        less than half of the lease is left and no round is on its way."""
+        if self.requested > self.confirmed():
+            return False  # a round is requested or in flight
+        return self.lease_until() - now < self._granted * LEASE_SAFETY / 2
 
     def answered(self, follower: str) -> int:
         """The newest round ``follower`` answered (0: none)."""
@@ -115,6 +185,7 @@ class LeadershipConfirmations:
     def remove_follower(self, follower: str) -> None:
         self._acks.pop(follower, None)
         self._answered_at.pop(follower, None)
+        self._lease_expiry.pop(follower, None)
 
     def confirmed(self) -> int:
         """The newest round answered by a majority (the leader included)."""

@@ -33,9 +33,11 @@ Status (Oxia's)::
 - **Writes.** :class:`Propose` gives the next offset and a timestamp that never goes back along
   the log; :class:`Synced` and :class:`FollowerAck` advance the quorum; :class:`Committed` asks
   the driver to apply up to the new commit offset.
-- **Reads.** :class:`ReadIndex` asks for a heartbeat round a majority must answer at this term
-  after the read arrived (``read_index.py``); a round goes first to a majority's worth of
-  followers only, and to every follower once a read escalates it (:class:`EscalateRound`).
+- **Reads.** :class:`ReadIndex` is served at once while a majority's read-lease promises hold
+  (renewing them when half is left), else asks for a heartbeat round a majority must answer at
+  this term after the read arrived (``read_index.py``); a round goes first to a majority's
+  worth of followers only, and to every follower once a read escalates it
+  (:class:`EscalateRound`).
 - **Planned step-down.** :class:`StepDown` (``handoff.py``'s rules): the hooks run, then new
   writes are refused with a retryable NODE_IS_NOT_LEADER until the NewTerm.
 - **Following.** One Replicate stream at a time, never while a NewTerm, Truncate or snapshot
@@ -66,6 +68,7 @@ acks, a cursor of an older term).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias
@@ -316,12 +319,14 @@ class FollowerAck:
 
 @dataclass(frozen=True, slots=True)
 class HeartbeatAck:
-    """``follower`` answered confirmation round ``round_id`` at the tenure's term."""
+    """``follower`` answered confirmation round ``round_id`` at the tenure's term, promising
+    ``lease_s`` seconds of its clock (0: none; see read_index.py)."""
 
     tenure: Tenure
     follower: str
     round_id: int
     target_shard: int | None = None
+    lease_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +338,8 @@ class HeartbeatDue:
     target_shard: int | None = None
     follower: str | None = None
     """The stream's follower (None: any, a round goes to every follower)."""
+    now: float = -math.inf
+    """The leader's clock before the round leaves (-inf: unknown, its answers give no lease)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,7 +352,10 @@ class EscalateRound:
 
 @dataclass(frozen=True, slots=True)
 class ReadIndex:
-    """A read arrived: it waits for a round of confirmations that starts after it."""
+    """A read arrived at ``now`` (the leader's clock; inf: unknown, no lease): it is served at
+    once under a read lease, else it waits for a round of confirmations that starts after it."""
+
+    now: float = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -1287,6 +1297,11 @@ class Replica:
         rc = t.confirmations
         if not rc.needed:
             return (READ_NOW,)
+        if rc.leased(m.now):
+            if rc.renewal_due(m.now):
+                rc.request()
+                return (WAKE_CURSORS, READ_NOW)
+            return (READ_NOW,)
         round_id = rc.request()
         if rc.sent < round_id:
             return (WAKE_CURSORS, AwaitRound(t, round_id))
@@ -1300,7 +1315,7 @@ class Replica:
         if not rc.to_send(m.last_sent, m.follower):
             return NONE
         round_id = rc.requested
-        rc.on_sent(round_id)
+        rc.on_sent(round_id, m.now)
         return (SendHeartbeat(round_id, t.tracker.commit_offset),)
 
     def _escalate_round(self, m: EscalateRound) -> Effects:
@@ -1313,7 +1328,7 @@ class Replica:
         t = m.tenure
         if t is not self.tenure or m.target_shard is not None:
             return NONE
-        t.confirmations.ack(m.follower, m.round_id)
+        t.confirmations.ack(m.follower, m.round_id, m.lease_s)
         return (CONFIRMED,)
 
     # -- follower progress (on the leader) --------------------------------------------------------

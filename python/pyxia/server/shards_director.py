@@ -32,6 +32,9 @@ the server allocate for shards it does not hold:
 
 :meth:`open_leader` is the trusted in-process path of standalone mode (its own coordinator).
 
+A NewTerm is answered once the replica is fenced *and* this server's read-lease promise for the
+shard lapsed (``read_lease.py``: a leader serving reads from its lease counts on it).
+
 Replicas are opened in the director's worker threads, :data:`OPEN_CONCURRENCY` at a time
 (RocksDB's open and the WAL's recovery release the GIL), each under its shard's lock; one
 opened for a caller that went away, or while the server closed, is closed again.
@@ -64,11 +67,12 @@ from pyxia.errors import (
     ResourceExhausted,
     ShardNotFound,
 )
-from pyxia.metrics import count_controllers
+from pyxia.metrics import READ_LEASE_WAIT_SECONDS, READ_LEASE_WAITS, count_controllers
 from pyxia.proto import replication_pb2
 from pyxia.server.assignments import AssignmentsDispatcher
 from pyxia.server.follower_controller import FollowerController
 from pyxia.server.leader_controller import LEADER, LeaderController
+from pyxia.server.read_lease import READ_LEASE_S, LeasePromises
 from pyxia.server.shard_events import ShardFailures
 from pyxia.server.shard_storage import ENCODING_MARKER, ShardStorage, StorageOptions, shard_dir
 from pyxia.storage.db import TermOptions
@@ -124,6 +128,7 @@ class ShardsDirector:
         max_shards: int = DEFAULT_MAX_SHARDS,
         call_metadata: Callable[[], CallMetadata] = _no_metadata,
         rebuild_corrupt: bool = True,
+        read_lease_s: float = READ_LEASE_S,
     ) -> None:
         self.storage_options = storage_options
         self.assignments = assignments
@@ -134,6 +139,10 @@ class ShardsDirector:
         self.channels = channels or ChannelPool()
         self.leaders: dict[int, LeaderController] = {}
         self.followers: dict[int, FollowerController] = {}
+        # Read-lease promises this server's followers give (read_lease.py), and how many
+        # NewTerm answers waited for one to lapse.
+        self.lease_promises = LeasePromises(read_lease_s)
+        self.lease_waits = 0
         count_controllers(lambda: len(self.leaders), lambda: len(self.followers))
         self._storages: dict[int, ShardStorage] = {}
         self._session_check_interval = session_check_interval
@@ -392,11 +401,21 @@ class ShardsDirector:
         while True:
             c = await self.for_new_term(namespace, shard, encoding)
             try:
-                return await c.new_term(term, options)
+                head = await c.new_term(term, options)
             except AlreadyClosed:
                 attempts -= 1
                 if attempts == 0 or self._closed or self.controller(shard) in (c, None):
                     raise
+                continue
+            # Fenced: the old leader gets nothing more from here. The answer waits until this
+            # server's read-lease promise to it lapsed (read_lease.py).
+            wait = self.lease_promises.wait_s(shard)
+            if wait > 0.0:
+                self.lease_waits += 1
+                READ_LEASE_WAITS.inc()
+                READ_LEASE_WAIT_SECONDS.inc(wait)
+                await asyncio.sleep(wait)
+            return head
 
     async def as_leader(self, shard: int) -> LeaderController:
         """The shard's controller as a leader (a follower is converted). A replica being
@@ -455,7 +474,7 @@ class ShardsDirector:
                         f"oxia: node is not a member of shard {shard}", shard=shard
                     )
                 st = await self._open_storage(namespace, shard, HIERARCHICAL)
-            fc = FollowerController(st)
+            fc = FollowerController(st, self.lease_promises)
             fc.on_failure = self._reporter(namespace, shard, "follower", lambda: fc.term)
             self.followers[shard] = fc
             return fc
