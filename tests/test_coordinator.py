@@ -373,9 +373,15 @@ async def test_load_balancer_moves_replicas_to_a_new_server(tmp_path: Path) -> N
 
         async def readable(shard: int) -> bool:
             # A leader move the balancer asked for may still be under way (the status is
-            # steady until its election starts): the old leader answers NodeIsNotLeader.
+            # steady until its election starts): the old leader answers NodeIsNotLeader, or
+            # the election is running (no leader in the status yet; with read leases its
+            # NewTerm answers can wait a lease).
             try:
-                return await read_ok(env, leader_of(env, shard), shard, [f"/lb{shard}"])
+                leader = leader_of(env, shard)
+            except LookupError:
+                return False
+            try:
+                return await read_ok(env, leader, shard, [f"/lb{shard}"])
             except grpc.aio.AioRpcError as e:
                 if e.code() in (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE):
                     return False
