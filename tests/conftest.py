@@ -17,19 +17,24 @@ Waits: :func:`servers.wait_for` and :func:`servers.wait_until`, never a fixed sl
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import Any
+from pyxia.common import grpc_runtime
 
-import pytest
+# Before anything below loads gRPC: the in-process servers run the I/O path `pyxia` runs.
+grpc_runtime.configure()
 
-from cluster import Cluster
-from proc_cluster import ProcCluster
-from servers import wait_for
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import AsyncIterator, Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+from cluster import Cluster  # noqa: E402
+from proc_cluster import ProcCluster  # noqa: E402
+from servers import wait_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,13 +8,18 @@ the data server, its storage or RocksDB). The commands are also this package's a
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pyxia.common import grpc_runtime
 
-import click
+# Before any command's module loads gRPC: its I/O path for pyxia's own processes.
+grpc_runtime.configure()
 
-from pyxia.cli.oxia_flags import add_global_flags
-from pyxia.version import __version__
+import importlib  # noqa: E402
+from typing import Any  # noqa: E402
+
+import click  # noqa: E402
+
+from pyxia.cli.oxia_flags import add_global_flags  # noqa: E402
+from pyxia.version import __version__  # noqa: E402
 
 COMMANDS: dict[str, str] = {
     "admin": "pyxia.cli.coordinator_cmd",
