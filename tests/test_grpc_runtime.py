@@ -1,6 +1,6 @@
-"""gRPC's I/O settings for pyxia's own processes (pyxia.common.grpc_runtime): set before gRPC
-loads, never over an operator's choice, known to the gRPC this project ships with, and set in
-the command line's processes (and this suite's), not by the client library."""
+"""gRPC's I/O settings for pyxia's server processes (pyxia.common.grpc_runtime): set before gRPC
+loads, never over an operator's choice, known to the gRPC this project ships with, and set by
+the server commands (and this suite), not by client commands or the client library."""
 
 from __future__ import annotations
 
@@ -50,9 +50,19 @@ def test_too_late_once_grpc_is_loaded() -> None:
     assert out == ["False", "None"]
 
 
-def test_the_command_line_sets_it_and_the_library_does_not() -> None:
-    cli = _run("import os, pyxia.cli; print(os.environ.get('GRPC_EXPERIMENTS'))")
-    assert cli.stdout.strip() == LEGACY_IO_EXPERIMENTS
+LOAD_COMMAND = (
+    "import os, click\n"
+    "from pyxia.cli import main\n"
+    "main.get_command(click.Context(main), {name!r})\n"
+    "print(os.environ.get('GRPC_EXPERIMENTS'))\n"
+)
+
+
+def test_server_commands_set_it_client_commands_and_the_library_do_not() -> None:
+    for name in ("server", "standalone", "coordinator"):
+        assert _run(LOAD_COMMAND.format(name=name)).stdout.strip() == LEGACY_IO_EXPERIMENTS
+    for name in ("perf", "client", "admin"):
+        assert _run(LOAD_COMMAND.format(name=name)).stdout.strip() == "None"
     lib = _run("import os, pyxia, pyxia.client; print(os.environ.get('GRPC_EXPERIMENTS'))")
     assert lib.stdout.strip() == "None"
 

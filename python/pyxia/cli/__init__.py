@@ -8,18 +8,14 @@ the data server, its storage or RocksDB). The commands are also this package's a
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
+import click
+
+from pyxia.cli.oxia_flags import add_global_flags
 from pyxia.common import grpc_runtime
-
-# Before any command's module loads gRPC: its I/O path for pyxia's own processes.
-grpc_runtime.configure()
-
-import importlib  # noqa: E402
-from typing import Any  # noqa: E402
-
-import click  # noqa: E402
-
-from pyxia.cli.oxia_flags import add_global_flags  # noqa: E402
-from pyxia.version import __version__  # noqa: E402
+from pyxia.version import __version__
 
 COMMANDS: dict[str, str] = {
     "admin": "pyxia.cli.coordinator_cmd",
@@ -35,8 +31,14 @@ COMMANDS: dict[str, str] = {
 }
 """Every command, by name: the module that defines it (as an attribute of the same name)."""
 
+SERVER_COMMANDS = frozenset({"coordinator", "server", "standalone"})
+"""The commands that run pyxia's servers: gRPC's I/O settings for servers are set before their
+module loads gRPC (``pyxia.common.grpc_runtime``); client commands keep gRPC's defaults."""
+
 
 def _load(name: str) -> click.Command:
+    if name in SERVER_COMMANDS:
+        grpc_runtime.configure()  # before the module imports gRPC (no-op if it is loaded)
     command = getattr(importlib.import_module(COMMANDS[name]), name)
     if not isinstance(command, click.Command):  # pragma: no cover - a wrong table entry
         raise TypeError(f"{COMMANDS[name]}.{name} is not a click command")

@@ -9,8 +9,10 @@ context switches per message event across the threads of an RF=3 cluster). With 
 experiments off, the poller thread does the socket I/O itself (gRPC's iomgr path, still
 shipped and tested by gRPC), one hop fewer.
 
-Only the ``pyxia`` command line calls :func:`configure` (its processes are pyxia's): the
-client library never changes the gRPC settings of an application that imports it. An
+Only the ``pyxia`` command line calls :func:`configure`, for the commands that run servers
+(``server``, ``standalone``, ``coordinator``; measured there): client commands (``perf``,
+``client``, ``admin``) and the client library keep gRPC's defaults, and the library never
+changes the gRPC settings of an application that imports it. An
 operator's own ``GRPC_EXPERIMENTS`` wins (it is left as it is), and so does
 ``PYXIA_GRPC_EVENT_ENGINE=1``, which keeps gRPC's defaults.
 """
