@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -81,7 +81,7 @@ def test_renewal_is_due_at_half_the_lease_with_no_round_in_flight() -> None:
 @dataclass
 class _Follower:
     sent: int = 0  # newest round its stream carried
-    answers: list[tuple[float, float]] | None = None  # (answered at, promised until)
+    answers: list[tuple[float, float]] = field(default_factory=list)  # (at, promised until)
 
 
 @given(
@@ -103,7 +103,7 @@ def test_a_lease_never_outlives_a_majority_of_promises(
     of the answer, promising ``lease`` from then. Whenever the leader says it holds a lease,
     ``rf // 2`` followers each promised past that moment (the leader counts itself)."""
     rc = LeadershipConfirmations(rf)
-    followers = {f"f{i}": _Follower(answers=[]) for i in range(rf - 1)}
+    followers = {f"f{i}": _Follower() for i in range(rf - 1)}
     names = sorted(followers)
     now = 0.0
     for step in steps:
@@ -121,7 +121,6 @@ def test_a_lease_never_outlives_a_majority_of_promises(
                     rc.on_sent(r, now)
             elif f.sent:
                 rc.ack(name, f.sent, step[2])
-                assert f.answers is not None
                 f.answers.append((now, now + step[2] if step[2] else -math.inf))
         if rc.leased(now):
             holding = sum(

@@ -13,7 +13,7 @@ import pytest
 from cluster import Cluster, Node, leader_controller
 from pyxia.common.grpc_errors import error_from_rpc
 from pyxia.proto import client_pb2, replication_pb2
-from pyxia.server.leader_controller import FENCED, FOLLOWER, LEADER
+from pyxia.server.leader_controller import FENCED, FOLLOWER, LEADER, LeaderController
 from servers import wait_until
 
 SHARD = 0
@@ -62,6 +62,17 @@ async def converged(nodes: list[Node]) -> bool:
     return len(states) == 1 and None not in states
 
 
+async def lead_and_write(cluster: Cluster, prefix: str, writes: int) -> LeaderController:
+    """Elects the first node over all three (clients told), makes ``writes`` one-key writes
+    ``<prefix><i>`` and returns its controller."""
+    n0, n1, n2 = cluster.nodes
+    await cluster.elect(SHARD, n0, [n0, n1, n2])
+    await cluster.push_assignments({SHARD: n0})
+    for i in range(writes):
+        await write(cluster, n0, [f"{prefix}{i}"])
+    return leader_controller(n0, SHARD)
+
+
 async def test_replicates_and_commits_with_a_quorum(cluster: Cluster) -> None:
     n0, n1, n2 = cluster.nodes
     await cluster.elect(SHARD, n0, [n0, n1, n2])
@@ -94,14 +105,9 @@ async def test_idle_followers_learn_the_last_commit_offset(cluster: Cluster) -> 
     """A follower learns a commit offset with the next entry or confirmation round; when the
     writes stop, its cursor tells it the last one alone (a round-0 heartbeat), so every
     follower applies every committed entry even if no read or write comes again."""
-    n0, n1, n2 = cluster.nodes
-    await cluster.elect(SHARD, n0, [n0, n1, n2])
-    await cluster.push_assignments({SHARD: n0})
-    for i in range(5):
-        await write(cluster, n0, [f"/idle{i}"])
-    lc = leader_controller(n0, SHARD)
+    lc = await lead_and_write(cluster, "/idle", 5)
     await wait_until(lambda: lc.commit_offset >= 4, what="the leader to commit the writes")
-    for f in (n1, n2):
+    for f in cluster.nodes[1:]:
         fc = f.s.director.followers[SHARD]
         await wait_until(
             lambda fc=fc: fc.storage.commit_offset == lc.commit_offset,
@@ -518,12 +524,7 @@ async def test_lone_writes_sync_inline_at_rf1_and_bursts_group_commit(
 
 
 async def test_leader_with_followers_never_syncs_inline(cluster: Cluster) -> None:
-    n0, n1, n2 = cluster.nodes
-    await cluster.elect(SHARD, n0, [n0, n1, n2])
-    await cluster.push_assignments({SHARD: n0})
-    for i in range(10):
-        await write(cluster, n0, [f"/rf3/{i}"])
-    lc = leader_controller(n0, SHARD)
+    lc = await lead_and_write(cluster, "/rf3/", 10)
     assert lc.sync_policy is not None and lc.sync_policy.inline == 0
 
 

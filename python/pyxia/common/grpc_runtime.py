@@ -32,9 +32,12 @@ LEGACY_IO_EXPERIMENTS = (
 def configure() -> bool:
     """Sets ``GRPC_EXPERIMENTS`` for this process unless the operator chose otherwise or gRPC
     is already loaded (too late: it read its configuration). Whether it was set."""
-    if "grpc" in sys.modules or "GRPC_EXPERIMENTS" in os.environ:
-        return False
-    if os.environ.get("PYXIA_GRPC_EVENT_ENGINE") == "1":
+    env = os.environ
+    if (
+        "grpc" in sys.modules
+        or "GRPC_EXPERIMENTS" in env
+        or env.get("PYXIA_GRPC_EVENT_ENGINE") == "1"
+    ):
         return False
     os.environ["GRPC_EXPERIMENTS"] = LEGACY_IO_EXPERIMENTS
     return True

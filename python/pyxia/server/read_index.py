@@ -41,6 +41,10 @@ The clock is the caller's (``time.monotonic`` on the leader): this module reads 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
+from typing import TypeVar
+
+_N = TypeVar("_N", int, float)
 
 LEASE_SAFETY = 0.9
 """The share of a follower's promised lease the leader counts on: the two clocks may run at
@@ -157,26 +161,24 @@ class LeadershipConfirmations:
     def lease_until(self) -> float:
         """Until when (the leader's clock) no newer leader can be elected: the
         ``required_acks``-th latest promise (-inf: no lease; inf for RF=1)."""
-        k = self.required_acks
-        if k == 0:
+        if self.required_acks == 0:
             return math.inf
-        expiries = self._lease_expiry
-        if len(expiries) < k:
-            return -math.inf
-        if k == 1:
-            return max(expiries.values())
-        return sorted(expiries.values(), reverse=True)[k - 1]
+        until = _kth_largest(self._lease_expiry.values(), self.required_acks)
+        return -math.inf if until is None else until
 
     def leased(self, now: float) -> bool:
         """Whether a read arriving at ``now`` may be served without a round."""
         return now < self.lease_until()
 
-    def renewal_due(self, now: float) -> bool:
-        """Whether a read at ``now`` (served from the lease) should start a round to renew it:
-        less than half of the lease is left and no round is on its way."""
+    def renewal_due(self, now: float, until: float | None = None) -> bool:
+        """Whether a read at ``now`` (served from the lease, which lasts ``until``: computed
+        here if not given) should start a round to renew it: less than half of the lease is
+        left and no round is on its way."""
         if self.requested > self.confirmed():
             return False  # a round is requested or in flight
-        return self.lease_until() - now < self._granted * LEASE_SAFETY / 2
+        if until is None:
+            until = self.lease_until()
+        return until - now < self._granted * LEASE_SAFETY / 2
 
     def answered(self, follower: str) -> int:
         """The newest round ``follower`` answered (0: none)."""
@@ -191,10 +193,18 @@ class LeadershipConfirmations:
         """The newest round answered by a majority (the leader included)."""
         if self.required_acks == 0:
             return self.requested
-        acked = sorted(self._acks.values(), reverse=True)
-        if len(acked) < self.required_acks:
-            return 0
-        return acked[self.required_acks - 1]
+        newest = _kth_largest(self._acks.values(), self.required_acks)
+        return 0 if newest is None else newest
 
     def is_confirmed(self, round_id: int) -> bool:
         return self.confirmed() >= round_id
+
+
+def _kth_largest(values: Collection[_N], k: int) -> _N | None:
+    """The ``k``-th largest of ``values`` (k >= 1; None if there are fewer): what a majority of
+    followers reached, the leader counting as the rest."""
+    if len(values) < k:
+        return None
+    if k == 1:
+        return max(values)
+    return sorted(values, reverse=True)[k - 1]

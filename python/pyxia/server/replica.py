@@ -1297,8 +1297,9 @@ class Replica:
         rc = t.confirmations
         if not rc.needed:
             return (READ_NOW,)
-        if rc.leased(m.now):
-            if rc.renewal_due(m.now):
+        until = rc.lease_until()
+        if m.now < until:
+            if rc.renewal_due(m.now, until):
                 rc.request()
                 return (WAKE_CURSORS, READ_NOW)
             return (READ_NOW,)
